@@ -1,0 +1,272 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration of rosteradmin: one table of settings, one frozen value.
+
+Every setting is declared once in L{SETTINGS} with its type, default and help
+text.  The command line (L{rosteradmin.tap.Options}), the TOML file and the
+configuration reference in C{docs/configuration.md} are all derived from that
+table, so they cannot drift apart.
+
+Values are merged in this order, later winning: defaults, the TOML file,
+environment variables (secrets only), the command line.  Secrets may also be
+read from a file (C{--secret-file}), which keeps them out of process listings
+and unit files; systemd's C{LoadCredential=} hands them over that way.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from twisted.words.protocols.jabber.jid import InvalidFormat, JID
+
+
+class ConfigError(Exception):
+    """
+    A setting is missing or invalid.  The message names the option.
+    """
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    One configuration setting.
+
+    @ivar name: The long command-line option (C{roster-url}); the TOML key is
+        the same with underscores (C{roster_url}).
+    @ivar kind: C{str}, C{int}, C{float}, C{bool} or C{dict}.
+    @ivar default: The value when nobody sets it; C{None} means unset.
+    @ivar help: One line for C{--help} and the configuration reference.
+    @ivar secret: Also read from C{--NAME-file} and C{ROSTERADMIN_NAME}.
+    @ivar cli: Whether it is a command-line option (tables are TOML-only).
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    secret: bool = False
+    cli: bool = True
+
+    @property
+    def key(self) -> str:
+        """
+        The TOML key and L{Config} attribute of this setting.
+        """
+        return self.name.replace("-", "_")
+
+    @property
+    def environmentVariable(self) -> str:
+        """
+        The environment variable a secret setting may come from.
+        """
+        return "ROSTERADMIN_" + self.key.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("jid", str, None, "JID of the component, e.g. roster.example.org (required)"),
+    Setting("secret", str, None, "component secret shared with the XMPP server (required)", secret=True),
+    Setting("xmpp-host", str, "127.0.0.1", "host of the XMPP server's component port"),
+    Setting("xmpp-port", int, 5347, "the XMPP server's component port (XEP-0114)"),
+    Setting("domain", str, None, "the user domain whose rosters are managed, e.g. example.org (required)"),
+    Setting("roster-url", str, None, "web app roster URL; %s is replaced by the URL-encoded username (required)"),
+    Setting("http", str, "tcp:5280:interface=127.0.0.1", "Twisted endpoint string the HTTP API listens on"),
+    Setting("kick-authorization", str, None, "exact Authorization header value POST /muc_kick requires", secret=True),
+    Setting("no-kick", bool, False, "disable POST /muc_kick (then no kick authorization is needed)"),
+    Setting("refresh-authorization", str, None, "Authorization header value the refresh endpoints require (none: open)", secret=True),
+    Setting("fetch-timeout", float, 10.0, "seconds one roster fetch from the web app may take, retries included"),
+    Setting("fetch-concurrency", int, 64, "most roster fetches in flight at once"),
+    Setting("max-roster-bytes", int, 16 * 1024 * 1024, "largest web app roster reply accepted, in bytes"),
+    Setting("max-body-bytes", int, 1024 * 1024, "largest HTTP API request body accepted, in bytes (413 above)"),
+    Setting("iq-timeout", float, 10.0, "seconds to wait for the XMPP server to answer one IQ"),
+    Setting("reconnect-max-delay", float, 30.0, "longest pause between reconnection attempts, in seconds"),
+    Setting("keepalive-interval", float, 60.0, "seconds between whitespace keepalives on the component stream"),
+    Setting("kick-nick", str, "rosteradmin", "nickname the component joins a room under to kick from it"),
+    Setting("stay-in-rooms", bool, False, "stay in a room after kicking from it (default: leave)"),
+    Setting("web-app-headers", dict, None, "extra HTTP headers sent to the web app (TOML table only)", cli=False),
+)
+
+SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The validated configuration of one rosteradmin service.
+    """
+
+    jid: str
+    secret: str
+    domain: str
+    roster_url: str
+    xmpp_host: str = "127.0.0.1"
+    xmpp_port: int = 5347
+    http: str = "tcp:5280:interface=127.0.0.1"
+    kick_authorization: str | None = None
+    no_kick: bool = False
+    refresh_authorization: str | None = None
+    fetch_timeout: float = 10.0
+    fetch_concurrency: int = 64
+    max_roster_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = 1024 * 1024
+    iq_timeout: float = 10.0
+    reconnect_max_delay: float = 30.0
+    keepalive_interval: float = 60.0
+    kick_nick: str = "rosteradmin"
+    stay_in_rooms: bool = False
+    web_app_headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def loadTOML(path: str) -> dict[str, Any]:
+    """
+    Read a TOML configuration file.
+
+    @raise ConfigError: The file cannot be read or parsed, or names an
+        unknown setting.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config: {path} is not valid TOML: {e}") from e
+    for key in data:
+        if key.endswith("_file") and key[:-5] in SETTINGS_BY_KEY and SETTINGS_BY_KEY[key[:-5]].secret:
+            continue
+        if key not in SETTINGS_BY_KEY:
+            raise ConfigError(f"--config: unknown setting {key!r} in {path}")
+    return data
+
+
+def _readSecretFile(optionName: str, path: str) -> str:
+    """
+    Read a secret from a file, stripping the trailing newline editors add.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--{optionName}-file: cannot read {path}: {e}") from e
+    if not value:
+        raise ConfigError(f"--{optionName}-file: {path} is empty")
+    return value
+
+
+def _coerce(setting: Setting, value: Any) -> Any:
+    """
+    Turn a value from TOML or the command line into the setting's type.
+    """
+    name = f"--{setting.name}"
+    if setting.kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if setting.kind is dict:
+        if isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return dict(value)
+        raise ConfigError(f"{setting.key}: expected a table of strings")
+    if setting.kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            number = setting.kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if number <= 0:
+            raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
+        return number
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _checkJID(optionName: str, value: str, bare: bool = True) -> str:
+    """
+    Check that a value is a domain-only JID (a component or user domain).
+    """
+    try:
+        jid = JID(value)
+    except InvalidFormat:
+        raise ConfigError(f"--{optionName}: {value!r} is not a valid JID") from None
+    if bare and (jid.user or jid.resource):
+        raise ConfigError(f"--{optionName}: {value!r} must be a domain, like example.org")
+    return jid.full()
+
+
+def buildConfig(
+    commandLine: Mapping[str, Any],
+    environ: Mapping[str, str] = os.environ,
+    readFile: Callable[[str, str], str] = _readSecretFile,
+) -> Config:
+    """
+    Merge defaults, the TOML file, the environment and the command line into
+    a validated L{Config}.
+
+    @param commandLine: Values given on the command line, keyed by TOML key
+        (C{roster_url}); C{None} means not given.  The key C{config} names the
+        TOML file, C{<secret>_file} a file holding a secret.
+    @param environ: The process environment, for C{ROSTERADMIN_<SECRET>}.
+    @param readFile: Reads a secret file; injectable for tests.
+    @raise ConfigError: One line naming the first bad or missing option.
+    """
+    fileValues: dict[str, Any] = {}
+    if commandLine.get("config"):
+        fileValues = loadTOML(commandLine["config"])
+
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        key = setting.key
+        candidates: list[tuple[Any, str]] = []
+        if setting.secret:
+            # Later entries win: file < environment < command line, and in
+            # each place a secret file counts like the secret itself.
+            if fileValues.get(key + "_file") is not None:
+                candidates.append((fileValues[key + "_file"], "file"))
+            if fileValues.get(key) is not None:
+                candidates.append((fileValues[key], "value"))
+            if environ.get(setting.environmentVariable):
+                candidates.append((environ[setting.environmentVariable], "value"))
+            if commandLine.get(key + "_file") is not None:
+                candidates.append((commandLine[key + "_file"], "file"))
+            if commandLine.get(key) is not None:
+                candidates.append((commandLine[key], "value"))
+        else:
+            if fileValues.get(key) is not None:
+                candidates.append((fileValues[key], "value"))
+            if commandLine.get(key) is not None:
+                candidates.append((commandLine[key], "value"))
+        if not candidates:
+            continue
+        value, source = candidates[-1]
+        if source == "file":
+            if not isinstance(value, str):
+                raise ConfigError(f"--{setting.name}-file: expected a path")
+            value = readFile(setting.name, value)
+        values[key] = _coerce(setting, value)
+
+    for required in ("jid", "secret", "domain", "roster_url"):
+        if not values.get(required):
+            raise ConfigError(f"--{SETTINGS_BY_KEY[required].name}: is required")
+
+    values["jid"] = _checkJID("jid", values["jid"])
+    values["domain"] = _checkJID("domain", values["domain"])
+    if values["jid"] == values["domain"]:
+        raise ConfigError("--jid: must differ from --domain (the component has its own subdomain)")
+    url: str = values["roster_url"]
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--roster-url: must be an http:// or https:// URL, got {url!r}")
+    if url.count("%s") != 1:
+        raise ConfigError("--roster-url: must contain %s exactly once (the username goes there)")
+    if not values.get("no_kick") and not values.get("kick_authorization"):
+        raise ConfigError(
+            "--kick-authorization: is required to serve POST /muc_kick "
+            "(or pass --no-kick to disable kicking)"
+        )
+    if "xmpp_port" in values and values["xmpp_port"] > 65535:
+        raise ConfigError(f"--xmpp-port: {values['xmpp_port']} is not a port number")
+    return Config(**values)

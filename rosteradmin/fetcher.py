@@ -1,0 +1,235 @@
+# -*- test-case-name: tests.test_fetcher -*-
+"""
+Fetching rosters from the web app with treq.
+
+One C{GET roster_url} per user, URL-encoded username in place of C{%s}.
+Every fetch has a deadline (retries included), the number in flight is
+bounded, replies are size-capped and validated, and concurrent requests for
+the same user share one fetch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+from urllib.parse import quote
+
+from twisted.internet import error as netError
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    TimeoutError,
+    ensureDeferred,
+)
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed
+
+import treq
+
+from rosteradmin.errors import FetchFailed, InvalidRoster
+from rosteradmin.roster import Roster, parseRoster
+
+#: Errors after which nothing reached the web app, so a retry is safe.
+RETRYABLE = (
+    netError.ConnectError,
+    netError.ConnectionRefusedError,
+    netError.DNSLookupError,
+)
+
+#: First pause between retries; it doubles each time, within the deadline.
+RETRY_DELAY = 0.1
+
+
+class ReplyTooLarge(Exception):
+    """
+    The web app's reply is over the configured cap.
+    """
+
+
+class RosterFetcher:
+    """
+    Fetches and validates rosters from the web app.
+
+    @ivar inFlight: The number of fetches running now.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        urlTemplate: str,
+        domain: str,
+        clock: IReactorTime,
+        http: Any = treq,
+        timeout: float = 10.0,
+        concurrency: int = 64,
+        maxBytes: int = 16 * 1024 * 1024,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """
+        @param urlTemplate: The roster URL with one C{%s} for the username.
+        @param domain: The user domain; a user's bare JID is C{user@domain}.
+        @param clock: Time for deadlines and retry pauses.
+        @param http: A treq-like client (C{treq} or a C{treq.testing.StubTreq}).
+        """
+        self.urlTemplate = urlTemplate
+        self.domain = domain
+        self.clock = clock
+        self.http = http
+        self.timeout = timeout
+        self.maxBytes = maxBytes
+        self.headers = {"Accept": ["application/json"]}
+        for name, value in (headers or {}).items():
+            self.headers[name] = [value]
+        self.inFlight = 0
+        self.failures = 0
+        self._semaphore = DeferredSemaphore(concurrency)
+        self._waiters: dict[str, list[Deferred[Roster]]] = {}
+
+    def urlFor(self, username: str) -> str:
+        """
+        The web app URL of a user's roster.
+        """
+        return self.urlTemplate.replace("%s", quote(username, safe=""))
+
+    def fetch(self, username: str) -> Deferred[Roster]:
+        """
+        Fetch a user's roster.  Requests for a user whose fetch is under way
+        share it.
+
+        @param username: A nodeprepped username.
+        @return: A Deferred firing with the L{Roster}, or failing with
+            L{FetchFailed}.
+        """
+        d: Deferred[Roster] = Deferred()
+        waiters = self._waiters.get(username)
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        self._waiters[username] = [d]
+        shared = self._semaphore.run(self._fetchWithDeadline, username)
+        shared.addBoth(self._deliver, username)
+        return d
+
+    def _deliver(self, result: Roster | Failure, username: str) -> None:
+        """
+        Hand one fetch's outcome to everybody who asked for it.
+        """
+        for d in self._waiters.pop(username):
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    def _fetchWithDeadline(self, username: str) -> Deferred[Roster]:
+        """
+        Run one fetch under the deadline, turning every failure into
+        L{FetchFailed}.
+        """
+        started = time.monotonic()
+        self.inFlight += 1
+        d = ensureDeferred(self._fetch(username))
+        d.addTimeout(self.timeout, self.clock)
+
+        def done(result: Roster | Failure) -> Roster | Failure:
+            self.inFlight -= 1
+            elapsed = time.monotonic() - started
+            if isinstance(result, Failure):
+                self.failures += 1
+                reason = self._describe(result)
+                self.log.warn(
+                    "roster fetch {user} failed in {elapsed:.3f}s: {reason}",
+                    user=username, outcome="failed", elapsed=elapsed, reason=reason,
+                )
+                return Failure(FetchFailed(username, reason))
+            self.log.debug(
+                "roster fetch {user} ok in {elapsed:.3f}s: {count} contacts",
+                user=username, outcome="ok", elapsed=elapsed, count=len(result),
+            )
+            return result
+
+        return d.addBoth(done)
+
+    def _describe(self, failure: Failure) -> str:
+        """
+        Say in one line why a fetch failed.
+        """
+        if failure.check(TimeoutError, CancelledError):
+            return f"no complete reply within {self.timeout:g}s"
+        if failure.check(FetchFailed):
+            return failure.value.reason
+        if failure.check(InvalidRoster, ReplyTooLarge):
+            return str(failure.value)
+        if failure.check(*RETRYABLE):
+            return f"cannot connect: {failure.value}"
+        if failure.check(ResponseFailed):
+            return "connection lost while reading the reply"
+        return f"{failure.type.__name__}: {failure.value}"
+
+    async def _fetch(self, username: str) -> Roster:
+        """
+        GET the roster, retrying connection failures, then read and parse it.
+        """
+        url = self.urlFor(username)
+        delay = RETRY_DELAY
+        while True:
+            try:
+                response = await self.http.get(
+                    url, headers=self.headers, allow_redirects=False
+                )
+                break
+            except RETRYABLE as e:
+                self.log.info(
+                    "roster fetch {user}: {error}; retrying in {delay:.1f}s",
+                    user=username, error=e, delay=delay,
+                )
+                await deferLater(self.clock, delay)
+                delay *= 2
+        body = await self._readBody(response)
+        if response.code != 200:
+            raise FetchFailed(
+                username, f"web app answered HTTP {response.code}: {body[:80]!r}"
+            )
+        try:
+            return parseRoster(body, f"{username}@{self.domain}")
+        except InvalidRoster as e:
+            raise InvalidRoster(f"{e} (body starts {body[:80]!r})") from None
+
+    async def _readBody(self, response: Any) -> bytes:
+        """
+        Read a reply body, dropping the connection once it passes the cap.
+        """
+        length = response.length
+        if isinstance(length, int) and length > self.maxBytes:
+            response.deliverBody(_Discard())
+            raise ReplyTooLarge(
+                f"reply of {length} bytes is over the {self.maxBytes}-byte cap"
+            )
+        chunks: list[bytes] = []
+        received = 0
+
+        def collect(data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            if received > self.maxBytes:
+                raise ReplyTooLarge(
+                    f"reply is over the {self.maxBytes}-byte cap"
+                )
+            chunks.append(data)
+
+        await treq.collect(response, collect)
+        return b"".join(chunks)
+
+
+class _Discard(Protocol):
+    """
+    A body protocol that closes the connection at once.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()

@@ -1,0 +1,241 @@
+# -*- test-case-name: tests.test_roster -*-
+"""
+Rosters as values: parsing the web app's JSON, comparing, serialising.
+
+A L{Roster} is immutable.  Its contacts are kept as one sorted tuple of small
+tuples with interned strings (the same contact JIDs recur in thousands of
+rosters), and its C{<query xmlns='jabber:iq:roster'/>} payload is serialised
+once, on first use, so answering a cached roster never rebuilds XML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from typing import Any, Iterable, Iterator, NamedTuple
+
+from twisted.words.protocols.jabber.jid import InvalidFormat, JID
+from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
+from twisted.words.xish.domish import escapeToXml
+
+from rosteradmin.errors import InvalidRoster, InvalidUsername
+
+NS_ROSTER = "jabber:iq:roster"
+
+#: Longest contact name or group name accepted from the web app.
+MAX_TEXT_LENGTH = 1024
+
+
+class Contact(NamedTuple):
+    """
+    One roster item.  The subscription is always C{both}.
+
+    @ivar jid: The contact's bare JID, normalised.
+    @ivar name: The display name, or C{None}.
+    @ivar groups: The groups, in the web app's order, without duplicates.
+    """
+
+    jid: str
+    name: str | None
+    groups: tuple[str, ...]
+
+    def toXML(self, subscription: str = "both") -> str:
+        """
+        Serialise as a roster C{<item/>}.
+        """
+        attrs = f"jid='{escapeToXml(self.jid, True)}'"
+        if self.name is not None and subscription != "remove":
+            attrs += f" name='{escapeToXml(self.name, True)}'"
+        attrs += f" subscription='{subscription}'"
+        if not self.groups or subscription == "remove":
+            return f"<item {attrs}/>"
+        groups = "".join(f"<group>{escapeToXml(g)}</group>" for g in self.groups)
+        return f"<item {attrs}>{groups}</item>"
+
+
+class RosterDiff(NamedTuple):
+    """
+    What changed between two rosters.
+
+    @ivar changed: Contacts added or whose name or groups changed.
+    @ivar removed: Bare JIDs of contacts that are gone.
+    """
+
+    changed: tuple[Contact, ...]
+    removed: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.removed)
+
+    def __len__(self) -> int:
+        return len(self.changed) + len(self.removed)
+
+
+class Roster:
+    """
+    An immutable roster: the contacts of one user, with a version string.
+
+    @ivar contacts: The contacts, sorted by JID.
+    @ivar version: A short digest of the contents, used as the XEP-0237
+        roster version: equal rosters have equal versions.
+    """
+
+    __slots__ = ("contacts", "version", "_queryXML")
+
+    def __init__(self, contacts: Iterable[Contact]) -> None:
+        self.contacts: tuple[Contact, ...] = tuple(sorted(contacts))
+        digest = hashlib.blake2b(digest_size=8)
+        for contact in self.contacts:
+            digest.update(repr(tuple(contact)).encode("utf-8"))
+        self.version: str = digest.hexdigest()
+        self._queryXML: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.contacts)
+
+    def __iter__(self) -> Iterator[Contact]:
+        return iter(self.contacts)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Roster) and self.contacts == other.contacts
+
+    def __hash__(self) -> int:
+        return hash(self.contacts)
+
+    def __repr__(self) -> str:
+        return f"<Roster {len(self)} contacts ver={self.version}>"
+
+    def byJID(self) -> dict[str, Contact]:
+        """
+        The contacts keyed by bare JID.
+        """
+        return {c.jid: c for c in self.contacts}
+
+    def queryXML(self) -> str:
+        """
+        The full C{<query/>} payload of a roster result, serialised once.
+
+        It carries no whitespace: mod_delegation drops replies with text
+        nodes between elements (PROTOCOL.md).
+        """
+        if self._queryXML is None:
+            items = "".join(c.toXML() for c in self.contacts)
+            self._queryXML = (
+                f"<query xmlns='{NS_ROSTER}' ver='{self.version}'>{items}</query>"
+            )
+        return self._queryXML
+
+
+EMPTY_ROSTER = Roster(())
+
+
+def diffRosters(old: Roster | None, new: Roster) -> RosterDiff:
+    """
+    Compute the changes that turn C{old} into C{new}.
+
+    @param old: The roster held so far; C{None} for nothing.
+    """
+    if old is None:
+        return RosterDiff(new.contacts, ())
+    before = old.byJID()
+    after = new.byJID()
+    changed = tuple(c for c in new.contacts if before.get(c.jid) != c)
+    removed = tuple(j for j in sorted(before) if j not in after)
+    return RosterDiff(changed, removed)
+
+
+def normaliseUsername(username: str) -> str:
+    """
+    Apply nodeprep to a username, the node part of a user's JID.
+
+    @raise InvalidUsername: The username cannot be a JID node.
+    """
+    if not isinstance(username, str) or not username:
+        raise InvalidUsername(f"invalid username {username!r}: empty")
+    try:
+        node = nodeprep.prepare(username)
+    except UnicodeError as e:
+        raise InvalidUsername(f"invalid username {username!r}: {e}") from None
+    if not node or len(node.encode("utf-8")) > 1023:
+        raise InvalidUsername(f"invalid username {username!r}: bad length")
+    return node
+
+
+def _text(value: Any, what: str) -> str:
+    """
+    Check one string field of a web app roster entry.
+    """
+    if not isinstance(value, str):
+        raise InvalidRoster(f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise InvalidRoster(f"{what} is longer than {MAX_TEXT_LENGTH} characters")
+    if any(ord(ch) < 0x20 and ch not in "\t\n\r" for ch in value) or "\ufffe" in value or "\uffff" in value:
+        raise InvalidRoster(f"{what} contains characters XML cannot carry")
+    return value
+
+
+def _parseContact(key: Any, value: Any, owner: str) -> Contact:
+    """
+    Validate one entry of the web app's roster object.
+    """
+    if not isinstance(key, str):
+        raise InvalidRoster(f"contact key {key!r} is not a string")
+    try:
+        jid = JID(key)
+    except InvalidFormat as e:
+        raise InvalidRoster(f"contact {key!r} is not a valid JID: {e}") from None
+    if jid.resource is not None:
+        raise InvalidRoster(f"contact {key!r} is not a bare JID")
+    bare = jid.userhost()
+    if bare == owner:
+        raise InvalidRoster(f"contact {key!r} is the roster's owner")
+    if not isinstance(value, dict):
+        raise InvalidRoster(f"contact {key!r}: value must be an object")
+    name = value.get("name")
+    if name is not None:
+        name = _text(name, f"contact {key!r}: name") or None
+    rawGroups = value.get("groups")
+    groups: tuple[str, ...] = ()
+    if rawGroups is not None:
+        if not isinstance(rawGroups, list):
+            raise InvalidRoster(f"contact {key!r}: groups must be an array")
+        seen: dict[str, None] = {}
+        for group in rawGroups:
+            group = _text(group, f"contact {key!r}: group")
+            if not group:
+                raise InvalidRoster(f"contact {key!r}: empty group name")
+            seen[sys.intern(group)] = None
+        groups = tuple(seen)
+    return Contact(
+        sys.intern(bare), sys.intern(name) if name is not None else None, groups
+    )
+
+
+def parseRoster(body: bytes, owner: str) -> Roster:
+    """
+    Validate the web app's reply and build the roster.
+
+    All or nothing: one bad entry rejects the whole reply, so a half-valid
+    roster never replaces a good one.
+
+    @param body: The raw HTTP body, UTF-8 JSON.
+    @param owner: The bare JID of the roster's owner, which may not be a
+        contact of itself.
+    @raise InvalidRoster: Why the reply is not a roster.
+    """
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InvalidRoster(f"body is not JSON: {e}") from None
+    except RecursionError:
+        raise InvalidRoster("body is not JSON: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise InvalidRoster(f"body must be a JSON object, got {type(data).__name__}")
+    contacts: dict[str, Contact] = {}
+    for key, value in data.items():
+        contact = _parseContact(key, value, owner)
+        if contact.jid in contacts:
+            raise InvalidRoster(f"contact {key!r} is listed twice")
+        contacts[contact.jid] = contact
+    return Roster(contacts.values())

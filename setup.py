@@ -1,0 +1,45 @@
+"""
+Packaging for rosteradmin.
+
+The twistd plugin lives in C{twisted/plugins/} (a namespace shared with
+Twisted, so no C{__init__.py} there); listing C{twisted.plugins} installs it,
+and C{twistd --help} then lists C{rosteradmin}.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rosteradmin",
+    version="0.1.0",
+    description="Web-app-owned rosters for an XMPP server, as an XEP-0114 component",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/rosteradmin_plugin.py"]},
+    install_requires=[
+        "twisted>=24.7",
+        "wokkel==18.0.0",
+        "treq>=24.9",
+        "prometheus_client>=0.20",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "slixmpp>=1.8",
+            "hypothesis>=6",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "rosteradmin-ctl = rosteradmin.ctl:main",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Communications :: Chat",
+    ],
+)
