@@ -1,0 +1,231 @@
+# -*- test-case-name: tests.test_backend -*-
+"""
+The rosters: cached, fetched from the web app, written into the server.
+
+L{RosterBackend} is the one owner of the cache and the fetcher.  It knows
+neither XMPP nor HTTP: the XMPP side reaches it as an L{IRosterBackend}, and
+it writes into the server through an L{IRosterSync}.  Work on one user is
+serialised (a fetch, a server sync and a cache update never interleave with
+another for the same user); different users proceed in parallel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore, ensureDeferred, gatherResults, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from rosteradmin.cache import RosterCache
+from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, SyncFailed
+from rosteradmin.fetcher import RosterFetcher
+from rosteradmin.interfaces import IRosterBackend, IRosterSync
+from rosteradmin.roster import Roster, RosterDiff, diffRosters, normaliseUsername
+
+T = TypeVar("T")
+
+#: Users re-synced into the server at once after a reconnection.
+RESYNC_CONCURRENCY = 8
+
+
+@dataclass
+class RefreshSummary:
+    """
+    The outcome of a refresh.
+
+    @ivar updated: Users whose roster was fetched and applied.
+    @ivar failures: Why each failed user failed, by username as given.
+    """
+
+    updated: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return len(self.failures)
+
+
+@implementer(IRosterBackend)
+class RosterBackend(Service):
+    """
+    Serves, refreshes and syncs rosters.
+
+    @ivar sync: Writes into the server; set once the XMPP side exists.
+    @ivar unsynced: Users whose cached roster the server may not hold yet
+        (written once the server is reachable and grants roster access).
+    """
+
+    log = Logger()
+
+    def __init__(self, cache: RosterCache, fetcher: RosterFetcher, sync: IRosterSync | None = None) -> None:
+        self.cache = cache
+        self.fetcher = fetcher
+        self.sync = sync
+        self.unsynced: set[str] = set()
+        self.refreshes = 0
+        self._locks: dict[str, DeferredLock] = {}
+
+    def getRoster(self, username: str) -> Deferred[Roster]:
+        """
+        A user's roster: from the cache, or fetched and written into the
+        server before it is returned (so the presence the client sends after
+        its roster get reaches its contacts: PROTOCOL.md).
+
+        @param username: A nodeprepped username.
+        @raise FetchFailed: The roster is not cached and cannot be fetched.
+        """
+        roster = self.cache.get(username)
+        if roster is not None:
+            if username in self.unsynced and self._canSync():
+                self._background(self._locked(username, self._resync, username), "resync", username)
+            return succeed(roster)
+        return self._locked(username, self._load, username)
+
+    def warm(self, username: str) -> None:
+        """
+        Load a user's roster before the client asks for it.
+        """
+        if username not in self.cache:
+            self._background(self._locked(username, self._load, username), "warm", username)
+
+    def refresh(self, usernames: list[str]) -> Deferred[RefreshSummary]:
+        """
+        Re-fetch each distinct user, then update the cache and the server and
+        push the changes.  A failed fetch changes nothing for that user.
+        """
+        return ensureDeferred(self._refresh(usernames))
+
+    async def _refresh(self, usernames: list[str]) -> RefreshSummary:
+        summary = RefreshSummary()
+        distinct: dict[str, str] = {}
+        for given in usernames:
+            try:
+                distinct.setdefault(normaliseUsername(given), given)
+            except InvalidUsername as e:
+                summary.failures[given] = str(e)
+        self.refreshes += 1
+
+        async def refreshOne(username: str, given: str) -> None:
+            try:
+                await self._locked(username, self._refreshOne, username)
+            except FetchFailed as e:
+                summary.failures[given] = e.reason
+            except Exception:
+                self.log.failure("refresh of {user} failed", user=username)
+                summary.failures[given] = "internal error"
+            else:
+                summary.updated += 1
+
+        await gatherResults([ensureDeferred(refreshOne(u, g)) for u, g in distinct.items()])
+        return summary
+
+    def connectionRestored(self) -> None:
+        """
+        Write the rosters that could not be written while disconnected.
+        """
+        if not self.unsynced or not self._canSync():
+            return
+        pending = sorted(self.unsynced)
+        self.log.info("re-syncing {count} rosters into the server", count=len(pending))
+        limit = DeferredSemaphore(RESYNC_CONCURRENCY)
+        for username in pending:
+            self._background(limit.run(self._locked, username, self._resync, username), "resync", username)
+
+    def _canSync(self) -> bool:
+        return self.sync is not None and self.sync.canSync()
+
+    def _locked(self, username: str, work: Callable[[str], Awaitable[T]], *args: str) -> Deferred[T]:
+        """
+        Run C{work} while holding the user's lock.  Locks exist only while
+        in use, so a million users leave no million locks behind.
+        """
+        lock = self._locks.get(username)
+        if lock is None:
+            lock = self._locks[username] = DeferredLock()
+
+        def release(result: object) -> object:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(username, None)
+            return result
+
+        d = lock.acquire()
+        d.addCallback(lambda _: ensureDeferred(work(*args)))
+        d.addBoth(release)
+        return d
+
+    def _background(self, d: Deferred[object], what: str, username: str) -> None:
+        """
+        Let work run on its own, logging how it failed.
+        """
+        d.addErrback(lambda f: self.log.warn("{what} of {user} failed: {why}",
+                                             what=what, user=username, why=f.getErrorMessage()))
+
+    async def _load(self, username: str) -> Roster:
+        """
+        Fetch a roster on a cache miss and write it into the server.
+        """
+        cached = self.cache.peek(username)
+        if cached is not None:
+            return cached
+        roster = await self.fetcher.fetch(username)
+        await self._writeToServer(username, roster)
+        self.cache.put(username, roster)
+        return roster
+
+    async def _resync(self, username: str) -> None:
+        roster = self.cache.peek(username)
+        if roster is not None and username in self.unsynced:
+            await self._writeToServer(username, roster)
+
+    async def _refreshOne(self, username: str) -> None:
+        roster = await self.fetcher.fetch(username)
+        stored = await self._writeToServer(username, roster)
+        previous = self.cache.put(username, roster)
+        # What the user's clients hold: our last answer, or else what the
+        # server held (written by us before a restart of this service).
+        clientsHad = previous if previous is not None else stored
+        if clientsHad is not None and self.sync is not None:
+            diff = diffRosters(clientsHad, roster)
+            if diff:
+                self.sync.push(username, diff, roster.version)
+        self.log.info("refreshed {user}: {contacts} contacts", user=username, contacts=len(roster))
+
+    async def _writeToServer(self, username: str, roster: Roster) -> Roster | None:
+        """
+        Make the server's stored roster equal C{roster}.  On failure the
+        user is remembered as unsynced and written after reconnecting.
+
+        @return: The roster the server held before, if it could be read.
+        """
+        if self.sync is None or not self.sync.canSync():
+            self.unsynced.add(username)
+            return None
+        try:
+            stored = await self.sync.readStored(username)
+            diff = diffRosters(stored.roster, roster)
+            if stored.notBoth:
+                diff = _withRewrites(diff, roster, stored.notBoth)
+            if diff:
+                await self.sync.write(username, diff)
+        except (SyncFailed, NotConnected) as e:
+            self.log.warn("server roster of {user} not synced: {why}", user=username, why=str(e))
+            self.unsynced.add(username)
+            return None
+        self.unsynced.discard(username)
+        if diff:
+            self.log.info("synced {user} into the server: {changed} set, {removed} removed",
+                          user=username, changed=len(diff.changed), removed=len(diff.removed))
+        return stored.roster
+
+
+def _withRewrites(diff: RosterDiff, roster: Roster, notBoth: frozenset[str]) -> RosterDiff:
+    """
+    Add the contacts whose stored subscription is wrong to a diff.
+    """
+    already = {c.jid for c in diff.changed}
+    extra = tuple(c for c in roster.contacts if c.jid in notBoth and c.jid not in already)
+    return RosterDiff(diff.changed + extra, diff.removed)

@@ -1,0 +1,127 @@
+# -*- test-case-name: tests.test_component -*-
+"""
+The XEP-0114 external component: connection, reconnection, keepalive, and
+the wiring of the XMPP handlers.
+
+wokkel's L{Component} handles the handshake and reconnects; this module caps
+its backoff, gives IQ requests a timeout, sends whitespace keepalives, and
+watches the stream for errors wokkel would only answer with "will retry"
+(a wrong secret, a second component with our JID).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber import xmlstream
+from twisted.words.protocols.jabber.error import StreamError
+from wokkel import component
+from wokkel.subprotocols import XMPPHandler
+from zope.interface import implementer
+
+from rosteradmin.backend import RosterBackend
+from rosteradmin.config import Config
+from rosteradmin.delegation import DelegationHandler
+from rosteradmin.disco import DiscoHandler
+from rosteradmin.interfaces import IConnectionStatus
+from rosteradmin.privilege import PrivilegeHandler
+from rosteradmin.roster import NS_ROSTER
+from rosteradmin.rosterserver import RosterServer
+
+
+@implementer(IConnectionStatus)
+class ConnectionMonitor(XMPPHandler):  # type: ignore[misc]
+    """
+    Knows whether the component is connected, keeps the stream alive, and
+    reports why the server closed it.
+
+    @ivar connected: C{True} from the handshake until the stream closes.
+    @ivar lastError: The last stream error or connection loss, or C{None}.
+    @ivar connections: How many times the handshake succeeded.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, keepaliveInterval: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.keepaliveInterval = keepaliveInterval
+        self.connected = False
+        self.lastError: str | None = None
+        self.connections = 0
+        self._keepalive: LoopingCall | None = None
+
+    def connectionMade(self) -> None:
+        self.xmlstream.addObserver(xmlstream.STREAM_ERROR_EVENT, self._onStreamError)
+
+    def connectionInitialized(self) -> None:
+        self.connected = True
+        self.connections += 1
+        self.lastError = None
+        self.log.info("connected to the XMPP server as {jid}", jid=self.xmlstream.thisEntity.full())
+        self._keepalive = LoopingCall(self._sendKeepalive)
+        self._keepalive.clock = self.clock
+        self._keepalive.start(self.keepaliveInterval, now=False)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
+        if self.connected:
+            self.log.error("lost the XMPP server connection: {why}", why=reason.getErrorMessage())
+            if self.lastError is None:
+                self.lastError = f"connection lost: {reason.getErrorMessage()}"
+        self.connected = False
+
+    def _onStreamError(self, reason: Failure) -> None:
+        error = reason.value
+        condition = error.condition if isinstance(error, StreamError) else str(error)
+        self.lastError = f"stream error: {condition}"
+        hint = {
+            "not-authorized": " (is --secret the component_secret of the server?)",
+            "conflict": " (is another rosteradmin connected with the same --jid?)",
+            "host-unknown": " (does the server define a Component for --jid?)",
+        }.get(condition, "")
+        self.log.error("the XMPP server closed the stream: {condition}{hint}", condition=condition, hint=hint)
+
+    def _sendKeepalive(self) -> None:
+        if self.xmlstream is not None:
+            self.xmlstream.send(" ")
+
+
+class RosterComponent(component.Component):  # type: ignore[misc]
+    """
+    The wokkel component with rosteradmin's handlers.  Nothing connects
+    until the service starts.
+
+    @ivar status: Whether we are connected (the L{IConnectionStatus}).
+    @ivar privileges: Permissions, online users, privileged writes (the
+        backend's L{IRosterSync}).
+    @ivar rosterServer: Answers roster queries.
+    @ivar delegation: Unwraps and answers delegated requests.
+    """
+
+    def __init__(self, config: Config, backend: RosterBackend, clock: IReactorTime, verbose: bool = False) -> None:
+        super().__init__(config.xmpp_host, config.xmpp_port, config.jid, config.secret)
+        self.logTraffic = verbose
+        self._reactor = clock
+        self.timeout = config.iq_timeout
+        # ReconnectingClientFactory backs off with jitter up to an hour by
+        # default; the server is usually back within seconds.
+        self.factory.maxDelay = config.reconnect_max_delay
+
+        self.status = ConnectionMonitor(clock, config.keepalive_interval)
+        self.privileges = PrivilegeHandler(
+            config.domain, self.status, config.iq_timeout,
+            userOnline=backend.warm, rosterAccessGranted=backend.connectionRestored,
+        )
+        self.rosterServer = RosterServer(backend, config.domain, config.jid)
+        self.delegation = DelegationHandler(
+            config.domain, config.jid, {NS_ROSTER: self.rosterServer.answerDelegated}
+        )
+        for handler in (self.status, self.privileges, self.rosterServer, self.delegation,
+                        DiscoHandler(config.jid)):
+            handler.setHandlerParent(self)
+        backend.sync = self.privileges

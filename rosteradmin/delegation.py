@@ -1,0 +1,211 @@
+# -*- test-case-name: tests.test_delegation -*-
+"""
+XEP-0355 Namespace Delegation: receiving the client requests the server
+forwards to us, and answering them inside the same envelope.
+
+The server wraps the client's iq as
+C{<iq type='set'><delegation><forwarded xmlns='urn:xmpp:forward:0'><iq
+xmlns='jabber:client'/></forwarded></delegation></iq>}.  Prosody's
+mod_delegation speaks C{urn:xmpp:delegation:2}, ejabberd (through 26.x)
+C{urn:xmpp:delegation:1}; the envelope is the same and the reply uses the
+namespace of the request.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.xish import domish
+from wokkel.subprotocols import XMPPHandler
+
+from rosteradmin.stanzas import NS_CLIENT, NS_FORWARD, errorReply, errorXML, findChild, iqXML
+
+NS_DELEGATION_1 = "urn:xmpp:delegation:1"
+NS_DELEGATION_2 = "urn:xmpp:delegation:2"
+DELEGATION_NAMESPACES = (NS_DELEGATION_2, NS_DELEGATION_1)
+
+DELEGATED_REQUEST = "/iq[@type='set']/delegation"
+ADVERTISEMENT = "/message/delegation"
+
+
+class MalformedEnvelope(Exception):
+    """
+    A delegation iq does not hold exactly one forwarded client iq.
+    """
+
+
+class Delegated(NamedTuple):
+    """
+    A client request forwarded by the server.
+
+    @ivar namespace: The delegation namespace of the envelope, used again in
+        the reply.
+    @ivar outerID: The id of the server's envelope iq.
+    @ivar outerFrom: Who sent the envelope (the server's domain).
+    @ivar inner: The client's own iq.
+    """
+
+    namespace: str
+    outerID: str
+    outerFrom: str
+    inner: domish.Element
+
+
+def unwrap(iq: domish.Element) -> Delegated:
+    """
+    Take the client's iq out of a delegation envelope.
+
+    @raise MalformedEnvelope: The envelope is not as XEP-0355 says.
+    """
+    delegation = findChild(iq, "delegation", DELEGATION_NAMESPACES)
+    if delegation is None:
+        raise MalformedEnvelope("no delegation element")
+    forwarded = findChild(delegation, "forwarded", (NS_FORWARD,))
+    if forwarded is None:
+        raise MalformedEnvelope("no forwarded element")
+    inners = [c for c in forwarded.elements() if c.name == "iq"]
+    if len(inners) != 1 or inners[0].uri not in (NS_CLIENT, None):
+        raise MalformedEnvelope("forwarded element must hold one jabber:client iq")
+    inner = inners[0]
+    if inner.getAttribute("type") not in ("get", "set") or not inner.getAttribute("from"):
+        raise MalformedEnvelope("forwarded iq must be a get or set with a sender")
+    return Delegated(delegation.uri, iq.getAttribute("id", ""), iq.getAttribute("from", ""), inner)
+
+
+def wrap(delegated: Delegated, componentJID: str, innerXML: str) -> str:
+    """
+    Wrap the answer for the client in the result of the server's envelope.
+
+    Every level holds exactly one child and no whitespace, or
+    mod_delegation drops the reply and the client waits forever.
+    """
+    envelope = (
+        f"<delegation xmlns='{delegated.namespace}'>"
+        f"<forwarded xmlns='{NS_FORWARD}'>{innerXML}</forwarded></delegation>"
+    )
+    return iqXML("result", delegated.outerID, delegated.outerFrom, envelope, sender=componentJID)
+
+
+def innerReply(inner: domish.Element, payload: str = "") -> str:
+    """
+    The client-facing result iq: addressed to the requester's full JID with
+    the requester's id, as mod_delegation checks both.
+    """
+    return iqXML("result", inner.getAttribute("id", ""), inner["from"], payload, namespace=NS_CLIENT)
+
+
+def innerError(inner: domish.Element, condition: str, errorType: str, text: str | None = None) -> str:
+    """
+    The client-facing error iq.  It goes inside the envelope: an outer error
+    reaches the client only as C{service-unavailable}.
+    """
+    return iqXML(
+        "error", inner.getAttribute("id", ""), inner["from"],
+        errorXML(condition, errorType, text), namespace=NS_CLIENT,
+    )
+
+
+#: Answers one delegated client iq with the client-facing reply XML.
+Answerer = Callable[[domish.Element], "Deferred[str] | str"]
+
+
+class DelegationHandler(XMPPHandler):  # type: ignore[misc]
+    """
+    Receives delegated requests, hands the client's iq to the handler of its
+    namespace, and sends the wrapped answer back.
+
+    @ivar delegated: Namespaces the server said it delegates to us, with the
+        delegation namespace version it used.
+    """
+
+    log = Logger()
+
+    def __init__(self, domain: str, componentJID: str, answerers: dict[str, Answerer]) -> None:
+        """
+        @param domain: The only sender whose envelopes are trusted.
+        @param answerers: Handlers by the namespace of the client iq's child.
+        """
+        super().__init__()
+        self.domain = domain
+        self.componentJID = componentJID
+        self.answerers = answerers
+        self.delegated: dict[str, str] = {}
+
+    def connectionMade(self) -> None:
+        # Prosody sends the advertisement in the same read as the handshake
+        # and never again: observe before authentication completes.
+        self.xmlstream.addObserver(DELEGATED_REQUEST, self._onDelegatedRequest)
+        self.xmlstream.addObserver(ADVERTISEMENT, self._onAdvertisement)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.delegated = {}
+
+    def _onAdvertisement(self, message: domish.Element) -> None:
+        """
+        Record the namespaces the server delegates to us (XEP-0355 §4.2).
+        """
+        delegation = findChild(message, "delegation", DELEGATION_NAMESPACES)
+        if delegation is None:
+            return
+        message.handled = True
+        if message.getAttribute("from") != self.domain:
+            self.log.warn(
+                "ignored delegation advertisement from untrusted {sender}",
+                sender=message.getAttribute("from"),
+            )
+            return
+        for item in delegation.elements():
+            if item.name == "delegated" and item.getAttribute("namespace"):
+                self.delegated[item["namespace"]] = delegation.uri
+        self.log.info(
+            "server delegates {namespaces} ({version})",
+            namespaces=sorted(self.delegated), version=delegation.uri,
+        )
+
+    def _onDelegatedRequest(self, iq: domish.Element) -> None:
+        """
+        Answer one envelope, always: mod_delegation has no timeout.
+        """
+        if findChild(iq, "delegation", DELEGATION_NAMESPACES) is None:
+            return
+        iq.handled = True
+        sender = iq.getAttribute("from")
+        if sender != self.domain:
+            self.log.warn("refused delegation envelope from untrusted {sender}", sender=sender)
+            self.send(errorReply(iq, "forbidden", "cancel", self.componentJID))
+            return
+        try:
+            delegated = unwrap(iq)
+        except MalformedEnvelope as e:
+            self.log.warn("refused malformed delegation envelope: {why}", why=str(e))
+            self.send(errorReply(iq, "bad-request", "modify", self.componentJID))
+            return
+        payload = next(iter(delegated.inner.elements()), None)
+        answerer = self.answerers.get(payload.uri) if payload is not None else None
+        if answerer is None:
+            self.send(wrap(delegated, self.componentJID, innerError(delegated.inner, "service-unavailable", "cancel")))
+            return
+        d = maybeDeferred(answerer, delegated.inner)
+        d.addErrback(self._ebAnswer, delegated)
+        d.addCallback(self._sendAnswer, delegated)
+        d.addErrback(lambda f: self.log.failure("sending a delegated answer failed", f))
+
+    def _sendAnswer(self, innerXML: str, delegated: Delegated) -> None:
+        """
+        Send the wrapped answer, unless the stream it was asked on is gone
+        (wokkel would queue it for the next stream, where nobody waits).
+        """
+        if self.xmlstream is None:
+            self.log.info("dropped a delegated answer: the stream closed meanwhile")
+            return
+        self.send(wrap(delegated, self.componentJID, innerXML))
+
+    def _ebAnswer(self, failure: Failure, delegated: Delegated) -> str:
+        """
+        A bug in an answerer still answers the client.
+        """
+        self.log.failure("answering a delegated request failed", failure)
+        return innerError(delegated.inner, "internal-server-error", "cancel")

@@ -1,0 +1,296 @@
+# -*- test-case-name: tests.test_privilege -*-
+"""
+XEP-0356 Privileged Entity: what the server lets us do with its users'
+rosters, and doing it.
+
+The server announces our permissions in a C{<message><privilege/>}
+right after the handshake (Prosody: C{urn:xmpp:privilege:2}, ejabberd up to
+24.07: C{:1}).  With C{roster} access we read and write users' stored
+rosters; with C{presence} access (C{managed_entity}) we see their presences,
+which tells us who is online; with C{iq} access for C{jabber:iq:roster}
+(C{:2} only) we push roster changes to their clients ourselves, because
+Prosody pushes nothing while the roster namespace is delegated.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Callable, NamedTuple
+
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+from wokkel.subprotocols import XMPPHandler
+from zope.interface import implementer
+
+from rosteradmin.errors import NotConnected, SyncFailed
+from rosteradmin.interfaces import IConnectionStatus, IRosterSync
+from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff
+from rosteradmin.stanzas import NS_CLIENT, IQRequest, findChild, iqXML, parseJID, sendRequest
+
+NS_PRIVILEGE_1 = "urn:xmpp:privilege:1"
+NS_PRIVILEGE_2 = "urn:xmpp:privilege:2"
+PRIVILEGE_NAMESPACES = (NS_PRIVILEGE_2, NS_PRIVILEGE_1)
+
+#: Most privileged roster sets in flight at once, over all users.
+MAX_WRITES_IN_FLIGHT = 32
+
+
+class StoredRoster(NamedTuple):
+    """
+    A roster as the server stores it.
+
+    @ivar roster: Its items, as contacts.
+    @ivar notBoth: Contacts whose stored subscription is not C{both} (or
+        with a pending C{ask}): they must be rewritten even when their name
+        and groups match.
+    """
+
+    roster: Roster
+    notBoth: frozenset[str]
+
+
+class Permissions(NamedTuple):
+    """
+    What the server granted (XEP-0356 §4).
+    """
+
+    namespace: str
+    roster: str
+    presence: str
+    iqNamespaces: frozenset[str]
+
+    @property
+    def canReadAndWriteRosters(self) -> bool:
+        return self.roster == "both"
+
+    @property
+    def canPush(self) -> bool:
+        # <privileged_iq> exists in privilege:2 only.
+        return self.namespace == NS_PRIVILEGE_2 and NS_ROSTER in self.iqNamespaces
+
+    @property
+    def seesPresence(self) -> bool:
+        return self.presence in ("managed_entity", "roster")
+
+
+NO_PERMISSIONS = Permissions(NS_PRIVILEGE_2, "none", "none", frozenset())
+
+
+def parsePermissions(privilege: domish.Element) -> Permissions:
+    """
+    Read the C{<perm/>} elements of a privilege advertisement.
+    """
+    granted: dict[str, str] = {}
+    iqNamespaces: set[str] = set()
+    for perm in privilege.elements():
+        if perm.name != "perm":
+            continue
+        access = perm.getAttribute("access", "")
+        granted[access] = perm.getAttribute("type", "none")
+        if access == "iq":
+            iqNamespaces.update(
+                ns["ns"] for ns in perm.elements()
+                if ns.name == "namespace" and ns.getAttribute("type") in ("set", "both") and ns.getAttribute("ns")
+            )
+    return Permissions(
+        privilege.uri, granted.get("roster", "none"), granted.get("presence", "none"), frozenset(iqNamespaces)
+    )
+
+
+def parseStoredRoster(result: domish.Element) -> StoredRoster:
+    """
+    Read the server's answer to a privileged roster get.
+    """
+    contacts: list[Contact] = []
+    notBoth: set[str] = set()
+    query = findChild(result, "query", (NS_ROSTER,))
+    for item in query.elements() if query is not None else ():
+        jid = parseJID(item.getAttribute("jid")) if item.name == "item" else None
+        if jid is None:
+            continue
+        bare = jid.userhost()
+        groups = tuple(dict.fromkeys(str(g) for g in item.elements() if g.name == "group" and str(g)))
+        contacts.append(Contact(bare, item.getAttribute("name") or None, groups))
+        if item.getAttribute("subscription") != "both" or item.getAttribute("ask"):
+            notBoth.add(bare)
+    return StoredRoster(Roster(contacts), frozenset(notBoth))
+
+
+@implementer(IRosterSync)
+class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
+    """
+    Tracks the granted permissions and users' online resources, and writes
+    rosters into the server.
+
+    @ivar online: Online full JIDs by username, from presence permission.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        domain: str,
+        status: IConnectionStatus,
+        timeout: float,
+        userOnline: Callable[[str], object] = lambda username: None,
+        rosterAccessGranted: Callable[[], object] = lambda: None,
+    ) -> None:
+        """
+        @param domain: The only sender trusted for permissions and presences.
+        @param status: Whether we are connected.
+        @param timeout: Seconds to wait for the server to answer an iq.
+        @param userOnline: Called with a username when a user's first
+            resource comes online (the backend warms its cache).
+        @param rosterAccessGranted: Called when the server grants roster
+            access, after each connection (the backend writes what it could
+            not write meanwhile).
+        """
+        super().__init__()
+        self.domain = domain
+        self.status = status
+        self.timeout = timeout
+        self.userOnline = userOnline
+        self.rosterAccessGranted = rosterAccessGranted
+        self.permissions = NO_PERMISSIONS
+        self.online: dict[str, set[str]] = {}
+        self._writes = DeferredSemaphore(MAX_WRITES_IN_FLIGHT)
+
+    def connectionMade(self) -> None:
+        # The advertisement and presences arrive in the handshake's read.
+        self.xmlstream.addObserver("/message/privilege", self._onAdvertisement)
+        self.xmlstream.addObserver("/presence", self._onPresence, priority=-1)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The server sends permissions and current presences again after
+        # every reconnect.
+        self.permissions = NO_PERMISSIONS
+        self.online = {}
+
+    def _onAdvertisement(self, message: domish.Element) -> None:
+        privilege = findChild(message, "privilege", PRIVILEGE_NAMESPACES)
+        if privilege is None:
+            return
+        message.handled = True
+        if message.getAttribute("from") != self.domain:
+            self.log.warn("ignored privilege advertisement from untrusted {sender}",
+                          sender=message.getAttribute("from"))
+            return
+        self.permissions = parsePermissions(privilege)
+        self.log.info(
+            "server grants roster={roster} presence={presence} iq={iq} ({version})",
+            roster=self.permissions.roster, presence=self.permissions.presence,
+            iq=sorted(self.permissions.iqNamespaces), version=self.permissions.namespace,
+        )
+        if self.canSync():
+            self.rosterAccessGranted()
+
+    def _onPresence(self, presence: domish.Element) -> None:
+        """
+        Track users' online resources; warm the cache on a first one.
+        """
+        if presence.handled:
+            return
+        sender = parseJID(presence.getAttribute("from"))
+        if sender is None or sender.host != self.domain or not sender.user or not sender.resource:
+            return
+        presence.handled = True
+        username, full = sender.user, sender.full()
+        kind = presence.getAttribute("type")
+        if kind is None:
+            resources = self.online.setdefault(username, set())
+            first = not resources
+            resources.add(full)
+            if first:
+                self.userOnline(username)
+        elif kind == "unavailable":
+            resources = self.online.get(username, set())
+            resources.discard(full)
+            if not resources:
+                self.online.pop(username, None)
+
+    def canSync(self) -> bool:
+        return self.status.connected and self.permissions.canReadAndWriteRosters
+
+    def readStored(self, username: str) -> Deferred[StoredRoster]:
+        d = self._request(username, "get", f"<query xmlns='{NS_ROSTER}'/>")
+        d.addCallback(parseStoredRoster)
+        d.addErrback(self._ebSync, username, "read")
+        return d
+
+    def write(self, username: str, diff: RosterDiff) -> Deferred[None]:
+        """
+        One privileged set per item: with several items in one iq Prosody
+        answers once per item with the same id.
+        """
+        writes = [self._writes.run(self._writeItem, username, c.toXML("both"), False) for c in diff.changed]
+        writes += [
+            self._writes.run(self._writeItem, username, Contact(jid, None, ()).toXML("remove"), True)
+            for jid in diff.removed
+        ]
+        d = DeferredList(writes, consumeErrors=True)
+
+        def check(results: list[tuple[bool, object]]) -> None:
+            failed = [r for ok, r in results if not ok]
+            if failed:
+                raise SyncFailed(f"{len(failed)} of {len(results)} roster writes for {username!r} failed: "
+                                 f"{failed[0].getErrorMessage()}")  # type: ignore[attr-defined]
+
+        d.addCallback(check)
+        return d
+
+    def _writeItem(self, username: str, itemXML: str, removal: bool) -> Deferred[object]:
+        d = self._request(username, "set", f"<query xmlns='{NS_ROSTER}'>{itemXML}</query>")
+        if removal:
+            # Removing what the server does not hold is already done.
+            d.addErrback(self._ignoreItemNotFound)
+        return d
+
+    @staticmethod
+    def _ignoreItemNotFound(failure: Failure) -> Failure | None:
+        failure.trap(StanzaError)
+        return failure if failure.value.condition != "item-not-found" else None
+
+    def push(self, username: str, diff: RosterDiff, version: str) -> int:
+        """
+        Send each change to each online resource as a roster push from the
+        user's bare JID (XEP-0356 §7, C{<privileged_iq>}).  Only the last
+        push carries the new version: a client that misses a push keeps its
+        old version and gets the full roster at its next login.
+        """
+        resources = self.online.get(username)
+        if not resources or not diff or not self.permissions.canPush or not self.status.connected:
+            return 0
+        items = [c.toXML("both") for c in diff.changed] + [
+            Contact(jid, None, ()).toXML("remove") for jid in diff.removed
+        ]
+        pushID = secrets.token_hex(4)
+        sent = 0
+        for resource in sorted(resources):
+            for index, item in enumerate(items):
+                ver = f" ver='{version}'" if index == len(items) - 1 else ""
+                push = iqXML("set", f"push-{pushID}-{index}", resource,
+                             f"<query xmlns='{NS_ROSTER}'{ver}>{item}</query>", namespace=NS_CLIENT)
+                d = self._request(username, "set",
+                                  f"<privileged_iq xmlns='{NS_PRIVILEGE_2}'>{push}</privileged_iq>")
+                d.addErrback(lambda f, r=resource: self.log.warn(
+                    "roster push to {resource} failed: {why}", resource=r, why=f.getErrorMessage()))
+                sent += 1
+        self.log.info("pushed {count} roster changes to {resources} resources of {user}",
+                      count=len(items), resources=len(resources), user=username)
+        return sent
+
+    def _request(self, username: str, iqType: str, payload: str) -> Deferred[domish.Element]:
+        """
+        A privileged iq to a user's bare JID.
+        """
+        request = IQRequest(f"{username}@{self.domain}", iqType, payload, self.timeout)
+        return sendRequest(self.parent, self.status.connected, request)
+
+    def _ebSync(self, failure: Failure, username: str, what: str) -> Failure:
+        if failure.check(NotConnected, SyncFailed):
+            return failure
+        reason = failure.value.condition if failure.check(StanzaError) else failure.getErrorMessage()
+        raise SyncFailed(f"privileged roster {what} for {username!r} failed: {reason}")

@@ -1,0 +1,151 @@
+# -*- test-case-name: tests.test_rosterserver -*-
+"""
+Answering clients' roster queries (RFC 6121 §2) from the backend.
+
+Queries arrive delegated by the server (XEP-0355, see
+L{rosteradmin.delegation}) or, on servers without delegation, addressed to
+the component's own JID.  Either way: only users of the managed domain are
+served, each only their own roster; roster sets are refused, because the web
+application owns the rosters; XEP-0237 versions spare unchanged rosters.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.xish import domish
+from wokkel.subprotocols import XMPPHandler
+
+from rosteradmin.delegation import innerError, innerReply
+from rosteradmin.errors import FetchFailed
+from rosteradmin.interfaces import IRosterBackend
+from rosteradmin.roster import NS_ROSTER
+from rosteradmin.stanzas import errorXML, iqXML, parseJID
+
+DIRECT_QUERY = f"/iq[@type='get' or @type='set']/query[@xmlns='{NS_ROSTER}']"
+
+SET_REFUSED_TEXT = "The roster is managed by the web application and cannot be changed here."
+
+
+class QueryRefused(Exception):
+    """
+    A roster query gets this stanza error.
+    """
+
+    def __init__(self, condition: str, errorType: str, text: str) -> None:
+        super().__init__(text)
+        self.condition = condition
+        self.errorType = errorType
+        self.text = text
+
+
+class RosterServer(XMPPHandler):  # type: ignore[misc]
+    """
+    Serves roster gets from an L{IRosterBackend}.
+    """
+
+    log = Logger()
+
+    def __init__(self, backend: IRosterBackend, domain: str, componentJID: str) -> None:
+        super().__init__()
+        self.backend = backend
+        self.domain = domain
+        self.componentJID = componentJID
+        self.answered = 0
+
+    def connectionMade(self) -> None:
+        self.xmlstream.addObserver(DIRECT_QUERY, self._onDirectQuery)
+
+    def answerDelegated(self, inner: domish.Element) -> Deferred[str]:
+        """
+        Answer a client's roster iq forwarded by the server.
+
+        @return: A Deferred firing with the client-facing reply iq as XML.
+        """
+        target = inner.getAttribute("to")
+        d = ensureDeferred(self._answer(inner, target))
+        d.addCallbacks(
+            lambda payload: innerReply(inner, payload),
+            lambda f: innerError(inner, *self._refusal(f)),
+        )
+        return d
+
+    def _onDirectQuery(self, iq: domish.Element) -> None:
+        """
+        Answer a roster query sent to the component's own JID (servers
+        without XEP-0355): the roster is the sender's.
+        """
+        to = parseJID(iq.getAttribute("to"))
+        if to is None or to.userhost() != self.componentJID:
+            return
+        iq.handled = True
+        d = ensureDeferred(self._answer(iq, None))
+        d.addCallbacks(
+            lambda payload: iqXML("result", iq.getAttribute("id", ""), iq["from"], payload, sender=self.componentJID),
+            lambda f: iqXML(
+                "error", iq.getAttribute("id", ""), iq["from"],
+                errorXML(*self._refusal(f)), sender=self.componentJID,
+            ),
+        )
+        d.addCallback(self._sendIfConnected)
+
+    def _sendIfConnected(self, reply: str) -> None:
+        if self.xmlstream is not None:
+            self.send(reply)
+
+    def _refusal(self, failure: Failure) -> tuple[str, str, str]:
+        """
+        Map a failed answer to a stanza error, the one error map of this edge.
+        """
+        if failure.check(QueryRefused):
+            e = failure.value
+            return e.condition, e.errorType, e.text
+        if failure.check(FetchFailed):
+            # Type wait: the client may retry, and its session stays open.
+            return "internal-server-error", "wait", "The roster is temporarily unavailable."
+        self.log.failure("answering a roster query failed", failure)
+        return "internal-server-error", "cancel", "Internal error."
+
+    async def _answer(self, iq: domish.Element, target: str | None) -> str:
+        """
+        Check who asks for what, then serve the roster payload.
+
+        @param target: The C{to} of a delegated query: absent, or the
+            requester's own bare JID.  The server also delegates a user's
+            query addressed to another user; that one is refused.
+        @return: The C{<query/>} XML, or C{""} when the client's version is
+            current (XEP-0237 §2.6: an empty result).
+        @raise QueryRefused: The query is not allowed.
+        """
+        started = time.monotonic()
+        requester = parseJID(iq.getAttribute("from"))
+        if requester is None or requester.host != self.domain or not requester.user:
+            self.log.warn("refused roster query from {sender}: not a user of {domain}",
+                          sender=iq.getAttribute("from"), domain=self.domain)
+            raise QueryRefused("forbidden", "auth", f"Only users of {self.domain} are served.")
+        username = requester.user
+        if target is not None and target != requester.userhost():
+            self.log.warn("refused {user}'s query for the roster of {target}", user=username, target=target)
+            raise QueryRefused("forbidden", "auth", "You may only read your own roster.")
+        if iq.getAttribute("type") == "set":
+            self.log.info("refused roster set from {user}", user=username)
+            raise QueryRefused("not-allowed", "cancel", SET_REFUSED_TEXT)
+        query = iq.query
+        clientVersion = query.getAttribute("ver") if query is not None else None
+        try:
+            roster = await self.backend.getRoster(username)
+        except FetchFailed:
+            self.log.warn("roster query {user} → unavailable in {elapsed:.3f}s",
+                          user=username, elapsed=time.monotonic() - started)
+            raise
+        self.answered += 1
+        if clientVersion is not None and clientVersion == roster.version:
+            outcome, payload = "version current", ""
+        else:
+            outcome, payload = "served", roster.queryXML()
+        self.log.debug("roster query {user} → {outcome} in {elapsed:.3f}s",
+                       user=username, outcome=outcome, elapsed=time.monotonic() - started)
+        return payload

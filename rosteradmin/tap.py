@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd rosteradmin}: the command-line options and the service tree.
+
+    twistd -n --pidfile= rosteradmin --config /etc/rosteradmin/rosteradmin.toml
+
+Every option of L{rosteradmin.config.SETTINGS} is a command-line option, a
+TOML key and, for secrets, an environment variable and a C{--<name>-file}.
+All validation happens in L{Options.postOptions}, so a bad configuration
+stops start-up with one line naming the option, before anything connects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
+
+import treq
+
+from rosteradmin.backend import RosterBackend
+from rosteradmin.cache import RosterCache
+from rosteradmin.component import RosterComponent
+from rosteradmin.config import SETTINGS, Config, ConfigError, buildConfig
+from rosteradmin.fetcher import RosterFetcher
+
+
+def _optionTables() -> tuple[list[list[Any]], list[list[Any]]]:
+    """
+    The C{optParameters} and C{optFlags} tables, built from L{SETTINGS} so
+    options, TOML keys and docs cannot drift apart.
+    """
+    parameters: list[list[Any]] = [["config", "c", None, "TOML configuration file"]]
+    flags: list[list[Any]] = [["verbose", "v", "log every stanza sent and received"]]
+    for setting in SETTINGS:
+        if not setting.cli:
+            continue
+        if setting.kind is bool:
+            flags.append([setting.name, None, setting.help])
+            continue
+        default = "" if setting.default is None else f" [default: {setting.default}]"
+        parameters.append([setting.name, None, None, setting.help + default])
+        if setting.secret:
+            parameters.append([
+                setting.name + "-file", None, None,
+                f"file holding the {setting.name} (or set {setting.environmentVariable})",
+            ])
+    return parameters, flags
+
+
+class Options(usage.Options):
+    """
+    The options of C{twistd rosteradmin}.
+
+    @ivar config: The validated L{Config}, after parsing.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "An XMPP external component (XEP-0114) that serves users' rosters from a web "
+        "application, with an HTTP API to refresh them and to kick users from rooms. "
+        "Options may also come from a TOML file (--config); secrets also from files "
+        "or the environment."
+    )
+    optParameters, optFlags = _optionTables()
+
+    config: Config
+
+    def postOptions(self) -> None:
+        commandLine: dict[str, Any] = {}
+        for setting in SETTINGS:
+            if not setting.cli:
+                continue
+            value = self[setting.name]
+            if setting.kind is bool:
+                value = True if value else None
+            commandLine[setting.key] = value
+            if setting.secret:
+                commandLine[setting.key + "_file"] = self[setting.name + "-file"]
+        commandLine["config"] = self["config"]
+        try:
+            self.config = buildConfig(commandLine)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        self._checkEndpoint()
+
+    def _checkEndpoint(self) -> None:
+        from twisted.internet import endpoints, reactor
+
+        try:
+            endpoints.serverFromString(reactor, self.config.http)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"--http: {self.config.http!r} is not a Twisted endpoint: {e}") from None
+
+
+def makeHTTPClient(reactor: Any, concurrency: int, timeout: float) -> treq.client.HTTPClient:
+    """
+    A treq client with its own connection pool, sized so that every fetch
+    in flight can reuse a kept-alive connection to the web app.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = concurrency
+    return treq.client.HTTPClient(Agent(reactor, connectTimeout=timeout, pool=pool))
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """
+    The whole service tree: C{backend} (cache, fetcher, sync), C{component}
+    (the XMPP side).
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    config = options.config
+    top = service.MultiService()
+
+    fetcher = RosterFetcher(
+        config.roster_url, config.domain, reactor,
+        http=makeHTTPClient(reactor, config.fetch_concurrency, config.fetch_timeout),
+        timeout=config.fetch_timeout, concurrency=config.fetch_concurrency,
+        maxBytes=config.max_roster_bytes, headers=config.web_app_headers,
+    )
+    backend = RosterBackend(RosterCache(), fetcher)
+    backend.setName("backend")
+    backend.setServiceParent(top)
+
+    comp = RosterComponent(config, backend, reactor, verbose=bool(options["verbose"]))
+    comp.setName("component")
+    comp.setServiceParent(top)
+    return top
