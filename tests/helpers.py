@@ -1,0 +1,175 @@
+"""
+Test helpers: a component stream over a StringTransport, stanza parsing,
+and an in-memory web app for C{treq.testing.StubTreq}.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+from twisted.words.xish import domish
+from treq.testing import StubTreq
+
+from rosteradmin.backend import RosterBackend
+from rosteradmin.cache import RosterCache
+from rosteradmin.component import RosterComponent
+from rosteradmin.config import Config
+from rosteradmin.fetcher import RosterFetcher
+
+DOMAIN = "example.org"
+COMPONENT = "roster.example.org"
+
+STREAM_HEADER = (
+    "<stream:stream xmlns='jabber:component:accept' "
+    "xmlns:stream='http://etherx.jabber.org/streams' "
+    f"from='{COMPONENT}' id='s1'>"
+)
+
+PERMISSIONS_2 = (
+    f"<message from='{DOMAIN}' to='{COMPONENT}'><privilege xmlns='urn:xmpp:privilege:2'>"
+    "<perm access='roster' type='both'/><perm access='presence' type='managed_entity'/>"
+    "<perm access='iq'><namespace ns='jabber:iq:roster' type='set'/></perm>"
+    "</privilege></message>"
+)
+
+
+def parseStanzas(data: bytes | str) -> list[domish.Element]:
+    """
+    Parse the stanzas a component wrote, in order.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    elements: list[domish.Element] = []
+    stream = domish.elementStream()
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = elements.append
+    stream.DocumentEndEvent = lambda: None
+    stream.parse(b"<root xmlns='jabber:component:accept'>" + data + b"</root>")
+    return elements
+
+
+def parseXML(text: str) -> domish.Element:
+    """
+    Parse one stanza.
+    """
+    [element] = parseStanzas(text)
+    return element
+
+
+class WebApp(Resource):
+    """
+    The web app's roster endpoint, in memory: C{GET /rosters/<username>}.
+
+    @ivar rosters: The JSON object served for each user.
+    @ivar failures: A status and body to answer instead, per user.
+    @ivar requests: How often each user's roster was fetched.
+    @ivar held: Requests left unanswered while C{hold} is true.
+    """
+
+    isLeaf = True
+
+    def __init__(self, rosters: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.rosters: dict[str, Any] = rosters or {}
+        self.failures: dict[str, tuple[int, bytes]] = {}
+        self.requests: Counter[str] = Counter()
+        self.hold = False
+        self.held: list[tuple[Request, str]] = []
+
+    def render_GET(self, request: Request) -> bytes | int:
+        username = request.postpath[-1].decode("utf-8")
+        self.requests[username] += 1
+        if self.hold:
+            self.held.append((request, username))
+            return 1  # NOT_DONE_YET
+        return self.answer(request, username)
+
+    def answer(self, request: Request, username: str) -> bytes:
+        if username in self.failures:
+            code, body = self.failures[username]
+            request.setResponseCode(code)
+            return body
+        request.setHeader("content-type", "application/json")
+        return json.dumps(self.rosters.get(username, {})).encode("utf-8")
+
+    def release(self) -> None:
+        """
+        Answer the held requests.
+        """
+        held, self.held, self.hold = self.held, [], False
+        for request, username in held:
+            request.write(self.answer(request, username))
+            request.finish()
+
+
+def makeConfig(**overrides: Any) -> Config:
+    values: dict[str, Any] = dict(
+        jid=COMPONENT, secret="s3cret", domain=DOMAIN,
+        roster_url="http://webapp.invalid/rosters/%s", no_kick=True,
+    )
+    values.update(overrides)
+    return Config(**values)
+
+
+class ComponentOnWire:
+    """
+    A L{RosterComponent} connected over a L{StringTransport}, after the
+    real XEP-0114 handshake, with its backend fetching from a L{WebApp}.
+    """
+
+    def __init__(self, webApp: WebApp | None = None, config: Config | None = None) -> None:
+        self.clock = Clock()
+        self.config = config or makeConfig()
+        self.webApp = webApp or WebApp()
+        self.http = StubTreq(self.webApp)
+        self.fetcher = RosterFetcher(self.config.roster_url, DOMAIN, self.clock, http=self.http, timeout=10)
+        self.backend = RosterBackend(RosterCache(), self.fetcher)
+        self.component = RosterComponent(self.config, self.backend, self.clock)
+        self.transport = StringTransport()
+        self.xmlstream = self.component.factory.buildProtocol(None)
+        self.xmlstream.makeConnection(self.transport)
+
+    def handshake(self, burst: str = "") -> None:
+        """
+        Complete the handshake; C{burst} arrives in the same read, as
+        Prosody sends its advertisements.
+        """
+        self.xmlstream.dataReceived(STREAM_HEADER)
+        assert b"<handshake>" in self.transport.value()
+        self.transport.clear()
+        self.xmlstream.dataReceived("<handshake/>" + burst)
+
+    def receive(self, xml: str) -> None:
+        self.xmlstream.dataReceived(xml)
+
+    def sent(self) -> list[domish.Element]:
+        """
+        The stanzas written since the last call.
+        """
+        self.http.flush()
+        data = self.transport.value()
+        self.transport.clear()
+        return parseStanzas(data)
+
+    def answerRequests(self, reply: Any) -> list[domish.Element]:
+        """
+        Answer every iq request the component sent with C{reply(iq)} (XML
+        or C{None}), repeatedly, until it sends no more; return all sent.
+        """
+        everything: list[domish.Element] = []
+        while True:
+            sent = self.sent()
+            if not sent:
+                return everything
+            everything.extend(sent)
+            for stanza in sent:
+                if stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set"):
+                    answer = reply(stanza)
+                    if answer is not None:
+                        self.receive(answer)

@@ -1,0 +1,364 @@
+"""
+Tests for the component on the wire: the handshake burst, delegated and
+direct roster queries, privileged sync, presence tracking, disco and ping,
+stream errors and keepalives.  Each test runs the real component stream over
+a StringTransport with a web app served by StubTreq.
+"""
+
+from __future__ import annotations
+
+from twisted.words.xish import domish
+
+from rosteradmin.roster import NS_ROSTER
+from tests.helpers import COMPONENT, DOMAIN, PERMISSIONS_2, STREAM_HEADER, ComponentOnWire, WebApp
+
+ALICE_ROSTER = {
+    "bob@example.org": {"name": "Bob", "groups": ["Friends"]},
+    "carol@example.org": {"name": "Carol"},
+}
+
+
+def envelope(inner: str, version: int = 2, sender: str = DOMAIN, stanzaID: str = "env1") -> str:
+    return (
+        f"<iq type='set' from='{sender}' to='{COMPONENT}' id='{stanzaID}'>"
+        f"<delegation xmlns='urn:xmpp:delegation:{version}'><forwarded xmlns='urn:xmpp:forward:0'>"
+        f"{inner}</forwarded></delegation></iq>"
+    )
+
+
+def rosterGet(sender: str = "alice@example.org/res", ver: str | None = None, to: str | None = None,
+              iqType: str = "get") -> str:
+    verAttr = f" ver='{ver}'" if ver is not None else ""
+    toAttr = f" to='{to}'" if to is not None else ""
+    payload = f"<query xmlns='{NS_ROSTER}'{verAttr}/>"
+    if iqType == "set":
+        payload = f"<query xmlns='{NS_ROSTER}'><item jid='mallory@example.org'/></query>"
+    return f"<iq xmlns='jabber:client' type='{iqType}' from='{sender}'{toAttr} id='c1'>{payload}</iq>"
+
+
+def innerIQ(reply: domish.Element) -> domish.Element:
+    """
+    The client-facing iq inside a delegation reply.
+    """
+    [delegation] = list(reply.elements())
+    [forwarded] = list(delegation.elements())
+    [inner] = list(forwarded.elements())
+    return inner
+
+
+def serverAnswers(stored: str = "") -> object:
+    """
+    Answer privileged roster gets with C{stored} items and sets with results,
+    as Prosody does.
+    """
+
+    def reply(iq: domish.Element) -> str:
+        payload = f"<query xmlns='{NS_ROSTER}'>{stored}</query>" if iq["type"] == "get" else ""
+        return f"<iq type='result' from='{iq['to']}' to='{COMPONENT}' id='{iq['id']}'>{payload}</iq>"
+
+    return reply
+
+
+def connected(webApp: WebApp | None = None, burst: str = PERMISSIONS_2) -> ComponentOnWire:
+    wire = ComponentOnWire(webApp or WebApp({"alice": ALICE_ROSTER}))
+    wire.handshake(burst)
+    return wire
+
+
+def test_handshakeBurstIsHandled() -> None:
+    """
+    Permissions, the delegation advertisement and the delegation-node disco
+    queries that arrive with the handshake are all taken into account.
+    """
+    wire = ComponentOnWire()
+    wire.handshake(
+        PERMISSIONS_2
+        + f"<message from='{DOMAIN}'><delegation xmlns='urn:xmpp:delegation:2'>"
+        "<delegated namespace='jabber:iq:roster'/></delegation></message>"
+        f"<iq type='get' from='{DOMAIN}' to='{COMPONENT}' id='d1'>"
+        "<query xmlns='http://jabber.org/protocol/disco#info' node='urn:xmpp:delegation:2::jabber:iq:roster'/></iq>"
+    )
+    assert wire.component.status.connected
+    assert wire.component.privileges.permissions.canReadAndWriteRosters
+    assert wire.component.privileges.permissions.canPush
+    assert wire.component.delegation.delegated == {NS_ROSTER: "urn:xmpp:delegation:2"}
+    [disco] = wire.sent()
+    assert disco["type"] == "result" and disco["id"] == "d1"
+    assert disco.query["node"] == "urn:xmpp:delegation:2::jabber:iq:roster"
+
+
+def test_firstQuerySyncsServerBeforeAnswering() -> None:
+    """
+    On a miss the roster is fetched, the server's stored roster read, each
+    missing item written with one privileged set, and only then is the
+    client answered, with the web app's names, groups and subscription both.
+    """
+    wire = connected()
+    wire.receive(envelope(rosterGet()))
+    sent = wire.answerRequests(serverAnswers())
+    kinds = [(s["type"], s["to"]) for s in sent]
+    assert kinds == [
+        ("get", "alice@example.org"),
+        ("set", "alice@example.org"),
+        ("set", "alice@example.org"),
+        ("result", DOMAIN),
+    ]
+    written = sorted(s.query.item["jid"] for s in sent[1:3])
+    assert written == ["bob@example.org", "carol@example.org"]
+    assert all(s.query.item["subscription"] == "both" for s in sent[1:3])
+    reply = sent[-1]
+    assert reply["id"] == "env1" and reply["from"] == COMPONENT
+    inner = innerIQ(reply)
+    assert (inner.uri, inner["type"], inner["id"], inner["to"]) == (
+        "jabber:client", "result", "c1", "alice@example.org/res")
+    items = {i["jid"]: i for i in inner.query.elements()}
+    assert items["bob@example.org"]["name"] == "Bob"
+    assert [str(g) for g in items["bob@example.org"].elements()] == ["Friends"]
+    assert {i["subscription"] for i in items.values()} == {"both"}
+    assert inner.query["ver"]
+
+
+def test_storedRosterIsReconciled() -> None:
+    """
+    Items the server holds but the web app does not list are removed, and a
+    listed item whose stored subscription is not both is rewritten.
+    """
+    wire = connected()
+    wire.receive(envelope(rosterGet()))
+    stored = (
+        "<item jid='bob@example.org' name='Bob' subscription='from'><group>Friends</group></item>"
+        "<item jid='carol@example.org' name='Carol' subscription='both'/>"
+        "<item jid='mallory@example.org' subscription='none' ask='subscribe'/>"
+    )
+    sent = wire.answerRequests(serverAnswers(stored))
+    sets = {s.query.item["jid"]: s.query.item["subscription"] for s in sent if s["type"] == "set"}
+    assert sets == {"bob@example.org": "both", "mallory@example.org": "remove"}
+
+
+def test_secondQueryServedFromCache() -> None:
+    """
+    A second roster get is answered without a second fetch or sync.
+    """
+    wire = connected()
+    wire.receive(envelope(rosterGet()))
+    wire.answerRequests(serverAnswers())
+    wire.receive(envelope(rosterGet(), stanzaID="env2"))
+    [reply] = wire.sent()
+    assert reply["id"] == "env2" and len(list(innerIQ(reply).query.elements())) == 2
+    assert wire.webApp.requests["alice"] == 1
+
+
+def test_currentVersionGetsEmptyResult() -> None:
+    """
+    XEP-0237: a query with the current version gets a result with no query.
+    """
+    wire = connected(burst="")
+    wire.receive(envelope(rosterGet()))
+    [first] = wire.sent()
+    version = innerIQ(first).query["ver"]
+    wire.receive(envelope(rosterGet(ver=version), stanzaID="env2"))
+    [reply] = wire.sent()
+    inner = innerIQ(reply)
+    assert inner["type"] == "result" and list(inner.elements()) == []
+    wire.receive(envelope(rosterGet(ver="stale"), stanzaID="env3"))
+    [full] = wire.sent()
+    assert innerIQ(full).query["ver"] == version
+
+
+def test_delegation1IsAnsweredInKind() -> None:
+    """
+    ejabberd's urn:xmpp:delegation:1 envelope is answered in the same
+    namespace; without privileges no sync is attempted.
+    """
+    wire = connected(burst="")
+    wire.receive(envelope(rosterGet(), version=1))
+    [reply] = wire.sent()
+    [delegation] = list(reply.elements())
+    assert delegation.uri == "urn:xmpp:delegation:1"
+    assert innerIQ(reply)["type"] == "result"
+    assert wire.backend.unsynced == {"alice"}
+
+
+def test_rosterSetRefused() -> None:
+    """
+    A delegated roster set gets not-allowed (cancel) with a text, inside the
+    envelope, and nothing is fetched or written.
+    """
+    wire = connected()
+    wire.receive(envelope(rosterGet(iqType="set")))
+    [reply] = wire.sent()
+    assert reply["type"] == "result"
+    inner = innerIQ(reply)
+    assert inner["type"] == "error" and inner["to"] == "alice@example.org/res"
+    assert inner.error["type"] == "cancel"
+    assert inner.error.firstChildElement().name == "not-allowed"
+    assert "web application" in str(inner.error.text)
+    assert wire.webApp.requests == {}
+
+
+def test_otherUsersRosterForbidden() -> None:
+    """
+    bob asking for alice's roster gets forbidden, and alice's roster is
+    never fetched.
+    """
+    wire = connected()
+    wire.receive(envelope(rosterGet(sender="bob@example.org/res", to="alice@example.org")))
+    [reply] = wire.sent()
+    inner = innerIQ(reply)
+    assert inner["type"] == "error" and inner.error.firstChildElement().name == "forbidden"
+    assert wire.webApp.requests == {}
+
+
+def test_ownBareJIDAsTargetServed() -> None:
+    """
+    A query addressed to the requester's own bare JID is served.
+    """
+    wire = connected(burst="")
+    wire.receive(envelope(rosterGet(to="alice@example.org")))
+    [reply] = wire.sent()
+    assert innerIQ(reply)["type"] == "result"
+
+
+def test_envelopeFromUntrustedSenderRefused() -> None:
+    """
+    A delegation envelope from anyone but the managed domain gets an outer
+    forbidden error and is not served.
+    """
+    wire = connected()
+    wire.receive(envelope(rosterGet(), sender="mallory@example.org/x"))
+    [reply] = wire.sent()
+    assert reply["type"] == "error" and reply["to"] == "mallory@example.org/x"
+    assert reply.error.firstChildElement().name == "forbidden"
+    assert wire.webApp.requests == {}
+
+
+def test_usersOfOtherDomainsRefused() -> None:
+    """
+    A forwarded query from a user of another domain is forbidden.
+    """
+    wire = connected()
+    wire.receive(envelope(rosterGet(sender="eve@evil.example/x")))
+    [reply] = wire.sent()
+    assert innerIQ(reply).error.firstChildElement().name == "forbidden"
+    assert wire.webApp.requests == {}
+
+
+def test_malformedEnvelopeRefused() -> None:
+    """
+    An envelope without a forwarded iq gets bad-request, never silence.
+    """
+    wire = connected()
+    wire.receive(
+        f"<iq type='set' from='{DOMAIN}' to='{COMPONENT}' id='e'>"
+        "<delegation xmlns='urn:xmpp:delegation:2'/></iq>"
+    )
+    [reply] = wire.sent()
+    assert reply["type"] == "error" and reply.error.firstChildElement().name == "bad-request"
+
+
+def test_fetchFailureAnswersWait() -> None:
+    """
+    When the web app fails for an uncached user, the client gets
+    internal-server-error of type wait, and nothing is cached.
+    """
+    webApp = WebApp()
+    webApp.failures["alice"] = (500, b"oops")
+    wire = connected(webApp)
+    wire.receive(envelope(rosterGet()))
+    [reply] = wire.sent()
+    inner = innerIQ(reply)
+    assert inner.error["type"] == "wait"
+    assert inner.error.firstChildElement().name == "internal-server-error"
+    assert "alice" not in wire.backend.cache
+
+
+def test_directQueryToComponent() -> None:
+    """
+    Without delegation, a roster get addressed to the component's JID is
+    answered with the sender's roster.
+    """
+    wire = connected(burst="")
+    wire.receive(f"<iq type='get' from='alice@example.org/res' to='{COMPONENT}' id='q1'>"
+                 f"<query xmlns='{NS_ROSTER}'/></iq>")
+    [reply] = wire.sent()
+    assert (reply["type"], reply["to"], reply["from"], reply["id"]) == (
+        "result", "alice@example.org/res", COMPONENT, "q1")
+    assert len(list(reply.query.elements())) == 2
+
+
+def test_directQueryFromOtherDomainRefused() -> None:
+    """
+    A direct query from another domain's user is forbidden.
+    """
+    wire = connected(burst="")
+    wire.receive(f"<iq type='get' from='eve@evil.example/x' to='{COMPONENT}' id='q1'>"
+                 f"<query xmlns='{NS_ROSTER}'/></iq>")
+    [reply] = wire.sent()
+    assert reply["type"] == "error" and reply.error.firstChildElement().name == "forbidden"
+
+
+def test_presenceWarmsCacheAndTracksResources() -> None:
+    """
+    A user's first available presence fetches the roster; resources are
+    tracked until unavailable.
+    """
+    wire = connected()
+    wire.receive("<presence from='alice@example.org/phone' to='roster.example.org'/>")
+    wire.receive("<presence from='alice@example.org/laptop' to='roster.example.org'/>")
+    wire.answerRequests(serverAnswers())
+    assert wire.webApp.requests["alice"] == 1
+    assert "alice" in wire.backend.cache
+    assert wire.component.privileges.online["alice"] == {"alice@example.org/phone", "alice@example.org/laptop"}
+    wire.receive("<presence type='unavailable' from='alice@example.org/phone'/>")
+    wire.receive("<presence type='unavailable' from='alice@example.org/laptop'/>")
+    assert "alice" not in wire.component.privileges.online
+
+
+def test_forgedPrivilegeAdvertisementIgnored() -> None:
+    """
+    A privilege message from anyone but the domain grants nothing.
+    """
+    wire = connected(burst="")
+    wire.receive(PERMISSIONS_2.replace(f"from='{DOMAIN}'", "from='mallory@example.org/x'"))
+    assert not wire.component.privileges.canSync()
+
+
+def test_discoPingAndUnknown() -> None:
+    """
+    disco#info lists identity and features, ping is answered, and unknown
+    requests get service-unavailable.
+    """
+    wire = connected(burst="")
+    wire.receive(f"<iq type='get' from='alice@example.org/r' to='{COMPONENT}' id='i'>"
+                 "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+                 f"<iq type='get' from='alice@example.org/r' to='{COMPONENT}' id='p'>"
+                 "<ping xmlns='urn:xmpp:ping'/></iq>"
+                 f"<iq type='get' from='alice@example.org/r' to='{COMPONENT}' id='u'>"
+                 "<time xmlns='urn:xmpp:time'/></iq>")
+    info, ping, unknown = wire.sent()
+    features = {f["var"] for f in info.query.elements() if f.name == "feature"}
+    assert {"urn:xmpp:ping", NS_ROSTER} <= features
+    assert info.query.identity["category"] == "component"
+    assert (ping["type"], ping["id"]) == ("result", "p")
+    assert unknown["type"] == "error" and unknown.error.firstChildElement().name == "service-unavailable"
+
+
+def test_streamErrorReported() -> None:
+    """
+    A stream error (wrong secret) is kept as the last error for health.
+    """
+    wire = ComponentOnWire()
+    wire.receive(STREAM_HEADER)
+    wire.receive("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
+    assert wire.component.status.lastError == "stream error: not-authorized"
+    assert not wire.component.status.connected
+
+
+def test_keepaliveSent() -> None:
+    """
+    Whitespace keepalives go out every keepalive interval while connected.
+    """
+    wire = connected(burst="")
+    wire.transport.clear()
+    wire.clock.advance(wire.config.keepalive_interval)
+    assert wire.transport.value() == b" "
