@@ -26,6 +26,7 @@ from rosteradmin.config import Config
 from rosteradmin.delegation import DelegationHandler
 from rosteradmin.disco import DiscoHandler
 from rosteradmin.interfaces import IConnectionStatus
+from rosteradmin.muc import RoomKicker
 from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin.rosterserver import RosterServer
@@ -101,6 +102,7 @@ class RosterComponent(component.Component):  # type: ignore[misc]
         backend's L{IRosterSync}).
     @ivar rosterServer: Answers roster queries.
     @ivar delegation: Unwraps and answers delegated requests.
+    @ivar kicker: Kicks room occupants (the L{IRoomKicker}).
     """
 
     def __init__(self, config: Config, backend: RosterBackend, clock: IReactorTime, verbose: bool = False) -> None:
@@ -121,7 +123,9 @@ class RosterComponent(component.Component):  # type: ignore[misc]
         self.delegation = DelegationHandler(
             config.domain, config.jid, {NS_ROSTER: self.rosterServer.answerDelegated}
         )
+        self.kicker = RoomKicker(config.jid, self.status, clock, config.iq_timeout,
+                                 config.kick_nick, config.stay_in_rooms)
         for handler in (self.status, self.privileges, self.rosterServer, self.delegation,
-                        DiscoHandler(config.jid)):
+                        self.kicker, DiscoHandler(config.jid)):
             handler.setHandlerParent(self)
         backend.sync = self.privileges

@@ -11,7 +11,7 @@ the same user share one fetch.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
 from twisted.internet import error as netError
@@ -88,6 +88,8 @@ class RosterFetcher:
             self.headers[name] = [value]
         self.inFlight = 0
         self.failures = 0
+        #: Told each fetch's outcome ("ok" or "failed") and duration (metrics).
+        self.observeFetch: Callable[[str, float], object] = lambda outcome, seconds: None
         self._semaphore = DeferredSemaphore(concurrency)
         self._waiters: dict[str, list[Deferred[Roster]]] = {}
 
@@ -139,6 +141,7 @@ class RosterFetcher:
         def done(result: Roster | Failure) -> Roster | Failure:
             self.inFlight -= 1
             elapsed = time.monotonic() - started
+            self.observeFetch("failed" if isinstance(result, Failure) else "ok", elapsed)
             if isinstance(result, Failure):
                 self.failures += 1
                 reason = self._describe(result)
@@ -147,7 +150,7 @@ class RosterFetcher:
                     user=username, outcome="failed", elapsed=elapsed, reason=reason,
                 )
                 return Failure(FetchFailed(username, reason))
-            self.log.debug(
+            self.log.info(
                 "roster fetch {user} ok in {elapsed:.3f}s: {count} contacts",
                 user=username, outcome="ok", elapsed=elapsed, count=len(result),
             )

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import service
+from twisted.application import service, strports
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
 import treq
 
+from rosteradmin.api import KickResource, buildRoot
 from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.component import RosterComponent
 from rosteradmin.config import SETTINGS, Config, ConfigError, buildConfig
 from rosteradmin.fetcher import RosterFetcher
+from rosteradmin.metrics import Metrics
+from rosteradmin.web import makeSite
 
 
 def _optionTables() -> tuple[list[list[Any]], list[list[Any]]]:
@@ -108,7 +111,7 @@ def makeHTTPClient(reactor: Any, concurrency: int, timeout: float) -> treq.clien
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """
     The whole service tree: C{backend} (cache, fetcher, sync), C{component}
-    (the XMPP side).
+    (the XMPP side) and C{http} (the API), sharing the backend.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
@@ -130,4 +133,16 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     comp = RosterComponent(config, backend, reactor, verbose=bool(options["verbose"]))
     comp.setName("component")
     comp.setServiceParent(top)
+
+    kick: KickResource | None = None
+    metrics = Metrics(backend, comp.status, lambda: comp.rosterServer.answered,
+                      lambda: dict(kick.outcomes) if kick is not None else {})
+    fetcher.observeFetch = metrics.observeFetch
+    root, kick = buildRoot(
+        backend, comp.status, None if config.no_kick else comp.kicker,
+        config.refresh_authorization, config.kick_authorization, metrics,
+    )
+    web = strports.service(config.http, makeSite(root, config.max_body_bytes))
+    web.setName("http")
+    web.setServiceParent(top)
     return top

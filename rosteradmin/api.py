@@ -1,0 +1,242 @@
+# -*- test-case-name: tests.test_api -*-
+"""
+The HTTP API (SPEC §4): roster refresh, MUC kick, health and metrics.
+
+Each resource parses, calls the backend or the kicker, and maps domain
+errors to status codes; the routes and codes are documented in
+C{docs/openapi.yaml}, which a test checks against this tree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from rosteradmin.errors import KickFailed, NotConnected
+from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend
+from rosteradmin.metrics import MetricsResource
+from rosteradmin.stanzas import parseJID
+from rosteradmin.web import JSON, ApiError, JsonResource, authorized, readJSON
+
+#: How each kick failure condition reaches the HTTP caller.
+KICK_STATUS = {
+    "item-not-found": HTTPStatus.NOT_FOUND,
+    "not-allowed": HTTPStatus.FORBIDDEN,
+    "forbidden": HTTPStatus.FORBIDDEN,
+    "registration-required": HTTPStatus.FORBIDDEN,
+    "not-authorized": HTTPStatus.FORBIDDEN,
+    "timeout": HTTPStatus.GATEWAY_TIMEOUT,
+    "remote-server-not-found": HTTPStatus.NOT_FOUND,
+}
+
+
+class RefreshResource(JsonResource):
+    """
+    C{POST /roster_admin/refresh} with a JSON array of usernames, and
+    C{GET|POST /roster_admin/refresh/<username>} for one user::
+
+        POST /roster_admin/refresh   ["john", "aaron"]
+        200 {"status": "ok", "message": "roster update complete",
+             "updated": 2, "errors": 0, "failures": {}}
+    """
+
+    methods = {b"POST": "_post", b"GET": "_get"}
+
+    def __init__(self, backend: IRosterBackend, authorization: str | None) -> None:
+        super().__init__()
+        self.backend = backend
+        self.authorization = authorization
+
+    async def _get(self, request: server.Request) -> tuple[int, JSON]:
+        self._checkAuthorization(request)
+        if len(request.postpath) != 1 or not request.postpath[0]:
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, _error("Use POST with a JSON array of usernames"))
+        return await self._refresh([self._username(request.postpath[0])])
+
+    async def _post(self, request: server.Request) -> tuple[int, JSON]:
+        self._checkAuthorization(request)
+        if request.postpath and request.postpath != [b""]:
+            if len(request.postpath) != 1:
+                raise ApiError(HTTPStatus.NOT_FOUND, _error("No such resource"))
+            return await self._refresh([self._username(request.postpath[0])])
+        usernames = readJSON(request)
+        if not isinstance(usernames, list):
+            raise ApiError(HTTPStatus.BAD_REQUEST, _error("Request body must be a JSON array of usernames"))
+        if not all(isinstance(u, str) for u in usernames):
+            raise ApiError(HTTPStatus.BAD_REQUEST, _error("Every username must be a string"))
+        return await self._refresh(usernames)
+
+    def _checkAuthorization(self, request: server.Request) -> None:
+        if not authorized(request, self.authorization):
+            raise ApiError(HTTPStatus.UNAUTHORIZED, _error("Authorization failed"))
+
+    @staticmethod
+    def _username(segment: bytes) -> str:
+        try:
+            return unquote(segment.decode("ascii"), errors="strict")
+        except UnicodeDecodeError:
+            raise ApiError(HTTPStatus.BAD_REQUEST, _error("Username is not valid UTF-8")) from None
+
+    async def _refresh(self, usernames: list[str]) -> tuple[int, JSON]:
+        if not usernames:
+            return HTTPStatus.OK, _summary("ok", "nothing to refresh", 0, {})
+        summary = await self.backend.refresh(usernames)
+        self.log.info("refresh of {count} users: {updated} updated, {errors} errors",
+                      count=len(usernames), updated=summary.updated, errors=summary.errors)
+        if summary.updated == 0:
+            return HTTPStatus.INTERNAL_SERVER_ERROR, _summary(
+                "error", "roster update failed for every user", 0, summary.failures)
+        return HTTPStatus.OK, _summary("ok", "roster update complete", summary.updated, summary.failures)
+
+
+class KickResource(JsonResource):
+    """
+    C{POST /muc_kick}: kick an occupant out of a room::
+
+        POST /muc_kick   Authorization: <secret>
+        {"nickname": "Bob", "muc": "room@conference.example.org", "reason": "spam"}
+        200 {"status": "ok", "message": "Bob kicked from room@conference.example.org"}
+
+    @ivar outcomes: Kicks by outcome, for the metrics.
+    """
+
+    methods = {b"POST": "_post"}
+
+    def __init__(self, kicker: IRoomKicker, status: IConnectionStatus, authorization: str) -> None:
+        super().__init__()
+        self.kicker = kicker
+        self.status = status
+        self.authorization = authorization
+        self.outcomes: Counter[str] = Counter()
+
+    async def _post(self, request: server.Request) -> tuple[int, JSON]:
+        code, body = await self._kick(request)
+        self.outcomes[str(int(code))] += 1
+        return code, body
+
+    async def _kick(self, request: server.Request) -> tuple[int, JSON]:
+        if not authorized(request, self.authorization):
+            self.log.warn("kick refused: authorization {presence}",
+                          presence="wrong" if request.getHeader("authorization") else "missing")
+            return HTTPStatus.UNAUTHORIZED, {"error": "Authorization failed"}
+        body = readJSON(request)
+        if not isinstance(body, dict):
+            return HTTPStatus.BAD_REQUEST, {"error": "Request body must be a JSON object"}
+        nick, muc, reason = body.get("nickname"), body.get("muc"), body.get("reason")
+        if not isinstance(nick, str) or not nick or not isinstance(muc, str) or not muc:
+            return HTTPStatus.BAD_REQUEST, {"error": "Missing nickname and/or MUC"}
+        if reason is not None and not isinstance(reason, str):
+            return HTTPStatus.BAD_REQUEST, {"error": "reason must be a string"}
+        room = parseJID(muc)
+        if room is None or not room.user or room.resource is not None:
+            return HTTPStatus.BAD_REQUEST, {"error": "muc must be the bare JID of a room"}
+        if not self.status.connected:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "Not connected to the XMPP server"}
+        try:
+            await self.kicker.kick(room.userhost(), nick, reason)
+        except NotConnected:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "Not connected to the XMPP server"}
+        except KickFailed as e:
+            code = KICK_STATUS.get(e.condition, HTTPStatus.BAD_GATEWAY)
+            self.log.warn("kick {nick} from {room} → {condition}", nick=nick, room=room.userhost(),
+                          condition=e.condition)
+            return code, {"error": _kickError(e)}
+        self.log.info("kick {nick} from {room} → done", nick=nick, room=room.userhost())
+        return HTTPStatus.OK, {"status": "ok", "message": f"{nick} kicked from {room.userhost()}"}
+
+
+class HealthResource(JsonResource):
+    """
+    C{GET /healthz}: 200 while connected to the XMPP server, else 503::
+
+        200 {"status": "ok", "connected": true, "cached_users": 3,
+             "fetches_in_flight": 0, "unsynced_users": 0, "last_error": null}
+    """
+
+    methods = {b"GET": "_get"}
+
+    def __init__(self, backend: IRosterBackend, status: IConnectionStatus) -> None:
+        super().__init__()
+        self.backend = backend
+        self.status = status
+
+    async def _get(self, request: server.Request) -> tuple[int, JSON]:
+        connected = bool(self.status.connected)
+        body = {
+            "status": "ok" if connected else "unavailable",
+            "connected": connected,
+            "cached_users": len(self.backend.cache),
+            "fetches_in_flight": self.backend.fetcher.inFlight,
+            "unsynced_users": len(self.backend.unsynced),
+            "last_error": self.status.lastError,
+        }
+        return (HTTPStatus.OK if connected else HTTPStatus.SERVICE_UNAVAILABLE), body
+
+
+class NotFoundResource(JsonResource):
+    """
+    Every path that is not a route: a JSON 404.
+    """
+
+    methods = {m: "_notFound" for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
+
+    async def _notFound(self, request: server.Request) -> tuple[int, JSON]:
+        return HTTPStatus.NOT_FOUND, {"error": "No such resource"}
+
+
+class ApiRoot(Resource):
+    """
+    The root: named children, and a JSON 404 for anything else.
+    """
+
+    def getChild(self, path: bytes, request: server.Request) -> Resource:
+        return NotFoundResource()
+
+
+def buildRoot(
+    backend: IRosterBackend,
+    status: IConnectionStatus,
+    kicker: IRoomKicker | None,
+    refreshAuthorization: str | None,
+    kickAuthorization: str | None,
+    metrics: Any,
+) -> tuple[Resource, KickResource | None]:
+    """
+    The resource tree of the API.
+
+    @param kicker: None when kicking is disabled (C{--no-kick}).
+    @param metrics: The L{rosteradmin.metrics.Metrics} to serve.
+    @return: The root, and the kick resource (for its outcome counts).
+    """
+    root = ApiRoot()
+    admin = ApiRoot()
+    root.putChild(b"roster_admin", admin)
+    admin.putChild(b"refresh", RefreshResource(backend, refreshAuthorization))
+    kick = None
+    if kicker is not None and kickAuthorization is not None:
+        kick = KickResource(kicker, status, kickAuthorization)
+        root.putChild(b"muc_kick", kick)
+    root.putChild(b"healthz", HealthResource(backend, status))
+    root.putChild(b"metrics", MetricsResource(metrics))
+    return root, kick
+
+
+def _error(message: str) -> JSON:
+    return {"status": "error", "message": message}
+
+
+def _summary(status: str, message: str, updated: int, failures: dict[str, str]) -> JSON:
+    return {"status": status, "message": message, "updated": updated, "errors": len(failures),
+            "failures": failures}
+
+
+def _kickError(error: KickFailed) -> str:
+    return {
+        "item-not-found": "Room or nickname not found",
+        "timeout": "The room did not answer in time",
+    }.get(error.condition, f"Kick refused: {error.condition}" + (f" ({error.text})" if error.text else ""))

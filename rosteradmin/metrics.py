@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_api -*-
+"""
+Prometheus metrics (C{GET /metrics}).
+
+The counters already kept by the parts (cache hits, queries answered, fetch
+failures, kick outcomes) are read when scraped, by a collector, so the hot
+paths pay nothing for metrics.  Only fetch latency, a histogram, is observed
+as it happens.  Each service has its own registry, so several services in one
+process (the tests) do not collide.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from rosteradmin.interfaces import IConnectionStatus, IRosterBackend
+
+
+class Metrics(Collector):
+    """
+    The registry of one service, and the collector of its live counters.
+
+    @ivar fetchLatency: Seconds per roster fetch, by outcome.
+    """
+
+    def __init__(self, backend: IRosterBackend, status: IConnectionStatus,
+                 answered: Callable[[], int], kicks: Callable[[], dict[str, int]]) -> None:
+        self.backend = backend
+        self.status = status
+        self.answered = answered
+        self.kicks = kicks
+        self.registry = CollectorRegistry()
+        self.fetchLatency = Histogram(
+            "rosteradmin_fetch_seconds", "Roster fetches from the web app, by outcome",
+            ["outcome"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.registry.register(self)
+
+    def observeFetch(self, outcome: str, seconds: float) -> None:
+        self.fetchLatency.labels(outcome).observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.backend.cache
+        yield CounterMetricFamily("rosteradmin_roster_queries", "Roster queries answered", self.answered())
+        yield CounterMetricFamily("rosteradmin_cache_hits", "Roster cache hits", cache.hits)
+        yield CounterMetricFamily("rosteradmin_cache_misses", "Roster cache misses", cache.misses)
+        yield GaugeMetricFamily("rosteradmin_cached_users", "Users whose roster is cached", len(cache))
+        yield GaugeMetricFamily("rosteradmin_fetches_in_flight", "Roster fetches running",
+                                self.backend.fetcher.inFlight)
+        yield CounterMetricFamily("rosteradmin_fetch_failures", "Failed roster fetches",
+                                  self.backend.fetcher.failures)
+        yield CounterMetricFamily("rosteradmin_refreshes", "Refresh requests handled", self.backend.refreshes)
+        yield GaugeMetricFamily("rosteradmin_unsynced_users", "Users whose server roster awaits a write",
+                                len(self.backend.unsynced))
+        kicks = CounterMetricFamily("rosteradmin_kicks", "Kick requests by HTTP status", labels=["status"])
+        for status, count in sorted(self.kicks().items()):
+            kicks.add_metric([status], count)
+        yield kicks
+        yield GaugeMetricFamily("rosteradmin_connected", "1 while connected to the XMPP server",
+                                1 if self.status.connected else 0)
+
+
+class MetricsResource(Resource):
+    """
+    C{GET /metrics} in the Prometheus text format.
+
+    prometheus_client's own Twisted resource renders in a thread pool; the
+    scrape is cheap and reads reactor-owned state, so it renders here, in
+    the reactor thread.
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.metrics.registry)

@@ -1,0 +1,1 @@
+"""rosteradmin tests."""
