@@ -47,6 +47,10 @@ class RefreshResource(JsonResource):
 
     methods = {b"POST": "_post", b"GET": "_get"}
 
+    @staticmethod
+    def errorBody(message: str) -> JSON:
+        return {"status": "error", "message": message}
+
     def __init__(self, backend: IRosterBackend, authorization: str | None) -> None:
         super().__init__()
         self.backend = backend
@@ -55,32 +59,32 @@ class RefreshResource(JsonResource):
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)
         if len(request.postpath) != 1 or not request.postpath[0]:
-            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, _error("Use POST with a JSON array of usernames"))
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "Use POST with a JSON array of usernames")
         return await self._refresh([self._username(request.postpath[0])])
 
     async def _post(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)
         if request.postpath and request.postpath != [b""]:
             if len(request.postpath) != 1:
-                raise ApiError(HTTPStatus.NOT_FOUND, _error("No such resource"))
+                raise ApiError(HTTPStatus.NOT_FOUND, "No such resource")
             return await self._refresh([self._username(request.postpath[0])])
         usernames = readJSON(request)
         if not isinstance(usernames, list):
-            raise ApiError(HTTPStatus.BAD_REQUEST, _error("Request body must be a JSON array of usernames"))
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Request body must be a JSON array of usernames")
         if not all(isinstance(u, str) for u in usernames):
-            raise ApiError(HTTPStatus.BAD_REQUEST, _error("Every username must be a string"))
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Every username must be a string")
         return await self._refresh(usernames)
 
     def _checkAuthorization(self, request: server.Request) -> None:
         if not authorized(request, self.authorization):
-            raise ApiError(HTTPStatus.UNAUTHORIZED, _error("Authorization failed"))
+            raise ApiError(HTTPStatus.UNAUTHORIZED, "Authorization failed")
 
     @staticmethod
     def _username(segment: bytes) -> str:
         try:
             return unquote(segment.decode("ascii"), errors="strict")
         except UnicodeDecodeError:
-            raise ApiError(HTTPStatus.BAD_REQUEST, _error("Username is not valid UTF-8")) from None
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Username is not valid UTF-8") from None
 
     async def _refresh(self, usernames: list[str]) -> tuple[int, JSON]:
         if not usernames:
@@ -115,37 +119,40 @@ class KickResource(JsonResource):
         self.outcomes: Counter[str] = Counter()
 
     async def _post(self, request: server.Request) -> tuple[int, JSON]:
-        code, body = await self._kick(request)
-        self.outcomes[str(int(code))] += 1
-        return code, body
+        try:
+            result = await self._kick(request)
+        except ApiError as e:
+            self.outcomes[str(int(e.code))] += 1
+            raise
+        self.outcomes["200"] += 1
+        return result
 
     async def _kick(self, request: server.Request) -> tuple[int, JSON]:
         if not authorized(request, self.authorization):
             self.log.warn("kick refused: authorization {presence}",
                           presence="wrong" if request.getHeader("authorization") else "missing")
-            return HTTPStatus.UNAUTHORIZED, {"error": "Authorization failed"}
+            raise ApiError(HTTPStatus.UNAUTHORIZED, "Authorization failed")
         body = readJSON(request)
         if not isinstance(body, dict):
-            return HTTPStatus.BAD_REQUEST, {"error": "Request body must be a JSON object"}
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Request body must be a JSON object")
         nick, muc, reason = body.get("nickname"), body.get("muc"), body.get("reason")
         if not isinstance(nick, str) or not nick or not isinstance(muc, str) or not muc:
-            return HTTPStatus.BAD_REQUEST, {"error": "Missing nickname and/or MUC"}
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Missing nickname and/or MUC")
         if reason is not None and not isinstance(reason, str):
-            return HTTPStatus.BAD_REQUEST, {"error": "reason must be a string"}
+            raise ApiError(HTTPStatus.BAD_REQUEST, "reason must be a string")
         room = parseJID(muc)
         if room is None or not room.user or room.resource is not None:
-            return HTTPStatus.BAD_REQUEST, {"error": "muc must be the bare JID of a room"}
+            raise ApiError(HTTPStatus.BAD_REQUEST, "muc must be the bare JID of a room")
         if not self.status.connected:
-            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "Not connected to the XMPP server"}
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "Not connected to the XMPP server")
         try:
             await self.kicker.kick(room.userhost(), nick, reason)
         except NotConnected:
-            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "Not connected to the XMPP server"}
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "Not connected to the XMPP server") from None
         except KickFailed as e:
-            code = KICK_STATUS.get(e.condition, HTTPStatus.BAD_GATEWAY)
             self.log.warn("kick {nick} from {room} → {condition}", nick=nick, room=room.userhost(),
                           condition=e.condition)
-            return code, {"error": _kickError(e)}
+            raise ApiError(KICK_STATUS.get(e.condition, HTTPStatus.BAD_GATEWAY), _kickError(e)) from None
         self.log.info("kick {nick} from {room} → done", nick=nick, room=room.userhost())
         return HTTPStatus.OK, {"status": "ok", "message": f"{nick} kicked from {room.userhost()}"}
 
@@ -186,7 +193,7 @@ class NotFoundResource(JsonResource):
     methods = {m: "_notFound" for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
 
     async def _notFound(self, request: server.Request) -> tuple[int, JSON]:
-        return HTTPStatus.NOT_FOUND, {"error": "No such resource"}
+        raise ApiError(HTTPStatus.NOT_FOUND, "No such resource")
 
 
 class ApiRoot(Resource):
@@ -224,10 +231,6 @@ def buildRoot(
     root.putChild(b"healthz", HealthResource(backend, status))
     root.putChild(b"metrics", MetricsResource(metrics))
     return root, kick
-
-
-def _error(message: str) -> JSON:
-    return {"status": "error", "message": message}
 
 
 def _summary(status: str, message: str, updated: int, failures: dict[str, str]) -> JSON:

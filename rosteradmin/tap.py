@@ -17,6 +17,7 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
 
 import treq
 
@@ -108,6 +109,22 @@ def makeHTTPClient(reactor: Any, concurrency: int, timeout: float) -> treq.clien
     return treq.client.HTTPClient(Agent(reactor, connectTimeout=timeout, pool=pool))
 
 
+def makeAPI(config: Config, backend: RosterBackend, comp: RosterComponent) -> Resource:
+    """
+    The HTTP API's resource tree, with metrics over the backend and the
+    component.
+    """
+    kick: KickResource | None = None
+    metrics = Metrics(backend, comp.status, lambda: comp.rosterServer.answered,
+                      lambda: dict(kick.outcomes) if kick is not None else {})
+    backend.fetcher.observeFetch = metrics.observeFetch
+    root, kick = buildRoot(
+        backend, comp.status, None if config.no_kick else comp.kicker,
+        config.refresh_authorization, config.kick_authorization, metrics,
+    )
+    return root
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """
     The whole service tree: C{backend} (cache, fetcher, sync), C{component}
@@ -134,15 +151,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     comp.setName("component")
     comp.setServiceParent(top)
 
-    kick: KickResource | None = None
-    metrics = Metrics(backend, comp.status, lambda: comp.rosterServer.answered,
-                      lambda: dict(kick.outcomes) if kick is not None else {})
-    fetcher.observeFetch = metrics.observeFetch
-    root, kick = buildRoot(
-        backend, comp.status, None if config.no_kick else comp.kicker,
-        config.refresh_authorization, config.kick_authorization, metrics,
-    )
-    web = strports.service(config.http, makeSite(root, config.max_body_bytes))
+    web = strports.service(config.http, makeSite(makeAPI(config, backend, comp), config.max_body_bytes))
     web.setName("http")
     web.setServiceParent(top)
     return top

@@ -27,13 +27,13 @@ Handler = Callable[[server.Request], Awaitable[tuple[int, JSON]]]
 
 class ApiError(Exception):
     """
-    An HTTP error with a JSON body.
+    An HTTP error; the resource shapes its JSON body from the message.
     """
 
-    def __init__(self, code: int, body: JSON) -> None:
-        super().__init__(f"{code} {body}")
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
         self.code = code
-        self.body = body
+        self.message = message
 
 
 class LimitedRequest(server.Request):
@@ -95,13 +95,13 @@ def readJSON(request: server.Request) -> Any:
     @raise ApiError: 413 over the size cap, 400 when not UTF-8 JSON.
     """
     if getattr(request, "tooLarge", False):
-        raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "Request body too large"})
+        raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large")
     request.content.seek(0)
     body = request.content.read()
     try:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiError(HTTPStatus.BAD_REQUEST, {"error": "Request body is not valid JSON"}) from None
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Request body is not valid JSON") from None
 
 
 class JsonResource(Resource):
@@ -114,12 +114,19 @@ class JsonResource(Resource):
     log = Logger()
     methods: dict[bytes, str] = {}
 
+    @staticmethod
+    def errorBody(message: str) -> JSON:
+        """
+        The JSON body of an error reply.
+        """
+        return {"error": message}
+
     def render(self, request: server.Request) -> int:
         name = self.methods.get(request.method)
         if name is None:
             allowed = b", ".join(sorted(self.methods))
             request.setHeader(b"allow", allowed)
-            self._write(request, HTTPStatus.METHOD_NOT_ALLOWED, {"error": "Method not allowed"})
+            self._write(request, HTTPStatus.METHOD_NOT_ALLOWED, self.errorBody("Method not allowed"))
             return server.NOT_DONE_YET
         handler: Handler = getattr(self, name)
         finished = []
@@ -132,11 +139,11 @@ class JsonResource(Resource):
 
     def _ebRender(self, failure: Failure, request: server.Request) -> tuple[int, JSON]:
         if failure.check(ApiError):
-            return failure.value.code, failure.value.body
+            return failure.value.code, self.errorBody(failure.value.message)
         self.log.failure("{method} {path} failed", failure,
                          method=request.method.decode("ascii", "replace"),
                          path=request.path.decode("ascii", "replace"))
-        return HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "Internal error"}
+        return HTTPStatus.INTERNAL_SERVER_ERROR, self.errorBody("Internal error")
 
     @staticmethod
     def _write(request: server.Request, code: int, body: JSON) -> None:

@@ -1,0 +1,371 @@
+"""
+Tests for the HTTP API: each route through a real Site (StubTreq) over the
+real backend and component, the component's stream on a StringTransport.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.words.xish import domish
+
+from rosteradmin.tap import makeAPI
+from rosteradmin.roster import NS_ROSTER
+from rosteradmin.web import makeSite
+from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyChannel
+
+from tests.helpers import COMPONENT, PERMISSIONS_2, ComponentOnWire, WebApp
+from tests.test_component import ALICE_ROSTER, serverAnswers
+
+KICK_AUTH = "Bearer kick-secret"
+ROOM = "room@conference.example.org"
+
+
+class Api:
+    """
+    The API of one service, driven through StubTreq.
+    """
+
+    def __init__(self, wire: ComponentOnWire, refreshAuthorization: str | None = None) -> None:
+        self.wire = wire
+        config = replace(wire.config, refresh_authorization=refreshAuthorization,
+                         kick_authorization=KICK_AUTH, no_kick=False)
+        self.http = StubTreq(makeAPI(config, wire.backend, wire.component))
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                headers: dict[str, str] | None = None, server: Any = None) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        d = self.http.request(method, "http://api.invalid" + path, data=data, headers=headers or {})
+        self.http.flush()
+        if server is not None:
+            self.wire.answerRequests(server)
+            self.http.flush()
+        response = self.result(d)
+        content = self.result(response.content())
+        return response.code, json.loads(content) if content else None
+
+    @staticmethod
+    def result(d: Any) -> Any:
+        results: list[Any] = []
+        d.addBoth(results.append)
+        assert results, "request did not complete"
+        if hasattr(results[0], "raiseException"):
+            results[0].raiseException()
+        return results[0]
+
+
+def makeApi(rosters: dict[str, Any] | None = None, burst: str = PERMISSIONS_2, **kw: Any) -> Api:
+    wire = ComponentOnWire(WebApp(rosters if rosters is not None else {"alice": ALICE_ROSTER}))
+    wire.handshake(burst)
+    return Api(wire, **kw)
+
+
+def test_refreshSyncsAndPushes() -> None:
+    """
+    A refresh re-fetches, writes the difference into the server and pushes
+    each change to the user's online resources from the bare JID.
+    """
+    api = makeApi()
+    api.wire.receive("<presence from='alice@example.org/phone'/>")
+    api.wire.answerRequests(serverAnswers())
+    api.wire.webApp.rosters["alice"] = {
+        "bob@example.org": {"name": "Bobby", "groups": ["Friends"]},
+        "dave@example.org": {},
+    }
+    code, body = api.request("POST", "/roster_admin/refresh", ["alice"], server=serverAnswers(
+        "<item jid='bob@example.org' name='Bob' subscription='both'><group>Friends</group></item>"
+        "<item jid='carol@example.org' name='Carol' subscription='both'/>"))
+    assert code == 200
+    assert body == {"status": "ok", "message": "roster update complete", "updated": 1, "errors": 0,
+                    "failures": {}}
+    assert api.wire.webApp.requests["alice"] == 2
+
+
+def test_refreshPushesExactlyTheChanges() -> None:
+    """
+    The pushes name exactly the changed, added and removed contacts, and
+    only the last carries the new version.
+    """
+    api = makeApi()
+    api.wire.receive("<presence from='alice@example.org/phone'/>")
+    api.wire.answerRequests(serverAnswers())
+    api.wire.webApp.rosters["alice"] = {"bob@example.org": {"name": "Bobby"}, "dave@example.org": {}}
+    d = api.http.post("http://api.invalid/roster_admin/refresh", data=b'["alice"]')
+    sent = api.wire.answerRequests(serverAnswers())
+    api.http.flush()
+    assert d.called
+    pushes = [s for s in sent if s.firstChildElement() is not None and s.firstChildElement().name == "privileged_iq"]
+    inner = [p.firstChildElement().firstChildElement() for p in pushes]
+    assert {i["to"] for i in inner} == {"alice@example.org/phone"}
+    assert {p["to"] for p in pushes} == {"alice@example.org"}
+    changes = {i.query.item["jid"]: i.query.item["subscription"] for i in inner}
+    assert changes == {"bob@example.org": "both", "dave@example.org": "both", "carol@example.org": "remove"}
+    assert [i.query.getAttribute("ver") is not None for i in inner] == [False, False, True]
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"not json", "Request body is not valid JSON"),
+    (b"{}", "Request body must be a JSON array of usernames"),
+    (b'["alice", 3]', "Every username must be a string"),
+    (b"\xff\xfe", "Request body is not valid JSON"),
+])
+def test_refreshBadBodies(raw: bytes, message: str) -> None:
+    """
+    Malformed refresh bodies get 400 with a message, and nothing is fetched.
+    """
+    api = makeApi()
+    code, body = api.request("POST", "/roster_admin/refresh", raw=raw)
+    assert (code, body) == (400, {"status": "error", "message": message})
+    assert api.wire.webApp.requests == {}
+
+
+def test_oversizeBodyNotStored() -> None:
+    """
+    A request stops storing its body past the cap and is marked too large,
+    and a declared length over the cap is refused before any byte arrives.
+    """
+    site = makeSite(Resource(), 10)
+    streamed = site.requestFactory(DummyChannel(), False)
+    streamed.gotLength(None)
+    streamed.handleContentChunk(b"x" * 6)
+    assert not streamed.tooLarge
+    streamed.handleContentChunk(b"x" * 6)
+    streamed.content.seek(0)
+    assert streamed.tooLarge and streamed.content.read() == b""
+    declared = site.requestFactory(DummyChannel(), False)
+    declared.gotLength(11)
+    assert declared.tooLarge
+    streamed.content.close()
+    declared.content.close()
+
+
+def test_refreshEmptyArray() -> None:
+    """
+    An empty array answers 200 at once.
+    """
+    api = makeApi()
+    code, body = api.request("POST", "/roster_admin/refresh", [])
+    assert code == 200 and body["updated"] == 0 and body["errors"] == 0
+
+
+def test_refreshCountsFailures() -> None:
+    """
+    Invalid usernames and failed fetches count as errors; all failed is 500.
+    """
+    api = makeApi()
+    api.wire.webApp.failures["bob"] = (500, b"down")
+    code, body = api.request("POST", "/roster_admin/refresh", ["alice", "bad@name", "bob"], server=serverAnswers())
+    assert code == 200 and body["updated"] == 1 and body["errors"] == 2
+    assert set(body["failures"]) == {"bad@name", "bob"}
+    code, body = api.request("POST", "/roster_admin/refresh", ["bob"])
+    assert code == 500 and body["status"] == "error" and body["errors"] == 1
+
+
+def test_failedFetchKeepsCachedRoster() -> None:
+    """
+    A refresh whose fetch fails leaves the cached roster as it was.
+    """
+    api = makeApi(burst="")
+    api.wire.backend.getRoster("alice")
+    api.wire.sent()
+    before = api.wire.backend.cache.peek("alice")
+    api.wire.webApp.failures["alice"] = (200, b"[1, 2]")
+    code, _ = api.request("POST", "/roster_admin/refresh/alice")
+    assert code == 500
+    assert api.wire.backend.cache.peek("alice") is before
+
+
+def test_refreshAuthorization() -> None:
+    """
+    With a refresh secret configured, a missing or wrong Authorization gets 401.
+    """
+    api = makeApi(refreshAuthorization="s3")
+    assert api.request("POST", "/roster_admin/refresh", ["alice"])[0] == 401
+    assert api.request("POST", "/roster_admin/refresh", ["alice"], headers={"Authorization": "s4"})[0] == 401
+    code, _ = api.request("GET", "/roster_admin/refresh/alice", headers={"Authorization": "s3"},
+                          server=serverAnswers())
+    assert code == 200
+
+
+def kickAnswers(*conditions: str | None) -> Any:
+    """
+    Answer kick iqs in turn with these error conditions (None: success),
+    and joins with a self-presence.
+    """
+    remaining = list(conditions)
+
+    def reply(iq: domish.Element) -> str:
+        condition = remaining.pop(0)
+        if condition is None:
+            return f"<iq type='result' from='{iq['to']}' to='{COMPONENT}' id='{iq['id']}'/>"
+        kind = "modify" if condition == "bad-request" else "cancel"
+        return (f"<iq type='error' from='{iq['to']}' to='{COMPONENT}' id='{iq['id']}'><error type='{kind}'>"
+                f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")
+
+    return reply
+
+
+def test_kickSuccess() -> None:
+    """
+    A kick sends role='none' with the nick and reason, and answers 200.
+    """
+    api = makeApi()
+    d = api.http.post("http://api.invalid/muc_kick", headers={"Authorization": KICK_AUTH},
+                      data=json.dumps({"nickname": "Alice", "muc": ROOM, "reason": "spam"}).encode())
+    api.http.flush()
+    [iq] = api.wire.sent()
+    assert iq["to"] == ROOM
+    item = iq.query.item
+    assert (iq.query.uri, item["nick"], item["role"], str(item.reason)) == (
+        "http://jabber.org/protocol/muc#admin", "Alice", "none", "spam")
+    api.wire.receive(kickAnswers(None)(iq))
+    api.http.flush()
+    response = Api.result(d)
+    assert response.code == 200
+
+
+def test_kickJoinsWhenRefusedThenLeaves() -> None:
+    """
+    Refused as a non-occupant, the component joins the room, kicks again,
+    and leaves.
+    """
+    api = makeApi()
+    d = api.http.post("http://api.invalid/muc_kick", headers={"Authorization": KICK_AUTH},
+                      data=json.dumps({"nickname": "Alice", "muc": ROOM}).encode())
+    api.http.flush()
+    [kick] = api.wire.sent()
+    api.wire.receive(kickAnswers("not-allowed")(kick))
+    [join] = api.wire.sent()
+    assert join.name == "presence" and join["to"] == f"{ROOM}/rosteradmin"
+    api.wire.receive(f"<presence from='{ROOM}/rosteradmin' to='{COMPONENT}'>"
+                     "<x xmlns='http://jabber.org/protocol/muc#user'><item role='moderator'/>"
+                     "<status code='110'/></x></presence>")
+    [retry] = api.wire.sent()
+    api.wire.receive(kickAnswers(None)(retry))
+    [leave] = api.wire.sent()
+    assert leave.name == "presence" and leave["type"] == "unavailable"
+    api.http.flush()
+    assert Api.result(d).code == 200
+
+
+@pytest.mark.parametrize("condition, status", [("item-not-found", 404), ("bad-request", 502)])
+def test_kickErrorsMapped(condition: str, status: int) -> None:
+    """
+    The room's error conditions map to the status codes of SPEC §4.
+    """
+    api = makeApi()
+    code, body = api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM},
+                             headers={"Authorization": KICK_AUTH}, server=kickAnswers(condition))
+    assert code == status and "error" in body
+
+
+def test_kickRefusedEvenAsOccupant() -> None:
+    """
+    A kick still refused after joining the room gets 403, and the component
+    leaves the room.
+    """
+    api = makeApi()
+    d = api.http.post("http://api.invalid/muc_kick", headers={"Authorization": KICK_AUTH},
+                      data=json.dumps({"nickname": "x", "muc": ROOM}).encode())
+    api.http.flush()
+    refuse = kickAnswers("forbidden", "forbidden")
+    [kick] = api.wire.sent()
+    api.wire.receive(refuse(kick))
+    [join] = api.wire.sent()
+    api.wire.receive(f"<presence from='{ROOM}/rosteradmin'><x xmlns='http://jabber.org/protocol/muc#user'>"
+                     "<status code='110'/></x></presence>")
+    [retry] = api.wire.sent()
+    api.wire.receive(refuse(retry))
+    [leave] = api.wire.sent()
+    assert leave["type"] == "unavailable"
+    api.http.flush()
+    assert Api.result(d).code == 403
+
+
+def test_kickTimeout() -> None:
+    """
+    A room that never answers gets 504 after the IQ timeout.
+    """
+    api = makeApi()
+    d = api.http.post("http://api.invalid/muc_kick", headers={"Authorization": KICK_AUTH},
+                      data=json.dumps({"nickname": "x", "muc": ROOM}).encode())
+    api.http.flush()
+    api.wire.sent()
+    api.wire.clock.advance(api.wire.config.iq_timeout + 1)
+    api.http.flush()
+    response = Api.result(d)
+    assert response.code == 504
+
+
+@pytest.mark.parametrize("headers, body, status, expected", [
+    ({}, {"nickname": "x", "muc": ROOM}, 401, {"error": "Authorization failed"}),
+    ({"Authorization": KICK_AUTH[:-1] + "T"}, {"nickname": "x", "muc": ROOM}, 401, {"error": "Authorization failed"}),
+    ({"Authorization": KICK_AUTH.lower()}, {"nickname": "x", "muc": ROOM}, 401, {"error": "Authorization failed"}),
+    ({"Authorization": KICK_AUTH}, {"muc": ROOM}, 400, {"error": "Missing nickname and/or MUC"}),
+    ({"Authorization": KICK_AUTH}, {"nickname": "x"}, 400, {"error": "Missing nickname and/or MUC"}),
+    ({"Authorization": KICK_AUTH}, ["x"], 400, {"error": "Request body must be a JSON object"}),
+    ({"Authorization": KICK_AUTH}, {"nickname": "x", "muc": "room@conf/nick"}, 400,
+     {"error": "muc must be the bare JID of a room"}),
+])
+def test_kickBadRequests(headers: dict[str, str], body: Any, status: int, expected: Any) -> None:
+    """
+    Bad kick requests get their status and error body, and nothing is sent.
+    """
+    api = makeApi()
+    assert api.request("POST", "/muc_kick", body, headers=headers) == (status, expected)
+    assert api.wire.sent() == []
+
+
+def test_kickWhileDisconnected() -> None:
+    """
+    A kick while the component is disconnected gets 503 at once.
+    """
+    wire = ComponentOnWire(WebApp())
+    api = Api(wire)
+    code, body = api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM},
+                             headers={"Authorization": KICK_AUTH})
+    assert code == 503 and body == {"error": "Not connected to the XMPP server"}
+
+
+def test_healthz() -> None:
+    """
+    healthz is 503 before the handshake and 200 after, with details.
+    """
+    wire = ComponentOnWire(WebApp())
+    api = Api(wire)
+    code, body = api.request("GET", "/healthz")
+    assert code == 503 and body["connected"] is False
+    wire.handshake()
+    code, body = api.request("GET", "/healthz")
+    assert code == 200 and body["connected"] is True and body["cached_users"] == 0
+
+
+def test_metrics() -> None:
+    """
+    /metrics serves Prometheus text with the live counters.
+    """
+    api = makeApi(burst="")
+    api.wire.receive(f"<iq type='get' from='alice@example.org/r' to='{COMPONENT}' id='q'>"
+                     f"<query xmlns='{NS_ROSTER}'/></iq>")
+    api.wire.sent()
+    d = api.http.get("http://api.invalid/metrics")
+    api.http.flush()
+    text = Api.result(Api.result(d).text())
+    assert "rosteradmin_cache_misses_total 1.0" in text
+    assert "rosteradmin_roster_queries_total 1.0" in text
+    assert 'rosteradmin_fetch_seconds_count{outcome="ok"} 1.0' in text
+    assert "rosteradmin_connected 1.0" in text
+
+
+def test_unknownPathAndMethod() -> None:
+    """
+    Unknown paths get a JSON 404 and wrong methods a JSON 405.
+    """
+    api = makeApi()
+    assert api.request("GET", "/nope") == (404, {"error": "No such resource"})
+    assert api.request("DELETE", "/muc_kick")[0] == 405
