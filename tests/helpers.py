@@ -159,8 +159,8 @@ class ComponentOnWire:
 
     def answerRequests(self, reply: Any) -> list[domish.Element]:
         """
-        Answer every iq request the component sent with C{reply(iq)} (XML
-        or C{None}), repeatedly, until it sends no more; return all sent.
+        Answer every stanza the component sends with C{reply(stanza)} (XML,
+        or C{None} for no answer), until it sends no more; return all sent.
         """
         everything: list[domish.Element] = []
         while True:
@@ -169,7 +169,6 @@ class ComponentOnWire:
                 return everything
             everything.extend(sent)
             for stanza in sent:
-                if stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set"):
-                    answer = reply(stanza)
-                    if answer is not None:
-                        self.receive(answer)
+                answer = reply(stanza)
+                if answer is not None:
+                    self.receive(answer)

@@ -52,7 +52,9 @@ def serverAnswers(stored: str = "") -> object:
     as Prosody does.
     """
 
-    def reply(iq: domish.Element) -> str:
+    def reply(iq: domish.Element) -> str | None:
+        if iq.name != "iq" or iq.getAttribute("type") not in ("get", "set"):
+            return None
         payload = f"<query xmlns='{NS_ROSTER}'>{stored}</query>" if iq["type"] == "get" else ""
         return f"<iq type='result' from='{iq['to']}' to='{COMPONENT}' id='{iq['id']}'>{payload}</iq>"
 

@@ -1,0 +1,161 @@
+"""
+The OpenAPI document (docs/openapi.json) is kept true: every route, method
+and status code it lists is produced by the running resource tree, and the
+tree produces no route or code it does not list.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.web.client import HTTPConnectionPool
+
+from rosteradmin.web import makeSite
+from tests.helpers import ComponentOnWire, WebApp
+from tests.test_api import KICK_AUTH, ROOM, Api, kickAnswers, makeApi
+from tests.test_component import serverAnswers
+
+OPENAPI = Path(__file__).parent.parent / "docs" / "openapi.json"
+
+Scenario = Callable[[], tuple[int, Any]]
+
+
+def documented() -> set[tuple[str, str, int]]:
+    doc = json.loads(OPENAPI.read_text())
+    return {
+        (path, method.upper(), int(code))
+        for path, item in doc["paths"].items()
+        for method, operation in item.items() if method != "parameters"
+        for code in operation["responses"]
+    }
+
+
+def kick(body: Any, server: Any = None, auth: str = KICK_AUTH) -> Scenario:
+    return lambda: makeApi().request("POST", "/muc_kick", body, headers={"Authorization": auth}, server=server)
+
+
+def kickTimeout() -> tuple[int, Any]:
+    api = makeApi()
+    d = api.http.post("http://api.invalid/muc_kick", headers={"Authorization": KICK_AUTH},
+                      data=json.dumps({"nickname": "x", "muc": ROOM}).encode())
+    api.http.flush()
+    api.wire.clock.advance(api.wire.config.iq_timeout + 1)
+    api.http.flush()
+    return Api.result(d).code, None
+
+
+def refresh(path: str, method: str, body: Any = None, auth: str | None = None, failing: bool = False) -> Scenario:
+    def run() -> tuple[int, Any]:
+        api = makeApi(refreshAuthorization="s3")
+        if failing:
+            api.wire.webApp.failures["alice"] = (500, b"")
+        headers = {"Authorization": auth} if auth else {"Authorization": "s3"}
+        return api.request(method, path, body, headers=headers, server=serverAnswers())
+    return run
+
+
+def disconnectedKick() -> tuple[int, Any]:
+    api = Api(ComponentOnWire(WebApp()))
+    return api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM}, headers={"Authorization": KICK_AUTH})
+
+
+def health(connected: bool) -> Scenario:
+    def run() -> tuple[int, Any]:
+        wire = ComponentOnWire(WebApp())
+        if connected:
+            wire.handshake()
+        return Api(wire).request("GET", "/healthz")
+    return run
+
+
+def metrics() -> tuple[int, Any]:
+    api = makeApi()
+    d = api.http.get("http://api.invalid/metrics")
+    api.http.flush()
+    return Api.result(d).code, None
+
+
+R, ONE = "/roster_admin/refresh", "/roster_admin/refresh/{username}"
+
+#: One scenario per documented (route, method, status).
+SCENARIOS: dict[tuple[str, str, int], Scenario] = {
+    (R, "POST", 200): refresh(R, "POST", ["alice"]),
+    (R, "POST", 400): refresh(R, "POST", {"not": "an array"}),
+    (R, "POST", 401): refresh(R, "POST", ["alice"], auth="wrong"),
+    (R, "POST", 500): refresh(R, "POST", ["alice"], failing=True),
+    (ONE, "GET", 200): refresh(R + "/alice", "GET"),
+    (ONE, "GET", 401): refresh(R + "/alice", "GET", auth="wrong"),
+    (ONE, "GET", 500): refresh(R + "/alice", "GET", failing=True),
+    (ONE, "POST", 200): refresh(R + "/alice", "POST"),
+    (ONE, "POST", 401): refresh(R + "/alice", "POST", auth="wrong"),
+    (ONE, "POST", 500): refresh(R + "/alice", "POST", failing=True),
+    ("/muc_kick", "POST", 200): kick({"nickname": "x", "muc": ROOM}, kickAnswers(None)),
+    ("/muc_kick", "POST", 400): kick({"muc": ROOM}),
+    ("/muc_kick", "POST", 401): kick({"nickname": "x", "muc": ROOM}, auth="nope"),
+    ("/muc_kick", "POST", 403): kick({"nickname": "x", "muc": ROOM}, kickAnswers("forbidden", "forbidden")),
+    ("/muc_kick", "POST", 404): kick({"nickname": "x", "muc": ROOM}, kickAnswers("item-not-found")),
+    ("/muc_kick", "POST", 502): kick({"nickname": "x", "muc": ROOM}, kickAnswers("bad-request")),
+    ("/muc_kick", "POST", 503): disconnectedKick,
+    ("/muc_kick", "POST", 504): kickTimeout,
+    ("/healthz", "GET", 200): health(True),
+    ("/healthz", "GET", 503): health(False),
+    ("/metrics", "GET", 200): metrics,
+}
+
+#: Responses that need a real Site on a real socket (the body cap lives in
+#: the Site's requests, which StubTreq does not use).
+OVERSIZE = {(R, "POST", 413), ("/muc_kick", "POST", 413)}
+
+
+def test_documentListsExactlyTheScenarios() -> None:
+    """
+    Every documented (route, method, status) has a scenario, and vice versa.
+    """
+    assert documented() == set(SCENARIOS) | OVERSIZE
+
+
+def test_everyDocumentedResponseIsProduced() -> None:
+    """
+    Each scenario produces the status code the document promises.
+    """
+    produced = {key: scenario()[0] for key, scenario in SCENARIOS.items()}
+    assert produced == {key: key[2] for key in SCENARIOS}
+
+
+def test_treeHasNoUndocumentedRoutes() -> None:
+    """
+    The resource tree's routes are the documented ones.
+    """
+    root = makeApi().http._agent._rootResource
+    routes = set()
+    for name, child in root.children.items():
+        if child.children:
+            routes.update(f"/{name.decode()}/{sub.decode()}" for sub in child.children)
+        else:
+            routes.add(f"/{name.decode()}")
+    assert routes == {path for path, _, _ in documented() if "{" not in path}
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversizeBodiesOnRealSocket() -> None:
+    """
+    Bodies over the cap get 413 from the real Site on a loopback socket.
+    """
+    api = makeApi()
+    site = makeSite(api.http._agent._rootResource, maxBodyBytes=64)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        base = f"http://127.0.0.1:{port.getHost().port}"
+        big = json.dumps(["x" * 100]).encode()
+        for path, method, status in sorted(OVERSIZE):
+            response = await treq.request(method, base + path, data=big, headers={"Authorization": KICK_AUTH},
+                                          pool=HTTPConnectionPool(reactor, persistent=False))
+            body = await response.json()
+            assert response.code == status, (path, body)
+    finally:
+        await port.stopListening()
