@@ -68,6 +68,10 @@ class RosterBackend(Service):
         self.refreshes = 0
         self._locks: dict[str, DeferredLock] = {}
 
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.fetcher.close()
+
     def getRoster(self, username: str) -> Deferred[Roster]:
         """
         A user's roster: from the cache, or fetched and written into the

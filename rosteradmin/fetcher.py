@@ -21,13 +21,14 @@ from twisted.internet.defer import (
     DeferredSemaphore,
     TimeoutError,
     ensureDeferred,
+    succeed,
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed
+from twisted.web.client import HTTPConnectionPool, ResponseFailed
 
 import treq
 
@@ -70,12 +71,14 @@ class RosterFetcher:
         concurrency: int = 64,
         maxBytes: int = 16 * 1024 * 1024,
         headers: Mapping[str, str] | None = None,
+        pool: HTTPConnectionPool | None = None,
     ) -> None:
         """
         @param urlTemplate: The roster URL with one C{%s} for the username.
         @param domain: The user domain; a user's bare JID is C{user@domain}.
         @param clock: Time for deadlines and retry pauses.
         @param http: A treq-like client (C{treq} or a C{treq.testing.StubTreq}).
+        @param pool: The connection pool under C{http}, closed by L{close}.
         """
         self.urlTemplate = urlTemplate
         self.domain = domain
@@ -86,12 +89,21 @@ class RosterFetcher:
         self.headers = {"Accept": ["application/json"]}
         for name, value in (headers or {}).items():
             self.headers[name] = [value]
+        self.pool = pool
         self.inFlight = 0
         self.failures = 0
         #: Told each fetch's outcome ("ok" or "failed") and duration (metrics).
         self.observeFetch: Callable[[str, float], object] = lambda outcome, seconds: None
         self._semaphore = DeferredSemaphore(concurrency)
         self._waiters: dict[str, list[Deferred[Roster]]] = {}
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the kept-alive connections to the web app.
+        """
+        if self.pool is None:
+            return succeed(None)
+        return self.pool.closeCachedConnections()
 
     def urlFor(self, username: str) -> str:
         """

@@ -99,14 +99,19 @@ class Options(usage.Options):
             raise usage.UsageError(f"--http: {self.config.http!r} is not a Twisted endpoint: {e}") from None
 
 
-def makeHTTPClient(reactor: Any, concurrency: int, timeout: float) -> treq.client.HTTPClient:
+def makeFetcher(config: Config, reactor: Any) -> RosterFetcher:
     """
-    A treq client with its own connection pool, sized so that every fetch
-    in flight can reuse a kept-alive connection to the web app.
+    The fetcher, with a connection pool of its own sized so that every
+    fetch in flight can reuse a kept-alive connection to the web app.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = concurrency
-    return treq.client.HTTPClient(Agent(reactor, connectTimeout=timeout, pool=pool))
+    pool.maxPersistentPerHost = config.fetch_concurrency
+    http = treq.client.HTTPClient(Agent(reactor, connectTimeout=config.fetch_timeout, pool=pool))
+    return RosterFetcher(
+        config.roster_url, config.domain, reactor, http=http, pool=pool,
+        timeout=config.fetch_timeout, concurrency=config.fetch_concurrency,
+        maxBytes=config.max_roster_bytes, headers=config.web_app_headers,
+    )
 
 
 def makeAPI(config: Config, backend: RosterBackend, comp: RosterComponent) -> Resource:
@@ -137,13 +142,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     config = options.config
     top = service.MultiService()
 
-    fetcher = RosterFetcher(
-        config.roster_url, config.domain, reactor,
-        http=makeHTTPClient(reactor, config.fetch_concurrency, config.fetch_timeout),
-        timeout=config.fetch_timeout, concurrency=config.fetch_concurrency,
-        maxBytes=config.max_roster_bytes, headers=config.web_app_headers,
-    )
-    backend = RosterBackend(RosterCache(), fetcher)
+    backend = RosterBackend(RosterCache(), makeFetcher(config, reactor))
     backend.setName("backend")
     backend.setServiceParent(top)
 
