@@ -1,0 +1,52 @@
+-- Prosody configuration for rosteradmin (Prosody 0.12 with Debian's
+-- prosody-modules).  Include it from your prosody.cfg.lua after your global
+-- settings (ports, TLS, authentication, storage):
+--
+--     Include "/etc/prosody/conf.d/rosteradmin.cfg.lua"
+--
+-- and replace example.org, roster.example.org, conference.example.org and
+-- the component secret with your own.  rosteradmin's integration tests and
+-- its demo start Prosody with exactly this file.
+
+-- The component's JID is a server admin, so it may moderate every room of
+-- the MUC service below (POST /muc_kick).  Prosody still wants a moderator
+-- to be an occupant; rosteradmin joins the room when it needs to.
+admins = { "roster.example.org" }
+
+VirtualHost "example.org"
+    -- mod_privilege (XEP-0356) and mod_delegation (XEP-0355) ship in
+    -- prosody-modules; they must be enabled on the user host...
+    modules_enabled = { "privilege"; "delegation" }
+
+    -- XEP-0356: what rosteradmin may do with this host's users.
+    privileged_entities = {
+        ["roster.example.org"] = {
+            -- read and write users' stored rosters, so that the server
+            -- routes presence between the contacts the web app lists
+            roster = "both";
+            -- receive users' presences: rosteradmin learns who is online
+            -- (to push roster changes) and fetches rosters before clients ask
+            presence = "managed_entity";
+            -- send roster pushes from a user's bare JID: Prosody pushes
+            -- nothing itself while jabber:iq:roster is delegated
+            iq = { ["jabber:iq:roster"] = "set" };
+        };
+    }
+
+    -- XEP-0355: clients' roster queries go to rosteradmin, which answers
+    -- from the web app and refuses roster changes.
+    delegations = {
+        ["jabber:iq:roster"] = { jid = "roster.example.org" };
+    }
+
+-- The external component itself (XEP-0114).  rosteradmin connects to the
+-- component port (component_ports, default 5347) with this secret.
+Component "roster.example.org"
+    component_secret = "change-me" -- CHANGE THIS; give rosteradmin the same value (--secret-file)
+    -- ...and on the component host too, or nothing is advertised to it.
+    modules_enabled = { "privilege"; "delegation" }
+
+-- The chat rooms users can be kicked from (XEP-0045).
+Component "conference.example.org" "muc"
+    -- rooms are usable as soon as they are created
+    muc_room_locking = false

@@ -1,0 +1,1 @@
+"""Integration tests against a real Prosody, web app stub and XMPP clients."""

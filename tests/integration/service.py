@@ -1,0 +1,67 @@
+"""
+rosteradmin started in-process the way twistd starts it (tap.Options and
+makeService), against a test Prosody and web app stub.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from rosteradmin.component import RosterComponent
+from rosteradmin.backend import RosterBackend
+from rosteradmin import tap
+from rosteradmin.devprosody import freePort
+
+KICK_AUTHORIZATION = "Bearer kick-test-secret"
+
+
+class RunningService:
+    """
+    A started service tree and handles on its parts.
+    """
+
+    def __init__(self, prosody: Any, rosterURL: str, extra: list[str] | None = None) -> None:
+        self.httpPort = freePort()
+        self.baseURL = f"http://127.0.0.1:{self.httpPort}"
+        self.argv = [
+            "--jid", prosody.componentJID, "--secret", prosody.secret,
+            "--xmpp-host", "127.0.0.1", "--xmpp-port", str(prosody.componentPort),
+            "--domain", prosody.domain, "--roster-url", rosterURL,
+            "--http", f"tcp:{self.httpPort}:interface=127.0.0.1",
+            "--kick-authorization", KICK_AUTHORIZATION,
+            "--reconnect-max-delay", "1", "--iq-timeout", "5",
+            *(extra or []),
+        ]
+        options = tap.Options()
+        options.parseOptions(self.argv)
+        self.top: MultiService = tap.makeService(options)
+        self.backend: RosterBackend = self.top.getServiceNamed("backend")
+        self.component: RosterComponent = self.top.getServiceNamed("component")
+
+    async def start(self, timeout: float = 15.0) -> None:
+        """
+        Start and wait until the server has advertised delegation and
+        privileges (they arrive right after the handshake).
+        """
+        self.top.startService()
+        await self.waitUntil(self.ready, timeout, "component connected with delegation and privileges")
+
+    def ready(self) -> bool:
+        comp = self.component
+        return bool(comp.status.connected and comp.privileges.canSync() and comp.delegation.delegated)
+
+    async def stop(self) -> None:
+        await self.top.stopService()
+
+    @staticmethod
+    async def waitUntil(condition: Any, timeout: float, what: str) -> None:
+        waited = 0.0
+        while not condition():
+            if waited >= timeout:
+                raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+            await deferLater(reactor, 0.05, lambda: None)
+            waited += 0.05

@@ -1,0 +1,150 @@
+"""
+Rosters end to end on a real Prosody with mod_delegation and mod_privilege:
+real XMPP clients, a web app over HTTP on loopback, and rosteradmin started
+through the same code path as twistd.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from rosteradmin.roster import NS_ROSTER
+from tests.integration.service import RunningService
+
+pytestmark = pytest.mark.integration
+
+ROSTERS = {
+    "alice": {
+        "bob@example.org": {"name": "Bob", "groups": ["Friends", "Work"]},
+        "carol@example.org": {"name": "Carol"},
+    },
+    "bob": {"alice@example.org": {"name": "Alice", "groups": ["Friends"]}},
+}
+
+
+@pytest_twisted.async_yield_fixture
+async def service(prosody: Any, webapp: Any) -> Any:
+    webapp.rosters.update(ROSTERS)
+    running = RunningService(prosody, webapp.url)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+def items(result: Any) -> dict[str, Any]:
+    query = result.query
+    return {
+        item["jid"]: (item.getAttribute("name"), item["subscription"],
+                      [str(g) for g in item.elements() if g.name == "group"])
+        for item in query.elements() if item.name == "item"
+    }
+
+
+def condition(errorIQ: Any) -> str:
+    return next(c.name for c in errorIQ.error.elements() if c.uri == "urn:ietf:params:xml:ns:xmpp-stanzas")
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientGetsWebAppRoster(prosody: Any, webapp: Any, service: RunningService, clients: Any) -> None:
+    """
+    alice's client gets the web app's roster with names, groups and
+    subscription both; the server stores the same items as both.
+    """
+    alice = await clients("alice")
+    result = await alice.rosterGet(ver="")
+    print("\n--- client-side transcript (alice) ---")
+    for line in alice.transcript:
+        if NS_ROSTER in line:
+            print(line)
+    assert result["type"] == "result"
+    assert items(result) == {
+        "bob@example.org": ("Bob", "both", ["Friends", "Work"]),
+        "carol@example.org": ("Carol", "both", []),
+    }
+    assert result.query.getAttribute("ver")
+    stored = prosody.storedRoster("alice")
+    assert "bob@example.org" in stored and "carol@example.org" in stored
+    assert '"both"' in stored and '"none"' not in stored
+
+
+@pytest_twisted.ensureDeferred
+async def test_secondGetServedFromCache(webapp: Any, service: RunningService, clients: Any) -> None:
+    """
+    A second roster get is answered without a second HTTP fetch.
+    """
+    alice = await clients("alice")
+    first = await alice.rosterGet()
+    second = await alice.rosterGet()
+    assert items(first) == items(second)
+    assert webapp.requests["alice"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_currentVersionGetsEmptyResult(service: RunningService, clients: Any) -> None:
+    """
+    A roster get with the current ver gets an empty result (XEP-0237).
+    """
+    alice = await clients("alice")
+    first = await alice.rosterGet(ver="")
+    again = await alice.rosterGet(ver=first.query["ver"])
+    assert again["type"] == "result" and again.firstChildElement() is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_rosterSetRefused(prosody: Any, service: RunningService, clients: Any) -> None:
+    """
+    A roster set is refused with not-allowed and changes nothing.
+    """
+    alice = await clients("alice")
+    await alice.rosterGet()
+    reply = await alice.rosterSet("mallory@example.org", name="Mallory")
+    assert reply["type"] == "error" and condition(reply) == "not-allowed"
+    assert "web application" in str(reply.error.text)
+    assert "mallory" not in prosody.storedRoster("alice")
+    assert "mallory@example.org" not in items(await alice.rosterGet())
+
+
+@pytest_twisted.ensureDeferred
+async def test_otherUsersRosterForbidden(webapp: Any, service: RunningService, clients: Any) -> None:
+    """
+    bob asking for alice's roster gets forbidden, and alice's roster is
+    not even fetched.
+    """
+    bob = await clients("bob")
+    reply = await bob.rosterGet(to="alice@example.org")
+    assert reply["type"] == "error" and condition(reply) == "forbidden"
+    assert webapp.requests["alice"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_contactsSeeEachOthersPresence(service: RunningService, clients: Any) -> None:
+    """
+    With the rosters synced before the roster gets are answered, alice and
+    bob see each other's presence at login.
+    """
+    alice = await clients("alice")
+    await alice.rosterGet()
+    alice.sendPresence()
+    bob = await clients("bob")
+    await bob.rosterGet()
+    bob.sendPresence()
+    seenByAlice = await alice.waitForPresence(lambda p: p.getAttribute("from", "").startswith("bob@example.org/"))
+    seenByBob = await bob.waitForPresence(lambda p: p.getAttribute("from", "").startswith("alice@example.org/"))
+    assert seenByAlice.getAttribute("type") is None
+    assert seenByBob.getAttribute("type") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_presenceWarmsCache(webapp: Any, service: RunningService, clients: Any) -> None:
+    """
+    A user's initial presence makes the component fetch the roster before
+    the client asks, and its full JID is tracked as online.
+    """
+    carol = await clients("carol")
+    carol.sendPresence()
+    await RunningService.waitUntil(lambda: "carol" in service.backend.cache, 10, "carol's roster cached")
+    assert webapp.requests["carol"] == 1
+    assert service.component.privileges.online["carol"] == {carol.jid.full()}
