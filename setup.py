@@ -17,7 +17,6 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/rosteradmin_plugin.py"]},
     install_requires=[
         "twisted>=24.7",
         "wokkel==18.0.0",
@@ -28,13 +27,6 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
-            "slixmpp>=1.8",
-            "hypothesis>=6",
-        ],
-    },
-    entry_points={
-        "console_scripts": [
-            "rosteradmin-ctl = rosteradmin.ctl:main",
         ],
     },
     classifiers=[

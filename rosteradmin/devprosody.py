@@ -58,11 +58,18 @@ class LocalProsody:
     mucDomain = MUC_DOMAIN
     secret = COMPONENT_SECRET
 
-    def __init__(self, directory: str | Path, includeConfig: str | Path) -> None:
+    def __init__(self, directory: str | Path, includeConfig: str | Path,
+                 c2sPort: int | None = None, componentPort: int | None = None) -> None:
+        """
+        @param includeConfig: The rosteradmin part of the configuration,
+            normally C{contrib/prosody/rosteradmin.cfg.lua}.
+        @param c2sPort: The client port; a free one if not given.
+        @param componentPort: The component port; a free one if not given.
+        """
         self.directory = Path(directory)
         self.includeConfig = Path(includeConfig).resolve()
-        self.c2sPort = freePort()
-        self.componentPort = freePort()
+        self.c2sPort = c2sPort or freePort()
+        self.componentPort = componentPort or freePort()
         self.dataPath = self.directory / "data"
         self.configPath = self.directory / "prosody.cfg.lua"
         self.logPath = self.directory / "prosody.log"

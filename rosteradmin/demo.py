@@ -1,0 +1,104 @@
+# -*- test-case-name: tests.integration.test_demo -*-
+"""
+A self-contained demo: a local Prosody configured for the component, the
+sample web app (L{rosteradmin.devwebapp}) and rosteradmin itself, in one
+process that stops everything on Ctrl-C.
+
+    python -m rosteradmin.demo --prosody-config contrib/prosody/rosteradmin.cfg.lua
+
+(C{bash scripts/demo.sh} installs what is missing and runs this.)
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.python import usage
+from twisted.web import server
+
+from rosteradmin import tap
+from rosteradmin.devprosody import LocalProsody, ProsodyNotAvailable
+from rosteradmin.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
+
+PASSWORD = "demo"
+
+
+class DemoOptions(usage.Options):
+    optParameters = [
+        ["prosody-config", None, "contrib/prosody/rosteradmin.cfg.lua", "the rosteradmin part of Prosody's configuration"],
+        ["directory", "d", "demo-data", "where Prosody's data, logs and the roster file live"],
+        ["c2s-port", None, 15222, "client port of the demo Prosody", int],
+        ["component-port", None, 15347, "component port of the demo Prosody", int],
+        ["webapp-port", None, 18080, "port of the sample web app", int],
+        ["http-port", None, 5280, "port of rosteradmin's HTTP API", int],
+    ]
+
+
+def banner(prosody: LocalProsody, rosterFile: Path, webappPort: int, httpPort: int, kickAuthorization: str) -> str:
+    users = ", ".join(f"{u}@{prosody.domain}" for u in prosody.accounts)
+    api = f"http://127.0.0.1:{httpPort}"
+    return f"""
+rosteradmin demo is running (Ctrl-C stops everything).
+
+  XMPP accounts   {users}   (password: {PASSWORD})
+  XMPP server     127.0.0.1:{prosody.c2sPort}, plain TCP (no TLS: demo only)
+  rosters         {rosterFile}  (edit it, then refresh)
+  web app         http://127.0.0.1:{webappPort}/rosters/alice
+  HTTP API        {api}/healthz   {api}/metrics
+  Prosody log     {prosody.logPath}
+
+Try:
+  curl -s {api}/healthz
+  curl -s -X POST {api}/roster_admin/refresh -d '["alice", "bob"]'
+  curl -s -X POST {api}/muc_kick -H 'Authorization: {kickAuthorization}' \\
+       -d '{{"nickname": "Alice", "muc": "room@{prosody.mucDomain}", "reason": "demo"}}'
+"""
+
+
+def main(argv: list[str]) -> None:
+    from twisted.internet import reactor
+
+    options = DemoOptions()
+    try:
+        options.parseOptions(argv[1:])
+    except usage.UsageError as e:
+        raise SystemExit(f"{argv[0]}: {e}")
+    directory = Path(options["directory"]).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    rosterFile = directory / "rosters.json"
+    writeSample(rosterFile)
+
+    prosody = LocalProsody(directory / "prosody", options["prosody-config"],
+                           options["c2s-port"], options["component-port"])
+    for user in SAMPLE_ROSTERS:
+        prosody.addAccount(user, PASSWORD)
+    try:
+        prosody.start()
+    except ProsodyNotAvailable as e:
+        raise SystemExit(f"demo: {e}")
+    reactor.addSystemEventTrigger("after", "shutdown", prosody.stop)
+
+    reactor.listenTCP(options["webapp-port"], server.Site(RosterFileResource(rosterFile)), interface="127.0.0.1")
+    kickAuthorization = "Bearer " + secrets.token_urlsafe(12)
+    serviceOptions = tap.Options()
+    serviceOptions.parseOptions([
+        "--jid", prosody.componentJID, "--secret", prosody.secret,
+        "--xmpp-port", str(prosody.componentPort), "--domain", prosody.domain,
+        "--roster-url", f"http://127.0.0.1:{options['webapp-port']}/rosters/%s",
+        "--http", f"tcp:{options['http-port']}:interface=127.0.0.1",
+        "--kick-authorization", kickAuthorization,
+    ])
+    service = tap.makeService(serviceOptions)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    service.startService()
+    print(banner(prosody, rosterFile, options["webapp-port"], options["http-port"], kickAuthorization), flush=True)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

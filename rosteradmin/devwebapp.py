@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.test_devwebapp -*-
+"""
+A tiny web app for trying rosteradmin: rosters live in a JSON file you can
+edit, keyed by username::
+
+    {"alice": {"bob@example.org": {"name": "Bob", "groups": ["Friends"]}},
+     "bob": {"alice@example.org": {"name": "Alice"}}}
+
+C{GET /rosters/<username>} answers that user's roster in the format
+rosteradmin expects (unknown users get C{{}}).  The file is read on every
+request, so an edit followed by C{POST /roster_admin/refresh} shows up in
+clients at once.  Run alone with
+C{python -m rosteradmin.devwebapp rosters.json 8080}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.resource import Resource
+
+SAMPLE_ROSTERS = {
+    "alice": {
+        "bob@example.org": {"name": "Bob", "groups": ["Friends"]},
+        "carol@example.org": {"name": "Carol", "groups": ["Work"]},
+    },
+    "bob": {"alice@example.org": {"name": "Alice", "groups": ["Friends"]}},
+    "carol": {"alice@example.org": {"name": "Alice", "groups": ["Work"]}},
+}
+
+
+class RosterFileResource(Resource):
+    """
+    Serves C{GET /rosters/<username>} from a JSON file.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def render_GET(self, request: server.Request) -> bytes:
+        if len(request.postpath) != 2 or request.postpath[0] != b"rosters":
+            request.setResponseCode(404)
+            return b'{"error": "use /rosters/<username>"}'
+        username = unquote(request.postpath[1].decode("ascii", "replace"))
+        try:
+            rosters = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            self.log.error("cannot read {path}: {why}", path=str(self.path), why=str(e))
+            request.setResponseCode(500)
+            return b'{"error": "roster file unreadable"}'
+        request.setHeader(b"content-type", b"application/json")
+        self.log.info("served the roster of {user}", user=username)
+        return json.dumps(rosters.get(username, {})).encode("utf-8")
+
+
+def writeSample(path: Path) -> None:
+    """
+    Create the roster file with sample rosters, unless it exists.
+    """
+    if not path.exists():
+        path.write_text(json.dumps(SAMPLE_ROSTERS, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str]) -> None:
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    path = Path(argv[1] if len(argv) > 1 else "rosters.json")
+    port = int(argv[2]) if len(argv) > 2 else 8080
+    writeSample(path)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    reactor.listenTCP(port, server.Site(RosterFileResource(path)), interface="127.0.0.1")
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,20 @@
+# Sourced by demo.sh and test.sh: install what rosteradmin needs on Debian
+# (Prosody with its community modules, a virtualenv with the package).
+set -euo pipefail
+
+missing=()
+command -v prosody >/dev/null 2>&1 || missing+=(prosody)
+ls /usr/lib/prosody/modules/mod_delegation.lua /usr/lib/prosody/modules/mod_delegation/mod_delegation.lua \
+    >/dev/null 2>&1 || missing+=(prosody-modules)
+if [ "${#missing[@]}" -gt 0 ]; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    echo "setup: installing ${missing[*]}" >&2
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q "${ROSTERADMIN_PIP_TARGET:-.}"
