@@ -70,7 +70,9 @@ class ConnectionMonitor(XMPPHandler):  # type: ignore[misc]
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
         self._keepalive = None
-        if self.connected:
+        if self.connected and not self.parent.running:
+            self.log.info("disconnected from the XMPP server: the service is stopping")
+        elif self.connected:
             self.log.error("lost the XMPP server connection: {why}", why=reason.getErrorMessage())
             if self.lastError is None:
                 self.lastError = f"connection lost: {reason.getErrorMessage()}"

@@ -58,10 +58,14 @@ class RunningService:
         await self.top.stopService()
 
     @staticmethod
-    async def waitUntil(condition: Any, timeout: float, what: str) -> None:
+    async def sleep(seconds: float) -> None:
+        await deferLater(reactor, seconds, lambda: None)
+
+    @classmethod
+    async def waitUntil(cls, condition: Any, timeout: float, what: str) -> None:
         waited = 0.0
         while not condition():
             if waited >= timeout:
                 raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-            await deferLater(reactor, 0.05, lambda: None)
+            await cls.sleep(0.05)
             waited += 0.05

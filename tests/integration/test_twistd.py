@@ -1,0 +1,107 @@
+"""
+rosteradmin as operators run it: a real C{twistd -n rosteradmin} process.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.web.client import HTTPConnectionPool
+
+from rosteradmin.devprosody import freePort
+from tests.integration.service import RunningService
+from tests.integration.test_rosters import items
+
+ROOT = Path(__file__).parents[2]
+
+
+def twistd(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """
+    Start C{twistd -n rosteradmin ...} with the checkout's plugin.
+    """
+    command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+               "-n", "--pidfile=", "rosteradmin", *args]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **(env or {})})
+
+
+def test_missingOptionIsOneClearLine() -> None:
+    """
+    A missing option stops start-up before connecting, with a last line
+    naming the option and no traceback.
+    """
+    process = twistd("--jid", "roster.example.org", "--domain", "example.org",
+                     "--roster-url", "http://127.0.0.1:1/r/%s", "--no-kick")
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert output.strip().splitlines()[-1].endswith("--secret: is required")
+    assert "Traceback" not in output
+
+
+def test_kickAuthorizationRequired() -> None:
+    """
+    Without a kick authorization (and without --no-kick) the service refuses
+    to start.
+    """
+    process = twistd("--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
+                     "--roster-url", "http://127.0.0.1:1/r/%s")
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "--kick-authorization: is required" in output.strip().splitlines()[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistdServesRosters(prosody: Any, webapp: Any, clients: Any, tmp_path: Path) -> None:
+    """
+    twistd with a TOML config and the secret in a file connects, serves a
+    client's roster and health, and stops cleanly on SIGTERM.
+    """
+    webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}}
+    httpPort = freePort()
+    (tmp_path / "secret").write_text(prosody.secret + "\n")
+    config = tmp_path / "rosteradmin.toml"
+    config.write_text(f"""
+jid = "{prosody.componentJID}"
+secret_file = "{tmp_path / 'secret'}"
+domain = "{prosody.domain}"
+xmpp_port = {prosody.componentPort}
+roster_url = "{webapp.url}"
+http = "tcp:{httpPort}:interface=127.0.0.1"
+no_kick = true
+""")
+    process = twistd("--config", str(config))
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    try:
+        async def healthy() -> bool:
+            try:
+                response = await treq.get(f"http://127.0.0.1:{httpPort}/healthz", pool=pool)
+                await response.content()
+                return response.code == 200
+            except Exception:
+                return False
+
+        for _ in range(200):
+            if await healthy():
+                break
+            await RunningService.sleep(0.05)
+        else:
+            raise AssertionError("twistd never became healthy")
+        alice = await clients("alice")
+        assert items(await alice.rosterGet()) == {"bob@example.org": ("Bob", "both", [])}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    print(output)
+    # twistd ends by re-raising the signal that stopped it; systemd counts
+    # a SIGTERM exit as a clean stop.
+    assert process.returncode in (0, -signal.SIGTERM)
+    assert "Traceback" not in output
+    assert "connected to the XMPP server as roster.example.org" in output
+    assert prosody.secret not in output
