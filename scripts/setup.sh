@@ -4,8 +4,8 @@ set -euo pipefail
 
 missing=()
 command -v prosody >/dev/null 2>&1 || missing+=(prosody)
-ls /usr/lib/prosody/modules/mod_delegation.lua /usr/lib/prosody/modules/mod_delegation/mod_delegation.lua \
-    >/dev/null 2>&1 || missing+=(prosody-modules)
+[ -e /usr/lib/prosody/modules/mod_delegation.lua ] \
+    || [ -e /usr/lib/prosody/modules/mod_delegation/mod_delegation.lua ] || missing+=(prosody-modules)
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
     echo "setup: installing ${missing[*]}" >&2
