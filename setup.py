@@ -29,6 +29,7 @@ setup(
             "pytest-twisted>=1.14",
         ],
     },
+    entry_points={"console_scripts": ["rosteradmin-ctl = rosteradmin.ctl:cli"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

@@ -94,9 +94,9 @@ def main(argv: list[str]) -> None:
     service = tap.makeService(serviceOptions)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
+    print(banner(prosody, rosterFile, options["webapp-port"], options["http-port"], kickAuthorization), flush=True)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service.startService()
-    print(banner(prosody, rosterFile, options["webapp-port"], options["http-port"], kickAuthorization), flush=True)
     reactor.run()
 
 
