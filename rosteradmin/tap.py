@@ -36,7 +36,10 @@ def _optionTables() -> tuple[list[list[Any]], list[list[Any]]]:
     The C{optParameters} and C{optFlags} tables, built from L{SETTINGS} so
     options, TOML keys and docs cannot drift apart.
     """
-    parameters: list[list[Any]] = [["config", "c", None, "TOML configuration file"]]
+    parameters: list[list[Any]] = [
+        ["config", "c", None, "TOML configuration file"],
+        ["log-format", None, "text", "text, or json: one JSON object per event and line, for log shippers"],
+    ]
     flags: list[list[Any]] = [["verbose", "v", "log every stanza sent and received"]]
     for setting in SETTINGS:
         if not setting.cli:
@@ -89,6 +92,17 @@ class Options(usage.Options):
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self._checkEndpoint()
+        self._chooseLogFormat()
+
+    def _chooseLogFormat(self) -> None:
+        """
+        twistd creates its log observer after parsing our options, from its
+        own C{--logger}; C{--log-format json} sets that.
+        """
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format: must be text or json, got {self['log-format']!r}")
+        if self["log-format"] == "json" and self.parent is not None:
+            self.parent["logger"] = "rosteradmin.logs.jsonLogObserver"
 
     def _checkEndpoint(self) -> None:
         from twisted.internet import endpoints, reactor

@@ -4,6 +4,7 @@ set -euo pipefail
 
 missing=()
 command -v prosody >/dev/null 2>&1 || missing+=(prosody)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 [ -e /usr/lib/prosody/modules/mod_delegation.lua ] \
     || [ -e /usr/lib/prosody/modules/mod_delegation/mod_delegation.lua ] || missing+=(prosody-modules)
 if [ "${#missing[@]}" -gt 0 ]; then
