@@ -148,7 +148,10 @@ class RosterFetcher:
         started = time.monotonic()
         self.inFlight += 1
         d = ensureDeferred(self._fetch(username))
-        d.addTimeout(self.timeout, self.clock)
+        # Cancelling the request surfaces as whatever treq makes of it
+        # (ResponseNeverReceived, ...): report any outcome of a timed-out
+        # fetch as the timeout it was.
+        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timedOut)
 
         def done(result: Roster | Failure) -> Roster | Failure:
             self.inFlight -= 1
@@ -239,6 +242,10 @@ class RosterFetcher:
 
         await treq.collect(response, collect)
         return b"".join(chunks)
+
+
+def _timedOut(result: object, timeout: float) -> Failure:
+    return Failure(TimeoutError(timeout, "roster fetch"))
 
 
 class _Discard(Protocol):
