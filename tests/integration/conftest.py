@@ -45,10 +45,11 @@ def prosody(tmp_path: Path) -> Iterator[LocalProsody]:
 async def webapp() -> AsyncIterator[WebAppStub]:
     stub = WebAppStub()
     site = server.Site(stub)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    stub.url = f"http://127.0.0.1:{port.getHost().port}/rosters/%s"
+    stub.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    stub.portNumber = stub.port.getHost().port
+    stub.url = f"http://127.0.0.1:{stub.portNumber}/rosters/%s"
     yield stub
-    await port.stopListening()
+    await stub.port.stopListening()
 
 
 @pytest_twisted.async_yield_fixture

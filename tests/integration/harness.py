@@ -29,6 +29,7 @@ class WebAppStub(Resource):
     @ivar failures: A status and raw body to answer instead, per user.
     @ivar delays: Seconds to wait before answering, per user.
     @ivar url: The roster URL template, once listening.
+    @ivar port: The listening port (tests stop and restart it).
     """
 
     isLeaf = True
@@ -41,6 +42,8 @@ class WebAppStub(Resource):
         self.delays: dict[str, float] = {}
         self.lastHeaders: dict[str, dict[bytes, list[bytes]]] = {}
         self.url = ""
+        self.port: Any = None
+        self.portNumber = 0
 
     def render_GET(self, request: server.Request) -> int | bytes:
         username = unquote(request.postpath[-1].decode("ascii"))

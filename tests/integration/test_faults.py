@@ -1,0 +1,147 @@
+"""
+Failures survived (SPEC §6), with real faults: the web app stopped, slow or
+broken, and the XMPP server killed and restarted.  After each, the cached
+and server-side rosters are compared with what the web app last served
+successfully: nothing lost, nothing half-applied.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.web import server
+from twisted.web.client import HTTPConnectionPool
+
+from tests.integration.service import KICK_AUTHORIZATION, RunningService
+from tests.integration.test_rosters import condition, items
+
+GOOD = {"bob@example.org": {"name": "Bob", "groups": ["Friends"]}}
+
+
+@pytest_twisted.async_yield_fixture
+async def service(prosody: Any, webapp: Any) -> Any:
+    webapp.rosters.update({"alice": GOOD, "bob": {"alice@example.org": {"name": "Alice"}}})
+    running = RunningService(prosody, webapp.url, ["--fetch-timeout", "1"])
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def call(service: RunningService, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    response = await treq.request(method, service.baseURL + path,
+                                  data=json.dumps(body).encode() if body is not None else None,
+                                  headers={"Authorization": KICK_AUTHORIZATION},
+                                  pool=HTTPConnectionPool(reactor, persistent=False))
+    return response.code, json.loads(await response.text())
+
+
+def assertIntact(prosody: Any, service: RunningService, username: str, expected: dict[str, Any]) -> None:
+    """
+    The cache and the server both hold exactly C{expected} for the user.
+    """
+    cached = service.backend.cache.peek(username)
+    assert cached is not None
+    assert {c.jid: c.name for c in cached} == {jid: v.get("name") for jid, v in expected.items()}
+    stored = prosody.storedRoster(username)
+    assert all(f'["{jid}"]' in stored for jid in expected)
+    assert stored.count('["subscription"] = "both"') == stored.count('["subscription"]') == len(expected)
+
+
+BROKEN_REPLIES = {
+    "500": (500, b"Internal Server Error"),
+    "not JSON": (200, b"<html>oops</html>"),
+    "array": (200, b'["bob@example.org"]'),
+    "key not a JID": (200, b'{"bob@@example.org": {}}'),
+    "wrong types": (200, b'{"bob@example.org": {"groups": "Friends"}}'),
+    "50 MB": (200, b'{"x": "' + b"a" * (50 * 1024 * 1024) + b'"}'),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(BROKEN_REPLIES))
+@pytest_twisted.ensureDeferred
+async def test_brokenWebApp(fault: str, prosody: Any, webapp: Any, service: RunningService, clients: Any) -> None:
+    """
+    A broken reply: the cached user keeps the stale roster, an uncached
+    user gets wait/internal-server-error and keeps a working session, the
+    refresh counts the failure, and nothing cached or stored changes.
+    """
+    alice = await clients("alice")
+    assert items(await alice.rosterGet())
+    webapp.failures["alice"] = webapp.failures["carol"] = BROKEN_REPLIES[fault]
+    code, body = await call(service, "POST", "/roster_admin/refresh", ["alice"])
+    assert code == 500 and body["errors"] == 1, body
+    assert items(await alice.rosterGet()) == {"bob@example.org": ("Bob", "both", ["Friends"])}
+    assertIntact(prosody, service, "alice", GOOD)
+
+    carol = await clients("carol")
+    reply = await carol.rosterGet()
+    assert reply["type"] == "error" and condition(reply) == "internal-server-error"
+    assert reply.error["type"] == "wait"
+    del webapp.failures["carol"]
+    assert (await carol.rosterGet())["type"] == "result"
+
+
+@pytest_twisted.ensureDeferred
+async def test_webAppDownAndSlow(prosody: Any, webapp: Any, service: RunningService, clients: Any) -> None:
+    """
+    The web app answering after the timeout, then not listening at all:
+    stale rosters are served, uncached users get a wait error in about the
+    timeout, and refreshes fail without changing anything.
+    """
+    alice = await clients("alice")
+    await alice.rosterGet()
+    webapp.delays["alice"] = webapp.delays["carol"] = 3.0
+    code, body = await call(service, "POST", "/roster_admin/refresh", ["alice"])
+    assert code == 500 and "within 1s" in body["failures"]["alice"]
+    carol = await clients("carol")
+    reply = await carol.rosterGet()
+    assert condition(reply) == "internal-server-error"
+
+    await webapp.port.stopListening()
+    code, body = await call(service, "POST", "/roster_admin/refresh", ["alice", "bob"])
+    assert code == 500 and body["errors"] == 2
+    assert items(await alice.rosterGet()) == {"bob@example.org": ("Bob", "both", ["Friends"])}
+    assertIntact(prosody, service, "alice", GOOD)
+
+    webapp.port = reactor.listenTCP(webapp.portNumber, server.Site(webapp), interface="127.0.0.1")
+    del webapp.delays["carol"]
+    assert (await carol.rosterGet())["type"] == "result"
+
+
+@pytest_twisted.ensureDeferred
+async def test_xmppServerRestart(prosody: Any, webapp: Any, service: RunningService, clients: Any) -> None:
+    """
+    Prosody killed and restarted: health says 503 and kicks 503 meanwhile, a
+    refresh still updates the cache, and after the component reconnects by
+    itself it re-reads its privileges, writes the refreshed roster into the
+    server and serves clients again.
+    """
+    alice = await clients("alice")
+    await alice.rosterGet()
+    prosody.stop()
+    await RunningService.waitUntil(lambda: not service.component.status.connected, 5, "disconnect noticed")
+
+    code, body = await call(service, "GET", "/healthz")
+    assert code == 503 and body["connected"] is False
+    code, body = await call(service, "POST", "/muc_kick", {"nickname": "a", "muc": "room@conference.example.org"})
+    assert (code, body) == (503, {"error": "Not connected to the XMPP server"})
+    webapp.rosters["alice"] = {**GOOD, "erin@example.org": {"name": "Erin"}}
+    code, body = await call(service, "POST", "/roster_admin/refresh", ["alice"])
+    assert code == 200 and body["updated"] == 1
+    assert "alice" in service.backend.unsynced
+    assert "erin@example.org" not in prosody.storedRoster("alice")
+
+    prosody.start()
+    await RunningService.waitUntil(service.ready, 15, "component reconnected with privileges")
+    await RunningService.waitUntil(lambda: not service.backend.unsynced, 10, "unsynced rosters written")
+    assert "erin@example.org" in prosody.storedRoster("alice")
+    code, _ = await call(service, "GET", "/healthz")
+    assert code == 200
+    again = await clients("alice")
+    assert set(items(await again.rosterGet())) == {"bob@example.org", "erin@example.org"}
+    assert service.component.status.connections == 2
