@@ -22,6 +22,8 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 JSON = dict[str, Any]
+
+TOO_LARGE = "Request body too large"
 Handler = Callable[[server.Request], Awaitable[tuple[int, JSON]]]
 
 
@@ -49,7 +51,17 @@ class LimitedRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
         if length is not None and length > self.maxBodyBytes:
+            # Refuse at once rather than read a body we will not use.  The
+            # request is not parsed yet, so answer on the connection itself,
+            # with a body that fits both error shapes of the API.
             self.tooLarge = True
+            body = json.dumps({"status": "error", "message": TOO_LARGE, "error": TOO_LARGE}).encode()
+            transport = self.channel.transport
+            transport.write(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            transport.loseConnection()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.tooLarge:
@@ -95,7 +107,7 @@ def readJSON(request: server.Request) -> Any:
     @raise ApiError: 413 over the size cap, 400 when not UTF-8 JSON.
     """
     if getattr(request, "tooLarge", False):
-        raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large")
+        raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, TOO_LARGE)
     request.content.seek(0)
     body = request.content.read()
     try:
@@ -147,7 +159,9 @@ class JsonResource(Resource):
 
     @staticmethod
     def _write(request: server.Request, code: int, body: JSON) -> None:
+        data = json.dumps(body).encode("utf-8")
         request.setResponseCode(int(code))
         request.setHeader(b"content-type", b"application/json")
-        request.write(json.dumps(body).encode("utf-8"))
+        request.setHeader(b"content-length", b"%d" % len(data))
+        request.write(data)
         request.finish()

@@ -39,9 +39,9 @@ PERMISSIONS_2 = (
 )
 
 
-def parseStanzas(data: bytes | str) -> list[domish.Element]:
+def parseStanzas(data: bytes | str, namespace: str = "jabber:component:accept") -> list[domish.Element]:
     """
-    Parse the stanzas a component wrote, in order.
+    Parse stanzas (as a component wrote them, by default), in order.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -50,15 +50,15 @@ def parseStanzas(data: bytes | str) -> list[domish.Element]:
     stream.DocumentStartEvent = lambda root: None
     stream.ElementEvent = elements.append
     stream.DocumentEndEvent = lambda: None
-    stream.parse(b"<root xmlns='jabber:component:accept'>" + data + b"</root>")
+    stream.parse(b"<root xmlns='" + namespace.encode() + b"'>" + data + b"</root>")
     return elements
 
 
-def parseXML(text: str) -> domish.Element:
+def parseXML(text: str, namespace: str = "jabber:component:accept") -> domish.Element:
     """
     Parse one stanza.
     """
-    [element] = parseStanzas(text)
+    [element] = parseStanzas(text, namespace)
     return element
 
 

@@ -89,6 +89,8 @@ SCENARIOS: dict[tuple[str, str, int], Scenario] = {
     (R, "POST", 401): refresh(R, "POST", ["alice"], auth="wrong"),
     (R, "POST", 500): refresh(R, "POST", ["alice"], failing=True),
     (ONE, "GET", 200): refresh(R + "/alice", "GET"),
+    (ONE, "GET", 400): refresh(R + "/%FF", "GET"),
+    (ONE, "POST", 400): refresh(R + "/%FF", "POST"),
     (ONE, "GET", 401): refresh(R + "/alice", "GET", auth="wrong"),
     (ONE, "GET", 500): refresh(R + "/alice", "GET", failing=True),
     (ONE, "POST", 200): refresh(R + "/alice", "POST"),
