@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -28,7 +30,7 @@ from rosteradmin.component import RosterComponent
 from rosteradmin.config import SETTINGS, Config, ConfigError, buildConfig
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.metrics import Metrics
-from rosteradmin.web import makeSite
+from rosteradmin.web import DrainingService, makeSite
 
 
 def _optionTables() -> tuple[list[list[Any]], list[list[Any]]]:
@@ -105,7 +107,7 @@ class Options(usage.Options):
             self.parent["logger"] = "rosteradmin.logs.jsonLogObserver"
 
     def _checkEndpoint(self) -> None:
-        from twisted.internet import endpoints, reactor
+        from twisted.internet import reactor
 
         try:
             endpoints.serverFromString(reactor, self.config.http)
@@ -126,6 +128,22 @@ def makeFetcher(config: Config, reactor: Any) -> RosterFetcher:
         timeout=config.fetch_timeout, concurrency=config.fetch_concurrency,
         maxBytes=config.max_roster_bytes, headers=config.web_app_headers,
     )
+
+
+class SequentialService(service.MultiService):
+    """
+    Stops its children one after the other, last started first: the HTTP API
+    drains its requests while the component and the backend still serve
+    them.
+    """
+
+    async def _stopInOrder(self) -> None:
+        for child in reversed(list(self)):
+            await maybeDeferred(child.stopService)
+
+    def stopService(self) -> Deferred[None]:
+        service.Service.stopService(self)
+        return ensureDeferred(self._stopInOrder())
 
 
 def makeAPI(config: Config, backend: RosterBackend, comp: RosterComponent) -> Resource:
@@ -154,7 +172,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
         reactor = globalReactor
     config = options.config
-    top = service.MultiService()
+    top = SequentialService()
 
     backend = RosterBackend(RosterCache(), makeFetcher(config, reactor))
     backend.setName("backend")
@@ -164,7 +182,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     comp.setName("component")
     comp.setServiceParent(top)
 
-    web = strports.service(config.http, makeSite(makeAPI(config, backend, comp), config.max_body_bytes))
+    site = makeSite(makeAPI(config, backend, comp), config.max_body_bytes)
+    # Requests in flight may wait for a fetch and an XMPP round trip.
+    drainTimeout = config.fetch_timeout + config.iq_timeout
+    web = DrainingService(endpoints.serverFromString(reactor, config.http), site, reactor, drainTimeout)
     web.setName("http")
     web.setServiceParent(top)
     return top

@@ -15,8 +15,11 @@ import json
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import ensureDeferred
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeoutError, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
@@ -75,16 +78,116 @@ class LimitedRequest(server.Request):
         super().handleContentChunk(data)
 
 
+class Drain:
+    """
+    Counts the requests being handled, so that a stopping service can let
+    them finish; requests that arrive meanwhile get 503.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.inFlight = 0
+        self.stopping = False
+        self._idle: list[Deferred[None]] = []
+
+    def track(self, d: Deferred[Any]) -> None:
+        self.inFlight += 1
+        d.addBoth(self._finished)
+
+    def _finished(self, result: object) -> object:
+        self.inFlight -= 1
+        if not self.inFlight:
+            idle, self._idle = self._idle, []
+            for waiter in idle:
+                waiter.callback(None)
+        return result
+
+    def wait(self, clock: IReactorTime, timeout: float) -> Deferred[None]:
+        """
+        Fire when no request is in flight, or after C{timeout} seconds.
+        """
+        if not self.inFlight:
+            return succeed(None)
+        self.log.info("waiting for {count} HTTP requests to finish", count=self.inFlight)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        d.addTimeout(timeout, clock)
+        d.addErrback(self._gaveUp)
+        return d
+
+    def _gaveUp(self, failure: Failure) -> None:
+        failure.trap(DeferredTimeoutError)
+        self.log.warn("stopping with {count} HTTP requests unfinished", count=self.inFlight)
+
+
 def makeSite(root: Resource, maxBodyBytes: int, timeout: float = 60.0) -> server.Site:
     """
-    A Site whose requests cap their bodies and whose idle connections
-    (slow senders included) are closed after C{timeout} seconds.
+    A Site whose requests cap their bodies, whose idle connections (slow
+    senders included) are closed after C{timeout} seconds, and which
+    counts its requests in flight (C{site.drain}).
     """
     request = type("Request", (LimitedRequest,), {"maxBodyBytes": maxBodyBytes})
     site = server.Site(root, timeout=timeout)
     site.requestFactory = request
     site.displayTracebacks = False
+    site.drain = Drain()
     return site
+
+
+class _ConnectionTracker(WrappingFactory):
+    """
+    Knows the open HTTP connections, so that stopping can close them once
+    their responses are written.
+    """
+
+    def __init__(self, site: server.Site) -> None:
+        super().__init__(site)
+        self._closed: list[Deferred[None]] = []
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            closed, self._closed = self._closed, []
+            for d in closed:
+                d.callback(None)
+
+    def closeAll(self, clock: IReactorTime, timeout: float) -> Deferred[None]:
+        """
+        Close every connection (pending writes are flushed first); fire when
+        all are gone, or after C{timeout} seconds.
+        """
+        if not self.protocols:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed.append(d)
+        for p in list(self.protocols):
+            p.loseConnection()
+        d.addTimeout(timeout, clock)
+        d.addErrback(lambda f: f.trap(DeferredTimeoutError))
+        return d
+
+
+class DrainingService(StreamServerEndpointService):
+    """
+    The HTTP API's service: on stop it closes the port, lets the requests in
+    flight finish (up to C{drainTimeout} seconds) and get their responses
+    out, and only then lets the rest of the service stop.
+    """
+
+    def __init__(self, endpoint: Any, site: server.Site, clock: IReactorTime, drainTimeout: float) -> None:
+        self.connections = _ConnectionTracker(site)
+        super().__init__(endpoint, self.connections)
+        self.site = site
+        self.clock = clock
+        self.drainTimeout = drainTimeout
+
+    def stopService(self) -> Deferred[None]:
+        self.site.drain.stopping = True
+        d = super().stopService()
+        d.addCallback(lambda _: self.site.drain.wait(self.clock, self.drainTimeout))
+        d.addCallback(lambda _: self.connections.closeAll(self.clock, 5.0))
+        return d
 
 
 def authorized(request: server.Request, expected: str | None) -> bool:
@@ -140,6 +243,10 @@ class JsonResource(Resource):
             request.setHeader(b"allow", allowed)
             self._write(request, HTTPStatus.METHOD_NOT_ALLOWED, self.errorBody("Method not allowed"))
             return server.NOT_DONE_YET
+        drain: Drain | None = getattr(request.site, "drain", None)
+        if drain is not None and drain.stopping:
+            self._write(request, HTTPStatus.SERVICE_UNAVAILABLE, self.errorBody("The service is stopping"))
+            return server.NOT_DONE_YET
         handler: Handler = getattr(self, name)
         finished = []
         request.notifyFinish().addBoth(finished.append)
@@ -147,6 +254,8 @@ class JsonResource(Resource):
         d.addErrback(self._ebRender, request)
         d.addCallback(lambda result: finished or self._write(request, *result))
         d.addErrback(lambda f: self.log.failure("writing an HTTP response failed", f))
+        if drain is not None:
+            drain.track(d)
         return server.NOT_DONE_YET
 
     def _ebRender(self, failure: Failure, request: server.Request) -> tuple[int, JSON]:

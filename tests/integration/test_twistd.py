@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest_twisted
 import treq
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.web.client import HTTPConnectionPool
 
 from rosteradmin.devprosody import freePort
@@ -57,13 +57,10 @@ def test_kickAuthorizationRequired() -> None:
     assert "--kick-authorization: is required" in output.strip().splitlines()[-1]
 
 
-@pytest_twisted.ensureDeferred
-async def test_twistdServesRosters(prosody: Any, webapp: Any, clients: Any, tmp_path: Path) -> None:
+async def startTwistd(prosody: Any, webapp: Any, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
     """
-    twistd with a TOML config and the secret in a file connects, serves a
-    client's roster and health, and stops cleanly on SIGTERM.
+    twistd with a TOML config and the secret in a file, once healthy.
     """
-    webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}}
     httpPort = freePort()
     (tmp_path / "secret").write_text(prosody.secret + "\n")
     config = tmp_path / "rosteradmin.toml"
@@ -77,31 +74,67 @@ http = "tcp:{httpPort}:interface=127.0.0.1"
 no_kick = true
 """)
     process = twistd("--config", str(config))
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    try:
-        async def healthy() -> bool:
-            try:
-                response = await treq.get(f"http://127.0.0.1:{httpPort}/healthz", pool=pool)
-                await response.content()
-                return response.code == 200
-            except Exception:
-                return False
+    base = f"http://127.0.0.1:{httpPort}"
+    for _ in range(200):
+        try:
+            response = await treq.get(base + "/healthz", pool=HTTPConnectionPool(reactor, persistent=False))
+            await response.content()
+            if response.code == 200:
+                return process, base
+        except Exception:
+            pass
+        await RunningService.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"twistd never became healthy:\n{process.communicate()[0]}")
 
-        for _ in range(200):
-            if await healthy():
-                break
-            await RunningService.sleep(0.05)
-        else:
-            raise AssertionError("twistd never became healthy")
-        alice = await clients("alice")
-        assert items(await alice.rosterGet()) == {"bob@example.org": ("Bob", "both", [])}
-    finally:
+
+def stop(process: subprocess.Popen[str], signalled: bool = False) -> str:
+    """
+    SIGTERM (unless already sent), then check for a clean exit.
+    """
+    if not signalled:
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+    output, _ = process.communicate(timeout=30)
     print(output)
     # twistd ends by re-raising the signal that stopped it; systemd counts
     # a SIGTERM exit as a clean stop.
     assert process.returncode in (0, -signal.SIGTERM)
     assert "Traceback" not in output
+    return output
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistdServesRosters(prosody: Any, webapp: Any, clients: Any, tmp_path: Path) -> None:
+    """
+    twistd with a TOML config and the secret in a file connects, serves a
+    client's roster and health, and stops cleanly on SIGTERM, never logging
+    the secret.
+    """
+    webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}}
+    process, _ = await startTwistd(prosody, webapp, tmp_path)
+    try:
+        alice = await clients("alice")
+        assert items(await alice.rosterGet()) == {"bob@example.org": ("Bob", "both", [])}
+    finally:
+        output = stop(process)
     assert "connected to the XMPP server as roster.example.org" in output
     assert prosody.secret not in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigtermLetsRequestsFinish(prosody: Any, webapp: Any, tmp_path: Path) -> None:
+    """
+    SIGTERM during a refresh that waits on a slow web app: the refresh
+    still completes with 200, then the process exits cleanly.
+    """
+    webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}}
+    webapp.delays["alice"] = 1.5
+    process, base = await startTwistd(prosody, webapp, tmp_path)
+    pending = treq.post(base + "/roster_admin/refresh", data=b'["alice"]',
+                        pool=HTTPConnectionPool(reactor, persistent=False))
+    await RunningService.waitUntil(lambda: webapp.requests["alice"] == 1, 5, "the fetch started")
+    process.send_signal(signal.SIGTERM)
+    response = await pending
+    assert response.code == 200 and (await response.json())["updated"] == 1
+    output = await threads.deferToThread(stop, process, True)
+    assert "waiting for 1 HTTP requests to finish" in output
