@@ -127,7 +127,7 @@ async def test_slowLorisDisconnected(service: RunningService) -> None:
     A client that never finishes its request is disconnected by the idle
     timeout, and the service keeps answering others meanwhile.
     """
-    site = service.top.getServiceNamed("http").factory
+    site = service.top.getServiceNamed("http").site
     site.timeOut = 1
     reply = threads.deferToThread(rawHTTP, service.httpPort, b"POST /roster_admin/refresh HTTP/1.1\r\nHost: x\r\n"
                                   b"Content-Length: 10\r\n\r\n[", 0, 15)
