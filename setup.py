@@ -27,6 +27,8 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
+            "hypothesis>=6",
+            "schemathesis>=4",
         ],
     },
     entry_points={"console_scripts": ["rosteradmin-ctl = rosteradmin.ctl:cli"]},

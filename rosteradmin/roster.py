@@ -179,11 +179,11 @@ def _parseContact(key: Any, value: Any, owner: str) -> Contact:
     """
     Validate one entry of the web app's roster object.
     """
-    if not isinstance(key, str):
-        raise InvalidRoster(f"contact key {key!r} is not a string")
+    if not isinstance(key, str) or not key:
+        raise InvalidRoster(f"contact key {key!r} is not a JID")
     try:
         jid = JID(key)
-    except InvalidFormat as e:
+    except (InvalidFormat, UnicodeError) as e:
         raise InvalidRoster(f"contact {key!r} is not a valid JID: {e}") from None
     if jid.resource is not None:
         raise InvalidRoster(f"contact {key!r} is not a bare JID")

@@ -91,7 +91,7 @@ def parseJID(value: str | None) -> JID | None:
         return None
     try:
         return JID(value)
-    except InvalidFormat:
+    except (InvalidFormat, UnicodeError):
         return None
 
 
