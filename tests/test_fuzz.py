@@ -27,7 +27,7 @@ jsonValues = st.recursive(
 )
 nodes = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=12)
 jids = st.builds(lambda n, d: f"{n}@{d}", nodes, st.sampled_from(["example.org", "example.com", "xn--bcher-kva.ch"]))
-names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=30)
+names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Cn")), max_size=30)
 validEntries = st.fixed_dictionaries({}, optional={"name": names, "groups": st.lists(names.filter(bool), max_size=3)})
 
 
