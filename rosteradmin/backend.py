@@ -12,7 +12,7 @@ another for the same user); different users proceed in parallel.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore, ensureDeferred, gatherResults, succeed
@@ -24,6 +24,9 @@ from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, SyncF
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync
 from rosteradmin.roster import Roster, RosterDiff, diffRosters, normaliseUsername
+
+if TYPE_CHECKING:
+    from rosteradmin.privilege import StoredRoster
 
 T = TypeVar("T")
 
@@ -175,10 +178,24 @@ class RosterBackend(Service):
         cached = self.cache.peek(username)
         if cached is not None:
             return cached
-        roster = await self.fetcher.fetch(username)
-        await self._writeToServer(username, roster)
+        roster, stored = await self._fetchWithStored(username)
+        await self._writeToServer(username, roster, stored)
         self.cache.put(username, roster)
         return roster
+
+    async def _fetchWithStored(self, username: str) -> tuple[Roster, Deferred[StoredRoster] | None]:
+        """
+        Fetch from the web app while the server reads its stored roster:
+        the client waits for both, so it waits for the slower only.
+        """
+        stored = self.sync.readStored(username) if self._canSync() else None
+        try:
+            roster = await self.fetcher.fetch(username)
+        except FetchFailed:
+            if stored is not None:
+                stored.addErrback(lambda failure: None)  # nothing to sync
+            raise
+        return roster, stored
 
     async def _resync(self, username: str) -> None:
         roster = self.cache.peek(username)
@@ -186,8 +203,8 @@ class RosterBackend(Service):
             await self._writeToServer(username, roster)
 
     async def _refreshOne(self, username: str) -> None:
-        roster = await self.fetcher.fetch(username)
-        stored = await self._writeToServer(username, roster)
+        roster, storedRead = await self._fetchWithStored(username)
+        stored = await self._writeToServer(username, roster, storedRead)
         previous = self.cache.put(username, roster)
         # What the user's clients hold: our last answer, or else what the
         # server held (written by us before a restart of this service).
@@ -198,18 +215,20 @@ class RosterBackend(Service):
                 self.sync.push(username, diff, roster.version)
         self.log.info("refreshed {user}: {contacts} contacts", user=username, contacts=len(roster))
 
-    async def _writeToServer(self, username: str, roster: Roster) -> Roster | None:
+    async def _writeToServer(self, username: str, roster: Roster,
+                             storedRead: Deferred[StoredRoster] | None = None) -> Roster | None:
         """
         Make the server's stored roster equal C{roster}.  On failure the
         user is remembered as unsynced and written after reconnecting.
 
+        @param storedRead: The server's stored roster, if already asked for.
         @return: The roster the server held before, if it could be read.
         """
-        if self.sync is None or not self.sync.canSync():
+        if self.sync is None or (storedRead is None and not self.sync.canSync()):
             self.unsynced.add(username)
             return None
         try:
-            stored = await self.sync.readStored(username)
+            stored = await (storedRead if storedRead is not None else self.sync.readStored(username))
             diff = diffRosters(stored.roster, roster)
             if stored.notBoth:
                 diff = _withRewrites(diff, roster, stored.notBoth)

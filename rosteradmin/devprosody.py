@@ -59,13 +59,21 @@ class LocalProsody:
     secret = COMPONENT_SECRET
 
     def __init__(self, directory: str | Path, includeConfig: str | Path,
-                 c2sPort: int | None = None, componentPort: int | None = None) -> None:
+                 c2sPort: int | None = None, componentPort: int | None = None,
+                 logLevel: str = "debug", hasComponents: bool = True) -> None:
         """
         @param includeConfig: The rosteradmin part of the configuration,
             normally C{contrib/prosody/rosteradmin.cfg.lua}.
         @param c2sPort: The client port; a free one if not given.
         @param componentPort: The component port; a free one if not given.
+        @param logLevel: The lowest level Prosody logs (benchmarks want
+            less than tests).
+        @param hasComponents: Whether the configuration defines components
+            (else the component port never opens, and start does not wait
+            for it).
         """
+        self.logLevel = logLevel
+        self.hasComponents = hasComponents
         self.directory = Path(directory)
         self.includeConfig = Path(includeConfig).resolve()
         self.c2sPort = c2sPort or freePort()
@@ -101,7 +109,7 @@ class LocalProsody:
 run_as_root = true
 pidfile = "{self.directory / 'prosody.pid'}"
 data_path = "{self.dataPath}"
-log = {{ debug = "{self.logPath}" }}
+log = {{ {self.logLevel} = "{self.logPath}" }}
 interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {self.c2sPort} }}
 c2s_interfaces = {{ "127.0.0.1" }}
@@ -150,7 +158,8 @@ Include "{self.includeConfig}"
         )
         output.close()
         deadline = time.monotonic() + timeout
-        while not (self._accepts(self.c2sPort) and self._accepts(self.componentPort)):
+        ports = [self.c2sPort] + ([self.componentPort] if self.hasComponents else [])
+        while not all(self._accepts(port) for port in ports):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise ProsodyNotAvailable(f"Prosody did not start:\n{self.logTail()}")

@@ -175,6 +175,15 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
+#: One shared tuple per distinct set of groups: rosters repeat a handful of
+#: group combinations millions of times.
+_groupTuples: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _internGroups(groups: tuple[str, ...]) -> tuple[str, ...]:
+    return _groupTuples.setdefault(groups, groups)
+
+
 def _parseContact(key: Any, value: Any, owner: str) -> Contact:
     """
     Validate one entry of the web app's roster object.
@@ -206,7 +215,7 @@ def _parseContact(key: Any, value: Any, owner: str) -> Contact:
             if not group:
                 raise InvalidRoster(f"contact {key!r}: empty group name")
             seen[sys.intern(group)] = None
-        groups = tuple(seen)
+        groups = _internGroups(tuple(seen))
     return Contact(
         sys.intern(bare), sys.intern(name) if name is not None else None, groups
     )

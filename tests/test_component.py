@@ -267,7 +267,8 @@ def test_fetchFailureAnswersWait() -> None:
     webApp.failures["alice"] = (500, b"oops")
     wire = connected(webApp)
     wire.receive(envelope(rosterGet()))
-    [reply] = wire.sent()
+    storedRead, reply = wire.sent()
+    assert storedRead["to"] == "alice@example.org"  # asked for while fetching
     inner = innerIQ(reply)
     assert inner.error["type"] == "wait"
     assert inner.error.firstChildElement().name == "internal-server-error"

@@ -1,0 +1,3 @@
+-- Benchmark setup A: Prosody answers roster gets itself (mod_roster),
+-- from rosters written into its storage beforehand.
+VirtualHost "example.org"

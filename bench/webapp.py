@@ -1,0 +1,78 @@
+"""
+The benchmark's web app, in its own process: synthetic rosters answered
+after a fixed delay, with counters of requests and of concurrent requests.
+
+    python -m bench.webapp PORT USERS CONTACTS DELAY
+
+C{GET /rosters/<user>}; C{GET /stats}; C{POST /bump} changes one contact of
+every roster; C{POST /reset} zeroes the counters.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from twisted.internet import reactor
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from bench.rosters import contacts
+
+
+class BenchWebApp(Resource):
+    isLeaf = True
+
+    def __init__(self, users: int, size: int, delay: float) -> None:
+        super().__init__()
+        self.users, self.size, self.delay = users, size, delay
+        self.generation = 0
+        self.sizes: dict[int, int] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.distinct: set[str] = set()
+        self.concurrent = 0
+        self.peak = 0
+
+    def render_GET(self, request: server.Request) -> bytes | int:
+        parts = [p.decode() for p in request.postpath]
+        if parts == ["stats"]:
+            return json.dumps({"requests": self.requests, "distinct": len(self.distinct),
+                               "peak_concurrent": self.peak}).encode()
+        user = parts[-1]
+        self.requests += 1
+        self.distinct.add(user)
+        self.concurrent += 1
+        self.peak = max(self.peak, self.concurrent)
+        i = int(user[1:])
+        body = json.dumps(contacts(i, self.users, self.sizes.get(i, self.size), self.generation)).encode()
+
+        def answer() -> None:
+            self.concurrent -= 1
+            if not request._disconnected:
+                request.setHeader(b"content-type", b"application/json")
+                request.write(body)
+                request.finish()
+
+        reactor.callLater(self.delay, answer)
+        return server.NOT_DONE_YET
+
+    def render_POST(self, request: server.Request) -> bytes:
+        parts = [p.decode() for p in request.postpath]
+        if parts == ["bump"]:
+            self.generation += 1
+        elif parts == ["reset"]:
+            self.reset()
+        elif parts[0] == "size":  # /size/<i>/<contacts>
+            self.sizes[int(parts[1])] = int(parts[2])
+        return b"{}"
+
+
+if __name__ == "__main__":
+    port, users, size, delay = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    site = server.Site(BenchWebApp(users, size, delay))
+    site.noisy = False
+    reactor.listenTCP(port, site, interface="127.0.0.1", backlog=1024)
+    reactor.run()
