@@ -20,7 +20,9 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from twisted.words.protocols.jabber.jid import InvalidFormat, JID
+from twisted.words.protocols.jabber.jid import JID
+
+from rosteradmin.roster import JID_ERRORS
 
 
 class ConfigError(Exception):
@@ -191,7 +193,7 @@ def _checkJID(optionName: str, value: str, bare: bool = True) -> str:
     """
     try:
         jid = JID(value)
-    except InvalidFormat:
+    except JID_ERRORS:
         raise ConfigError(f"--{optionName}: {value!r} is not a valid JID") from None
     if bare and (jid.user or jid.resource):
         raise ConfigError(f"--{optionName}: {value!r} must be a domain, like example.org")

@@ -23,6 +23,11 @@ from rosteradmin.errors import InvalidRoster, InvalidUsername
 
 NS_ROSTER = "jabber:iq:roster"
 
+#: What Twisted's JID parsing raises for bad input: stringprep also fails
+#: with UnicodeError, and nameprep with IndexError on labels it maps to
+#: nothing (found by fuzzing).
+JID_ERRORS = (InvalidFormat, UnicodeError, IndexError)
+
 #: Longest contact name or group name accepted from the web app.
 MAX_TEXT_LENGTH = 1024
 
@@ -192,7 +197,7 @@ def _parseContact(key: Any, value: Any, owner: str) -> Contact:
         raise InvalidRoster(f"contact key {key!r} is not a JID")
     try:
         jid = JID(key)
-    except (InvalidFormat, UnicodeError) as e:
+    except JID_ERRORS as e:
         raise InvalidRoster(f"contact {key!r} is not a valid JID: {e}") from None
     if jid.resource is not None:
         raise InvalidRoster(f"contact {key!r} is not a bare JID")

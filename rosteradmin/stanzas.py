@@ -11,15 +11,17 @@ refuse to queue while the component is disconnected.
 from __future__ import annotations
 
 import secrets
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, fail
-from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from twisted.words.xish.domish import escapeToXml
 from wokkel import generic
 
 from rosteradmin.errors import NotConnected
+from rosteradmin.roster import JID_ERRORS
 
 if TYPE_CHECKING:
     from wokkel.subprotocols import StreamManager
@@ -86,12 +88,21 @@ def errorReply(iq: domish.Element, condition: str, errorType: str, sender: str, 
 def parseJID(value: str | None) -> JID | None:
     """
     Parse a JID from an attribute, C{None} when absent or invalid.
+
+    Stringprep is the costliest step of answering a cached roster, and the
+    same few JIDs ask again and again: parses are cached (bounded, unlike
+    Twisted's C{internJID}).  Callers must not change the returned JID.
     """
     if not value:
         return None
+    return _parseJID(value)
+
+
+@lru_cache(maxsize=65536)
+def _parseJID(value: str) -> JID | None:
     try:
         return JID(value)
-    except (InvalidFormat, UnicodeError):
+    except JID_ERRORS:
         return None
 
 

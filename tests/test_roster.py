@@ -135,3 +135,13 @@ def test_cacheCountsAndReplaces() -> None:
     assert cache.get("alice") is roster and cache.peek("alice") is roster
     assert cache.put("alice", Roster([])) is roster
     assert (cache.hits, cache.misses, len(cache), "alice" in cache, list(cache)) == (1, 1, 1, True, ["alice"])
+
+
+@pytest.mark.parametrize("key", ["a@\u00ad", "a@-", "a@."])
+def test_jidsTwistedCannotParse(key: str) -> None:
+    """
+    Keys on which Twisted's JID parsing raises (nameprep's IndexError
+    included, found by fuzzing) are a clean rejection.
+    """
+    with pytest.raises(InvalidRoster):
+        parseRoster(json.dumps({key: {}}).encode(), OWNER)
