@@ -18,4 +18,5 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q "${ROSTERADMIN_PIP_TARGET:-.}"
+read -ra targets <<< "${ROSTERADMIN_PIP_TARGET:-.}"   # what to install, space-separated
+.venv/bin/python -m pip install -q "${targets[@]}"

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up (like test.sh) and run the benchmarks: bash scripts/bench.sh [--runs 3] [--quick] [--profile FILE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROSTERADMIN_PIP_TARGET=". py-spy" source scripts/setup.sh
+PATH="$PWD/.venv/bin:$PATH" exec .venv/bin/python -m bench.run "$@"
