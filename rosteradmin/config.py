@@ -15,6 +15,7 @@ and unit files; systemd's C{LoadCredential=} hands them over that way.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -175,10 +176,14 @@ def _coerce(setting: Setting, value: Any) -> Any:
     if setting.kind in (int, float):
         if isinstance(value, bool):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if setting.kind is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}")
         try:
             number = setting.kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
         if number <= 0:
             raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
         return number

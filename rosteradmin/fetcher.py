@@ -24,11 +24,12 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, ResponseFailed
+from twisted.web.client import HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
 
 import treq
 
@@ -198,7 +199,9 @@ class RosterFetcher:
         while True:
             try:
                 response = await self.http.get(
-                    url, headers=self.headers, allow_redirects=False
+                    url, headers=self.headers, allow_redirects=False,
+                    # The body is read once, capped: no second copy in treq.
+                    unbuffered=True,
                 )
                 break
             except RETRYABLE as e:
@@ -228,24 +231,56 @@ class RosterFetcher:
             raise ReplyTooLarge(
                 f"reply of {length} bytes is over the {self.maxBytes}-byte cap"
             )
-        chunks: list[bytes] = []
-        received = 0
-
-        def collect(data: bytes) -> None:
-            nonlocal received
-            received += len(data)
-            if received > self.maxBytes:
-                raise ReplyTooLarge(
-                    f"reply is over the {self.maxBytes}-byte cap"
-                )
-            chunks.append(data)
-
-        await treq.collect(response, collect)
-        return b"".join(chunks)
+        if length == 0:
+            return b""
+        reader = _BodyReader(self.maxBytes)
+        response.deliverBody(reader)
+        return await reader.done
 
 
 def _timedOut(result: object, timeout: float) -> Failure:
     return Failure(TimeoutError(timeout, "roster fetch"))
+
+
+class _BodyReader(Protocol):
+    """
+    Collects a reply body up to a cap.
+
+    Unlike C{treq.collect}, cancelling its Deferred (when the deadline
+    passes while the body trickles in) drops the connection, so a stalled
+    web app cannot hold sockets after its fetches have failed.
+
+    @ivar done: Fires with the body, or fails with L{ReplyTooLarge} or why
+        the connection was lost.
+    """
+
+    def __init__(self, maxBytes: int) -> None:
+        self.maxBytes = maxBytes
+        self.received = 0
+        self.chunks: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred(lambda d: self._drop())
+
+    def _drop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.received += len(data)
+        if self.received > self.maxBytes:
+            self.done.errback(ReplyTooLarge(f"reply is over the {self.maxBytes}-byte cap"))
+            self._drop()
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
 
 
 class _Discard(Protocol):
@@ -254,4 +289,5 @@ class _Discard(Protocol):
     """
 
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        if self.transport is not None:
+            self.transport.stopProducing()

@@ -175,7 +175,12 @@ def _text(value: Any, what: str) -> str:
         raise InvalidRoster(f"{what} must be a string, got {type(value).__name__}")
     if len(value) > MAX_TEXT_LENGTH:
         raise InvalidRoster(f"{what} is longer than {MAX_TEXT_LENGTH} characters")
-    if any(ord(ch) < 0x20 and ch not in "\t\n\r" for ch in value) or "\ufffe" in value or "\uffff" in value:
+    # JSON's \uXXXX escapes can smuggle in lone surrogates, which UTF-8 (so
+    # the XML stream) cannot carry at all.
+    if (
+        any(ord(ch) < 0x20 and ch not in "\t\n\r" or 0xD800 <= ord(ch) <= 0xDFFF for ch in value)
+        or "\ufffe" in value or "\uffff" in value
+    ):
         raise InvalidRoster(f"{what} contains characters XML cannot carry")
     return value
 
@@ -199,8 +204,12 @@ def _parseContact(key: Any, value: Any, owner: str) -> Contact:
         jid = JID(key)
     except JID_ERRORS as e:
         raise InvalidRoster(f"contact {key!r} is not a valid JID: {e}") from None
-    if jid.resource is not None:
+    # Twisted drops empty parts: "bob@example.org/" parses as bare, and
+    # "@example.org" as the domain itself.  RFC 7622 forbids both.
+    if jid.resource is not None or "/" in key:
         raise InvalidRoster(f"contact {key!r} is not a bare JID")
+    if jid.user is None and "@" in key:
+        raise InvalidRoster(f"contact {key!r} is not a valid JID: empty localpart")
     bare = jid.userhost()
     if bare == owner:
         raise InvalidRoster(f"contact {key!r} is the roster's owner")
