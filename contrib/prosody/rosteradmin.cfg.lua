@@ -1,21 +1,32 @@
 -- Prosody configuration for rosteradmin (Prosody 0.12 with Debian's
--- prosody-modules).  Include it from your prosody.cfg.lua after your global
--- settings (ports, TLS, authentication, storage):
+-- prosody-modules).  It sets no ports, TLS, authentication or storage:
+-- those stay in your prosody.cfg.lua.  Debian's prosody.cfg.lua ends with
+-- Include "conf.d/*.cfg.lua", so copying this file into /etc/prosody/conf.d/
+-- is enough; otherwise add
 --
 --     Include "/etc/prosody/conf.d/rosteradmin.cfg.lua"
 --
--- and replace example.org, roster.example.org, conference.example.org and
--- the component secret with your own.  rosteradmin's integration tests and
--- its demo start Prosody with exactly this file.
+-- (an included file starts in the global section wherever it is included).
+-- Replace example.org, roster.example.org, conference.example.org and the
+-- component secret with your own.  rosteradmin's integration tests and its
+-- demo start Prosody with exactly this file.
 
 -- The component's JID is a server admin, so it may moderate every room of
--- the MUC service below (POST /muc_kick).  Prosody still wants a moderator
--- to be an occupant; rosteradmin joins the room when it needs to.
+-- the MUC service below (XEP-0045 kicks, POST /muc_kick).  Prosody still
+-- wants a moderator to be an occupant; rosteradmin joins the room when it
+-- needs to.  This is a global option, and it replaces any admins list set
+-- before the Include: if you have server admins, list them here as well.
 admins = { "roster.example.org" }
+
+-- Prosody closes a component stream carrying a stanza larger than
+-- component_stanza_size_limit (a global, default 512 KiB), and a roster
+-- answer holds the whole roster: raise it for users with more than a few
+-- thousand contacts, e.g.
+--     component_stanza_size_limit = 4 * 1024 * 1024
 
 VirtualHost "example.org"
     -- mod_privilege (XEP-0356) and mod_delegation (XEP-0355) ship in
-    -- prosody-modules; they must be enabled on the user host...
+    -- prosody-modules; they must be enabled on the users' host...
     modules_enabled = { "privilege"; "delegation" }
 
     -- XEP-0356: what rosteradmin may do with this host's users.

@@ -1,59 +1,76 @@
+# -*- test-case-name: tests.integration.test_harness -*-
 """
-Fixtures for the integration tests: a fresh Prosody per test (failing, never
-skipping, when it cannot run), the web app stub, and logged-in clients.
+Fixtures for the integration tests: a fresh Prosody per test, the web app
+stub, and logged-in clients.  Each cleans up after itself (pytest-twisted
+does not check for a dirty reactor): no listening port, connection or
+Prosody process outlives its test.
+
+When Prosody cannot run, the tests fail, never skip: a green run must have
+run the real server.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.web import server
+from twisted.internet import defer
 
-from rosteradmin.devprosody import LocalProsody, ProsodyNotAvailable
-from tests.integration.harness import WebAppStub
-from tests.integration.xmppclient import XMPPTestClient, connectClient
-
-CONTRIB_CONFIG = Path(__file__).parents[2] / "contrib" / "prosody" / "rosteradmin.cfg.lua"
-USERS = ("alice", "bob", "carol", "dave", "erin")
-PASSWORD = "pw"
+from tests.integration.harness import (
+    ClientFactory, ProsodyServer, WebAppStub, XMPPTestClient, connectClient, listenWebApp,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """
+    Mark every test under C{tests/integration} C{integration}, so that
+    C{-m "not integration"} runs the fast suite alone.
+    """
     for item in items:
-        if "integration" in item.nodeid.split("/"):
+        if "integration" in item.nodeid.split("/")[:-1]:
             item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture
-def prosody(tmp_path: Path) -> Iterator[LocalProsody]:
-    server = LocalProsody(tmp_path, CONTRIB_CONFIG)
-    for user in USERS:
-        server.addAccount(user, PASSWORD)
+def prosody(tmp_path: Path) -> Iterator[ProsodyServer]:
+    """
+    A started Prosody with the accounts alice, bob, carol, dave and erin
+    (password C{pw}), stopped after the test.
+    """
+    server = ProsodyServer(tmp_path)
     try:
         server.start()
-    except ProsodyNotAvailable as e:
-        pytest.fail(str(e), pytrace=False)
+    except RuntimeError as e:
+        problem = str(e)
+    else:
+        problem = ""
+    if problem:  # failing outside the handler shows the message once
+        pytest.fail(problem, pytrace=False)
     yield server
     server.stop()
 
 
 @pytest_twisted.async_yield_fixture
 async def webapp() -> AsyncIterator[WebAppStub]:
+    """
+    The web app stub listening on loopback, its roster URL template in
+    C{url}.
+    """
     stub = WebAppStub()
-    site = server.Site(stub)
-    stub.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    stub.port, stub.url = listenWebApp(stub)
     stub.portNumber = stub.port.getHost().port
-    stub.url = f"http://127.0.0.1:{stub.portNumber}/rosters/%s"
     yield stub
     await stub.port.stopListening()
 
 
 @pytest_twisted.async_yield_fixture
-async def clients(prosody: LocalProsody) -> AsyncIterator[Any]:
+async def clients(prosody: ProsodyServer) -> AsyncIterator[ClientFactory]:
+    """
+    Log users in on the test's Prosody: C{await clients("alice")} is a
+    session of alice@example.org, logged out after the test.
+    """
     connected: list[XMPPTestClient] = []
 
     async def connect(user: str) -> XMPPTestClient:
@@ -62,5 +79,4 @@ async def clients(prosody: LocalProsody) -> AsyncIterator[Any]:
         return client
 
     yield connect
-    for client in connected:
-        await client.disconnect()
+    await defer.gatherResults([client.disconnect() for client in connected])

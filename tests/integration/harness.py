@@ -1,35 +1,104 @@
+# -*- test-case-name: tests.integration.test_harness -*-
 """
-Real parts for the integration tests: the web app stub served over HTTP on
-loopback.  (Prosody comes from L{rosteradmin.devprosody}, the XMPP client
-from L{tests.integration.xmppclient}.)
+Real parts for the integration tests, all on loopback: a Prosody running
+C{contrib/prosody/rosteradmin.cfg.lua}, the web app's roster endpoint, and
+XMPP clients on Twisted's own client stack in the test reactor.
+
+None of it uses the component: tests see rosteradmin only as the server,
+the web app and users do.  The Prosody runner is
+L{rosteradmin.devprosody.LocalProsody}, which the demo uses too, so both
+start the same configuration.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
-from typing import Any
-from urllib.parse import unquote
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes
 
-from twisted.internet import reactor
-from twisted.web import server
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.python.failure import Failure
+from twisted.web import pages, server
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
+from twisted.words.protocols.jabber import client, error, xmlstream
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
 
-from rosteradmin.devprosody import freePort
+from rosteradmin.devprosody import LocalProsody, freePort
 
-__all__ = ["WebAppStub", "freePort"]
+__all__ = [
+    "CONTRIB_CONFIG", "PASSWORD", "USERS", "ClientFactory", "LoginFailed", "ProsodyServer", "WebAppStub", "XMPPTestClient",
+    "connectClient", "freePort", "listenWebApp",
+]
+
+#: The configuration operators are told to include; the tests run exactly it.
+CONTRIB_CONFIG = Path(__file__).resolve().parents[2] / "contrib" / "prosody" / "rosteradmin.cfg.lua"
+#: The accounts every test server has, all with password L{PASSWORD}.
+USERS = ("alice", "bob", "carol", "dave", "erin")
+PASSWORD = "pw"
+
+NS_ROSTER = "jabber:iq:roster"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+
+_T = TypeVar("_T")
+
+
+class ProsodyServer(LocalProsody):
+    """
+    A fresh Prosody for one test: the contrib configuration unchanged, behind
+    generated globals that hold only what is site-specific (loopback ports,
+    no TLS, plain passwords, data, log and pidfile under C{tempDir}).
+
+    The accounts L{USERS} exist before it starts: they are written straight
+    into Prosody's internal storage, because C{prosodyctl} run as root drops
+    to the C{prosody} user and cannot write into a private temporary
+    directory.
+
+    @ivar tempDir: Where the configuration, data, log and pidfile live.
+    @ivar accounts: The password of each account.
+    """
+
+    def __init__(self, tempDir: Path) -> None:
+        super().__init__(tempDir, CONTRIB_CONFIG)
+        self.tempDir = self.directory
+        for user in USERS:
+            self.addAccount(user, PASSWORD)
 
 
 class WebAppStub(Resource):
     """
-    The web app's roster endpoint: C{GET /rosters/<username>}.
+    The web app's roster endpoint, scripted by the test.
 
-    @ivar rosters: The JSON object served per user (unknown users: C{{}}).
-    @ivar requests: How often each user's roster was fetched.
-    @ivar failures: A status and raw body to answer instead, per user.
-    @ivar delays: Seconds to wait before answering, per user.
-    @ivar url: The roster URL template, once listening.
-    @ivar port: The listening port (tests stop and restart it).
+    Request and response::
+
+        GET /rosters/alice HTTP/1.1
+
+        HTTP/1.1 200 OK
+        Content-Type: application/json
+
+        {"bob@example.org": {"name": "Bob", "groups": ["Friends"]}}
+
+    @ivar rosters: The JSON value served per username; unknown users get
+        C{{}}, as from a web app that knows them without contacts.
+    @ivar requests: How often each username was asked for.
+    @ivar failures: A status and raw body to answer instead, per username.
+    @ivar delays: Seconds to wait before answering, per username; a request
+        whose client goes away meanwhile is dropped.
+    @ivar lastHeaders: The headers of the latest request, per username.
+    @ivar url: The roster URL template (C{%s} for the username), once the
+        C{webapp} fixture listens.
+    @ivar port: The listening port, replaced by tests that stop and start it.
+    @ivar portNumber: The TCP port, kept to listen on it again.
     """
 
     isLeaf = True
@@ -40,20 +109,22 @@ class WebAppStub(Resource):
         self.requests: Counter[str] = Counter()
         self.failures: dict[str, tuple[int, bytes]] = {}
         self.delays: dict[str, float] = {}
-        self.lastHeaders: dict[str, dict[bytes, list[bytes]]] = {}
+        self.lastHeaders: dict[str, Headers] = {}
         self.url = ""
-        self.port: Any = None
+        self.port: IListeningPort | None = None
         self.portNumber = 0
 
-    def render_GET(self, request: server.Request) -> int | bytes:
-        username = unquote(request.postpath[-1].decode("ascii"))
+    def render_GET(self, request: server.Request) -> bytes | int:
+        if len(request.postpath) != 2 or request.postpath[0] != b"rosters":
+            return pages.notFound().render(request)
+        username = unquote_to_bytes(request.postpath[1]).decode("utf-8", "replace")
         self.requests[username] += 1
-        self.lastHeaders[username] = dict(request.requestHeaders.getAllRawHeaders())
+        self.lastHeaders[username] = request.requestHeaders.copy()
         delay = self.delays.get(username)
         if delay is None:
             return self._answer(request, username)
         call = reactor.callLater(delay, self._answerLater, request, username)
-        request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
+        request.notifyFinish().addErrback(lambda _: call.cancel() if call.active() else None)
         return server.NOT_DONE_YET
 
     def _answerLater(self, request: server.Request, username: str) -> None:
@@ -67,3 +138,368 @@ class WebAppStub(Resource):
             return body
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(self.rosters.get(username, {})).encode("utf-8")
+
+
+def listenWebApp(stub: WebAppStub) -> tuple[IListeningPort, str]:
+    """
+    Serve C{stub} over HTTP on a free loopback port.
+
+    @return: The listening port (stop it at teardown) and the roster URL
+        template, C{http://127.0.0.1:<port>/rosters/%s}.
+    """
+    port = reactor.listenTCP(0, server.Site(stub), interface="127.0.0.1")
+    return port, f"http://127.0.0.1:{port.getHost().port}/rosters/%s"
+
+
+class LoginFailed(Exception):
+    """
+    A test client could not establish a session: refused connection, failed
+    authentication, stream closed or no session in time.
+    """
+
+
+@dataclass
+class _Waiter:
+    """
+    A test waiting until C{check} returns something other than C{None}.
+    """
+
+    what: str
+    check: Callable[[], object]
+    deferred: defer.Deferred[Any]
+
+
+class XMPPTestClient:
+    """
+    One logged-in client session (RFC 6120, RFC 6121) that records what it
+    receives, so tests can wait for it or assert on it afterwards.
+
+    Roster pushes are answered with an empty result whoever sends them (a
+    real client ignores those not from its own account: tests check
+    C{from} themselves); other iq requests get C{service-unavailable}.
+
+    @ivar xs: The XML stream.
+    @ivar connected: Whether the TCP connection is still open.
+    @ivar presences: Every presence received.
+    @ivar messages: Every message received.
+    @ivar pushes: Every roster push received.
+    @ivar transcript: Every stanza sent (C{"SEND <xml>"}) and received
+        (C{"RECV <xml>"}), for reports.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, xs: xmlstream.XmlStream) -> None:
+        self.xs = xs
+        self.connected = True
+        self.presences: list[domish.Element] = []
+        self.messages: list[domish.Element] = []
+        self.pushes: list[domish.Element] = []
+        self.transcript: list[str] = []
+        self._responses: dict[str, defer.Deferred[domish.Element]] = {}
+        self._waiters: list[_Waiter] = []
+        self._lostWaiters: list[defer.Deferred[None]] = []
+        self._abortCall: IDelayedCall | None = None
+        xs.addObserver("/*", self._onStanza, priority=10)
+        xs.addObserver("/presence", self.presences.append)
+        xs.addObserver("/message", self.messages.append)
+        xs.addObserver("/iq[@type='result']", self._onResponse)
+        xs.addObserver("/iq[@type='error']", self._onResponse)
+        xs.addObserver("/iq[@type='get']", self._onRequest)
+        xs.addObserver("/iq[@type='set']", self._onRequest)
+        xs.addObserver("/*", self._checkWaiters, priority=-20)
+        xs.addObserver(xmlstream.STREAM_END_EVENT, self._onLost)
+
+    @property
+    def jid(self) -> JID:
+        """
+        The full JID: the one the server bound once the session is up.
+        """
+        return self.xs.authenticator.jid
+
+    def send(self, stanza: domish.Element | str) -> None:
+        """
+        Send a stanza (raw XML is sent as it is, to test hostile input).
+        """
+        self.transcript.append("SEND " + (stanza if isinstance(stanza, str) else stanza.toXml()))
+        self.xs.send(stanza)
+
+    def iq(self, element: domish.Element, timeout: float = 10.0) -> defer.Deferred[domish.Element]:
+        """
+        Send an iq request (giving it an id unless it has one).
+
+        @return: The reply, a result or an error alike.
+        @raise TimeoutError: No reply came in C{timeout} seconds.
+        """
+        if not element.getAttribute("id"):
+            element["id"] = f"test{next(self._ids)}"
+        stanzaID = element["id"]
+        d: defer.Deferred[domish.Element] = defer.Deferred()
+        self._responses[stanzaID] = d
+        self._timeOut(d, timeout, f"no reply to iq {stanzaID}",
+                      lambda: self._responses.pop(stanzaID, None))
+        self.send(element)
+        return d
+
+    def rosterGet(self, ver: str | None = None, to: str | None = None,
+                  timeout: float = 10.0) -> defer.Deferred[domish.Element]:
+        """
+        Ask for a roster (RFC 6121 2.1.3), with roster versioning if C{ver}
+        is given (2.6), another account's if C{to} is.
+
+        @return: The reply, a result or an error alike.
+        """
+        iq = domish.Element((None, "iq"), attribs={"type": "get"})
+        if to is not None:
+            iq["to"] = to
+        query = iq.addElement((NS_ROSTER, "query"))
+        if ver is not None:
+            query["ver"] = ver
+        return self.iq(iq, timeout)
+
+    def rosterSet(self, itemJID: str, name: str | None = None, subscription: str | None = None,
+                  timeout: float = 10.0) -> defer.Deferred[domish.Element]:
+        """
+        Add, change or (with C{subscription="remove"}) delete a roster item
+        (RFC 6121 2.3 and 2.5).
+
+        @return: The reply, a result or an error alike.
+        """
+        iq = domish.Element((None, "iq"), attribs={"type": "set"})
+        item = iq.addElement((NS_ROSTER, "query")).addElement("item")
+        item["jid"] = itemJID
+        if name is not None:
+            item["name"] = name
+        if subscription is not None:
+            item["subscription"] = subscription
+        return self.iq(iq, timeout)
+
+    def sendPresence(self, **attributes: str) -> None:
+        """
+        Send a presence; C{show}, C{status} and C{priority} become child
+        elements, anything else (C{to}, C{type}) attributes.  Without
+        arguments this is the initial presence (RFC 6121 4.2).
+        """
+        presence = domish.Element((None, "presence"))
+        for key, value in attributes.items():
+            if key in ("show", "status", "priority"):
+                presence.addElement(key, content=value)
+            else:
+                presence[key] = value
+        self.send(presence)
+
+    def sendMessage(self, to: str, body: str) -> None:
+        """
+        Send a chat message.
+        """
+        message = domish.Element((None, "message"), attribs={"to": to, "type": "chat"})
+        message.addElement("body", content=body)
+        self.send(message)
+
+    def waitForPresence(self, predicate: Callable[[domish.Element], bool],
+                        timeout: float = 10.0) -> defer.Deferred[domish.Element]:
+        """
+        The first presence, received already or later, that C{predicate}
+        accepts.
+
+        @raise TimeoutError: None came in C{timeout} seconds.
+        """
+        return self._waitFor("no matching presence", timeout,
+                             lambda: next((p for p in self.presences if predicate(p)), None))
+
+    def waitForMessage(self, predicate: Callable[[domish.Element], bool],
+                       timeout: float = 10.0) -> defer.Deferred[domish.Element]:
+        """
+        The first message, received already or later, that C{predicate}
+        accepts.
+
+        @raise TimeoutError: None came in C{timeout} seconds.
+        """
+        return self._waitFor("no matching message", timeout,
+                             lambda: next((m for m in self.messages if predicate(m)), None))
+
+    def waitForPushes(self, count: int, timeout: float = 10.0) -> defer.Deferred[list[domish.Element]]:
+        """
+        All roster pushes received, once there are at least C{count}.
+
+        @raise TimeoutError: Fewer came in C{timeout} seconds.
+        """
+        return self._waitFor(f"fewer than {count} roster pushes", timeout,
+                             lambda: list(self.pushes) if len(self.pushes) >= count else None)
+
+    def joinRoom(self, roomJID: str, nick: str, timeout: float = 10.0) -> defer.Deferred[domish.Element]:
+        """
+        Enter a MUC room (XEP-0045 7.2).
+
+        @return: Our own occupant presence (status 110), or the error
+            presence if the room refused us.
+        """
+        occupant = f"{roomJID}/{nick}"
+        presence = domish.Element((None, "presence"), attribs={"to": occupant})
+        presence.addElement((NS_MUC, "x"))
+        self.send(presence)
+
+        def joined(p: domish.Element) -> bool:
+            return p.getAttribute("from") == occupant and (
+                p.getAttribute("type") == "error" or "110" in _statusCodes(p))
+
+        return self.waitForPresence(joined, timeout)
+
+    def disconnect(self, timeout: float = 5.0) -> defer.Deferred[None]:
+        """
+        Close the stream as a client logging out does (RFC 6120 4.4) and
+        wait until the server has closed the connection, aborting it if the
+        server has not after C{timeout} seconds.  Harmless once closed.
+        """
+        lost = self._whenLost()
+        if self.connected and self._abortCall is None:
+            self.xs.sendFooter()
+            self._abortCall = reactor.callLater(timeout, self.xs.transport.abortConnection)
+        return lost
+
+    def _abort(self) -> defer.Deferred[None]:
+        self.xs.transport.abortConnection()
+        return self._whenLost()
+
+    def _whenLost(self) -> defer.Deferred[None]:
+        if not self.connected:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._lostWaiters.append(d)
+        return d
+
+    def _waitFor(self, what: str, timeout: float, check: Callable[[], _T | None]) -> defer.Deferred[_T]:
+        found = check()
+        if found is not None:
+            return defer.succeed(found)
+        if not self.connected:
+            return defer.fail(ConnectionError(f"{self.jid.full()}: disconnected, {what}"))
+        waiter = _Waiter(what, check, defer.Deferred())
+        self._waiters.append(waiter)
+        self._timeOut(waiter.deferred, timeout, what, lambda: self._waiters.remove(waiter))
+        return waiter.deferred
+
+    def _timeOut(self, d: defer.Deferred[Any], timeout: float, what: str,
+                 forget: Callable[[], object]) -> None:
+        def timedOut(result: object, seconds: float) -> object:
+            if isinstance(result, Failure) and result.check(defer.CancelledError):
+                forget()
+                raise TimeoutError(f"{self.jid.full()}: {what} within {seconds:g}s")
+            return result
+
+        d.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
+
+    def _onStanza(self, element: domish.Element) -> None:
+        if element.name in ("iq", "message", "presence"):
+            self.transcript.append("RECV " + element.toXml())
+
+    def _checkWaiters(self, element: domish.Element) -> None:
+        for waiter in list(self._waiters):
+            try:
+                found = waiter.check()
+            except Exception:
+                self._waiters.remove(waiter)
+                waiter.deferred.errback()
+            else:
+                if found is not None:
+                    self._waiters.remove(waiter)
+                    waiter.deferred.callback(found)
+
+    def _onResponse(self, iq: domish.Element) -> None:
+        d = self._responses.pop(iq.getAttribute("id", ""), None)
+        if d is not None:
+            d.callback(iq)
+
+    def _onRequest(self, iq: domish.Element) -> None:
+        query = iq.firstChildElement()
+        if iq["type"] == "set" and query is not None and (query.uri, query.name) == (NS_ROSTER, "query"):
+            self.pushes.append(iq)
+            self.send(xmlstream.toResponse(iq, "result"))
+        else:
+            self.send(error.StanzaError("service-unavailable").toResponse(iq))
+
+    def _onLost(self, reason: Failure) -> None:
+        self.connected = False
+        if self._abortCall is not None and self._abortCall.active():
+            self._abortCall.cancel()
+        pending: list[tuple[str, defer.Deferred[Any]]] = [
+            (f"no reply to iq {i}", d) for i, d in self._responses.items()]
+        pending += [(w.what, w.deferred) for w in self._waiters]
+        self._responses.clear()
+        self._waiters.clear()
+        for what, d in pending:
+            d.errback(ConnectionError(f"{self.jid.full()}: disconnected, {what}"))
+        waiters, self._lostWaiters = self._lostWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+def _statusCodes(presence: domish.Element) -> set[str]:
+    return {
+        status.getAttribute("code", "")
+        for x in presence.elements(NS_MUC_USER, "x")
+        for status in x.elements(NS_MUC_USER, "status")
+    }
+
+
+class _PlainTCPAuthenticator(client.XMPPAuthenticator):
+    """
+    Twisted's client authenticator without STARTTLS: the test Prosody runs
+    without mod_tls, and Twisted requires TLS unless told otherwise.  SASL
+    then picks PLAIN, which the tests' Prosody allows unencrypted.
+    """
+
+    def associateWithStream(self, xs: xmlstream.XmlStream) -> None:
+        super().associateWithStream(xs)
+        xs.initializers = [i for i in xs.initializers
+                           if not isinstance(i, xmlstream.TLSInitiatingInitializer)]
+
+
+def connectClient(jid: str, password: str, port: int, host: str = "127.0.0.1",
+                  timeout: float = 10.0) -> defer.Deferred[XMPPTestClient]:
+    """
+    Log in over plain TCP: SASL PLAIN, resource binding (the server picks
+    the resource unless C{jid} has one), and no presence, so the session is
+    invisible to contacts and to the component until the test sends one.
+
+    @raise LoginFailed: No session within C{timeout} seconds, for whatever
+        reason; the connection is closed by then.
+    """
+    where = f"{jid} on {host}:{port}"
+
+    def timedOut(result: XMPPTestClient | Failure, seconds: float) -> XMPPTestClient | Failure:
+        if isinstance(result, Failure) and result.check(defer.CancelledError):
+            raise LoginFailed(f"{where}: no session within {seconds:g}s")
+        return result
+
+    d = defer.ensureDeferred(_login(JID(jid), password, host, port, where))
+    return d.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
+
+
+async def _login(jid: JID, password: str, host: str, port: int, where: str) -> XMPPTestClient:
+    # The factory can reconnect, but only when told the connection was lost,
+    # which an endpoint never does: a client that logs out stays out.
+    factory = xmlstream.XmlStreamFactory(_PlainTCPAuthenticator(jid, password))
+    session: defer.Deferred[object] = defer.Deferred()
+    factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, session.callback)
+    factory.addBootstrap(xmlstream.INIT_FAILED_EVENT, session.errback)
+    factory.addBootstrap(xmlstream.STREAM_END_EVENT,
+                         lambda reason: None if session.called else session.errback(reason))
+    try:
+        xs = await TCP4ClientEndpoint(reactor, host, port).connect(factory)
+    except ConnectError as e:
+        raise LoginFailed(f"{where}: {e}") from e
+    testClient = XMPPTestClient(xs)
+    try:
+        await session
+    except defer.CancelledError:
+        await testClient._abort()
+        raise
+    except Exception as e:
+        await testClient._abort()
+        raise LoginFailed(f"{where}: {e}") from e
+    return testClient
+
+
+#: What the C{clients} fixture yields: C{await clients("alice")} logs alice in.
+ClientFactory = Callable[[str], Awaitable[XMPPTestClient]]
