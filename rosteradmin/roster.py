@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from functools import lru_cache
 from typing import Any, Iterable, Iterator, NamedTuple
 
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
@@ -194,12 +195,17 @@ def _internGroups(groups: tuple[str, ...]) -> tuple[str, ...]:
     return _groupTuples.setdefault(groups, groups)
 
 
-def _parseContact(key: Any, value: Any, owner: str) -> Contact:
+@lru_cache(maxsize=16384)
+def _bareContactJID(key: str) -> str:
     """
-    Validate one entry of the web app's roster object.
+    Normalise a contact key to a bare JID.
+
+    Stringprep dominated the cost of loading a roster, and contacts are
+    mostly users of the same service, so the same keys come back roster
+    after roster: results are cached (bounded; rejections are not cached).
+
+    @raise InvalidRoster: The key is not a bare JID.
     """
-    if not isinstance(key, str) or not key:
-        raise InvalidRoster(f"contact key {key!r} is not a JID")
     try:
         jid = JID(key)
     except JID_ERRORS as e:
@@ -210,7 +216,16 @@ def _parseContact(key: Any, value: Any, owner: str) -> Contact:
         raise InvalidRoster(f"contact {key!r} is not a bare JID")
     if jid.user is None and "@" in key:
         raise InvalidRoster(f"contact {key!r} is not a valid JID: empty localpart")
-    bare = jid.userhost()
+    return sys.intern(jid.userhost())
+
+
+def _parseContact(key: Any, value: Any, owner: str) -> Contact:
+    """
+    Validate one entry of the web app's roster object.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidRoster(f"contact key {key!r} is not a JID")
+    bare = _bareContactJID(key)
     if bare == owner:
         raise InvalidRoster(f"contact {key!r} is the roster's owner")
     if not isinstance(value, dict):
@@ -231,7 +246,7 @@ def _parseContact(key: Any, value: Any, owner: str) -> Contact:
             seen[sys.intern(group)] = None
         groups = _internGroups(tuple(seen))
     return Contact(
-        sys.intern(bare), sys.intern(name) if name is not None else None, groups
+        bare, sys.intern(name) if name is not None else None, groups
     )
 
 
