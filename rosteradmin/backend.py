@@ -198,9 +198,15 @@ class RosterBackend(Service):
         return roster, stored
 
     async def _resync(self, username: str) -> None:
+        """
+        Write a roster refreshed while disconnected, and push the changes:
+        the user's clients hold what the server held, as it stayed
+        unwritten.
+        """
         roster = self.cache.peek(username)
         if roster is not None and username in self.unsynced:
-            await self._writeToServer(username, roster)
+            stored = await self._writeToServer(username, roster)
+            self._pushChanges(username, stored, roster)
 
     async def _refreshOne(self, username: str) -> None:
         roster, storedRead = await self._fetchWithStored(username)
@@ -208,12 +214,17 @@ class RosterBackend(Service):
         previous = self.cache.put(username, roster)
         # What the user's clients hold: our last answer, or else what the
         # server held (written by us before a restart of this service).
-        clientsHad = previous if previous is not None else stored
+        self._pushChanges(username, previous if previous is not None else stored, roster)
+        self.log.info("refreshed {user}: {contacts} contacts", user=username, contacts=len(roster))
+
+    def _pushChanges(self, username: str, clientsHad: Roster | None, roster: Roster) -> None:
+        """
+        Push to the user's online clients what changed since C{clientsHad}.
+        """
         if clientsHad is not None and self.sync is not None:
             diff = diffRosters(clientsHad, roster)
             if diff:
                 self.sync.push(username, diff, roster.version)
-        self.log.info("refreshed {user}: {contacts} contacts", user=username, contacts=len(roster))
 
     async def _writeToServer(self, username: str, roster: Roster,
                              storedRead: Deferred[StoredRoster] | None = None) -> Roster | None:

@@ -145,3 +145,32 @@ async def test_xmppServerRestart(prosody: Any, webapp: Any, service: RunningServ
     again = await clients("alice")
     assert set(items(await again.rosterGet())) == {"bob@example.org", "erin@example.org"}
     assert service.component.status.connections == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_componentReconnectPushesMissedChanges(prosody: Any, webapp: Any, service: RunningService,
+                                                     clients: Any) -> None:
+    """
+    Only the component's stream drops; alice stays online at Prosody.  A
+    refresh meanwhile updates the cache; once the component is back, the
+    server's roster is written and alice's client gets the push it missed
+    (Prosody re-announces who is online when the component reconnects).
+    """
+    alice = await clients("alice")
+    await alice.rosterGet()
+    alice.sendPresence()
+    await RunningService.waitUntil(lambda: "alice" in service.component.privileges.online, 10, "alice online")
+    service.component.stopService()
+    await RunningService.waitUntil(lambda: not service.component.status.connected, 5, "component disconnected")
+
+    webapp.rosters["alice"] = {**GOOD, "erin@example.org": {"name": "Erin"}}
+    code, body = await call(service, "POST", "/roster_admin/refresh", ["alice"])
+    assert code == 200 and body["updated"] == 1
+    assert "alice" in service.backend.unsynced
+
+    service.component.startService()
+    await RunningService.waitUntil(service.ready, 15, "component reconnected with privileges")
+    pushes = await alice.waitForPushes(1)
+    assert [(p.query.item["jid"], p.query.item["subscription"]) for p in pushes] == [("erin@example.org", "both")]
+    await RunningService.waitUntil(lambda: not service.backend.unsynced, 10, "unsynced rosters written")
+    assertIntact(prosody, service, "alice", webapp.rosters["alice"])
