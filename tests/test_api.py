@@ -15,6 +15,7 @@ from twisted.words.xish import domish
 
 from rosteradmin.tap import makeAPI
 from rosteradmin.roster import NS_ROSTER
+from rosteradmin import web
 from rosteradmin.web import makeSite
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
@@ -190,6 +191,33 @@ def test_refreshAuthorization() -> None:
     code, _ = api.request("GET", "/roster_admin/refresh/alice", headers={"Authorization": "s3"},
                           server=serverAnswers())
     assert code == 200
+
+
+@pytest.mark.parametrize("given", [
+    "Bearer  s3cret", "Bearers3cret", "bearer s3cret", "Bearer s3cre", "Bearer s3cret4", "Bearer S3cret", "",
+])
+def test_refreshAuthorizationNearMisses(given: str) -> None:
+    """
+    Headers that differ from the configured value by one character, case
+    or inner whitespace are refused like any wrong one.  (Whitespace around
+    the value is not part of it in HTTP: the parser strips it.)
+    """
+    api = makeApi(refreshAuthorization="Bearer s3cret")
+    code, body = api.request("POST", "/roster_admin/refresh", ["alice"], headers={"Authorization": given})
+    assert (code, body) == (401, {"status": "error", "message": "Authorization failed"})
+
+
+def test_authorizationComparedInConstantTime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Authorization headers are compared with C{hmac.compare_digest}, whose
+    time does not depend on where the first difference is.
+    """
+    compared: list[tuple[bytes, bytes]] = []
+    real = web.hmac.compare_digest
+    monkeypatch.setattr(web.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    api = makeApi(refreshAuthorization="Bearer s3cret")
+    assert api.request("POST", "/roster_admin/refresh", ["alice"], headers={"Authorization": "Bearer x"})[0] == 401
+    assert compared == [(b"Bearer x", b"Bearer s3cret")]
 
 
 def kickAnswers(*conditions: str | None) -> Any:
