@@ -203,10 +203,12 @@ async def loginStorm(setup: Setup, users: int) -> dict[str, Any]:
             latencies.append(latency)
             await session.close()
 
+    before = setup.cpu()
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(users)))
     elapsed = time.perf_counter() - started
-    result = {"rosters/s": users / elapsed, **{k: v * 1000 for k, v in percentiles(latencies).items()}}
+    result = {"rosters/s": users / elapsed, **{k: v * 1000 for k, v in percentiles(latencies).items()},
+              **cpuPerThousand(before, setup.cpu(), users)}
     if setup.mode == "B":
         stats = setup.webappCall("GET", "/stats")
         result["fetches"] = stats["requests"]
@@ -227,9 +229,11 @@ async def bulkRefresh(setup: Setup, users: int, online: int = 100) -> dict[str, 
     setup.webappCall("POST", "/bump")
     setup.webappCall("POST", "/reset")
     body = json.dumps([username(i) for i in range(users)]).encode()
+    before = setup.cpu()
     started = time.perf_counter()
     reply = await asyncio.to_thread(_post, f"http://127.0.0.1:{setup.httpPort}/roster_admin/refresh", body)
     elapsed = time.perf_counter() - started
+    cpu = cpuPerThousand(before, setup.cpu(), users)
     await asyncio.sleep(1)
     pushes = sum(s.pushes for s in sessions)
     for session in sessions:
@@ -237,7 +241,15 @@ async def bulkRefresh(setup: Setup, users: int, online: int = 100) -> dict[str, 
     stats = setup.webappCall("GET", "/stats")
     return {"seconds to reply": elapsed, "updated": reply["updated"], "errors": reply["errors"],
             "pushes received": pushes, "online clients": online,
-            "peak web app sockets": stats["peak_concurrent"], "fetch concurrency": 64}
+            "peak web app sockets": stats["peak_concurrent"], "fetch concurrency": 64, **cpu}
+
+
+def cpuPerThousand(before: dict[str, float], after: dict[str, float], users: int) -> dict[str, float]:
+    """
+    CPU seconds per 1,000 users of each process: shows which one a
+    scenario's throughput is bound by.
+    """
+    return {f"cpu s/1k users ({name})": (after[name] - before[name]) * 1000 / users for name in after}
 
 
 def _post(url: str, body: bytes) -> dict[str, Any]:
