@@ -30,10 +30,12 @@ class Metrics(Collector):
     """
 
     def __init__(self, backend: IRosterBackend, status: IConnectionStatus,
-                 answered: Callable[[], int], kicks: Callable[[], dict[str, int]]) -> None:
+                 answered: Callable[[], int], kicks: Callable[[], dict[str, int]],
+                 onlineResources: Callable[[], int]) -> None:
         self.backend = backend
         self.status = status
         self.answered = answered
+        self.onlineResources = onlineResources
         self.kicks = kicks
         self.registry = CollectorRegistry()
         self.fetchLatency = Histogram(
@@ -65,6 +67,9 @@ class Metrics(Collector):
         yield kicks
         yield GaugeMetricFamily("rosteradmin_connected", "1 while connected to the XMPP server",
                                 1 if self.status.connected else 0)
+        yield GaugeMetricFamily("rosteradmin_online_resources",
+                                "Clients known online (from presence), the targets of roster pushes",
+                                self.onlineResources())
 
 
 class MetricsResource(Resource):

@@ -153,7 +153,8 @@ def makeAPI(config: Config, backend: RosterBackend, comp: RosterComponent) -> Re
     """
     kick: KickResource | None = None
     metrics = Metrics(backend, comp.status, lambda: comp.rosterServer.answered,
-                      lambda: dict(kick.outcomes) if kick is not None else {})
+                      lambda: dict(kick.outcomes) if kick is not None else {},
+                      lambda: sum(len(resources) for resources in comp.privileges.online.values()))
     backend.fetcher.observeFetch = metrics.observeFetch
     root, kick = buildRoot(
         backend, comp.status, None if config.no_kick else comp.kicker,

@@ -376,6 +376,7 @@ def test_metrics() -> None:
     api.wire.receive(f"<iq type='get' from='alice@example.org/r' to='{COMPONENT}' id='q'>"
                      f"<query xmlns='{NS_ROSTER}'/></iq>")
     api.wire.sent()
+    api.wire.receive("<presence from='alice@example.org/phone'/>")
     d = api.http.get("http://api.invalid/metrics")
     api.http.flush()
     text = Api.result(Api.result(d).text())
@@ -383,6 +384,7 @@ def test_metrics() -> None:
     assert "rosteradmin_roster_queries_total 1.0" in text
     assert 'rosteradmin_fetch_seconds_count{outcome="ok"} 1.0' in text
     assert "rosteradmin_connected 1.0" in text
+    assert "rosteradmin_online_resources 1.0" in text
 
 
 def test_unknownPathAndMethod() -> None:
