@@ -15,7 +15,10 @@ import secrets
 import sys
 from pathlib import Path
 
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.internet import task
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 from twisted.web import server
 
@@ -24,6 +27,8 @@ from rosteradmin.devprosody import LocalProsody, ProsodyNotAvailable
 from rosteradmin.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
 
 PASSWORD = "demo"
+
+log = Logger()
 
 
 class DemoOptions(usage.Options):
@@ -56,6 +61,39 @@ Try:
   curl -s -X POST {api}/muc_kick -H 'Authorization: {kickAuthorization}' \\
        -d '{{"nickname": "Alice", "muc": "room@{prosody.mucDomain}", "reason": "demo"}}'
 """
+
+
+class ProsodyWatch:
+    """
+    Stops the demo if its Prosody dies: without it, rosteradmin would only
+    retry its connection forever and the demo would look alive.
+
+    @ivar died: Prosody exited while the demo ran (the demo then exits 1).
+    """
+
+    def __init__(self, prosody: LocalProsody, reactor: IReactorCore, interval: float = 1.0) -> None:
+        self.prosody = prosody
+        self.reactor = reactor
+        self.died = False
+        self._loop = task.LoopingCall(self._check)
+        self._loop.clock = reactor  # type: ignore[assignment]
+        self._loop.start(interval, now=False)
+        reactor.addSystemEventTrigger("before", "shutdown", self._stopLooking)
+
+    def _stopLooking(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _check(self) -> None:
+        if self.prosody.running:
+            return
+        self.died = True
+        log.error("Prosody has exited; stopping the demo. Its log: {path}", path=str(self.prosody.logPath))
+        self._stopLooking()
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:  # Ctrl-C got there first
+            pass
 
 
 def main(argv: list[str]) -> None:
@@ -97,7 +135,10 @@ def main(argv: list[str]) -> None:
     print(banner(prosody, rosterFile, options["webapp-port"], options["http-port"], kickAuthorization), flush=True)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service.startService()
+    watch = ProsodyWatch(prosody, reactor)
     reactor.run()
+    if watch.died:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
