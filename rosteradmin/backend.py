@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_backend -*-
+# -*- test-case-name: tests.test_component,tests.test_api -*-
 """
 The rosters: cached, fetched from the web app, written into the server.
 

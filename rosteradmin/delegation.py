@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_delegation -*-
+# -*- test-case-name: tests.test_component,tests.test_fuzz -*-
 """
 XEP-0355 Namespace Delegation: receiving the client requests the server
 forwards to us, and answering them inside the same envelope.

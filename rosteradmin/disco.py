@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_disco -*-
+# -*- test-case-name: tests.test_component -*-
 """
 XEP-0030 disco#info and XEP-0199 ping for the component, and a polite
 C{service-unavailable} for any other request addressed to it.

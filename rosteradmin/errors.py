@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_backend -*-
+# -*- test-case-name: tests.test_component -*-
 """
 Domain errors of rosteradmin.
 

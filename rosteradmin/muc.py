@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_muc -*-
+# -*- test-case-name: tests.test_api,tests.integration.test_http -*-
 """
 Kicking an occupant out of a chat room (XEP-0045 §8.2).
 

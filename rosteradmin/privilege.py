@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_privilege -*-
+# -*- test-case-name: tests.test_component,tests.test_api -*-
 """
 XEP-0356 Privileged Entity: what the server lets us do with its users'
 rosters, and doing it.

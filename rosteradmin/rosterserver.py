@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_rosterserver -*-
+# -*- test-case-name: tests.test_component -*-
 """
 Answering clients' roster queries (RFC 6121 §2) from the backend.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stanzas -*-
+# -*- test-case-name: tests.test_component,tests.test_fuzz -*-
 """
 Small stanza helpers shared by the XMPP handlers.
 

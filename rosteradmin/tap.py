@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_config,tests.integration.test_twistd -*-
 """
 C{twistd rosteradmin}: the command-line options and the service tree.
 

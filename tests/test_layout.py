@@ -1,0 +1,27 @@
+"""
+Cross-references inside the repository that nothing else would check.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+TEST_CASE_NAME = re.compile(r"-\*- test-case-name: (\S+) -\*-")
+
+
+def test_testCaseNamesExist() -> None:
+    """
+    Every module's C{test-case-name} header (which C{trial} and editors use
+    to run a module's tests) names test modules that exist.
+    """
+    named = {}
+    for source in sorted(ROOT.glob("rosteradmin/*.py")) + sorted(ROOT.glob("bench/*.py")):
+        match = TEST_CASE_NAME.search(source.read_text().split("\n", 1)[0])
+        if match:
+            named[source.relative_to(ROOT)] = match.group(1).split(",")
+    assert len(named) > 10
+    missing = {str(source): module for source, modules in named.items() for module in modules
+               if not (ROOT / (module.replace(".", "/") + ".py")).is_file()}
+    assert missing == {}
