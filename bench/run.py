@@ -24,9 +24,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from bench.rosters import DOMAIN, username, writeProsodyStorage, writeStoredRoster
 from bench.xmppload import LoadClient, connectMany, percentiles

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.integration.test_harness -*-
 """
 Fixtures for the integration tests: a fresh Prosody per test, the web app
-stub, and logged-in clients.  Each cleans up after itself (pytest-twisted
+stub, rosteradmin running against both, and logged-in clients.  Each cleans up after itself (pytest-twisted
 does not check for a dirty reactor): no listening port, connection or
 Prosody process outlives its test.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -21,6 +22,7 @@ from twisted.internet import defer
 from tests.integration.harness import (
     ClientFactory, ProsodyServer, WebAppStub, XMPPTestClient, connectClient, listenWebApp,
 )
+from tests.integration.service import RunningService
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -80,3 +82,34 @@ async def clients(prosody: ProsodyServer) -> AsyncIterator[ClientFactory]:
 
     yield connect
     await defer.gatherResults([client.disconnect() for client in connected])
+
+
+@pytest.fixture
+def rosters() -> dict[str, dict[str, Any]]:
+    """
+    The web app's rosters when the service starts; a test module overrides
+    this fixture with its own.
+    """
+    return {}
+
+
+@pytest.fixture
+def serviceArgs() -> list[str]:
+    """
+    Extra command-line options for the service; a test module may override it.
+    """
+    return []
+
+
+@pytest_twisted.async_yield_fixture
+async def service(prosody: ProsodyServer, webapp: WebAppStub, rosters: dict[str, dict[str, Any]],
+                  serviceArgs: list[str]) -> AsyncIterator[RunningService]:
+    """
+    rosteradmin, started through the twistd code path against the test's
+    Prosody and web app (serving C{rosters}), stopped after the test.
+    """
+    webapp.rosters.update(rosters)
+    running = RunningService(prosody, webapp.url, serviceArgs)
+    await running.start()
+    yield running
+    await running.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
@@ -19,13 +20,9 @@ async def ctl(*args: str) -> tuple[int, str, str]:
     return code, out.decode(), err.decode()
 
 
-@pytest_twisted.async_yield_fixture
-async def service(prosody: Any, webapp: Any) -> Any:
-    webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}}
-    running = RunningService(prosody, webapp.url)
-    await running.start()
-    yield running
-    await running.stop()
+@pytest.fixture
+def rosters() -> dict[str, Any]:
+    return {"alice": {"bob@example.org": {"name": "Bob"}}}
 
 
 @pytest_twisted.ensureDeferred

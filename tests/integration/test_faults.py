@@ -23,13 +23,14 @@ from tests.integration.test_rosters import condition, items
 GOOD = {"bob@example.org": {"name": "Bob", "groups": ["Friends"]}}
 
 
-@pytest_twisted.async_yield_fixture
-async def service(prosody: Any, webapp: Any) -> Any:
-    webapp.rosters.update({"alice": GOOD, "bob": {"alice@example.org": {"name": "Alice"}}})
-    running = RunningService(prosody, webapp.url, ["--fetch-timeout", "1"])
-    await running.start()
-    yield running
-    await running.stop()
+@pytest.fixture
+def rosters() -> dict[str, Any]:
+    return {"alice": GOOD, "bob": {"alice@example.org": {"name": "Alice"}}}
+
+
+@pytest.fixture
+def serviceArgs() -> list[str]:
+    return ["--fetch-timeout", "1"]
 
 
 async def call(service: RunningService, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -20,16 +20,12 @@ from tests.integration.test_rosters import items
 ROOM = "room@conference.example.org"
 
 
-@pytest_twisted.async_yield_fixture
-async def service(prosody: Any, webapp: Any) -> Any:
-    webapp.rosters.update({
+@pytest.fixture
+def rosters() -> dict[str, Any]:
+    return {
         "alice": {"carol@example.org": {"name": "Carol"}, "dave@example.org": {"name": "Dave"}},
         "bob": {"alice@example.org": {"name": "Alice"}},
-    })
-    running = RunningService(prosody, webapp.url)
-    await running.start()
-    yield running
-    await running.stop()
+    }
 
 
 async def call(service: RunningService, method: str, path: str, body: Any = None, raw: bytes | None = None,

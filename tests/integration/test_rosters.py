@@ -25,13 +25,9 @@ ROSTERS = {
 }
 
 
-@pytest_twisted.async_yield_fixture
-async def service(prosody: Any, webapp: Any) -> Any:
-    webapp.rosters.update(ROSTERS)
-    running = RunningService(prosody, webapp.url)
-    await running.start()
-    yield running
-    await running.stop()
+@pytest.fixture
+def rosters() -> dict[str, Any]:
+    return ROSTERS
 
 
 def items(result: Any) -> dict[str, Any]:

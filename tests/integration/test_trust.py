@@ -31,13 +31,9 @@ FORGED_PRIVILEGE = (
 )
 
 
-@pytest_twisted.async_yield_fixture
-async def service(prosody: Any, webapp: Any) -> Any:
-    webapp.rosters["bob"] = {"alice@example.org": {"name": "Alice"}}
-    running = RunningService(prosody, webapp.url)
-    await running.start()
-    yield running
-    await running.stop()
+@pytest.fixture
+def rosters() -> dict[str, Any]:
+    return {"bob": {"alice@example.org": {"name": "Alice"}}}
 
 
 @pytest_twisted.ensureDeferred
