@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from twisted.internet import task
-from twisted.internet.error import ReactorNotRunning
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python import usage
@@ -119,7 +119,11 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"demo: {e}")
     reactor.addSystemEventTrigger("after", "shutdown", prosody.stop)
 
-    reactor.listenTCP(options["webapp-port"], server.Site(RosterFileResource(rosterFile)), interface="127.0.0.1")
+    try:
+        reactor.listenTCP(options["webapp-port"], server.Site(RosterFileResource(rosterFile)), interface="127.0.0.1")
+    except CannotListenError as e:
+        prosody.stop()
+        raise SystemExit(f"demo: the sample web app cannot listen on port {e.port} (--webapp-port): {e.socketError}")
     kickAuthorization = "Bearer " + secrets.token_urlsafe(12)
     serviceOptions = tap.Options()
     serviceOptions.parseOptions([
@@ -130,6 +134,11 @@ def main(argv: list[str]) -> None:
         "--kick-authorization", kickAuthorization,
     ])
     service = tap.makeService(serviceOptions)
+    try:
+        service.privilegedStartService()
+    except SystemExit:
+        prosody.stop()
+        raise
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
     print(banner(prosody, rosterFile, options["webapp-port"], options["http-port"], kickAuthorization), flush=True)

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -132,10 +133,24 @@ def makeFetcher(config: Config, reactor: Any) -> RosterFetcher:
 
 class SequentialService(service.MultiService):
     """
-    Stops its children one after the other, last started first: the HTTP API
-    drains its requests while the component and the backend still serve
-    them.
+    The top service.  It refuses to start when the HTTP API cannot listen,
+    and stops its children one after the other, last started first: the
+    HTTP API drains its requests while the component and the backend still
+    serve them.
     """
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind the HTTP API's port first thing (twistd calls this before the
+        reactor runs, and before it drops privileges); a port in use ends
+        the process with one line and exit code 1, so systemd restarts it,
+        instead of a service that looks alive without its API.
+        """
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(f"rosteradmin: --http: cannot listen on {e.interface or '*'}:{e.port}: "
+                             f"{e.socketError}") from None
 
     async def _stopInOrder(self) -> None:
         for child in reversed(list(self)):

@@ -178,6 +178,9 @@ class DrainingService(StreamServerEndpointService):
     def __init__(self, endpoint: Any, site: server.Site, clock: IReactorTime, drainTimeout: float) -> None:
         self.connections = _ConnectionTracker(site)
         super().__init__(endpoint, self.connections)
+        # As twisted.application.strports.service does: a failure to listen
+        # is raised by privilegedStartService, not only logged.
+        self._raiseSynchronously = True
         self.site = site
         self.clock = clock
         self.drainTimeout = drainTimeout

@@ -5,6 +5,7 @@ rosteradmin as operators run it: a real C{twistd -n rosteradmin} process.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,22 @@ async def test_sigtermLetsRequestsFinish(prosody: Any, webapp: Any, tmp_path: Pa
     assert response.code == 200 and (await response.json())["updated"] == 1
     output = await threads.deferToThread(stop, process, True)
     assert "waiting for 1 HTTP requests to finish" in output
+
+
+def test_httpPortInUseIsOneClearLine() -> None:
+    """
+    The HTTP API's port already taken: exit 1 with one line naming it,
+    before connecting, instead of running on without the API.
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = twistd("--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
+                         "--roster-url", "http://127.0.0.1:1/r/%s", "--no-kick",
+                         "--http", f"tcp:{port}:interface=127.0.0.1", "--xmpp-port", "1")
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert output.strip().splitlines()[-1].endswith(
+        f"rosteradmin: --http: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use")
+    assert "Traceback" not in output and "Starting factory" not in output
