@@ -21,13 +21,17 @@ CHECKS = "status_code_conformance,content_type_conformance,response_schema_confo
 
 
 @pytest_twisted.ensureDeferred
-async def test_schemathesis(prosody: Any, webapp: Any, tmp_path: Path) -> None:
+async def test_schemathesis(prosody: Any, webapp: Any, clients: Any, tmp_path: Path) -> None:
     """
-    Generated requests for every operation get documented responses.
+    Generated requests for every operation get documented responses.  Bob
+    sits in the room of the document's kick example, so the kick's success
+    path is among them.
     """
     webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}}
     service = RunningService(prosody, webapp.url, ["--iq-timeout", "2", "--fetch-timeout", "2"])
     await service.start()
+    bob = await clients("bob")
+    await bob.joinRoom("room@conference.example.org", "Bob")
     try:
         cli = Path(sys.executable).parent / "schemathesis"
         out, err, code = await getProcessOutputAndValue(str(cli), [
@@ -39,3 +43,5 @@ async def test_schemathesis(prosody: Any, webapp: Any, tmp_path: Path) -> None:
         await service.stop()
     print(out.decode()[-4000:], err.decode()[-2000:])
     assert code == 0
+    assert any(p.getAttribute("from") == "room@conference.example.org/Bob" and "code='307'" in p.toXml()
+               for p in bob.presences), "the kick example never reached the room"
