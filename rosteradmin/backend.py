@@ -11,6 +11,7 @@ another for the same user); different users proceed in parallel.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
@@ -70,6 +71,7 @@ class RosterBackend(Service):
         self.unsynced: set[str] = set()
         self.refreshes = 0
         self._locks: dict[str, DeferredLock] = {}
+        self._clientsWaiting: Counter[str] = Counter()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -89,14 +91,35 @@ class RosterBackend(Service):
             if username in self.unsynced and self._canSync():
                 self._background(self._locked(username, self._resync, username), "resync", username)
             return succeed(roster)
-        return self._locked(username, self._load, username)
+        return self._loadForClient(username)
 
     def warm(self, username: str) -> None:
         """
         Load a user's roster before the client asks for it.
         """
         if username not in self.cache:
-            self._background(self._locked(username, self._load, username), "warm", username)
+            self._background(self._loadForClient(username), "warm", username)
+
+    def _loadForClient(self, username: str) -> Deferred[Roster]:
+        """
+        Load a roster a client waits for.  A bulk refresh may be loading it
+        already (holding the user's lock) behind thousands of others: while
+        the client waits, that refresh's fetch, reads and writes for this
+        user are urgent, so the client waits for one user's work, not for
+        the whole refresh.
+        """
+        self._clientsWaiting[username] += 1
+        self.fetcher.hurry(username)
+        if self.sync is not None:
+            self.sync.hurry(username)
+
+        def clientDone(result: T) -> T:
+            self._clientsWaiting[username] -= 1
+            if not self._clientsWaiting[username]:
+                del self._clientsWaiting[username]
+            return result
+
+        return self._locked(username, self._load, username).addBoth(clientDone)
 
     def refresh(self, usernames: list[str]) -> Deferred[RefreshSummary]:
         """
@@ -179,18 +202,21 @@ class RosterBackend(Service):
         if cached is not None:
             return cached
         roster, stored = await self._fetchWithStored(username)
-        await self._writeToServer(username, roster, stored)
+        await self._writeToServer(username, roster, stored, urgent=True)
         self.cache.put(username, roster)
         return roster
 
-    async def _fetchWithStored(self, username: str) -> tuple[Roster, Deferred[StoredRoster] | None]:
+    async def _fetchWithStored(self, username: str,
+                               urgent: bool = True) -> tuple[Roster, Deferred[StoredRoster] | None]:
         """
         Fetch from the web app while the server reads its stored roster:
         the client waits for both, so it waits for the slower only.
+
+        @param urgent: A client waits (see L{RosterFetcher.fetch}).
         """
-        stored = self.sync.readStored(username) if self._canSync() else None
+        stored = self.sync.readStored(username, urgent) if self._canSync() else None
         try:
-            roster = await self.fetcher.fetch(username)
+            roster = await self.fetcher.fetch(username, urgent)
         except FetchFailed:
             if stored is not None:
                 stored.addErrback(lambda failure: None)  # nothing to sync
@@ -205,12 +231,12 @@ class RosterBackend(Service):
         """
         roster = self.cache.peek(username)
         if roster is not None and username in self.unsynced:
-            stored = await self._writeToServer(username, roster)
+            stored = await self._writeToServer(username, roster, urgent=False)
             self._pushChanges(username, stored, roster)
 
     async def _refreshOne(self, username: str) -> None:
-        roster, storedRead = await self._fetchWithStored(username)
-        stored = await self._writeToServer(username, roster, storedRead)
+        roster, storedRead = await self._fetchWithStored(username, urgent=username in self._clientsWaiting)
+        stored = await self._writeToServer(username, roster, storedRead, urgent=username in self._clientsWaiting)
         previous = self.cache.put(username, roster)
         # What the user's clients hold: our last answer, or else what the
         # server held (written by us before a restart of this service).
@@ -226,25 +252,26 @@ class RosterBackend(Service):
             if diff:
                 self.sync.push(username, diff, roster.version)
 
-    async def _writeToServer(self, username: str, roster: Roster,
-                             storedRead: Deferred[StoredRoster] | None = None) -> Roster | None:
+    async def _writeToServer(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None = None,
+                             *, urgent: bool) -> Roster | None:
         """
         Make the server's stored roster equal C{roster}.  On failure the
         user is remembered as unsynced and written after reconnecting.
 
         @param storedRead: The server's stored roster, if already asked for.
+        @param urgent: A client waits for it.
         @return: The roster the server held before, if it could be read.
         """
         if self.sync is None or (storedRead is None and not self.sync.canSync()):
             self.unsynced.add(username)
             return None
         try:
-            stored = await (storedRead if storedRead is not None else self.sync.readStored(username))
+            stored = await (storedRead if storedRead is not None else self.sync.readStored(username, urgent))
             diff = diffRosters(stored.roster, roster)
             if stored.notBoth:
                 diff = _withRewrites(diff, roster, stored.notBoth)
             if diff:
-                await self.sync.write(username, diff)
+                await self.sync.write(username, diff, urgent)
         except (SyncFailed, NotConnected) as e:
             self.log.warn("server roster of {user} not synced: {why}", user=username, why=str(e))
             self.unsynced.add(username)

@@ -5,7 +5,8 @@ Fetching rosters from the web app with treq.
 One C{GET roster_url} per user, URL-encoded username in place of C{%s}.
 Every fetch has a deadline (retries included), the number in flight is
 bounded, replies are size-capped and validated, and concurrent requests for
-the same user share one fetch.
+the same user share one fetch.  Fetches a client waits on go before
+background ones (refreshes), so a bulk refresh never makes a login wait.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from twisted.internet import error as netError
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
-    DeferredSemaphore,
     TimeoutError,
     ensureDeferred,
     succeed,
@@ -35,6 +35,7 @@ import treq
 
 from rosteradmin.errors import FetchFailed, InvalidRoster
 from rosteradmin.roster import Roster, parseRoster
+from rosteradmin.slots import PrioritySlots
 
 #: Errors after which nothing reached the web app, so a retry is safe.
 RETRYABLE = (
@@ -95,7 +96,7 @@ class RosterFetcher:
         self.failures = 0
         #: Told each fetch's outcome ("ok" or "failed") and duration (metrics).
         self.observeFetch: Callable[[str, float], object] = lambda outcome, seconds: None
-        self._semaphore = DeferredSemaphore(concurrency)
+        self._slots = PrioritySlots(concurrency)
         self._waiters: dict[str, list[Deferred[Roster]]] = {}
 
     def close(self) -> Deferred[None]:
@@ -112,12 +113,14 @@ class RosterFetcher:
         """
         return self.urlTemplate.replace("%s", quote(username, safe=""))
 
-    def fetch(self, username: str) -> Deferred[Roster]:
+    def fetch(self, username: str, urgent: bool = True) -> Deferred[Roster]:
         """
         Fetch a user's roster.  Requests for a user whose fetch is under way
-        share it.
+        or waiting share it.
 
         @param username: A nodeprepped username.
+        @param urgent: A client waits for it (a roster query), rather than
+            a background job (a refresh): it starts before background ones.
         @return: A Deferred firing with the L{Roster}, or failing with
             L{FetchFailed}.
         """
@@ -125,11 +128,20 @@ class RosterFetcher:
         waiters = self._waiters.get(username)
         if waiters is not None:
             waiters.append(d)
+            if urgent:
+                self.hurry(username)
             return d
         self._waiters[username] = [d]
-        shared = self._semaphore.run(self._fetchWithDeadline, username)
+        shared = self._slots.run(username, urgent, self._fetchWithDeadline, username)
         shared.addBoth(self._deliver, username)
         return d
+
+    def hurry(self, username: str) -> None:
+        """
+        A client now waits for this user's roster: if a background fetch of
+        it waits for a slot, it goes before the other background ones.
+        """
+        self._slots.promote(username)
 
     def _deliver(self, result: Roster | Failure, username: str) -> None:
         """

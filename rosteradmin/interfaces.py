@@ -57,21 +57,31 @@ class IRosterSync(Interface):
         Whether the server granted roster access (and we are connected).
         """
 
-    def readStored(username):  # type: ignore[no-untyped-def]
+    def readStored(username, urgent):  # type: ignore[no-untyped-def]
         """
         The roster the server stores for a user.
+
+        @param urgent: A client waits for it.
 
         @return: Deferred firing with a L{rosteradmin.roster.StoredRoster},
             or failing with L{rosteradmin.errors.SyncFailed} or
             L{rosteradmin.errors.NotConnected}.
         """
 
-    def write(username, diff):  # type: ignore[no-untyped-def]
+    def write(username, diff, urgent):  # type: ignore[no-untyped-def]
         """
         Apply a L{rosteradmin.roster.RosterDiff} to the server's roster.
 
+        @param urgent: A client waits for it (it goes before background
+            writes, such as a bulk refresh's).
         @return: Deferred firing when all items were written, or failing
             with L{rosteradmin.errors.SyncFailed}.
+        """
+
+    def hurry(username):  # type: ignore[no-untyped-def]
+        """
+        A client now waits for this user's roster: make its waiting
+        background reads and writes urgent.
         """
 
     def push(username, diff, version):  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import secrets
 from typing import Callable, NamedTuple
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from rosteradmin.errors import NotConnected, SyncFailed
 from rosteradmin.interfaces import IConnectionStatus, IRosterSync
+from rosteradmin.slots import PrioritySlots
 from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff
 from rosteradmin.stanzas import NS_CLIENT, IQRequest, findChild, iqXML, parseJID, sendRequest
 
@@ -34,8 +35,8 @@ NS_PRIVILEGE_1 = "urn:xmpp:privilege:1"
 NS_PRIVILEGE_2 = "urn:xmpp:privilege:2"
 PRIVILEGE_NAMESPACES = (NS_PRIVILEGE_2, NS_PRIVILEGE_1)
 
-#: Most privileged roster sets in flight at once, over all users.
-MAX_WRITES_IN_FLIGHT = 32
+#: Most privileged roster gets and sets in flight at once, over all users.
+MAX_SYNC_IN_FLIGHT = 32
 
 
 class StoredRoster(NamedTuple):
@@ -156,7 +157,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self.rosterAccessGranted = rosterAccessGranted
         self.permissions = NO_PERMISSIONS
         self.online: dict[str, set[str]] = {}
-        self._writes = DeferredSemaphore(MAX_WRITES_IN_FLIGHT)
+        self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT)
 
     def connectionMade(self) -> None:
         # The advertisement and presences arrive in the handshake's read.
@@ -214,20 +215,32 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
     def canSync(self) -> bool:
         return self.status.connected and self.permissions.canReadAndWriteRosters
 
-    def readStored(self, username: str) -> Deferred[StoredRoster]:
-        d = self._request(username, "get", f"<query xmlns='{NS_ROSTER}'/>")
+    def readStored(self, username: str, urgent: bool = True) -> Deferred[StoredRoster]:
+        """
+        The roster the server stores for a user (a privileged get).  Reads
+        share the bound of writes: a bulk refresh must not flood the server
+        with thousands of reads at once.
+
+        @param urgent: A client waits for it.
+        """
+        d = self._sync.run(username, urgent, self._request, username, "get", f"<query xmlns='{NS_ROSTER}'/>")
         d.addCallback(parseStoredRoster)
         d.addErrback(self._ebSync, username, "read")
         return d
 
-    def write(self, username: str, diff: RosterDiff) -> Deferred[None]:
+    def write(self, username: str, diff: RosterDiff, urgent: bool = True) -> Deferred[None]:
         """
         One privileged set per item: with several items in one iq Prosody
         answers once per item with the same id.
+
+        @param urgent: A client waits for it; background writes (refreshes)
+            go after urgent ones.
         """
-        writes = [self._writes.run(self._writeItem, username, c.toXML("both"), False) for c in diff.changed]
+        writes = [self._sync.run(username, urgent, self._writeItem, username, c.toXML("both"), False)
+                  for c in diff.changed]
         writes += [
-            self._writes.run(self._writeItem, username, Contact(jid, None, ()).toXML("remove"), True)
+            self._sync.run(username, urgent, self._writeItem, username, Contact(jid, None, ()).toXML("remove"),
+                             True)
             for jid in diff.removed
         ]
         d = DeferredList(writes, consumeErrors=True)
@@ -240,6 +253,13 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
 
         d.addCallback(check)
         return d
+
+    def hurry(self, username: str) -> None:
+        """
+        A client now waits for this user's roster: its background reads and
+        writes go before the other background ones.
+        """
+        self._sync.promote(username)
 
     def _writeItem(self, username: str, itemXML: str, removal: bool) -> Deferred[object]:
         d = self._request(username, "set", f"<query xmlns='{NS_ROSTER}'>{itemXML}</query>")

@@ -557,6 +557,68 @@ def test_sharedFetchesTakeOneSlot() -> None:
     assert sorted(webApp.seen) == ["alice", "bob"] and f.inFlight == 2
 
 
+def test_clientFetchesGoBeforeBackgroundOnes() -> None:
+    """
+    Waiting fetches a client waits on start before waiting background ones
+    (refreshes), which keep their order.
+    """
+    webApp = HeldWebApp()
+    f, http, _ = fetcher(webApp, concurrency=1)
+    background = [f.fetch(u, urgent=False) for u in ["r1", "r2", "r3"]]
+    login = f.fetch("alice")
+    http.flush()
+    for _ in range(4):
+        webApp.answer()
+        http.flush()
+    assert webApp.seen == ["r1", "alice", "r2", "r3"]
+    assert all(isinstance(result(d), Roster) for d in [*background, login])
+    assert f.inFlight == 0 and webApp.mostOpen == 1
+
+
+def test_clientJoiningABackgroundFetchHurriesIt() -> None:
+    """
+    A client asking for a user whose background fetch waits for a slot
+    shares that fetch, which then goes before the other background ones.
+    """
+    webApp = HeldWebApp({"r3": BOB})
+    f, http, _ = fetcher(webApp, concurrency=1)
+    refreshes = [f.fetch(u, urgent=False) for u in ["r1", "r2", "r3"]]
+    login = f.fetch("r3")
+    http.flush()
+    for _ in range(3):
+        webApp.answer()
+        http.flush()
+    assert webApp.seen == ["r1", "r3", "r2"]
+    roster = result(login)
+    assert roster is result(refreshes[2]) and len(roster) == 1
+
+
+def test_loginDuringBulkRefreshIsNotQueuedBehindIt() -> None:
+    """
+    A user logs in while a bulk refresh holds that user's lock, waiting for
+    a fetch slot: the refresh's fetch is hurried, and the login gets the
+    refreshed roster after one fetch, not after the whole refresh.
+    """
+    webApp = HeldWebApp({"u3": BOB})
+    f, http, _ = fetcher(webApp, concurrency=1)
+    backend = RosterBackend(RosterCache(), f)
+    refresh = backend.refresh([f"u{i}" for i in range(6)])
+    login = backend.getRoster("u3")
+    http.flush()
+    assert webApp.seen == ["u0"]
+    webApp.answer()
+    http.flush()
+    assert webApp.seen == ["u0", "u3"]
+    webApp.answer()
+    http.flush()
+    assert len(result(login)) == 1
+    assert webApp.seen == ["u0", "u3", "u1"]
+    while webApp.pending:
+        webApp.answer()
+        http.flush()
+    assert result(refresh).updated == 6 and webApp.seen.count("u3") == 1
+
+
 # The deadline
 
 
