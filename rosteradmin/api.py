@@ -4,24 +4,29 @@ The HTTP API (SPEC §4): roster refresh, MUC kick, health and metrics.
 
 Each resource parses, calls the backend or the kicker, and maps domain
 errors to status codes; the routes and codes are documented in
-C{docs/openapi.yaml}, which a test checks against this tree.
+C{docs/openapi.json}, which a test checks against this tree.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote
 
 from twisted.web import server
 from twisted.web.resource import Resource
+from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
 
 from rosteradmin.errors import KickFailed, NotConnected
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend
 from rosteradmin.metrics import MetricsResource
 from rosteradmin.stanzas import parseJID
-from rosteradmin.web import JSON, ApiError, JsonResource, authorized, readJSON
+from rosteradmin.web import JSON, ApiError, JsonResource, authorized, readJSON, writeJSON
+from rosteradmin.xmltext import carriesInXML
+
+#: The longest kick reason passed on to the room, in characters.
+MAX_REASON_LENGTH = 1024
 
 #: How each kick failure condition reaches the HTTP caller.
 KICK_STATUS = {
@@ -46,6 +51,7 @@ class RefreshResource(JsonResource):
     """
 
     methods = {b"POST": "_post", b"GET": "_get"}
+    hasSubpaths = True
 
     @staticmethod
     def errorBody(message: str) -> JSON:
@@ -81,17 +87,20 @@ class RefreshResource(JsonResource):
 
     @staticmethod
     def _username(segment: bytes) -> str:
+        # twisted.web has already percent-decoded the segment.
         try:
-            return unquote(segment.decode("ascii"), errors="strict")
+            return segment.decode("utf-8")
         except UnicodeDecodeError:
             raise ApiError(HTTPStatus.BAD_REQUEST, "Username is not valid UTF-8") from None
 
     async def _refresh(self, usernames: list[str]) -> tuple[int, JSON]:
         if not usernames:
             return HTTPStatus.OK, _summary("ok", "nothing to refresh", 0, {})
+        started = time.monotonic()
         summary = await self.backend.refresh(usernames)
-        self.log.info("refresh of {count} users: {updated} updated, {errors} errors",
-                      count=len(usernames), updated=summary.updated, errors=summary.errors)
+        self.log.info("refresh of {count} users: {updated} updated, {errors} errors in {elapsed:.3f} s",
+                      count=len(usernames), updated=summary.updated, errors=summary.errors,
+                      elapsed=time.monotonic() - started, outcome="ok" if summary.updated else "failed")
         if summary.updated == 0:
             return HTTPStatus.INTERNAL_SERVER_ERROR, _summary(
                 "error", "roster update failed for every user", 0, summary.failures)
@@ -124,12 +133,15 @@ class KickResource(JsonResource):
         except ApiError as e:
             self.outcomes[str(int(e.code))] += 1
             raise
+        except Exception:
+            self.outcomes[str(int(HTTPStatus.INTERNAL_SERVER_ERROR))] += 1
+            raise
         self.outcomes["200"] += 1
         return result
 
     async def _kick(self, request: server.Request) -> tuple[int, JSON]:
         if not authorized(request, self.authorization):
-            self.log.warn("kick refused: authorization {presence}",
+            self.log.warn("kick refused: authorization {presence}", outcome="unauthorized",
                           presence="wrong" if request.getHeader("authorization") else "missing")
             raise ApiError(HTTPStatus.UNAUTHORIZED, "Authorization failed")
         body = readJSON(request)
@@ -140,6 +152,10 @@ class KickResource(JsonResource):
             raise ApiError(HTTPStatus.BAD_REQUEST, "Missing nickname and/or MUC")
         if reason is not None and not isinstance(reason, str):
             raise ApiError(HTTPStatus.BAD_REQUEST, "reason must be a string")
+        nick = _roomNickname(nick)
+        if reason is not None and (len(reason) > MAX_REASON_LENGTH or not carriesInXML(reason)):
+            raise ApiError(HTTPStatus.BAD_REQUEST,
+                           f"reason must be at most {MAX_REASON_LENGTH} characters of text XML can carry")
         room = parseJID(muc)
         if room is None or not room.user or room.resource is not None:
             raise ApiError(HTTPStatus.BAD_REQUEST, "muc must be the bare JID of a room")
@@ -151,9 +167,9 @@ class KickResource(JsonResource):
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "Not connected to the XMPP server") from None
         except KickFailed as e:
             self.log.warn("kick {nick} from {room} → {condition}", nick=nick, room=room.userhost(),
-                          condition=e.condition)
+                          condition=e.condition, outcome=e.condition)
             raise ApiError(KICK_STATUS.get(e.condition, HTTPStatus.BAD_GATEWAY), _kickError(e)) from None
-        self.log.info("kick {nick} from {room} → done", nick=nick, room=room.userhost())
+        self.log.info("kick {nick} from {room} → done", nick=nick, room=room.userhost(), outcome="ok")
         return HTTPStatus.OK, {"status": "ok", "message": f"{nick} kicked from {room.userhost()}"}
 
 
@@ -165,7 +181,7 @@ class HealthResource(JsonResource):
              "fetches_in_flight": 0, "unsynced_users": 0, "last_error": null}
     """
 
-    methods = {b"GET": "_get"}
+    methods = {b"GET": "_get", b"HEAD": "_get"}
 
     def __init__(self, backend: IRosterBackend, status: IConnectionStatus) -> None:
         super().__init__()
@@ -198,11 +214,16 @@ class NotFoundResource(JsonResource):
 
 class ApiRoot(Resource):
     """
-    The root: named children, and a JSON 404 for anything else.
+    The root: named children, and a JSON 404 for anything else, itself
+    included.
     """
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         return NotFoundResource()
+
+    def render(self, request: server.Request) -> int:
+        writeJSON(request, HTTPStatus.NOT_FOUND, {"error": "No such resource"})
+        return server.NOT_DONE_YET
 
 
 def buildRoot(
@@ -236,6 +257,21 @@ def buildRoot(
 def _summary(status: str, message: str, updated: int, failures: dict[str, str]) -> JSON:
     return {"status": status, "message": message, "updated": updated, "errors": len(failures),
             "failures": failures}
+
+
+def _roomNickname(nick: str) -> str:
+    """
+    The nickname as the room knows it (XEP-0045 §7.2: resourceprep).
+
+    @raise ApiError: 400, it cannot be a room nickname.
+    """
+    try:
+        prepared = resourceprep.prepare(nick) if carriesInXML(nick) else ""
+    except UnicodeError:
+        prepared = ""
+    if not prepared or len(prepared.encode("utf-8")) > 1023:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "nickname is not a valid room nickname")
+    return prepared
 
 
 def _kickError(error: KickFailed) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from urllib.parse import unquote
 
 from twisted.logger import Logger
 from twisted.web import server
@@ -50,7 +49,8 @@ class RosterFileResource(Resource):
         if len(request.postpath) != 2 or request.postpath[0] != b"rosters":
             request.setResponseCode(404)
             return b'{"error": "use /rosters/<username>"}'
-        username = unquote(request.postpath[1].decode("ascii", "replace"))
+        # twisted.web has already percent-decoded the path segments.
+        username = request.postpath[1].decode("utf-8", "replace")
         try:
             rosters = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:

@@ -219,19 +219,19 @@ class RosterFetcher:
             except RETRYABLE as e:
                 self.log.info(
                     "roster fetch {user}: {error}; retrying in {delay:.1f}s",
-                    user=username, error=e, delay=delay,
+                    user=username, error=str(e), delay=delay,
                 )
                 await deferLater(self.clock, delay)
                 delay *= 2
         body = await self._readBody(response)
         if response.code != 200:
             raise FetchFailed(
-                username, f"web app answered HTTP {response.code}: {body[:80]!r}"
+                username, f"web app answered HTTP {response.code}: {_preview(body)}"
             )
         try:
             return parseRoster(body, f"{username}@{self.domain}")
         except InvalidRoster as e:
-            raise InvalidRoster(f"{e} (body starts {body[:80]!r})") from None
+            raise InvalidRoster(f"{e} (body starts {_preview(body)})") from None
 
     async def _readBody(self, response: Any) -> bytes:
         """
@@ -303,3 +303,10 @@ class _Discard(Protocol):
     def connectionMade(self) -> None:
         if self.transport is not None:
             self.transport.stopProducing()
+
+
+def _preview(body: bytes) -> str:
+    """
+    The start of a reply body, quoted, for a log line or an error message.
+    """
+    return repr(body[:80].decode("utf-8", "replace"))

@@ -11,6 +11,7 @@ process (the tests) do not collide.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -20,6 +21,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from rosteradmin.interfaces import IConnectionStatus, IRosterBackend
+from rosteradmin.web import methodNotAllowed, writeJSON
 
 
 class Metrics(Collector):
@@ -87,6 +89,12 @@ class MetricsResource(Resource):
         super().__init__()
         self.metrics = metrics
 
-    def render_GET(self, request: server.Request) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return generate_latest(self.metrics.registry)
+    def render(self, request: server.Request) -> bytes | int:
+        if request.postpath not in ([], [b""]):
+            writeJSON(request, HTTPStatus.NOT_FOUND, {"error": "No such resource"})
+        elif request.method not in (b"GET", b"HEAD"):
+            methodNotAllowed(request, (b"GET", b"HEAD"), {"error": "Method not allowed"})
+        else:
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+            return generate_latest(self.metrics.registry)
+        return server.NOT_DONE_YET

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeoutError, ensureDeferred, succeed
@@ -225,12 +225,17 @@ def readJSON(request: server.Request) -> Any:
 class JsonResource(Resource):
     """
     A leaf resource whose methods are coroutines C{_post}/C{_get} returning
-    C{(status, body)}.
+    C{(status, body)}.  A resource whose GET is safe lists HEAD with it
+    (twisted.web drops the body).
+
+    @cvar hasSubpaths: Whether paths below this one are its to answer;
+        if not, they are a 404.
     """
 
     isLeaf = True
     log = Logger()
     methods: dict[bytes, str] = {}
+    hasSubpaths = False
 
     @staticmethod
     def errorBody(message: str) -> JSON:
@@ -240,22 +245,23 @@ class JsonResource(Resource):
         return {"error": message}
 
     def render(self, request: server.Request) -> int:
+        if not self.hasSubpaths and request.postpath not in ([], [b""]):
+            writeJSON(request, HTTPStatus.NOT_FOUND, self.errorBody("No such resource"))
+            return server.NOT_DONE_YET
         name = self.methods.get(request.method)
         if name is None:
-            allowed = b", ".join(sorted(self.methods))
-            request.setHeader(b"allow", allowed)
-            self._write(request, HTTPStatus.METHOD_NOT_ALLOWED, self.errorBody("Method not allowed"))
+            methodNotAllowed(request, self.methods, self.errorBody("Method not allowed"))
             return server.NOT_DONE_YET
         drain: Drain | None = getattr(request.site, "drain", None)
         if drain is not None and drain.stopping:
-            self._write(request, HTTPStatus.SERVICE_UNAVAILABLE, self.errorBody("The service is stopping"))
+            writeJSON(request, HTTPStatus.SERVICE_UNAVAILABLE, self.errorBody("The service is stopping"))
             return server.NOT_DONE_YET
         handler: Handler = getattr(self, name)
         finished = []
         request.notifyFinish().addBoth(finished.append)
         d = ensureDeferred(handler(request))
         d.addErrback(self._ebRender, request)
-        d.addCallback(lambda result: finished or self._write(request, *result))
+        d.addCallback(lambda result: finished or writeJSON(request, *result))
         d.addErrback(lambda f: self.log.failure("writing an HTTP response failed", f))
         if drain is not None:
             drain.track(d)
@@ -269,11 +275,22 @@ class JsonResource(Resource):
                          path=request.path.decode("ascii", "replace"))
         return HTTPStatus.INTERNAL_SERVER_ERROR, self.errorBody("Internal error")
 
-    @staticmethod
-    def _write(request: server.Request, code: int, body: JSON) -> None:
-        data = json.dumps(body).encode("utf-8")
-        request.setResponseCode(int(code))
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", b"%d" % len(data))
-        request.write(data)
-        request.finish()
+
+def writeJSON(request: server.Request, code: int, body: JSON) -> None:
+    """
+    Answer C{request} with C{code} and C{body} as JSON, and finish it.
+    """
+    data = json.dumps(body).encode("utf-8")
+    request.setResponseCode(int(code))
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", b"%d" % len(data))
+    request.write(data)
+    request.finish()
+
+
+def methodNotAllowed(request: server.Request, allowed: Iterable[bytes], body: JSON) -> None:
+    """
+    Answer 405 with the C{Allow} header listing C{allowed}.
+    """
+    request.setHeader(b"allow", b", ".join(sorted(allowed)))
+    writeJSON(request, HTTPStatus.METHOD_NOT_ALLOWED, body)

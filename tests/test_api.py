@@ -344,6 +344,61 @@ def test_kickBadRequests(headers: dict[str, str], body: Any, status: int, expect
     assert api.wire.sent() == []
 
 
+@pytest.mark.parametrize("raw, expected", [
+    (b'{"nickname": "bo\\u0000b", "muc": "%s"}', "nickname is not a valid room nickname"),
+    (b'{"nickname": "bob\\ud800", "muc": "%s"}', "nickname is not a valid room nickname"),
+    (b'{"nickname": "bob\\ufffe", "muc": "%s"}', "nickname is not a valid room nickname"),
+    (b'{"nickname": "bob", "muc": "%s", "reason": "spam\\u0007"}',
+     "reason must be at most 1024 characters of text XML can carry"),
+    (b'{"nickname": "bob", "muc": "%s", "reason": "\\udfff"}',
+     "reason must be at most 1024 characters of text XML can carry"),
+    (b'{"nickname": "bob", "muc": "%s", "reason": "' + b"x" * 1025 + b'"}',
+     "reason must be at most 1024 characters of text XML can carry"),
+])
+def test_kickTextXMLCannotCarry(raw: bytes, expected: str) -> None:
+    """
+    A nickname or reason that no stanza can carry (control characters, lone
+    surrogates, U+FFFE) or an overlong reason is a 400: sent on, it would
+    make the server close the component's stream.
+    """
+    api = makeApi()
+    assert api.request("POST", "/muc_kick", raw=raw.replace(b"%s", ROOM.encode()),
+                       headers={"Authorization": KICK_AUTH}) == (400, {"error": expected})
+    assert api.wire.sent() == []
+
+
+def test_kickNicknameResourceprepped() -> None:
+    """
+    The nickname is kicked as the room knows it, after resourceprep
+    (XEP-0045 §7.2): a zero-width space is dropped.
+    """
+    api = makeApi()
+    api.http.post("http://api.invalid/muc_kick", headers={"Authorization": KICK_AUTH},
+                  data=json.dumps({"nickname": "Bob\u200b", "muc": ROOM}).encode())
+    api.http.flush()
+    [iq] = api.wire.sent()
+    assert iq.query.item["nick"] == "Bob"
+
+
+def test_kickInternalErrorCounted() -> None:
+    """
+    A kick that fails unexpectedly answers a JSON 500 and is counted under
+    status 500 in the metrics.
+    """
+    api = makeApi()
+
+    def broken(room: str, nick: str, reason: str | None) -> None:
+        raise RuntimeError("bug")
+
+    api.wire.component.kicker.kick = broken
+    code, body = api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM},
+                             headers={"Authorization": KICK_AUTH})
+    assert (code, body) == (500, {"error": "Internal error"})
+    d = api.http.get("http://api.invalid/metrics")
+    api.http.flush()
+    assert 'rosteradmin_kicks_total{status="500"} 1.0' in Api.result(Api.result(d).text())
+
+
 def test_kickWhileDisconnected() -> None:
     """
     A kick while the component is disconnected gets 503 at once.
@@ -394,3 +449,61 @@ def test_unknownPathAndMethod() -> None:
     api = makeApi()
     assert api.request("GET", "/nope") == (404, {"error": "No such resource"})
     assert api.request("DELETE", "/muc_kick")[0] == 405
+
+
+def test_refreshPathUsernameDecodedOnce() -> None:
+    """
+    C{/roster_admin/refresh/<username>} takes the path segment as UTF-8
+    after one percent-decoding: C{j%C3%BCrgen} is jürgen, and C{a%2541}
+    is the user C{a%41}, not C{aa}.
+    """
+    api = makeApi({"j\u00fcrgen": {"bob@example.org": {}}, "a%41": {"bob@example.org": {}}})
+    assert api.request("GET", "/roster_admin/refresh/j%C3%BCrgen", server=serverAnswers())[0] == 200
+    assert api.request("GET", "/roster_admin/refresh/a%2541", server=serverAnswers())[0] == 200
+    assert api.wire.webApp.requests == {"j\u00fcrgen": 1, "a%41": 1}
+    assert api.request("GET", "/roster_admin/refresh/%FF") == (
+        400, {"status": "error", "message": "Username is not valid UTF-8"})
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/", 404), ("HEAD", "/", 404), ("POST", "/", 404),
+    ("GET", "/roster_admin", 404), ("HEAD", "/roster_admin", 404), ("POST", "/roster_admin", 404),
+    ("POST", "/metrics", 405), ("OPTIONS", "/metrics", 405), ("GET", "/metrics/x", 404),
+    ("GET", "/healthz/foo", 404), ("POST", "/muc_kick/zzz", 404), ("PUT", "/healthz", 405),
+])
+def test_everyErrorIsJSON(method: str, path: str, status: int) -> None:
+    """
+    Every path and method outside the routes gets its status as JSON, never
+    twisted.web's HTML page (or, for HEAD, a 500), and nothing is kicked.
+    """
+    api = makeApi()
+    d = api.http.request(method, "http://api.invalid" + path, headers={"Authorization": KICK_AUTH},
+                         data=json.dumps({"nickname": "x", "muc": ROOM}).encode())
+    api.http.flush()
+    response = Api.result(d)
+    assert response.code == status
+    assert response.headers.getRawHeaders("content-type") == ["application/json"]
+    body = Api.result(response.content())
+    if method != "HEAD":
+        assert json.loads(body) == {"error": {404: "No such resource", 405: "Method not allowed"}[status]}
+    assert api.wire.sent() == []
+
+
+def test_headWhereGetIsSafe() -> None:
+    """
+    HEAD is answered where GET only reads (health, metrics), with GET's
+    status and no body.  It refreshes nothing (HEAD must be safe): the
+    405 lists what the route allows.
+    """
+    api = makeApi()
+    for path in ["/healthz", "/metrics"]:
+        d = api.http.head("http://api.invalid" + path)
+        api.http.flush()
+        response = Api.result(d)
+        assert (path, response.code, Api.result(response.content())) == (path, 200, b"")
+    for path, allowed in [("/roster_admin/refresh/alice", "GET, POST"), ("/muc_kick", "POST")]:
+        d = api.http.head("http://api.invalid" + path)
+        api.http.flush()
+        response = Api.result(d)
+        assert (response.code, response.headers.getRawHeaders("allow")) == (405, [allowed])
+    assert api.wire.webApp.requests == {} and api.wire.sent() == []

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import treq
+from treq.testing import StubTreq
 from twisted.web.test.requesthelper import DummyRequest
 
 from rosteradmin.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
@@ -30,9 +32,26 @@ def test_servesEachUsersRosterFromTheFile(tmp_path: Path) -> None:
     code, body = get(resource, b"rosters", b"alice")
     assert code == 200 and json.loads(body) == SAMPLE_ROSTERS["alice"]
     assert len(parseRoster(body, "alice@example.org")) == 2
-    path.write_text(json.dumps({"j\u00fcrgen": {"alice@example.org": {}}}))
-    assert json.loads(get(resource, b"rosters", b"j%C3%BCrgen")[1]) == {"alice@example.org": {}}
     assert get(resource, b"rosters", b"nobody") == (200, b"{}")
+
+
+def test_percentEncodedUsernamesDecodedOnce(tmp_path: Path) -> None:
+    """
+    Through a real Site, C{/rosters/j%C3%BCrgen} is jürgen's roster, and
+    C{a%2541} is the user C{a%41}, not C{aA}: the path is decoded once.
+    """
+    path = tmp_path / "rosters.json"
+    path.write_text(json.dumps({"j\u00fcrgen": {"alice@example.org": {}}, "a%41": {"bob@example.org": {}}}))
+    http = StubTreq(RosterFileResource(path))
+
+    def roster(url: str) -> object:
+        results: list[object] = []
+        http.get(url).addCallback(treq.json_content).addBoth(results.append)
+        http.flush()
+        return results[0]
+
+    assert roster("http://webapp.invalid/rosters/j%C3%BCrgen") == {"alice@example.org": {}}
+    assert roster("http://webapp.invalid/rosters/a%2541") == {"bob@example.org": {}}
 
 
 def test_badPathAndUnreadableFile(tmp_path: Path) -> None:

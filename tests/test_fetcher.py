@@ -240,13 +240,13 @@ def test_ownerIsUserAtDomain() -> None:
 
 
 @pytest.mark.parametrize("status, body, reason", [
-    (500, b"boom", "web app answered HTTP 500: b'boom'"),
-    (404, b"no such user", "web app answered HTTP 404: b'no such user'"),
-    (503, b"", "web app answered HTTP 503: b''"),
+    (500, b"boom", "web app answered HTTP 500: 'boom'"),
+    (404, b"no such user", "web app answered HTTP 404: 'no such user'"),
+    (503, b"", "web app answered HTTP 503: ''"),
     (204, b"", "HTTP 204"),
     (201, b"{}", "HTTP 201"),
     (302, b"", "HTTP 302"),
-    (200, b"[1]", "body must be a JSON object, got list (body starts b'[1]')"),
+    (200, b"[1]", "body must be a JSON object, got list (body starts '[1]')"),
     (200, b"{", "body is not JSON"),
     (200, b"<html>maintenance</html>", "body is not JSON"),
     (200, b"", "body is not JSON"),

@@ -15,7 +15,7 @@ import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
-from rosteradmin.web import makeSite
+from rosteradmin.web import Drain, makeSite
 from tests.helpers import ComponentOnWire, WebApp
 from tests.test_api import KICK_AUTH, ROOM, Api, kickAnswers, makeApi
 from tests.test_component import serverAnswers
@@ -59,6 +59,35 @@ def refresh(path: str, method: str, body: Any = None, auth: str | None = None, f
     return run
 
 
+def stopping(path: str, method: str) -> Scenario:
+    def run() -> tuple[int, Any]:
+        api = makeApi()
+        drain = Drain()
+        drain.stopping = True
+        api.http._agent._serverFactory.drain = drain
+        return api.request(method, path, ["alice"])
+    return run
+
+
+def brokenKick() -> tuple[int, Any]:
+    api = makeApi()
+
+    def broken(room: str, nick: str, reason: str | None) -> None:
+        raise RuntimeError("bug")
+
+    api.wire.component.kicker.kick = broken
+    return api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM}, headers={"Authorization": KICK_AUTH})
+
+
+def head(path: str, connected: bool = True) -> Scenario:
+    def run() -> tuple[int, Any]:
+        wire = ComponentOnWire(WebApp())
+        if connected:
+            wire.handshake()
+        return Api(wire).request("HEAD", path)
+    return run
+
+
 def disconnectedKick() -> tuple[int, Any]:
     api = Api(ComponentOnWire(WebApp()))
     return api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM}, headers={"Authorization": KICK_AUTH})
@@ -88,6 +117,14 @@ SCENARIOS: dict[tuple[str, str, int], Scenario] = {
     (R, "POST", 400): refresh(R, "POST", {"not": "an array"}),
     (R, "POST", 401): refresh(R, "POST", ["alice"], auth="wrong"),
     (R, "POST", 500): refresh(R, "POST", ["alice"], failing=True),
+    (R, "POST", 503): stopping(R, "POST"),
+    (R, "GET", 405): refresh(R, "GET"),
+    (ONE, "GET", 503): stopping(R + "/alice", "GET"),
+    (ONE, "POST", 503): stopping(R + "/alice", "POST"),
+    ("/muc_kick", "POST", 500): brokenKick,
+    ("/healthz", "HEAD", 200): head("/healthz"),
+    ("/healthz", "HEAD", 503): head("/healthz", connected=False),
+    ("/metrics", "HEAD", 200): head("/metrics"),
     (ONE, "GET", 200): refresh(R + "/alice", "GET"),
     (ONE, "GET", 400): refresh(R + "/%FF", "GET"),
     (ONE, "POST", 400): refresh(R + "/%FF", "POST"),
