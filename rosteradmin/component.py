@@ -4,21 +4,26 @@ The XEP-0114 external component: connection, reconnection, keepalive, and
 the wiring of the XMPP handlers.
 
 wokkel's L{Component} handles the handshake and reconnects; this module caps
-its backoff, gives IQ requests a timeout, sends whitespace keepalives, and
-watches the stream for errors wokkel would only answer with "will retry"
-(a wrong secret, a second component with our JID).
+its backoff (and keeps backing off while the server refuses the handshake),
+gives IQ requests a timeout, sends whitespace keepalives, and says why a
+connection failed where wokkel would only retry: an unreachable server, a
+wrong secret, a second component with our JID.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IReactorTime
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IAddress, IConnector, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
+from twisted.words.protocols.jabber.component import ConnectComponentAuthenticator
 from twisted.words.protocols.jabber.error import StreamError
+from twisted.words.xish.xmlstream import XmlStreamFactoryMixin
 from wokkel import component
-from wokkel.subprotocols import XMPPHandler
+from wokkel.subprotocols import StreamManager, XMPPHandler
 from zope.interface import implementer
 
 from rosteradmin.backend import RosterBackend
@@ -61,6 +66,7 @@ class ConnectionMonitor(XMPPHandler):  # type: ignore[misc]
         self.connected = True
         self.connections += 1
         self.lastError = None
+        self.parent.factory.resetDelay()
         self.log.info("connected to the XMPP server as {jid}", jid=self.xmlstream.thisEntity.full())
         self._keepalive = LoopingCall(self._sendKeepalive)
         self._keepalive.clock = self.clock
@@ -76,7 +82,23 @@ class ConnectionMonitor(XMPPHandler):  # type: ignore[misc]
             self.log.error("lost the XMPP server connection: {why}", why=reason.getErrorMessage())
             if self.lastError is None:
                 self.lastError = f"connection lost: {reason.getErrorMessage()}"
+        elif self.lastError is None:
+            # Closed before the handshake without a stream error to say why.
+            self.lastError = f"connection closed before the handshake: {reason.getErrorMessage()}"
+            self.log.error("the XMPP server closed the connection before the handshake: {why}",
+                           why=reason.getErrorMessage())
         self.connected = False
+
+    def connectFailed(self, address: str, reason: Failure, retryIn: float | None) -> None:
+        """
+        No TCP connection to the XMPP server could be made.
+
+        @param retryIn: Seconds until the next attempt (C{None}: no retry).
+        """
+        self.lastError = f"cannot connect to {address}: {reason.getErrorMessage()}"
+        self.log.error("cannot connect to the XMPP server at {address}: {why}; {next}",
+                       address=address, why=reason.getErrorMessage(),
+                       next=f"retrying in {retryIn:.1f} s" if retryIn is not None else "not retrying")
 
     def _onStreamError(self, reason: Failure) -> None:
         error = reason.value
@@ -94,6 +116,39 @@ class ConnectionMonitor(XMPPHandler):  # type: ignore[misc]
             self.xmlstream.send(" ")
 
 
+class HandshakeBackoffFactory(xmlstream.XmlStreamFactory):  # type: ignore[misc]
+    """
+    Reconnects with a backoff that a completed handshake resets, not a TCP
+    connection: Twisted's factory resets it on connect, so a server that
+    accepts the connection and refuses the handshake (a wrong secret) was
+    retried about every second, forever.
+
+    @ivar connectFailed: Told of each failed TCP connection attempt.
+    """
+
+    #: Twisted's own lines ("Starting factory", "will retry in") would
+    #: repeat each attempt; rosteradmin logs the failures with their cause.
+    noisy = False
+
+    def __init__(self, authenticator: ConnectComponentAuthenticator,
+                 connectFailed: Callable[[str, Failure, float | None], None]) -> None:
+        super().__init__(authenticator)
+        self.connectFailed = connectFailed
+
+    def buildProtocol(self, addr: IAddress) -> xmlstream.XmlStream:
+        return XmlStreamFactoryMixin.buildProtocol(self, addr)
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        super().clientConnectionFailed(connector, reason)
+        destination = connector.getDestination()
+        address = f"{getattr(destination, 'host', '?')}:{getattr(destination, 'port', '?')}"
+        # retry() has scheduled the next attempt and already grown the delay
+        # for the one after it.
+        scheduled = self._callID
+        self.connectFailed(address, reason,
+                           scheduled.getTime() - self.clock.seconds() if scheduled is not None else None)
+
+
 class RosterComponent(component.Component):  # type: ignore[misc]
     """
     The wokkel component with rosteradmin's handlers.  Nothing connects
@@ -108,15 +163,17 @@ class RosterComponent(component.Component):  # type: ignore[misc]
     """
 
     def __init__(self, config: Config, backend: RosterBackend, clock: IReactorTime, verbose: bool = False) -> None:
-        super().__init__(config.xmpp_host, config.xmpp_port, config.jid, config.secret)
+        self.status = ConnectionMonitor(clock, config.keepalive_interval)
+        # What wokkel's Component.__init__ does, with our factory.
+        self.host, self.port = config.xmpp_host, config.xmpp_port
+        StreamManager.__init__(self, HandshakeBackoffFactory(
+            ConnectComponentAuthenticator(config.jid, config.secret), self.status.connectFailed))
         self.logTraffic = verbose
         self._reactor = clock
         self.timeout = config.iq_timeout
         # ReconnectingClientFactory backs off with jitter up to an hour by
         # default; the server is usually back within seconds.
         self.factory.maxDelay = config.reconnect_max_delay
-
-        self.status = ConnectionMonitor(clock, config.keepalive_interval)
         self.privileges = PrivilegeHandler(
             config.domain, self.status, config.iq_timeout,
             userOnline=backend.warm, rosterAccessGranted=backend.connectionRestored,

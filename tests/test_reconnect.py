@@ -1,0 +1,100 @@
+# -*- test-case-name: tests.test_reconnect -*-
+"""
+How the component reconnects: a backoff that a refused handshake does not
+reset, and a clear reason when the server cannot be reached.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
+
+from tests.helpers import STREAM_HEADER, ComponentOnWire
+
+NOT_AUTHORIZED = ("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                  "</stream:error></stream:stream>")
+
+
+class Connector:
+    """
+    Stands for the TCP connector: counts the reconnection attempts.
+    """
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self) -> None:
+        self.attempts += 1
+
+    def getDestination(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 5347)
+
+    def stopConnecting(self) -> None:
+        pass
+
+
+def refusedHandshake(wire: ComponentOnWire, connector: Connector) -> None:
+    """
+    One connection that the server accepts, then closes after refusing the
+    component's secret.
+    """
+    factory = wire.component.factory
+    xs = factory.buildProtocol(None)
+    xs.makeConnection(StringTransport())
+    xs.dataReceived(STREAM_HEADER)
+    xs.dataReceived(NOT_AUTHORIZED)
+    xs.connectionLost(Failure(ConnectionDone()))
+    factory.clientConnectionLost(connector, Failure(ConnectionDone()))
+
+
+def test_refusedHandshakesBackOff() -> None:
+    """
+    Each refused handshake makes the next attempt wait longer, up to
+    reconnect-max-delay (Twisted's factory reset the delay on every TCP
+    connection, so a wrong secret was retried about once a second).
+    """
+    wire = ComponentOnWire()
+    factory = wire.component.factory
+    factory.clock = wire.clock
+    connector = Connector()
+    delays = []
+    for _ in range(6):
+        refusedHandshake(wire, connector)
+        delays.append(factory.delay)
+        wire.clock.advance(factory.delay + 1)
+    assert connector.attempts == 6
+    assert delays == sorted(delays) and delays[2] > 10
+    assert delays[-1] == wire.config.reconnect_max_delay
+    assert wire.component.status.lastError == "stream error: not-authorized"
+
+
+def test_handshakeResetsBackoff() -> None:
+    """
+    A completed handshake starts the backoff over.
+    """
+    wire = ComponentOnWire()
+    factory = wire.component.factory
+    factory.delay = 25.0
+    wire.handshake()
+    assert factory.delay == factory.initialDelay
+
+
+def test_unreachableServerLoggedAndReported() -> None:
+    """
+    A failed TCP connection is logged as an error naming the address, the
+    cause and the next attempt, and is the health check's last_error.
+    """
+    wire = ComponentOnWire()
+    factory = wire.component.factory
+    factory.clock = wire.clock
+    with capturedLogs() as events:
+        factory.clientConnectionFailed(Connector(), Failure(ConnectionRefusedError("Connection refused")))
+    [event] = [e for e in events if e["log_level"] >= LogLevel.warn]
+    assert event["log_level"] == LogLevel.error and event["address"] == "127.0.0.1:5347"
+    [retry] = wire.clock.getDelayedCalls()
+    assert event["next"] == f"retrying in {retry.getTime() - wire.clock.seconds():.1f} s"
+    assert wire.component.status.lastError.startswith("cannot connect to 127.0.0.1:5347: Connection was refused")
+    assert not wire.component.status.connected
