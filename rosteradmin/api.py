@@ -14,6 +14,7 @@ from collections import Counter
 from http import HTTPStatus
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
@@ -82,8 +83,7 @@ class RefreshResource(JsonResource):
         return await self._refresh(usernames)
 
     def _checkAuthorization(self, request: server.Request) -> None:
-        if not authorized(request, self.authorization):
-            raise ApiError(HTTPStatus.UNAUTHORIZED, "Authorization failed")
+        _requireAuthorization(self.log, "refresh", request, self.authorization)
 
     @staticmethod
     def _username(segment: bytes) -> str:
@@ -140,10 +140,7 @@ class KickResource(JsonResource):
         return result
 
     async def _kick(self, request: server.Request) -> tuple[int, JSON]:
-        if not authorized(request, self.authorization):
-            self.log.warn("kick refused: authorization {presence}", outcome="unauthorized",
-                          presence="wrong" if request.getHeader("authorization") else "missing")
-            raise ApiError(HTTPStatus.UNAUTHORIZED, "Authorization failed")
+        _requireAuthorization(self.log, "kick", request, self.authorization)
         body = readJSON(request)
         if not isinstance(body, dict):
             raise ApiError(HTTPStatus.BAD_REQUEST, "Request body must be a JSON object")
@@ -257,6 +254,19 @@ def buildRoot(
 def _summary(status: str, message: str, updated: int, failures: dict[str, str]) -> JSON:
     return {"status": status, "message": message, "updated": updated, "errors": len(failures),
             "failures": failures}
+
+
+def _requireAuthorization(log: Logger, what: str, request: server.Request, expected: str | None) -> None:
+    """
+    Refuse, and log, a request whose C{Authorization} header is not
+    C{expected}.
+
+    @raise ApiError: 401.
+    """
+    if not authorized(request, expected):
+        log.warn("{what} refused: authorization {presence}", what=what, outcome="unauthorized",
+                 presence="wrong" if request.getHeader("authorization") else "missing")
+        raise ApiError(HTTPStatus.UNAUTHORIZED, "Authorization failed")
 
 
 def _roomNickname(nick: str) -> str:

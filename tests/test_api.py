@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from treq.testing import StubTreq
+from twisted.logger import capturedLogs
 from twisted.words.xish import domish
 
 from rosteradmin.tap import makeAPI
@@ -183,11 +184,15 @@ def test_failedFetchKeepsCachedRoster() -> None:
 
 def test_refreshAuthorization() -> None:
     """
-    With a refresh secret configured, a missing or wrong Authorization gets 401.
+    With a refresh secret configured, a missing or wrong Authorization gets
+    401, and is logged.
     """
     api = makeApi(refreshAuthorization="s3")
-    assert api.request("POST", "/roster_admin/refresh", ["alice"])[0] == 401
-    assert api.request("POST", "/roster_admin/refresh", ["alice"], headers={"Authorization": "s4"})[0] == 401
+    with capturedLogs() as events:
+        assert api.request("POST", "/roster_admin/refresh", ["alice"])[0] == 401
+        assert api.request("POST", "/roster_admin/refresh", ["alice"], headers={"Authorization": "s4"})[0] == 401
+    assert [(e["what"], e["presence"]) for e in events if e.get("outcome") == "unauthorized"] == [
+        ("refresh", "missing"), ("refresh", "wrong")]
     code, _ = api.request("GET", "/roster_admin/refresh/alice", headers={"Authorization": "s3"},
                           server=serverAnswers())
     assert code == 200
