@@ -247,10 +247,8 @@ class RosterBackend(Service):
         """
         Push to the user's online clients what changed since C{clientsHad}.
         """
-        if clientsHad is not None and self.sync is not None:
-            diff = diffRosters(clientsHad, roster)
-            if diff:
-                self.sync.push(username, diff, roster.version)
+        if clientsHad is not None and self.sync is not None and clientsHad != roster:
+            self.sync.push(username, clientsHad, roster)
 
     async def _writeToServer(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None = None,
                              *, urgent: bool) -> Roster | None:

@@ -9,6 +9,12 @@ xmlns='jabber:client'/></forwarded></delegation></iq>}.  Prosody's
 mod_delegation speaks C{urn:xmpp:delegation:2}, ejabberd (through 26.x)
 C{urn:xmpp:delegation:1}; the envelope is the same and the reply uses the
 namespace of the request.
+
+XEP-0355 §4.3.1 forbids forwarding the managing entity's own requests, but
+ejabberd's mod_delegation forwards every iq of a delegated namespace, ours
+included (issue #1737): each privileged roster get or set we send to a user
+comes back to us as a delegated request.  Those are refused, and reported
+once per connection as L{OWN_REQUEST_DELEGATED}.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
-from rosteradmin.stanzas import NS_CLIENT, NS_FORWARD, errorReply, errorXML, findChild, iqXML
+from rosteradmin.stanzas import NS_CLIENT, NS_FORWARD, errorReply, errorXML, findChild, iqXML, parseJID
 
 NS_DELEGATION_1 = "urn:xmpp:delegation:1"
 NS_DELEGATION_2 = "urn:xmpp:delegation:2"
@@ -29,6 +35,13 @@ DELEGATION_NAMESPACES = (NS_DELEGATION_2, NS_DELEGATION_1)
 
 DELEGATED_REQUEST = "/iq[@type='set']/delegation"
 ADVERTISEMENT = "/message/delegation"
+
+#: Dispatched on the stream, with the namespace, when the server delegates
+#: one of our own requests back to us: privileged writes in that namespace
+#: cannot work on this connection.
+OWN_REQUEST_DELEGATED = "//event/rosteradmin/own-request-delegated"
+
+OWN_REQUEST_TEXT = "The XMPP server delegated this component's own request back to it."
 
 
 class MalformedEnvelope(Exception):
@@ -89,12 +102,30 @@ def wrap(delegated: Delegated, componentJID: str, innerXML: str) -> str:
     return iqXML("result", delegated.outerID, delegated.outerFrom, envelope, sender=componentJID)
 
 
+def replySender(inner: domish.Element) -> str | None:
+    """
+    Who answers a delegated request: the entity it was addressed to, or,
+    without a C{to}, the requester's own account, its bare JID (RFC 6120
+    §10.3.3; RFC 6121 §2.1: the user's account answers roster queries).
+
+    ejabberd routes the reply only if its C{from} equals the request's
+    C{to}, so that is echoed exactly as received.
+    """
+    to = inner.getAttribute("to")
+    if to:
+        return to
+    requester = parseJID(inner.getAttribute("from"))
+    return requester.userhost() if requester is not None else None
+
+
 def innerReply(inner: domish.Element, payload: str = "") -> str:
     """
-    The client-facing result iq: addressed to the requester's full JID with
-    the requester's id, as mod_delegation checks both.
+    The client-facing result iq: from L{replySender}, addressed to the
+    requester's full JID with the requester's id, as mod_delegation checks
+    them.
     """
-    return iqXML("result", inner.getAttribute("id", ""), inner["from"], payload, namespace=NS_CLIENT)
+    return iqXML("result", inner.getAttribute("id", ""), inner["from"], payload,
+                 sender=replySender(inner), namespace=NS_CLIENT)
 
 
 def innerError(inner: domish.Element, condition: str, errorType: str, text: str | None = None) -> str:
@@ -104,7 +135,7 @@ def innerError(inner: domish.Element, condition: str, errorType: str, text: str 
     """
     return iqXML(
         "error", inner.getAttribute("id", ""), inner["from"],
-        errorXML(condition, errorType, text), namespace=NS_CLIENT,
+        errorXML(condition, errorType, text), sender=replySender(inner), namespace=NS_CLIENT,
     )
 
 
@@ -119,6 +150,8 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
 
     @ivar delegated: Namespaces the server said it delegates to us, with the
         delegation namespace version it used.
+    @ivar ownRequestsReturned: How many of our own requests the server
+        delegated back to us on this connection.
     """
 
     log = Logger()
@@ -131,8 +164,11 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
         super().__init__()
         self.domain = domain
         self.componentJID = componentJID
+        ownJID = parseJID(componentJID)
+        self._ownDomain = ownJID.host if ownJID is not None else componentJID
         self.answerers = answerers
         self.delegated: dict[str, str] = {}
+        self.ownRequestsReturned = 0
 
     def connectionMade(self) -> None:
         # Prosody sends the advertisement in the same read as the handshake
@@ -142,6 +178,7 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
 
     def connectionLost(self, reason: Failure) -> None:
         self.delegated = {}
+        self.ownRequestsReturned = 0
 
     def _onAdvertisement(self, message: domish.Element) -> None:
         """
@@ -175,7 +212,7 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
         sender = iq.getAttribute("from")
         if sender != self.domain:
             self.log.warn("refused delegation envelope from untrusted {sender}", sender=sender)
-            self.send(errorReply(iq, "forbidden", "cancel", self.componentJID))
+            self.send(errorReply(iq, "forbidden", "auth", self.componentJID))
             return
         try:
             delegated = unwrap(iq)
@@ -184,6 +221,9 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
             self.send(errorReply(iq, "bad-request", "modify", self.componentJID))
             return
         payload = next(iter(delegated.inner.elements()), None)
+        if self._isOwn(delegated.inner):
+            self._refuseOwnRequest(delegated, payload.uri if payload is not None else None)
+            return
         answerer = self.answerers.get(payload.uri) if payload is not None else None
         if answerer is None:
             self.send(wrap(delegated, self.componentJID, innerError(delegated.inner, "service-unavailable", "cancel")))
@@ -192,6 +232,36 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
         d.addErrback(self._ebAnswer, delegated)
         d.addCallback(self._sendAnswer, delegated)
         d.addErrback(lambda f: self.log.failure("sending a delegated answer failed", f))
+
+    def _isOwn(self, inner: domish.Element) -> bool:
+        """
+        Whether a delegated request was sent by us, or by anything else of
+        our domain.
+        """
+        sender = parseJID(inner.getAttribute("from"))
+        return sender is not None and sender.host == self._ownDomain
+
+    def _refuseOwnRequest(self, delegated: Delegated, namespace: str | None) -> None:
+        """
+        Answer our own request with an error instead of processing it: the
+        error goes back to the request we sent, which fails at once instead
+        of timing out.  Log the server's misconfiguration once per
+        connection, and tell the other handlers (L{OWN_REQUEST_DELEGATED}).
+        """
+        self.send(wrap(delegated, self.componentJID,
+                       innerError(delegated.inner, "not-allowed", "cancel", OWN_REQUEST_TEXT)))
+        self.ownRequestsReturned += 1
+        if self.ownRequestsReturned == 1:
+            self.log.error(
+                "server misconfigured: it delegates {jid}'s own {namespace} requests back to {jid}, "
+                "which XEP-0355 §4.3.1 forbids (ejabberd's mod_delegation does, issue #1737), so "
+                "privileged roster writes can never reach the users' rosters: they are off until the "
+                "next connection. On ejabberd, do not both delegate {namespace} to {jid} "
+                "(mod_delegation) and grant it roster access (mod_privilege).",
+                jid=self.componentJID, namespace=namespace,
+            )
+        if self.xmlstream is not None:
+            self.xmlstream.dispatch(namespace, OWN_REQUEST_DELEGATED)
 
     def _sendAnswer(self, innerXML: str, delegated: Delegated) -> None:
         """

@@ -84,9 +84,11 @@ class IRosterSync(Interface):
         background reads and writes urgent.
         """
 
-    def push(username, diff, version):  # type: ignore[no-untyped-def]
+    def push(username, before, after):  # type: ignore[no-untyped-def]
         """
-        Push a diff to every online client of the user (fire and forget).
+        Push to every online client of the user what changed from the
+        roster C{before} to C{after} (fire and forget), each push with the
+        version of the roster once it is applied.
 
         @return: The number of pushes sent.
         """

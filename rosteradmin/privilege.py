@@ -10,6 +10,10 @@ rosters; with C{presence} access (C{managed_entity}) we see their presences,
 which tells us who is online; with C{iq} access for C{jabber:iq:roster}
 (C{:2} only) we push roster changes to their clients ourselves, because
 Prosody pushes nothing while the roster namespace is delegated.
+
+A server that delegates our own privileged roster iqs back to us (ejabberd,
+see L{rosteradmin.delegation}) cannot store what we write: privileged sync
+is then off until the next connection.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
+from rosteradmin.delegation import OWN_REQUEST_DELEGATED
 from rosteradmin.errors import NotConnected, SyncFailed
 from rosteradmin.interfaces import IConnectionStatus, IRosterSync
 from rosteradmin.slots import PrioritySlots
-from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff
+from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff, diffSteps
 from rosteradmin.stanzas import NS_CLIENT, IQRequest, findChild, iqXML, parseJID, sendRequest
 
 NS_PRIVILEGE_1 = "urn:xmpp:privilege:1"
@@ -127,6 +132,8 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
     rosters into the server.
 
     @ivar online: Online full JIDs by username, from presence permission.
+    @ivar rostersDelegatedBack: The server delegated our own roster iqs
+        back to us on this connection: no privileged sync until the next.
     """
 
     log = Logger()
@@ -157,18 +164,30 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self.rosterAccessGranted = rosterAccessGranted
         self.permissions = NO_PERMISSIONS
         self.online: dict[str, set[str]] = {}
+        self.rostersDelegatedBack = False
         self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT)
 
     def connectionMade(self) -> None:
         # The advertisement and presences arrive in the handshake's read.
         self.xmlstream.addObserver("/message/privilege", self._onAdvertisement)
         self.xmlstream.addObserver("/presence", self._onPresence, priority=-1)
+        self.xmlstream.addObserver(OWN_REQUEST_DELEGATED, self._onOwnRequestDelegated)
 
     def connectionLost(self, reason: Failure) -> None:
         # The server sends permissions and current presences again after
         # every reconnect.
         self.permissions = NO_PERMISSIONS
         self.online = {}
+        self.rostersDelegatedBack = False
+
+    def _onOwnRequestDelegated(self, namespace: str | None) -> None:
+        """
+        The server sent one of our roster iqs back to us instead of to the
+        user's roster (the delegation handler logged why): stop syncing, as
+        every read and write would fail the same way.
+        """
+        if namespace == NS_ROSTER:
+            self.rostersDelegatedBack = True
 
     def _onAdvertisement(self, message: domish.Element) -> None:
         privilege = findChild(message, "privilege", PRIVILEGE_NAMESPACES)
@@ -213,7 +232,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
                 self.online.pop(username, None)
 
     def canSync(self) -> bool:
-        return self.status.connected and self.permissions.canReadAndWriteRosters
+        return self.status.connected and self.permissions.canReadAndWriteRosters and not self.rostersDelegatedBack
 
     def readStored(self, username: str, urgent: bool = True) -> Deferred[StoredRoster]:
         """
@@ -273,33 +292,35 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         failure.trap(StanzaError)
         return failure if failure.value.condition != "item-not-found" else None
 
-    def push(self, username: str, diff: RosterDiff, version: str) -> int:
+    def push(self, username: str, before: Roster, after: Roster) -> int:
         """
-        Send each change to each online resource as a roster push from the
-        user's bare JID (XEP-0356 §7, C{<privileged_iq>}).  Only the last
-        push carries the new version: a client that misses a push keeps its
-        old version and gets the full roster at its next login.
+        Send each change from C{before} (what the user's clients hold) to
+        C{after} to each online resource as a roster push from the user's
+        bare JID (XEP-0356 §7, C{<privileged_iq>}).  Every push carries the
+        version of the roster once it is applied (RFC 6121 §2.6.3): a client
+        that keeps the version of the last push it got, and asks with it
+        later, gets an empty result only if its roster is current.
         """
         resources = self.online.get(username)
-        if not resources or not diff or not self.permissions.canPush or not self.status.connected:
+        if not resources or not self.permissions.canPush or not self.status.connected:
             return 0
-        items = [c.toXML("both") for c in diff.changed] + [
-            Contact(jid, None, ()).toXML("remove") for jid in diff.removed
-        ]
+        steps = diffSteps(before, after)
+        if not steps:
+            return 0
         pushID = secrets.token_hex(4)
         sent = 0
         for resource in sorted(resources):
-            for index, item in enumerate(items):
-                ver = f" ver='{version}'" if index == len(items) - 1 else ""
+            for index, step in enumerate(steps):
                 push = iqXML("set", f"push-{pushID}-{index}", resource,
-                             f"<query xmlns='{NS_ROSTER}'{ver}>{item}</query>", namespace=NS_CLIENT)
+                             f"<query xmlns='{NS_ROSTER}' ver='{step.version}'>{step.item}</query>",
+                             namespace=NS_CLIENT)
                 d = self._request(username, "set",
                                   f"<privileged_iq xmlns='{NS_PRIVILEGE_2}'>{push}</privileged_iq>")
                 d.addErrback(lambda f, r=resource: self.log.warn(
                     "roster push to {resource} failed: {why}", resource=r, why=f.getErrorMessage()))
                 sent += 1
         self.log.info("pushed {count} roster changes to {resources} resources of {user}",
-                      count=len(items), resources=len(resources), user=username)
+                      count=len(steps), resources=len(resources), user=username)
         return sent
 
     def _request(self, username: str, iqType: str, payload: str) -> Deferred[domish.Element]:

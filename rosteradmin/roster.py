@@ -6,6 +6,11 @@ A L{Roster} is immutable.  Its contacts are kept as one sorted tuple of small
 tuples with interned strings (the same contact JIDs recur in thousands of
 rosters), and its C{<query xmlns='jabber:iq:roster'/>} payload is serialised
 once, on first use, so answering a cached roster never rebuilds XML.
+
+A roster's XEP-0237 version digests the sum of its contacts' digests, so the
+version of a roster one item away is computed from the sum in constant time:
+every roster push carries the version of the roster it leaves the client
+with (RFC 6121 §2.6.3), however many items a sync pushes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ JID_ERRORS = (InvalidFormat, UnicodeError, IndexError)
 
 #: Longest contact name or group name accepted from the web app.
 MAX_TEXT_LENGTH = 1024
+
+#: Contact digests are summed modulo this (128 bits).
+_DIGEST_MODULUS = 1 << 128
 
 
 class Contact(NamedTuple):
@@ -84,17 +92,15 @@ class Roster:
 
     @ivar contacts: The contacts, sorted by JID.
     @ivar version: A short digest of the contents, used as the XEP-0237
-        roster version: equal rosters have equal versions.
+        roster version: equal rosters have equal versions, whatever the
+        order of their contacts (see L{diffSteps}).
     """
 
     __slots__ = ("contacts", "version", "_queryXML")
 
     def __init__(self, contacts: Iterable[Contact]) -> None:
         self.contacts: tuple[Contact, ...] = tuple(sorted(contacts))
-        digest = hashlib.blake2b(digest_size=8)
-        for contact in self.contacts:
-            digest.update(repr(tuple(contact)).encode("utf-8"))
-        self.version: str = digest.hexdigest()
+        self.version: str = _version(_digestSum(self.contacts))
         self._queryXML: str | None = None
 
     def __len__(self) -> int:
@@ -133,6 +139,30 @@ class Roster:
         return self._queryXML
 
 
+def _contactDigest(contact: Contact) -> int:
+    """
+    A 128-bit digest of one contact's JID, name and groups.
+    """
+    data = repr(tuple(contact)).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
+
+
+def _digestSum(contacts: Iterable[Contact]) -> int:
+    """
+    The sum of the contacts' digests: it does not depend on their order, and
+    adding, changing or removing one contact changes it by one term.
+    """
+    return sum(map(_contactDigest, contacts)) % _DIGEST_MODULUS
+
+
+def _version(digestSum: int) -> str:
+    """
+    The roster version of a digest sum: 16 hex digits, the same in every
+    process (clients keep it across restarts of this service).
+    """
+    return hashlib.blake2b(digestSum.to_bytes(16, "big"), digest_size=8).hexdigest()
+
+
 EMPTY_ROSTER = Roster(())
 
 
@@ -149,6 +179,46 @@ def diffRosters(old: Roster | None, new: Roster) -> RosterDiff:
     changed = tuple(c for c in new.contacts if before.get(c.jid) != c)
     removed = tuple(j for j in sorted(before) if j not in after)
     return RosterDiff(changed, removed)
+
+
+class RosterStep(NamedTuple):
+    """
+    One roster push: an item, and the version of the roster once the client
+    has applied it and the steps before it.
+
+    @ivar item: The C{<item/>} XML, with C{subscription='both'} or
+        C{'remove'}.
+    @ivar version: The roster version after this step (RFC 6121 §2.6.3).
+    """
+
+    item: str
+    version: str
+
+
+def diffSteps(old: Roster, new: Roster) -> tuple[RosterStep, ...]:
+    """
+    The changes that turn C{old} into C{new}, one item at a time, in the
+    order of L{diffRosters} (changed, then removed), each with the version
+    of the intermediate roster it leaves.
+
+    An intermediate version is that roster's own L{Roster.version}: a client
+    that stored it and asks again gets an empty result only if the roster is
+    that one again, and the full roster otherwise; the last step's version
+    is C{new.version}.  Each step costs constant time, so a sync that pushes
+    the whole of a large roster does not hash it once per item.
+    """
+    diff = diffRosters(old, new)
+    before = old.byJID()
+    total = _digestSum(old.contacts)
+    steps: list[RosterStep] = []
+    for contact in diff.changed:
+        previous = before.get(contact.jid)
+        total += _contactDigest(contact) - (_contactDigest(previous) if previous is not None else 0)
+        steps.append(RosterStep(contact.toXML("both"), _version(total % _DIGEST_MODULUS)))
+    for jid in diff.removed:
+        total -= _contactDigest(before[jid])
+        steps.append(RosterStep(Contact(jid, None, ()).toXML("remove"), _version(total % _DIGEST_MODULUS)))
+    return tuple(steps)
 
 
 def normaliseUsername(username: str) -> str:

@@ -114,8 +114,9 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
         Check who asks for what, then serve the roster payload.
 
         @param target: The C{to} of a delegated query: absent, or the
-            requester's own bare JID.  The server also delegates a user's
-            query addressed to another user; that one is refused.
+            requester's own bare JID (compared normalised, as the requester's
+            is).  The server also delegates a user's query addressed to
+            another user; that one is refused.
         @return: The C{<query/>} XML, or C{""} when the client's version is
             current (XEP-0237 §2.6: an empty result).
         @raise QueryRefused: The query is not allowed.
@@ -127,7 +128,8 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
                           sender=iq.getAttribute("from"), domain=self.domain)
             raise QueryRefused("forbidden", "auth", f"Only users of {self.domain} are served.")
         username = requester.user
-        if target is not None and target != requester.userhost():
+        addressed = parseJID(target) if target is not None else None
+        if target is not None and (addressed is None or addressed.full() != requester.userhost()):
             self.log.warn("refused {user}'s query for the roster of {target}", user=username, target=target)
             raise QueryRefused("forbidden", "auth", "You may only read your own roster.")
         if iq.getAttribute("type") == "set":

@@ -90,8 +90,9 @@ def test_refreshSyncsAndPushes() -> None:
 
 def test_refreshPushesExactlyTheChanges() -> None:
     """
-    The pushes name exactly the changed, added and removed contacts, and
-    only the last carries the new version.
+    The pushes name exactly the changed, added and removed contacts, each
+    with the version of the roster once it is applied: the last one's is
+    the new roster's.
     """
     api = makeApi()
     api.wire.receive("<presence from='alice@example.org/phone'/>")
@@ -107,7 +108,9 @@ def test_refreshPushesExactlyTheChanges() -> None:
     assert {p["to"] for p in pushes} == {"alice@example.org"}
     changes = {i.query.item["jid"]: i.query.item["subscription"] for i in inner}
     assert changes == {"bob@example.org": "both", "dave@example.org": "both", "carol@example.org": "remove"}
-    assert [i.query.getAttribute("ver") is not None for i in inner] == [False, False, True]
+    versions = [i.query.getAttribute("ver") for i in inner]
+    assert all(versions) and len(set(versions)) == 3
+    assert versions[-1] == api.wire.backend.cache.peek("alice").version
 
 
 @pytest.mark.parametrize("raw, message", [

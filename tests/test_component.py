@@ -7,10 +7,11 @@ a StringTransport with a web app served by StubTreq.
 
 from __future__ import annotations
 
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.words.xish import domish
 
 from rosteradmin.privilege import MAX_SYNC_IN_FLIGHT
-from rosteradmin.roster import NS_ROSTER
+from rosteradmin.roster import NS_ROSTER, Contact, Roster
 from tests.helpers import COMPONENT, DOMAIN, PERMISSIONS_2, STREAM_HEADER, ComponentOnWire, WebApp
 
 ALICE_ROSTER = {
@@ -112,8 +113,8 @@ def test_firstQuerySyncsServerBeforeAnswering() -> None:
     reply = sent[-1]
     assert reply["id"] == "env1" and reply["from"] == COMPONENT
     inner = innerIQ(reply)
-    assert (inner.uri, inner["type"], inner["id"], inner["to"]) == (
-        "jabber:client", "result", "c1", "alice@example.org/res")
+    assert (inner.uri, inner["type"], inner["id"], inner["to"], inner["from"]) == (
+        "jabber:client", "result", "c1", "alice@example.org/res", "alice@example.org")
     items = {i["jid"]: i for i in inner.query.elements()}
     assert items["bob@example.org"]["name"] == "Bob"
     assert [str(g) for g in items["bob@example.org"].elements()] == ["Friends"]
@@ -171,14 +172,17 @@ def test_currentVersionGetsEmptyResult() -> None:
 def test_delegation1IsAnsweredInKind() -> None:
     """
     ejabberd's urn:xmpp:delegation:1 envelope is answered in the same
-    namespace; without privileges no sync is attempted.
+    namespace, the inner result from the user's bare JID to the requester
+    (ejabberd drops a reply whose from is not the request's to); without
+    privileges no sync is attempted.
     """
     wire = connected(burst="")
     wire.receive(envelope(rosterGet(), version=1))
     [reply] = wire.sent()
     [delegation] = list(reply.elements())
     assert delegation.uri == "urn:xmpp:delegation:1"
-    assert innerIQ(reply)["type"] == "result"
+    inner = innerIQ(reply)
+    assert (inner["type"], inner["from"], inner["to"]) == ("result", "alice@example.org", "alice@example.org/res")
     assert wire.backend.unsynced == {"alice"}
 
 
@@ -192,7 +196,7 @@ def test_rosterSetRefused() -> None:
     [reply] = wire.sent()
     assert reply["type"] == "result"
     inner = innerIQ(reply)
-    assert inner["type"] == "error" and inner["to"] == "alice@example.org/res"
+    assert (inner["type"], inner["from"], inner["to"]) == ("error", "alice@example.org", "alice@example.org/res")
     assert inner.error["type"] == "cancel"
     assert inner.error.firstChildElement().name == "not-allowed"
     assert "web application" in str(inner.error.text)
@@ -209,6 +213,7 @@ def test_otherUsersRosterForbidden() -> None:
     [reply] = wire.sent()
     inner = innerIQ(reply)
     assert inner["type"] == "error" and inner.error.firstChildElement().name == "forbidden"
+    assert (inner["from"], inner["to"]) == ("alice@example.org", "bob@example.org/res")
     assert wire.webApp.requests == {}
 
 
@@ -219,7 +224,20 @@ def test_ownBareJIDAsTargetServed() -> None:
     wire = connected(burst="")
     wire.receive(envelope(rosterGet(to="alice@example.org")))
     [reply] = wire.sent()
-    assert innerIQ(reply)["type"] == "result"
+    assert (innerIQ(reply)["type"], innerIQ(reply)["from"]) == ("result", "alice@example.org")
+
+
+def test_ownBareJIDComparedNormalised() -> None:
+    """
+    A query addressed to the requester's own bare JID in another case is
+    served, and answered from the JID exactly as addressed.
+    """
+    wire = connected(burst="")
+    wire.receive(envelope(rosterGet(sender="alice@example.org/res", to="ALICE@Example.ORG")))
+    [reply] = wire.sent()
+    inner = innerIQ(reply)
+    assert (inner["type"], inner["from"]) == ("result", "ALICE@Example.ORG")
+    assert len(list(inner.query.elements())) == 2
 
 
 def test_envelopeFromUntrustedSenderRefused() -> None:
@@ -231,8 +249,77 @@ def test_envelopeFromUntrustedSenderRefused() -> None:
     wire.receive(envelope(rosterGet(), sender="mallory@example.org/x"))
     [reply] = wire.sent()
     assert reply["type"] == "error" and reply["to"] == "mallory@example.org/x"
-    assert reply.error.firstChildElement().name == "forbidden"
+    assert (reply.error["type"], reply.error.firstChildElement().name) == ("auth", "forbidden")
     assert wire.webApp.requests == {}
+
+
+def ownRosterSet(sender: str = COMPONENT, stanzaID: str = "r1") -> str:
+    """
+    A privileged roster set of ours, as ejabberd forwards it back to us.
+    """
+    return (f"<iq xmlns='jabber:client' type='set' from='{sender}' to='alice@example.org' id='{stanzaID}'>"
+            f"<query xmlns='{NS_ROSTER}'><item jid='bob@example.org' subscription='both'/></query></iq>")
+
+
+def test_ownRequestDelegatedBackRefused() -> None:
+    """
+    The component's own roster iqs delegated back to it (ejabberd) get an
+    error inside the envelope, from the user to the component, so they fail
+    at once; one error explains the server configuration, however many
+    come; privileged sync stops, and clients are still answered.
+    """
+    wire = connected()
+    assert wire.component.privileges.canSync()
+    with capturedLogs() as events:
+        wire.receive(envelope(ownRosterSet(), version=1))
+        wire.receive(envelope(ownRosterSet(f"x@{COMPONENT}/r", "r2"), version=1, stanzaID="env2"))
+        wire.receive(envelope(ownRosterSet(stanzaID="r3"), version=1, stanzaID="env3"))
+    replies = wire.sent()
+    assert [r["id"] for r in replies] == ["env1", "env2", "env3"]
+    for reply, stanzaID in zip(replies, ["r1", "r2", "r3"]):
+        inner = innerIQ(reply)
+        assert reply["type"] == "result"
+        assert (inner["type"], inner["id"], inner["from"]) == ("error", stanzaID, "alice@example.org")
+        assert inner.error.firstChildElement().name == "not-allowed"
+    assert [innerIQ(r)["to"] for r in replies] == [COMPONENT, f"x@{COMPONENT}/r", COMPONENT]
+    errors = [e for e in events if e["log_level"] >= LogLevel.warn]
+    assert len(errors) == 1 and errors[0]["log_level"] == LogLevel.error
+    assert "#1737" in formatEvent(errors[0]) and NS_ROSTER in formatEvent(errors[0])
+    assert not wire.component.privileges.canSync()
+    assert wire.webApp.requests == {}
+    wire.receive(envelope(rosterGet(), stanzaID="env4"))
+    [reply] = wire.sent()
+    assert innerIQ(reply)["type"] == "result" and wire.backend.unsynced == {"alice"}
+
+
+def test_everyPushCarriesItsVersion() -> None:
+    """
+    Each roster push carries the version of the roster once it is applied
+    (RFC 6121 §2.6.3): a client asking with an intermediate version gets
+    the full roster, with the last one an empty result.
+    """
+    wire = connected()
+    wire.receive("<presence from='alice@example.org/phone'/>")
+    wire.answerRequests(serverAnswers())
+    wire.webApp.rosters["alice"] = {"bob@example.org": {"name": "Bobby"}, "dave@example.org": {}}
+    refresh = wire.backend.refresh(["alice"])
+    sent = wire.answerRequests(serverAnswers())
+    assert refresh.called
+    pushes = [s.firstChildElement().firstChildElement() for s in sent
+              if s.firstChildElement() is not None and s.firstChildElement().name == "privileged_iq"]
+    bob, carol, dave = (Contact("bob@example.org", "Bobby", ()), Contact("carol@example.org", "Carol", ()),
+                        Contact("dave@example.org", None, ()))
+    expected = [("bob@example.org", Roster([bob, carol]).version),
+                ("dave@example.org", Roster([bob, carol, dave]).version),
+                ("carol@example.org", Roster([bob, dave]).version)]
+    assert [(p.query.item["jid"], p.query.getAttribute("ver")) for p in pushes] == expected
+    assert expected[-1][1] == wire.backend.cache.peek("alice").version
+    wire.receive(envelope(rosterGet(ver=expected[0][1])))
+    [full] = wire.sent()
+    assert innerIQ(full).query["ver"] == expected[-1][1] and len(list(innerIQ(full).query.elements())) == 2
+    wire.receive(envelope(rosterGet(ver=expected[-1][1]), stanzaID="env2"))
+    [current] = wire.sent()
+    assert list(innerIQ(current).elements()) == []
 
 
 def test_usersOfOtherDomainsRefused() -> None:

@@ -61,6 +61,7 @@ async def test_clientGetsWebAppRoster(prosody: Any, webapp: Any, service: Runnin
         "carol@example.org": ("Carol", "both", []),
     }
     assert result.query.getAttribute("ver")
+    assert result.getAttribute("from") == "alice@example.org"  # Prosody delivers our inner from
     stored = prosody.storedRoster("alice")
     assert "bob@example.org" in stored and "carol@example.org" in stored
     assert '"both"' in stored and '"none"' not in stored
@@ -144,3 +145,26 @@ async def test_presenceWarmsCache(webapp: Any, service: RunningService, clients:
     await RunningService.waitUntil(lambda: "carol" in service.backend.cache, 10, "carol's roster cached")
     assert webapp.requests["carol"] == 1
     assert service.component.privileges.online["carol"] == {carol.jid.full()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_everyPushCarriesItsVersion(webapp: Any, service: RunningService, clients: Any) -> None:
+    """
+    After a refresh each push carries the version of the roster once it is
+    applied: asking with the first push's version gets the full roster,
+    with the last push's an empty result (RFC 6121 §2.6.3, XEP-0237).
+    """
+    alice = await clients("alice")
+    await alice.rosterGet(ver="")
+    alice.sendPresence()
+    await RunningService.waitUntil(lambda: "alice" in service.component.privileges.online, 10, "alice online")
+    webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}, "dave@example.org": {"name": "Dave"}}
+    await service.backend.refresh(["alice"])
+    pushes = await alice.waitForPushes(3)
+    versions = [p.query.getAttribute("ver") for p in pushes]
+    assert all(versions) and len(set(versions)) == 3
+    stale = await alice.rosterGet(ver=versions[0])
+    assert items(stale) == {"bob@example.org": ("Bob", "both", []), "dave@example.org": ("Dave", "both", [])}
+    assert stale.query["ver"] == versions[-1]
+    current = await alice.rosterGet(ver=versions[-1])
+    assert current["type"] == "result" and current.firstChildElement() is None

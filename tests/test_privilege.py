@@ -1,0 +1,111 @@
+"""
+Tests for the roster pushes' versions: the steps from the roster a client
+holds to the new one, each with the version of the roster it leaves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rosteradmin import roster as rostermodule
+from rosteradmin.roster import EMPTY_ROSTER, Contact, Roster, diffRosters, diffSteps
+from tests.helpers import parseXML
+
+
+def applied(old: Roster, items: list[str]) -> Roster:
+    """
+    The roster a client holds after applying roster push items in order, as
+    RFC 6121 §2.1.6 says (an item replaces the one of its JID; remove
+    deletes it).
+    """
+    held = old.byJID()
+    for xml in items:
+        item = parseXML(xml, "jabber:iq:roster")
+        if item["subscription"] == "remove":
+            del held[item["jid"]]
+        else:
+            groups = tuple(str(g) for g in item.elements() if g.name == "group")
+            held[item["jid"]] = Contact(item["jid"], item.getAttribute("name"), groups)
+    return Roster(held.values())
+
+
+def test_eachStepCarriesTheVersionOfTheRosterItLeaves() -> None:
+    """
+    Every step's version is the version of the intermediate roster, and the
+    last one the new roster's.
+    """
+    old = Roster([Contact("a@x", "A", ()), Contact("b@x", "B", ("G",)), Contact("c@x", None, ())])
+    new = Roster([Contact("a@x", "A", ()), Contact("b@x", "Bee", ("G", "H")), Contact("d@x", None, ())])
+    steps = diffSteps(old, new)
+    assert [parseXML(s.item, "jabber:iq:roster")["jid"] for s in steps] == ["b@x", "d@x", "c@x"]
+    for count, step in enumerate(steps, 1):
+        assert step.version == applied(old, [s.item for s in steps[:count]]).version
+    assert steps[-1].version == new.version
+    assert len({s.version for s in steps} | {old.version}) == 4
+
+
+def test_noStepsBetweenEqualRosters() -> None:
+    """
+    Equal rosters need no push.
+    """
+    roster = Roster([Contact("a@x", "A", ())])
+    assert diffSteps(roster, Roster([Contact("a@x", "A", ())])) == ()
+
+
+def test_stepsHashEachContactAboutOnce(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Replacing a large roster hashes each contact a bounded number of times,
+    not the whole roster once per pushed item.
+    """
+    old = Roster(Contact(f"u{i}@x", None, ()) for i in range(2000))
+    new = Roster(Contact(f"v{i}@x", None, ()) for i in range(2000))
+    calls = 0
+    digest = rostermodule._contactDigest
+
+    def counting(contact: Contact) -> int:
+        nonlocal calls
+        calls += 1
+        return digest(contact)
+
+    monkeypatch.setattr(rostermodule, "_contactDigest", counting)
+    steps = diffSteps(old, new)
+    assert len(steps) == 4000 and steps[-1].version == new.version
+    assert calls <= 3 * 4000
+
+
+contacts = st.builds(
+    Contact,
+    st.sampled_from([f"{n}@example.org" for n in "abcdefgh"]),
+    st.none() | st.sampled_from(["A", "B", "Ç"]),
+    st.lists(st.sampled_from(["G", "H"]), max_size=2, unique=True).map(tuple),
+)
+rosters = st.lists(contacts, max_size=8).map(lambda cs: Roster({c.jid: c for c in cs}.values()))
+
+
+@given(rosters, rosters)
+@settings(max_examples=200)
+def test_stepVersionsMatchAppliedRosters(old: Roster, new: Roster) -> None:
+    """
+    For any two rosters, applying the steps in order gives, after each one,
+    a roster whose version is that step's, ending with the new roster.
+    """
+    steps = diffSteps(old, new)
+    assert len(steps) == len(diffRosters(old, new))
+    items: list[Any] = []
+    for step in steps:
+        items.append(step.item)
+        assert applied(old, items).version == step.version
+    assert applied(old, items) == new
+    assert (steps[-1].version if steps else old.version) == new.version
+
+
+def test_versionOfEmptyRosterIsFixed() -> None:
+    """
+    Removing every contact leads to the empty roster's version.
+    """
+    old = Roster([Contact("a@x", None, ()), Contact("b@x", None, ())])
+    assert diffSteps(old, EMPTY_ROSTER)[-1].version == EMPTY_ROSTER.version
