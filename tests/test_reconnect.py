@@ -6,6 +6,7 @@ reset, and a clear reason when the server cannot be reached.
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import StringTransport
@@ -59,15 +60,18 @@ def test_refusedHandshakesBackOff() -> None:
     wire = ComponentOnWire()
     factory = wire.component.factory
     factory.clock = wire.clock
+    factory.jitter = 0  # exact delays
     connector = Connector()
     delays = []
     for _ in range(6):
         refusedHandshake(wire, connector)
-        delays.append(factory.delay)
-        wire.clock.advance(factory.delay + 1)
+        [retry] = wire.clock.getDelayedCalls()
+        delays.append(retry.getTime() - wire.clock.seconds())
+        wire.clock.advance(delays[-1])
     assert connector.attempts == 6
-    assert delays == sorted(delays) and delays[2] > 10
-    assert delays[-1] == wire.config.reconnect_max_delay
+    e = factory.factor
+    assert delays == pytest.approx([1, e, e ** 2, e ** 3, 30, 30])
+    assert wire.config.reconnect_max_delay == 30
     assert wire.component.status.lastError == "stream error: not-authorized"
 
 
