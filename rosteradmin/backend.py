@@ -143,6 +143,8 @@ class RosterBackend(Service):
                 await self._locked(username, self._refreshOne, username)
             except FetchFailed as e:
                 summary.failures[given] = e.reason
+            except SyncFailed as e:
+                summary.failures[given] = f"fetched and served, but the server did not store it: {e}"
             except Exception:
                 self.log.failure("refresh of {user} failed", user=username)
                 summary.failures[given] = "internal error"
@@ -235,13 +237,26 @@ class RosterBackend(Service):
             self._pushChanges(username, stored, roster)
 
     async def _refreshOne(self, username: str) -> None:
+        """
+        @raise SyncFailed: The roster is cached and pushed, but the server
+            refused to store it (it is written again on the user's next
+            login or after reconnecting).
+        """
         roster, storedRead = await self._fetchWithStored(username, urgent=username in self._clientsWaiting)
-        stored = await self._writeToServer(username, roster, storedRead, urgent=username in self._clientsWaiting)
+        refused: SyncFailed | None = None
+        try:
+            stored = await self._writeToServer(username, roster, storedRead,
+                                               urgent=username in self._clientsWaiting, report=True)
+        except SyncFailed as e:
+            stored, refused = None, e
         previous = self.cache.put(username, roster)
         # What the user's clients hold: our last answer, or else what the
         # server held (written by us before a restart of this service).
         self._pushChanges(username, previous if previous is not None else stored, roster)
-        self.log.info("refreshed {user}: {contacts} contacts", user=username, contacts=len(roster))
+        self.log.info("refreshed {user}: {contacts} contacts", user=username, contacts=len(roster),
+                      outcome="ok" if refused is None else "not stored")
+        if refused is not None:
+            raise refused
 
     def _pushChanges(self, username: str, clientsHad: Roster | None, roster: Roster) -> None:
         """
@@ -251,13 +266,15 @@ class RosterBackend(Service):
             self.sync.push(username, clientsHad, roster)
 
     async def _writeToServer(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None = None,
-                             *, urgent: bool) -> Roster | None:
+                             *, urgent: bool, report: bool = False) -> Roster | None:
         """
         Make the server's stored roster equal C{roster}.  On failure the
         user is remembered as unsynced and written after reconnecting.
 
         @param storedRead: The server's stored roster, if already asked for.
         @param urgent: A client waits for it.
+        @param report: Raise L{SyncFailed} when the server refuses (a
+            refresh reports it); being disconnected is never raised.
         @return: The roster the server held before, if it could be read.
         """
         if self.sync is None or (storedRead is None and not self.sync.canSync()):
@@ -273,6 +290,8 @@ class RosterBackend(Service):
         except (SyncFailed, NotConnected) as e:
             self.log.warn("server roster of {user} not synced: {why}", user=username, why=str(e))
             self.unsynced.add(username)
+            if report and isinstance(e, SyncFailed):
+                raise
             return None
         self.unsynced.discard(username)
         if diff:

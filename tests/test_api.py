@@ -171,6 +171,28 @@ def test_refreshCountsFailures() -> None:
     assert code == 500 and body["status"] == "error" and body["errors"] == 1
 
 
+def test_refreshReportsRefusedServerWrite() -> None:
+    """
+    A roster the web app served but the server refused to store is an
+    error of the refresh, not an update: it is cached and served, and
+    remembered as unsynced for the next login or reconnection.
+    """
+    api = makeApi()
+
+    def refuseWrites(iq: domish.Element) -> str | None:
+        if iq.name == "iq" and iq.getAttribute("type") == "set":
+            return (f"<iq type='error' from='{iq['to']}' to='{COMPONENT}' id='{iq['id']}'>"
+                    "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                    "</error></iq>")
+        return serverAnswers()(iq)  # type: ignore[operator]
+
+    code, body = api.request("POST", "/roster_admin/refresh", ["alice"], server=refuseWrites)
+    assert (code, body["updated"], body["errors"]) == (500, 0, 1)
+    assert body["failures"]["alice"].startswith("fetched and served, but the server did not store it: ")
+    assert api.wire.backend.cache.peek("alice") is not None
+    assert "alice" in api.wire.backend.unsynced
+
+
 def test_failedFetchKeepsCachedRoster() -> None:
     """
     A refresh whose fetch fails leaves the cached roster as it was.
