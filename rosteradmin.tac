@@ -5,17 +5,24 @@ Reads the TOML file named by C{ROSTERADMIN_CONFIG} (default
 C{/etc/rosteradmin/rosteradmin.toml}); secrets may come from the
 C{ROSTERADMIN_SECRET}, C{ROSTERADMIN_KICK_AUTHORIZATION} and
 C{ROSTERADMIN_REFRESH_AUTHORIZATION} environment variables.
+
+A bad configuration ends start-up with one line and exit code
+C{tap.EX_CONFIG}, as with C{twistd rosteradmin}.
 """
 
 import os
 
 from twisted.application import service
+from twisted.python.usage import UsageError
 
 from rosteradmin import tap
 
 options = tap.Options()
-options.parseOptions(
-    ["--config", os.environ.get("ROSTERADMIN_CONFIG", "/etc/rosteradmin/rosteradmin.toml")]
-)
+try:
+    options.parseOptions(
+        ["--config", os.environ.get("ROSTERADMIN_CONFIG", "/etc/rosteradmin/rosteradmin.toml")]
+    )
+except UsageError as e:
+    tap.refuseToStart(str(e))
 application = service.Application("rosteradmin")
 tap.makeService(options).setServiceParent(application)

@@ -10,7 +10,10 @@ table, so they cannot drift apart.
 Values are merged in this order, later winning: defaults, the TOML file,
 environment variables (secrets only), the command line.  Secrets may also be
 read from a file (C{--secret-file}), which keeps them out of process listings
-and unit files; systemd's C{LoadCredential=} hands them over that way.
+and unit files; systemd's C{LoadCredential=} hands them over that way.  A
+relative C{<secret>_file} in the TOML file is read from the TOML file's
+directory, whatever the working directory; on the command line it is
+relative to the working directory, as usual.
 """
 
 from __future__ import annotations
@@ -124,7 +127,10 @@ class Config:
 
 def loadTOML(path: str) -> dict[str, Any]:
     """
-    Read a TOML configuration file.
+    Read a TOML configuration file.  Relative secret file paths in it are
+    made relative to its directory: the file and its secrets are installed
+    together, and twistd's working directory is wherever it was started
+    from (C{/} under systemd).
 
     @raise ConfigError: The file cannot be read or parsed, or names an
         unknown setting.
@@ -141,6 +147,11 @@ def loadTOML(path: str) -> dict[str, Any]:
             continue
         if key not in SETTINGS_BY_KEY:
             raise ConfigError(f"--config: unknown setting {key!r} in {path}")
+    directory = os.path.dirname(os.path.abspath(path))
+    for key, value in data.items():
+        if key.endswith("_file") and isinstance(value, str) and value:
+            # join() keeps an absolute path as it is.
+            data[key] = os.path.join(directory, value)
     return data
 
 

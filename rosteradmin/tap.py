@@ -8,11 +8,21 @@ Every option of L{rosteradmin.config.SETTINGS} is a command-line option, a
 TOML key and, for secrets, an environment variable and a C{--<name>-file}.
 All validation happens in L{Options.postOptions}, so a bad configuration
 stops start-up with one line naming the option, before anything connects.
+
+Exit codes: a configuration error (a bad or unknown option, a bad file, an
+C{--http} endpoint that can never listen) exits with L{EX_CONFIG}, which the
+systemd unit lists in C{RestartPreventExitStatus=} so that a broken
+configuration is not restarted in a loop; a failure that may clear up by
+itself (the HTTP port still held by another process) exits with 1, which
+C{Restart=on-failure} retries.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import errno
+import getopt
+import sys
+from typing import Any, NoReturn
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -34,13 +44,35 @@ from rosteradmin.metrics import Metrics
 from rosteradmin.web import DrainingService, makeSite
 
 
+#: C{EX_CONFIG} of C{sysexits.h}: the configuration is wrong, so restarting
+#: with the same configuration cannot help.
+EX_CONFIG = 78
+
+#: Listening errors that may clear up by themselves: the port is still held
+#: by another process, or the interface's address is not up yet.
+TRANSIENT_LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
+
+
+def refuseToStart(message: str, code: int = EX_CONFIG) -> NoReturn:
+    """
+    End start-up with one line on standard error instead of a usage page or
+    a traceback, and an exit code that tells systemd whether restarting can
+    help.
+
+    @param message: What is wrong, starting with the option it is about.
+    @param code: L{EX_CONFIG}, or 1 for a failure that may clear up by itself.
+    """
+    print(f"rosteradmin: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
 def _optionTables() -> tuple[list[list[Any]], list[list[Any]]]:
     """
     The C{optParameters} and C{optFlags} tables, built from L{SETTINGS} so
     options, TOML keys and docs cannot drift apart.
     """
     parameters: list[list[Any]] = [
-        ["config", "c", None, "TOML configuration file"],
+        ["config", "c", None, "TOML configuration file; a relative secret file path in it is read from its directory"],
         ["log-format", None, "text", "text, or json: one JSON object per event and line, for log shippers"],
     ]
     flags: list[list[Any]] = [["verbose", "v", "log every stanza sent and received"]]
@@ -78,6 +110,34 @@ class Options(usage.Options):
 
     config: Config
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse and validate the options.  Under twistd (our parent is its
+        C{ServerOptions}), a usage error ends start-up with one line and
+        L{EX_CONFIG}: twistd itself would print its whole usage page before
+        the message and exit 1, which systemd restarts.
+
+        @raise usage.UsageError: A bad or missing option, when not run by
+            twistd (the tac file, tests).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            if isinstance(e.__context__, getopt.GetoptError):
+                # An unknown option, or a value missing or given to a flag.
+                refuseToStart(f"{e}; `twistd rosteradmin --help` lists the options")
+            refuseToStart(str(e))
+
+    def parseArgs(self, *args: str) -> None:
+        """
+        Refuse words that are not options, naming the first: usually a value
+        given to a flag (C{--no-kick true}).
+        """
+        if args:
+            raise usage.UsageError(f"unexpected argument {args[0]!r}: flags such as --no-kick take no value")
+
     def postOptions(self) -> None:
         commandLine: dict[str, Any] = {}
         for setting in SETTINGS:
@@ -108,12 +168,30 @@ class Options(usage.Options):
             self.parent["logger"] = "rosteradmin.logs.jsonLogObserver"
 
     def _checkEndpoint(self) -> None:
+        """
+        Build the C{--http} endpoint once, so that what its parser checks
+        (the syntax, C{ssl:}'s certificate and key files, C{systemd:}'s
+        inherited socket) is a configuration error here, not a traceback
+        later.
+        """
         from twisted.internet import reactor
 
+        http = self.config.http
         try:
-            endpoints.serverFromString(reactor, self.config.http)
-        except (ValueError, KeyError, TypeError) as e:
-            raise usage.UsageError(f"--http: {self.config.http!r} is not a Twisted endpoint: {e}") from None
+            endpoints.serverFromString(reactor, http)
+        except OSError as e:
+            # ssl: reads its certificate and key when parsed.
+            raise usage.UsageError(f"--http: {http!r}: cannot read {e.filename}: {e.strerror}") from None
+        except Exception as e:
+            # Endpoint parsers are plugins: a bad description raises
+            # ValueError, TypeError, or whatever their libraries raise
+            # (OpenSSL on a malformed certificate).
+            if http.startswith("systemd:") and isinstance(e, (IndexError, KeyError)):
+                # An index or a name beyond the sockets systemd passed.
+                raise usage.UsageError(
+                    f"--http: {http!r}: systemd passed no such socket "
+                    "(start rosteradmin from a .socket unit, or listen on tcp: or unix:)") from None
+            raise usage.UsageError(f"--http: {http!r} is not a Twisted endpoint: {e}") from None
 
 
 def makeFetcher(config: Config, reactor: Any) -> RosterFetcher:
@@ -137,20 +215,39 @@ class SequentialService(service.MultiService):
     and stops its children one after the other, last started first: the
     HTTP API drains its requests while the component and the backend still
     serve them.
+
+    @ivar http: The C{--http} endpoint, named when it cannot listen.
     """
+
+    def __init__(self, http: str) -> None:
+        super().__init__()
+        self.http = http
 
     def privilegedStartService(self) -> None:
         """
         Bind the HTTP API's port first thing (twistd calls this before the
-        reactor runs, and before it drops privileges); a port in use ends
-        the process with one line and exit code 1, so systemd restarts it,
-        instead of a service that looks alive without its API.
+        reactor runs, and before it drops privileges).  If it cannot, end
+        the process with one line instead of a service that looks alive
+        without its API: exit code 1 when the cause may clear up by itself
+        (a port in use), so systemd restarts it, L{EX_CONFIG} otherwise.
         """
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise SystemExit(f"rosteradmin: --http: cannot listen on {e.interface or '*'}:{e.port}: "
-                             f"{e.socketError}") from None
+            # UNIX sockets have no interface; their port is the path.
+            where = f"{e.interface or '*'}:{e.port}" if e.interface is not None else repr(self.http)
+            cause = e.socketError
+            # A cause that is not an OSError is a UNIX socket's lock held
+            # by a live process: like a port in use.
+            transient = not isinstance(cause, OSError) or cause.errno in TRANSIENT_LISTEN_ERRORS
+            refuseToStart(f"--http: cannot listen on {where}: {cause}", 1 if transient else EX_CONFIG)
+        except OSError as e:
+            # A UNIX socket's lock file, next to it, cannot be created (its
+            # directory is missing or not writable).
+            refuseToStart(f"--http: cannot listen on {self.http!r}: {e.strerror}")
+        except OverflowError as e:
+            # A TCP port above 65535: bind() refuses it.
+            refuseToStart(f"--http: cannot listen on {self.http!r}: {e}")
 
     async def _stopInOrder(self) -> None:
         for child in reversed(list(self)):
@@ -188,7 +285,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
         reactor = globalReactor
     config = options.config
-    top = SequentialService()
+    top = SequentialService(config.http)
 
     backend = RosterBackend(RosterCache(), makeFetcher(config, reactor))
     backend.setName("backend")

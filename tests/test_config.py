@@ -13,7 +13,7 @@ import pytest
 from twisted.python.usage import UsageError
 
 from rosteradmin.config import SETTINGS, SETTINGS_BY_KEY, Config, ConfigError, buildConfig, loadTOML
-from rosteradmin.tap import Options, makeService
+from rosteradmin.tap import EX_CONFIG, Options, makeService
 
 REQUIRED = {"jid": "roster.example.org", "secret": "s", "domain": "example.org",
             "roster_url": "http://app/%s", "no_kick": True}
@@ -441,3 +441,89 @@ def test_badEndpointRefused() -> None:
     with pytest.raises(UsageError, match="--http: 'nonsense:1' is not a Twisted endpoint"):
         Options().parseOptions(["--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
                                 "--roster-url", "http://app/%s", "--no-kick", "--http", "nonsense:1"])
+
+
+def test_relativeSecretFileFromTOMLDirectory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A relative secret file in the TOML file is read from the TOML file's
+    directory, not from the working directory.
+    """
+    (tmp_path / "etc" / "credentials").mkdir(parents=True)
+    (tmp_path / "etc" / "credentials" / "secret").write_text("next-to-config\n")
+    (tmp_path / "cwd" / "credentials").mkdir(parents=True)
+    (tmp_path / "cwd" / "credentials" / "secret").write_text("in-working-directory\n")
+    (tmp_path / "etc" / "rosteradmin.toml").write_text('secret_file = "credentials/secret"\n')
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert build(config=str(tmp_path / "etc" / "rosteradmin.toml"), secret=None).secret == "next-to-config"
+    assert loadTOML("../etc/rosteradmin.toml") == {"secret_file": str(tmp_path / "etc" / "credentials" / "secret")}
+
+
+def test_relativeSecretFileFromCommandLine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A relative secret file on the command line stays relative to the
+    working directory, even with a TOML file elsewhere.
+    """
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "secret").write_text("next-to-config\n")
+    (tmp_path / "secret").write_text("in-working-directory\n")
+    path = writeTOML(tmp_path / "etc", "")
+    monkeypatch.chdir(tmp_path)
+    assert build(config=path, secret=None, secret_file="secret").secret == "in-working-directory"
+
+
+class Twistd(dict[str, Any]):
+    """
+    Stands for twistd's C{ServerOptions}, the parent of our options when
+    twistd parses them.
+    """
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--bogus"], "rosteradmin: option --bogus not recognized; `twistd rosteradmin --help` lists the options"),
+    (["--no-kick", "true"], "rosteradmin: unexpected argument 'true': flags such as --no-kick take no value"),
+    (["--roster-url", "http://app/"], "rosteradmin: --roster-url: must contain %s exactly once (the username goes there)"),
+])
+def test_usageErrorUnderTwistdIsOneLine(args: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    Parsed by twistd, a usage error exits with EX_CONFIG after one line on
+    standard error, instead of reaching twistd, which would print its whole
+    usage page and exit 1.
+    """
+    options = Options()
+    options.parent = Twistd(logger=None)
+    with pytest.raises(SystemExit) as e:
+        options.parseOptions(["--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
+                              "--roster-url", "http://app/%s", "--no-kick", *args])
+    assert e.value.code == EX_CONFIG == 78
+    assert capsys.readouterr() == ("", line + "\n")
+
+
+def test_unexpectedArgumentRefused() -> None:
+    """
+    Outside twistd a word that is not an option is a usage error naming it.
+    """
+    with pytest.raises(UsageError, match="^unexpected argument 'true': flags such as --no-kick take no value$"):
+        Options().parseOptions(["--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
+                                "--roster-url", "http://app/%s", "--no-kick", "true"])
+
+
+@pytest.mark.parametrize("http, message", [
+    ("ssl:8443:privateKey=/nonexistent/key.pem",
+     "--http: 'ssl:8443:privateKey=/nonexistent/key.pem': cannot read /nonexistent/key.pem: No such file or directory"),
+    ("systemd:domain=INET:index=0",
+     "--http: 'systemd:domain=INET:index=0': systemd passed no such socket "
+     "(start rosteradmin from a .socket unit, or listen on tcp: or unix:)"),
+    ("systemd:domain=INET:name=web",
+     "--http: 'systemd:domain=INET:name=web': systemd passed no such socket "
+     "(start rosteradmin from a .socket unit, or listen on tcp: or unix:)"),
+])
+def test_unusableEndpointRefused(http: str, message: str) -> None:
+    """
+    An endpoint whose parser fails (C{ssl:} without its key, C{systemd:}
+    without a passed socket: systemd passes sockets only to the process
+    it starts) is a usage error naming --http and the cause.
+    """
+    with pytest.raises(UsageError) as e:
+        Options().parseOptions(["--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
+                                "--roster-url", "http://app/%s", "--no-kick", "--http", http])
+    assert str(e.value) == message

@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor, threads
 from twisted.web.client import HTTPConnectionPool
 
 from rosteradmin.devprosody import freePort
+from rosteradmin.tap import EX_CONFIG
 from tests.integration.service import RunningService
 from tests.integration.test_rosters import items
 
@@ -35,15 +37,93 @@ def twistd(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[st
 
 def test_missingOptionIsOneClearLine() -> None:
     """
-    A missing option stops start-up before connecting, with a last line
-    naming the option and no traceback.
+    A missing option stops start-up before connecting, with one line naming
+    the option (no usage page, no traceback) and the configuration-error
+    exit code, which the systemd unit does not restart.
     """
     process = twistd("--jid", "roster.example.org", "--domain", "example.org",
                      "--roster-url", "http://127.0.0.1:1/r/%s", "--no-kick")
     output, _ = process.communicate(timeout=30)
-    assert process.returncode == 1
-    assert output.strip().splitlines()[-1].endswith("--secret: is required")
-    assert "Traceback" not in output
+    assert process.returncode == EX_CONFIG
+    assert output.splitlines() == ["rosteradmin: --secret: is required"]
+
+
+REQUIRED = ("--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
+            "--roster-url", "http://127.0.0.1:1/r/%s", "--no-kick")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--bogus"],
+     "rosteradmin: option --bogus not recognized; `twistd rosteradmin --help` lists the options"),
+    (["--xmpp-port"],
+     "rosteradmin: option --xmpp-port requires argument; `twistd rosteradmin --help` lists the options"),
+    (["--no-kick=yes"],
+     "rosteradmin: option --no-kick must not have an argument; `twistd rosteradmin --help` lists the options"),
+    (["--no-kick", "true"], "rosteradmin: unexpected argument 'true': flags such as --no-kick take no value"),
+    (["--log-format", "xml"], "rosteradmin: --log-format: must be text or json, got 'xml'"),
+])
+def test_badOptionIsOneClearLine(args: list[str], line: str) -> None:
+    """
+    An unknown option, a missing or unwanted value, or a bad value is one
+    line and the configuration-error exit code, not twistd's usage page.
+    """
+    process = twistd(*REQUIRED, *args)
+    output, _ = process.communicate(timeout=30)
+    assert (process.returncode, output.splitlines()) == (EX_CONFIG, [line])
+
+
+@pytest.mark.parametrize("http, line", [
+    ("ssl:8443", f"rosteradmin: --http: 'ssl:8443': cannot read {ROOT / 'server.pem'}: No such file or directory"),
+    ("systemd:domain=INET:index=0",
+     "rosteradmin: --http: 'systemd:domain=INET:index=0': systemd passed no such socket "
+     "(start rosteradmin from a .socket unit, or listen on tcp: or unix:)"),
+])
+def test_unusableEndpointIsOneClearLine(http: str, line: str) -> None:
+    """
+    An C{--http} endpoint whose parser fails (C{ssl:} without its key,
+    C{systemd:} without a passed socket) is one line naming --http and the
+    cause, with the configuration-error exit code.
+    """
+    process = twistd(*REQUIRED, "--http", http)
+    output, _ = process.communicate(timeout=30)
+    assert (process.returncode, output.splitlines()) == (EX_CONFIG, [line])
+
+
+@pytest.mark.parametrize("http, line", [
+    ("unix:/nonexistent/dir/sock",
+     "rosteradmin: --http: cannot listen on 'unix:/nonexistent/dir/sock': No such file or directory"),
+    ("unix:/nonexistent/dir/sock:lockfile=0",
+     "rosteradmin: --http: cannot listen on 'unix:/nonexistent/dir/sock:lockfile=0': "
+     "[Errno 2] No such file or directory"),
+    ("tcp:99999", "rosteradmin: --http: cannot listen on 'tcp:99999': bind(): port must be 0-65535."),
+])
+def test_cannotListenIsOneClearLine(http: str, line: str) -> None:
+    """
+    An C{--http} endpoint that fails when it listens, for a reason that
+    will not clear up by itself, is one line naming --http and the cause,
+    with the configuration-error exit code, before connecting.
+    """
+    process = twistd(*REQUIRED, "--xmpp-port", "1", "--http", http)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == EX_CONFIG
+    assert output.strip().splitlines()[-1].endswith(f"[stderr#error] {line}")
+    assert "Traceback" not in output and "rosteradmin.component" not in output
+
+
+def test_tacBadConfigIsOneClearLine(tmp_path: Path) -> None:
+    """
+    C{twistd -ny rosteradmin.tac} with a configuration it cannot read stops
+    with one line naming the file and the configuration-error exit code.
+    """
+    missing = tmp_path / "missing.toml"
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "-n", "--pidfile=", "-y", str(ROOT / "rosteradmin.tac")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "ROSTERADMIN_CONFIG": str(missing)})
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == EX_CONFIG
+    assert output.splitlines() == [f"rosteradmin: --config: cannot read {missing}: No such file or directory"]
 
 
 def test_kickAuthorizationRequired() -> None:
@@ -54,7 +134,7 @@ def test_kickAuthorizationRequired() -> None:
     process = twistd("--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
                      "--roster-url", "http://127.0.0.1:1/r/%s")
     output, _ = process.communicate(timeout=30)
-    assert process.returncode == 1
+    assert process.returncode == EX_CONFIG
     assert "--kick-authorization: is required" in output.strip().splitlines()[-1]
 
 
