@@ -26,6 +26,7 @@ from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 from twisted.words.xish.domish import escapeToXml
 
 from rosteradmin.errors import InvalidRoster, InvalidUsername
+from rosteradmin.xmltext import carriesInXML
 
 NS_ROSTER = "jabber:iq:roster"
 
@@ -246,12 +247,7 @@ def _text(value: Any, what: str) -> str:
         raise InvalidRoster(f"{what} must be a string, got {type(value).__name__}")
     if len(value) > MAX_TEXT_LENGTH:
         raise InvalidRoster(f"{what} is longer than {MAX_TEXT_LENGTH} characters")
-    # JSON's \uXXXX escapes can smuggle in lone surrogates, which UTF-8 (so
-    # the XML stream) cannot carry at all.
-    if (
-        any(ord(ch) < 0x20 and ch not in "\t\n\r" or 0xD800 <= ord(ch) <= 0xDFFF for ch in value)
-        or "\ufffe" in value or "\uffff" in value
-    ):
+    if not carriesInXML(value):
         raise InvalidRoster(f"{what} contains characters XML cannot carry")
     return value
 
