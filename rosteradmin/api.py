@@ -17,12 +17,11 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
-from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
 
 from rosteradmin.errors import KickFailed, NotConnected
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend
 from rosteradmin.metrics import MetricsResource
-from rosteradmin.stanzas import parseJID
+from rosteradmin.stanzas import parseJID, roomNickname
 from rosteradmin.web import JSON, ApiError, JsonResource, authorized, readJSON, writeJSON
 from rosteradmin.xmltext import carriesInXML
 
@@ -275,11 +274,8 @@ def _roomNickname(nick: str) -> str:
 
     @raise ApiError: 400, it cannot be a room nickname.
     """
-    try:
-        prepared = resourceprep.prepare(nick) if carriesInXML(nick) else ""
-    except UnicodeError:
-        prepared = ""
-    if not prepared or len(prepared.encode("utf-8")) > 1023:
+    prepared = roomNickname(nick)
+    if prepared is None:
         raise ApiError(HTTPStatus.BAD_REQUEST, "nickname is not a valid room nickname")
     return prepared
 

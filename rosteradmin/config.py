@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 from twisted.words.protocols.jabber.jid import JID
 
 from rosteradmin.roster import JID_ERRORS
+from rosteradmin.stanzas import roomNickname
 
 
 class ConfigError(Exception):
@@ -285,6 +286,11 @@ def buildConfig(
             "--kick-authorization: is required to serve POST /muc_kick "
             "(or pass --no-kick to disable kicking)"
         )
+    if "kick_nick" in values:
+        nick = roomNickname(values["kick_nick"])
+        if nick is None:
+            raise ConfigError(f"--kick-nick: {values['kick_nick']!r} cannot be a room nickname")
+        values["kick_nick"] = nick
     if "xmpp_port" in values and values["xmpp_port"] > 65535:
         raise ConfigError(f"--xmpp-port: {values['xmpp_port']} is not a port number")
     return Config(**values)

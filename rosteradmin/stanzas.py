@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, fail
 from twisted.words.protocols.jabber.jid import JID
+from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
 from twisted.words.xish import domish
 from twisted.words.xish.domish import escapeToXml
 from wokkel import generic
 
 from rosteradmin.errors import NotConnected
 from rosteradmin.roster import JID_ERRORS
+from rosteradmin.xmltext import carriesInXML
 
 if TYPE_CHECKING:
     from wokkel.subprotocols import StreamManager
@@ -104,6 +106,21 @@ def _parseJID(value: str) -> JID | None:
         return JID(value)
     except JID_ERRORS:
         return None
+
+
+def roomNickname(nick: str) -> str | None:
+    """
+    A room nickname as the room compares it (XEP-0045 §7.2: resourceprep),
+    or C{None} if it cannot be one (empty, over 1023 bytes, or holding
+    characters XML or resourceprep refuse).
+    """
+    if not carriesInXML(nick):
+        return None
+    try:
+        prepared = resourceprep.prepare(nick)
+    except UnicodeError:
+        return None
+    return prepared if prepared and len(prepared.encode("utf-8")) <= 1023 else None
 
 
 def findChild(element: domish.Element, name: str, namespaces: tuple[str, ...]) -> domish.Element | None:

@@ -285,6 +285,9 @@ def test_kickAuthorizationSatisfiesKick() -> None:
     ({"roster_url": "http://x/"}, "--roster-url: must contain %s exactly once"),
     ({"roster_url": "http://x/%s/%s"}, "--roster-url: must contain %s exactly once"),
     ({"no_kick": None}, "--kick-authorization: is required"),
+    ({"kick_nick": ""}, "--kick-nick: '' cannot be a room nickname"),
+    ({"kick_nick": "bot\u0007"}, "--kick-nick: 'bot\\x07' cannot be a room nickname"),
+    ({"kick_nick": "x" * 1024}, "--kick-nick: 'xxx"),
     ({"xmpp_port": "70000"}, "--xmpp-port: 70000 is not a port number"),
     ({"xmpp_port": "65536"}, "--xmpp-port: 65536 is not a port number"),
     ({"xmpp_port": "many"}, "--xmpp-port: expected a number, got 'many'"),
@@ -527,3 +530,11 @@ def test_unusableEndpointRefused(http: str, message: str) -> None:
         Options().parseOptions(["--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
                                 "--roster-url", "http://app/%s", "--no-kick", "--http", http])
     assert str(e.value) == message
+
+
+def test_kickNickResourceprepped() -> None:
+    """
+    The kick nickname is kept as rooms compare it: a zero-width space is
+    dropped by resourceprep.
+    """
+    assert build(None, kick_nick="Bot\u200b").kick_nick == "Bot"
