@@ -174,7 +174,8 @@ class HealthResource(JsonResource):
     C{GET /healthz}: 200 while connected to the XMPP server, else 503::
 
         200 {"status": "ok", "connected": true, "cached_users": 3,
-             "fetches_in_flight": 0, "unsynced_users": 0, "last_error": null}
+             "fetches_in_flight": 0, "unsynced_users": 0, "last_error": null,
+             "roster_sync_error": null}
     """
 
     methods = {b"GET": "_get", b"HEAD": "_get"}
@@ -193,6 +194,7 @@ class HealthResource(JsonResource):
             "fetches_in_flight": self.backend.fetcher.inFlight,
             "unsynced_users": len(self.backend.unsynced),
             "last_error": self.status.lastError,
+            "roster_sync_error": self.backend.sync.syncRefusal if self.backend.sync is not None else None,
         }
         return (HTTPStatus.OK if connected else HTTPStatus.SERVICE_UNAVAILABLE), body
 

@@ -273,12 +273,15 @@ class RosterBackend(Service):
 
         @param storedRead: The server's stored roster, if already asked for.
         @param urgent: A client waits for it.
-        @param report: Raise L{SyncFailed} when the server refuses (a
-            refresh reports it); being disconnected is never raised.
+        @param report: Raise L{SyncFailed} when the server refuses, or
+            cannot take writes at all (a refresh reports it); being
+            disconnected is never raised.
         @return: The roster the server held before, if it could be read.
         """
         if self.sync is None or (storedRead is None and not self.sync.canSync()):
             self.unsynced.add(username)
+            if report and self.sync is not None and self.sync.syncRefusal is not None:
+                raise SyncFailed(self.sync.syncRefusal)
             return None
         try:
             stored = await (storedRead if storedRead is not None else self.sync.readStored(username, urgent))

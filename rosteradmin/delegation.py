@@ -256,8 +256,8 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
                 "server misconfigured: it delegates {jid}'s own {namespace} requests back to {jid}, "
                 "which XEP-0355 §4.3.1 forbids (ejabberd's mod_delegation does, issue #1737), so "
                 "privileged roster writes can never reach the users' rosters: they are off until the "
-                "next connection. On ejabberd, do not both delegate {namespace} to {jid} "
-                "(mod_delegation) and grant it roster access (mod_privilege).",
+                "next connection. Rosters are still served, but presence subscriptions are not written: "
+                "see docs/troubleshooting.md, ejabberd.",
                 jid=self.componentJID, namespace=namespace,
             )
         if self.xmlstream is not None:

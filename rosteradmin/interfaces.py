@@ -57,6 +57,11 @@ class IRosterSync(Interface):
         Whether the server granted roster access (and we are connected).
         """
 
+    syncRefusal = Attribute(
+        "Why the server, though connected and granting roster access, cannot "
+        "take our roster writes (a misconfiguration), or None"
+    )
+
     def readStored(username, urgent):  # type: ignore[no-untyped-def]
         """
         The roster the server stores for a user.

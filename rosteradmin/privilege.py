@@ -165,6 +165,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self.permissions = NO_PERMISSIONS
         self.online: dict[str, set[str]] = {}
         self.rostersDelegatedBack = False
+        self._toldCannotPush = False
         self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT)
 
     def connectionMade(self) -> None:
@@ -179,6 +180,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self.permissions = NO_PERMISSIONS
         self.online = {}
         self.rostersDelegatedBack = False
+        self._toldCannotPush = False
 
     def _onOwnRequestDelegated(self, namespace: str | None) -> None:
         """
@@ -233,6 +235,13 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
 
     def canSync(self) -> bool:
         return self.status.connected and self.permissions.canReadAndWriteRosters and not self.rostersDelegatedBack
+
+    @property
+    def syncRefusal(self) -> str | None:
+        if self.rostersDelegatedBack:
+            return ("the server sends rosteradmin's own roster requests back to it "
+                    "(ejabberd's mod_delegation): roster writes are off until the next connection")
+        return None
 
     def readStored(self, username: str, urgent: bool = True) -> Deferred[StoredRoster]:
         """
@@ -302,7 +311,15 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         later, gets an empty result only if its roster is current.
         """
         resources = self.online.get(username)
-        if not resources or not self.permissions.canPush or not self.status.connected:
+        if not resources or not self.status.connected:
+            return 0
+        if not self.permissions.canPush:
+            if not self._toldCannotPush:
+                self._toldCannotPush = True
+                self.log.warn(
+                    "roster changes of online users are not pushed: the server grants no iq permission "
+                    "for jabber:iq:roster ({version}; urn:xmpp:privilege:1 has none); clients see the "
+                    "changes at their next roster get", version=self.permissions.namespace)
             return 0
         steps = diffSteps(before, after)
         if not steps:

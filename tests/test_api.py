@@ -451,6 +451,7 @@ def test_healthz() -> None:
     wire.handshake()
     code, body = api.request("GET", "/healthz")
     assert code == 200 and body["connected"] is True and body["cached_users"] == 0
+    assert body["roster_sync_error"] is None
 
 
 def test_metrics() -> None:

@@ -292,6 +292,47 @@ def test_ownRequestDelegatedBackRefused() -> None:
     assert innerIQ(reply)["type"] == "result" and wire.backend.unsynced == {"alice"}
 
 
+def test_refreshReportsWritesTheServerCannotTake() -> None:
+    """
+    Once the server has sent our own roster requests back, a refresh still
+    updates the cache but reports each user as an error saying why, and
+    the health check names the problem: it does not claim the rosters
+    reached the server.
+    """
+    wire = connected()
+    with capturedLogs():
+        wire.receive(envelope(ownRosterSet(), version=1))
+    wire.sent()
+    refresh = wire.backend.refresh(["alice"])
+    wire.answerRequests(serverAnswers())
+    summary = refresh.result
+    assert (summary.updated, list(summary.failures)) == (0, ["alice"])
+    assert "sends rosteradmin's own roster requests back" in summary.failures["alice"]
+    assert wire.backend.cache.peek("alice") is not None
+    assert wire.component.privileges.syncRefusal == summary.failures["alice"].split(": ", 1)[1]
+
+
+def test_privilege1CannotPushSaysSoOnce() -> None:
+    """
+    With urn:xmpp:privilege:1 (ejabberd), which has no iq permission, a
+    refresh pushes nothing and one warning says that clients see the
+    changes at their next roster get.
+    """
+    permissions1 = PERMISSIONS_2.replace("urn:xmpp:privilege:2", "urn:xmpp:privilege:1")
+    wire = connected(burst=permissions1)
+    wire.receive("<presence from='alice@example.org/phone'/>")
+    wire.answerRequests(serverAnswers())
+    with capturedLogs() as events:
+        for name in ("Bobby", "Robert"):
+            wire.webApp.rosters["alice"] = {"bob@example.org": {"name": name}}
+            refresh = wire.backend.refresh(["alice"])
+            sent = wire.answerRequests(serverAnswers())
+            assert refresh.result.updated == 1
+            assert not [s for s in sent if s.firstChildElement().name == "privileged_iq"]
+    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert len(warnings) == 1 and "not pushed" in warnings[0] and "urn:xmpp:privilege:1" in warnings[0]
+
+
 def test_everyPushCarriesItsVersion() -> None:
     """
     Each roster push carries the version of the roster once it is applied
