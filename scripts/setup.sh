@@ -7,11 +7,30 @@ command -v prosody >/dev/null 2>&1 || missing+=(prosody)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 [ -e /usr/lib/prosody/modules/mod_delegation.lua ] \
     || [ -e /usr/lib/prosody/modules/mod_delegation/mod_delegation.lua ] || missing+=(prosody-modules)
+# Packages only the tests need (scripts/test.sh sets ROSTERADMIN_TEST_PACKAGES), such as
+# ejabberd for tests/integration/test_ejabberd.py.
+read -ra testPackages <<< "${ROSTERADMIN_TEST_PACKAGES:-}"
+for package in "${testPackages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
     echo "setup: installing ${missing[*]}" >&2
     $sudo apt-get update -q
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+    if [[ " ${missing[*]} " == *" ejabberd "* ]]; then
+        # The package enables a system ejabberd at boot and starts it, unless policy-rc.d
+        # forbids that (containers); the tests start their own, so stop and disable it.
+        if [ -d /run/systemd/system ]; then
+            $sudo systemctl disable --now ejabberd.service
+        else
+            if pgrep -f -- "-sname ejabberd@localhost" >/dev/null; then
+                $sudo /etc/init.d/ejabberd stop
+            fi
+            $sudo systemctl disable ejabberd.service >/dev/null 2>&1 || true
+            $sudo update-rc.d ejabberd disable >/dev/null 2>&1 || true
+        fi
+    fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
