@@ -410,19 +410,26 @@ def test_kickNicknameResourceprepped() -> None:
     assert iq.query.item["nick"] == "Bob"
 
 
+def brokenKick(api: Api) -> tuple[int, Any]:
+    """
+    A kick request whose kicker fails unexpectedly (a bug, not a room's
+    refusal).
+    """
+
+    def broken(room: str, nick: str, reason: str | None) -> None:
+        raise RuntimeError("bug")
+
+    api.wire.component.kicker.kick = broken
+    return api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM}, headers={"Authorization": KICK_AUTH})
+
+
 def test_kickInternalErrorCounted() -> None:
     """
     A kick that fails unexpectedly answers a JSON 500 and is counted under
     status 500 in the metrics.
     """
     api = makeApi()
-
-    def broken(room: str, nick: str, reason: str | None) -> None:
-        raise RuntimeError("bug")
-
-    api.wire.component.kicker.kick = broken
-    code, body = api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM},
-                             headers={"Authorization": KICK_AUTH})
+    code, body = brokenKick(api)
     assert (code, body) == (500, {"error": "Internal error"})
     d = api.http.get("http://api.invalid/metrics")
     api.http.flush()

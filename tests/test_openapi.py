@@ -17,7 +17,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from rosteradmin.web import Drain, makeSite
 from tests.helpers import ComponentOnWire, WebApp
-from tests.test_api import KICK_AUTH, ROOM, Api, kickAnswers, makeApi
+from tests.test_api import KICK_AUTH, ROOM, Api, brokenKick, kickAnswers, makeApi
 from tests.test_component import serverAnswers
 
 OPENAPI = Path(__file__).parent.parent / "docs" / "openapi.json"
@@ -69,16 +69,6 @@ def stopping(path: str, method: str) -> Scenario:
     return run
 
 
-def brokenKick() -> tuple[int, Any]:
-    api = makeApi()
-
-    def broken(room: str, nick: str, reason: str | None) -> None:
-        raise RuntimeError("bug")
-
-    api.wire.component.kicker.kick = broken
-    return api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM}, headers={"Authorization": KICK_AUTH})
-
-
 def head(path: str, connected: bool = True) -> Scenario:
     def run() -> tuple[int, Any]:
         wire = ComponentOnWire(WebApp())
@@ -121,7 +111,7 @@ SCENARIOS: dict[tuple[str, str, int], Scenario] = {
     (R, "GET", 405): refresh(R, "GET"),
     (ONE, "GET", 503): stopping(R + "/alice", "GET"),
     (ONE, "POST", 503): stopping(R + "/alice", "POST"),
-    ("/muc_kick", "POST", 500): brokenKick,
+    ("/muc_kick", "POST", 500): lambda: brokenKick(makeApi()),
     ("/healthz", "HEAD", 200): head("/healthz"),
     ("/healthz", "HEAD", 503): head("/healthz", connected=False),
     ("/metrics", "HEAD", 200): head("/metrics"),

@@ -67,16 +67,26 @@ async def webapp() -> AsyncIterator[WebAppStub]:
     await stub.port.stopListening()
 
 
-@pytest_twisted.async_yield_fixture
-async def clients(prosody: ProsodyServer) -> AsyncIterator[ClientFactory]:
+@pytest.fixture
+def xmppServer(prosody: ProsodyServer) -> ProsodyServer:
     """
-    Log users in on the test's Prosody: C{await clients("alice")} is a
-    session of alice@example.org, logged out after the test.
+    The XMPP server that C{service} and C{clients} use: the test's Prosody;
+    a test module may override it (with ejabberd, say).
+    """
+    return prosody
+
+
+@pytest_twisted.async_yield_fixture
+async def clients(xmppServer: Any) -> AsyncIterator[ClientFactory]:
+    """
+    Log users in on C{xmppServer}: C{await clients("alice")} is a session
+    of alice@example.org, logged out after the test.
     """
     connected: list[XMPPTestClient] = []
 
     async def connect(user: str) -> XMPPTestClient:
-        client = await connectClient(f"{user}@{prosody.domain}", prosody.accounts[user], prosody.c2sPort)
+        client = await connectClient(f"{user}@{xmppServer.domain}", xmppServer.accounts[user],
+                                     xmppServer.c2sPort)
         connected.append(client)
         return client
 
@@ -102,14 +112,15 @@ def serviceArgs() -> list[str]:
 
 
 @pytest_twisted.async_yield_fixture
-async def service(prosody: ProsodyServer, webapp: WebAppStub, rosters: dict[str, dict[str, Any]],
+async def service(xmppServer: Any, webapp: WebAppStub, rosters: dict[str, dict[str, Any]],
                   serviceArgs: list[str]) -> AsyncIterator[RunningService]:
     """
-    rosteradmin, started through the twistd code path against the test's
-    Prosody and web app (serving C{rosters}), stopped after the test.
+    rosteradmin, started through the twistd code path against
+    C{xmppServer} and the test's web app (serving C{rosters}), stopped
+    after the test.
     """
     webapp.rosters.update(rosters)
-    running = RunningService(prosody, webapp.url, serviceArgs)
+    running = RunningService(xmppServer, webapp.url, serviceArgs)
     await running.start()
     yield running
     await running.stop()

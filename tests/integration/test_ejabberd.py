@@ -12,31 +12,22 @@ same code path as twistd.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 
 from rosteradmin.delegation import NS_DELEGATION_1
 from rosteradmin.privilege import NS_PRIVILEGE_1
 from rosteradmin.roster import NS_ROSTER
 from tests.integration.ejabberd import EjabberdNotAvailable, LocalEjabberd
-from tests.integration.harness import PASSWORD, ClientFactory, WebAppStub, XMPPTestClient, connectClient
+from tests.integration.harness import PASSWORD, ClientFactory, WebAppStub
 from tests.integration.service import RunningService
 from tests.integration.test_http import call
-from tests.integration.test_rosters import condition, items
+from tests.integration.test_rosters import ROSTERS, condition, items
 
 pytestmark = pytest.mark.integration
-
-ROSTERS = {
-    "alice": {
-        "bob@example.org": {"name": "Bob", "groups": ["Friends", "Work"]},
-        "carol@example.org": {"name": "Carol"},
-    },
-    "bob": {"alice@example.org": {"name": "Alice", "groups": ["Friends"]}},
-}
 
 
 @pytest.fixture(scope="module")
@@ -60,40 +51,17 @@ def ejabberd() -> Iterator[LocalEjabberd]:
 
 
 @pytest.fixture
+def xmppServer(ejabberd: LocalEjabberd) -> LocalEjabberd:
+    """
+    The module's ejabberd, for the C{service} and C{clients} fixtures of
+    conftest: each test gets its own rosteradmin and client sessions.
+    """
+    return ejabberd
+
+
+@pytest.fixture
 def rosters() -> dict[str, Any]:
     return ROSTERS
-
-
-@pytest_twisted.async_yield_fixture
-async def service(ejabberd: LocalEjabberd, webapp: WebAppStub, rosters: dict[str, Any],
-                  serviceArgs: list[str]) -> AsyncIterator[RunningService]:
-    """
-    rosteradmin, started through the twistd code path against the module's
-    ejabberd and the test's web app (serving C{rosters}), stopped after the
-    test.
-    """
-    webapp.rosters.update(rosters)
-    running = RunningService(ejabberd, webapp.url, serviceArgs)
-    await running.start()
-    yield running
-    await running.stop()
-
-
-@pytest_twisted.async_yield_fixture
-async def clients(ejabberd: LocalEjabberd) -> AsyncIterator[ClientFactory]:
-    """
-    Log users in on the module's ejabberd: C{await clients("alice")} is a
-    session of alice@example.org, logged out after the test.
-    """
-    connected: list[XMPPTestClient] = []
-
-    async def connect(user: str) -> XMPPTestClient:
-        client = await connectClient(f"{user}@{ejabberd.domain}", ejabberd.accounts[user], ejabberd.c2sPort)
-        connected.append(client)
-        return client
-
-    yield connect
-    await defer.gatherResults([client.disconnect() for client in connected])
 
 
 @pytest_twisted.ensureDeferred
