@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore, ensureDeferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -25,6 +25,7 @@ from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, SyncF
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync
 from rosteradmin.roster import Roster, RosterDiff, diffRosters, normaliseUsername
+from rosteradmin.slots import KeyedLock, PrioritySlots
 
 if TYPE_CHECKING:
     from rosteradmin.privilege import StoredRoster
@@ -70,7 +71,7 @@ class RosterBackend(Service):
         self.sync = sync
         self.unsynced: set[str] = set()
         self.refreshes = 0
-        self._locks: dict[str, DeferredLock] = {}
+        self._locks: KeyedLock[str] = KeyedLock()
         self._clientsWaiting: Counter[str] = Counter()
 
     def stopService(self) -> Deferred[None]:
@@ -162,32 +163,19 @@ class RosterBackend(Service):
             return
         pending = sorted(self.unsynced)
         self.log.info("re-syncing {count} rosters into the server", count=len(pending))
-        limit = DeferredSemaphore(RESYNC_CONCURRENCY)
+        limit = PrioritySlots(RESYNC_CONCURRENCY)
         for username in pending:
-            self._background(limit.run(self._locked, username, self._resync, username), "resync", username)
+            self._background(limit.run(username, False, self._locked, username, self._resync, username),
+                             "resync", username)
 
     def _canSync(self) -> bool:
         return self.sync is not None and self.sync.canSync()
 
     def _locked(self, username: str, work: Callable[[str], Awaitable[T]], *args: str) -> Deferred[T]:
         """
-        Run C{work} while holding the user's lock.  Locks exist only while
-        in use, so a million users leave no million locks behind.
+        Run C{work} while holding the user's lock.
         """
-        lock = self._locks.get(username)
-        if lock is None:
-            lock = self._locks[username] = DeferredLock()
-
-        def release(result: object) -> object:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._locks.pop(username, None)
-            return result
-
-        d = lock.acquire()
-        d.addCallback(lambda _: ensureDeferred(work(*args)))
-        d.addBoth(release)
-        return d
+        return self._locks.run(username, lambda: ensureDeferred(work(*args)))
 
     def _background(self, d: Deferred[object], what: str, username: str) -> None:
         """

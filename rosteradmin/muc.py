@@ -13,7 +13,7 @@ are serialised so that one kick's leave cannot undo another's join.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, DeferredLock, TimeoutError as DeferredTimeoutError
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from rosteradmin.errors import KickFailed
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker
+from rosteradmin.slots import KeyedLock
 from rosteradmin.stanzas import IQRequest, NS_STANZAS, attr, parseJID, sendRequest
 
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -53,7 +54,7 @@ class RoomKicker(XMPPHandler):  # type: ignore[misc]
         self.nick = nick
         self.stayInRooms = stayInRooms
         self.joined: set[str] = set()
-        self._roomLocks: dict[str, DeferredLock] = {}
+        self._roomLocks: KeyedLock[str] = KeyedLock()
         self._joins: dict[str, Deferred[None]] = {}
 
     def connectionMade(self) -> None:
@@ -71,16 +72,7 @@ class RoomKicker(XMPPHandler):  # type: ignore[misc]
             answer in time (C{timeout}).
         @raise NotConnected: The component is not connected.
         """
-        lock = self._roomLocks.setdefault(room, DeferredLock())
-
-        def release(result: object) -> object:
-            if not lock.waiting:
-                self._roomLocks.pop(room, None)
-            return result
-
-        d = lock.run(self._kick, room, nick, reason)
-        d.addBoth(release)
-        return d
+        return self._roomLocks.run(room, self._kick, room, nick, reason)
 
     def _kick(self, room: str, nick: str, reason: str | None) -> Deferred[None]:
         d = self._sendKick(room, nick, reason)

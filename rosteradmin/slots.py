@@ -1,38 +1,118 @@
 # -*- test-case-name: tests.test_slots -*-
 """
-A bound on concurrent work where a client's wait goes first.
+Bounds on concurrent work: a client's wait goes first, and nothing recurses.
 
 Roster fetches from the web app and privileged roster writes into the
 server are both bounded.  A bulk refresh queues thousands of each; a user
 who logs in meanwhile must not wait behind them, so work is either urgent
 (a client waits on it) or background (refreshes), and urgent work starts
 first.  Background work that a client starts waiting on is made urgent.
+
+Work for one key (a user, a room) can also be serialised (L{KeyedLock}).
+
+Both start waiting work from a loop, never from inside the completion of
+the work before it: when the stream to the server drops, thousands of
+queued writes fail synchronously one after the other, and starting each
+from its predecessor's callback (as C{DeferredLock} and
+C{DeferredSemaphore} do) overflows the stack, leaves slots counted as held
+and strands the rest of the queue.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Generic, Hashable, TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+class _Work:
+    """
+    One queued piece of work and the Deferred its caller holds.
+    """
+
+    __slots__ = ("work", "args", "result")
+
+    def __init__(self, work: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.work = work
+        self.args = args
+        self.result: Deferred[Any] = Deferred()
+
+    def start(self, finished: Callable[[object, _Work], object]) -> None:
+        """
+        Run the work; C{finished} gets its outcome, perhaps at once.
+        """
+        maybeDeferred(self.work, *self.args).addBoth(finished, self)
+
+
+class _Drain:
+    """
+    Runs a start function in a loop until it has nothing more to start;
+    calls made while the loop runs only ask it to go round again.
+    """
+
+    __slots__ = ("_startOne", "_looping", "_again")
+
+    def __init__(self, startOne: Callable[[], bool]) -> None:
+        """
+        @param startOne: Starts one waiting piece of work if it may, and
+            says whether it did.
+        """
+        self._startOne = startOne
+        self._looping = False
+        self._again = False
+
+    def __call__(self) -> None:
+        if self._looping:
+            self._again = True
+            return
+        self._looping = True
+        try:
+            while True:
+                self._again = False
+                while self._startOne():
+                    pass
+                if not self._again:
+                    return
+        finally:
+            self._looping = False
 
 
 class PrioritySlots:
     """
     At most C{limit} pieces of work at once.  Waiting work starts in the
-    order it came, every urgent piece before any background one.
+    order it came, every urgent piece before any background one, and
+    background work never takes the last C{reserved} slots: a login finds
+    a slot free even while a bulk refresh has filled the queue.
 
     @ivar running: Slots held now.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, reserved: int = 0) -> None:
+        """
+        @param reserved: Slots only urgent work may hold (less than
+            C{limit}).
+        """
+        if not 0 <= reserved < limit:
+            raise ValueError(f"reserved slots ({reserved}) must be fewer than the limit ({limit})")
         self.limit = limit
+        self.reserved = reserved
         self.running = 0
-        self._urgent: deque[Deferred[None]] = deque()
+        self._urgent: deque[_Work] = deque()
         # Background waiters by key (a username), the oldest key first.
-        self._background: OrderedDict[str, deque[Deferred[None]]] = OrderedDict()
+        self._background: OrderedDict[str, deque[_Work]] = OrderedDict()
+        self._drain = _Drain(self._startOne)
+
+    @property
+    def waiting(self) -> int:
+        """
+        Pieces of work queued for a slot.
+        """
+        return len(self._urgent) + sum(len(q) for q in self._background.values())
 
     def run(self, key: str, urgent: bool, work: Callable[..., Deferred[T]], *args: Any) -> Deferred[T]:
         """
@@ -42,10 +122,13 @@ class PrioritySlots:
         @param urgent: A client waits on it.
         @return: C{work}'s result.
         """
-        def start(_: None) -> Deferred[T]:
-            return maybeDeferred(work, *args).addBoth(self._released)
-
-        return self._acquire(key, urgent).addCallback(start)
+        queued = _Work(work, args)
+        if urgent:
+            self._urgent.append(queued)
+        else:
+            self._background.setdefault(key, deque()).append(queued)
+        self._drain()
+        return queued.result
 
     def promote(self, key: str) -> None:
         """
@@ -55,30 +138,91 @@ class PrioritySlots:
         waiting = self._background.pop(key, None)
         if waiting:
             self._urgent.extend(waiting)
+            self._drain()
 
-    def _acquire(self, key: str, urgent: bool) -> Deferred[None]:
-        if self.running < self.limit:
-            self.running += 1
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        if urgent:
-            self._urgent.append(d)
-        else:
-            self._background.setdefault(key, deque()).append(d)
-        return d
-
-    def _released(self, result: T) -> T:
-        """
-        Hand the slot to the next waiting work, if any.
-        """
-        if self._urgent:
-            self._urgent.popleft().callback(None)
-        elif self._background:
+    def _startOne(self) -> bool:
+        if self._urgent and self.running < self.limit:
+            queued = self._urgent.popleft()
+        elif self._background and self.running < self.limit - self.reserved:
             key, waiting = next(iter(self._background.items()))
-            d = waiting.popleft()
+            queued = waiting.popleft()
             if not waiting:
                 del self._background[key]
-            d.callback(None)
         else:
-            self.running -= 1
-        return result
+            return False
+        self.running += 1
+        queued.start(self._finished)
+        return True
+
+    def _finished(self, result: object, queued: _Work) -> None:
+        self.running -= 1
+        _deliver(queued, result)
+        self._drain()
+
+
+class KeyedLock(Generic[K]):
+    """
+    One piece of work at a time per key, in the order asked; different keys
+    run in parallel.  A key's queue exists only while in use, so a million
+    users leave no million locks behind.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[K, deque[_Work]] = {}
+        self._busy: set[K] = set()
+        self._ready: deque[K] = deque()
+        self._drain = _Drain(self._startOne)
+
+    def __contains__(self, key: K) -> bool:
+        """
+        Whether work for C{key} runs or waits.
+        """
+        return key in self._queues
+
+    def __len__(self) -> int:
+        """
+        Keys with work running or waiting.
+        """
+        return len(self._queues)
+
+    def run(self, key: K, work: Callable[..., Deferred[T]], *args: Any) -> Deferred[T]:
+        """
+        Run C{work(*args)} once the work queued before it for C{key} is done.
+        """
+        queued = _Work(work, args)
+        self._queues.setdefault(key, deque()).append(queued)
+        if key not in self._busy:
+            self._ready.append(key)
+            self._drain()
+        return queued.result
+
+    def _startOne(self) -> bool:
+        while self._ready:
+            key = self._ready.popleft()
+            queue = self._queues.get(key)
+            if key in self._busy or not queue:
+                continue
+            self._busy.add(key)
+            queued = queue.popleft()
+            queued.start(lambda result, q: self._finished(result, q, key))
+            return True
+        return False
+
+    def _finished(self, result: object, queued: _Work, key: K) -> None:
+        self._busy.discard(key)
+        if self._queues.get(key):
+            self._ready.append(key)
+        else:
+            self._queues.pop(key, None)
+        _deliver(queued, result)
+        self._drain()
+
+
+def _deliver(queued: _Work, result: object) -> None:
+    """
+    Hand finished work's outcome to its caller.
+    """
+    if isinstance(result, Failure):
+        queued.result.errback(result)
+    else:
+        queued.result.callback(result)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 
-from rosteradmin.slots import PrioritySlots
+from rosteradmin.slots import KeyedLock, PrioritySlots
 
 
 class Work:
@@ -93,3 +95,140 @@ def test_failuresAndSynchronousWorkFreeTheirSlot() -> None:
     assert [f.type for f in failures] == [ValueError] and slots.running == 0
     assert [slots.run("b", False, lambda n: n, n).result for n in range(3)] == [0, 1, 2]
     assert slots.running == 0
+
+
+class Stream:
+    """
+    Work that waits on a connection, and fails when it drops: at once for
+    work started afterwards (not connected), like privileged iqs do.
+    """
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.pending: list[Deferred[None]] = []
+
+    def __call__(self) -> Deferred[None]:
+        if not self.connected:
+            return fail(ConnectionError("not connected"))
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def drop(self) -> None:
+        self.connected = False
+        pending, self.pending = self.pending, []
+        for d in pending:
+            d.errback(ConnectionError("connection lost"))
+
+
+def test_streamLossWithTenThousandQueuedFreesEverySlot() -> None:
+    """
+    32 works hold the slots and 10,000 wait when the connection drops: the
+    running ones fail, each queued one then fails synchronously as it
+    starts.  Every Deferred fires, no slot stays held, and nothing recurses
+    (a release that started the next work from inside the previous one's
+    callback overflowed the stack here and stranded the queue).
+    """
+    slots, stream = PrioritySlots(32, reserved=8), Stream()
+    outcomes: list[Any] = []
+    for n in range(10_032):
+        slots.run(f"user{n % 500}", n % 3 == 0, stream).addBoth(outcomes.append)
+    assert slots.running == 32 and slots.waiting == 10_000
+    stream.drop()
+    assert len(outcomes) == 10_032 and all(f.check(ConnectionError) for f in outcomes)
+    assert slots.running == 0 and slots.waiting == 0
+
+
+def test_tenThousandSynchronousFailuresFreeEverySlot() -> None:
+    """
+    Work that fails as it is called (not connected) while others hold the
+    slots: when the holders finish, all 10,000 waiting fail in turn, every
+    Deferred fires and the slots are free again.
+    """
+    slots, work = PrioritySlots(4), Work()
+    outcomes: list[Any] = []
+    for name in "abcd":
+        slots.run(name, False, work, name).addBoth(outcomes.append)
+    for n in range(10_000):
+        slots.run(f"u{n}", n % 2 == 0, lambda: fail(ValueError("not connected"))).addBoth(outcomes.append)
+    for name in "abcd":
+        work.finish(name)
+    assert len(outcomes) == 10_004 and slots.running == 0 and slots.waiting == 0
+
+
+def test_reservedSlotsAreForUrgentWork() -> None:
+    """
+    Background work never takes the reserved slots, so urgent work starts
+    at once even while background work waits.
+    """
+    slots, work = PrioritySlots(3, reserved=1), Work()
+    for name in ["bg1", "bg2", "bg3"]:
+        slots.run(name, False, work, name)
+    assert work.started == ["bg1", "bg2"] and slots.waiting == 1
+    slots.run("u1", True, work, "u1")
+    assert work.started == ["bg1", "bg2", "u1"]
+    work.finish("u1")
+    assert work.started == ["bg1", "bg2", "u1"]
+    work.finish("bg1")
+    assert work.started == ["bg1", "bg2", "u1", "bg3"]
+
+
+def test_reservedMustLeaveASlot() -> None:
+    """
+    Reserving every slot would starve background work forever: refused.
+    """
+    with pytest.raises(ValueError):
+        PrioritySlots(2, reserved=2)
+
+
+def test_keyedLockSerialisesPerKey() -> None:
+    """
+    Work for one key runs one piece at a time, in order; other keys run
+    alongside; a key is forgotten once its work is done.
+    """
+    lock: KeyedLock[str] = KeyedLock()
+    work = Work()
+    for name, key in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("a3", "a")]:
+        lock.run(key, work, name)
+    assert work.started == ["a1", "b1"]
+    work.finish("a1")
+    assert work.started == ["a1", "b1", "a2"]
+    work.finish("b1")
+    assert "b" not in lock and "a" in lock
+    work.finish("a2")
+    work.finish("a3")
+    assert work.started == ["a1", "b1", "a2", "a3"] and len(lock) == 0
+
+
+def test_keyedLockTenThousandSynchronousWaitersDoNotRecurse() -> None:
+    """
+    10,000 waiters on one key whose work finishes synchronously (a cached
+    roster, a failure while disconnected): all run, in order, without
+    recursion, and the key is released.
+    """
+    lock: KeyedLock[str] = KeyedLock()
+    work = Work()
+    results: list[Any] = []
+    lock.run("alice", work, "first")
+    for n in range(10_000):
+        lock.run("alice", (lambda n: succeed(n)) if n % 2 else (lambda n: fail(ValueError(n))), n).addBoth(
+            results.append)
+    work.finish("first")
+    assert len(results) == 10_000 and results[1] == 1 and isinstance(results[0], Failure)
+    assert len(lock) == 0
+
+
+def test_keyedLockThirdWaiterWaitsForSecond() -> None:
+    """
+    With a first piece done and a second running, a third waits for the
+    second (a lock dropped while held let the third run alongside it).
+    """
+    lock: KeyedLock[str] = KeyedLock()
+    work = Work()
+    lock.run("room", work, "k1")
+    lock.run("room", work, "k2")
+    work.finish("k1")
+    lock.run("room", work, "k3")
+    assert work.started == ["k1", "k2"]
+    work.finish("k2")
+    assert work.started == ["k1", "k2", "k3"]
