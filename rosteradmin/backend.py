@@ -18,14 +18,16 @@ from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rosteradmin.cache import RosterCache
-from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, SyncFailed
+from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, RosterRefused, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync
 from rosteradmin.roster import Roster, RosterDiff, diffRosters, normaliseUsername
 from rosteradmin.slots import KeyedLock, PrioritySlots
+from rosteradmin.stanzalimit import StanzaLimit
 
 if TYPE_CHECKING:
     from rosteradmin.privilege import StoredRoster
@@ -61,17 +63,29 @@ class RosterBackend(Service):
     @ivar sync: Writes into the server; set once the XMPP side exists.
     @ivar unsynced: Users whose cached roster the server may not hold yet
         (written once the server is reachable and grants roster access).
+    @ivar refused: Why the web app's roster of a user cannot be stored in
+        the server or sent to its clients (over the server's stanza
+        limit), by username, until a roster that fits replaces it.
     """
 
     log = Logger()
 
-    def __init__(self, cache: RosterCache, fetcher: RosterFetcher, sync: IRosterSync | None = None) -> None:
+    def __init__(self, cache: RosterCache, fetcher: RosterFetcher, sync: IRosterSync | None = None,
+                 limit: StanzaLimit | None = None) -> None:
+        """
+        @param limit: The server's stanza size limit: rosters it cannot
+            carry are refused for their user alone.
+        """
         self.cache = cache
         self.fetcher = fetcher
         self.sync = sync
+        self.limit = limit if limit is not None else StanzaLimit()
+        self.refused: dict[str, str] = {}
         self.unsynced: set[str] = set()
         self.refreshes = 0
         self._locks: KeyedLock[str] = KeyedLock()
+        # Callers waiting for a user's queued refresh that has not started.
+        self._queuedRefreshes: dict[str, list[Deferred[None]]] = {}
         self._clientsWaiting: Counter[str] = Counter()
 
     def stopService(self) -> Deferred[None]:
@@ -141,7 +155,7 @@ class RosterBackend(Service):
 
         async def refreshOne(username: str, given: str) -> None:
             try:
-                await self._locked(username, self._refreshOne, username)
+                await self._coalescedRefresh(username)
             except FetchFailed as e:
                 summary.failures[given] = e.reason
             except SyncFailed as e:
@@ -150,10 +164,46 @@ class RosterBackend(Service):
                 self.log.failure("refresh of {user} failed", user=username)
                 summary.failures[given] = "internal error"
             else:
-                summary.updated += 1
+                tooLarge = self.refused.get(username)
+                if tooLarge is not None:
+                    summary.failures[given] = f"stored in the server, but clients cannot be sent it: {tooLarge}"
+                else:
+                    summary.updated += 1
 
         await gatherResults([ensureDeferred(refreshOne(u, g)) for u, g in distinct.items()])
         return summary
+
+    def _coalescedRefresh(self, username: str) -> Deferred[None]:
+        """
+        Refresh one user, joining a refresh of that user that is queued and
+        has not fetched yet: it will fetch after this request arrived, so
+        its result answers this request too.  A refresh that is running
+        (it may have fetched before the request arrived) is not joined: the
+        request queues the next one.  So any number of concurrent refreshes
+        of one user cost at most two fetches.
+        """
+        joined: Deferred[None] = Deferred()
+        waiters = self._queuedRefreshes.get(username)
+        if waiters is not None:
+            waiters.append(joined)
+            return joined
+        waiters = self._queuedRefreshes[username] = [joined]
+
+        async def run() -> None:
+            # From now on, a new request cannot know whether this fetch
+            # saw its change: it queues the next refresh.
+            del self._queuedRefreshes[username]
+            await self._refreshOne(username)
+
+        def deliver(result: object) -> None:
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+
+        self._locked(username, run).addBoth(deliver)
+        return joined
 
     def connectionRestored(self) -> None:
         """
@@ -192,6 +242,7 @@ class RosterBackend(Service):
         if cached is not None:
             return cached
         roster, stored = await self._fetchWithStored(username)
+        self._admit(username, roster, stored)
         await self._writeToServer(username, roster, stored, urgent=True)
         self.cache.put(username, roster)
         return roster
@@ -213,6 +264,29 @@ class RosterBackend(Service):
             raise
         return roster, stored
 
+    def _admit(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None) -> None:
+        """
+        Check that the server can carry a fetched roster: an item too large
+        for one stanza refuses the roster (the previous one stays); a roster
+        too large for one answer is stored, and its user remembered.
+
+        @raise RosterRefused: An item cannot be stored.
+        """
+        refusal = self.limit.itemRefusal(roster)
+        if refusal is not None:
+            self.refused[username] = refusal
+            if storedRead is not None:
+                storedRead.addErrback(lambda failure: None)  # nothing to sync
+            self.log.warn("roster of {user} refused: {why}", user=username, why=refusal)
+            raise RosterRefused(username, refusal)
+        tooLarge = self.limit.answerRefusal(roster)
+        if tooLarge is None:
+            self.refused.pop(username, None)
+        else:
+            self.refused[username] = tooLarge
+            self.log.warn("roster of {user} is stored, but cannot be sent to its clients: {why}",
+                          user=username, why=tooLarge)
+
     async def _resync(self, username: str) -> None:
         """
         Write a roster refreshed while disconnected, and push the changes:
@@ -231,6 +305,7 @@ class RosterBackend(Service):
             login or after reconnecting).
         """
         roster, storedRead = await self._fetchWithStored(username, urgent=username in self._clientsWaiting)
+        self._admit(username, roster, storedRead)
         refused: SyncFailed | None = None
         try:
             stored = await self._writeToServer(username, roster, storedRead,

@@ -30,11 +30,13 @@ from rosteradmin.backend import RosterBackend
 from rosteradmin.config import Config
 from rosteradmin.delegation import DelegationHandler
 from rosteradmin.disco import DiscoHandler
+from rosteradmin.fairness import QueryGate
 from rosteradmin.interfaces import IConnectionStatus
 from rosteradmin.muc import RoomKicker
 from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin.rosterserver import RosterServer
+from rosteradmin.stanzalimit import StanzaLimit
 
 
 @implementer(IConnectionStatus)
@@ -162,7 +164,14 @@ class RosterComponent(component.Component):  # type: ignore[misc]
     @ivar kicker: Kicks room occupants (the L{IRoomKicker}).
     """
 
-    def __init__(self, config: Config, backend: RosterBackend, clock: IReactorTime, verbose: bool = False) -> None:
+    def __init__(self, config: Config, backend: RosterBackend, clock: IReactorTime, verbose: bool = False,
+                 limit: StanzaLimit | None = None) -> None:
+        """
+        @param limit: The server's stanza size limit, shared with the
+            backend; by default from C{config.max_stanza_bytes}.
+        """
+        if limit is None:
+            limit = StanzaLimit(config.max_stanza_bytes)
         self.status = ConnectionMonitor(clock, config.keepalive_interval)
         # What wokkel's Component.__init__ does, with our factory.
         self.host, self.port = config.xmpp_host, config.xmpp_port
@@ -175,12 +184,13 @@ class RosterComponent(component.Component):  # type: ignore[misc]
         # default; the server is usually back within seconds.
         self.factory.maxDelay = config.reconnect_max_delay
         self.privileges = PrivilegeHandler(
-            config.domain, self.status, config.iq_timeout,
+            config.domain, self.status, config.iq_timeout, limit,
             userOnline=backend.warm, rosterAccessGranted=backend.connectionRestored,
         )
-        self.rosterServer = RosterServer(backend, config.domain, config.jid)
+        self.rosterServer = RosterServer(backend, config.domain, config.jid, limit,
+                                         QueryGate(clock, config.queries_per_user, config.query_rate))
         self.delegation = DelegationHandler(
-            config.domain, config.jid, {NS_ROSTER: self.rosterServer.answerDelegated}
+            config.domain, config.jid, {NS_ROSTER: self.rosterServer.answerDelegated}, limit
         )
         self.kicker = RoomKicker(config.jid, self.status, clock, config.iq_timeout,
                                  config.kick_nick, config.stay_in_rooms)

@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 from twisted.words.protocols.jabber.jid import JID
 
 from rosteradmin.roster import JID_ERRORS
+from rosteradmin.stanzalimit import MIN_MAX_STANZA_BYTES
 from rosteradmin.stanzas import roomNickname
 
 
@@ -92,6 +93,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keepalive-interval", float, 60.0, "seconds between whitespace keepalives on the component stream"),
     Setting("kick-nick", str, "rosteradmin", "nickname the component joins a room under to kick from it"),
     Setting("stay-in-rooms", bool, False, "stay in a room after kicking from it (default: leave)"),
+    Setting("max-stanza-bytes", int, 512 * 1024, "largest stanza the XMPP server accepts from the component (Prosody's component_stanza_size_limit, default 512 KiB); bigger answers, writes and pushes are refused for that user"),
+    Setting("queries-per-user", int, 8, "most roster queries of one user in flight at once; more get a wait error (resource-constraint)"),
+    Setting("query-rate", float, 20.0, "roster queries per second one user may send, in bursts of two seconds' worth; more get a wait error"),
+    Setting("http-max-connections", int, 256, "most HTTP API connections open at once; more are closed at once"),
+    Setting("http-timeout", float, 30.0, "seconds an HTTP client may take to send a request's headers and body, or stay idle"),
     Setting("web-app-headers", dict, None, "extra HTTP headers sent to the web app (TOML table only)", cli=False),
 )
 
@@ -123,6 +129,11 @@ class Config:
     keepalive_interval: float = 60.0
     kick_nick: str = "rosteradmin"
     stay_in_rooms: bool = False
+    max_stanza_bytes: int = 512 * 1024
+    queries_per_user: int = 8
+    query_rate: float = 20.0
+    http_max_connections: int = 256
+    http_timeout: float = 30.0
     web_app_headers: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -291,6 +302,8 @@ def buildConfig(
         if nick is None:
             raise ConfigError(f"--kick-nick: {values['kick_nick']!r} cannot be a room nickname")
         values["kick_nick"] = nick
+    if values.get("max_stanza_bytes", MIN_MAX_STANZA_BYTES) < MIN_MAX_STANZA_BYTES:
+        raise ConfigError(f"--max-stanza-bytes: must be at least {MIN_MAX_STANZA_BYTES}, got {values['max_stanza_bytes']}")
     if "xmpp_port" in values and values["xmpp_port"] > 65535:
         raise ConfigError(f"--xmpp-port: {values['xmpp_port']} is not a port number")
     return Config(**values)

@@ -27,6 +27,8 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
+from rosteradmin.errors import StanzaTooLarge
+from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.stanzas import NS_CLIENT, NS_FORWARD, errorReply, errorXML, findChild, iqXML, parseJID
 
 NS_DELEGATION_1 = "urn:xmpp:delegation:1"
@@ -42,6 +44,8 @@ ADVERTISEMENT = "/message/delegation"
 OWN_REQUEST_DELEGATED = "//event/rosteradmin/own-request-delegated"
 
 OWN_REQUEST_TEXT = "The XMPP server delegated this component's own request back to it."
+
+ANSWER_TOO_LARGE_TEXT = "The answer is larger than the XMPP server accepts in one stanza."
 
 
 class MalformedEnvelope(Exception):
@@ -156,12 +160,15 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
 
     log = Logger()
 
-    def __init__(self, domain: str, componentJID: str, answerers: dict[str, Answerer]) -> None:
+    def __init__(self, domain: str, componentJID: str, answerers: dict[str, Answerer], limit: StanzaLimit) -> None:
         """
         @param domain: The only sender whose envelopes are trusted.
         @param answerers: Handlers by the namespace of the client iq's child.
+        @param limit: The server's stanza size limit: a larger answer would
+            close the stream, so the client gets an error instead.
         """
         super().__init__()
+        self.limit = limit
         self.domain = domain
         self.componentJID = componentJID
         ownJID = parseJID(componentJID)
@@ -271,7 +278,13 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
         if self.xmlstream is None:
             self.log.info("dropped a delegated answer: the stream closed meanwhile")
             return
-        self.send(wrap(delegated, self.componentJID, innerXML))
+        try:
+            data = self.limit.encode(wrap(delegated, self.componentJID, innerXML), "answer")
+        except StanzaTooLarge as e:
+            self.log.warn("answer to {requester} not sent: {why}", requester=delegated.inner["from"], why=str(e))
+            data = wrap(delegated, self.componentJID, innerError(
+                delegated.inner, "resource-constraint", "cancel", ANSWER_TOO_LARGE_TEXT)).encode("utf-8")
+        self.send(data)
 
     def _ebAnswer(self, failure: Failure, delegated: Delegated) -> str:
         """

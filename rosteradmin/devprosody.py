@@ -128,7 +128,6 @@ allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
 storage = "internal"
 plugin_paths = {{ "/usr/lib/prosody/modules" }}
-component_stanza_size_limit = 16 * 1024 * 1024
 
 Include "{self.includeConfig}"
 """)

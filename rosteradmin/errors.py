@@ -64,3 +64,17 @@ class KickFailed(RosterAdminError):
         super().__init__(f"{condition}: {text}" if text else condition)
         self.condition = condition
         self.text = text
+
+
+class StanzaTooLarge(RosterAdminError):
+    """
+    A stanza is larger than the XMPP server accepts from the component: sent,
+    it would make the server close the stream, cutting every user off.
+    """
+
+
+class RosterRefused(FetchFailed):
+    """
+    The web app's roster for a user was fetched but cannot be held by the
+    server (an item too large for one stanza): the previous roster stays.
+    """

@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 from typing import Callable, NamedTuple
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
@@ -30,9 +30,10 @@ from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from rosteradmin.delegation import OWN_REQUEST_DELEGATED
-from rosteradmin.errors import NotConnected, SyncFailed
+from rosteradmin.errors import NotConnected, StanzaTooLarge, SyncFailed
 from rosteradmin.interfaces import IConnectionStatus, IRosterSync
 from rosteradmin.slots import PrioritySlots
+from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff, diffSteps
 from rosteradmin.stanzas import NS_CLIENT, IQRequest, findChild, iqXML, parseJID, sendRequest
 
@@ -42,6 +43,9 @@ PRIVILEGE_NAMESPACES = (NS_PRIVILEGE_2, NS_PRIVILEGE_1)
 
 #: Most privileged roster gets and sets in flight at once, over all users.
 MAX_SYNC_IN_FLIGHT = 32
+
+#: Of those, how many only work a client waits for may hold.
+RESERVED_FOR_CLIENTS = 8
 
 
 class StoredRoster(NamedTuple):
@@ -143,6 +147,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         domain: str,
         status: IConnectionStatus,
         timeout: float,
+        limit: StanzaLimit,
         userOnline: Callable[[str], object] = lambda username: None,
         rosterAccessGranted: Callable[[], object] = lambda: None,
     ) -> None:
@@ -150,6 +155,8 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         @param domain: The only sender trusted for permissions and presences.
         @param status: Whether we are connected.
         @param timeout: Seconds to wait for the server to answer an iq.
+        @param limit: The server's stanza size limit, checked before each
+            request is sent.
         @param userOnline: Called with a username when a user's first
             resource comes online (the backend warms its cache).
         @param rosterAccessGranted: Called when the server grants roster
@@ -160,13 +167,14 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self.domain = domain
         self.status = status
         self.timeout = timeout
+        self.limit = limit
         self.userOnline = userOnline
         self.rosterAccessGranted = rosterAccessGranted
         self.permissions = NO_PERMISSIONS
         self.online: dict[str, set[str]] = {}
         self.rostersDelegatedBack = False
         self._toldCannotPush = False
-        self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT)
+        self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS)
 
     def connectionMade(self) -> None:
         # The advertisement and presences arrive in the handshake's read.
@@ -251,7 +259,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
 
         @param urgent: A client waits for it.
         """
-        d = self._sync.run(username, urgent, self._request, username, "get", f"<query xmlns='{NS_ROSTER}'/>")
+        d = self._sync.run(username, urgent, self._request, username, "get", f"<query xmlns='{NS_ROSTER}'/>", "read")
         d.addCallback(parseStoredRoster)
         d.addErrback(self._ebSync, username, "read")
         return d
@@ -290,7 +298,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self._sync.promote(username)
 
     def _writeItem(self, username: str, itemXML: str, removal: bool) -> Deferred[object]:
-        d = self._request(username, "set", f"<query xmlns='{NS_ROSTER}'>{itemXML}</query>")
+        d = self._request(username, "set", f"<query xmlns='{NS_ROSTER}'>{itemXML}</query>", "write")
         if removal:
             # Removing what the server does not hold is already done.
             d.addErrback(self._ignoreItemNotFound)
@@ -332,7 +340,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
                              f"<query xmlns='{NS_ROSTER}' ver='{step.version}'>{step.item}</query>",
                              namespace=NS_CLIENT)
                 d = self._request(username, "set",
-                                  f"<privileged_iq xmlns='{NS_PRIVILEGE_2}'>{push}</privileged_iq>")
+                                  f"<privileged_iq xmlns='{NS_PRIVILEGE_2}'>{push}</privileged_iq>", "push")
                 d.addErrback(lambda f, r=resource: self.log.warn(
                     "roster push to {resource} failed: {why}", resource=r, why=f.getErrorMessage()))
                 sent += 1
@@ -340,11 +348,18 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
                       count=len(steps), resources=len(resources), user=username)
         return sent
 
-    def _request(self, username: str, iqType: str, payload: str) -> Deferred[domish.Element]:
+    def _request(self, username: str, iqType: str, payload: str, what: str = "write") -> Deferred[domish.Element]:
         """
-        A privileged iq to a user's bare JID.
+        A privileged iq to a user's bare JID, unless it is larger than the
+        server accepts (it would close the stream for everyone).
+
+        @param what: What it is, for the refused-stanza counts.
         """
         request = IQRequest(f"{username}@{self.domain}", iqType, payload, self.timeout)
+        try:
+            self.limit.encode(request.toElement().toXml(), what)
+        except StanzaTooLarge as e:
+            return fail(e)
         return sendRequest(self.parent, self.status.connected, request)
 
     def _ebSync(self, failure: Failure, username: str, what: str) -> Failure:

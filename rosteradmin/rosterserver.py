@@ -20,14 +20,24 @@ from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
 from rosteradmin.delegation import innerError, innerReply
-from rosteradmin.errors import FetchFailed
+from rosteradmin.errors import FetchFailed, RosterRefused, StanzaTooLarge
+from rosteradmin.fairness import QueryGate
 from rosteradmin.interfaces import IRosterBackend
 from rosteradmin.roster import NS_ROSTER
+from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.stanzas import errorXML, iqXML, parseJID
 
 DIRECT_QUERY = f"/iq[@type='get' or @type='set']/query[@xmlns='{NS_ROSTER}']"
 
 SET_REFUSED_TEXT = "The roster is managed by the web application and cannot be changed here."
+
+REFUSED_TEXT = ("Your roster holds a contact larger than the server accepts in one stanza. "
+                "Please tell the administrator.")
+
+TOO_MANY_TEXT = "Too many roster requests at once: try again in a few seconds."
+
+TOO_LARGE_TEXT = ("Your roster has {count} contacts: more than the server can send in one answer. "
+                  "Please tell the administrator.")
 
 
 class QueryRefused(Exception):
@@ -49,8 +59,17 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
 
     log = Logger()
 
-    def __init__(self, backend: IRosterBackend, domain: str, componentJID: str) -> None:
+    def __init__(self, backend: IRosterBackend, domain: str, componentJID: str, limit: StanzaLimit,
+                 gate: QueryGate) -> None:
+        """
+        @param limit: The server's stanza size limit: a roster too large for
+            one answer gets an error, not a closed stream.
+        @param gate: Bounds each user's queries, so that one client cannot
+            crowd out the others.
+        """
         super().__init__()
+        self.limit = limit
+        self.gate = gate
         self.backend = backend
         self.domain = domain
         self.componentJID = componentJID
@@ -93,8 +112,12 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
         d.addCallback(self._sendIfConnected)
 
     def _sendIfConnected(self, reply: str) -> None:
-        if self.xmlstream is not None:
-            self.send(reply)
+        if self.xmlstream is None:
+            return
+        try:
+            self.send(self.limit.encode(reply, "answer"))
+        except StanzaTooLarge as e:
+            self.log.warn("direct roster answer not sent: {why}", why=str(e))
 
     def _refusal(self, failure: Failure) -> tuple[str, str, str]:
         """
@@ -103,6 +126,8 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
         if failure.check(QueryRefused):
             e = failure.value
             return e.condition, e.errorType, e.text
+        if failure.check(RosterRefused):
+            return "resource-constraint", "cancel", REFUSED_TEXT
         if failure.check(FetchFailed):
             # Type wait: the client may retry, and its session stays open.
             return "internal-server-error", "wait", "The roster is temporarily unavailable."
@@ -135,6 +160,18 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
         if iq.getAttribute("type") == "set":
             self.log.info("refused roster set from {user}", user=username)
             raise QueryRefused("not-allowed", "cancel", SET_REFUSED_TEXT)
+        if not self.gate.admit(username):
+            self.log.debug("roster query {user} refused: too many at once", user=username)
+            raise QueryRefused("resource-constraint", "wait", TOO_MANY_TEXT)
+        try:
+            return await self._serve(username, iq, started)
+        finally:
+            self.gate.done(username)
+
+    async def _serve(self, username: str, iq: domish.Element, started: float) -> str:
+        """
+        The roster payload for an admitted query.
+        """
         query = iq.query
         clientVersion = query.getAttribute("ver") if query is not None else None
         try:
@@ -147,6 +184,10 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
         if clientVersion is not None and clientVersion == roster.version:
             outcome, payload = "version current", ""
         else:
+            refusal = self.limit.answerRefusal(roster)
+            if refusal is not None:
+                self.log.warn("roster query {user} refused: {why}", user=username, why=refusal)
+                raise QueryRefused("resource-constraint", "cancel", TOO_LARGE_TEXT.format(count=len(roster)))
             outcome, payload = "served", roster.queryXML()
         self.log.debug("roster query {user} → {outcome} in {elapsed:.3f}s",
                        user=username, outcome=outcome, elapsed=time.monotonic() - started)

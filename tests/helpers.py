@@ -21,6 +21,7 @@ from rosteradmin.cache import RosterCache
 from rosteradmin.component import RosterComponent
 from rosteradmin.config import Config
 from rosteradmin.fetcher import RosterFetcher
+from rosteradmin.stanzalimit import StanzaLimit
 
 DOMAIN = "example.org"
 COMPONENT = "roster.example.org"
@@ -117,6 +118,19 @@ def makeConfig(**overrides: Any) -> Config:
     return Config(**values)
 
 
+class RecordingTransport(StringTransport):
+    """
+    A L{StringTransport} that remembers its largest single write (one
+    stanza, as the component sends them).
+    """
+
+    largestWrite = 0
+
+    def write(self, data: bytes) -> None:
+        self.largestWrite = max(self.largestWrite, len(data))
+        super().write(data)
+
+
 class ComponentOnWire:
     """
     A L{RosterComponent} connected over a L{StringTransport}, after the
@@ -129,9 +143,10 @@ class ComponentOnWire:
         self.webApp = webApp or WebApp()
         self.http = StubTreq(self.webApp)
         self.fetcher = RosterFetcher(self.config.roster_url, DOMAIN, self.clock, http=self.http, timeout=10)
-        self.backend = RosterBackend(RosterCache(), self.fetcher)
-        self.component = RosterComponent(self.config, self.backend, self.clock)
-        self.transport = StringTransport()
+        self.limit = StanzaLimit(self.config.max_stanza_bytes)
+        self.backend = RosterBackend(RosterCache(), self.fetcher, limit=self.limit)
+        self.component = RosterComponent(self.config, self.backend, self.clock, limit=self.limit)
+        self.transport = RecordingTransport()
         self.xmlstream = self.component.factory.buildProtocol(None)
         self.xmlstream.makeConnection(self.transport)
 

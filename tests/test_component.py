@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.words.xish import domish
 
-from rosteradmin.privilege import MAX_SYNC_IN_FLIGHT
+from rosteradmin.privilege import MAX_SYNC_IN_FLIGHT, RESERVED_FOR_CLIENTS
 from rosteradmin.roster import NS_ROSTER, Contact, Roster
 from tests.helpers import COMPONENT, DOMAIN, PERMISSIONS_2, STREAM_HEADER, ComponentOnWire, WebApp
 
@@ -499,26 +499,29 @@ def test_keepaliveSent() -> None:
 def test_loginDuringBulkRefreshGoesFirst() -> None:
     """
     A refresh of more users than privileged requests may be in flight
-    queues the rest; a user of that queue who logs in meanwhile has its
-    read and write sent before the queued users', and is answered before
-    them.
+    queues the rest, leaving the slots reserved for clients free; a user
+    of that queue who logs in meanwhile has its read sent at once, in a
+    reserved slot, and its write before the queued users'.
     """
     users = [f"u{i}" for i in range(MAX_SYNC_IN_FLIGHT + 8)]
     late = users[-1]
+    background = MAX_SYNC_IN_FLIGHT - RESERVED_FOR_CLIENTS
     wire = connected(WebApp({u: {"bob@example.org": {}} for u in users}))
     refresh = wire.backend.refresh(users)
     inFlight = wire.sent()
-    assert [s["to"] for s in inFlight] == [f"{u}@example.org" for u in users[:MAX_SYNC_IN_FLIGHT]]
+    assert [s["to"] for s in inFlight] == [f"{u}@example.org" for u in users[:background]]
     wire.receive(envelope(rosterGet(sender=f"{late}@example.org/res")))
+    [lateRead] = wire.sent()
+    assert (lateRead["type"], lateRead["to"]) == ("get", f"{late}@example.org")
     answer = serverAnswers()
+    wire.receive(answer(lateRead))
     for stanza in inFlight:
         wire.receive(answer(stanza))
     after = [(s["type"], s["to"].split("@")[0]) for s in wire.answerRequests(answer)]
-    # The late user's read takes the first free slot; its write waits only
-    # for requests already in flight, never for the queued users' work.
-    assert after[0] == ("get", late)
-    queued = [("get", u) for u in users[MAX_SYNC_IN_FLIGHT:-1]] + [("set", u) for u in users[MAX_SYNC_IN_FLIGHT:-1]]
+    # The late user's write waits only for requests already in flight,
+    # never for the queued users' work.
+    queued = [("get", u) for u in users[background:-1]] + [("set", u) for u in users[background:-1]]
     assert after.index(("set", late)) < min(after.index(q) for q in queued if q[0] == "set")
-    assert sorted(after) == sorted(queued + [("set", u) for u in users[:MAX_SYNC_IN_FLIGHT]]
-                                   + [("get", late), ("set", late), ("result", DOMAIN)])
+    assert sorted(after) == sorted(queued + [("set", u) for u in users[:background]]
+                                   + [("set", late), ("result", DOMAIN)])
     assert refresh.called and refresh.result.updated == len(users)
