@@ -7,7 +7,8 @@ edit, keyed by username::
      "bob": {"alice@example.org": {"name": "Alice"}}}
 
 C{GET /rosters/<username>} answers that user's roster in the format
-rosteradmin expects (unknown users get C{{}}).  The file is read on every
+rosteradmin expects, and 404 for a username the file does not list: a
+user without contacts is listed with C{{}}.  The file is read on every
 request, so an edit followed by C{POST /roster_admin/refresh} shows up in
 clients at once.  Run alone with
 C{python -m rosteradmin.devwebapp rosters.json 8080}.
@@ -36,6 +37,22 @@ SAMPLE_ROSTERS = {
 class RosterFileResource(Resource):
     """
     Serves C{GET /rosters/<username>} from a JSON file.
+
+    Request and responses::
+
+        GET /rosters/alice HTTP/1.1
+
+        HTTP/1.1 200 OK
+        Content-Type: application/json
+
+        {"bob@example.org": {"name": "Bob", "groups": ["Friends"]}}
+
+        GET /rosters/nobody HTTP/1.1
+
+        HTTP/1.1 404 Not Found
+        Content-Type: application/json
+
+        {"error": "no such user"}
     """
 
     isLeaf = True
@@ -53,13 +70,21 @@ class RosterFileResource(Resource):
         username = request.postpath[1].decode("utf-8", "replace")
         try:
             rosters = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(rosters, dict):
+                raise ValueError("not an object of usernames")
         except (OSError, ValueError) as e:
             self.log.error("cannot read {path}: {why}", path=str(self.path), why=str(e))
             request.setResponseCode(500)
             return b'{"error": "roster file unreadable"}'
         request.setHeader(b"content-type", b"application/json")
+        # A real web app answers 404 for a user it does not know, so that
+        # rosteradmin does not take it for a user without contacts.
+        if username not in rosters:
+            self.log.info("no roster for {user}: not in the file", user=username)
+            request.setResponseCode(404)
+            return b'{"error": "no such user"}'
         self.log.info("served the roster of {user}", user=username)
-        return json.dumps(rosters.get(username, {})).encode("utf-8")
+        return json.dumps(rosters[username]).encode("utf-8")
 
 
 def writeSample(path: Path) -> None:

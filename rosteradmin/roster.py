@@ -18,11 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from encodings.idna import nameprep as idnaNameprep
 from functools import lru_cache
+from stringprep import in_table_a1
 from typing import Any, Iterable, Iterator, NamedTuple
+from unicodedata import bidirectional
 
-from twisted.words.protocols.jabber.jid import InvalidFormat, JID
-from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
+from twisted.words.protocols.jabber.jid import InvalidFormat
+from twisted.words.protocols.jabber.xmpp_stringprep import nameprep, nodeprep
 from twisted.words.xish.domish import escapeToXml
 
 from rosteradmin.errors import InvalidRoster, InvalidUsername
@@ -46,7 +49,7 @@ class Contact(NamedTuple):
     """
     One roster item.  The subscription is always C{both}.
 
-    @ivar jid: The contact's bare JID, normalised.
+    @ivar jid: The contact's bare JID, normalised as Prosody stores it.
     @ivar name: The display name, or C{None}.
     @ivar groups: The groups, in the web app's order, without duplicates.
     """
@@ -261,28 +264,128 @@ def _internGroups(groups: tuple[str, ...]) -> tuple[str, ...]:
     return _groupTuples.setdefault(groups, groups)
 
 
+#: The most octets of a localpart or a domainpart (RFC 7622 §3.2, §3.3):
+#: Prosody's stringprep refuses a part of 1024 octets or more, before and
+#: after preparation (C{util-src/encodings.c}, C{icu_stringprep_prep}).
+MAX_JID_PART = 1023
+
+
 @lru_cache(maxsize=16384)
 def _bareContactJID(key: str) -> str:
     """
-    Normalise a contact key to a bare JID.
+    Normalise a contact key to the bare JID Prosody stores for it.
+
+    Prosody stores C{jid.prep} of each item we write (mod_privilege), and
+    the next sync diffs against what it stored: a JID it would prepare
+    differently from us (C{bob@example.org.}) would be removed and added
+    again on every sync.  So keys are prepared as C{jid.prep} does, and
+    refused where Twisted's stringprep might disagree with Prosody's.
+
+    Only users can be contacts: a key without a localpart (a server, this
+    component) is refused, as the owner's own JID is.
 
     Stringprep dominated the cost of loading a roster, and contacts are
     mostly users of the same service, so the same keys come back roster
     after roster: results are cached (bounded; rejections are not cached).
 
-    @raise InvalidRoster: The key is not a bare JID.
+    @raise InvalidRoster: The key is not a user's bare JID.
     """
+    # Even an empty resource ("bob@example.org/") makes it a full JID.
+    if "/" in key:
+        raise InvalidRoster(f"contact {key!r} is not a bare JID")
+    node, at, domain = key.partition("@")
+    if not at:
+        raise InvalidRoster(f"contact {key!r} has no localpart: only users can be contacts")
     try:
-        jid = JID(key)
+        _checkPart(node, "localpart")
+        node = nodeprep.prepare(node)
+        # Also what nodeprep maps to nothing (U+00AD): Prosody would store
+        # "@example.org".
+        if not node:
+            raise InvalidFormat("empty localpart")
+        _checkPart(node, "localpart")
+        _checkBidi(node, "localpart")
+        domain = _contactDomain(domain)
     except JID_ERRORS as e:
         raise InvalidRoster(f"contact {key!r} is not a valid JID: {e}") from None
-    # Twisted drops empty parts: "bob@example.org/" parses as bare, and
-    # "@example.org" as the domain itself.  RFC 7622 forbids both.
-    if jid.resource is not None or "/" in key:
-        raise InvalidRoster(f"contact {key!r} is not a bare JID")
-    if jid.user is None and "@" in key:
-        raise InvalidRoster(f"contact {key!r} is not a valid JID: empty localpart")
-    return sys.intern(jid.userhost())
+    return sys.intern(f"{node}@{domain}")
+
+
+@lru_cache(maxsize=1024)
+def _contactDomain(domain: str) -> str:
+    """
+    Prepare a contact's domainpart as Prosody's C{jid.prep} does.
+
+    Most contacts share a few domains, so the domains are cached apart
+    from the whole keys.  Twisted's nameprep is stricter than Prosody's
+    (STD3 host names); where the two could still differ, the domain is
+    refused rather than stored under another name.
+
+    @raise InvalidFormat: The domain is not one Prosody stores as we do.
+    @raise UnicodeError: Stringprep refuses the domain.
+    """
+    # util/jid.lua, prepped_split: one final "." goes before nameprep
+    # (RFC 7622 §3.2: it is no part of the name).
+    if domain.endswith("."):
+        domain = domain[:-1]
+    if not domain:
+        raise InvalidFormat("empty domainpart")
+    _checkPart(domain, "domainpart")
+    try:
+        prepped = nameprep.prepare(domain)
+    except IndexError:  # Twisted's nameprep of an empty label
+        raise InvalidFormat("empty label") from None
+    if prepped.endswith("."):  # "example.org..": Prosody strips one dot only
+        raise InvalidFormat("empty label")
+    # Prosody nameprepares the domain as one string, not label by label:
+    # its bidi rule spans labels, and U+3002 stays as it is where RFC 3490
+    # and Twisted read a dot (util-src/encodings.c, ICU's usprep).
+    if idnaNameprep(domain) != prepped:
+        raise InvalidFormat("Prosody would prepare the domainpart differently")
+    _checkPart(prepped, "domainpart")
+    _checkBidi(prepped, "domainpart")
+    return sys.intern(prepped)
+
+
+def _checkPart(part: str, what: str) -> None:
+    """
+    Refuse a JID part, before or after stringprep, that Prosody would not
+    prepare as Twisted does.
+
+    Stringprep is defined on Unicode 3.2 (RFC 3454), and ICU, under
+    Prosody, keeps to it: code points 3.2 left unassigned (emoji among
+    them) pass unchanged.  Python's stringprep maps case with today's
+    Unicode (C{str.lower}) and normalises unassigned code points with
+    today's data: U+023D, unassigned in 3.2, becomes U+019A, and Georgian
+    U+10A0 becomes U+2D00, which 3.2 did not assign; Prosody keeps both.
+    Checking the part before and after preparation refuses both cases.
+
+    @raise InvalidFormat: C{part} is over L{MAX_JID_PART} octets, or holds
+        a code point unassigned in Unicode 3.2.
+    """
+    if len(part.encode("utf-8", "surrogatepass")) > MAX_JID_PART:
+        raise InvalidFormat(f"{what} over {MAX_JID_PART} octets")
+    if any(map(in_table_a1, part)):
+        raise InvalidFormat(f"{what} holds a code point unassigned in Unicode 3.2")
+
+
+def _checkBidi(prepared: str, what: str) -> None:
+    """
+    Apply stringprep's bidi rule (RFC 3454 §6) with today's bidi classes.
+
+    ICU, under Prosody, takes the classes from its own Unicode version, not
+    from Unicode 3.2 as Python's stringprep does, and some changed since:
+    Braille patterns became left-to-right, so Prosody refuses
+    U+0639 U+2808 U+0639 as a localpart, which Twisted accepts.
+
+    @raise InvalidFormat: The part mixes right-to-left and left-to-right
+        characters, or holds right-to-left ones but does not both start
+        and end with one.
+    """
+    classes = [bidirectional(c) for c in prepared]
+    rightToLeft = [c in ("R", "AL") for c in classes]
+    if any(rightToLeft) and ("L" in classes or not (rightToLeft[0] and rightToLeft[-1])):
+        raise InvalidFormat(f"{what} violates the bidi rule of Prosody's Unicode version")
 
 
 def _parseContact(key: Any, value: Any, owner: str) -> Contact:

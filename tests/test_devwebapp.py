@@ -9,9 +9,13 @@ from pathlib import Path
 
 import treq
 from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
 from rosteradmin.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
+from rosteradmin.errors import UserUnknown
+from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.roster import parseRoster
 
 
@@ -24,7 +28,7 @@ def get(resource: RosterFileResource, *segments: bytes) -> tuple[int, bytes]:
 def test_servesEachUsersRosterFromTheFile(tmp_path: Path) -> None:
     """
     C{/rosters/<username>} answers that user's entry, URL-decoded, in the
-    format rosteradmin validates; an unknown user gets an empty roster.
+    format rosteradmin validates.
     """
     path = tmp_path / "rosters.json"
     writeSample(path)
@@ -32,7 +36,24 @@ def test_servesEachUsersRosterFromTheFile(tmp_path: Path) -> None:
     code, body = get(resource, b"rosters", b"alice")
     assert code == 200 and json.loads(body) == SAMPLE_ROSTERS["alice"]
     assert len(parseRoster(body, "alice@example.org")) == 2
-    assert get(resource, b"rosters", b"nobody") == (200, b"{}")
+
+
+def test_unknownUserIsNotFound(tmp_path: Path) -> None:
+    """
+    A username the file does not list gets 404, which rosteradmin reports
+    as an unknown user; one listed with no contacts gets an empty roster.
+    """
+    path = tmp_path / "rosters.json"
+    path.write_text(json.dumps({"alice": {}}))
+    resource = RosterFileResource(path)
+    assert get(resource, b"rosters", b"nobody") == (404, b'{"error": "no such user"}')
+    assert get(resource, b"rosters", b"alice") == (200, b"{}")
+    http = StubTreq(resource)
+    fetcher = RosterFetcher("http://webapp.invalid/rosters/%s", "example.org", Clock(), http=http)
+    failures: list[Failure] = []
+    fetcher.fetch("nobody").addErrback(failures.append)
+    http.flush()
+    assert failures[0].check(UserUnknown)
 
 
 def test_percentEncodedUsernamesDecodedOnce(tmp_path: Path) -> None:
@@ -56,14 +77,16 @@ def test_percentEncodedUsernamesDecodedOnce(tmp_path: Path) -> None:
 
 def test_badPathAndUnreadableFile(tmp_path: Path) -> None:
     """
-    Other paths get 404; a file that is not JSON gets 500, not a traceback.
+    Other paths get 404; a file that is not JSON, or not an object of
+    usernames, gets 500, not a traceback.
     """
     path = tmp_path / "rosters.json"
     resource = RosterFileResource(path)
     assert get(resource, b"users", b"alice")[0] == 404
     assert get(resource, b"rosters")[0] == 404
-    path.write_text("{not json")
-    assert get(resource, b"rosters", b"alice") == (500, b'{"error": "roster file unreadable"}')
+    for content in ["{not json", '["alice"]']:
+        path.write_text(content)
+        assert get(resource, b"rosters", b"alice") == (500, b'{"error": "roster file unreadable"}')
 
 
 def test_sampleNeverOverwritesEdits(tmp_path: Path) -> None:

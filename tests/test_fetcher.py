@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
-from rosteradmin.errors import FetchFailed
+from rosteradmin.errors import FetchFailed, UserUnknown
 from rosteradmin.fetcher import RETRY_DELAY, RosterFetcher
 from rosteradmin.roster import Contact, Roster
 from tests.helpers import WebApp
@@ -241,7 +241,8 @@ def test_ownerIsUserAtDomain() -> None:
 
 @pytest.mark.parametrize("status, body, reason", [
     (500, b"boom", "web app answered HTTP 500: 'boom'"),
-    (404, b"no such user", "web app answered HTTP 404: 'no such user'"),
+    (404, b"no such user", "the web app does not know this user (HTTP 404): 'no such user'"),
+    (410, b"gone", "web app answered HTTP 410: 'gone'"),
     (503, b"", "web app answered HTTP 503: ''"),
     (204, b"", "HTTP 204"),
     (201, b"{}", "HTTP 201"),
@@ -266,6 +267,24 @@ def test_badRepliesFail(status: int, body: bytes, reason: str) -> None:
     assert reason in failure.reason
     assert failure.username == "alice"
     assert f.failures == 1 and f.inFlight == 0
+
+
+def test_notFoundIsUserUnknown() -> None:
+    """
+    A 404 fails with UserUnknown, a FetchFailed the backend can tell from
+    an outage; any other bad status is a plain FetchFailed.
+    """
+    webApp = WebApp()
+    webApp.failures["alice"] = (404, b'{"error": "no such user"}')
+    webApp.failures["bob"] = (500, b"boom")
+    f, http, _ = fetcher(webApp)
+    alice, bob = f.fetch("alice"), f.fetch("bob")
+    http.flush()
+    unknown = fetchFailure(alice)
+    assert isinstance(unknown, UserUnknown) and unknown.username == "alice"
+    assert unknown.reason == """the web app does not know this user (HTTP 404): '{"error": "no such user"}'"""
+    assert str(unknown) == f"roster fetch for 'alice' failed: {unknown.reason}"
+    assert type(fetchFailure(bob)) is FetchFailed
 
 
 def test_redirectsNotFollowed() -> None:

@@ -15,7 +15,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.words.xish.domish import escapeToXml
 
 from rosteradmin.errors import InvalidRoster
-from rosteradmin.roster import Roster, parseRoster
+from rosteradmin.roster import Roster, _bareContactJID, parseRoster
 from tests.helpers import COMPONENT, DOMAIN, ComponentOnWire, WebApp
 
 OWNER = "alice@example.org"
@@ -68,6 +68,32 @@ def test_validRostersRoundTrip(data: dict[str, Any]) -> None:
     for jid, entry in data.items():
         assert byJID[jid].name == (entry.get("name") or None)
         assert list(byJID[jid].groups) == list(dict.fromkeys(entry.get("groups", [])))
+
+
+#: Parts of contact keys: characters stringprep maps, folds, drops, reads
+#: as dots or checks for direction, and any others.
+keyParts = st.text(
+    st.sampled_from(list("aZ9.-_@/ \u3002\uff0e\uff61\u00ad\u0301\u00df\u0130\u05d0\u0627\u2808\uff21\u2168"))
+    | st.characters(blacklist_categories=("Cs",)),
+    max_size=12,
+)
+
+
+@given(keyParts, keyParts)
+@settings(max_examples=500)
+def test_acceptedContactJIDsAreStable(node: str, domain: str) -> None:
+    """
+    A contact key is refused with InvalidRoster, or normalised to a user's
+    JID that normalises to itself, with or without a final dot: the JID we
+    write is the JID we read back.
+    """
+    try:
+        jid = _bareContactJID(f"{node}@{domain}")
+    except InvalidRoster:
+        return
+    assert "@" in jid and not jid.startswith("@") and not jid.endswith(".")
+    assert _bareContactJID(jid) == jid
+    assert _bareContactJID(jid + ".") == jid
 
 
 # Characters XML can carry: anything else breaks the stream before us.

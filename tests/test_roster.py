@@ -21,6 +21,8 @@ from rosteradmin.roster import (
     Roster,
     RosterDiff,
     diffRosters,
+    _bareContactJID,
+    _contactDomain,
     normaliseUsername,
     parseRoster,
 )
@@ -104,12 +106,106 @@ def test_jidsNormalised() -> None:
     assert contact.jid == "bob@example.org"
 
 
-def test_domainContactsAllowed() -> None:
+@pytest.mark.parametrize("key", [
+    "bob@example.org.", "BOB@EXAMPLE.ORG.", "bob@example\uff0eorg", "b\u00adob@example.org",
+])
+def test_jidsNormalisedAsProsodyStoresThem(key: str) -> None:
     """
-    A bare domain JID (a server or a service) is a valid contact.
+    Keys Prosody's jid.prep stores as C{bob@example.org} (a final dot
+    stripped, case folded, a fullwidth dot read as a dot, a soft hyphen
+    dropped) are that contact, so a sync diffs them equal to the stored one.
     """
-    [contact] = parse({"chat.example.org": {"name": "Rooms"}})
-    assert contact.jid == "chat.example.org"
+    [contact] = parse({key: {"name": "Bob"}})
+    assert contact == Contact("bob@example.org", "Bob", ())
+    assert parse({key: {}}).byJID().keys() == parse({"bob@example.org": {}}).byJID().keys()
+
+
+def test_sameContactTwiceAfterNormalising() -> None:
+    """
+    A contact listed with and without the final dot is listed twice.
+    """
+    with pytest.raises(InvalidRoster, match="'bob@example.org.' is listed twice"):
+        parseRoster(b'{"bob@example.org": {}, "bob@example.org.": {}}', OWNER)
+
+
+def test_ownerWithFinalDot() -> None:
+    """
+    The owner's own JID with a final dot is still the owner.
+    """
+    with pytest.raises(InvalidRoster, match="'Alice@example.org.' is the roster's owner"):
+        parse({"Alice@example.org.": {}})
+
+
+@pytest.mark.parametrize("key", ["example.org", "roster.example.org", "Example.ORG.", "chat.example.org"])
+def test_contactsWithoutLocalpartRefused(key: str) -> None:
+    """
+    A bare domain (a server, this component) is no user, so it cannot be a
+    contact: the whole reply is refused, as for the owner's own JID.
+    """
+    with pytest.raises(InvalidRoster, match=f"contact {key!r} has no localpart: only users can be contacts"):
+        parse({"bob@example.org": {}, key: {"name": "Rooms"}})
+
+
+@pytest.mark.parametrize("key, why", [
+    ("bob@example.org..", "empty label"),
+    ("bob@example.org\uff0e", "empty label"),
+    ("bob@example..org", "empty label"),
+    ("bob@.", "empty domainpart"),
+    ("bob@", "empty domainpart"),
+    ("\u00ad@example.org", "empty localpart"),
+    ("bob@example\u3002org", "Prosody would prepare the domainpart differently"),
+    ("bob@example\uff61org", "Prosody would prepare the domainpart differently"),
+    ("bob@\u0639\u0631\u0628\u064a.example", "BIDI requirement 2"),
+    ("\u0639\u2808\u0639@example.org", "bidi rule of Prosody's Unicode version"),
+    ("bob@\U0001f642.example", "domainpart holds a code point unassigned in Unicode 3.2"),
+    ("\U0001f642@example.org", "localpart holds a code point unassigned in Unicode 3.2"),
+    ("a\u023db@example.org", "localpart holds a code point unassigned in Unicode 3.2"),
+    ("bob@a\u10a0b.example", "domainpart holds a code point unassigned in Unicode 3.2"),
+    ("bob@a\u1dc0\u0316.example", "domainpart holds a code point unassigned in Unicode 3.2"),
+    ("b" * 1024 + "@example.org", "localpart over 1023 octets"),
+    ("\u00e9" * 512 + "@example.org", "localpart over 1023 octets"),
+    ("bob@" + "a" * 1024, "domainpart over 1023 octets"),
+    ("\u3300" * 90 + "@example.org", "localpart over 1023 octets"),
+    ("bob@" + "\u3300" * 90, "domainpart over 1023 octets"),
+])
+def test_jidsProsodyWouldStoreOtherwiseRefused(key: str, why: str) -> None:
+    """
+    A key Prosody would refuse or store under another JID, or one with
+    code points Twisted's stringprep does not prepare as Prosody's does
+    (checked against Prosody itself in tests/integration/test_jids.py), is
+    refused rather than removed and added again on every sync.
+    """
+    with pytest.raises(InvalidRoster, match="is not a valid JID: ") as e:
+        parse({key: {}})
+    assert why in str(e.value)
+
+
+def test_longestPartsAccepted() -> None:
+    """
+    A localpart and a domainpart of 1023 octets each, the most Prosody
+    takes, are accepted; a final dot is not counted.
+    """
+    node, domain = "b" * 1023, ".".join(["a" * 63] * 16)[:1023]
+    [contact] = parse({f"{node}@{domain}.": {}})
+    assert contact.jid == f"{node}@{domain}"
+
+
+def test_contactJIDsCached() -> None:
+    """
+    Stringprep runs once per distinct key, and once per distinct domain:
+    a second roster with the same contacts, or a new contact at a known
+    domain, reuses the earlier work.
+    """
+    _bareContactJID.cache_clear()
+    _contactDomain.cache_clear()
+    data = {f"user{i}@cached.example": {} for i in range(100)}
+    parse(data)
+    assert _contactDomain.cache_info().misses == 1
+    assert _bareContactJID.cache_info().misses == 100
+    parse(data)
+    assert _bareContactJID.cache_info().hits == 100 and _bareContactJID.cache_info().misses == 100
+    parse({"new@cached.example": {}})
+    assert _contactDomain.cache_info().misses == 1
 
 
 def test_contactsSortedByJID() -> None:
