@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config,tests.integration.test_twistd -*-
+# -*- test-case-name: tests.test_config,tests.test_web,tests.integration.test_twistd -*-
 """
 C{twistd rosteradmin}: the command-line options and the service tree.
 
@@ -15,12 +15,17 @@ systemd unit lists in C{RestartPreventExitStatus=} so that a broken
 configuration is not restarted in a loop; a failure that may clear up by
 itself (the HTTP port still held by another process) exits with 1, which
 C{Restart=on-failure} retries.
+
+Open files: starting raises the soft C{RLIMIT_NOFILE} to the hard limit
+(L{raiseFileLimit}), and C{--http-max-connections} must leave room under it
+for everything else (L{checkFileLimit}).
 """
 
 from __future__ import annotations
 
 import errno
 import getopt
+import resource
 import sys
 from typing import Any, NoReturn
 
@@ -28,6 +33,7 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -41,6 +47,7 @@ from rosteradmin.component import RosterComponent
 from rosteradmin.config import SETTINGS, Config, ConfigError, buildConfig
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.metrics import Metrics
+from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.web import DrainingService, makeSite
 
 
@@ -51,6 +58,13 @@ EX_CONFIG = 78
 #: Listening errors that may clear up by themselves: the port is still held
 #: by another process, or the interface's address is not up yet.
 TRANSIENT_LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
+
+#: Open files kept for all but the HTTP API's connections and the web-app
+#: fetches: the XMPP stream, the listening socket, the reactor's own
+#: descriptors, log files, and the socket of a connection being refused.
+FILE_RESERVE = 128
+
+log = Logger()
 
 
 def refuseToStart(message: str, code: int = EX_CONFIG) -> NoReturn:
@@ -155,6 +169,7 @@ class Options(usage.Options):
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self._checkEndpoint()
+        checkFileLimit(self.config, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         self._chooseLogFormat()
 
     def _chooseLogFormat(self) -> None:
@@ -192,6 +207,54 @@ class Options(usage.Options):
                     f"--http: {http!r}: systemd passed no such socket "
                     "(start rosteradmin from a .socket unit, or listen on tcp: or unix:)") from None
             raise usage.UsageError(f"--http: {http!r} is not a Twisted endpoint: {e}") from None
+
+
+def checkFileLimit(config: Config, limit: int) -> None:
+    """
+    Refuse an C{--http-max-connections} that would leave fewer than
+    C{--fetch-concurrency} + L{FILE_RESERVE} of the process's open files to
+    the rest: at the cap, the XMPP side and the fetches would fail for want
+    of descriptors.  Refusing to start says so at once, where lowering the
+    cap behind the operator's back would only show in a log.
+
+    @param limit: The hard C{RLIMIT_NOFILE}, which L{raiseFileLimit} raises
+        the soft limit to at start; C{RLIM_INFINITY} for none.
+    @raise usage.UsageError: The cap is too high for the limit.
+    """
+    if limit == resource.RLIM_INFINITY:
+        return
+    most = limit - config.fetch_concurrency - FILE_RESERVE
+    if config.http_max_connections > most:
+        raise usage.UsageError(
+            f"--http-max-connections: {config.http_max_connections} leaves too few of the {limit} open files "
+            f"the process may have (RLIMIT_NOFILE) for the XMPP stream and {config.fetch_concurrency} "
+            f"web-app fetches; at most {max(most, 0)} here (or raise LimitNOFILE= / ulimit -Hn)")
+
+
+def raiseFileLimit(getrlimit: Any = resource.getrlimit, setrlimit: Any = resource.setrlimit) -> int:
+    """
+    Raise the soft limit on open files (C{RLIMIT_NOFILE}) to the hard
+    limit, which needs no privilege, and log it: the usual soft limit,
+    1024, is less than a busy HTTP API and the XMPP side may need together.
+
+    @param getrlimit: L{resource.getrlimit}, injectable for tests.
+    @param setrlimit: L{resource.setrlimit}, injectable for tests.
+    @return: The soft limit now in effect.
+    """
+    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.info("open file limit (RLIMIT_NOFILE): {limit}", limit=soft)
+        return soft
+    try:
+        setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as e:
+        # The hard limit may be RLIM_INFINITY, which Linux refuses as a
+        # soft limit on open files.
+        log.warn("open file limit (RLIMIT_NOFILE): {limit}; cannot raise it to the hard limit {hard}: {error}",
+                 limit=soft, hard=hard, error=e)
+        return soft
+    log.info("open file limit (RLIMIT_NOFILE): raised from {soft} to the hard limit, {limit}", soft=soft, limit=hard)
+    return hard
 
 
 def makeFetcher(config: Config, reactor: Any) -> RosterFetcher:
@@ -249,6 +312,13 @@ class SequentialService(service.MultiService):
             # A TCP port above 65535: bind() refuses it.
             refuseToStart(f"--http: cannot listen on {self.http!r}: {e}")
 
+    def startService(self) -> None:
+        """
+        Raise the open file limit, then start the children.
+        """
+        raiseFileLimit()
+        super().startService()
+
     async def _stopInOrder(self) -> None:
         for child in reversed(list(self)):
             await maybeDeferred(child.stopService)
@@ -266,7 +336,8 @@ def makeAPI(config: Config, backend: RosterBackend, comp: RosterComponent) -> Re
     kick: KickResource | None = None
     metrics = Metrics(backend, comp.status, lambda: comp.rosterServer.answered,
                       lambda: dict(kick.outcomes) if kick is not None else {},
-                      lambda: sum(len(resources) for resources in comp.privileges.online.values()))
+                      lambda: sum(len(resources) for resources in comp.privileges.online.values()),
+                      lambda: comp.rosterServer.gate.refusedCount)
     backend.fetcher.observeFetch = metrics.observeFetch
     root, kick = buildRoot(
         backend, comp.status, None if config.no_kick else comp.kicker,
@@ -287,18 +358,20 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     config = options.config
     top = SequentialService(config.http)
 
-    backend = RosterBackend(RosterCache(), makeFetcher(config, reactor))
+    limit = StanzaLimit(config.max_stanza_bytes)
+    backend = RosterBackend(RosterCache(), makeFetcher(config, reactor), limit=limit)
     backend.setName("backend")
     backend.setServiceParent(top)
 
-    comp = RosterComponent(config, backend, reactor, verbose=bool(options["verbose"]))
+    comp = RosterComponent(config, backend, reactor, verbose=bool(options["verbose"]), limit=limit)
     comp.setName("component")
     comp.setServiceParent(top)
 
-    site = makeSite(makeAPI(config, backend, comp), config.max_body_bytes)
+    site = makeSite(makeAPI(config, backend, comp), config.max_body_bytes, config.http_timeout, reactor)
     # Requests in flight may wait for a fetch and an XMPP round trip.
     drainTimeout = config.fetch_timeout + config.iq_timeout
-    web = DrainingService(endpoints.serverFromString(reactor, config.http), site, reactor, drainTimeout)
+    web = DrainingService(endpoints.serverFromString(reactor, config.http), site, reactor, drainTimeout,
+                          config.http_max_connections)
     web.setName("http")
     web.setServiceParent(top)
     return top

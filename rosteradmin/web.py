@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_api -*-
+# -*- test-case-name: tests.test_api,tests.test_web -*-
 """
 JSON over twisted.web: the plumbing under L{rosteradmin.api}.
 
@@ -6,6 +6,11 @@ Handlers are coroutines returning C{(status, body)}; L{ApiError} becomes its
 status and JSON body, anything else a logged 500, so a caller never sees a
 traceback.  Request bodies are capped while they arrive (twisted.web has no
 cap of its own), and secrets are compared in constant time.
+
+The API must never take the descriptors the XMPP side and the web-app
+fetches need: its connections are capped (L{ConnectionLimiter}), and each
+must send a whole request within a deadline (L{RequestDeadlineChannel}), so
+idle and slow clients cannot hold them.
 """
 
 from __future__ import annotations
@@ -17,16 +22,21 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeoutError, ensureDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import Resource
 
 JSON = dict[str, Any]
 
 TOO_LARGE = "Request body too large"
+
+#: Seconds between two log lines about connections refused over the cap:
+#: a flood of connections must not become a flood of log lines.
+REFUSALS_LOG_INTERVAL = 60.0
+
 Handler = Callable[[server.Request], Awaitable[tuple[int, JSON]]]
 
 
@@ -121,29 +131,87 @@ class Drain:
         self.log.warn("stopping with {count} HTTP requests unfinished", count=self.inFlight)
 
 
-def makeSite(root: Resource, maxBodyBytes: int, timeout: float = 60.0) -> server.Site:
+class RequestDeadlineChannel(http.HTTPChannel):
     """
-    A Site whose requests cap their bodies, whose idle connections (slow
-    senders included) are closed after C{timeout} seconds, and which
-    counts its requests in flight (C{site.drain}).
+    An HTTP/1.1 channel whose idle timer is a deadline: armed when the
+    channel starts waiting for a request (on connecting, and once the
+    previous response is done), it is not pushed back by the bytes that
+    arrive, so a client must send a whole request, headers and body, within
+    it, and an idle kept-alive connection is closed when it expires.
+
+    twisted.web's own timer (C{Site(timeout=)}) restarts at every read, so a
+    client sending one byte now and then (slowloris) holds its connection
+    for ever.  The timer still stops while a request is handled, and it
+    closes the connection as twisted.web does: flushing what is written,
+    then aborting if the client does not read it (C{abortTimeout}).
+    """
+
+    def resetTimeout(self) -> None:
+        # HTTPChannel.dataReceived calls this at every read: the deadline
+        # stands whatever arrives.
+        pass
+
+
+def makeSite(root: Resource, maxBodyBytes: int, timeout: float = 30.0,
+             clock: IReactorTime | None = None) -> server.Site:
+    """
+    A Site whose requests cap their bodies, whose clients must send each
+    request within C{timeout} seconds (and whose idle connections are closed
+    after as long), and which counts its requests in flight (C{site.drain}).
+
+    @param clock: The timers' clock; the global reactor when None.
     """
     request = type("Request", (LimitedRequest,), {"maxBodyBytes": maxBodyBytes})
-    site = server.Site(root, timeout=timeout)
+    site = server.Site(root, timeout=timeout, reactor=clock)
+    # An instance attribute, so that Factory.buildProtocol calls the class
+    # itself (twisted.web's default protocol only adds HTTP/2, which no
+    # endpoint string negotiates).
+    site.protocol = RequestDeadlineChannel
     site.requestFactory = request
     site.displayTracebacks = False
     site.drain = Drain()
     return site
 
 
-class _ConnectionTracker(WrappingFactory):
+class ConnectionLimiter(WrappingFactory):
     """
-    Knows the open HTTP connections, so that stopping can close them once
-    their responses are written.
+    Knows the open HTTP connections: it closes new ones at once beyond
+    C{maxConnections}, so that the API cannot take the descriptors the XMPP
+    side and the web-app fetches need, and it closes them all when the
+    service stops, once their responses are written.
+
+    A refused connection costs one C{accept} and one C{close}, and is
+    counted; the count is logged at most once per L{REFUSALS_LOG_INTERVAL}.
+
+    @ivar refused: How many connections were refused since the start.
     """
 
-    def __init__(self, site: server.Site) -> None:
+    log = Logger()
+
+    def __init__(self, site: server.Site, maxConnections: int, clock: IReactorTime) -> None:
         super().__init__(site)
+        self.maxConnections = maxConnections
+        self.clock = clock
+        self.refused = 0
+        self._unreported = 0
+        self._lastReport: float | None = None
         self._closed: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper | None:
+        if len(self.protocols) < self.maxConnections:
+            return super().buildProtocol(addr)
+        # None makes the port close the socket at once, unread.
+        self.refused += 1
+        self._unreported += 1
+        now = self.clock.seconds()
+        if self._lastReport is None or now - self._lastReport >= REFUSALS_LOG_INTERVAL:
+            self.log.warn("HTTP API full ({limit} connections open, --http-max-connections): closed {count} new "
+                          "connections at once since the last such line, {refused} in all (one line per "
+                          "{interval:.0f} s at most)", limit=self.maxConnections, count=self._unreported,
+                          refused=self.refused, interval=REFUSALS_LOG_INTERVAL)
+            self._unreported = 0
+            self._lastReport = now
+        return None
 
     def unregisterProtocol(self, p: Any) -> None:
         super().unregisterProtocol(p)
@@ -152,7 +220,7 @@ class _ConnectionTracker(WrappingFactory):
             for d in closed:
                 d.callback(None)
 
-    def closeAll(self, clock: IReactorTime, timeout: float) -> Deferred[None]:
+    def closeAll(self, timeout: float) -> Deferred[None]:
         """
         Close every connection (pending writes are flushed first); fire when
         all are gone, or after C{timeout} seconds.
@@ -163,20 +231,22 @@ class _ConnectionTracker(WrappingFactory):
         self._closed.append(d)
         for p in list(self.protocols):
             p.loseConnection()
-        d.addTimeout(timeout, clock)
+        d.addTimeout(timeout, self.clock)
         d.addErrback(lambda f: f.trap(DeferredTimeoutError))
         return d
 
 
 class DrainingService(StreamServerEndpointService):
     """
-    The HTTP API's service: on stop it closes the port, lets the requests in
+    The HTTP API's service: at most C{maxConnections} connections at once
+    (L{ConnectionLimiter}); on stop it closes the port, lets the requests in
     flight finish (up to C{drainTimeout} seconds) and get their responses
     out, and only then lets the rest of the service stop.
     """
 
-    def __init__(self, endpoint: Any, site: server.Site, clock: IReactorTime, drainTimeout: float) -> None:
-        self.connections = _ConnectionTracker(site)
+    def __init__(self, endpoint: Any, site: server.Site, clock: IReactorTime, drainTimeout: float,
+                 maxConnections: int) -> None:
+        self.connections = ConnectionLimiter(site, maxConnections, clock)
         super().__init__(endpoint, self.connections)
         # As twisted.application.strports.service does: a failure to listen
         # is raised by privilegedStartService, not only logged.
@@ -189,21 +259,30 @@ class DrainingService(StreamServerEndpointService):
         self.site.drain.stopping = True
         d = super().stopService()
         d.addCallback(lambda _: self.site.drain.wait(self.clock, self.drainTimeout))
-        d.addCallback(lambda _: self.connections.closeAll(self.clock, 5.0))
+        d.addCallback(lambda _: self.connections.closeAll(5.0))
         return d
 
 
-def authorized(request: server.Request, expected: str | None) -> bool:
+def authorizationProblem(request: server.Request, expected: str | None) -> str | None:
     """
-    Whether the C{Authorization} header equals C{expected}, compared in
-    constant time.  No expected value means no check.
+    What keeps the request's C{Authorization} header from being
+    C{expected}: None when nothing does (or nothing is expected), else
+    C{"missing"}, C{"repeated"} (two or more headers, whatever they hold:
+    which one a proxy or a framework reads differs) or C{"wrong"}.
+
+    The raw bytes are compared, in constant time, with C{expected} as
+    UTF-8: a header that is not UTF-8 (Latin-1, say) is simply wrong.
     """
     if expected is None:
-        return True
-    given = request.getHeader("authorization")
-    if given is None:
-        return False
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+        return None
+    given = request.requestHeaders.getRawHeaders(b"authorization") or []
+    if len(given) > 1:
+        return "repeated"
+    if not given or not given[0]:
+        return "missing"
+    if hmac.compare_digest(given[0], expected.encode("utf-8")):
+        return None
+    return "wrong"
 
 
 def readJSON(request: server.Request) -> Any:

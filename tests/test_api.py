@@ -40,7 +40,7 @@ class Api:
         self.http = StubTreq(makeAPI(config, wire.backend, wire.component))
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-                headers: dict[str, str] | None = None, server: Any = None) -> tuple[int, Any]:
+                headers: dict[Any, Any] | None = None, server: Any = None) -> tuple[int, Any]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         d = self.http.request(method, "http://api.invalid" + path, data=data, headers=headers or {})
         self.http.flush()
@@ -248,6 +248,56 @@ def test_authorizationComparedInConstantTime(monkeypatch: pytest.MonkeyPatch) ->
     api = makeApi(refreshAuthorization="Bearer s3cret")
     assert api.request("POST", "/roster_admin/refresh", ["alice"], headers={"Authorization": "Bearer x"})[0] == 401
     assert compared == [(b"Bearer x", b"Bearer s3cret")]
+
+
+SECRET_UTF8 = "Bearer s\u00e9cret".encode("utf-8")
+
+
+@pytest.mark.parametrize("values, presence", [
+    ([SECRET_UTF8.decode("utf-8").encode("latin-1")], "wrong"),
+    ([b"\xff\xfe\x80 \xc3"], "wrong"),
+    ([SECRET_UTF8, SECRET_UTF8], "repeated"),
+    ([b"Bearer x", SECRET_UTF8], "repeated"),
+    ([SECRET_UTF8, b"Bearer x"], "repeated"),
+    ([SECRET_UTF8, b""], "repeated"),
+])
+def test_badAuthorizationBytesRefused(values: list[bytes], presence: str) -> None:
+    """
+    An Authorization header that is not UTF-8 (Latin-1, or no text at all)
+    is a 401 like any wrong one, and two or more are a 401 whatever they
+    hold (the last one no longer wins): one warning each, never a 500 or a
+    traceback.
+    """
+    api = makeApi(refreshAuthorization=SECRET_UTF8.decode("utf-8"))
+    with capturedLogs() as events:
+        code, body = api.request("POST", "/roster_admin/refresh", ["alice"], headers={b"Authorization": values})
+    assert (code, body) == (401, {"status": "error", "message": "Authorization failed"})
+    assert [(e["log_level"].name, e.get("presence")) for e in events] == [("warn", presence)]
+    assert api.wire.webApp.requests == {}
+
+
+def test_nonASCIIAuthorizationAccepted() -> None:
+    """
+    A configured secret that is not ASCII matches the same text sent as
+    UTF-8 bytes.
+    """
+    api = makeApi(refreshAuthorization=SECRET_UTF8.decode("utf-8"))
+    code, _ = api.request("POST", "/roster_admin/refresh", ["alice"], headers={b"Authorization": [SECRET_UTF8]},
+                          server=serverAnswers())
+    assert code == 200
+
+
+@pytest.mark.parametrize("values", [[b"Bearer kick-secr\xe9t"], [KICK_AUTH.encode(), KICK_AUTH.encode()]])
+def test_kickBadAuthorizationBytesRefused(values: list[bytes]) -> None:
+    """
+    The kick endpoint refuses bad bytes and repeated Authorization headers
+    with a 401 too, counted as such, and sends nothing.
+    """
+    api = makeApi()
+    code, body = api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM}, headers={b"Authorization": values})
+    assert (code, body) == (401, {"error": "Authorization failed"})
+    assert api.wire.sent() == []
+    assert api.http._agent._rootResource.children[b"muc_kick"].outcomes == {"401": 1}
 
 
 def kickAnswers(*conditions: str | None) -> Any:
