@@ -9,6 +9,7 @@ C{docs/openapi.json}, which a test checks against this tree.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from http import HTTPStatus
@@ -22,11 +23,14 @@ from rosteradmin.errors import KickFailed, NotConnected
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend
 from rosteradmin.metrics import MetricsResource
 from rosteradmin.stanzas import parseJID, roomNickname
-from rosteradmin.web import JSON, ApiError, JsonResource, authorized, readJSON, writeJSON
+from rosteradmin.web import JSON, ApiError, JsonResource, authorizationProblem, readJSON, writeJSON
 from rosteradmin.xmltext import carriesInXML
 
 #: The longest kick reason passed on to the room, in characters.
 MAX_REASON_LENGTH = 1024
+
+#: Most refused or parked users /healthz names (the counts are complete).
+MAX_LISTED_USERS = 20
 
 #: How each kick failure condition reaches the HTTP caller.
 KICK_STATUS = {
@@ -187,16 +191,24 @@ class HealthResource(JsonResource):
 
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
         connected = bool(self.status.connected)
+        stuck = self.backend.stuck()
+        sync = self.backend.sync
+        parked = dict(sync.parked) if sync is not None else {}
         body = {
-            "status": "ok" if connected else "unavailable",
+            "status": "unavailable" if not connected else "stuck" if stuck is not None else "ok",
             "connected": connected,
             "cached_users": len(self.backend.cache),
             "fetches_in_flight": self.backend.fetcher.inFlight,
             "unsynced_users": len(self.backend.unsynced),
             "last_error": self.status.lastError,
-            "roster_sync_error": self.backend.sync.syncRefusal if self.backend.sync is not None else None,
+            "roster_sync_error": sync.syncRefusal if sync is not None else None,
+            "stuck": stuck,
+            "refused_users": len(self.backend.refused),
+            "refused": dict(itertools.islice(sorted(self.backend.refused.items()), MAX_LISTED_USERS)),
+            "parked_users": dict(itertools.islice(sorted(parked.items()), MAX_LISTED_USERS)),
         }
-        return (HTTPStatus.OK if connected else HTTPStatus.SERVICE_UNAVAILABLE), body
+        healthy = connected and stuck is None
+        return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
 
 
 class NotFoundResource(JsonResource):
@@ -259,14 +271,15 @@ def _summary(status: str, message: str, updated: int, failures: dict[str, str]) 
 
 def _requireAuthorization(log: Logger, what: str, request: server.Request, expected: str | None) -> None:
     """
-    Refuse, and log, a request whose C{Authorization} header is not
-    C{expected}.
+    Refuse, and log in one line, a request whose C{Authorization} header is
+    not C{expected}, or that has several: whatever its bytes, the answer is
+    a 401.
 
     @raise ApiError: 401.
     """
-    if not authorized(request, expected):
-        log.warn("{what} refused: authorization {presence}", what=what, outcome="unauthorized",
-                 presence="wrong" if request.getHeader("authorization") else "missing")
+    problem = authorizationProblem(request, expected)
+    if problem is not None:
+        log.warn("{what} refused: authorization {presence}", what=what, outcome="unauthorized", presence=problem)
         raise ApiError(HTTPStatus.UNAUTHORIZED, "Authorization failed")
 
 

@@ -136,6 +136,15 @@ class RosterBackend(Service):
 
         return self._locked(username, self._load, username).addBoth(clientDone)
 
+    def stuck(self) -> str | None:
+        """
+        Why work on rosters makes no progress (fetches or privileged
+        requests queued and none moving), or C{None}.
+        """
+        reasons = [self.fetcher.stuck()] + ([self.sync.stuck()] if self.sync is not None else [])
+        found = [r for r in reasons if r is not None]
+        return "; ".join(found) if found else None
+
     def refresh(self, usernames: list[str]) -> Deferred[RefreshSummary]:
         """
         Re-fetch each distinct user, then update the cache and the server and

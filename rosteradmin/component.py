@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IAddress, IConnector, IReactorTime
+from twisted.internet.interfaces import IAddress, IConnector, IConsumer, IPushProducer, IReactorTime, ITransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,6 +39,33 @@ from rosteradmin.rosterserver import RosterServer
 from rosteradmin.stanzalimit import StanzaLimit
 
 
+@implementer(IPushProducer)
+class ReadOnlyWhileDrained:
+    """
+    Backpressure on the component stream: while the server does not read
+    what we write (the transport's write buffer is full), stop reading its
+    requests, so that a flood of queries cannot pile up answers in memory
+    without bound.  The transport pauses and resumes its producer as its
+    buffer fills and drains.
+
+    @ivar pauses: How often reading was paused.
+    """
+
+    def __init__(self, transport: ITransport) -> None:
+        self.transport = transport
+        self.pauses = 0
+
+    def pauseProducing(self) -> None:
+        self.pauses += 1
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        pass
+
+
 @implementer(IConnectionStatus)
 class ConnectionMonitor(XMPPHandler):  # type: ignore[misc]
     """
@@ -59,10 +86,15 @@ class ConnectionMonitor(XMPPHandler):  # type: ignore[misc]
         self.connected = False
         self.lastError: str | None = None
         self.connections = 0
+        self.backpressure: ReadOnlyWhileDrained | None = None
         self._keepalive: LoopingCall | None = None
 
     def connectionMade(self) -> None:
         self.xmlstream.addObserver(xmlstream.STREAM_ERROR_EVENT, self._onStreamError)
+        transport = self.xmlstream.transport
+        if IConsumer.providedBy(transport) and IPushProducer.providedBy(transport):
+            self.backpressure = ReadOnlyWhileDrained(transport)
+            transport.registerProducer(self.backpressure, True)
 
     def connectionInitialized(self) -> None:
         self.connected = True
@@ -184,7 +216,7 @@ class RosterComponent(component.Component):  # type: ignore[misc]
         # default; the server is usually back within seconds.
         self.factory.maxDelay = config.reconnect_max_delay
         self.privileges = PrivilegeHandler(
-            config.domain, self.status, config.iq_timeout, limit,
+            config.domain, self.status, clock, config.iq_timeout, limit,
             userOnline=backend.warm, rosterAccessGranted=backend.connectionRestored,
         )
         self.rosterServer = RosterServer(backend, config.domain, config.jid, limit,

@@ -225,7 +225,10 @@ def _checkJID(optionName: str, value: str, bare: bool = True) -> str:
         raise ConfigError(f"--{optionName}: {value!r} is not a valid JID") from None
     if bare and (jid.user or jid.resource):
         raise ConfigError(f"--{optionName}: {value!r} must be a domain, like example.org")
-    return jid.full()
+    # The server drops one final dot of a domain (Prosody's jid.prep), so
+    # JIDs it sends never carry it: compared with ours, they must not.
+    full = jid.full()
+    return full[:-1] if full.endswith(".") and len(full) > 1 else full
 
 
 def buildConfig(

@@ -40,6 +40,15 @@ class FetchFailed(RosterAdminError):
         self.reason = reason
 
 
+class UserUnknown(FetchFailed):
+    """
+    The web app answered 404 for the user's roster: it does not know the
+    user.  Unlike other failed fetches, this is the web app's answer and
+    not an outage; yet there is no roster to serve, and an empty one would
+    hide a user the web app creates later, or a wrong roster URL.
+    """
+
+
 class NotConnected(RosterAdminError):
     """
     The component is not connected to the XMPP server right now.

@@ -33,7 +33,7 @@ from twisted.web.http import PotentialDataLoss
 
 import treq
 
-from rosteradmin.errors import FetchFailed, InvalidRoster
+from rosteradmin.errors import FetchFailed, InvalidRoster, UserUnknown
 from rosteradmin.roster import Roster, parseRoster
 from rosteradmin.slots import PrioritySlots
 
@@ -96,7 +96,9 @@ class RosterFetcher:
         self.failures = 0
         #: Told each fetch's outcome ("ok" or "failed") and duration (metrics).
         self.observeFetch: Callable[[str, float], object] = lambda outcome, seconds: None
-        self._slots = PrioritySlots(concurrency)
+        # A quarter of the slots stays free for fetches a client waits on,
+        # so a login never queues behind a refresh's hanging fetches.
+        self._slots = PrioritySlots(concurrency, reserved=concurrency // 4, now=clock.seconds)
         self._waiters: dict[str, list[Deferred[Roster]]] = {}
 
     def close(self) -> Deferred[None]:
@@ -122,7 +124,7 @@ class RosterFetcher:
         @param urgent: A client waits for it (a roster query), rather than
             a background job (a refresh): it starts before background ones.
         @return: A Deferred firing with the L{Roster}, or failing with
-            L{FetchFailed}.
+            L{FetchFailed} (L{UserUnknown} when the web app answers 404).
         """
         d: Deferred[Roster] = Deferred()
         waiters = self._waiters.get(username)
@@ -135,6 +137,14 @@ class RosterFetcher:
         shared = self._slots.run(username, urgent, self._fetchWithDeadline, username)
         shared.addBoth(self._deliver, username)
         return d
+
+    def stuck(self) -> str | None:
+        """
+        Why fetches make no progress (each has a deadline, so a queue that
+        has not moved for twice that is wedged), or C{None}.
+        """
+        stalled = self._slots.stalled(2 * self.timeout + 1)
+        return f"roster fetches: {stalled}" if stalled is not None else None
 
     def hurry(self, username: str) -> None:
         """
@@ -177,6 +187,8 @@ class RosterFetcher:
                     "roster fetch {user} failed in {elapsed:.3f}s: {reason}",
                     user=username, outcome="failed", elapsed=elapsed, reason=reason,
                 )
+                if result.check(FetchFailed):  # UserUnknown keeps its type
+                    return result
                 return Failure(FetchFailed(username, reason))
             self.log.info(
                 "roster fetch {user} ok in {elapsed:.3f}s: {count} contacts",
@@ -224,6 +236,10 @@ class RosterFetcher:
                 await deferLater(self.clock, delay)
                 delay *= 2
         body = await self._readBody(response)
+        if response.code == 404:
+            raise UserUnknown(
+                username, f"the web app does not know this user (HTTP 404): {_preview(body)}"
+            )
         if response.code != 200:
             raise FetchFailed(
                 username, f"web app answered HTTP {response.code}: {_preview(body)}"

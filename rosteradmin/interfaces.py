@@ -40,6 +40,15 @@ class IRosterBackend(Interface):
         @return: Deferred firing with a L{rosteradmin.backend.RefreshSummary}.
         """
 
+    limit = Attribute("The L{rosteradmin.stanzalimit.StanzaLimit} of the server.")
+    refused = Attribute("Why each refused user's roster cannot be stored or sent, by username.")
+    unsynced = Attribute("Users whose cached roster the server may not hold yet.")
+
+    def stuck():  # type: ignore[no-untyped-def]
+        """
+        Why work on rosters makes no progress, or None.
+        """
+
     def connectionRestored():  # type: ignore[no-untyped-def]
         """
         The XMPP server is reachable again: write what could not be written.
@@ -81,6 +90,13 @@ class IRosterSync(Interface):
             writes, such as a bulk refresh's).
         @return: Deferred firing when all items were written, or failing
             with L{rosteradmin.errors.SyncFailed}.
+        """
+
+    parked = Attribute("Users whose writes are held back after coinciding with stream losses, with why.")
+
+    def stuck():  # type: ignore[no-untyped-def]
+        """
+        Why privileged requests make no progress, or None.
         """
 
     def hurry(username):  # type: ignore[no-untyped-def]

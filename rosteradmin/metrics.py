@@ -33,8 +33,9 @@ class Metrics(Collector):
 
     def __init__(self, backend: IRosterBackend, status: IConnectionStatus,
                  answered: Callable[[], int], kicks: Callable[[], dict[str, int]],
-                 onlineResources: Callable[[], int]) -> None:
+                 onlineResources: Callable[[], int], queriesRefused: Callable[[], int] = lambda: 0) -> None:
         self.backend = backend
+        self.queriesRefused = queriesRefused
         self.status = status
         self.answered = answered
         self.onlineResources = onlineResources
@@ -63,6 +64,24 @@ class Metrics(Collector):
         yield CounterMetricFamily("rosteradmin_refreshes", "Refresh requests handled", self.backend.refreshes)
         yield GaugeMetricFamily("rosteradmin_unsynced_users", "Users whose server roster awaits a write",
                                 len(self.backend.unsynced))
+        yield GaugeMetricFamily("rosteradmin_refused_users",
+                                "Users whose web-app roster is over the server's stanza limit",
+                                len(self.backend.refused))
+        stanzas = CounterMetricFamily("rosteradmin_stanzas_refused",
+                                      "Stanzas not sent because they were over the server's stanza limit",
+                                      labels=["what"])
+        for what, count in sorted(self.backend.limit.refused.items()):
+            stanzas.add_metric([what], count)
+        yield stanzas
+        yield CounterMetricFamily("rosteradmin_queries_refused",
+                                  "Roster queries refused because their user sent too many at once",
+                                  self.queriesRefused())
+        sync = self.backend.sync
+        yield GaugeMetricFamily("rosteradmin_parked_users",
+                                "Users whose roster writes are held back after coinciding with stream losses",
+                                len(sync.parked) if sync is not None else 0)
+        yield GaugeMetricFamily("rosteradmin_stuck", "1 while fetches or privileged requests make no progress",
+                                0 if self.backend.stuck() is None else 1)
         kicks = CounterMetricFamily("rosteradmin_kicks", "Kick requests by HTTP status", labels=["status"])
         for status, count in sorted(self.kicks().items()):
             kicks.add_metric([status], count)

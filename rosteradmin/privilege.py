@@ -19,9 +19,11 @@ is then off until the next connection.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from typing import Callable, NamedTuple
 
 from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
@@ -46,6 +48,10 @@ MAX_SYNC_IN_FLIGHT = 32
 
 #: Of those, how many only work a client waits for may hold.
 RESERVED_FOR_CLIENTS = 8
+
+#: Seconds a user's writes stay parked the first time, doubling each time.
+PARK_FIRST_DELAY = 30.0
+PARK_MAX_DELAY = 3600.0
 
 
 class StoredRoster(NamedTuple):
@@ -146,6 +152,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self,
         domain: str,
         status: IConnectionStatus,
+        clock: IReactorTime,
         timeout: float,
         limit: StanzaLimit,
         userOnline: Callable[[str], object] = lambda username: None,
@@ -154,6 +161,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         """
         @param domain: The only sender trusted for permissions and presences.
         @param status: Whether we are connected.
+        @param clock: Time for parked users' retries.
         @param timeout: Seconds to wait for the server to answer an iq.
         @param limit: The server's stanza size limit, checked before each
             request is sent.
@@ -166,6 +174,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         super().__init__()
         self.domain = domain
         self.status = status
+        self.clock = clock
         self.timeout = timeout
         self.limit = limit
         self.userOnline = userOnline
@@ -174,7 +183,10 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self.online: dict[str, set[str]] = {}
         self.rostersDelegatedBack = False
         self._toldCannotPush = False
-        self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS)
+        self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS, now=clock.seconds)
+        self._writing: Counter[str] = Counter()
+        self._strikes: Counter[str] = Counter()
+        self.parked: dict[str, str] = {}
 
     def connectionMade(self) -> None:
         # The advertisement and presences arrive in the handshake's read.
@@ -185,6 +197,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
     def connectionLost(self, reason: Failure) -> None:
         # The server sends permissions and current presences again after
         # every reconnect.
+        self._strike(sorted(self._writing))
         self.permissions = NO_PERMISSIONS
         self.online = {}
         self.rostersDelegatedBack = False
@@ -271,7 +284,11 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
 
         @param urgent: A client waits for it; background writes (refreshes)
             go after urgent ones.
+        @raise SyncFailed: The user's writes are parked (see L{_strike}).
         """
+        parked = self.parked.get(username)
+        if parked is not None:
+            return fail(SyncFailed(f"roster writes for {username!r} are parked: {parked}"))
         writes = [self._sync.run(username, urgent, self._writeItem, username, c.toXML("both"), False)
                   for c in diff.changed]
         writes += [
@@ -290,6 +307,44 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         d.addCallback(check)
         return d
 
+    def _strike(self, usernames: list[str]) -> None:
+        """
+        The stream dropped while these users' writes were in flight.  One
+        drop is a coincidence; a second one with the same user's writes in
+        flight may be that user's data making the server close the stream
+        (a limit we do not know of): that user's writes are parked, with a
+        backoff, so a reconnect does not send them again and everyone else
+        is served meanwhile.
+        """
+        for username in usernames:
+            self._strikes[username] += 1
+            strikes = self._strikes[username]
+            if strikes < 2 or username in self.parked:
+                continue
+            delay = min(PARK_FIRST_DELAY * 2 ** (strikes - 2), PARK_MAX_DELAY)
+            self.parked[username] = (f"roster writes were in flight at {strikes} stream losses in a row; "
+                                     f"parked for {delay:.0f} s")
+            self.log.error("parked the roster writes of {user}: they were in flight at {strikes} losses of the "
+                           "stream in a row; retrying in {delay:.0f} s", user=username, strikes=strikes, delay=delay)
+            self.clock.callLater(delay, self._unpark, username)
+
+    def _unpark(self, username: str) -> None:
+        """
+        Try a parked user's writes again: the backend re-syncs the users the
+        server has not stored.
+        """
+        self.parked.pop(username, None)
+        if self.canSync():
+            self.rosterAccessGranted()
+
+    def stuck(self) -> str | None:
+        """
+        Why privileged requests make no progress (they all have a timeout,
+        so a queue that has not moved for twice that is wedged), or C{None}.
+        """
+        stalled = self._sync.stalled(2 * self.timeout + 1)
+        return f"privileged roster requests: {stalled}" if stalled is not None else None
+
     def hurry(self, username: str) -> None:
         """
         A client now waits for this user's roster: its background reads and
@@ -298,11 +353,23 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self._sync.promote(username)
 
     def _writeItem(self, username: str, itemXML: str, removal: bool) -> Deferred[object]:
+        if username in self.parked:
+            return fail(SyncFailed(f"roster writes for {username!r} are parked: {self.parked[username]}"))
         d = self._request(username, "set", f"<query xmlns='{NS_ROSTER}'>{itemXML}</query>", "write")
         if removal:
             # Removing what the server does not hold is already done.
             d.addErrback(self._ignoreItemNotFound)
+        self._writing[username] += 1
+        d.addBoth(self._written, username)
         return d
+
+    def _written(self, result: object, username: str) -> object:
+        self._writing[username] -= 1
+        if not self._writing[username]:
+            del self._writing[username]
+        if not isinstance(result, Failure):
+            self._strikes.pop(username, None)
+        return result
 
     @staticmethod
     def _ignoreItemNotFound(failure: Failure) -> Failure | None:

@@ -20,7 +20,7 @@ from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
 from rosteradmin.delegation import innerError, innerReply
-from rosteradmin.errors import FetchFailed, RosterRefused, StanzaTooLarge
+from rosteradmin.errors import FetchFailed, RosterRefused, StanzaTooLarge, UserUnknown
 from rosteradmin.fairness import QueryGate
 from rosteradmin.interfaces import IRosterBackend
 from rosteradmin.roster import NS_ROSTER
@@ -33,6 +33,8 @@ SET_REFUSED_TEXT = "The roster is managed by the web application and cannot be c
 
 REFUSED_TEXT = ("Your roster holds a contact larger than the server accepts in one stanza. "
                 "Please tell the administrator.")
+
+UNKNOWN_TEXT = "The web application does not know your account, so it has no roster for you."
 
 TOO_MANY_TEXT = "Too many roster requests at once: try again in a few seconds."
 
@@ -128,6 +130,8 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
             return e.condition, e.errorType, e.text
         if failure.check(RosterRefused):
             return "resource-constraint", "cancel", REFUSED_TEXT
+        if failure.check(UserUnknown):
+            return "item-not-found", "cancel", UNKNOWN_TEXT
         if failure.check(FetchFailed):
             # Type wait: the client may retry, and its session stays open.
             return "internal-server-error", "wait", "The roster is temporarily unavailable."

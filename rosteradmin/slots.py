@@ -20,6 +20,7 @@ and strands the rest of the queue.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 from typing import Any, Callable, Generic, Hashable, TypeVar
 
@@ -92,10 +93,11 @@ class PrioritySlots:
     @ivar running: Slots held now.
     """
 
-    def __init__(self, limit: int, reserved: int = 0) -> None:
+    def __init__(self, limit: int, reserved: int = 0, now: Callable[[], float] = time.monotonic) -> None:
         """
         @param reserved: Slots only urgent work may hold (less than
             C{limit}).
+        @param now: The time, for L{stalled}.
         """
         if not 0 <= reserved < limit:
             raise ValueError(f"reserved slots ({reserved}) must be fewer than the limit ({limit})")
@@ -106,6 +108,8 @@ class PrioritySlots:
         # Background waiters by key (a username), the oldest key first.
         self._background: OrderedDict[str, deque[_Work]] = OrderedDict()
         self._drain = _Drain(self._startOne)
+        self._now = now
+        self._lastProgress = now()
 
     @property
     def waiting(self) -> int:
@@ -130,6 +134,16 @@ class PrioritySlots:
         self._drain()
         return queued.result
 
+    def stalled(self, bound: float) -> str | None:
+        """
+        Why this queue is stuck: work waits, and no work started or finished
+        for C{bound} seconds; else C{None}.
+        """
+        idle = self._now() - self._lastProgress
+        if not self.waiting or idle < bound:
+            return None
+        return f"{self.running} running, {self.waiting} waiting, none started or finished for {idle:.0f} s"
+
     def promote(self, key: str) -> None:
         """
         A client now waits on C{key}'s background work: it becomes urgent,
@@ -151,11 +165,13 @@ class PrioritySlots:
         else:
             return False
         self.running += 1
+        self._lastProgress = self._now()
         queued.start(self._finished)
         return True
 
     def _finished(self, result: object, queued: _Work) -> None:
         self.running -= 1
+        self._lastProgress = self._now()
         _deliver(queued, result)
         self._drain()
 

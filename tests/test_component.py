@@ -525,3 +525,20 @@ def test_loginDuringBulkRefreshGoesFirst() -> None:
     assert sorted(after) == sorted(queued + [("set", u) for u in users[:background]]
                                    + [("set", late), ("result", DOMAIN)])
     assert refresh.called and refresh.result.updated == len(users)
+
+
+def test_userUnknownToTheWebAppToldSo() -> None:
+    """
+    The web app answers 404 for a user: the client gets item-not-found
+    saying the web app does not know the account, and nothing is cached.
+    """
+    webApp = WebApp()
+    webApp.failures["alice"] = (404, b"no such user")
+    wire = connected(webApp)
+    with capturedLogs():
+        wire.receive(envelope(rosterGet()))
+        [reply] = [s for s in wire.answerRequests(serverAnswers()) if s.getAttribute("to") == DOMAIN]
+    inner = innerIQ(reply)
+    assert inner["type"] == "error" and inner.error.firstChildElement().name == "item-not-found"
+    assert "does not know your account" in str(inner.error.text)
+    assert "alice" not in wire.backend.cache

@@ -538,3 +538,13 @@ def test_kickNickResourceprepped() -> None:
     dropped by resourceprep.
     """
     assert build(None, kick_nick="Bot\u200b").kick_nick == "Bot"
+
+
+def test_domainTrailingDotDropped() -> None:
+    """
+    A domain given with its final dot (example.org.) is the domain the
+    server uses, without it: the JIDs it sends never carry the dot.
+    """
+    config = buildConfig({"jid": "roster.example.org.", "secret": "s", "domain": "example.org.",
+                          "roster_url": "http://w/%s", "no_kick": True}, environ={})
+    assert (config.domain, config.jid) == ("example.org", "roster.example.org")

@@ -61,3 +61,18 @@ def test_floodAnsweredWithWaitOthersServed() -> None:
     assert len(errors) + len(served) == 200 and len(errors) >= 150
     assert {e.error["type"] for e in errors} == {"wait"}
     assert {e.error.firstChildElement().name for e in errors} == {"resource-constraint"}
+
+
+def test_readingPausesWhileTheServerDoesNotRead() -> None:
+    """
+    The component registers as the producer of its stream's transport:
+    when the transport's write buffer fills (the server reads slowly), it
+    stops reading the server's requests, and resumes once drained.
+    """
+    wire = connected()
+    producer = wire.transport.producer
+    assert producer is wire.component.status.backpressure and wire.transport.streaming
+    producer.pauseProducing()
+    assert wire.transport.producerState == "paused"
+    producer.resumeProducing()
+    assert wire.transport.producerState == "producing" and producer.pauses == 1

@@ -20,9 +20,11 @@ admins = { "roster.example.org" }
 
 -- Prosody closes a component stream carrying a stanza larger than
 -- component_stanza_size_limit (a global, default 512 KiB), and a roster
--- answer holds the whole roster: raise it for users with more than a few
--- thousand contacts, e.g.
---     component_stanza_size_limit = 4 * 1024 * 1024
+-- answer holds the whole roster.  rosteradmin never sends more than its
+-- --max-stanza-bytes (default 512 KiB): users whose roster does not fit
+-- (about 5,000 contacts with a name and a group) get an error instead.
+-- To serve them, raise both to the same value, e.g.
+--     component_stanza_size_limit = 4 * 1024 * 1024   -- and --max-stanza-bytes 4194304
 
 VirtualHost "example.org"
     -- mod_privilege (XEP-0356) and mod_delegation (XEP-0355) ship in

@@ -1,0 +1,70 @@
+"""
+Tests for what /healthz says about wedged work, refused and parked users.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import capturedLogs
+
+from rosteradmin.api import HealthResource
+from rosteradmin.slots import PrioritySlots
+from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp
+from tests.test_component import serverAnswers
+
+
+def test_stalledOnlyWithWorkWaitingAndNoProgress() -> None:
+    """
+    A queue is stalled when work waits and nothing started or finished for
+    the bound; running work alone is not stalled.
+    """
+    now = [0.0]
+    slots = PrioritySlots(1, now=lambda: now[0])
+    slots.run("a", False, Deferred)
+    now[0] = 100.0
+    assert slots.stalled(10) is None
+    slots.run("b", False, lambda: None)
+    assert slots.stalled(10) is not None and "1 running, 1 waiting" in (slots.stalled(10) or "")
+
+
+def health(wire: ComponentOnWire) -> tuple[int, dict[str, object]]:
+    resource = HealthResource(wire.backend, wire.component.status)
+    result: tuple[int, dict[str, object]] = ensureDeferred(resource._get(None)).result
+    return result
+
+
+def test_healthz503WhenPrivilegedRequestsAreWedged() -> None:
+    """
+    Every privileged slot is held by work that never finishes (every
+    request has a timeout, so only a bug gets here: a leaked slot) and more
+    waits: once nothing moved for twice the iq timeout, /healthz is 503
+    "stuck" with the reason; when the work finishes, it is 200 again.
+    """
+    wire = ComponentOnWire(WebApp())
+    wire.handshake(PERMISSIONS_2)
+    slots = wire.component.privileges._sync
+    held: list[Deferred[None]] = []
+    for n in range(slots.limit + 5):
+        slots.run(f"u{n}", True, lambda: held.append(Deferred()) or held[-1])
+    assert health(wire)[0] == 200
+    wire.clock.advance(2 * wire.config.iq_timeout + 1.5)
+    code, body = health(wire)
+    assert code == 503 and body["status"] == "stuck" and "privileged roster requests" in str(body["stuck"])
+    while held:
+        held.pop(0).callback(None)
+    assert health(wire)[0] == 200
+
+
+def test_healthzListsRefusedUsers() -> None:
+    """
+    A user whose roster is over the stanza limit is counted and named, with
+    why; the service is still healthy.
+    """
+    huge = {"bob@example.org": {"groups": [f"g{n}" for n in range(40_000)]}}
+    wire = ComponentOnWire(WebApp({"alice": huge}))
+    wire.handshake(PERMISSIONS_2)
+    with capturedLogs():
+        wire.backend.refresh(["alice"])
+        wire.answerRequests(serverAnswers())
+    code, body = health(wire)
+    assert code == 200 and body["refused_users"] == 1 and "cannot be stored" in body["refused"]["alice"]

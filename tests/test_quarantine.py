@@ -1,0 +1,87 @@
+"""
+Tests for parking a user's roster writes that keep coinciding with losses
+of the component stream (L{rosteradmin.privilege.PrivilegeHandler}).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionLost
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+
+from rosteradmin.privilege import PARK_FIRST_DELAY
+from tests.helpers import PERMISSIONS_2, ComponentOnWire, RecordingTransport, WebApp
+from tests.test_component import serverAnswers
+
+
+def dropAndReconnect(wire: ComponentOnWire) -> None:
+    """
+    Lose the stream, as when the server closes it, and connect again on a
+    new transport.
+    """
+    wire.xmlstream.connectionLost(Failure(ConnectionLost("closed by the server")))
+    wire.transport = RecordingTransport()
+    wire.xmlstream = wire.component.factory.buildProtocol(None)
+    wire.xmlstream.makeConnection(wire.transport)
+    wire.handshake(PERMISSIONS_2)
+
+
+def sets(wire: ComponentOnWire) -> list[str]:
+    """
+    Users whose roster is being written, from what the component sent.
+    """
+    return [s["to"] for s in wire.sent() if s.name == "iq" and s["type"] == "set"]
+
+
+def test_writesInFlightAtTwoLossesAreParked() -> None:
+    """
+    Alice's write is in flight when the stream drops, and again after the
+    reconnect's resync: her writes are parked (not sent after the next
+    reconnect, the refresh says why) while bob is synced; after the backoff
+    they are tried again.
+    """
+    wire = ComponentOnWire(WebApp({"alice": {"carol@example.org": {}}, "bob": {"carol@example.org": {}}}))
+    wire.handshake(PERMISSIONS_2)
+    reply = serverAnswers()
+    with capturedLogs() as events:
+        wire.backend.refresh(["alice"])
+        for stanza in wire.sent():
+            if stanza["type"] == "get":
+                wire.receive(reply(stanza))
+        assert sets(wire) == ["alice@example.org"]
+        dropAndReconnect(wire)
+        for stanza in wire.sent():
+            if stanza["type"] == "get":
+                wire.receive(reply(stanza))
+        assert sets(wire) == ["alice@example.org"]  # the resync
+        dropAndReconnect(wire)
+        assert "alice" in wire.component.privileges.parked
+        refresh = wire.backend.refresh(["alice", "bob"])
+        sent = wire.answerRequests(reply)
+    assert [s["to"] for s in sent if s["type"] == "set"] == ["bob@example.org"]
+    assert refresh.result.updated == 1 and "parked" in refresh.result.failures["alice"]
+    assert any("parked the roster writes of alice" in str(e.get("log_format", "")) or
+               "parked" in str(e.get("why", "")) for e in events)
+    wire.clock.advance(PARK_FIRST_DELAY)
+    assert wire.component.privileges.parked == {}
+    assert "alice@example.org" in [s["to"] for s in wire.answerRequests(reply) if s["type"] == "set"]
+    assert wire.backend.unsynced == set()
+
+
+def test_oneLossIsACoincidence() -> None:
+    """
+    A write in flight at one stream loss is written again after the
+    reconnect, and its success clears the strike.
+    """
+    wire = ComponentOnWire(WebApp({"alice": {"carol@example.org": {}}}))
+    wire.handshake(PERMISSIONS_2)
+    reply = serverAnswers()
+    with capturedLogs():
+        wire.backend.refresh(["alice"])
+        for stanza in wire.sent():
+            if stanza["type"] == "get":
+                wire.receive(reply(stanza))
+        dropAndReconnect(wire)
+        wire.answerRequests(reply)
+    privileges = wire.component.privileges
+    assert privileges.parked == {} and not privileges._strikes and wire.backend.unsynced == set()
