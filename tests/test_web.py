@@ -93,35 +93,23 @@ def test_idleConnectionClosedAtDeadline() -> None:
     assert limiter.protocols == {}
 
 
-def test_slowHeadersClosedAtDeadline() -> None:
+@pytest.mark.parametrize("opening, trickle", [
+    (b"GET / HTTP/1.1\r\n", b"X"),
+    (b"POST / HTTP/1.1\r\nHost: api.invalid\r\nContent-Length: 100\r\n\r\n", b"["),
+], ids=["slow headers", "slow body"])
+def test_tricklingRequestClosedAtDeadline(opening: bytes, trickle: bytes) -> None:
     """
-    A client trickling its request headers a byte a second (slowloris) is
-    closed at the deadline: the bytes do not push it back, as twisted.web's
-    idle timer would.
-    """
-    limiter, clock, _ = makeLimiter()
-    connection = Connection(limiter)
-    connection.send(b"GET / HTTP/1.1\r\n")
-    for _ in range(int(TIMEOUT) - 1):
-        clock.advance(1)
-        connection.send(b"X")
-    assert connection.open
-    clock.advance(1)
-    assert not connection.open
-    assert connection.transport.value() == b""
-
-
-def test_slowBodyClosedAtDeadline() -> None:
-    """
-    A request whose headers came at once but whose body trickles in is
-    closed at the deadline too, unanswered.
+    A client trickling its request headers (slowloris), or a body after
+    headers that came at once, a byte a second, is closed unanswered at the
+    deadline: the bytes do not push it back, as twisted.web's idle timer
+    would.
     """
     limiter, clock, _ = makeLimiter()
     connection = Connection(limiter)
-    connection.send(b"POST / HTTP/1.1\r\nHost: api.invalid\r\nContent-Length: 100\r\n\r\n")
+    connection.send(opening)
     for _ in range(int(TIMEOUT) - 1):
         clock.advance(1)
-        connection.send(b"[")
+        connection.send(trickle)
     assert connection.open
     clock.advance(1)
     assert not connection.open
