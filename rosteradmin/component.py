@@ -230,3 +230,7 @@ class RosterComponent(component.Component):  # type: ignore[misc]
                         self.kicker, DiscoHandler(config.jid)):
             handler.setHandlerParent(self)
         backend.sync = self.privileges
+
+    def stopService(self) -> object:
+        self.privileges.stopRetrying()
+        return super().stopService()

@@ -233,7 +233,7 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
             return
         answerer = self.answerers.get(payload.uri) if payload is not None else None
         if answerer is None:
-            self.send(wrap(delegated, self.componentJID, innerError(delegated.inner, "service-unavailable", "cancel")))
+            self._sendWrapped(delegated, innerError(delegated.inner, "service-unavailable", "cancel"))
             return
         d = maybeDeferred(answerer, delegated.inner)
         d.addErrback(self._ebAnswer, delegated)
@@ -255,8 +255,7 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
         of timing out.  Log the server's misconfiguration once per
         connection, and tell the other handlers (L{OWN_REQUEST_DELEGATED}).
         """
-        self.send(wrap(delegated, self.componentJID,
-                       innerError(delegated.inner, "not-allowed", "cancel", OWN_REQUEST_TEXT)))
+        self._sendWrapped(delegated, innerError(delegated.inner, "not-allowed", "cancel", OWN_REQUEST_TEXT))
         self.ownRequestsReturned += 1
         if self.ownRequestsReturned == 1:
             self.log.error(
@@ -278,12 +277,25 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
         if self.xmlstream is None:
             self.log.info("dropped a delegated answer: the stream closed meanwhile")
             return
+        self._sendWrapped(delegated, innerXML)
+
+    def _sendWrapped(self, delegated: Delegated, innerXML: str) -> None:
+        """
+        Send an answer in its envelope if the server accepts its size; else
+        an error for the client in the envelope, and if even that is too
+        large (it echoes the client's id), an error to the envelope alone.
+        Nothing over the limit is sent: it would close the stream.
+        """
         try:
             data = self.limit.encode(wrap(delegated, self.componentJID, innerXML), "answer")
         except StanzaTooLarge as e:
             self.log.warn("answer to {requester} not sent: {why}", requester=delegated.inner["from"], why=str(e))
-            data = wrap(delegated, self.componentJID, innerError(
-                delegated.inner, "resource-constraint", "cancel", ANSWER_TOO_LARGE_TEXT)).encode("utf-8")
+            try:
+                data = self.limit.encode(wrap(delegated, self.componentJID, innerError(
+                    delegated.inner, "resource-constraint", "cancel", ANSWER_TOO_LARGE_TEXT)), "answer")
+            except StanzaTooLarge:
+                data = iqXML("error", delegated.outerID, delegated.outerFrom,
+                             errorXML("resource-constraint", "cancel"), sender=self.componentJID).encode("utf-8")
         self.send(data)
 
     def _ebAnswer(self, failure: Failure, delegated: Delegated) -> str:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, fail
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
@@ -38,6 +38,8 @@ from rosteradmin.slots import PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff, diffSteps
 from rosteradmin.stanzas import NS_CLIENT, IQRequest, findChild, iqXML, parseJID, sendRequest
+
+T = TypeVar("T")
 
 NS_PRIVILEGE_1 = "urn:xmpp:privilege:1"
 NS_PRIVILEGE_2 = "urn:xmpp:privilege:2"
@@ -187,6 +189,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self._writing: Counter[str] = Counter()
         self._strikes: Counter[str] = Counter()
         self.parked: dict[str, str] = {}
+        self._unparkCalls: dict[str, IDelayedCall] = {}
 
     def connectionMade(self) -> None:
         # The advertisement and presences arrive in the handshake's read.
@@ -300,6 +303,9 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
 
         def check(results: list[tuple[bool, object]]) -> None:
             failed = [r for ok, r in results if not ok]
+            if not failed:
+                # Every item was stored: none of them is a poison write.
+                self._strikes.pop(username, None)
             if failed:
                 raise SyncFailed(f"{len(failed)} of {len(results)} roster writes for {username!r} failed: "
                                  f"{failed[0].getErrorMessage()}")  # type: ignore[attr-defined]
@@ -321,18 +327,28 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
             strikes = self._strikes[username]
             if strikes < 2 or username in self.parked:
                 continue
-            delay = min(PARK_FIRST_DELAY * 2 ** (strikes - 2), PARK_MAX_DELAY)
+            delay = min(PARK_FIRST_DELAY * 2 ** min(strikes - 2, 16), PARK_MAX_DELAY)
             self.parked[username] = (f"roster writes were in flight at {strikes} stream losses in a row; "
                                      f"parked for {delay:.0f} s")
             self.log.error("parked the roster writes of {user}: they were in flight at {strikes} losses of the "
                            "stream in a row; retrying in {delay:.0f} s", user=username, strikes=strikes, delay=delay)
-            self.clock.callLater(delay, self._unpark, username)
+            self._unparkCalls[username] = self.clock.callLater(delay, self._unpark, username)
+
+    def stopRetrying(self) -> None:
+        """
+        The service stops: no parked user's writes are tried again.
+        """
+        calls, self._unparkCalls = self._unparkCalls, {}
+        for call in calls.values():
+            if call.active():
+                call.cancel()
 
     def _unpark(self, username: str) -> None:
         """
         Try a parked user's writes again: the backend re-syncs the users the
         server has not stored.
         """
+        self._unparkCalls.pop(username, None)
         self.parked.pop(username, None)
         if self.canSync():
             self.rosterAccessGranted()
@@ -359,17 +375,22 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         if removal:
             # Removing what the server does not hold is already done.
             d.addErrback(self._ignoreItemNotFound)
-        self._writing[username] += 1
-        d.addBoth(self._written, username)
-        return d
+        return self._inFlight(d, username)
 
-    def _written(self, result: object, username: str) -> object:
-        self._writing[username] -= 1
-        if not self._writing[username]:
-            del self._writing[username]
-        if not isinstance(result, Failure):
-            self._strikes.pop(username, None)
-        return result
+    def _inFlight(self, d: Deferred[T], username: str) -> Deferred[T]:
+        """
+        Count a user's write or push as in flight until it is answered: if
+        the stream drops meanwhile, it may be why (L{_strike}).
+        """
+        self._writing[username] += 1
+
+        def answered(result: object) -> object:
+            self._writing[username] -= 1
+            if not self._writing[username]:
+                del self._writing[username]
+            return result
+
+        return d.addBoth(answered)
 
     @staticmethod
     def _ignoreItemNotFound(failure: Failure) -> Failure | None:
@@ -386,7 +407,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         later, gets an empty result only if its roster is current.
         """
         resources = self.online.get(username)
-        if not resources or not self.status.connected:
+        if not resources or not self.status.connected or username in self.parked:
             return 0
         if not self.permissions.canPush:
             if not self._toldCannotPush:
@@ -406,8 +427,9 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
                 push = iqXML("set", f"push-{pushID}-{index}", resource,
                              f"<query xmlns='{NS_ROSTER}' ver='{step.version}'>{step.item}</query>",
                              namespace=NS_CLIENT)
-                d = self._request(username, "set",
-                                  f"<privileged_iq xmlns='{NS_PRIVILEGE_2}'>{push}</privileged_iq>", "push")
+                d = self._inFlight(self._request(
+                    username, "set", f"<privileged_iq xmlns='{NS_PRIVILEGE_2}'>{push}</privileged_iq>", "push"),
+                    username)
                 d.addErrback(lambda f, r=resource: self.log.warn(
                     "roster push to {resource} failed: {why}", resource=r, why=f.getErrorMessage()))
                 sent += 1

@@ -25,7 +25,7 @@ from rosteradmin.fairness import QueryGate
 from rosteradmin.interfaces import IRosterBackend
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin.stanzalimit import StanzaLimit
-from rosteradmin.stanzas import errorXML, iqXML, parseJID
+from rosteradmin.stanzas import errorReply, errorXML, iqXML, parseJID
 
 DIRECT_QUERY = f"/iq[@type='get' or @type='set']/query[@xmlns='{NS_ROSTER}']"
 
@@ -111,15 +111,25 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
                 errorXML(*self._refusal(f)), sender=self.componentJID,
             ),
         )
-        d.addCallback(self._sendIfConnected)
+        d.addCallback(self._sendIfConnected, iq)
 
-    def _sendIfConnected(self, reply: str) -> None:
+    def _sendIfConnected(self, reply: str, iq: domish.Element) -> None:
+        """
+        Send a direct answer if the server accepts its size, else an error
+        (if even that fits: it echoes the client's id).
+        """
         if self.xmlstream is None:
             return
         try:
             self.send(self.limit.encode(reply, "answer"))
         except StanzaTooLarge as e:
-            self.log.warn("direct roster answer not sent: {why}", why=str(e))
+            self.log.warn("direct roster answer to {requester} not sent: {why}", requester=iq.getAttribute("from"),
+                          why=str(e))
+            try:
+                self.send(self.limit.encode(errorReply(iq, "resource-constraint", "cancel", self.componentJID),
+                                            "answer"))
+            except StanzaTooLarge:
+                pass
 
     def _refusal(self, failure: Failure) -> tuple[str, str, str]:
         """

@@ -10,6 +10,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from rosteradmin.privilege import PARK_FIRST_DELAY
+from rosteradmin.roster import EMPTY_ROSTER, Contact, Roster
 from tests.helpers import PERMISSIONS_2, ComponentOnWire, RecordingTransport, WebApp
 from tests.test_component import serverAnswers
 
@@ -85,3 +86,23 @@ def test_oneLossIsACoincidence() -> None:
         wire.answerRequests(reply)
     privileges = wire.component.privileges
     assert privileges.parked == {} and not privileges._strikes and wire.backend.unsynced == set()
+
+
+def test_parkedUserGetsNoPushesAndManyStrikesDoNotOverflow() -> None:
+    """
+    A parked user's clients get no pushes of the data that could not be
+    written, and a user parked again and again waits at most the longest
+    delay (the doubling does not overflow).
+    """
+    wire = ComponentOnWire(WebApp({"alice": {"carol@example.org": {}}}))
+    wire.handshake(PERMISSIONS_2 + "<presence from='alice@example.org/phone' to='roster.example.org'/>")
+    privileges = wire.component.privileges
+    privileges._strikes["alice"] = 5000
+    with capturedLogs():
+        privileges._strike(["alice"])
+    assert "alice" in privileges.parked and "3600 s" in privileges.parked["alice"]
+    assert privileges.online == {"alice": {"alice@example.org/phone"}}
+    assert privileges.push("alice", EMPTY_ROSTER, Roster([Contact("carol@example.org", None, ())])) == 0
+    privileges.stopRetrying()
+    wire.clock.advance(3600)
+    assert "alice" in privileges.parked

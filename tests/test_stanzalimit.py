@@ -116,3 +116,18 @@ def test_wrapperBoundCoversTheLargestJIDs() -> None:
                f"<iq xmlns='jabber:client' type='set' id='push-01234567-99999' to='{jid}'>"
                "<query xmlns='jabber:iq:roster' ver='0123456789abcdef'></query></iq></privileged_iq></iq>")
     assert len(wrapper.encode()) < WRAPPER_BYTES
+
+
+def test_errorEchoingAHugeIdStillFits() -> None:
+    """
+    A client id so long that even the error echoing it is over the limit:
+    the envelope alone gets the error, and nothing over the limit is sent.
+    """
+    wire = smallLimitWire({"alice": {"bob@example.org": {}}})
+    query = rosterGet().replace("id='c1'", "id='" + "x" * LIMIT + "'")
+    with capturedLogs():
+        wire.receive(envelope(query, stanzaID="huge"))
+        sent = wire.answerRequests(serverAnswers())
+    [reply] = [s for s in sent if s.getAttribute("id") == "huge"]
+    assert reply["type"] == "error" and reply.error.firstChildElement().name == "resource-constraint"
+    assert wire.transport.largestWrite <= LIMIT
