@@ -23,6 +23,7 @@ from collections import Counter
 from typing import Callable, NamedTuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,6 +51,14 @@ MAX_SYNC_IN_FLIGHT = 32
 
 #: Of those, how many only work a client waits for may hold.
 RESERVED_FOR_CLIENTS = 8
+
+#: How a request fails when the stream goes away before its answer (wokkel
+#: fails pending iqs with the connection's loss) or it cannot be sent.
+DISCONNECTED = (NotConnected, ConnectionLost, ConnectionDone)
+
+#: Of those, how many one user's work may hold: a user whose first sync
+#: writes thousands of items leaves the rest to other users' logins.
+PER_USER_IN_FLIGHT = 4
 
 #: Seconds a user's writes stay parked the first time, doubling each time.
 PARK_FIRST_DELAY = 30.0
@@ -185,7 +194,8 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self.online: dict[str, set[str]] = {}
         self.rostersDelegatedBack = False
         self._toldCannotPush = False
-        self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS, now=clock.seconds)
+        self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS, perKey=PER_USER_IN_FLIGHT,
+                                   now=clock.seconds)
         self._writing: Counter[str] = Counter()
         self._strikes: Counter[str] = Counter()
         self.parked: dict[str, str] = {}
@@ -306,6 +316,12 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
             if not failed:
                 # Every item was stored: none of them is a poison write.
                 self._strikes.pop(username, None)
+                return
+            if all(f.check(*DISCONNECTED) for f in failed):  # type: ignore[attr-defined]
+                # Not refused: the stream went away.  The user stays
+                # unsynced and is written after the reconnect.
+                raise NotConnected(f"{len(failed)} of {len(results)} roster writes for {username!r} "
+                                   "were cut off by the loss of the XMPP connection")
             if failed:
                 raise SyncFailed(f"{len(failed)} of {len(results)} roster writes for {username!r} failed: "
                                  f"{failed[0].getErrorMessage()}")  # type: ignore[attr-defined]
@@ -454,5 +470,8 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
     def _ebSync(self, failure: Failure, username: str, what: str) -> Failure:
         if failure.check(NotConnected, SyncFailed):
             return failure
+        if failure.check(*DISCONNECTED):
+            raise NotConnected(f"privileged roster {what} for {username!r} was cut off by the loss of the "
+                               "XMPP connection")
         reason = failure.value.condition if failure.check(StanzaError) else failure.getErrorMessage()
         raise SyncFailed(f"privileged roster {what} for {username!r} failed: {reason}")

@@ -21,7 +21,7 @@ and strands the rest of the queue.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from typing import Any, Callable, Generic, Hashable, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -85,38 +85,42 @@ class _Drain:
 
 class PrioritySlots:
     """
-    At most C{limit} pieces of work at once.  Waiting work starts in the
-    order it came, every urgent piece before any background one, and
-    background work never takes the last C{reserved} slots: a login finds
-    a slot free even while a bulk refresh has filled the queue.
+    At most C{limit} pieces of work at once, and at most C{perKey} for one
+    key (a user).  Urgent work starts before any background work, and
+    background work never takes the last C{reserved} slots: a login finds a
+    slot free even while a bulk refresh has filled the queue.
+
+    Within each class, keys take turns (round robin), each key's work in
+    the order it came: a user whose first sync queues 8,000 writes gets one
+    turn in each round, not the next 8,000 slots, so another user's login
+    waits for a few writes, not for all of them.
 
     @ivar running: Slots held now.
+    @ivar waiting: Pieces of work queued for a slot.
     """
 
-    def __init__(self, limit: int, reserved: int = 0, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit: int, reserved: int = 0, perKey: int | None = None,
+                 now: Callable[[], float] = time.monotonic) -> None:
         """
         @param reserved: Slots only urgent work may hold (less than
             C{limit}).
+        @param perKey: Most slots one key may hold; by default C{limit}.
         @param now: The time, for L{stalled}.
         """
         if not 0 <= reserved < limit:
             raise ValueError(f"reserved slots ({reserved}) must be fewer than the limit ({limit})")
         self.limit = limit
         self.reserved = reserved
+        self.perKey = perKey if perKey is not None else limit
         self.running = 0
-        self._urgent: deque[_Work] = deque()
-        # Background waiters by key (a username), the oldest key first.
+        self.waiting = 0
+        # Waiting work by key, in the order the keys take their turns.
+        self._urgent: OrderedDict[str, deque[_Work]] = OrderedDict()
         self._background: OrderedDict[str, deque[_Work]] = OrderedDict()
+        self._runningByKey: Counter[str] = Counter()
         self._drain = _Drain(self._startOne)
         self._now = now
         self._lastProgress = now()
-
-    @property
-    def waiting(self) -> int:
-        """
-        Pieces of work queued for a slot.
-        """
-        return len(self._urgent) + sum(len(q) for q in self._background.values())
 
     def run(self, key: str, urgent: bool, work: Callable[..., Deferred[T]], *args: Any) -> Deferred[T]:
         """
@@ -127,10 +131,8 @@ class PrioritySlots:
         @return: C{work}'s result.
         """
         queued = _Work(work, args)
-        if urgent:
-            self._urgent.append(queued)
-        else:
-            self._background.setdefault(key, deque()).append(queued)
+        (self._urgent if urgent else self._background).setdefault(key, deque()).append(queued)
+        self.waiting += 1
         self._drain()
         return queued.result
 
@@ -147,30 +149,51 @@ class PrioritySlots:
     def promote(self, key: str) -> None:
         """
         A client now waits on C{key}'s background work: it becomes urgent,
-        behind the urgent work already waiting.
+        after the key's urgent work already waiting.
         """
         waiting = self._background.pop(key, None)
         if waiting:
-            self._urgent.extend(waiting)
+            self._urgent.setdefault(key, deque()).extend(waiting)
             self._drain()
 
     def _startOne(self) -> bool:
-        if self._urgent and self.running < self.limit:
-            queued = self._urgent.popleft()
-        elif self._background and self.running < self.limit - self.reserved:
-            key, waiting = next(iter(self._background.items()))
-            queued = waiting.popleft()
-            if not waiting:
-                del self._background[key]
-        else:
+        if self.running >= self.limit:
             return False
+        key = self._nextKey(self._urgent)
+        queue = self._urgent
+        if key is None and self.running < self.limit - self.reserved:
+            key, queue = self._nextKey(self._background), self._background
+        if key is None:
+            return False
+        waiting = queue[key]
+        queued = waiting.popleft()
+        if waiting:
+            queue.move_to_end(key)
+        else:
+            del queue[key]
+        self.waiting -= 1
         self.running += 1
+        self._runningByKey[key] += 1
         self._lastProgress = self._now()
-        queued.start(self._finished)
+        queued.start(lambda result, q: self._finished(result, q, key))
         return True
 
-    def _finished(self, result: object, queued: _Work) -> None:
+    def _nextKey(self, queue: OrderedDict[str, deque[_Work]]) -> str | None:
+        """
+        The first key in turn that holds fewer than C{perKey} slots.  Keys
+        at their bound hold C{perKey} slots each, so at most
+        C{limit // perKey} are skipped.
+        """
+        for key in queue:
+            if self._runningByKey[key] < self.perKey:
+                return key
+        return None
+
+    def _finished(self, result: object, queued: _Work, key: str) -> None:
         self.running -= 1
+        self._runningByKey[key] -= 1
+        if not self._runningByKey[key]:
+            del self._runningByKey[key]
         self._lastProgress = self._now()
         _deliver(queued, result)
         self._drain()

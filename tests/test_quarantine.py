@@ -106,3 +106,24 @@ def test_parkedUserGetsNoPushesAndManyStrikesDoNotOverflow() -> None:
     privileges.stopRetrying()
     wire.clock.advance(3600)
     assert "alice" in privileges.parked
+
+
+def test_writesCutOffByAStreamLossAreNotRefusals() -> None:
+    """
+    A refresh whose writes are cut off by a loss of the stream reports the
+    user updated, not failed: the server refused nothing, and the user is
+    written after the reconnect (a refresh reply listing hundreds of such
+    users as failed made web apps retry them for nothing).
+    """
+    wire = ComponentOnWire(WebApp({"alice": {"carol@example.org": {}}}))
+    wire.handshake(PERMISSIONS_2)
+    reply = serverAnswers()
+    with capturedLogs():
+        refresh = wire.backend.refresh(["alice"])
+        for stanza in wire.sent():
+            if stanza["type"] == "get":
+                wire.receive(reply(stanza))
+        dropAndReconnect(wire)
+        assert refresh.result.updated == 1 and refresh.result.failures == {}
+        assert "alice@example.org" in [s["to"] for s in wire.answerRequests(reply) if s["type"] == "set"]
+    assert wire.backend.unsynced == set()

@@ -232,3 +232,33 @@ def test_keyedLockThirdWaiterWaitsForSecond() -> None:
     assert work.started == ["k1", "k2"]
     work.finish("k2")
     assert work.started == ["k1", "k2", "k3"]
+
+
+def test_keysTakeTurns() -> None:
+    """
+    One key's many pieces of work do not take every slot in turn: keys
+    alternate, each in its own order.
+    """
+    slots, work = PrioritySlots(1), Work()
+    slots.run("x", True, work, "busy")
+    for n in range(3):
+        slots.run("alice", True, work, f"alice{n}")
+    slots.run("bob", True, work, "bob0")
+    for name in ["busy", "alice0", "bob0", "alice1"]:
+        work.finish(name)
+    assert work.started == ["busy", "alice0", "bob0", "alice1", "alice2"]
+
+
+def test_perKeyBound() -> None:
+    """
+    A key holds at most perKey slots; the others stay for other keys, even
+    while that key's work waits.
+    """
+    slots, work = PrioritySlots(8, perKey=2), Work()
+    for n in range(100):
+        slots.run("alice", False, work, f"alice{n}")
+    assert work.started == ["alice0", "alice1"] and slots.running == 2 and slots.waiting == 98
+    slots.run("bob", True, work, "bob0")
+    assert work.started[-1] == "bob0"
+    work.finish("alice0")
+    assert work.started[-1] == "alice2" and slots.running == 3
