@@ -28,6 +28,7 @@ from rosteradmin.interfaces import IRosterBackend, IRosterSync
 from rosteradmin.roster import Roster, RosterDiff, diffRosters, normaliseUsername
 from rosteradmin.slots import KeyedLock, PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
+from rosteradmin.state import SyncState
 
 if TYPE_CHECKING:
     from rosteradmin.privilege import StoredRoster
@@ -71,11 +72,15 @@ class RosterBackend(Service):
     log = Logger()
 
     def __init__(self, cache: RosterCache, fetcher: RosterFetcher, sync: IRosterSync | None = None,
-                 limit: StanzaLimit | None = None) -> None:
+                 limit: StanzaLimit | None = None, state: SyncState | None = None) -> None:
         """
         @param limit: The server's stanza size limit: rosters it cannot
             carry are refused for their user alone.
+        @param state: What the server holds and who is pending, kept across
+            restarts; by default in memory only.
         """
+        self.state = state if state is not None else SyncState()
+        self._resumePending = True
         self.cache = cache
         self.fetcher = fetcher
         self.sync = sync
@@ -91,6 +96,24 @@ class RosterBackend(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return self.fetcher.close()
+
+    def _resume(self) -> None:
+        """
+        Finish, once after start, the refreshes and writes a previous run
+        accepted and did not finish (it crashed or was stopped meanwhile):
+        the web app need not ask again.
+        """
+        self._resumePending = False
+        pending = self.state.pending()
+        if not pending:
+            return
+        self.log.info("resuming {count} unfinished refreshes and writes from {path}",
+                      count=len(pending), path=self.state.path)
+        d = self.refresh(pending)
+        d.addCallback(lambda summary: self.log.info(
+            "resumed refreshes: {updated} updated, {errors} errors", updated=summary.updated,
+            errors=summary.errors))
+        self._background(d, "resume", f"{len(pending)} users")
 
     def getRoster(self, username: str) -> Deferred[Roster]:
         """
@@ -161,6 +184,7 @@ class RosterBackend(Service):
             except InvalidUsername as e:
                 summary.failures[given] = str(e)
         self.refreshes += 1
+        self.state.addPending(distinct)
 
         async def refreshOne(username: str, given: str) -> None:
             try:
@@ -178,6 +202,11 @@ class RosterBackend(Service):
                     summary.failures[given] = f"stored in the server, but clients cannot be sent it: {tooLarge}"
                 else:
                     summary.updated += 1
+            finally:
+                if username not in self.unsynced:
+                    # Finished and reported; an unsynced user stays pending
+                    # until its write succeeds.
+                    self.state.done(username)
 
         await gatherResults([ensureDeferred(refreshOne(u, g)) for u, g in distinct.items()])
         return summary
@@ -218,6 +247,8 @@ class RosterBackend(Service):
         """
         Write the rosters that could not be written while disconnected.
         """
+        if self._resumePending and self._canSync():
+            self._resume()
         if not self.unsynced or not self._canSync():
             return
         pending = sorted(self.unsynced)
@@ -264,7 +295,8 @@ class RosterBackend(Service):
 
         @param urgent: A client waits (see L{RosterFetcher.fetch}).
         """
-        stored = self.sync.readStored(username, urgent) if self._canSync() else None
+        known = self.state.serverVersion(username) is not None
+        stored = self.sync.readStored(username, urgent) if self._canSync() and not known else None
         try:
             roster = await self.fetcher.fetch(username, urgent)
         except FetchFailed:
@@ -272,6 +304,14 @@ class RosterBackend(Service):
                 stored.addErrback(lambda failure: None)  # nothing to sync
             raise
         return roster, stored
+
+    def _markUnsynced(self, username: str) -> None:
+        """
+        The server may not hold C{username}'s cached roster: write it once
+        the server takes writes again, and after a restart too.
+        """
+        self.unsynced.add(username)
+        self.state.addPending((username,))
 
     def _admit(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None) -> None:
         """
@@ -350,8 +390,13 @@ class RosterBackend(Service):
             disconnected is never raised.
         @return: The roster the server held before, if it could be read.
         """
+        if storedRead is None and self.state.serverVersion(username) == roster.version:
+            # The server holds this roster already (we wrote it): the
+            # cheap path, no privileged read or write.
+            self.unsynced.discard(username)
+            return None
         if self.sync is None or (storedRead is None and not self.sync.canSync()):
-            self.unsynced.add(username)
+            self._markUnsynced(username)
             if report and self.sync is not None and self.sync.syncRefusal is not None:
                 raise SyncFailed(self.sync.syncRefusal)
             return None
@@ -364,11 +409,15 @@ class RosterBackend(Service):
                 await self.sync.write(username, diff, urgent)
         except (SyncFailed, NotConnected) as e:
             self.log.warn("server roster of {user} not synced: {why}", user=username, why=str(e))
-            self.unsynced.add(username)
+            self._markUnsynced(username)
+            # Part of a write may have been stored: what the server holds
+            # is no longer known.
+            self.state.forgetServer(username)
             if report and isinstance(e, SyncFailed):
                 raise
             return None
         self.unsynced.discard(username)
+        self.state.recordServer(username, roster.version)
         if diff:
             self.log.info("synced {user} into the server: {changed} set, {removed} removed",
                           user=username, changed=len(diff.changed), removed=len(diff.removed))

@@ -98,6 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("query-rate", float, 20.0, "roster queries per second one user may send, in bursts of two seconds' worth; more get a wait error"),
     Setting("http-max-connections", int, 256, "most HTTP API connections open at once; more are closed at once"),
     Setting("http-timeout", float, 30.0, "seconds an HTTP client may take to send a request's headers and body, or stay idle"),
+    Setting("state", str, None, "SQLite file keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"),
     Setting("web-app-headers", dict, None, "extra HTTP headers sent to the web app (TOML table only)", cli=False),
 )
 
@@ -134,6 +135,7 @@ class Config:
     query_rate: float = 20.0
     http_max_connections: int = 256
     http_timeout: float = 30.0
+    state: str | None = None
     web_app_headers: Mapping[str, str] = field(default_factory=dict)
 
 

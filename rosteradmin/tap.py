@@ -48,6 +48,7 @@ from rosteradmin.config import SETTINGS, Config, ConfigError, buildConfig
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.metrics import Metrics
 from rosteradmin.stanzalimit import StanzaLimit
+from rosteradmin.state import StateError, SyncState
 from rosteradmin.web import DrainingService, makeSite
 
 
@@ -359,7 +360,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = SequentialService(config.http)
 
     limit = StanzaLimit(config.max_stanza_bytes)
-    backend = RosterBackend(RosterCache(), makeFetcher(config, reactor), limit=limit)
+    try:
+        state = SyncState(config.state) if config.state is not None else SyncState()
+    except StateError as e:
+        refuseToStart(f"--state: {e}")
+    backend = RosterBackend(RosterCache(), makeFetcher(config, reactor), limit=limit, state=state)
     backend.setName("backend")
     backend.setServiceParent(top)
 

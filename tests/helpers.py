@@ -22,6 +22,7 @@ from rosteradmin.component import RosterComponent
 from rosteradmin.config import Config
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.stanzalimit import StanzaLimit
+from rosteradmin.state import SyncState
 
 DOMAIN = "example.org"
 COMPONENT = "roster.example.org"
@@ -137,14 +138,15 @@ class ComponentOnWire:
     real XEP-0114 handshake, with its backend fetching from a L{WebApp}.
     """
 
-    def __init__(self, webApp: WebApp | None = None, config: Config | None = None) -> None:
+    def __init__(self, webApp: WebApp | None = None, config: Config | None = None,
+                 state: SyncState | None = None) -> None:
         self.clock = Clock()
         self.config = config or makeConfig()
         self.webApp = webApp or WebApp()
         self.http = StubTreq(self.webApp)
         self.fetcher = RosterFetcher(self.config.roster_url, DOMAIN, self.clock, http=self.http, timeout=10)
         self.limit = StanzaLimit(self.config.max_stanza_bytes)
-        self.backend = RosterBackend(RosterCache(), self.fetcher, limit=self.limit)
+        self.backend = RosterBackend(RosterCache(), self.fetcher, limit=self.limit, state=state)
         self.component = RosterComponent(self.config, self.backend, self.clock, limit=self.limit)
         self.transport = RecordingTransport()
         self.xmlstream = self.component.factory.buildProtocol(None)

@@ -90,7 +90,8 @@ def test_unitCommandLineStarts(tmp_path: Path) -> None:
     config.write_text(sample.replace("xmpp_port = 5347", f"xmpp_port = {closedPort}").replace(
         'http = "tcp:5280:interface=127.0.0.1"', f'http = "tcp:{httpPort}:interface=127.0.0.1"'))
     assert config.read_text() != sample
-    argv = shlex.split(execStart.replace("${CREDENTIALS_DIRECTORY}", str(credentials)))
+    argv = shlex.split(execStart.replace("${CREDENTIALS_DIRECTORY}", str(credentials))
+                       .replace("${STATE_DIRECTORY}", str(tmp_path)))
     assert (argv[0], argv.count("/etc/rosteradmin/rosteradmin.toml")) == ("/opt/rosteradmin/bin/twistd", 1)
     argv = [str(Path(sys.executable).parent / "twistd")] + [
         str(config) if arg == "/etc/rosteradmin/rosteradmin.toml" else arg for arg in argv[1:]]
@@ -121,6 +122,7 @@ def test_unitCommandLineStarts(tmp_path: Path) -> None:
     assert f"127.0.0.1:{closedPort}" in health["last_error"]
     assert process.returncode in (0, -signal.SIGTERM)
     assert "Traceback" not in output
+    assert (tmp_path / "state.sqlite").exists()  # --state ${STATE_DIRECTORY}/state.sqlite
 
 
 def test_unitDoesNotRestartConfigurationErrors() -> None:

@@ -1,0 +1,139 @@
+# -*- test-case-name: tests.test_state -*-
+"""
+What rosteradmin must remember across restarts, in SQLite.
+
+The web app owns the rosters and the server stores them; rosteradmin holds
+only two facts of its own, and both must survive a crash:
+
+- for each user, the version (digest) of the roster the server was last
+  made to hold: a login whose web-app roster has that version needs no
+  privileged read or write, the cheap path;
+- the users whose server roster may be behind the web app: refreshes
+  accepted and not finished, and writes that failed.  After a crash, or a
+  restart, they are finished without the web app asking again.
+
+Losing the file loses no data: every user is then unknown, and the next
+full sync (or each user's next login) reads and rewrites the server's
+rosters.  Writes are small and frequent, so the database runs in WAL mode
+with C{synchronous=NORMAL}: a committed write survives the process being
+killed (only a power loss may lose the last ones, which the next sync
+repairs).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS server_rosters (
+    username TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    written_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    username TEXT PRIMARY KEY,
+    since REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class StateError(Exception):
+    """
+    The state file cannot be opened or is not rosteradmin's.
+    """
+
+
+class SyncState:
+    """
+    The server roster versions and the pending users, in one SQLite file
+    (or in memory, when no file is named: nothing then survives a restart).
+
+    @ivar path: The database file, or C{":memory:"}.
+    """
+
+    def __init__(self, path: str = ":memory:") -> None:
+        """
+        @raise StateError: The file cannot be opened, or holds another
+            schema.
+        """
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            if path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise StateError(f"{path}: schema version {row[0]}, this rosteradmin reads {SCHEMA_VERSION}")
+        except sqlite3.Error as e:
+            raise StateError(f"{path}: {e}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def serverVersion(self, username: str) -> str | None:
+        """
+        The version of the roster the server was last made to hold for
+        C{username}, or C{None} if unknown.
+        """
+        row = self._db.execute("SELECT version FROM server_rosters WHERE username = ?", (username,)).fetchone()
+        return row[0] if row is not None else None
+
+    def recordServer(self, username: str, version: str) -> None:
+        """
+        The server now holds the roster of this version for C{username}, and
+        the user is no longer pending.
+        """
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO server_rosters VALUES (?, ?, ?)",
+                             (username, version, time.time()))
+            self._db.execute("DELETE FROM pending WHERE username = ?", (username,))
+
+    def forgetServer(self, username: str) -> None:
+        """
+        What the server holds for C{username} is no longer known (a write
+        failed half-way, or drift was seen).
+        """
+        self._db.execute("DELETE FROM server_rosters WHERE username = ?", (username,))
+
+    def addPending(self, usernames: Iterable[str]) -> None:
+        """
+        These users' server rosters may be behind the web app until they
+        are synced (L{recordServer}) or L{done}.
+        """
+        now = time.time()
+        with self._db:
+            self._db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?)", ((u, now) for u in usernames))
+
+    def done(self, username: str) -> None:
+        """
+        C{username} is no longer pending (its refresh finished, for better
+        or worse, and was reported).
+        """
+        self._db.execute("DELETE FROM pending WHERE username = ?", (username,))
+
+    def pending(self) -> list[str]:
+        """
+        The pending users, the oldest first.
+        """
+        return [row[0] for row in self._db.execute("SELECT username FROM pending ORDER BY since, username")]
+
+    def pendingCount(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM pending").fetchone()[0])
+
+    def knownCount(self) -> int:
+        """
+        Users whose server roster version is known.
+        """
+        return int(self._db.execute("SELECT count(*) FROM server_rosters").fetchone()[0])
