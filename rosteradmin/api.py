@@ -20,6 +20,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from rosteradmin.errors import KickFailed, NotConnected
+from rosteradmin.fullsync import FullSync
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend
 from rosteradmin.metrics import MetricsResource
 from rosteradmin.stanzas import parseJID, roomNickname
@@ -110,6 +111,53 @@ class RefreshResource(JsonResource):
         return HTTPStatus.OK, _summary("ok", "roster update complete", summary.updated, summary.failures)
 
 
+class SyncResource(JsonResource):
+    """
+    C{POST /roster_admin/sync} starts a sync in the background and answers
+    at once with its progress; C{GET} shows the progress::
+
+        POST /roster_admin/sync   {"all": true}      (every user of --users-url)
+        POST /roster_admin/sync   ["john", "aaron"]  (these users)
+        202 {"status": "started", "sync": {"kind": "full", "running": true,
+             "listed": 500, "listing_done": false, "synced": 120, "failed": 0, ...}}
+
+    While a pass runs, another is not started: the answer is its progress,
+    with C{"status": "running"}.
+    """
+
+    methods = {b"POST": "_post", b"GET": "_get", b"HEAD": "_get"}
+
+    @staticmethod
+    def errorBody(message: str) -> JSON:
+        return {"status": "error", "message": message}
+
+    def __init__(self, fullSync: FullSync, authorization: str | None) -> None:
+        super().__init__()
+        self.fullSync = fullSync
+        self.authorization = authorization
+
+    async def _get(self, request: server.Request) -> tuple[int, JSON]:
+        _requireAuthorization(self.log, "sync", request, self.authorization)
+        current = self.fullSync.current
+        return HTTPStatus.OK, {"status": "running" if current is not None and current.running else "idle",
+                               "sync": current.toJSON() if current is not None else None}
+
+    async def _post(self, request: server.Request) -> tuple[int, JSON]:
+        _requireAuthorization(self.log, "sync", request, self.authorization)
+        body = readJSON(request)
+        if body == {"all": True}:
+            if self.fullSync.lister is None:
+                raise ApiError(HTTPStatus.BAD_REQUEST, "No --users-url is configured: name the users to sync")
+            usernames = None
+        elif isinstance(body, list) and body and all(isinstance(u, str) for u in body):
+            usernames = body
+        else:
+            raise ApiError(HTTPStatus.BAD_REQUEST, 'Request body must be {"all": true} or a JSON array of usernames')
+        already = self.fullSync.current is not None and self.fullSync.current.running
+        progress = self.fullSync.start("full" if usernames is None else "users", usernames)
+        return HTTPStatus.ACCEPTED, {"status": "running" if already else "started", "sync": progress.toJSON()}
+
+
 class KickResource(JsonResource):
     """
     C{POST /muc_kick}: kick an occupant out of a room::
@@ -184,10 +232,11 @@ class HealthResource(JsonResource):
 
     methods = {b"GET": "_get", b"HEAD": "_get"}
 
-    def __init__(self, backend: IRosterBackend, status: IConnectionStatus) -> None:
+    def __init__(self, backend: IRosterBackend, status: IConnectionStatus, fullSync: FullSync) -> None:
         super().__init__()
         self.backend = backend
         self.status = status
+        self.fullSync = fullSync
 
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
         connected = bool(self.status.connected)
@@ -206,9 +255,20 @@ class HealthResource(JsonResource):
             "refused_users": len(self.backend.refused),
             "refused": dict(itertools.islice(sorted(self.backend.refused.items()), MAX_LISTED_USERS)),
             "parked_users": dict(itertools.islice(sorted(parked.items()), MAX_LISTED_USERS)),
+            "pending_users": self.backend.state.pendingCount(),
+            "sync": self._syncSummary(),
         }
         healthy = connected and stuck is None
         return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
+
+
+    def _syncSummary(self) -> JSON | None:
+        current = self.fullSync.current
+        if current is None:
+            return None
+        return {"kind": current.kind, "running": current.running, "listed": current.listed,
+                "listing_done": current.listingDone, "synced": current.synced, "failed": current.failed,
+                "error": current.error}
 
 
 class NotFoundResource(JsonResource):
@@ -243,6 +303,7 @@ def buildRoot(
     refreshAuthorization: str | None,
     kickAuthorization: str | None,
     metrics: Any,
+    fullSync: FullSync,
 ) -> tuple[Resource, KickResource | None]:
     """
     The resource tree of the API.
@@ -255,11 +316,12 @@ def buildRoot(
     admin = ApiRoot()
     root.putChild(b"roster_admin", admin)
     admin.putChild(b"refresh", RefreshResource(backend, refreshAuthorization))
+    admin.putChild(b"sync", SyncResource(fullSync, refreshAuthorization))
     kick = None
     if kicker is not None and kickAuthorization is not None:
         kick = KickResource(kicker, status, kickAuthorization)
         root.putChild(b"muc_kick", kick)
-    root.putChild(b"healthz", HealthResource(backend, status))
+    root.putChild(b"healthz", HealthResource(backend, status, fullSync))
     root.putChild(b"metrics", MetricsResource(metrics))
     return root, kick
 

@@ -86,6 +86,8 @@ class RosterBackend(Service):
         self.sync = sync
         self.limit = limit if limit is not None else StanzaLimit()
         self.refused: dict[str, str] = {}
+        self.driftRepaired: Counter[str] = Counter()
+        self._writableWaiters: list[Deferred[None]] = []
         self.unsynced: set[str] = set()
         self.refreshes = 0
         self._locks: KeyedLock[str] = KeyedLock()
@@ -138,6 +140,16 @@ class RosterBackend(Service):
         if username not in self.cache:
             self._background(self._loadForClient(username), "warm", username)
 
+    def catchUp(self, username: str) -> None:
+        """
+        A user was online before this connection (the server replayed its
+        presence after our restart): its clients hold what the server
+        stores.  Refresh it in the background, so that a change made while
+        we were away is stored and pushed.
+        """
+        if username not in self.cache:
+            self._background(self._coalescedRefresh(username), "catch-up", username)
+
     def _loadForClient(self, username: str) -> Deferred[Roster]:
         """
         Load a roster a client waits for.  A bulk refresh may be loading it
@@ -168,14 +180,17 @@ class RosterBackend(Service):
         found = [r for r in reasons if r is not None]
         return "; ".join(found) if found else None
 
-    def refresh(self, usernames: list[str]) -> Deferred[RefreshSummary]:
+    def refresh(self, usernames: list[str], verify: bool = False) -> Deferred[RefreshSummary]:
         """
         Re-fetch each distinct user, then update the cache and the server and
         push the changes.  A failed fetch changes nothing for that user.
-        """
-        return ensureDeferred(self._refresh(usernames))
 
-    async def _refresh(self, usernames: list[str]) -> RefreshSummary:
+        @param verify: Read each server roster even when the state says it
+            is current, and repair (and count) what changed behind our back.
+        """
+        return ensureDeferred(self._refresh(usernames, verify))
+
+    async def _refresh(self, usernames: list[str], verify: bool) -> RefreshSummary:
         summary = RefreshSummary()
         distinct: dict[str, str] = {}
         for given in usernames:
@@ -188,7 +203,10 @@ class RosterBackend(Service):
 
         async def refreshOne(username: str, given: str) -> None:
             try:
-                await self._coalescedRefresh(username)
+                if verify:
+                    await self._locked(username, self._refreshOne, username, True)
+                else:
+                    await self._coalescedRefresh(username)
             except FetchFailed as e:
                 summary.failures[given] = e.reason
             except SyncFailed as e:
@@ -243,10 +261,24 @@ class RosterBackend(Service):
         self._locked(username, run).addBoth(deliver)
         return joined
 
+    def writable(self) -> Deferred[None]:
+        """
+        Fires once the server takes roster writes: now, or when it next
+        grants roster access.
+        """
+        if self._canSync():
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._writableWaiters.append(d)
+        return d
+
     def connectionRestored(self) -> None:
         """
         Write the rosters that could not be written while disconnected.
         """
+        waiters, self._writableWaiters = self._writableWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
         if self._resumePending and self._canSync():
             self._resume()
         if not self.unsynced or not self._canSync():
@@ -261,7 +293,7 @@ class RosterBackend(Service):
     def _canSync(self) -> bool:
         return self.sync is not None and self.sync.canSync()
 
-    def _locked(self, username: str, work: Callable[[str], Awaitable[T]], *args: str) -> Deferred[T]:
+    def _locked(self, username: str, work: Callable[..., Awaitable[T]], *args: object) -> Deferred[T]:
         """
         Run C{work} while holding the user's lock.
         """
@@ -287,15 +319,17 @@ class RosterBackend(Service):
         self.cache.put(username, roster)
         return roster
 
-    async def _fetchWithStored(self, username: str,
-                               urgent: bool = True) -> tuple[Roster, Deferred[StoredRoster] | None]:
+    async def _fetchWithStored(self, username: str, urgent: bool = True,
+                               verify: bool = False) -> tuple[Roster, Deferred[StoredRoster] | None]:
         """
         Fetch from the web app while the server reads its stored roster:
-        the client waits for both, so it waits for the slower only.
+        the client waits for both, so it waits for the slower only.  When
+        the state knows what the server holds, the read is skipped (the
+        fetched roster may well equal it), unless C{verify}.
 
         @param urgent: A client waits (see L{RosterFetcher.fetch}).
         """
-        known = self.state.serverVersion(username) is not None
+        known = self.state.serverVersion(username) is not None and not verify
         stored = self.sync.readStored(username, urgent) if self._canSync() and not known else None
         try:
             roster = await self.fetcher.fetch(username, urgent)
@@ -304,6 +338,22 @@ class RosterBackend(Service):
                 stored.addErrback(lambda failure: None)  # nothing to sync
             raise
         return roster, stored
+
+    def _countDrift(self, username: str, stored: StoredRoster, roster: Roster, diff: RosterDiff) -> None:
+        """
+        The server holds something else than we last wrote (a client's
+        subscription presence, an admin tool, a lost write): count what is
+        being repaired, by cause.
+        """
+        storedJIDs = stored.roster.byJID()
+        causes = Counter(
+            "missing" if contact.jid not in storedJIDs else "changed" for contact in diff.changed)
+        causes["extra"] += len(diff.removed)
+        causes["subscription"] += len(stored.notBoth)
+        causes = +causes
+        self.driftRepaired.update(causes)
+        self.log.warn("repairing drift in the server roster of {user}: {causes}", user=username,
+                      causes=", ".join(f"{count} {cause}" for cause, count in sorted(causes.items())) or "order")
 
     def _markUnsynced(self, username: str) -> None:
         """
@@ -347,18 +397,19 @@ class RosterBackend(Service):
             stored = await self._writeToServer(username, roster, urgent=False)
             self._pushChanges(username, stored, roster)
 
-    async def _refreshOne(self, username: str) -> None:
+    async def _refreshOne(self, username: str, verify: bool = False) -> None:
         """
         @raise SyncFailed: The roster is cached and pushed, but the server
             refused to store it (it is written again on the user's next
             login or after reconnecting).
         """
-        roster, storedRead = await self._fetchWithStored(username, urgent=username in self._clientsWaiting)
+        roster, storedRead = await self._fetchWithStored(username, urgent=username in self._clientsWaiting,
+                                                         verify=verify)
         self._admit(username, roster, storedRead)
         refused: SyncFailed | None = None
         try:
             stored = await self._writeToServer(username, roster, storedRead,
-                                               urgent=username in self._clientsWaiting, report=True)
+                                               urgent=username in self._clientsWaiting, report=True, verify=verify)
         except SyncFailed as e:
             stored, refused = None, e
         previous = self.cache.put(username, roster)
@@ -378,7 +429,7 @@ class RosterBackend(Service):
             self.sync.push(username, clientsHad, roster)
 
     async def _writeToServer(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None = None,
-                             *, urgent: bool, report: bool = False) -> Roster | None:
+                             *, urgent: bool, report: bool = False, verify: bool = False) -> Roster | None:
         """
         Make the server's stored roster equal C{roster}.  On failure the
         user is remembered as unsynced and written after reconnecting.
@@ -388,9 +439,11 @@ class RosterBackend(Service):
         @param report: Raise L{SyncFailed} when the server refuses, or
             cannot take writes at all (a refresh reports it); being
             disconnected is never raised.
+        @param verify: Count what differs from what we last wrote as drift.
         @return: The roster the server held before, if it could be read.
         """
-        if storedRead is None and self.state.serverVersion(username) == roster.version:
+        known = self.state.serverVersion(username)
+        if storedRead is None and not verify and known == roster.version:
             # The server holds this roster already (we wrote it): the
             # cheap path, no privileged read or write.
             self.unsynced.discard(username)
@@ -403,6 +456,8 @@ class RosterBackend(Service):
         try:
             stored = await (storedRead if storedRead is not None else self.sync.readStored(username, urgent))
             diff = diffRosters(stored.roster, roster)
+            if known is not None and (stored.notBoth or stored.roster.version != known):
+                self._countDrift(username, stored, roster, diff)
             if stored.notBoth:
                 diff = _withRewrites(diff, roster, stored.notBoth)
             if diff:

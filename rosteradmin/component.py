@@ -218,6 +218,7 @@ class RosterComponent(component.Component):  # type: ignore[misc]
         self.privileges = PrivilegeHandler(
             config.domain, self.status, clock, config.iq_timeout, limit,
             userOnline=backend.warm, rosterAccessGranted=backend.connectionRestored,
+            userWasOnline=backend.catchUp,
         )
         self.rosterServer = RosterServer(backend, config.domain, config.jid, limit,
                                          QueryGate(clock, config.queries_per_user, config.query_rate))

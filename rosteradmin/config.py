@@ -98,6 +98,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("query-rate", float, 20.0, "roster queries per second one user may send, in bursts of two seconds' worth; more get a wait error"),
     Setting("http-max-connections", int, 256, "most HTTP API connections open at once; more are closed at once"),
     Setting("http-timeout", float, 30.0, "seconds an HTTP client may take to send a request's headers and body, or stay idle"),
+    Setting("users-url", str, None, "web app URL listing every username (a JSON array, paged by Link: rel=next): full syncs walk it"),
+    Setting("no-start-sync", bool, False, "do not run a full sync when the server first takes writes (with --users-url)"),
+    Setting("reconcile-interval", float, 6 * 3600.0, "seconds between reconciliation passes, which read every server roster back and repair drift"),
     Setting("state", str, None, "SQLite file keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"),
     Setting("web-app-headers", dict, None, "extra HTTP headers sent to the web app (TOML table only)", cli=False),
 )
@@ -136,6 +139,9 @@ class Config:
     http_max_connections: int = 256
     http_timeout: float = 30.0
     state: str | None = None
+    users_url: str | None = None
+    no_start_sync: bool = False
+    reconcile_interval: float = 6 * 3600.0
     web_app_headers: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -295,6 +301,9 @@ def buildConfig(
     url: str = values["roster_url"]
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"--roster-url: must be an http:// or https:// URL, got {url!r}")
+    usersURL = values.get("users_url")
+    if usersURL is not None and not usersURL.startswith(("http://", "https://")):
+        raise ConfigError(f"--users-url: must be an http:// or https:// URL, got {usersURL!r}")
     if url.count("%s") != 1:
         raise ConfigError("--roster-url: must contain %s exactly once (the username goes there)")
     if not values.get("no_kick") and not values.get("kick_authorization"):

@@ -238,32 +238,37 @@ class RosterFetcher:
         body = await self._readBody(response)
         if response.code == 404:
             raise UserUnknown(
-                username, f"the web app does not know this user (HTTP 404): {_preview(body)}"
+                username, f"the web app does not know this user (HTTP 404): {preview(body)}"
             )
         if response.code != 200:
             raise FetchFailed(
-                username, f"web app answered HTTP {response.code}: {_preview(body)}"
+                username, f"web app answered HTTP {response.code}: {preview(body)}"
             )
         try:
             return parseRoster(body, f"{username}@{self.domain}")
         except InvalidRoster as e:
-            raise InvalidRoster(f"{e} (body starts {_preview(body)})") from None
+            raise InvalidRoster(f"{e} (body starts {preview(body)})") from None
 
     async def _readBody(self, response: Any) -> bytes:
-        """
-        Read a reply body, dropping the connection once it passes the cap.
-        """
-        length = response.length
-        if isinstance(length, int) and length > self.maxBytes:
-            response.deliverBody(_Discard())
-            raise ReplyTooLarge(
-                f"reply of {length} bytes is over the {self.maxBytes}-byte cap"
-            )
-        if length == 0:
-            return b""
-        reader = _BodyReader(self.maxBytes)
-        response.deliverBody(reader)
-        return await reader.done
+        return await readCapped(response, self.maxBytes)
+
+
+async def readCapped(response: Any, maxBytes: int) -> bytes:
+    """
+    Read a treq response's body, dropping the connection once it passes
+    C{maxBytes}.
+
+    @raise ReplyTooLarge: The body is over the cap.
+    """
+    length = response.length
+    if isinstance(length, int) and length > maxBytes:
+        response.deliverBody(_Discard())
+        raise ReplyTooLarge(f"reply of {length} bytes is over the {maxBytes}-byte cap")
+    if length == 0:
+        return b""
+    reader = _BodyReader(maxBytes)
+    response.deliverBody(reader)
+    return await reader.done
 
 
 def _timedOut(result: object, timeout: float) -> Failure:
@@ -321,7 +326,7 @@ class _Discard(Protocol):
             self.transport.stopProducing()
 
 
-def _preview(body: bytes) -> str:
+def preview(body: bytes) -> str:
     """
     The start of a reply body, quoted, for a log line or an error message.
     """

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from rosteradmin.fullsync import SyncProgress
 from rosteradmin.interfaces import IConnectionStatus, IRosterBackend
 from rosteradmin.web import methodNotAllowed, writeJSON
 
@@ -33,9 +34,11 @@ class Metrics(Collector):
 
     def __init__(self, backend: IRosterBackend, status: IConnectionStatus,
                  answered: Callable[[], int], kicks: Callable[[], dict[str, int]],
-                 onlineResources: Callable[[], int], queriesRefused: Callable[[], int] = lambda: 0) -> None:
+                 onlineResources: Callable[[], int], queriesRefused: Callable[[], int] = lambda: 0,
+                 currentSync: Callable[[], SyncProgress | None] = lambda: None) -> None:
         self.backend = backend
         self.queriesRefused = queriesRefused
+        self.currentSync = currentSync
         self.status = status
         self.answered = answered
         self.onlineResources = onlineResources
@@ -82,6 +85,25 @@ class Metrics(Collector):
                                 len(sync.parked) if sync is not None else 0)
         yield GaugeMetricFamily("rosteradmin_stuck", "1 while fetches or privileged requests make no progress",
                                 0 if self.backend.stuck() is None else 1)
+        drift = CounterMetricFamily("rosteradmin_drift_repaired",
+                                    "Server roster items repaired because they differed from what rosteradmin wrote",
+                                    labels=["cause"])
+        for cause, count in sorted(self.backend.driftRepaired.items()):
+            drift.add_metric([cause], count)
+        yield drift
+        yield GaugeMetricFamily("rosteradmin_pending_users",
+                                "Users whose server roster may be behind the web app (kept across restarts)",
+                                self.backend.state.pendingCount())
+        current = self.currentSync()
+        sync = GaugeMetricFamily("rosteradmin_sync_users", "Users of the current or last full sync, by state",
+                                 labels=["state"])
+        for state, count in (("listed", current.listed if current else 0),
+                             ("synced", current.synced if current else 0),
+                             ("failed", current.failed if current else 0)):
+            sync.add_metric([state], count)
+        yield sync
+        yield GaugeMetricFamily("rosteradmin_sync_running", "1 while a full sync or reconciliation runs",
+                                1 if current is not None and current.running else 0)
         kicks = CounterMetricFamily("rosteradmin_kicks", "Kick requests by HTTP status", labels=["status"])
         for status, count in sorted(self.kicks().items()):
             kicks.add_metric([status], count)

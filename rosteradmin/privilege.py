@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_component,tests.test_api -*-
+# -*- test-case-name: tests.test_component,tests.test_api,tests.test_privilege -*-
 """
 XEP-0356 Privileged Entity: what the server lets us do with its users'
 rosters, and doing it.
@@ -42,6 +42,7 @@ from rosteradmin.stanzas import NS_CLIENT, IQRequest, findChild, iqXML, parseJID
 
 T = TypeVar("T")
 
+NS_DELAY = "urn:xmpp:delay"
 NS_PRIVILEGE_1 = "urn:xmpp:privilege:1"
 NS_PRIVILEGE_2 = "urn:xmpp:privilege:2"
 PRIVILEGE_NAMESPACES = (NS_PRIVILEGE_2, NS_PRIVILEGE_1)
@@ -168,6 +169,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         limit: StanzaLimit,
         userOnline: Callable[[str], object] = lambda username: None,
         rosterAccessGranted: Callable[[], object] = lambda: None,
+        userWasOnline: Callable[[str], object] = lambda username: None,
     ) -> None:
         """
         @param domain: The only sender trusted for permissions and presences.
@@ -177,10 +179,19 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         @param limit: The server's stanza size limit, checked before each
             request is sent.
         @param userOnline: Called with a username when a user's first
-            resource comes online (the backend warms its cache).
+            resource comes online (the backend warms its cache).  Not
+            called for the presences the server replays when we connect
+            (L{isReplayed}): those clients hold a roster already, and a
+            silent warm would write the web app's current roster into the
+            server and the cache without pushing it to them, so that the
+            next refresh finds nothing to push.
         @param rosterAccessGranted: Called when the server grants roster
             access, after each connection (the backend writes what it could
             not write meanwhile).
+        @param userWasOnline: Called with a username instead of
+            C{userOnline} when the user's first resource is one the server
+            replays on connecting: the user was online before this
+            connection, and its clients hold what the server stores.
         """
         super().__init__()
         self.domain = domain
@@ -190,6 +201,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self.limit = limit
         self.userOnline = userOnline
         self.rosterAccessGranted = rosterAccessGranted
+        self.userWasOnline = userWasOnline
         self.permissions = NO_PERMISSIONS
         self.online: dict[str, set[str]] = {}
         self.rostersDelegatedBack = False
@@ -259,13 +271,29 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
             resources = self.online.setdefault(username, set())
             first = not resources
             resources.add(full)
-            if first:
+            if first and self.isReplayed(presence):
+                self.userWasOnline(username)
+            elif first:
                 self.userOnline(username)
         elif kind == "unavailable":
             resources = self.online.get(username, set())
             resources.discard(full)
             if not resources:
                 self.online.pop(username, None)
+
+    def isReplayed(self, presence: domish.Element) -> bool:
+        """
+        Whether a presence is the server replaying one sent before we
+        connected, rather than forwarding one as it is sent.
+
+        Prosody keeps each session's current presence stamped with a
+        XEP-0203 C{<delay from='example.org'/>} (C{mod_presence}), and
+        C{mod_privilege} sends that copy to a component that authenticates
+        (C{advertise_presences}, XEP-0356 §7); presences it forwards as
+        they happen carry no delay.
+        """
+        delay = findChild(presence, "delay", (NS_DELAY,))
+        return delay is not None and delay.getAttribute("from") == self.domain
 
     def canSync(self) -> bool:
         return self.status.connected and self.permissions.canReadAndWriteRosters and not self.rostersDelegatedBack

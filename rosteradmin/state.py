@@ -132,6 +132,12 @@ class SyncState:
     def pendingCount(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM pending").fetchone()[0])
 
+    def knownUsers(self) -> list[str]:
+        """
+        The users whose server roster version is known.
+        """
+        return [row[0] for row in self._db.execute("SELECT username FROM server_rosters ORDER BY username")]
+
     def knownCount(self) -> int:
         """
         Users whose server roster version is known.

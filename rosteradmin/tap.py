@@ -46,9 +46,11 @@ from rosteradmin.cache import RosterCache
 from rosteradmin.component import RosterComponent
 from rosteradmin.config import SETTINGS, Config, ConfigError, buildConfig
 from rosteradmin.fetcher import RosterFetcher
+from rosteradmin.fullsync import FullSync
 from rosteradmin.metrics import Metrics
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import StateError, SyncState
+from rosteradmin.users import UserLister
 from rosteradmin.web import DrainingService, makeSite
 
 
@@ -329,7 +331,7 @@ class SequentialService(service.MultiService):
         return ensureDeferred(self._stopInOrder())
 
 
-def makeAPI(config: Config, backend: RosterBackend, comp: RosterComponent) -> Resource:
+def makeAPI(config: Config, backend: RosterBackend, comp: RosterComponent, fullSync: FullSync) -> Resource:
     """
     The HTTP API's resource tree, with metrics over the backend and the
     component.
@@ -338,11 +340,11 @@ def makeAPI(config: Config, backend: RosterBackend, comp: RosterComponent) -> Re
     metrics = Metrics(backend, comp.status, lambda: comp.rosterServer.answered,
                       lambda: dict(kick.outcomes) if kick is not None else {},
                       lambda: sum(len(resources) for resources in comp.privileges.online.values()),
-                      lambda: comp.rosterServer.gate.refusedCount)
+                      lambda: comp.rosterServer.gate.refusedCount, lambda: fullSync.current)
     backend.fetcher.observeFetch = metrics.observeFetch
     root, kick = buildRoot(
         backend, comp.status, None if config.no_kick else comp.kicker,
-        config.refresh_authorization, config.kick_authorization, metrics,
+        config.refresh_authorization, config.kick_authorization, metrics, fullSync,
     )
     return root
 
@@ -372,7 +374,15 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     comp.setName("component")
     comp.setServiceParent(top)
 
-    site = makeSite(makeAPI(config, backend, comp), config.max_body_bytes, config.http_timeout, reactor)
+    lister = None
+    if config.users_url is not None:
+        lister = UserLister(config.users_url, reactor, http=backend.fetcher.http, timeout=config.fetch_timeout,
+                            maxBytes=config.max_roster_bytes, headers=config.web_app_headers)
+    fullSync = FullSync(backend, lister, reactor, not config.no_start_sync, config.reconcile_interval)
+    fullSync.setName("sync")
+    fullSync.setServiceParent(top)
+
+    site = makeSite(makeAPI(config, backend, comp, fullSync), config.max_body_bytes, config.http_timeout, reactor)
     # Requests in flight may wait for a fetch and an XMPP round trip.
     drainTimeout = config.fetch_timeout + config.iq_timeout
     web = DrainingService(endpoints.serverFromString(reactor, config.http), site, reactor, drainTimeout,

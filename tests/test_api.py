@@ -14,6 +14,7 @@ from treq.testing import StubTreq
 from twisted.logger import capturedLogs
 from twisted.words.xish import domish
 
+from rosteradmin.fullsync import FullSync
 from rosteradmin.tap import makeAPI
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin import web
@@ -37,7 +38,8 @@ class Api:
         self.wire = wire
         config = replace(wire.config, refresh_authorization=refreshAuthorization,
                          kick_authorization=KICK_AUTH, no_kick=False)
-        self.http = StubTreq(makeAPI(config, wire.backend, wire.component))
+        self.fullSync = FullSync(wire.backend, None, wire.clock, False, 3600)
+        self.http = StubTreq(makeAPI(config, wire.backend, wire.component, self.fullSync))
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                 headers: dict[Any, Any] | None = None, server: Any = None) -> tuple[int, Any]:

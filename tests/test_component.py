@@ -329,7 +329,9 @@ def test_privilege1CannotPushSaysSoOnce() -> None:
             sent = wire.answerRequests(serverAnswers())
             assert refresh.result.updated == 1
             assert not [s for s in sent if s.firstChildElement().name == "privileged_iq"]
-    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    # serverAnswers() stores nothing, so each refresh also finds (and warns
+    # of) drift; the push warning is said once.
+    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn and "drift" not in formatEvent(e)]
     assert len(warnings) == 1 and "not pushed" in warnings[0] and "urn:xmpp:privilege:1" in warnings[0]
 
 

@@ -424,7 +424,7 @@ def test_optionsBuildTheServiceTree() -> None:
                           "--roster-url", "http://app/%s", "--kick-authorization", "k",
                           "--http", "tcp:0:interface=127.0.0.1"])
     top = makeService(options)
-    assert [s.name for s in top] == ["backend", "component", "http"]
+    assert [s.name for s in top] == ["backend", "component", "sync", "http"]
     assert not top.running
 
 

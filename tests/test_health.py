@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import capturedLogs
 
 from rosteradmin.api import HealthResource
+from rosteradmin.fullsync import FullSync
 from rosteradmin.slots import PrioritySlots
 from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp
 from tests.test_component import serverAnswers
@@ -28,7 +29,7 @@ def test_stalledOnlyWithWorkWaitingAndNoProgress() -> None:
 
 
 def health(wire: ComponentOnWire) -> tuple[int, dict[str, object]]:
-    resource = HealthResource(wire.backend, wire.component.status)
+    resource = HealthResource(wire.backend, wire.component.status, FullSync(wire.backend, None, wire.clock, False, 60))
     result: tuple[int, dict[str, object]] = ensureDeferred(resource._get(None)).result
     return result
 

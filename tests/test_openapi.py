@@ -99,7 +99,14 @@ def metrics() -> tuple[int, Any]:
     return Api.result(d).code, None
 
 
-R, ONE = "/roster_admin/refresh", "/roster_admin/refresh/{username}"
+R, ONE, S = "/roster_admin/refresh", "/roster_admin/refresh/{username}", "/roster_admin/sync"
+
+
+def sync(method: str, body: Any = None, auth: str = "s3") -> Scenario:
+    def run() -> tuple[int, Any]:
+        api = makeApi(refreshAuthorization="s3")
+        return api.request(method, S, body, headers={"Authorization": auth}, server=serverAnswers())
+    return run
 
 #: One scenario per documented (route, method, status).
 SCENARIOS: dict[tuple[str, str, int], Scenario] = {
@@ -134,11 +141,19 @@ SCENARIOS: dict[tuple[str, str, int], Scenario] = {
     ("/healthz", "GET", 200): health(True),
     ("/healthz", "GET", 503): health(False),
     ("/metrics", "GET", 200): metrics,
+    (S, "POST", 202): sync("POST", ["alice"]),
+    (S, "POST", 400): sync("POST", {"all": True}),
+    (S, "POST", 401): sync("POST", ["alice"], auth="wrong"),
+    (S, "POST", 503): stopping(S, "POST"),
+    (S, "GET", 200): sync("GET"),
+    (S, "GET", 401): sync("GET", auth="wrong"),
+    (S, "GET", 503): stopping(S, "GET"),
+    (S, "HEAD", 200): sync("HEAD"),
 }
 
 #: Responses that need a real Site on a real socket (the body cap lives in
 #: the Site's requests, which StubTreq does not use).
-OVERSIZE = {(R, "POST", 413), ("/muc_kick", "POST", 413)}
+OVERSIZE = {(R, "POST", 413), (S, "POST", 413), ("/muc_kick", "POST", 413)}
 
 
 def test_documentListsExactlyTheScenarios() -> None:

@@ -1,6 +1,7 @@
 """
 Tests for the roster pushes' versions: the steps from the roster a client
-holds to the new one, each with the version of the roster it leaves.
+holds to the new one, each with the version of the roster it leaves; and
+for which presences tell the backend that a user came online.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 
 from rosteradmin import roster as rostermodule
+from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.roster import EMPTY_ROSTER, Contact, Roster, diffRosters, diffSteps
+from rosteradmin.stanzalimit import StanzaLimit
 from tests.helpers import parseXML
 
 
@@ -109,3 +113,77 @@ def test_versionOfEmptyRosterIsFixed() -> None:
     """
     old = Roster([Contact("a@x", None, ()), Contact("b@x", None, ())])
     assert diffSteps(old, EMPTY_ROSTER)[-1].version == EMPTY_ROSTER.version
+
+
+class _Connected:
+    connected = True
+    lastError = None
+
+
+#: The presence Prosody keeps for a session, as mod_privilege replays it to
+#: a component that connects (mod_presence stamps the stored copy).
+REPLAYED = ("<presence from='alice@example.org/phone' to='roster.example.org' xml:lang='en'>"
+            "<delay xmlns='urn:xmpp:delay' from='example.org' stamp='2025-12-02T00:47:52Z'/></presence>")
+#: A presence mod_privilege forwards as the client sends it.
+LIVE = "<presence from='alice@example.org/phone' to='roster.example.org' xml:lang='en'/>"
+
+
+def presenceHandler() -> tuple[PrivilegeHandler, list[str], list[str]]:
+    """
+    A privilege handler, and the users it said came online and were online.
+    """
+    cameOnline: list[str] = []
+    wasOnline: list[str] = []
+    handler = PrivilegeHandler("example.org", _Connected(), Clock(), 5.0, StanzaLimit(),
+                               userOnline=cameOnline.append, userWasOnline=wasOnline.append)
+    return handler, cameOnline, wasOnline
+
+
+def test_livePresenceWarms() -> None:
+    """
+    A user's first resource coming online is tracked and reported as a
+    user who came online.
+    """
+    handler, cameOnline, wasOnline = presenceHandler()
+    handler._onPresence(parseXML(LIVE))
+    assert handler.online == {"alice": {"alice@example.org/phone"}}
+    assert (cameOnline, wasOnline) == (["alice"], [])
+
+
+def test_replayedPresenceIsOnlineWithoutWarming() -> None:
+    """
+    A presence the server replays on connecting (delayed by the server) is
+    tracked, and reported as a user who was online already, not as one who
+    came online.
+    """
+    handler, cameOnline, wasOnline = presenceHandler()
+    handler._onPresence(parseXML(REPLAYED))
+    assert handler.online == {"alice": {"alice@example.org/phone"}}
+    assert (cameOnline, wasOnline) == ([], ["alice"])
+
+
+def test_delayFromAnotherSenderIsLive() -> None:
+    """
+    A delay a client put in its own presence does not make it a replay.
+    """
+    handler, cameOnline, wasOnline = presenceHandler()
+    handler._onPresence(parseXML(REPLAYED.replace("from='example.org'", "from='alice@example.org/phone'")))
+    assert (cameOnline, wasOnline) == (["alice"], [])
+
+
+def test_onlyTheFirstResourceIsReported() -> None:
+    """
+    A second resource of a user already online, replayed or live, reports
+    nothing; the user stays online until the last resource leaves.
+    """
+    handler, cameOnline, wasOnline = presenceHandler()
+    handler._onPresence(parseXML(REPLAYED))
+    handler._onPresence(parseXML(LIVE.replace("/phone", "/laptop")))
+    handler._onPresence(parseXML(REPLAYED.replace("/phone", "/tablet")))
+    assert handler.online["alice"] == {f"alice@example.org/{r}" for r in ("phone", "laptop", "tablet")}
+    assert (cameOnline, wasOnline) == ([], ["alice"])
+    for resource in ("phone", "laptop"):
+        handler._onPresence(parseXML(f"<presence from='alice@example.org/{resource}' type='unavailable'/>"))
+    assert handler.online == {"alice": {"alice@example.org/tablet"}}
+    handler._onPresence(parseXML("<presence from='alice@example.org/tablet' type='unavailable'/>"))
+    assert handler.online == {}

@@ -1,0 +1,174 @@
+# -*- test-case-name: tests.test_fullsync -*-
+"""
+Full sync and reconciliation: make the server hold every user's web-app
+roster before anyone logs in, and keep it so.
+
+A user's first login is the expensive and fragile moment: the server must
+already route presence between the contacts the web app lists, or the
+presence the client sends before its roster get reaches nobody.  So at
+start-up (with C{--users-url}) and on demand, every user is walked and
+converged: fetched, compared with the state and the server, written where
+they differ.  Then every C{--reconcile-interval} the walk is done again with
+the server's rosters read back even where the state says they are current,
+so that what changed behind our back (a client's subscription presence, an
+admin tool, a lost write) is repaired and counted.
+
+Users are walked a page at a time, each page as one background refresh:
+logins go first (their work is urgent), the privileged requests are
+bounded and paced by the server's reply latency, and memory holds one page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from rosteradmin.backend import RosterBackend
+from rosteradmin.users import UserLister, UsersUnavailable
+
+#: Users refreshed at once in a full sync: a page of the users list is cut
+#: into batches of this size.
+BATCH_SIZE = 500
+
+#: Failures kept to show in the progress (the counts are complete).
+MAX_FAILURES_SHOWN = 20
+
+
+@dataclass
+class SyncProgress:
+    """
+    Where a full sync or reconciliation pass stands.
+
+    @ivar kind: C{"full"} (all users of the users list), C{"users"} (some
+        users, on demand) or C{"reconcile"} (all, read back).
+    @ivar listed: Users listed so far; the total once C{listingDone}.
+    """
+
+    kind: str
+    startedAt: float
+    listed: int = 0
+    listingDone: bool = False
+    synced: int = 0
+    failed: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    finishedAt: float | None = None
+    error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.finishedAt is None
+
+    def toJSON(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "running": self.running, "listed": self.listed,
+            "listing_done": self.listingDone, "synced": self.synced, "failed": self.failed,
+            "failures": self.failures, "started_at": self.startedAt, "finished_at": self.finishedAt,
+            "error": self.error,
+        }
+
+
+class FullSync(Service):
+    """
+    Runs full syncs and reconciliation passes, one at a time.
+
+    @ivar current: The pass running now, or the last one.
+    @ivar passes: Passes finished, by kind.
+    """
+
+    log = Logger()
+
+    def __init__(self, backend: RosterBackend, lister: UserLister | None, clock: IReactorTime,
+                 atStart: bool, reconcileInterval: float) -> None:
+        """
+        @param lister: The web app's users (C{--users-url}), if any; without
+            it, full passes walk the users whose server roster the state
+            knows.
+        @param atStart: Run a full sync once the server first takes writes.
+        @param reconcileInterval: Seconds between reconciliation passes.
+        """
+        self.backend = backend
+        self.lister = lister
+        self.clock = clock
+        self.atStart = atStart
+        self.reconcileInterval = reconcileInterval
+        self.current: SyncProgress | None = None
+        self._loop: LoopingCall | None = None
+        self._running: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        if self.atStart and self.lister is not None:
+            self.backend.writable().addCallback(lambda _: self.start("full"))
+        self._loop = LoopingCall(self._reconcile)
+        self._loop.clock = self.clock
+        self._loop.start(self.reconcileInterval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def start(self, kind: str, usernames: list[str] | None = None) -> SyncProgress:
+        """
+        Start a pass, unless one runs: then that one's progress.
+
+        @param kind: C{"full"}, C{"reconcile"}, or C{"users"} with
+            C{usernames}.
+        """
+        if self.current is not None and self.current.running:
+            return self.current
+        progress = self.current = SyncProgress(kind, time.time())
+        self.log.info("{kind} sync started", kind=kind)
+        self._running = ensureDeferred(self._run(progress, usernames))
+        self._running.addErrback(lambda f: self.log.failure("{kind} sync failed", f, kind=kind))
+        return progress
+
+    def _reconcile(self) -> None:
+        if self.current is None or not self.current.running:
+            self.start("reconcile")
+
+    async def _run(self, progress: SyncProgress, usernames: list[str] | None) -> None:
+        started = time.monotonic()
+        try:
+            async for batch in self._batches(progress, usernames):
+                summary = await self.backend.refresh(batch, verify=progress.kind == "reconcile")
+                progress.synced += summary.updated
+                progress.failed += summary.errors
+                for user, why in summary.failures.items():
+                    if len(progress.failures) < MAX_FAILURES_SHOWN:
+                        progress.failures[user] = why
+        except UsersUnavailable as e:
+            progress.error = str(e)
+            self.log.error("{kind} sync stopped: {why}", kind=progress.kind, why=str(e))
+        progress.finishedAt = time.time()
+        self.log.info("{kind} sync done in {elapsed:.1f} s: {synced} synced, {failed} failed of {listed}",
+                      kind=progress.kind, elapsed=time.monotonic() - started, synced=progress.synced,
+                      failed=progress.failed, listed=progress.listed)
+
+    async def _batches(self, progress: SyncProgress, usernames: list[str] | None) -> AsyncIterator[list[str]]:
+        """
+        The users to converge, in batches, counting them as listed.
+        """
+        async for page in self._pages(usernames):
+            for start in range(0, len(page), BATCH_SIZE):
+                batch = page[start:start + BATCH_SIZE]
+                progress.listed += len(batch)
+                yield batch
+        progress.listingDone = True
+
+    async def _pages(self, usernames: list[str] | None) -> AsyncIterator[list[str]]:
+        if usernames is not None:
+            yield usernames
+        elif self.lister is not None:
+            async for page in self.lister.pages():
+                yield page
+        else:
+            yield self.backend.state.knownUsers()
