@@ -216,7 +216,7 @@ class RosterComponent(component.Component):  # type: ignore[misc]
         # default; the server is usually back within seconds.
         self.factory.maxDelay = config.reconnect_max_delay
         self.privileges = PrivilegeHandler(
-            config.domain, self.status, clock, config.iq_timeout, limit,
+            config.domain, self.status, clock, config.iq_timeout, limit, config.sync_latency_target,
             userOnline=backend.warm, rosterAccessGranted=backend.connectionRestored,
             userWasOnline=backend.catchUp,
         )

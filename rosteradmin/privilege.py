@@ -35,6 +35,7 @@ from zope.interface import implementer
 from rosteradmin.delegation import OWN_REQUEST_DELEGATED
 from rosteradmin.errors import NotConnected, StanzaTooLarge, SyncFailed
 from rosteradmin.interfaces import IConnectionStatus, IRosterSync
+from rosteradmin.pacing import LatencyPacer
 from rosteradmin.slots import PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff, diffSteps
@@ -167,6 +168,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         clock: IReactorTime,
         timeout: float,
         limit: StanzaLimit,
+        latencyTarget: float = 0.05,
         userOnline: Callable[[str], object] = lambda username: None,
         rosterAccessGranted: Callable[[], object] = lambda: None,
         userWasOnline: Callable[[str], object] = lambda username: None,
@@ -175,6 +177,8 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         @param domain: The only sender trusted for permissions and presences.
         @param status: Whether we are connected.
         @param clock: Time for parked users' retries.
+        @param latencyTarget: The reply latency background writes may push
+            the server to (see L{rosteradmin.pacing}).
         @param timeout: Seconds to wait for the server to answer an iq.
         @param limit: The server's stanza size limit, checked before each
             request is sent.
@@ -208,6 +212,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self._toldCannotPush = False
         self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS, perKey=PER_USER_IN_FLIGHT,
                                    now=clock.seconds)
+        self.pacer = LatencyPacer(self._sync, clock, latencyTarget)
         self._writing: Counter[str] = Counter()
         self._strikes: Counter[str] = Counter()
         self.parked: dict[str, str] = {}
@@ -493,7 +498,15 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
             self.limit.encode(request.toElement().toXml(), what)
         except StanzaTooLarge as e:
             return fail(e)
-        return sendRequest(self.parent, self.status.connected, request)
+        sent = self.clock.seconds()
+        d = sendRequest(self.parent, self.status.connected, request)
+
+        def answered(result: T) -> T:
+            if not isinstance(result, Failure) or result.check(StanzaError):
+                self.pacer.observe(self.clock.seconds() - sent)
+            return result
+
+        return d.addBoth(answered)
 
     def _ebSync(self, failure: Failure, username: str, what: str) -> Failure:
         if failure.check(NotConnected, SyncFailed):

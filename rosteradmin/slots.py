@@ -36,11 +36,12 @@ class _Work:
     One queued piece of work and the Deferred its caller holds.
     """
 
-    __slots__ = ("work", "args", "result")
+    __slots__ = ("work", "args", "result", "urgent")
 
-    def __init__(self, work: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(self, work: Callable[..., Any], args: tuple[Any, ...], urgent: bool = True) -> None:
         self.work = work
         self.args = args
+        self.urgent = urgent
         self.result: Deferred[Any] = Deferred()
 
     def start(self, finished: Callable[[object, _Work], object]) -> None:
@@ -97,6 +98,8 @@ class PrioritySlots:
 
     @ivar running: Slots held now.
     @ivar waiting: Pieces of work queued for a slot.
+    @ivar backgroundLimit: Most background pieces running at once (at most
+        C{limit - reserved}); a pacer lowers it while the server is slow.
     """
 
     def __init__(self, limit: int, reserved: int = 0, perKey: int | None = None,
@@ -114,6 +117,8 @@ class PrioritySlots:
         self.perKey = perKey if perKey is not None else limit
         self.running = 0
         self.waiting = 0
+        self.backgroundLimit = limit - reserved
+        self._backgroundRunning = 0
         # Waiting work by key, in the order the keys take their turns.
         self._urgent: OrderedDict[str, deque[_Work]] = OrderedDict()
         self._background: OrderedDict[str, deque[_Work]] = OrderedDict()
@@ -130,11 +135,18 @@ class PrioritySlots:
         @param urgent: A client waits on it.
         @return: C{work}'s result.
         """
-        queued = _Work(work, args)
+        queued = _Work(work, args, urgent)
         (self._urgent if urgent else self._background).setdefault(key, deque()).append(queued)
         self.waiting += 1
         self._drain()
         return queued.result
+
+    def setBackgroundLimit(self, limit: int) -> None:
+        """
+        Let C{limit} background pieces run at once (1 to C{limit - reserved}).
+        """
+        self.backgroundLimit = max(1, min(limit, self.limit - self.reserved))
+        self._drain()
 
     def stalled(self, bound: float) -> str | None:
         """
@@ -153,6 +165,8 @@ class PrioritySlots:
         """
         waiting = self._background.pop(key, None)
         if waiting:
+            for queued in waiting:
+                queued.urgent = True
             self._urgent.setdefault(key, deque()).extend(waiting)
             self._drain()
 
@@ -161,7 +175,8 @@ class PrioritySlots:
             return False
         key = self._nextKey(self._urgent)
         queue = self._urgent
-        if key is None and self.running < self.limit - self.reserved:
+        if (key is None and self.running < self.limit - self.reserved
+                and self._backgroundRunning < self.backgroundLimit):
             key, queue = self._nextKey(self._background), self._background
         if key is None:
             return False
@@ -173,6 +188,7 @@ class PrioritySlots:
             del queue[key]
         self.waiting -= 1
         self.running += 1
+        self._backgroundRunning += not queued.urgent
         self._runningByKey[key] += 1
         self._lastProgress = self._now()
         queued.start(lambda result, q: self._finished(result, q, key))
@@ -191,6 +207,7 @@ class PrioritySlots:
 
     def _finished(self, result: object, queued: _Work, key: str) -> None:
         self.running -= 1
+        self._backgroundRunning -= not queued.urgent
         self._runningByKey[key] -= 1
         if not self._runningByKey[key]:
             del self._runningByKey[key]
