@@ -127,7 +127,7 @@ s2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
 storage = "internal"
-plugin_paths = {{ "/usr/lib/prosody/modules" }}
+plugin_paths = {{ "/usr/lib/prosody/modules", "{self.includeConfig.parent}" }}
 
 Include "{self.includeConfig}"
 """)

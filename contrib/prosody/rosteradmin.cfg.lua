@@ -29,7 +29,13 @@ admins = { "roster.example.org" }
 VirtualHost "example.org"
     -- mod_privilege (XEP-0356) and mod_delegation (XEP-0355) ship in
     -- prosody-modules; they must be enabled on the users' host...
-    modules_enabled = { "privilege"; "delegation" }
+    -- mod_rosteradmin_subscriptions ships with rosteradmin (next to this
+    -- file): it stops subscription presences (subscribe, subscribed,
+    -- unsubscribe, unsubscribed) to and from this host's users, which Prosody
+    -- would otherwise apply to the stored rosters behind the web app's back.
+    -- Copy mod_rosteradmin_subscriptions.lua into a plugin path, e.g.
+    --     install -m 644 mod_rosteradmin_subscriptions.lua /usr/local/lib/prosody/modules/
+    modules_enabled = { "privilege"; "delegation"; "rosteradmin_subscriptions" }
 
     -- XEP-0356: what rosteradmin may do with this host's users.
     privileged_entities = {
