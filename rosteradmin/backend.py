@@ -395,7 +395,8 @@ class RosterBackend(Service):
         roster = self.cache.peek(username)
         if roster is not None and username in self.unsynced:
             stored = await self._writeToServer(username, roster, urgent=False)
-            self._pushChanges(username, stored, roster)
+            if stored is not None:
+                self._pushChanges(username, stored.roster, roster, stored.notBoth)
 
     async def _refreshOne(self, username: str, verify: bool = False) -> None:
         """
@@ -415,21 +416,31 @@ class RosterBackend(Service):
         previous = self.cache.put(username, roster)
         # What the user's clients hold: our last answer, or else what the
         # server held (written by us before a restart of this service).
-        self._pushChanges(username, previous if previous is not None else stored, roster)
+        # Where the server held something else than our last answer, it
+        # told the clients so (Prosody pushes what a subscription presence
+        # changed): they are told the repaired items.
+        if stored is not None and (stored.notBoth or (previous is not None and stored.roster != previous)):
+            self._pushChanges(username, stored.roster, roster, stored.notBoth)
+        else:
+            self._pushChanges(username, previous if previous is not None else stored.roster if stored else None,
+                              roster)
         self.log.info("refreshed {user}: {contacts} contacts", user=username, contacts=len(roster),
                       outcome="ok" if refused is None else "not stored")
         if refused is not None:
             raise refused
 
-    def _pushChanges(self, username: str, clientsHad: Roster | None, roster: Roster) -> None:
+    def _pushChanges(self, username: str, clientsHad: Roster | None, roster: Roster,
+                     rewrite: frozenset[str] = frozenset()) -> None:
         """
-        Push to the user's online clients what changed since C{clientsHad}.
+        Push to the user's online clients what changed since C{clientsHad},
+        and the contacts in C{rewrite} again (their subscription was not
+        C{both}).
         """
-        if clientsHad is not None and self.sync is not None and clientsHad != roster:
-            self.sync.push(username, clientsHad, roster)
+        if clientsHad is not None and self.sync is not None and (clientsHad != roster or rewrite):
+            self.sync.push(username, clientsHad, roster, rewrite)
 
     async def _writeToServer(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None = None,
-                             *, urgent: bool, report: bool = False, verify: bool = False) -> Roster | None:
+                             *, urgent: bool, report: bool = False, verify: bool = False) -> StoredRoster | None:
         """
         Make the server's stored roster equal C{roster}.  On failure the
         user is remembered as unsynced and written after reconnecting.
@@ -440,7 +451,7 @@ class RosterBackend(Service):
             cannot take writes at all (a refresh reports it); being
             disconnected is never raised.
         @param verify: Count what differs from what we last wrote as drift.
-        @return: The roster the server held before, if it could be read.
+        @return: What the server held before, if it was read.
         """
         known = self.state.serverVersion(username)
         if storedRead is None and not verify and known == roster.version:
@@ -476,7 +487,7 @@ class RosterBackend(Service):
         if diff:
             self.log.info("synced {user} into the server: {changed} set, {removed} removed",
                           user=username, changed=len(diff.changed), removed=len(diff.removed))
-        return stored.roster
+        return stored
 
 
 def _withRewrites(diff: RosterDiff, roster: Roster, notBoth: frozenset[str]) -> RosterDiff:

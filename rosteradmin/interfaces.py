@@ -105,11 +105,12 @@ class IRosterSync(Interface):
         background reads and writes urgent.
         """
 
-    def push(username, before, after):  # type: ignore[no-untyped-def]
+    def push(username, before, after, rewrite):  # type: ignore[no-untyped-def]
         """
         Push to every online client of the user what changed from the
         roster C{before} to C{after} (fire and forget), each push with the
-        version of the roster once it is applied.
+        version of the roster once it is applied, and the contacts of
+        C{rewrite} (bare JIDs) again, unchanged, with C{both}.
 
         @return: The number of pushes sent.
         """

@@ -446,7 +446,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         failure.trap(StanzaError)
         return failure if failure.value.condition != "item-not-found" else None
 
-    def push(self, username: str, before: Roster, after: Roster) -> int:
+    def push(self, username: str, before: Roster, after: Roster, rewrite: frozenset[str] = frozenset()) -> int:
         """
         Send each change from C{before} (what the user's clients hold) to
         C{after} to each online resource as a roster push from the user's
@@ -454,6 +454,9 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         version of the roster once it is applied (RFC 6121 §2.6.3): a client
         that keeps the version of the last push it got, and asks with it
         later, gets an empty result only if its roster is current.
+
+        @param rewrite: Contacts to push again though unchanged: the server
+            told the clients another subscription.
         """
         resources = self.online.get(username)
         if not resources or not self.status.connected or username in self.parked:
@@ -466,7 +469,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
                     "for jabber:iq:roster ({version}; urn:xmpp:privilege:1 has none); clients see the "
                     "changes at their next roster get", version=self.permissions.namespace)
             return 0
-        steps = diffSteps(before, after)
+        steps = diffSteps(before, after, rewrite)
         if not steps:
             return 0
         pushID = secrets.token_hex(4)

@@ -199,7 +199,7 @@ class RosterStep(NamedTuple):
     version: str
 
 
-def diffSteps(old: Roster, new: Roster) -> tuple[RosterStep, ...]:
+def diffSteps(old: Roster, new: Roster, rewrite: frozenset[str] = frozenset()) -> tuple[RosterStep, ...]:
     """
     The changes that turn C{old} into C{new}, one item at a time, in the
     order of L{diffRosters} (changed, then removed), each with the version
@@ -222,6 +222,12 @@ def diffSteps(old: Roster, new: Roster) -> tuple[RosterStep, ...]:
     for jid in diff.removed:
         total -= _contactDigest(before[jid])
         steps.append(RosterStep(Contact(jid, None, ()).toXML("remove"), _version(total % _DIGEST_MODULUS)))
+    changed = {c.jid for c in diff.changed}
+    for contact in new.contacts:
+        if contact.jid in rewrite and contact.jid not in changed:
+            # Unchanged here, but the client was told another subscription
+            # (the server applied a subscription presence): say both again.
+            steps.append(RosterStep(contact.toXML("both"), new.version))
     return tuple(steps)
 
 

@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
 
 from tests.helpers import COMPONENT, PERMISSIONS_2, ComponentOnWire, WebApp
-from tests.test_component import ALICE_ROSTER, serverAnswers
+from tests.test_component import ALICE_ROSTER, StoringServer, serverAnswers
 
 KICK_AUTH = "Bearer kick-secret"
 ROOM = "room@conference.example.org"
@@ -96,12 +96,12 @@ def test_refreshPushesExactlyTheChanges() -> None:
     with the version of the roster once it is applied: the last one's is
     the new roster's.
     """
-    api = makeApi()
+    api, server = makeApi(), StoringServer()
     api.wire.receive("<presence from='alice@example.org/phone'/>")
-    api.wire.answerRequests(serverAnswers())
+    api.wire.answerRequests(server)
     api.wire.webApp.rosters["alice"] = {"bob@example.org": {"name": "Bobby"}, "dave@example.org": {}}
     d = api.http.post("http://api.invalid/roster_admin/refresh", data=b'["alice"]')
-    sent = api.wire.answerRequests(serverAnswers())
+    sent = api.wire.answerRequests(server)
     api.http.flush()
     assert d.called
     pushes = [s for s in sent if s.firstChildElement() is not None and s.firstChildElement().name == "privileged_iq"]

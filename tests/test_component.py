@@ -63,6 +63,32 @@ def serverAnswers(stored: str = "") -> object:
     return reply
 
 
+class StoringServer:
+    """
+    Answers privileged roster gets with what the privileged sets before
+    stored for that user, as Prosody does (other iq requests get results):
+    for tests whose later syncs read back earlier writes.
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, str]] = {}
+
+    def __call__(self, iq: domish.Element) -> str | None:
+        if iq.name != "iq" or iq.getAttribute("type") not in ("get", "set"):
+            return None
+        roster = self.items.setdefault(iq["to"], {})
+        payload = ""
+        if iq["type"] == "get":
+            payload = f"<query xmlns='{NS_ROSTER}'>{''.join(roster.values())}</query>"
+        elif iq.query is not None and iq.query.uri == NS_ROSTER:
+            for item in iq.query.elements():
+                if item.getAttribute("subscription") == "remove":
+                    roster.pop(item["jid"], None)
+                else:
+                    roster[item["jid"]] = item.toXml()
+        return f"<iq type='result' from='{iq['to']}' to='{COMPONENT}' id='{iq['id']}'>{payload}</iq>"
+
+
 def connected(webApp: WebApp | None = None, burst: str = PERMISSIONS_2) -> ComponentOnWire:
     wire = ComponentOnWire(webApp or WebApp({"alice": ALICE_ROSTER}))
     wire.handshake(burst)
@@ -341,12 +367,12 @@ def test_everyPushCarriesItsVersion() -> None:
     (RFC 6121 §2.6.3): a client asking with an intermediate version gets
     the full roster, with the last one an empty result.
     """
-    wire = connected()
+    wire, server = connected(), StoringServer()
     wire.receive("<presence from='alice@example.org/phone'/>")
-    wire.answerRequests(serverAnswers())
+    wire.answerRequests(server)
     wire.webApp.rosters["alice"] = {"bob@example.org": {"name": "Bobby"}, "dave@example.org": {}}
     refresh = wire.backend.refresh(["alice"])
-    sent = wire.answerRequests(serverAnswers())
+    sent = wire.answerRequests(server)
     assert refresh.called
     pushes = [s.firstChildElement().firstChildElement() for s in sent
               if s.firstChildElement() is not None and s.firstChildElement().name == "privileged_iq"]
