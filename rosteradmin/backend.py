@@ -38,6 +38,10 @@ T = TypeVar("T")
 #: Users re-synced into the server at once after a reconnection.
 RESYNC_CONCURRENCY = 8
 
+#: Users of one refresh worked on at once (fetches and writes have their
+#: own, smaller bounds; this one bounds the memory a huge refresh holds).
+REFRESH_WORKERS = 256
+
 
 @dataclass
 class RefreshSummary:
@@ -226,7 +230,15 @@ class RosterBackend(Service):
                     # until its write succeeds.
                     self.state.done(username)
 
-        await gatherResults([ensureDeferred(refreshOne(u, g)) for u, g in distinct.items()])
+        # A fixed number of workers take users in turn: a refresh of 100,000
+        # users holds the work of a few hundred at a time, not of all.
+        pending = iter(distinct.items())
+
+        async def worker() -> None:
+            for username, given in pending:
+                await refreshOne(username, given)
+
+        await gatherResults([ensureDeferred(worker()) for _ in range(min(REFRESH_WORKERS, len(distinct)))])
         return summary
 
     def _coalescedRefresh(self, username: str) -> Deferred[None]:

@@ -1,29 +1,51 @@
 # -*- test-case-name: tests.test_cache -*-
 """
-The roster cache: the last good roster of each user, held in memory.
+The roster cache: the last good roster of each user, held in memory, within
+a bound.
 
 The web app is the source of truth; the cache holds what it said last, so a
 user's roster can be served at once, and served stale while the web app is
 down.  Entries are replaced only by a complete, validated roster, never
 removed by a failed fetch.
+
+The cache is a derivative: what the server holds is known from the state,
+and the web app can always be asked again.  So it is bounded by the number
+of contacts it holds (C{--cache-max-contacts}); past the bound, the rosters
+of users with no online client go first, least recently used first.  An
+online user's roster stays: it is what that user's clients hold, the base
+of the pushes they get.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections import OrderedDict
+from typing import Callable, Iterator
 
 from rosteradmin.roster import Roster
 
 
 class RosterCache:
     """
-    Rosters by username.  Pure: no I/O, no clock.
+    Rosters by username, least recently used first.  No I/O, no clock.
+
+    @ivar maxContacts: The bound on the contacts of all cached rosters, or
+        C{None} for none.
+    @ivar contacts: The contacts of all cached rosters now.
+    @ivar evictions: Rosters dropped to stay within the bound.
     """
 
-    def __init__(self) -> None:
-        self._rosters: dict[str, Roster] = {}
+    def __init__(self, maxContacts: int | None = None,
+                 pinned: Callable[[str], bool] = lambda username: False) -> None:
+        """
+        @param pinned: Whether a user's roster must stay (an online user).
+        """
+        self.maxContacts = maxContacts
+        self.pinned = pinned
+        self._rosters: OrderedDict[str, Roster] = OrderedDict()
+        self.contacts = 0
         self.hits = 0
         self.misses = 0
+        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._rosters)
@@ -36,27 +58,50 @@ class RosterCache:
 
     def get(self, username: str) -> Roster | None:
         """
-        The cached roster of a user, counting a hit or a miss.
+        The cached roster of a user, counting a hit or a miss; a hit makes
+        it the most recently used.
         """
         roster = self._rosters.get(username)
         if roster is None:
             self.misses += 1
         else:
             self.hits += 1
+            self._rosters.move_to_end(username)
         return roster
 
     def peek(self, username: str) -> Roster | None:
         """
-        The cached roster of a user, without counting.
+        The cached roster of a user, without counting or reordering.
         """
         return self._rosters.get(username)
 
     def put(self, username: str, roster: Roster) -> Roster | None:
         """
-        Store a user's roster.
+        Store a user's roster as the most recently used, then drop the
+        least recently used rosters of offline users while over the bound.
 
         @return: The roster it replaces, if any.
         """
-        previous = self._rosters.get(username)
+        previous = self._rosters.pop(username, None)
+        if previous is not None:
+            self.contacts -= len(previous)
         self._rosters[username] = roster
+        self.contacts += len(roster)
+        self._evict(keep=username)
         return previous
+
+    def _evict(self, keep: str) -> None:
+        if self.maxContacts is None or self.contacts <= self.maxContacts:
+            return
+        # Each pinned roster met is moved to the recent end, so a pass
+        # visits every entry at most once.
+        for _ in range(len(self._rosters)):
+            if self.contacts <= self.maxContacts:
+                return
+            username, roster = next(iter(self._rosters.items()))
+            if username == keep or self.pinned(username):
+                self._rosters.move_to_end(username)
+                continue
+            del self._rosters[username]
+            self.contacts -= len(roster)
+            self.evictions += 1

@@ -60,6 +60,10 @@ class Metrics(Collector):
         yield CounterMetricFamily("rosteradmin_cache_hits", "Roster cache hits", cache.hits)
         yield CounterMetricFamily("rosteradmin_cache_misses", "Roster cache misses", cache.misses)
         yield GaugeMetricFamily("rosteradmin_cached_users", "Users whose roster is cached", len(cache))
+        yield GaugeMetricFamily("rosteradmin_cached_contacts", "Contacts of all cached rosters", cache.contacts)
+        yield CounterMetricFamily("rosteradmin_cache_evictions",
+                                  "Rosters of offline users dropped to stay within --cache-max-contacts",
+                                  cache.evictions)
         yield GaugeMetricFamily("rosteradmin_fetches_in_flight", "Roster fetches running",
                                 self.backend.fetcher.inFlight)
         yield CounterMetricFamily("rosteradmin_fetch_failures", "Failed roster fetches",

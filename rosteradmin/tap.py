@@ -366,7 +366,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         state = SyncState(config.state) if config.state is not None else SyncState()
     except StateError as e:
         refuseToStart(f"--state: {e}")
-    backend = RosterBackend(RosterCache(), makeFetcher(config, reactor), limit=limit, state=state)
+    def online(username: str) -> bool:
+        # An online user's roster is what its clients hold: it stays cached.
+        return username in comp.privileges.online
+
+    cache = RosterCache(config.cache_max_contacts, pinned=online)
+    backend = RosterBackend(cache, makeFetcher(config, reactor), limit=limit, state=state)
     backend.setName("backend")
     backend.setServiceParent(top)
 

@@ -93,3 +93,31 @@ def test_usernamesAreExactKeys() -> None:
     cache = RosterCache()
     cache.put("alice", BOB)
     assert cache.peek("Alice") is None and "Alice" not in cache
+
+
+def test_boundEvictsOfflineLeastRecentlyUsed() -> None:
+    """
+    Past the contact bound, the least recently used rosters of offline
+    users go; an online user's roster and the one just stored stay.
+    """
+    online = {"bob"}
+    cache = RosterCache(maxContacts=4, pinned=lambda u: u in online)
+    two = Roster([Contact("x@example.org", None, ()), Contact("y@example.org", None, ())])
+    for user in ["alice", "bob", "carol"]:
+        cache.put(user, two)
+    assert list(cache) == ["bob", "carol"] and cache.contacts == 4 and cache.evictions == 1
+    cache.get("carol")
+    cache.put("dave", two)
+    assert sorted(cache) == ["bob", "dave"] and cache.evictions == 2
+
+
+def test_everyoneOnlineStaysOverTheBound() -> None:
+    """
+    When every cached user is online, nothing is dropped (their clients
+    hold those rosters), even over the bound.
+    """
+    cache = RosterCache(maxContacts=1, pinned=lambda u: True)
+    one = Roster([Contact("x@example.org", None, ())])
+    for user in ["a", "b", "c"]:
+        cache.put(user, one)
+    assert len(cache) == 3 and cache.evictions == 0
