@@ -3,6 +3,7 @@
 C{rosteradmin-ctl}: the HTTP API from a shell.
 
     rosteradmin-ctl refresh john aaron
+    rosteradmin-ctl sync --all
     rosteradmin-ctl kick room@conference.example.org Bob --reason spam
     rosteradmin-ctl health
 
@@ -12,14 +13,23 @@ C{--authorization-file}, C{--authorization} or C{ROSTERADMIN_AUTHORIZATION},
 so it stays out of the shell history.
 
 A success is summed up on stdout; everything else is one message on stderr
-(a failed refresh adds a line per user). With C{--json} the service's JSON
-reply, success or error, goes to stdout as is, and messages still go to
-stderr.
+(a failed refresh or sync adds a line per user). With C{--json} the
+service's JSON reply, success or error, goes to stdout as is, and messages
+still go to stderr.
+
+C{sync} starts a sync pass (C{POST /roster_admin/sync}) and follows it
+(C{GET /roster_admin/sync} every C{--interval}) until it ends: a progress
+bar redrawn on stderr when it is a terminal, else a line every
+L{LINE_INTERVAL} seconds while it moves; with C{--json} the last progress
+document goes to stdout.  While another pass runs, the service starts no
+other, so C{sync} waits for that one to end and then starts its own.
 
 Exit codes: 0 done; 1 the service answered with an error, or with a reply
-that is not its API's (its message is printed); 2 bad usage, an unreadable
+that is not its API's (its message is printed), or a sync ended with users
+failed or stopped on an error; 2 bad usage, an unreadable
 C{--authorization-file} included; 3 the service could not be reached, or
-gave no reply within C{--timeout}.
+gave no reply within C{--timeout}; 130 interrupted (Ctrl-C) while
+following a sync, which goes on in the service.
 """
 
 from __future__ import annotations
@@ -30,11 +40,16 @@ import json
 import math
 import os
 import sys
+import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, TextIO
 from urllib import error, parse, request
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+#: Ctrl-C while following a sync (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 
 DEFAULT_URL = "http://127.0.0.1:5280"
 
@@ -43,6 +58,20 @@ MAX_TIMEOUT = 86400
 
 #: Stands for a reply body that is not JSON.
 NOT_JSON: Any = object()
+
+SYNC_PATH = "/roster_admin/sync"
+
+#: Seconds between two looks at a sync's progress, unless C{--interval}.
+POLL_INTERVAL = 0.5
+
+#: Seconds between progress lines when stderr is not a terminal.
+LINE_INTERVAL = 5.0
+
+#: Characters of the progress bar between its brackets.
+BAR_WIDTH = 24
+
+#: What each kind of sync pass is called (L{rosteradmin.fullsync.SyncProgress}).
+SYNC_LABELS = {"full": "full sync", "users": "sync", "reconcile": "reconciliation"}
 
 
 class UsageError(Exception):
@@ -89,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     kick.add_argument("nickname")
     kick.add_argument("--reason")
     commands.add_parser("health", help="is the service connected to the XMPP server?")
+    sync = commands.add_parser(
+        "sync", help="write the web app's rosters of every user (--all) or of these users into the server, "
+                     "and follow the progress until done")
+    sync.add_argument("usernames", nargs="*", help="the users to sync (or --all)")
+    sync.add_argument("--all", action="store_true", help="every user the web app lists (the service's --users-url)")
+    sync.add_argument("--no-wait", action="store_true", help="return once the sync has started")
+    sync.add_argument("--interval", type=_timeout, default=POLL_INTERVAL,
+                      help=f"seconds between looks at the progress (default {POLL_INTERVAL})")
+    sync.set_defaults(commandParser=sync)
     return parser
 
 
@@ -210,9 +248,9 @@ SHAPES: dict[str, list[tuple[str, Any, str]]] = {
 }
 
 
-def _shapeProblem(command: str, reply: Any) -> str | None:
+def _notAnObject(reply: Any) -> str | None:
     """
-    What makes C{reply} not a success reply to C{command}, or C{None}.
+    What C{reply} is when it is not a JSON object, or C{None}.
     """
     if reply is NOT_JSON:
         return "the reply is not JSON"
@@ -220,6 +258,16 @@ def _shapeProblem(command: str, reply: Any) -> str | None:
         kinds = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
         kind = kinds.get(type(reply), "null")
         return f"the reply is a JSON {kind}, not an object"
+    return None
+
+
+def _shapeProblem(command: str, reply: Any) -> str | None:
+    """
+    What makes C{reply} not a success reply to C{command}, or C{None}.
+    """
+    problem = _notAnObject(reply)
+    if problem is not None:
+        return problem
     for key, check, expected in SHAPES[command]:
         if not check(reply.get(key)):
             return f"{key!r} is missing or not {expected}"
@@ -285,6 +333,9 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     """
     if args.command == "refresh":
         return "POST", "/roster_admin/refresh", args.usernames
+    if args.command == "sync":
+        # The service would count a name given twice twice in "listed".
+        return "POST", SYNC_PATH, {"all": True} if args.all else list(dict.fromkeys(args.usernames))
     if args.command == "kick":
         body = {"nickname": args.nickname, "muc": args.room}
         if args.reason:
@@ -302,6 +353,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     out, err = out or sys.stdout, err or sys.stderr
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "sync" and args.all == bool(args.usernames):
+        args.commandParser.error("give --all or the usernames to sync, not both" if args.all
+                                 else "give --all or the usernames to sync")
     try:
         base = _baseURL(args)
     except UsageError as e:
@@ -313,6 +367,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         print(f"rosteradmin-ctl: error: {e}", file=err)
         return EXIT_USAGE
     method, path, body = _request(args)
+    if args.command == "sync":
+        return SyncCommand(args, base, authorization, out, err).run(body)
     try:
         status, reply = _call(base, method, path, body, authorization, args.timeout)
     except Unreachable as e:
@@ -331,6 +387,289 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     if not args.json:
         print(_describe(args.command, reply), file=out)
     return EXIT_OK
+
+
+def _isNumber(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: What a sync progress document must hold: key, check, what it should be.
+PROGRESS_SHAPE: list[tuple[str, Any, str]] = [
+    ("kind", lambda v: isinstance(v, str), "a string"),
+    ("running", lambda v: isinstance(v, bool), "true or false"),
+    ("listed", _isCount, "a count"),
+    ("listing_done", lambda v: isinstance(v, bool), "true or false"),
+    ("synced", _isCount, "a count"),
+    ("failed", _isCount, "a count"),
+    ("failures", _isReasons, "an object of usernames and reasons"),
+    ("started_at", _isNumber, "a time"),
+    ("finished_at", lambda v: v is None or _isNumber(v), "a time or null"),
+    ("error", lambda v: v is None or isinstance(v, str), "a string or null"),
+]
+
+
+def _syncProblem(reply: Any, statuses: tuple[str, ...], nullable: bool) -> str | None:
+    """
+    What makes C{reply} not a sync reply (C{{"status", "sync"}}), or C{None}.
+
+    @param statuses: The C{status} values the reply may have.
+    @param nullable: Whether C{sync} may be null (no pass has run yet).
+    """
+    problem = _notAnObject(reply)
+    if problem is not None:
+        return problem
+    if reply.get("status") not in statuses:
+        return f"'status' is missing or not {' or '.join(map(repr, statuses))}"
+    progress = reply.get("sync")
+    if progress is None and nullable:
+        return None
+    if not isinstance(progress, dict):
+        return "'sync' is missing or not an object"
+    for key, check, expected in PROGRESS_SHAPE:
+        if not check(progress.get(key)):
+            return f"'sync.{key}' is missing or not {expected}"
+    if not progress["running"] and progress["finished_at"] is None:
+        return "'sync.finished_at' is null, yet the sync is not running"
+    return None
+
+
+def _label(progress: dict[str, Any]) -> str:
+    return SYNC_LABELS.get(progress["kind"], f"{progress['kind']} sync")
+
+
+def progressText(progress: dict[str, Any], total: int | None, elapsed: float) -> str:
+    """
+    A sync's progress in words: C{"sync: 12 of 24 users done (50%), 1 failed, 3 s"}.
+
+    @param total: The users the pass walks, when known before it ends (the
+        service counts a full sync's users as it lists them).
+    """
+    done = progress["synced"] + progress["failed"]
+    if progress["listing_done"]:
+        total = progress["listed"]
+    counts = (f"{done} of {total} users done ({_percent(done, total)}%)" if total
+              else f"{done} users done" + ("" if progress["listing_done"] else ", listing"))
+    return f"{_label(progress)}: {counts}, {progress['failed']} failed, {elapsed:.0f} s"
+
+
+def progressBar(progress: dict[str, Any], total: int | None, elapsed: float, tick: int) -> str:
+    """
+    L{progressText} with a bar: filled in proportion when the total is
+    known, else a marker moving with C{tick} (one step per redraw).
+    """
+    done = progress["synced"] + progress["failed"]
+    if progress["listing_done"]:
+        total = progress["listed"]
+    if total:
+        filled = min(BAR_WIDTH, BAR_WIDTH * done // total)
+        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+    else:
+        at = tick % (2 * BAR_WIDTH - 6)
+        at = at if at <= BAR_WIDTH - 3 else 2 * BAR_WIDTH - 6 - at
+        bar = " " * at + "<=>" + " " * (BAR_WIDTH - 3 - at)
+    label, _, rest = progressText(progress, total, elapsed).partition(": ")
+    return f"{label} [{bar}] {rest}"
+
+
+def _percent(done: int, total: int) -> int:
+    return min(100, 100 * done // total)
+
+
+class ProgressDisplay:
+    """
+    A sync's progress on stderr: one line redrawn in place (carriage
+    return) on a terminal, else a plain line every L{LINE_INTERVAL} seconds
+    while the counts change.
+    """
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.clock = clock
+        self.terminal = _isTerminal(stream)
+        self.startedAt = clock()
+        self._drawn = 0
+        self._ticks = 0
+        self._lineAt: float | None = None
+        self._lineCounts: tuple[int, ...] | None = None
+
+    def show(self, progress: dict[str, Any], total: int | None) -> None:
+        elapsed = self.clock() - self.startedAt
+        if self.terminal:
+            line = progressBar(progress, total, elapsed, self._ticks)[:_columns(self.stream) - 1]
+            self._ticks += 1
+            self.stream.write("\r" + line.ljust(self._drawn))
+            self._drawn = len(line)
+            self.stream.flush()
+            return
+        counts = (progress["listed"], progress["synced"], progress["failed"])
+        now = self.clock()
+        if self._lineAt is None or (now - self._lineAt >= LINE_INTERVAL and counts != self._lineCounts):
+            self._lineAt, self._lineCounts = now, counts
+            print(progressText(progress, total, elapsed), file=self.stream, flush=True)
+
+    def end(self) -> None:
+        """
+        Leave the bar as it is and move to the next line.
+        """
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = 0
+
+    def message(self, text: str) -> None:
+        self.end()
+        print(text, file=self.stream, flush=True)
+
+
+def _isTerminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, OSError, ValueError):
+        return 80
+
+
+class CommandFailed(Exception):
+    """
+    The command cannot go on: the exit code, and the message for stderr.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SyncCommand:
+    """
+    C{rosteradmin-ctl sync}: start a pass, follow it to its end, sum it up.
+    """
+
+    def __init__(self, args: argparse.Namespace, base: str, authorization: str | None,
+                 out: TextIO, err: TextIO, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.args = args
+        self.base = base
+        self.authorization = authorization
+        self.out = out
+        self.err = err
+        self.sleep = sleep
+        self.display = ProgressDisplay(err)
+
+    def run(self, body: Any) -> int:
+        """
+        The exit code.
+        """
+        try:
+            return self._run(body)
+        except CommandFailed as e:
+            self.display.message(f"rosteradmin-ctl: {e.message}")
+            return e.code
+        except KeyboardInterrupt:
+            self.display.message(f"rosteradmin-ctl: interrupted; a sync that started goes on in the service "
+                                 f"(GET {self.base}{SYNC_PATH} shows its progress)")
+            return EXIT_INTERRUPTED
+
+    def _run(self, body: Any) -> int:
+        while True:
+            reply = self._call("POST", body, ("started", "running"), nullable=False)
+            progress = reply["sync"]
+            if reply["status"] == "started":
+                break
+            # The service runs one pass at a time, and this one is not ours.
+            if self.args.no_wait:
+                self._printJSON(reply)
+                raise CommandFailed(EXIT_REFUSED, f"sync not started: a {_label(progress)} is running "
+                                                  f"({self._counts(progress)}); without --no-wait, sync waits for it")
+            self.display.message(f"rosteradmin-ctl: a {_label(progress)} is running; "
+                                 "waiting for it to end, then starting this sync")
+            self._follow(progress, None, mine=False)
+        if self.args.no_wait:
+            self._printJSON(reply)
+            if not self.args.json:
+                print(f"{_label(progress)} started; GET {self.base}{SYNC_PATH} shows its progress", file=self.out)
+            return EXIT_OK
+        final = self._follow(progress, None if self.args.all else len(body), mine=True)
+        self._printJSON(final)
+        return self._outcome(final["sync"])
+
+    def _follow(self, started: dict[str, Any], total: int | None, mine: bool) -> dict[str, Any]:
+        """
+        Poll until the pass C{started} ends: the last reply.
+
+        @raise CommandFailed: C{mine} and the service lost the pass's progress.
+        """
+        self.display = ProgressDisplay(self.err)  # its time counts from now
+        self.display.show(started, total)
+        while True:
+            reply = self._call("GET", None, ("running", "idle"), nullable=True)
+            progress = reply["sync"]
+            if progress is None or (progress["kind"], progress["started_at"]) != (started["kind"], started["started_at"]):
+                self.display.end()
+                if not mine:
+                    return reply
+                why = ("the service no longer knows it (did it restart?)" if progress is None
+                       else f"a {_label(progress)} started since, and replaced its progress")
+                raise CommandFailed(EXIT_REFUSED, f"sync outcome unknown: {why}")
+            self.display.show(progress, total)
+            if not progress["running"]:
+                self.display.end()
+                return reply
+            self.sleep(self.args.interval)
+
+    def _call(self, method: str, body: Any, statuses: tuple[str, ...], nullable: bool) -> dict[str, Any]:
+        """
+        One call to the sync resource: its JSON reply, checked.
+
+        @raise CommandFailed: No reply, an error reply, or not the API's.
+        """
+        try:
+            status, reply = _call(self.base, method, SYNC_PATH, body, self.authorization, self.args.timeout)
+        except Unreachable as e:
+            raise CommandFailed(EXIT_UNREACHABLE, str(e)) from None
+        if not 200 <= status < 300:
+            self._printJSON(reply)
+            raise CommandFailed(EXIT_REFUSED, _describeError("sync", status, reply))
+        problem = _syncProblem(reply, statuses, nullable)
+        if problem is not None:
+            raise CommandFailed(EXIT_REFUSED, f"sync failed: HTTP {status} but {problem} "
+                                              f"(is {self.base} rosteradmin's API?)")
+        result: dict[str, Any] = reply
+        return result
+
+    def _printJSON(self, reply: Any) -> None:
+        if self.args.json and reply is not NOT_JSON:
+            print(json.dumps(reply), file=self.out, flush=True)
+
+    @staticmethod
+    def _counts(progress: dict[str, Any]) -> str:
+        return f"{progress['synced']} of {progress['listed']} users synced, {progress['failed']} failed"
+
+    def _outcome(self, progress: dict[str, Any]) -> int:
+        """
+        Sum the ended pass up: 0 when every user synced, else 1.
+        """
+        label = _label(progress)
+        seconds = progress["finished_at"] - progress["started_at"]
+        failures = [f"  {user}: {why}" for user, why in sorted(progress["failures"].items())]
+        if progress["failed"] > len(failures):
+            failures.append(f"  ... and {progress['failed'] - len(failures)} more (see the service's log)")
+        if progress["error"] is None and progress["failed"] == 0:
+            if not self.args.json:
+                print(f"{label} done: {progress['synced']} of {progress['listed']} users synced in {seconds:.1f} s",
+                      file=self.out)
+            return EXIT_OK
+        if progress["error"] is not None:
+            head = f"{label} stopped after {seconds:.1f} s: {progress['error']}; {self._counts(progress)}"
+        else:
+            head = f"{label} done with errors in {seconds:.1f} s: {self._counts(progress)}"
+        self.display.message("\n".join([f"rosteradmin-ctl: {head}" + ("; errors:" if failures else ""), *failures]))
+        return EXIT_REFUSED
 
 
 def cli() -> None:

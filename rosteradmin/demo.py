@@ -7,11 +7,19 @@ process that stops everything on Ctrl-C.
     python -m rosteradmin.demo --prosody-config contrib/prosody/rosteradmin.cfg.lua
 
 (C{bash scripts/demo.sh} installs what is missing and runs this.)
+
+rosteradmin gets the sample web app's users list (C{--users-url}, a few
+users a page, so that paging is used) and so writes every user's roster
+into Prosody as soon as it connects, before anyone logs in; its state
+(C{--state}) lives next to the roster file, so a restarted demo knows what
+Prosody holds.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +31,7 @@ from twisted.python import usage
 from twisted.web import server
 
 from rosteradmin import tap
+from rosteradmin.ctl import DEFAULT_URL
 from rosteradmin.devprosody import LocalProsody, ProsodyNotAvailable
 from rosteradmin.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
 
@@ -32,32 +41,66 @@ log = Logger()
 
 
 class DemoOptions(usage.Options):
+    synopsis = "python -m rosteradmin.demo [options]"
+    # Else usage.Options shows the module docstring, epytext markup included.
+    longdesc = ("Run a local Prosody, the sample web app and rosteradmin on loopback, and sync every "
+                "user's roster into Prosody at start. Ctrl-C stops everything.")
     optParameters = [
         ["prosody-config", None, "contrib/prosody/rosteradmin.cfg.lua", "the rosteradmin part of Prosody's configuration"],
-        ["directory", "d", "demo-data", "where Prosody's data, logs and the roster file live"],
+        ["directory", "d", "demo-data", "where Prosody's data, logs, the roster file and the sync state live"],
         ["c2s-port", None, 15222, "client port of the demo Prosody", int],
         ["component-port", None, 15347, "component port of the demo Prosody", int],
         ["webapp-port", None, 18080, "port of the sample web app", int],
         ["http-port", None, 5280, "port of rosteradmin's HTTP API", int],
+        ["users-page-size", None, 2, "usernames per page of the web app's users list (2: the three "
+                                     "sample users take two pages)", int],
     ]
 
+    def postOptions(self) -> None:
+        if self["users-page-size"] < 1:
+            raise usage.UsageError(f"--users-page-size must be at least 1, not {self['users-page-size']}")
 
-def banner(prosody: LocalProsody, rosterFile: Path, webappPort: int, httpPort: int, kickAuthorization: str) -> str:
+
+def ctlCommand(httpPort: int) -> str:
+    """
+    How to run C{rosteradmin-ctl} against the demo from the current
+    directory: from the PATH, or next to this Python (C{.venv/bin}), with
+    C{--url} unless the API is on its default port.
+    """
+    command = "rosteradmin-ctl"
+    if shutil.which(command) is None:
+        beside = Path(sys.executable).parent / command
+        if beside.exists():
+            command = os.path.relpath(beside) if beside.is_relative_to(Path.cwd()) else str(beside)
+        else:
+            command = f"{Path(sys.executable).name} -m rosteradmin.ctl"
+    api = f"http://127.0.0.1:{httpPort}"
+    return command if api == DEFAULT_URL else f"{command} --url {api}"
+
+
+def banner(prosody: LocalProsody, rosterFile: Path, statePath: Path, webappPort: int, httpPort: int,
+           kickAuthorization: str, ctl: str) -> str:
     users = ", ".join(f"{u}@{prosody.domain}" for u in prosody.accounts)
     api = f"http://127.0.0.1:{httpPort}"
+    webapp = f"http://127.0.0.1:{webappPort}"
     return f"""
 rosteradmin demo is running (Ctrl-C stops everything).
 
   XMPP accounts   {users}   (password: {PASSWORD})
   XMPP server     127.0.0.1:{prosody.c2sPort}, plain TCP (no TLS: demo only)
   rosters         {rosterFile}  (edit it, then refresh)
-  web app         http://127.0.0.1:{webappPort}/rosters/alice
-  HTTP API        {api}/healthz   {api}/metrics
+  web app         {webapp}/rosters/alice   {webapp}/users  (paged: see its Link header)
+  HTTP API        {api}/healthz   {api}/metrics   {api}/roster_admin/sync
+  sync state      {statePath}
   Prosody log     {prosody.logPath}
+
+Every user's roster is written into Prosody as soon as rosteradmin connects
+(a full sync of the web app's users list), before anyone logs in.
 
 Try:
   curl -s {api}/healthz
   curl -s -X POST {api}/roster_admin/refresh -d '["alice", "bob"]'
+  {ctl} sync --all        # sync every user again, with a progress bar
   curl -s -X POST {api}/muc_kick -H 'Authorization: {kickAuthorization}' \\
        -d '{{"nickname": "Alice", "muc": "room@{prosody.mucDomain}", "reason": "demo"}}'
 """
@@ -107,6 +150,7 @@ def main(argv: list[str]) -> None:
     directory = Path(options["directory"]).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     rosterFile = directory / "rosters.json"
+    statePath = directory / "state.sqlite"
     writeSample(rosterFile)
 
     prosody = LocalProsody(directory / "prosody", options["prosody-config"],
@@ -120,7 +164,8 @@ def main(argv: list[str]) -> None:
     reactor.addSystemEventTrigger("after", "shutdown", prosody.stop)
 
     try:
-        reactor.listenTCP(options["webapp-port"], server.Site(RosterFileResource(rosterFile)), interface="127.0.0.1")
+        reactor.listenTCP(options["webapp-port"], server.Site(RosterFileResource(rosterFile, options["users-page-size"])),
+                          interface="127.0.0.1")
     except CannotListenError as e:
         prosody.stop()
         raise SystemExit(f"demo: the sample web app cannot listen on port {e.port} (--webapp-port): {e.socketError}")
@@ -130,6 +175,8 @@ def main(argv: list[str]) -> None:
         "--jid", prosody.componentJID, "--secret", prosody.secret,
         "--xmpp-port", str(prosody.componentPort), "--domain", prosody.domain,
         "--roster-url", f"http://127.0.0.1:{options['webapp-port']}/rosters/%s",
+        "--users-url", f"http://127.0.0.1:{options['webapp-port']}/users",
+        "--state", str(statePath),
         "--http", f"tcp:{options['http-port']}:interface=127.0.0.1",
         "--kick-authorization", kickAuthorization,
     ])
@@ -141,7 +188,8 @@ def main(argv: list[str]) -> None:
         raise
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
-    print(banner(prosody, rosterFile, options["webapp-port"], options["http-port"], kickAuthorization), flush=True)
+    print(banner(prosody, rosterFile, statePath, options["webapp-port"], options["http-port"], kickAuthorization,
+                 ctlCommand(options["http-port"])), flush=True)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service.startService()
     watch = ProsodyWatch(prosody, reactor)

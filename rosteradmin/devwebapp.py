@@ -8,10 +8,12 @@ edit, keyed by username::
 
 C{GET /rosters/<username>} answers that user's roster in the format
 rosteradmin expects, and 404 for a username the file does not list: a
-user without contacts is listed with C{{}}.  The file is read on every
+user without contacts is listed with C{{}}.  C{GET /users} lists the
+usernames of the file, in pages linked by C{Link: <...>; rel="next"}, as
+C{--users-url} expects (L{rosteradmin.users}).  The file is read on every
 request, so an edit followed by C{POST /roster_admin/refresh} shows up in
 clients at once.  Run alone with
-C{python -m rosteradmin.devwebapp rosters.json 8080}.
+C{python -m rosteradmin.devwebapp rosters.json 8080 [page size]}.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from twisted.logger import Logger
 from twisted.web import server
@@ -33,12 +37,21 @@ SAMPLE_ROSTERS = {
     "carol": {"alice@example.org": {"name": "Alice", "groups": ["Work"]}},
 }
 
+#: Usernames per page of C{GET /users}, unless told otherwise.
+PAGE_SIZE = 100
+
+
+class RosterFileUnreadable(Exception):
+    """
+    The roster file cannot be read, or is not an object of usernames.
+    """
+
 
 class RosterFileResource(Resource):
     """
-    Serves C{GET /rosters/<username>} from a JSON file.
+    Serves C{GET /rosters/<username>} and C{GET /users} from a JSON file.
 
-    Request and responses::
+    Requests and responses::
 
         GET /rosters/alice HTTP/1.1
 
@@ -53,29 +66,53 @@ class RosterFileResource(Resource):
         Content-Type: application/json
 
         {"error": "no such user"}
+
+        GET /users HTTP/1.1                       (with a page size of 2)
+
+        HTTP/1.1 200 OK
+        Content-Type: application/json
+        Link: </users?after=bob>; rel="next"
+
+        ["alice", "bob"]
+
+        GET /users?after=bob HTTP/1.1
+
+        HTTP/1.1 200 OK
+        Content-Type: application/json
+
+        ["carol"]
+
+    Users are listed in code point order, and a page starts after the last
+    username of the one before (not at an offset), so a user added or
+    removed while a list is being read shifts no one into another page.
     """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, pageSize: int = PAGE_SIZE) -> None:
+        """
+        @param path: The roster file.
+        @param pageSize: Usernames per page of C{GET /users}.
+        """
         super().__init__()
+        if pageSize < 1:
+            raise ValueError(f"page size must be at least 1, got {pageSize}")
         self.path = path
+        self.pageSize = pageSize
 
     def render_GET(self, request: server.Request) -> bytes:
+        if request.postpath == [b"users"]:
+            return self._users(request)
         if len(request.postpath) != 2 or request.postpath[0] != b"rosters":
             request.setResponseCode(404)
-            return b'{"error": "use /rosters/<username>"}'
+            return b'{"error": "use /rosters/<username> or /users"}'
         # twisted.web has already percent-decoded the path segments.
         username = request.postpath[1].decode("utf-8", "replace")
         try:
-            rosters = json.loads(self.path.read_text(encoding="utf-8"))
-            if not isinstance(rosters, dict):
-                raise ValueError("not an object of usernames")
-        except (OSError, ValueError) as e:
-            self.log.error("cannot read {path}: {why}", path=str(self.path), why=str(e))
-            request.setResponseCode(500)
-            return b'{"error": "roster file unreadable"}'
+            rosters = self._read()
+        except RosterFileUnreadable:
+            return self._unreadable(request)
         request.setHeader(b"content-type", b"application/json")
         # A real web app answers 404 for a user it does not know, so that
         # rosteradmin does not take it for a user without contacts.
@@ -85,6 +122,45 @@ class RosterFileResource(Resource):
             return b'{"error": "no such user"}'
         self.log.info("served the roster of {user}", user=username)
         return json.dumps(rosters[username]).encode("utf-8")
+
+    def _users(self, request: server.Request) -> bytes:
+        """
+        One page of usernames: those after C{?after=}, if given.
+        """
+        after = (request.args or {}).get(b"after", [b""])[0].decode("utf-8", "replace")
+        try:
+            rosters = self._read()
+        except RosterFileUnreadable:
+            return self._unreadable(request)
+        usernames = sorted(u for u in rosters if u > after)
+        page = usernames[:self.pageSize]
+        request.setHeader(b"content-type", b"application/json")
+        if len(usernames) > len(page):
+            # Relative to this page's URL, as RFC 8288 §3.1 allows.
+            request.setHeader(b"link", f'</users?after={quote(page[-1], safe="")}>; rel="next"'.encode("ascii"))
+        self.log.info("served {count} usernames after {after!r}", count=len(page), after=after)
+        return json.dumps(page).encode("utf-8")
+
+    def _read(self) -> dict[str, Any]:
+        """
+        The roster file's content.
+
+        @raise RosterFileUnreadable: It cannot be read or is not an object.
+        """
+        try:
+            rosters = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            self.log.error("cannot read {path}: {why}", path=str(self.path), why=str(e))
+            raise RosterFileUnreadable(str(e)) from None
+        if not isinstance(rosters, dict):
+            self.log.error("cannot read {path}: {why}", path=str(self.path), why="not an object of usernames")
+            raise RosterFileUnreadable("not an object of usernames")
+        return rosters
+
+    @staticmethod
+    def _unreadable(request: server.Request) -> bytes:
+        request.setResponseCode(500)
+        return b'{"error": "roster file unreadable"}'
 
 
 def writeSample(path: Path) -> None:
@@ -101,9 +177,10 @@ def main(argv: list[str]) -> None:
 
     path = Path(argv[1] if len(argv) > 1 else "rosters.json")
     port = int(argv[2]) if len(argv) > 2 else 8080
+    pageSize = int(argv[3]) if len(argv) > 3 else PAGE_SIZE
     writeSample(path)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    reactor.listenTCP(port, server.Site(RosterFileResource(path)), interface="127.0.0.1")
+    reactor.listenTCP(port, server.Site(RosterFileResource(path, pageSize)), interface="127.0.0.1")
     reactor.run()
 
 

@@ -155,20 +155,21 @@ class FullSync(Service):
 
     async def _batches(self, progress: SyncProgress, usernames: list[str] | None) -> AsyncIterator[list[str]]:
         """
-        The users to converge, in batches, counting them as listed.
+        The users to converge, in batches, counting each page as listed as
+        soon as it is read (so the total is known once the last is).
         """
-        async for page in self._pages(usernames):
+        async for page, last in self._pages(usernames):
+            progress.listed += len(page)
+            progress.listingDone = last
             for start in range(0, len(page), BATCH_SIZE):
-                batch = page[start:start + BATCH_SIZE]
-                progress.listed += len(batch)
-                yield batch
+                yield page[start:start + BATCH_SIZE]
         progress.listingDone = True
 
-    async def _pages(self, usernames: list[str] | None) -> AsyncIterator[list[str]]:
+    async def _pages(self, usernames: list[str] | None) -> AsyncIterator[tuple[list[str], bool]]:
         if usernames is not None:
-            yield usernames
+            yield usernames, True
         elif self.lister is not None:
             async for page in self.lister.pages():
                 yield page
         else:
-            yield self.backend.state.knownUsers()
+            yield self.backend.state.knownUsers(), True

@@ -107,9 +107,9 @@ class UserLister:
         for name, value in (headers or {}).items():
             self.headers[name] = [value]
 
-    async def pages(self) -> AsyncIterator[list[str]]:
+    async def pages(self) -> AsyncIterator[tuple[list[str], bool]]:
         """
-        Each page's usernames, in order.
+        Each page's usernames, in order, and whether it is the last.
 
         @raise UsersUnavailable: A page could not be read; the pages before
             it have been yielded.
@@ -121,7 +121,7 @@ class UserLister:
                 raise UsersUnavailable(f"users pages loop back to {url}")
             seen.add(url)
             usernames, url = await self._page(url)
-            yield usernames
+            yield usernames, url is None
 
     async def _page(self, url: str) -> tuple[list[str], str | None]:
         d = ensureDeferred(self._read(url))

@@ -5,8 +5,12 @@ on loopback: what it sends, what it prints where, and its exit codes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,11 +19,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from rosteradmin import ctl as ctl_module
 
 ROOT = Path(__file__).parents[1]
 
@@ -54,6 +61,7 @@ class ApiStub(Resource):
         super().__init__()
         self.url = ""
         self.replies: dict[str, tuple[int, bytes]] = {}
+        self.scripts: dict[tuple[str, str], list[tuple[int, bytes] | None]] = {}
         self.requests: list[tuple[str, str, str | None, bytes]] = []
         self.hold = False
 
@@ -64,13 +72,25 @@ class ApiStub(Resource):
         """
         self.replies[PATHS[command]] = (status, body if isinstance(body, bytes) else json.dumps(body).encode())
 
+    def script(self, method: str, path: str, *replies: tuple[int, Any] | None) -> None:
+        """
+        Answer C{method path} with each of C{replies} in turn, the last one
+        again and again; C{None} is no reply at all.
+        """
+        self.scripts[method, path] = [
+            None if r is None else (r[0], r[1] if isinstance(r[1], bytes) else json.dumps(r[1]).encode())
+            for r in replies]
+
     def render(self, request: Request) -> bytes | int:
         path = request.path.decode()
+        method = request.method.decode()
         authorization = request.getHeader("authorization")
-        self.requests.append((request.method.decode(), path, authorization, request.content.read()))
-        if self.hold:
+        self.requests.append((method, path, authorization, request.content.read()))
+        script = self.scripts.get((method, path))
+        reply = (script.pop(0) if len(script) > 1 else script[0]) if script else None
+        if self.hold or script and reply is None:
             return NOT_DONE_YET
-        status, body = self.replies.get(path, (404, b'{"error": "No such resource"}'))
+        status, body = reply or self.replies.get(path, (404, b'{"error": "No such resource"}'))
         request.setResponseCode(status)
         request.setHeader("content-type", "application/json")
         return body
@@ -450,3 +470,370 @@ async def test_jsonUnreachable() -> None:
     await port.stopListening()
     run = await ctl("--url", url, "--json", "health")
     assert (run.code, run.out) == (3, "") and run.err.startswith(f"rosteradmin-ctl: cannot reach {url}: ")
+
+
+# sync: start a pass, follow it, sum it up.
+
+STARTED_AT = 1_700_000_000.25
+
+
+def progress(kind: str = "users", running: bool = True, listed: int = 2, synced: int = 0, failed: int = 0,
+             failures: dict[str, str] | None = None, error: str | None = None, startedAt: float = STARTED_AT,
+             seconds: float = 1.5) -> dict[str, Any]:
+    """
+    A sync progress document as the service writes it; a pass that is not
+    running ended C{seconds} after it started, with every user listed.
+    """
+    return {"kind": kind, "running": running, "listed": listed, "listing_done": not running, "synced": synced,
+            "failed": failed, "failures": failures or {}, "started_at": startedAt,
+            "finished_at": None if running else startedAt + seconds, "error": error}
+
+
+def started(**fields: Any) -> tuple[int, dict[str, Any]]:
+    return 202, {"status": "started", "sync": progress(**fields)}
+
+
+def polled(**fields: Any) -> tuple[int, dict[str, Any]]:
+    sync = progress(**fields)
+    return 200, {"status": "running" if sync["running"] else "idle", "sync": sync}
+
+
+SYNC = "/roster_admin/sync"
+
+#: Short polls, so that a test takes a fraction of a second.
+FAST = ["--interval", "0.05"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncUsersFollowedToTheEnd(api: ApiStub) -> None:
+    """
+    sync posts the usernames (each once), polls the progress until the
+    pass ends, prints a progress line on stderr (not a terminal) and the
+    summary on stdout, exit 0.
+    """
+    api.script("POST", SYNC, started())
+    api.script("GET", SYNC, polled(synced=1), polled(synced=2), polled(running=False, synced=2))
+    run = await ctl("--url", api.url, "sync", "alice", "bob", "alice", *FAST)
+    assert run == Run(0, "sync done: 2 of 2 users synced in 1.5 s\n", "sync: 0 of 2 users done (0%), 0 failed, 0 s\n")
+    assert [(m, p, b) for m, p, _, b in api.requests] == [
+        ("POST", SYNC, b'["alice", "bob"]'), ("GET", SYNC, b""), ("GET", SYNC, b""), ("GET", SYNC, b"")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncAllWithJSON(api: ApiStub) -> None:
+    """
+    sync --all posts C{{"all": true}}, sends the Authorization value, and
+    with C{--json} prints the last progress document, as is, on stdout.
+    """
+    api.script("POST", SYNC, started(kind="full", listed=0))
+    last = polled(kind="full", running=False, listed=3, synced=3)
+    api.script("GET", SYNC, polled(kind="full", listed=2, synced=1), last)
+    run = await ctl("--url", api.url, "--json", "--authorization", "Bearer s3cret", "sync", "--all", *FAST)
+    assert (run.code, json.loads(run.out), run.out.count("\n")) == (0, last[1], 1)
+    assert run.err == "full sync: 0 users done, listing, 0 failed, 0 s\n"
+    assert api.requests[0] == ("POST", SYNC, "Bearer s3cret", b'{"all": true}')
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncSomeUsersFailed(api: ApiStub) -> None:
+    """
+    A pass that ended with failed users exits 1, with the counts and each
+    failure on stderr, and more failures than the service shows counted.
+    """
+    api.script("POST", SYNC, started(listed=4))
+    api.script("GET", SYNC, polled(running=False, listed=4, synced=1, failed=3,
+                                   failures={"erin": "timeout", "dave": "web app answered HTTP 503"}))
+    run = await ctl("--url", api.url, "sync", "alice", "dave", "erin", "frank", *FAST)
+    assert (run.code, run.out) == (1, "")
+    assert run.err.endswith("rosteradmin-ctl: sync done with errors in 1.5 s: 1 of 4 users synced, 3 failed; errors:\n"
+                            "  dave: web app answered HTTP 503\n  erin: timeout\n"
+                            "  ... and 1 more (see the service's log)\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncStoppedOnError(api: ApiStub) -> None:
+    """
+    A pass that stopped on an error (the users list could not be read)
+    exits 1 with the error on stderr, even with no user failed; with
+    C{--json} the last document still goes to stdout.
+    """
+    why = "GET http://app/users?after=bob answered HTTP 500: oops"
+    api.script("POST", SYNC, started(kind="full", listed=0))
+    last = polled(kind="full", running=False, listed=2, synced=2, error=why)
+    api.script("GET", SYNC, last)
+    run = await ctl("--url", api.url, "--json", "sync", "--all", *FAST)
+    assert (run.code, json.loads(run.out)) == (1, last[1])
+    assert lastLine(run.err) == f"rosteradmin-ctl: full sync stopped after 1.5 s: {why}; 2 of 2 users synced, 0 failed"
+
+
+@pytest.mark.parametrize("options, out", [
+    ([], "full sync started; GET {url}/roster_admin/sync shows its progress\n"),
+    (["--json"], json.dumps(started(kind="full", listed=0)[1]) + "\n"),
+])
+@pytest_twisted.ensureDeferred
+async def test_syncNoWait(api: ApiStub, options: list[str], out: str) -> None:
+    """
+    sync --no-wait returns once the pass has started, exit 0, and polls
+    nothing.
+    """
+    api.script("POST", SYNC, started(kind="full", listed=0))
+    run = await ctl("--url", api.url, *options, "sync", "--all", "--no-wait")
+    assert run == Run(0, out.replace("{url}", api.url), "")
+    assert [m for m, *_ in api.requests] == ["POST"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncWaitsForTheRunningPass(api: ApiStub) -> None:
+    """
+    While another pass runs, the service starts none: sync says so, follows
+    that pass to its end, then starts its own and follows it.
+    """
+    theirs = {"kind": "reconcile", "listed": 500, "startedAt": STARTED_AT - 60}
+    api.script("POST", SYNC, (202, {"status": "running", "sync": progress(**theirs)}), started())
+    api.script("GET", SYNC, polled(**theirs, synced=200), polled(**theirs, running=False, synced=500),
+               polled(running=False, synced=2))
+    run = await ctl("--url", api.url, "sync", "alice", "bob", *FAST)
+    assert (run.code, run.out) == (0, "sync done: 2 of 2 users synced in 1.5 s\n")
+    assert run.err.startswith("rosteradmin-ctl: a reconciliation is running; waiting for it to end, "
+                              "then starting this sync\nreconciliation: 0 users done, listing, 0 failed, 0 s\n")
+    assert [m for m, *_ in api.requests] == ["POST", "GET", "GET", "POST", "GET"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncNoWaitWhileAnotherRuns(api: ApiStub) -> None:
+    """
+    sync --no-wait while another pass runs starts nothing: exit 1, saying
+    which pass runs.
+    """
+    api.script("POST", SYNC, (202, {"status": "running", "sync": progress(kind="full", listed=500, synced=120)}))
+    run = await ctl("--url", api.url, "sync", "--all", "--no-wait")
+    assert run == Run(1, "", "rosteradmin-ctl: sync not started: a full sync is running (120 of 500 users synced, "
+                             "0 failed); without --no-wait, sync waits for it\n")
+
+
+@pytest.mark.parametrize("reply, message", [
+    (None, "the service no longer knows it (did it restart?)"),
+    (progress(kind="reconcile", startedAt=STARTED_AT + 5), "a reconciliation started since, and replaced its progress"),
+])
+@pytest_twisted.ensureDeferred
+async def test_syncProgressLost(api: ApiStub, reply: dict[str, Any] | None, message: str) -> None:
+    """
+    When the service shows no pass, or another one, before this pass was
+    seen ending, its outcome is unknown: exit 1.
+    """
+    api.script("POST", SYNC, started())
+    api.script("GET", SYNC, polled(synced=1), (200, {"status": "idle" if reply is None else "running", "sync": reply}))
+    run = await ctl("--url", api.url, "sync", "alice", "bob", *FAST)
+    assert (run.code, run.out) == (1, "")
+    assert lastLine(run.err) == f"rosteradmin-ctl: sync outcome unknown: {message}"
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give --all or the usernames to sync"),
+    (["--all", "alice"], "give --all or the usernames to sync, not both"),
+    (["alice", "--interval", "0"], "argument --interval: must be a number of seconds above 0 and at most 86400, not '0'"),
+])
+@pytest_twisted.ensureDeferred
+async def test_syncUsage(api: ApiStub, args: list[str], message: str) -> None:
+    """
+    sync needs --all or usernames, not both, and a positive --interval:
+    else a usage error (exit 2) and nothing is sent.
+    """
+    run = await ctl("--url", api.url, "sync", *args)
+    assert (run.code, run.out) == (2, "")
+    assert lastLine(run.err) == f"rosteradmin-ctl sync: error: {message}"
+    assert api.requests == []
+
+
+@pytest.mark.parametrize("method, status, body, message", [
+    ("POST", 400, {"status": "error", "message": "No --users-url is configured: name the users to sync"},
+     "sync failed: HTTP 400: No --users-url is configured: name the users to sync"),
+    ("POST", 401, {"status": "error", "message": "Authorization failed"}, "sync failed: HTTP 401: Authorization failed"),
+    ("POST", 404, {"error": "No such resource"}, "sync failed: HTTP 404: No such resource"),
+    ("GET", 503, {"error": "The service is stopping"}, "sync failed: HTTP 503: The service is stopping"),
+])
+@pytest_twisted.ensureDeferred
+async def test_syncErrorReply(api: ApiStub, method: str, status: int, body: Any, message: str) -> None:
+    """
+    An error reply, to the POST or to a poll, is told on stderr, exit 1;
+    with C{--json} its document goes to stdout.
+    """
+    api.script("POST", SYNC, (status, body) if method == "POST" else started())
+    api.script("GET", SYNC, (status, body))
+    run = await ctl("--url", api.url, "--json", "sync", "--all", *FAST)
+    assert (run.code, json.loads(run.out)) == (1, body)
+    assert lastLine(run.err) == f"rosteradmin-ctl: {message}"
+
+
+@pytest.mark.parametrize("method, body, problem", [
+    ("POST", b"<html></html>", "the reply is not JSON"),
+    ("POST", {"status": "ok", "message": "sync started"}, "'status' is missing or not 'started' or 'running'"),
+    ("POST", {"status": "started", "sync": None}, "'sync' is missing or not an object"),
+    ("GET", {"status": "idle", "sync": {**progress(), "synced": "2"}}, "'sync.synced' is missing or not a count"),
+    ("GET", {"status": "idle", "sync": {**progress(), "running": False}},
+     "'sync.finished_at' is null, yet the sync is not running"),
+    ("GET", [progress()], "the reply is a JSON array, not an object"),
+])
+@pytest_twisted.ensureDeferred
+async def test_syncReplyNotTheAPIs(api: ApiStub, method: str, body: Any, problem: str) -> None:
+    """
+    A success status with a reply that is not the sync resource's is a
+    failure (exit 1) told in one line.
+    """
+    status = 202 if method == "POST" else 200
+    api.script("POST", SYNC, (status, body) if method == "POST" else started())
+    api.script("GET", SYNC, (status, body))
+    run = await ctl("--url", api.url, "sync", "alice", "bob", *FAST)
+    assert (run.code, run.out) == (1, "")
+    assert lastLine(run.err) == (f"rosteradmin-ctl: sync failed: HTTP {status} but {problem} "
+                                 f"(is {api.url} rosteradmin's API?)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncUnreachable(api: ApiStub) -> None:
+    """
+    A poll left unanswered within C{--timeout} is told like any
+    unreachable service, exit 3; so is a service that does not listen.
+    """
+    api.script("POST", SYNC, started())
+    api.script("GET", SYNC, polled(synced=1), None)
+    run = await ctl("--url", api.url, "--timeout", "0.5", "sync", "alice", "bob", *FAST)
+    assert (run.code, run.out) == (3, "")
+    assert lastLine(run.err) == f"rosteradmin-ctl: no reply from {api.url} within 0.5 s (see --timeout)"
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    await port.stopListening()
+    run = await ctl("--url", url, "sync", "--all")
+    assert run == Run(3, "", f"rosteradmin-ctl: cannot reach {url}: [Errno 111] Connection refused\n")
+
+
+def runInBackground(*args: str, stderr: int | None = None) -> subprocess.Popen[bytes]:
+    environ = {name: value for name, value in os.environ.items()
+               if not name.startswith("ROSTERADMIN_") and not name.lower().endswith("_proxy")}
+    return subprocess.Popen([sys.executable, "-m", "rosteradmin.ctl", *args], cwd=ROOT, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE if stderr is None else stderr)
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncInterrupted(api: ApiStub) -> None:
+    """
+    Ctrl-C while following a pass leaves it running in the service, says
+    so in one line, and exits 130, without a traceback.
+    """
+    api.script("POST", SYNC, started())
+    api.script("GET", SYNC, polled(synced=1))
+    process = runInBackground("--url", api.url, "sync", "alice", "bob", *FAST)
+    try:
+        for _ in range(200):
+            if len(api.requests) >= 3:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        process.send_signal(signal.SIGINT)
+        out, err = await threads.deferToThread(process.communicate, timeout=10)
+    finally:
+        process.kill()
+    assert (process.returncode, out) == (130, b"")
+    assert err.decode().endswith(f"rosteradmin-ctl: interrupted; a sync that started goes on in the service "
+                                 f"(GET {api.url}/roster_admin/sync shows its progress)\n")
+
+
+def readAll(fd: int) -> bytes:
+    """
+    Everything written to a pseudo-terminal until its last writer closes it.
+    """
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: no writer left
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncProgressBarOnATerminal(api: ApiStub) -> None:
+    """
+    With stderr on a terminal, the progress is one bar redrawn in place
+    with carriage returns, ended by a line break before the summary goes to
+    stdout.
+    """
+    api.script("POST", SYNC, started(listed=4))
+    api.script("GET", SYNC, polled(listed=4, synced=1), polled(listed=4, synced=3),
+               polled(running=False, listed=4, synced=4))
+    controller, terminal = os.openpty()
+    try:
+        process = runInBackground("--url", api.url, "sync", "a", "b", "c", "d", *FAST, stderr=terminal)
+        os.close(terminal)
+        drawn = threads.deferToThread(readAll, controller)
+        out, _ = await threads.deferToThread(process.communicate, timeout=10)
+        # Seconds so far, which a slow machine may make more than 0.
+        err = re.sub(r"failed, \d+ s", "failed, 0 s", (await drawn).decode())
+    finally:
+        os.close(controller)
+    assert (process.returncode, out) == (0, b"sync done: 4 of 4 users synced in 1.5 s\n")
+    # Each frame is as long as the one before (none is shorter here), and
+    # the terminal turns the final \n into \r\n.
+    assert err == "".join("\r" + frame for frame in [
+        "sync [------------------------] 0 of 4 users done (0%), 0 failed, 0 s",
+        "sync [######------------------] 1 of 4 users done (25%), 0 failed, 0 s",
+        "sync [##################------] 3 of 4 users done (75%), 0 failed, 0 s",
+        "sync [########################] 4 of 4 users done (100%), 0 failed, 0 s",
+    ]) + "\r\n"
+
+
+# The progress display itself, with a fake clock.
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progressLinesWhenNotATerminal() -> None:
+    """
+    Off a terminal, a progress line is printed at once, then at most every
+    L{ctl.LINE_INTERVAL} seconds, and only when the counts moved.
+    """
+    now = [0.0]
+    stream = io.StringIO()
+    display = ctl_module.ProgressDisplay(stream, clock=lambda: now[0])
+    for at, synced in [(0, 0), (1, 5), (ctl_module.LINE_INTERVAL + 1, 9), (ctl_module.LINE_INTERVAL + 2, 12),
+                       (3 * ctl_module.LINE_INTERVAL, 12), (4 * ctl_module.LINE_INTERVAL, 12)]:
+        now[0] = at
+        display.show(progress(kind="full", listed=20, synced=synced), None)
+    display.end()
+    assert stream.getvalue() == ("full sync: 0 users done, listing, 0 failed, 0 s\n"
+                                 "full sync: 9 users done, listing, 0 failed, 6 s\n"
+                                 "full sync: 12 users done, listing, 0 failed, 15 s\n")
+
+
+def test_progressBarRedrawnInPlace() -> None:
+    """
+    On a terminal, each redraw starts with a carriage return and pads over
+    a longer previous line; a message first ends the bar's line.  A pass
+    whose total is not known yet shows a moving marker instead of a fill.
+    """
+    stream = FakeTerminal()
+    display = ctl_module.ProgressDisplay(stream, clock=lambda: 0.0)
+    display.show(progress(kind="full", listed=1000, synced=990, failed=10), None)
+    display.show(progress(kind="full", listed=1500, synced=1000, failed=10), None)
+    display.message("rosteradmin-ctl: something")
+    first = "full sync [<=>                     ] 1000 users done, listing, 10 failed, 0 s"
+    second = "full sync [ <=>                    ] 1010 users done, listing, 10 failed, 0 s"
+    assert stream.getvalue() == f"\r{first}\r{second}\nrosteradmin-ctl: something\n"
+    assert len(first) == len(second)
+
+
+def test_progressBarMarkerBounces() -> None:
+    """
+    The marker of a bar without a total goes from end to end and back.
+    """
+    sync = progress(kind="full")
+    positions = [ctl_module.progressBar(sync, None, 0, tick).index("<=>") - len("full sync [")
+                 for tick in range(2 * ctl_module.BAR_WIDTH - 5)]
+    width = ctl_module.BAR_WIDTH - 3
+    assert positions == [*range(width + 1), *range(width - 1, 0, -1), 0]

@@ -7,22 +7,44 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import treq
 from treq.testing import StubTreq
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
-from rosteradmin.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
+from rosteradmin.devwebapp import PAGE_SIZE, SAMPLE_ROSTERS, RosterFileResource, writeSample
 from rosteradmin.errors import UserUnknown
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.roster import parseRoster
+from rosteradmin.users import UserLister
 
 
 def get(resource: RosterFileResource, *segments: bytes) -> tuple[int, bytes]:
     request = DummyRequest(list(segments))
     body = resource.render_GET(request)
     return request.responseCode or 200, body
+
+
+def listUsers(resource: RosterFileResource) -> list[list[str]]:
+    """
+    Every page of C{/users}, read over HTTP (a real C{Site}) the way
+    rosteradmin's full sync reads C{--users-url}.
+    """
+    http = StubTreq(resource)
+    lister = UserLister("http://webapp.invalid/users", Clock(), http=http)
+
+    async def walk() -> list[list[str]]:
+        return [page async for page, last in lister.pages()]
+
+    results: list[object] = []
+    ensureDeferred(walk()).addBoth(results.append)
+    http.flush()
+    [pages] = results
+    assert isinstance(pages, list), pages
+    return pages
 
 
 def test_servesEachUsersRosterFromTheFile(tmp_path: Path) -> None:
@@ -87,6 +109,7 @@ def test_badPathAndUnreadableFile(tmp_path: Path) -> None:
     for content in ["{not json", '["alice"]']:
         path.write_text(content)
         assert get(resource, b"rosters", b"alice") == (500, b'{"error": "roster file unreadable"}')
+        assert get(resource, b"users") == (500, b'{"error": "roster file unreadable"}')
 
 
 def test_sampleNeverOverwritesEdits(tmp_path: Path) -> None:
@@ -98,3 +121,53 @@ def test_sampleNeverOverwritesEdits(tmp_path: Path) -> None:
     path.write_text('{"alice": {}}')
     writeSample(path)
     assert path.read_text() == '{"alice": {}}'
+
+
+def test_usersListedInPagesLinkedByNext(tmp_path: Path) -> None:
+    """
+    C{/users} lists the file's usernames in order, a page at a time; each
+    page but the last links the next with C{Link: <...>; rel="next"}.
+    """
+    path = tmp_path / "rosters.json"
+    writeSample(path)
+    resource = RosterFileResource(path, pageSize=2)
+    request = DummyRequest([b"users"])
+    assert json.loads(resource.render_GET(request)) == ["alice", "bob"]
+    assert request.responseHeaders.getRawHeaders(b"link") == [b'</users?after=bob>; rel="next"']
+    request = DummyRequest([b"users"])
+    request.args = {b"after": [b"bob"]}
+    assert json.loads(resource.render_GET(request)) == ["carol"]
+    assert request.responseHeaders.getRawHeaders(b"link") is None
+
+
+def test_usersReadByTheFullSyncLister(tmp_path: Path) -> None:
+    """
+    rosteradmin's users-list reader follows the pages to the end, with
+    usernames that need percent-encoding in the next page's URL.
+    """
+    path = tmp_path / "rosters.json"
+    path.write_text(json.dumps({"j\u00fcrgen": {}, "a?b=c": {}, "a+b": {}, "zoe": {}, "a%41": {}, "a#b": {}}))
+    assert listUsers(RosterFileResource(path, pageSize=2)) == [["a#b", "a%41"], ["a+b", "a?b=c"],
+                                                               ["j\u00fcrgen", "zoe"]]
+    assert listUsers(RosterFileResource(path, pageSize=6)) == [["a#b", "a%41", "a+b", "a?b=c", "j\u00fcrgen", "zoe"]]
+
+
+def test_usersDefaultPageSize(tmp_path: Path) -> None:
+    """
+    Without a page size, pages hold L{PAGE_SIZE} usernames; an empty file
+    is one empty page.
+    """
+    path = tmp_path / "rosters.json"
+    path.write_text(json.dumps({f"user{n:03}": {} for n in range(PAGE_SIZE + 1)}))
+    pages = listUsers(RosterFileResource(path))
+    assert [len(page) for page in pages] == [PAGE_SIZE, 1] and pages[1] == [f"user{PAGE_SIZE:03}"]
+    path.write_text("{}")
+    assert listUsers(RosterFileResource(path)) == [[]]
+
+
+def test_pageSizeAtLeastOne(tmp_path: Path) -> None:
+    """
+    A page size below 1 is refused when the resource is made.
+    """
+    with pytest.raises(ValueError, match="page size must be at least 1"):
+        RosterFileResource(tmp_path / "rosters.json", pageSize=0)

@@ -40,7 +40,7 @@ class UsersApp(Resource):
 
 def collect(lister: UserLister, http: StubTreq) -> list[list[str]]:
     async def run() -> list[list[str]]:
-        return [page async for page in lister.pages()]
+        return [page async for page, last in lister.pages()]
     outcome: list[Any] = []
     ensureDeferred(run()).addBoth(outcome.append)
     http.flush()
@@ -110,3 +110,20 @@ def test_pagesThatLoopAreRefused() -> None:
     http = StubTreq(Loop())
     with pytest.raises(UsersUnavailable, match="loop"):
         collect(UserLister("http://webapp.invalid/users", Clock(), http=http), http)
+
+
+def test_lastPageIsMarked() -> None:
+    """
+    Each page says whether it is the last, so a sync knows its total as
+    soon as the last page is read, before its users are synced.
+    """
+    http = StubTreq(UsersApp([["alice"], ["bob"]]))
+    lister = UserLister("http://webapp.invalid/users", Clock(), http=http)
+
+    async def run() -> list[bool]:
+        return [last async for page, last in lister.pages()]
+
+    outcome: list[Any] = []
+    ensureDeferred(run()).addBoth(outcome.append)
+    http.flush()
+    assert outcome == [[False, True]]

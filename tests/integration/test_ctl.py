@@ -4,14 +4,25 @@ rosteradmin-ctl, run as a process against a running service.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.web.server import Site
 
+from rosteradmin.devwebapp import RosterFileResource
+from tests.integration.harness import ProsodyServer, WebAppStub
 from tests.integration.service import KICK_AUTHORIZATION, RunningService
+
+#: The users the web app lists: every account of the test Prosody.
+USERS = ["alice", "bob", "carol", "dave", "erin"]
 
 
 async def ctl(*args: str) -> tuple[int, str, str]:
@@ -22,7 +33,26 @@ async def ctl(*args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def rosters() -> dict[str, Any]:
-    return {"alice": {"bob@example.org": {"name": "Bob"}}}
+    return {"alice": {"bob@example.org": {"name": "Bob"}}, "carol": {"alice@example.org": {"name": "Alice"}}}
+
+
+@pytest_twisted.async_yield_fixture
+async def usersURL(tmp_path: Path) -> AsyncIterator[str]:
+    """
+    The users list of the sample web app, two usernames a page, so that a
+    full sync follows C{Link: rel="next"} twice.
+    """
+    path = tmp_path / "webapp-users.json"
+    path.write_text(json.dumps({user: {} for user in USERS}))
+    port = reactor.listenTCP(0, Site(RosterFileResource(path, pageSize=2)), interface="127.0.0.1")
+    yield f"http://127.0.0.1:{port.getHost().port}/users"
+    await port.stopListening()
+
+
+@pytest.fixture
+def serviceArgs(usersURL: str) -> list[str]:
+    # No sync at start: each test starts the ones it looks at.
+    return ["--users-url", usersURL, "--no-start-sync"]
 
 
 @pytest_twisted.ensureDeferred
@@ -59,3 +89,41 @@ async def test_ctlSession(webapp: Any, service: RunningService, clients: Any) ->
 
     code, _, err = await ctl("--url", "http://127.0.0.1:1", "health")
     assert code == 3 and "cannot reach" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_ctlSync(webapp: WebAppStub, service: RunningService, prosody: ProsodyServer) -> None:
+    """
+    sync of named users, and of every user of the web app's paged list,
+    writes their rosters into Prosody and exits 0; a user the web app
+    fails makes the pass exit 1 naming it; a sync asked for while another
+    runs waits for it, then runs.
+    """
+    url = ["--url", service.baseURL]
+    code, out, err = await ctl(*url, "sync", "alice", "bob", "--interval", "0.1")
+    assert code == 0 and re.fullmatch(r"sync done: 2 of 2 users synced in \d+\.\d s\n", out), (out, err)
+    assert "bob@example.org" in prosody.storedRoster("alice")
+    assert prosody.storedRoster("carol") == ""
+
+    code, out, err = await ctl(*url, "--json", "sync", "--all", "--interval", "0.1")
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["status"] == "idle"
+    assert {k: document["sync"][k] for k in ("kind", "running", "listed", "listing_done", "synced", "failed")} == {
+        "kind": "full", "running": False, "listed": 5, "listing_done": True, "synced": 5, "failed": 0}
+    assert "alice@example.org" in prosody.storedRoster("carol")
+
+    webapp.failures["dave"] = (503, b"maintenance")
+    code, out, err = await ctl(*url, "sync", "--all", "--interval", "0.1")
+    assert (code, out) == (1, "")
+    assert "full sync done with errors" in err and "4 of 5 users synced, 1 failed; errors:\n  dave: " in err
+
+    # alice's roster takes seconds: the full sync still runs when the
+    # sync of bob is asked for, which waits for it.
+    del webapp.failures["dave"]
+    webapp.delays["alice"] = 2.5
+    code, out, _ = await ctl(*url, "sync", "--all", "--no-wait")
+    assert code == 0 and out.startswith("full sync started; ")
+    code, out, err = await ctl(*url, "sync", "bob", "--interval", "0.1")
+    assert "a full sync is running; waiting for it to end, then starting this sync" in err
+    assert code == 0 and out.startswith("sync done: 1 of 1 users synced in "), err

@@ -1,14 +1,16 @@
 """
 The demo as a new user runs it: C{python -m rosteradmin.demo} (what
 C{scripts/demo.sh} ends in) as a process of its own, with its own Prosody,
-sample web app and rosteradmin; a real client logs in, the roster file is
-edited and refreshed, and Ctrl-C stops everything.
+sample web app and rosteradmin; every roster is synced into Prosody at
+start, a real client logs in, the roster file is edited and refreshed, and
+Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +22,8 @@ import treq
 from twisted.internet import reactor, threads
 from twisted.web.client import HTTPConnectionPool
 
-from rosteradmin.devprosody import freePort
+from rosteradmin.demo import ctlCommand
+from rosteradmin.devprosody import LocalProsody, freePort
 from rosteradmin.devwebapp import SAMPLE_ROSTERS
 from tests.integration.harness import CONTRIB_CONFIG, connectClient
 from tests.integration.service import RunningService
@@ -70,6 +73,35 @@ class Demo:
             await RunningService.sleep(0.05)
         raise AssertionError(f"/metrics never showed {line!r}")
 
+    async def syncDone(self) -> dict[str, object]:
+        """
+        The progress of the sync pass the demo ran, once it has ended.
+        """
+        for _ in range(600):
+            response = await treq.get(f"http://127.0.0.1:{self.httpPort}/roster_admin/sync",
+                                      pool=HTTPConnectionPool(reactor, persistent=False))
+            body = await response.json()
+            if body["status"] == "idle" and body["sync"] is not None:
+                sync: dict[str, object] = body["sync"]
+                return sync
+            await RunningService.sleep(0.05)
+        raise AssertionError(f"no sync pass ended: {body}")
+
+    def storedRoster(self, username: str) -> str:
+        """
+        The roster the demo's Prosody stores for C{username}.
+        """
+        return LocalProsody(self.directory / "data" / "prosody", CONTRIB_CONFIG).storedRoster(username)
+
+    async def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{rosteradmin-ctl args} against the demo's API.
+        """
+        return await threads.deferToThread(
+            subprocess.run, [sys.executable, "-m", "rosteradmin.ctl", "--url", f"http://127.0.0.1:{self.httpPort}",
+                             *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
     def prosodyPID(self) -> int:
         """
         The demo's Prosody, found by the configuration path in its command line.
@@ -112,6 +144,23 @@ async def test_demoServesRostersAndStopsOnCtrlC(tmp_path: Path) -> None:
         banner = demo.output
         assert "alice@example.org, bob@example.org, carol@example.org" in banner and "(password: demo)" in banner
         assert f"curl -s -X POST http://127.0.0.1:{demo.httpPort}/roster_admin/refresh" in banner
+        assert re.search(rf"(rosteradmin-ctl|-m rosteradmin\.ctl) --url http://127\.0\.0\.1:{demo.httpPort} "
+                         rf"sync --all ", banner), banner
+
+        # Before anyone logs in, the full sync at start has walked the
+        # web app's users list, two a page, and written every roster.
+        sync = await demo.syncDone()
+        assert {k: sync[k] for k in ("kind", "listed", "listing_done", "synced", "failed", "error")} == {
+            "kind": "full", "listed": 3, "listing_done": True, "synced": 3, "failed": 0, "error": None}
+        assert "served 2 usernames after ''" in demo.output and "served 1 usernames after 'bob'" in demo.output
+        for user, roster in SAMPLE_ROSTERS.items():
+            stored = demo.storedRoster(user)
+            assert all(contact in stored for contact in roster), (user, stored)
+        assert (tmp_path / "data" / "state.sqlite").stat().st_size > 0
+
+        # The banner's sync line runs a new pass over every user.
+        run = await demo.ctl("sync", "--all")
+        assert run.returncode == 0 and re.fullmatch(r"full sync done: 3 of 3 users synced in \d+\.\d s\n", run.stdout), run
 
         alice = await connectClient("alice@example.org", "demo", demo.c2sPort)
         assert items(await alice.rosterGet()) == {
@@ -154,3 +203,12 @@ async def test_demoStopsWhenProsodyDies(tmp_path: Path) -> None:
         demo.kill()
     assert "Prosody has exited; stopping the demo" in demo.output
     assert "Traceback" not in demo.output
+
+
+def test_bannerSyncCommand() -> None:
+    """
+    The banner's rosteradmin-ctl line names the API only when it is not on
+    rosteradmin-ctl's default port.
+    """
+    assert re.fullmatch(r"\S*(rosteradmin-ctl|python\S* -m rosteradmin\.ctl)", ctlCommand(5280))
+    assert ctlCommand(5281) == ctlCommand(5280) + " --url http://127.0.0.1:5281"
