@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_api -*-
 """
-The HTTP API (SPEC §4): roster refresh, MUC kick, health and metrics.
+The HTTP API: roster refresh, MUC kick, health and metrics.
 
 Each resource parses, calls the backend or the kicker, and maps domain
 errors to status codes; the routes and codes are documented in

@@ -125,7 +125,7 @@ class RosterBackend(Service):
         """
         A user's roster: from the cache, or fetched and written into the
         server before it is returned (so the presence the client sends after
-        its roster get reaches its contacts: PROTOCOL.md).
+        its roster get reaches its contacts: docs/protocol.md).
 
         @param username: A nodeprepped username.
         @raise FetchFailed: The roster is not cached and cannot be fetched.

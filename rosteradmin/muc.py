@@ -7,7 +7,7 @@ Prosody refuses it from a non-occupant even when the component is a server
 admin, and accepts it once the component has joined the room (as a server
 admin it is then a moderator).  So: try the kick; if refused, join the room
 under the configured nick, kick again, and leave (rooms otherwise keep a
-ghost occupant across server restarts: PROTOCOL.md).  Kicks in the same room
+ghost occupant across server restarts: docs/protocol.md).  Kicks in the same room
 are serialised so that one kick's leave cannot undo another's join.
 """
 

@@ -133,7 +133,7 @@ class Roster:
         The full C{<query/>} payload of a roster result, serialised once.
 
         It carries no whitespace: mod_delegation drops replies with text
-        nodes between elements (PROTOCOL.md).
+        nodes between elements (docs/protocol.md).
         """
         if self._queryXML is None:
             items = "".join(c.toXML() for c in self.contacts)

@@ -64,7 +64,7 @@ def iqXML(
 ) -> str:
     """
     Serialise an IQ with no whitespace anywhere (mod_delegation drops replies
-    with text nodes between elements: PROTOCOL.md).
+    with text nodes between elements: docs/protocol.md).
     """
     attrs = ""
     if namespace is not None:

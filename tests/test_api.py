@@ -372,7 +372,7 @@ def test_kickJoinsWhenRefusedThenLeaves() -> None:
 @pytest.mark.parametrize("condition, status", [("item-not-found", 404), ("bad-request", 502)])
 def test_kickErrorsMapped(condition: str, status: int) -> None:
     """
-    The room's error conditions map to the status codes of SPEC §4.
+    The room's error conditions map to the status codes of the README's API table.
     """
     api = makeApi()
     code, body = api.request("POST", "/muc_kick", {"nickname": "x", "muc": ROOM},

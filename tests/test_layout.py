@@ -25,3 +25,24 @@ def test_testCaseNamesExist() -> None:
     missing = {str(source): module for source, modules in named.items() for module in modules
                if not (ROOT / (module.replace(".", "/") + ".py")).is_file()}
     assert missing == {}
+
+
+#: A document named in code or docs: a path ending in .md.
+DOCUMENT = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.md)\b")
+
+
+def test_namedDocumentsExist() -> None:
+    """
+    Every C{*.md} document that code, tests, scripts or docs name exists in
+    the repository (at that path from the root, or beside the file naming
+    it): nothing points at a document users do not have.
+    """
+    sources = [p for pattern in ("rosteradmin/*.py", "tests/**/*.py", "bench/*.py", "scripts/*", "docs/*.md",
+                                 "contrib/**/*", "*.md", "twisted/plugins/*.py")
+               for p in ROOT.glob(pattern) if p.is_file()]
+    missing = set()
+    for source in sources:
+        for name in DOCUMENT.findall(source.read_text(errors="replace")):
+            if not ((ROOT / name).is_file() or (source.parent / name).is_file() or (ROOT / "docs" / name).is_file()):
+                missing.add(f"{source.relative_to(ROOT)}: {name}")
+    assert missing == set()

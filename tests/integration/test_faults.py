@@ -1,5 +1,5 @@
 """
-Failures survived (SPEC §6), with real faults: the web app stopped, slow or
+Failures survived, with real faults: the web app stopped, slow or
 broken, and the XMPP server killed and restarted.  After each, the cached
 and server-side rosters are compared with what the web app last served
 successfully: nothing lost, nothing half-applied.
