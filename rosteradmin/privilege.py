@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from typing import Callable, NamedTuple, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -37,14 +37,17 @@ from rosteradmin.errors import NotConnected, StanzaTooLarge, SyncFailed
 from rosteradmin.interfaces import IConnectionStatus, IRosterSync
 from rosteradmin.pacing import LatencyPacer
 from rosteradmin.slots import PrioritySlots
-from rosteradmin.stanzalimit import StanzaLimit
+from rosteradmin.stanzalimit import WRAPPER_BYTES, StanzaLimit
 from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff, diffSteps
-from rosteradmin.stanzas import NS_CLIENT, IQRequest, findChild, iqXML, parseJID, sendRequest
+from rosteradmin.stanzas import NS_CLIENT, IQRequest, findChild, iqXML, markHandled, parseJID, sendRequest
 
 T = TypeVar("T")
 
 NS_DELAY = "urn:xmpp:delay"
 NS_PRIVILEGE_1 = "urn:xmpp:privilege:1"
+
+#: contrib/prosody/mod_rosteradmin_roster.lua: many roster items per iq.
+NS_BULK_ROSTER = "urn:x-rosteradmin:roster:0"
 NS_PRIVILEGE_2 = "urn:xmpp:privilege:2"
 PRIVILEGE_NAMESPACES = (NS_PRIVILEGE_2, NS_PRIVILEGE_1)
 
@@ -65,6 +68,35 @@ PER_USER_IN_FLIGHT = 4
 #: Seconds a user's writes stay parked the first time, doubling each time.
 PARK_FIRST_DELAY = 30.0
 PARK_MAX_DELAY = 3600.0
+
+
+class _NoBulkWrites(Exception):
+    """
+    The server does not take many roster items per iq (no
+    mod_rosteradmin_roster).
+    """
+
+
+def bulkChunks(diff: RosterDiff, maxBytes: int) -> list[str]:
+    """
+    The items of a diff (C{both}, then C{remove}), as few runs of item XML
+    as fit C{maxBytes} each (an item larger than that is refused before any
+    write: L{rosteradmin.stanzalimit.StanzaLimit.itemRefusal}).
+    """
+    items = [c.toXML("both") for c in diff.changed] + [Contact(j, None, ()).toXML("remove") for j in diff.removed]
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for item in items:
+        itemSize = len(item.encode("utf-8"))
+        if current and size + itemSize > maxBytes:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(item)
+        size += itemSize
+    if current:
+        chunks.append("".join(current))
+    return chunks
 
 
 class StoredRoster(NamedTuple):
@@ -149,7 +181,7 @@ def parseStoredRoster(result: domish.Element) -> StoredRoster:
 
 
 @implementer(IRosterSync)
-class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
+class PrivilegeHandler(XMPPHandler):
     """
     Tracks the granted permissions and users' online resources, and writes
     rosters into the server.
@@ -210,6 +242,8 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self.online: dict[str, set[str]] = {}
         self.rostersDelegatedBack = False
         self._toldCannotPush = False
+        #: Whether the server takes many items per iq: unknown until tried.
+        self.bulk: bool | None = None
         self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS, perKey=PER_USER_IN_FLIGHT,
                                    now=clock.seconds)
         self.pacer = LatencyPacer(self._sync, clock, latencyTarget)
@@ -232,6 +266,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         self.online = {}
         self.rostersDelegatedBack = False
         self._toldCannotPush = False
+        self.bulk = None  # the server may have been reconfigured meanwhile
 
     def _onOwnRequestDelegated(self, namespace: str | None) -> None:
         """
@@ -246,7 +281,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         privilege = findChild(message, "privilege", PRIVILEGE_NAMESPACES)
         if privilege is None:
             return
-        message.handled = True
+        markHandled(message)
         if message.getAttribute("from") != self.domain:
             self.log.warn("ignored privilege advertisement from untrusted {sender}",
                           sender=message.getAttribute("from"))
@@ -269,7 +304,7 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         sender = parseJID(presence.getAttribute("from"))
         if sender is None or sender.host != self.domain or not sender.user or not sender.resource:
             return
-        presence.handled = True
+        markHandled(presence)
         username, full = sender.user, sender.full()
         kind = presence.getAttribute("type")
         if kind is None:
@@ -319,14 +354,16 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         @param urgent: A client waits for it.
         """
         d = self._sync.run(username, urgent, self._request, username, "get", f"<query xmlns='{NS_ROSTER}'/>", "read")
-        d.addCallback(parseStoredRoster)
-        d.addErrback(self._ebSync, username, "read")
-        return d
+        stored = d.addCallback(parseStoredRoster)
+        return stored.addErrback(self._ebSync, username, "read")
 
     def write(self, username: str, diff: RosterDiff, urgent: bool = True) -> Deferred[None]:
         """
-        One privileged set per item: with several items in one iq Prosody
-        answers once per item with the same id.
+        Write the items of a diff into the user's stored roster: many per
+        iq, saved once, where the server has contrib's
+        mod_rosteradmin_roster; else one privileged set per item (with
+        several items in one set, mod_privilege answers once per item with
+        the same id, and it saves the whole roster after each item).
 
         @param urgent: A client waits for it; background writes (refreshes)
             go after urgent ones.
@@ -335,6 +372,27 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         parked = self.parked.get(username)
         if parked is not None:
             return fail(SyncFailed(f"roster writes for {username!r} are parked: {parked}"))
+        if self.bulk is False:
+            return self._writeEach(username, diff, urgent)
+        chunks = bulkChunks(diff, self.limit.maxBytes - WRAPPER_BYTES)
+        writes = [self._sync.run(username, urgent, self._writeChunk, username, chunk) for chunk in chunks]
+
+        def checkOrFallBack(results: list[tuple[bool, object]]) -> Deferred[None] | None:
+            if any(not ok and cast(Failure, r).check(_NoBulkWrites) for ok, r in results):
+                if self.bulk is None:
+                    self.bulk = False
+                    self.log.info("the server has no mod_rosteradmin_roster: writing one roster item per "
+                                  "privileged set, each a full save of the roster (see contrib/prosody)")
+                return self._writeEach(username, diff, urgent)
+            self._checkWrites(username, results)
+            return None
+
+        return DeferredList(writes, consumeErrors=True).addCallback(checkOrFallBack)
+
+    def _writeEach(self, username: str, diff: RosterDiff, urgent: bool) -> Deferred[None]:
+        """
+        One privileged set per item.
+        """
         writes = [self._sync.run(username, urgent, self._writeItem, username, c.toXML("both"), False)
                   for c in diff.changed]
         writes += [
@@ -342,25 +400,54 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
                              True)
             for jid in diff.removed
         ]
-        d = DeferredList(writes, consumeErrors=True)
+        return DeferredList(writes, consumeErrors=True).addCallback(lambda results: self._checkWrites(username,
+                                                                                                    results))
 
-        def check(results: list[tuple[bool, object]]) -> None:
-            failed = [r for ok, r in results if not ok]
-            if not failed:
-                # Every item was stored: none of them is a poison write.
-                self._strikes.pop(username, None)
-                return
-            if all(f.check(*DISCONNECTED) for f in failed):  # type: ignore[attr-defined]
-                # Not refused: the stream went away.  The user stays
-                # unsynced and is written after the reconnect.
-                raise NotConnected(f"{len(failed)} of {len(results)} roster writes for {username!r} "
-                                   "were cut off by the loss of the XMPP connection")
-            if failed:
-                raise SyncFailed(f"{len(failed)} of {len(results)} roster writes for {username!r} failed: "
-                                 f"{failed[0].getErrorMessage()}")  # type: ignore[attr-defined]
+    def _checkWrites(self, username: str, results: list[tuple[bool, object]]) -> None:
+        """
+        Turn the outcomes of a user's writes into success or why not.
 
-        d.addCallback(check)
-        return d
+        @raise NotConnected: Writes were cut off by the loss of the stream.
+        @raise SyncFailed: The server refused some.
+        """
+        # DeferredList types every result as the value type; a failed
+        # one (ok false) is the Failure.
+        failed = [cast(Failure, r) for ok, r in results if not ok]
+        if not failed:
+            # Every item was stored: none of them is a poison write.
+            self._strikes.pop(username, None)
+            return
+        if all(f.check(*DISCONNECTED) for f in failed):
+            # Not refused: the stream went away.  The user stays
+            # unsynced and is written after the reconnect.
+            raise NotConnected(f"{len(failed)} of {len(results)} roster writes for {username!r} "
+                               "were cut off by the loss of the XMPP connection")
+        raise SyncFailed(f"{len(failed)} of {len(results)} roster writes for {username!r} failed: "
+                         f"{failed[0].getErrorMessage()}")
+
+    def _writeChunk(self, username: str, itemsXML: str) -> Deferred[Any]:
+        """
+        One iq of many items for mod_rosteradmin_roster.
+
+        @raise _NoBulkWrites: The server does not know that iq.
+        """
+        if username in self.parked:
+            return fail(SyncFailed(f"roster writes for {username!r} are parked: {self.parked[username]}"))
+        d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}'>{itemsXML}</query>", "write")
+
+        def answered(result: object) -> object:
+            self.bulk = True
+            return result
+
+        def unknown(failure: Failure) -> Failure:
+            error = failure.value
+            if (self.bulk is not True and isinstance(error, StanzaError)
+                    and error.condition in ("service-unavailable", "feature-not-implemented")):
+                raise _NoBulkWrites(error.condition)
+            return failure
+
+        d.addCallbacks(answered, unknown)
+        return self._inFlight(d, username)
 
     def _strike(self, usernames: list[str]) -> None:
         """
@@ -417,7 +504,14 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         """
         self._sync.promote(username)
 
-    def _writeItem(self, username: str, itemXML: str, removal: bool) -> Deferred[object]:
+    def _writeItem(self, username: str, itemXML: str, removal: bool) -> Deferred[Any]:
+        """
+        One privileged roster set.
+
+        @return: Deferred firing with the server's answer (unused: L{write}
+            looks only at failures), or C{None} for the removal of an item
+            the server did not hold.
+        """
         if username in self.parked:
             return fail(SyncFailed(f"roster writes for {username!r} are parked: {self.parked[username]}"))
         d = self._request(username, "set", f"<query xmlns='{NS_ROSTER}'>{itemXML}</query>", "write")
@@ -444,7 +538,8 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
     @staticmethod
     def _ignoreItemNotFound(failure: Failure) -> Failure | None:
         failure.trap(StanzaError)
-        return failure if failure.value.condition != "item-not-found" else None
+        error = failure.value
+        return failure if not isinstance(error, StanzaError) or error.condition != "item-not-found" else None
 
     def push(self, username: str, before: Roster, after: Roster, rewrite: frozenset[str] = frozenset()) -> int:
         """
@@ -482,12 +577,14 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
                 d = self._inFlight(self._request(
                     username, "set", f"<privileged_iq xmlns='{NS_PRIVILEGE_2}'>{push}</privileged_iq>", "push"),
                     username)
-                d.addErrback(lambda f, r=resource: self.log.warn(
-                    "roster push to {resource} failed: {why}", resource=r, why=f.getErrorMessage()))
+                d.addErrback(self._ebPush, resource)
                 sent += 1
         self.log.info("pushed {count} roster changes to {resources} resources of {user}",
                       count=len(steps), resources=len(resources), user=username)
         return sent
+
+    def _ebPush(self, failure: Failure, resource: str) -> None:
+        self.log.warn("roster push to {resource} failed: {why}", resource=resource, why=failure.getErrorMessage())
 
     def _request(self, username: str, iqType: str, payload: str, what: str = "write") -> Deferred[domish.Element]:
         """
@@ -517,5 +614,6 @@ class PrivilegeHandler(XMPPHandler):  # type: ignore[misc]
         if failure.check(*DISCONNECTED):
             raise NotConnected(f"privileged roster {what} for {username!r} was cut off by the loss of the "
                                "XMPP connection")
-        reason = failure.value.condition if failure.check(StanzaError) else failure.getErrorMessage()
+        error = failure.value
+        reason = error.condition if isinstance(error, StanzaError) else failure.getErrorMessage()
         raise SyncFailed(f"privileged roster {what} for {username!r} failed: {reason}")

@@ -139,7 +139,14 @@ class ComponentOnWire:
     """
 
     def __init__(self, webApp: WebApp | None = None, config: Config | None = None,
-                 state: SyncState | None = None) -> None:
+                 state: SyncState | None = None, bulk: bool | None = False) -> None:
+        """
+        @param bulk: What the component knows of the server's many-items
+            roster writes (contrib's mod_rosteradmin_roster) at each
+            handshake: C{False}, the default, writes one item per set, as
+            with mod_privilege alone; C{None} tries them first.
+        """
+        self.bulk = bulk
         self.clock = Clock()
         self.config = config or makeConfig()
         self.webApp = webApp or WebApp()
@@ -160,6 +167,7 @@ class ComponentOnWire:
         self.xmlstream.dataReceived(STREAM_HEADER)
         assert b"<handshake>" in self.transport.value()
         self.transport.clear()
+        self.component.privileges.bulk = self.bulk
         self.xmlstream.dataReceived("<handshake/>" + burst)
 
     def receive(self, xml: str) -> None:

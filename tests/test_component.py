@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.words.xish import domish
 
-from rosteradmin.privilege import MAX_SYNC_IN_FLIGHT, RESERVED_FOR_CLIENTS
+from rosteradmin.privilege import MAX_SYNC_IN_FLIGHT, NS_BULK_ROSTER, RESERVED_FOR_CLIENTS
 from rosteradmin.roster import NS_ROSTER, Contact, Roster
 from tests.helpers import COMPONENT, DOMAIN, PERMISSIONS_2, STREAM_HEADER, ComponentOnWire, WebApp
 
@@ -48,15 +48,31 @@ def innerIQ(reply: domish.Element) -> domish.Element:
     return inner
 
 
+def noBulkWrites(iq: domish.Element) -> bool:
+    """
+    Whether C{iq} is a many-items write, which a server without contrib's
+    mod_rosteradmin_roster refuses.
+    """
+    return iq.query is not None and iq.query.uri == NS_BULK_ROSTER
+
+
+def noBulk(iq: domish.Element) -> str:
+    return (f"<iq type='error' from='{iq['to']}' to='{COMPONENT}' id='{iq['id']}'><error type='cancel'>"
+            "<service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")
+
+
 def serverAnswers(stored: str = "") -> object:
     """
     Answer privileged roster gets with C{stored} items and sets with results,
-    as Prosody does.
+    as Prosody with mod_privilege alone does (many-items writes are
+    refused: no mod_rosteradmin_roster).
     """
 
     def reply(iq: domish.Element) -> str | None:
         if iq.name != "iq" or iq.getAttribute("type") not in ("get", "set"):
             return None
+        if noBulkWrites(iq):
+            return noBulk(iq)
         payload = f"<query xmlns='{NS_ROSTER}'>{stored}</query>" if iq["type"] == "get" else ""
         return f"<iq type='result' from='{iq['to']}' to='{COMPONENT}' id='{iq['id']}'>{payload}</iq>"
 
@@ -76,6 +92,8 @@ class StoringServer:
     def __call__(self, iq: domish.Element) -> str | None:
         if iq.name != "iq" or iq.getAttribute("type") not in ("get", "set"):
             return None
+        if noBulkWrites(iq):
+            return noBulk(iq)
         roster = self.items.setdefault(iq["to"], {})
         payload = ""
         if iq["type"] == "get":

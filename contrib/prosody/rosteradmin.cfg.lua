@@ -33,9 +33,11 @@ VirtualHost "example.org"
     -- file): it stops subscription presences (subscribe, subscribed,
     -- unsubscribe, unsubscribed) to and from this host's users, which Prosody
     -- would otherwise apply to the stored rosters behind the web app's back.
-    -- Copy mod_rosteradmin_subscriptions.lua into a plugin path, e.g.
-    --     install -m 644 mod_rosteradmin_subscriptions.lua /usr/local/lib/prosody/modules/
-    modules_enabled = { "privilege"; "delegation"; "rosteradmin_subscriptions" }
+    -- Copy both into a plugin path, e.g.
+    --     install -m 644 mod_rosteradmin_*.lua /usr/local/lib/prosody/modules/
+    -- mod_rosteradmin_roster (also next to this file) lets rosteradmin write
+    -- many roster items with one save instead of one full save per item.
+    modules_enabled = { "privilege"; "delegation"; "rosteradmin_subscriptions"; "rosteradmin_roster" }
 
     -- XEP-0356: what rosteradmin may do with this host's users.
     privileged_entities = {

@@ -36,12 +36,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def prosody(tmp_path: Path) -> Iterator[ProsodyServer]:
+def prosody(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProsodyServer]:
     """
     A started Prosody with the accounts alice, bob, carol, dave and erin
-    (password C{pw}), stopped after the test.
+    (password C{pw}), stopped after the test.  A test parametrised
+    indirectly with a tuple of module names gets it without those contrib
+    modules (C{@pytest.mark.parametrize("prosody", [("rosteradmin_roster",)],
+    indirect=True)}).
     """
-    server = ProsodyServer(tmp_path)
+    server = ProsodyServer(tmp_path, without=getattr(request, "param", ()))
     try:
         server.start()
     except RuntimeError as e:

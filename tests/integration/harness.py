@@ -68,11 +68,35 @@ class ProsodyServer(LocalProsody):
     @ivar accounts: The password of each account.
     """
 
-    def __init__(self, tempDir: Path) -> None:
-        super().__init__(tempDir, CONTRIB_CONFIG)
+    def __init__(self, tempDir: Path, without: tuple[str, ...] = ()) -> None:
+        """
+        @param without: Modules of the contrib configuration's
+            C{modules_enabled} to leave out (the contrib config is copied
+            into C{tempDir} without them), to test a server that lacks them.
+        """
+        super().__init__(tempDir, contribConfigWithout(tempDir, without) if without else CONTRIB_CONFIG)
         self.tempDir = self.directory
         for user in USERS:
             self.addAccount(user, PASSWORD)
+
+
+def contribConfigWithout(directory: Path, modules: tuple[str, ...]) -> Path:
+    """
+    A copy of the contrib configuration, in C{directory}, whose module lists
+    leave out C{modules}; contrib's own Lua modules stay reachable.
+    """
+    text = CONTRIB_CONFIG.read_text()
+    for module in modules:
+        entry = f'; "{module}"'
+        if entry not in text:
+            raise ValueError(f"{module} is not enabled in {CONTRIB_CONFIG}")
+        text = text.replace(entry, "")
+    directory.mkdir(parents=True, exist_ok=True)
+    copy = directory / "rosteradmin-without.cfg.lua"
+    copy.write_text(text)
+    for source in CONTRIB_CONFIG.parent.glob("mod_*.lua"):
+        (directory / source.name).write_text(source.read_text())
+    return copy
 
 
 class WebAppStub(Resource):

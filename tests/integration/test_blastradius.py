@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -39,6 +40,20 @@ STREAM_TROUBLE = ("stanza-too-large", "not-well-formed", "Disconnecting componen
 #: 6,000 groups of about 110 characters: one roster item of about 760 KB,
 #: which no stanza of at most 512 KiB can carry.
 HUGE_GROUPS = [f"Group {i:05d} " + "g" * 100 for i in range(6000)]
+
+
+@pytest.fixture
+def prosody(tmp_path: Path) -> Iterator[ProsodyServer]:
+    """
+    Prosody with mod_privilege alone for roster writes (no contrib
+    mod_rosteradmin_roster): one item per privileged set, each a full save
+    of the roster, the costliest path and the one these faults were found
+    on.
+    """
+    server = ProsodyServer(tmp_path, without=("rosteradmin_roster",))
+    server.start()
+    yield server
+    server.stop()
 
 
 def contactsOf(count: int, start: int = 0) -> dict[str, Any]:

@@ -172,6 +172,8 @@ async def test_componentGetsPrivilegesAndDelegation(prosody: ProsodyServer) -> N
     assert [d["namespace"] for d in byChild[NS_DELEGATION].elements(NS_DELEGATION, "delegated")] == [NS_ROSTER]
 
 
+# The client stack's own subscriptions: without contrib's blocker.
+@pytest.mark.parametrize("prosody", [("rosteradmin_subscriptions",)], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_clientsExchangePresenceAndMessages(prosody: ProsodyServer, clients: ClientFactory) -> None:
     """
@@ -302,6 +304,8 @@ async def test_logoutLeavesNothingBehind(prosody: ProsodyServer) -> None:
     await alice.disconnect()
 
 
+# The client stack's own subscriptions: without contrib's blocker.
+@pytest.mark.parametrize("prosody", [("rosteradmin_subscriptions",)], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_restartKeepsPortsAndData(prosody: ProsodyServer, clients: ClientFactory) -> None:
     """

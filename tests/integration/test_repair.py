@@ -13,26 +13,18 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from rosteradmin.devprosody import LocalProsody
-from tests.integration.harness import CONTRIB_CONFIG, PASSWORD, USERS
+from tests.integration.harness import ProsodyServer
 from tests.integration.service import RunningService
 
 INTERVAL = 3.0
 
 
 @pytest.fixture
-def xmppServer(tmp_path: Path) -> Iterator[LocalProsody]:
+def prosody(tmp_path: Path) -> Iterator[ProsodyServer]:
     """
     Prosody with the contrib configuration less the subscription blocker.
     """
-    config = tmp_path / "rosteradmin-unblocked.cfg.lua"
-    text = CONTRIB_CONFIG.read_text()
-    blocking = '"privilege"; "delegation"; "rosteradmin_subscriptions"'
-    assert blocking in text
-    config.write_text(text.replace(blocking, '"privilege"; "delegation"'))
-    server = LocalProsody(tmp_path / "prosody", config)
-    for user in USERS:
-        server.addAccount(user, PASSWORD)
+    server = ProsodyServer(tmp_path, without=("rosteradmin_subscriptions",))
     server.start()
     yield server
     server.stop()
@@ -49,7 +41,7 @@ def serviceArgs() -> list[str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_unsubscribedIsRepairedAndPushed(xmppServer: LocalProsody, service: RunningService,
+async def test_unsubscribedIsRepairedAndPushed(xmppServer: ProsodyServer, service: RunningService,
                                                 clients: Any) -> None:
     """
     Converse's "remove contact" sends unsubscribed: Prosody applies it to
