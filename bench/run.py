@@ -2,6 +2,7 @@
 Run every benchmark scenario and print one table.
 
     python -m bench.run [--runs 3] [--quick] [--profile bench-profile.txt]
+    python -m bench.run --scenario large-first-sync [--sync-contacts 3000] [--runs 1]
 
 Each scenario runs the same users and rosters against (A) Prosody
 answering roster gets itself from its storage and (B) Prosody delegating
@@ -28,21 +29,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
+from bench.procstat import cpuSeconds
 from bench.rosters import DOMAIN, username, writeProsodyStorage, writeStoredRoster
 from bench.xmppload import LoadClient, connectMany, percentiles
 from rosteradmin.devprosody import LocalProsody, freePort
 
 ROOT = Path(__file__).parent.parent
 PASSWORD = "pw"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpuSeconds(pid: int) -> float:
-    """
-    User + system CPU seconds a process has used (from /proc).
-    """
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def rssBytes(pid: int) -> int:
@@ -284,6 +278,25 @@ async def largeRoster(setup: Setup, size: int) -> dict[str, Any]:
             "ver-current get ms": statistics.median(current) * 1000}
 
 
+async def largeFirstSyncRuns(workdir: Path, args: argparse.Namespace, contacts: int) -> list[dict[str, Any]]:
+    """
+    Scenario 6 (B only, L{bench.firstsync}): each run on a fresh Prosody
+    whose storage holds no roster for the big user.
+    """
+    users = usersNeeded(contacts, args.sync_idle, args.sync_timeout, 0.2)
+    results = []
+    for run in range(args.runs):
+        setup = Setup(workdir / f"first-sync-{run}", "B", users, SMALL_ROSTER, args.delay)
+        prepareStorage(setup.prosody.dataPath)
+        setup.start()
+        try:
+            setup.webappCall("POST", f"/size/0/{contacts}")
+            results.append(await largeFirstSync(setup, contacts, users, args.sync_idle, args.sync_timeout))
+        finally:
+            setup.stop()
+    return results
+
+
 def memory(users: int, contacts: int) -> dict[str, Any]:
     """
     Scenario 4, in a fresh process: RSS per cached contact.
@@ -302,6 +315,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, str]:
         elif all(isinstance(v, (int, float)) for v in values):
             lo, mid, hi = min(values), statistics.median(values), max(values)
             table[key] = _number(mid) if lo == hi else f"{_number(mid)} ({_number(lo)}–{_number(hi)})"
+        elif all(isinstance(v, str) for v in values):
+            table[key] = " / ".join(sorted(set(values)))
     return table
 
 
@@ -309,8 +324,8 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def printTable(rows: list[tuple[str, str, str, str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+def printTable(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for index, row in enumerate(rows):
         print(" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
         if index == 0:
@@ -319,55 +334,73 @@ def printTable(rows: list[tuple[str, str, str, str]]) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     scale = 0.1 if args.quick else 1.0
+    rows: list[tuple[str, ...]] = [("scenario", "metric", "A: Prosody", "B: rosteradmin")]
+    results: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    ratios: dict[str, list[float]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="rosteradmin-bench-") as tmp:
+        if args.scenario == "all":
+            await classicScenarios(Path(tmp), args, scale, results)
+        if args.scenario in ("all", "large-first-sync"):
+            contacts = args.sync_contacts if args.sync_contacts is not None else int(3000 * scale)
+            results[f"6 large first sync ({contacts} contacts)"]["B"] = await largeFirstSyncRuns(
+                Path(tmp), args, contacts)
+    printResults(results, rows, ratios)
+
+
+async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
+                           results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """
+    Scenarios 1 to 5.
+    """
     storm = [int(1000 * scale), int(5000 * scale)]
     refreshSizes = [int(1000 * scale), int(10000 * scale)]
     users = max(refreshSizes + storm + [100])
     gets = int(10000 * scale)
-    rows: list[tuple[str, str, str, str]] = [("scenario", "metric", "A: Prosody", "B: rosteradmin")]
-    results: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    ratios: dict[str, list[float]] = defaultdict(list)
-    with tempfile.TemporaryDirectory(prefix="rosteradmin-bench-") as tmp:
-        for mode in ("A", "B"):
-            setup = Setup(Path(tmp), mode, users, 50, args.delay)
-            setup.start()
-            try:
-                for run in range(args.runs):
-                    profiler = None
-                    if mode == "B" and args.profile and run == 0:
-                        profiler = subprocess.Popen(["py-spy", "record", "--pid", str(setup.component.pid),
-                                                     "--format", "raw", "--output", args.profile, "--rate", "200"],
-                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    results["1 warm gets (100 clients)"][mode].append(await warmGets(setup, 100, gets))
-                    if profiler is not None:
-                        profiler.send_signal(signal.SIGINT)
-                        profiler.wait(60)
-                    for n in storm:
-                        results[f"2 login storm ({n} users)"][mode].append(await loginStorm(setup, n))
-                    if mode == "B":
-                        for n in refreshSizes:
-                            results[f"3 bulk refresh ({n} users)"][mode].append(await bulkRefresh(setup, n))
-            finally:
-                setup.stop()
-        for mode in ("A", "B"):
-            big = Setup(Path(tmp) / "large", mode, 5001, 50, args.delay)
-            writeStoredRoster(big.prosody.dataPath, 0, 5001, 5000)
-            big.start()
-            try:
+    for mode in ("A", "B"):
+        setup = Setup(tmp, mode, users, 50, args.delay)
+        setup.start()
+        try:
+            for run in range(args.runs):
+                profiler = None
+                if mode == "B" and args.profile and run == 0:
+                    profiler = subprocess.Popen(["py-spy", "record", "--pid", str(setup.component.pid),
+                                                 "--format", "raw", "--output", args.profile, "--rate", "200"],
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                results["1 warm gets (100 clients)"][mode].append(await warmGets(setup, 100, gets))
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)
+                    profiler.wait(60)
+                for n in storm:
+                    results[f"2 login storm ({n} users)"][mode].append(await loginStorm(setup, n))
                 if mode == "B":
-                    big.webappCall("POST", "/size/0/5000")
-                    big.restartComponent()
-                for _ in range(args.runs):
-                    results["5 large roster (5000 contacts)"][mode].append(await largeRoster(big, 5000))
-            finally:
-                big.stop()
+                    for n in refreshSizes:
+                        results[f"3 bulk refresh ({n} users)"][mode].append(await bulkRefresh(setup, n))
+        finally:
+            setup.stop()
+    for mode in ("A", "B"):
+        big = Setup(tmp / "large", mode, 5001, 50, args.delay)
+        writeStoredRoster(big.prosody.dataPath, 0, 5001, 5000)
+        big.start()
+        try:
+            if mode == "B":
+                big.webappCall("POST", "/size/0/5000")
+                big.restartComponent()
+            for _ in range(args.runs):
+                results["5 large roster (5000 contacts)"][mode].append(await largeRoster(big, 5000))
+        finally:
+            big.stop()
     for users_, contacts in ((int(10000 * scale), 50), (int(100000 * scale), 20)):
         results[f"4 memory ({users_} x {contacts})"]["B"] = [memory(users_, contacts) for _ in range(args.runs)]
 
+
+def printResults(results: dict[str, dict[str, list[dict[str, Any]]]], rows: list[tuple[str, ...]],
+                 ratios: dict[str, list[float]]) -> None:
     for scenario in sorted(results):
         a = summarise(results[scenario]["A"]) if results[scenario]["A"] else {}
         b = summarise(results[scenario]["B"])
         for metric in b:
-            rows.append((scenario, metric, a.get(metric, "-"), b[metric]))
+            if not metric.endswith(PHASES):
+                rows.append((scenario, metric, a.get(metric, "-"), b[metric]))
         for metric in ("gets/s", "rosters/s", "p50", "p99", "full get ms"):
             if metric in a and metric in b:
                 ra = statistics.median(r[metric] for r in results[scenario]["A"])
@@ -383,6 +416,26 @@ async def main(args: argparse.Namespace) -> None:
     print()
     for name, values in ratios.items():
         print(f"{name}: {values[0]:.2f}")
+    for scenario in sorted(results):
+        printPhases(scenario, summarise(results[scenario]["B"]))
+
+
+#: Suffixes of metrics measured in two phases of one scenario (B only),
+#: printed side by side by L{printPhases}.
+PHASES = (" idle", " during")
+
+
+def printPhases(scenario: str, table: dict[str, str]) -> None:
+    """
+    A scenario's two-phase metrics as one row each: idle, then during.
+    """
+    names = list(dict.fromkeys(m[:-len(" idle")] for m in table if m.endswith(" idle")))
+    if not names:
+        return
+    print()
+    rows: list[tuple[str, ...]] = [(f"{scenario}, B", "idle", "during")]
+    rows += [(name, table[name + " idle"], table.get(name + " during", "-")) for name in names]
+    printTable(rows)
 
 
 if __name__ == "__main__":
@@ -391,6 +444,14 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, to try the harness")
     parser.add_argument("--delay", type=float, default=0.005, help="web app answer delay in seconds")
     parser.add_argument("--profile", help="write a py-spy profile of rosteradmin in scenario 1 here")
+    parser.add_argument("--scenario", choices=("all", "large-first-sync"), default="all",
+                        help="run every scenario, or only scenario 6 (bench/firstsync.py)")
+    parser.add_argument("--sync-contacts", type=int, default=None,
+                        help="contacts of the big user in scenario 6 (default 3,000; 300 with --quick)")
+    parser.add_argument("--sync-idle", type=float, default=30.0,
+                        help="seconds of probes before the sync in scenario 6 (the idle baseline)")
+    parser.add_argument("--sync-timeout", type=float, default=900.0,
+                        help="seconds the big user waits for its roster in scenario 6")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     asyncio.run(main(parser.parse_args()))

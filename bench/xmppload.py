@@ -2,7 +2,8 @@
 A lightweight XMPP client for load: raw stanzas over asyncio, thousands of
 connections in one process.  It logs in (SASL PLAIN, plain TCP on
 loopback), binds a resource, sends roster gets and times them, and answers
-roster pushes.
+roster pushes.  For native probes it also times pings to the server and
+message round trips to a client that echoes them.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ class LoadClient:
     One XMPP session.
 
     @ivar pushes: Roster pushes received.
+    @ivar echo: Send every message received back to its sender, with its
+        id (the far end of L{messageRoundTrip}).
     """
 
-    def __init__(self, username: str, domain: str) -> None:
+    def __init__(self, username: str, domain: str, echo: bool = False) -> None:
         self.username = username
         self.domain = domain
         self.pushes = 0
+        self.echo = echo
         self._pending: dict[str, asyncio.Future[ET.Element]] = {}
         self._stanzas: asyncio.Queue[ET.Element] = asyncio.Queue()
         self._reader: asyncio.StreamReader | None = None
@@ -85,6 +89,9 @@ class LoadClient:
     async def _dispatch(self) -> None:
         while True:
             element = await self._stanzas.get()
+            if element.tag.endswith("}message"):
+                self._messageReceived(element)
+                continue
             if not element.tag.endswith("}iq"):
                 continue
             kind, stanzaID = element.get("type"), element.get("id", "")
@@ -96,16 +103,58 @@ class LoadClient:
                 self.pushes += 1
                 self._send(f"<iq type='result' id='{stanzaID}'/>")
 
+    def _messageReceived(self, message: ET.Element) -> None:
+        stanzaID, sender = message.get("id", ""), message.get("from")
+        future = self._pending.pop(stanzaID, None)
+        if future is not None:
+            if not future.done():
+                future.set_result(message)
+        elif self.echo and sender:
+            self._send(f"<message to='{sender}' id='{stanzaID}' type='chat'><body>echo</body></message>")
+
     def _send(self, data: str) -> None:
         assert self._writer is not None
         self._writer.write(data.encode())
 
-    async def iq(self, kind: str, payload: str, timeout: float = 60) -> ET.Element:
+    async def iq(self, kind: str, payload: str, timeout: float = 60, to: str | None = None) -> ET.Element:
         stanzaID = f"l{next(_ids)}"
         future: asyncio.Future[ET.Element] = asyncio.get_running_loop().create_future()
         self._pending[stanzaID] = future
-        self._send(f"<iq type='{kind}' id='{stanzaID}'>{payload}</iq>")
-        return await asyncio.wait_for(future, timeout)
+        toAttr = f" to='{to}'" if to is not None else ""
+        self._send(f"<iq type='{kind}' id='{stanzaID}'{toAttr}>{payload}</iq>")
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(stanzaID, None)
+
+    async def ping(self, timeout: float = 60) -> float:
+        """
+        One XEP-0199 ping to the server (answered by Prosody's mod_ping);
+        its latency in seconds.
+        """
+        started = time.perf_counter()
+        reply = await self.iq("get", "<ping xmlns='urn:xmpp:ping'/>", timeout, to=self.domain)
+        if reply.get("type") != "result":
+            raise RuntimeError(f"{self.username}: ping failed: {ET.tostring(reply)[:300]!r}")
+        return time.perf_counter() - started
+
+    async def messageRoundTrip(self, to: str, timeout: float = 60) -> float:
+        """
+        Send a message to the full JID C{to}, whose client echoes it
+        (C{echo}), and wait for the echo: two trips through the server's
+        client connections and routing, no component involved.  Its latency
+        in seconds.
+        """
+        stanzaID = f"m{next(_ids)}"
+        future: asyncio.Future[ET.Element] = asyncio.get_running_loop().create_future()
+        self._pending[stanzaID] = future
+        started = time.perf_counter()
+        self._send(f"<message to='{to}' id='{stanzaID}' type='chat'><body>probe</body></message>")
+        try:
+            await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(stanzaID, None)
+        return time.perf_counter() - started
 
     async def rosterGet(self, ver: str | None = None) -> tuple[float, ET.Element]:
         """
