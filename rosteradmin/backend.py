@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
@@ -305,13 +305,14 @@ class RosterBackend(Service):
     def _canSync(self) -> bool:
         return self.sync is not None and self.sync.canSync()
 
-    def _locked(self, username: str, work: Callable[..., Awaitable[T]], *args: object) -> Deferred[T]:
+    def _locked(self, username: str, work: Callable[..., Coroutine[Deferred[Any], Any, T]],
+                *args: object) -> Deferred[T]:
         """
         Run C{work} while holding the user's lock.
         """
         return self._locks.run(username, lambda: ensureDeferred(work(*args)))
 
-    def _background(self, d: Deferred[object], what: str, username: str) -> None:
+    def _background(self, d: Deferred[Any], what: str, username: str) -> None:
         """
         Let work run on its own, logging how it failed.
         """
@@ -342,7 +343,8 @@ class RosterBackend(Service):
         @param urgent: A client waits (see L{RosterFetcher.fetch}).
         """
         known = self.state.serverVersion(username) is not None and not verify
-        stored = self.sync.readStored(username, urgent) if self._canSync() and not known else None
+        sync = self.sync
+        stored = sync.readStored(username, urgent) if sync is not None and sync.canSync() and not known else None
         try:
             roster = await self.fetcher.fetch(username, urgent)
         except FetchFailed:
@@ -484,6 +486,10 @@ class RosterBackend(Service):
             if stored.notBoth:
                 diff = _withRewrites(diff, roster, stored.notBoth)
             if diff:
+                # Until the write is done, what the server holds is not the
+                # recorded version: a crash meanwhile must not leave the
+                # cheap path trusting it.
+                self.state.forgetServer(username)
                 await self.sync.write(username, diff, urgent)
         except (SyncFailed, NotConnected) as e:
             self.log.warn("server roster of {user} not synced: {why}", user=username, why=str(e))

@@ -105,7 +105,11 @@ class FullSync(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.atStart and self.lister is not None:
+        interrupted = self.backend.state.interruptedSync()
+        if interrupted is not None:
+            self.log.info("the {kind} sync of the previous run did not finish: starting it again", kind=interrupted)
+            self.backend.writable().addCallback(lambda _: self.start(interrupted))
+        elif self.atStart and self.lister is not None:
             self.backend.writable().addCallback(lambda _: self.start("full"))
         self._loop = LoopingCall(self._reconcile)
         self._loop.clock = self.clock
@@ -127,6 +131,11 @@ class FullSync(Service):
             return self.current
         progress = self.current = SyncProgress(kind, time.time())
         self.log.info("{kind} sync started", kind=kind)
+        if usernames is not None:
+            # Accepted: they are synced even if this process dies first.
+            self.backend.state.addPending(usernames)
+        else:
+            self.backend.state.syncRunning(kind)
         self._running = ensureDeferred(self._run(progress, usernames))
         self._running.addErrback(lambda f: self.log.failure("{kind} sync failed", f, kind=kind))
         return progress
@@ -149,6 +158,8 @@ class FullSync(Service):
             progress.error = str(e)
             self.log.error("{kind} sync stopped: {why}", kind=progress.kind, why=str(e))
         progress.finishedAt = time.time()
+        if usernames is None and progress.error is None:
+            self.backend.state.syncRunning(None)
         self.log.info("{kind} sync done in {elapsed:.1f} s: {synced} synced, {failed} failed of {listed}",
                       kind=progress.kind, elapsed=time.monotonic() - started, synced=progress.synced,
                       failed=progress.failed, listed=progress.listed)

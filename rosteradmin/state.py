@@ -132,6 +132,23 @@ class SyncState:
     def pendingCount(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM pending").fetchone()[0])
 
+    def interruptedSync(self) -> str | None:
+        """
+        The kind of full sync or reconciliation pass that was running when
+        the previous process ended, if it did not finish.
+        """
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'sync_running'").fetchone()
+        return row[0] if row is not None else None
+
+    def syncRunning(self, kind: str | None) -> None:
+        """
+        A pass of this kind runs now (C{None}: none does).
+        """
+        if kind is None:
+            self._db.execute("DELETE FROM meta WHERE key = 'sync_running'")
+        else:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('sync_running', ?)", (kind,))
+
     def knownUsers(self) -> list[str]:
         """
         The users whose server roster version is known.

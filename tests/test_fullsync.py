@@ -5,10 +5,15 @@ anyone logs in, and drift found and repaired by reconciliation.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from twisted.logger import capturedLogs
 from treq.testing import StubTreq
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from rosteradmin.fullsync import FullSync
+from rosteradmin.state import SyncState
 from rosteradmin.users import UserLister
 from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp
 from tests.test_component import serverAnswers
@@ -95,3 +100,44 @@ def test_secondStartJoinsTheRunningPass() -> None:
     wire.http.flush()
     assert not first.running and first.synced == 1
     fullSync.stopService()
+
+
+class NeverAnswers(Resource):
+    """
+    A users endpoint that never answers.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> int:
+        return NOT_DONE_YET
+
+
+def test_interruptedFullSyncStartsAgain(tmp_path: Path) -> None:
+    """
+    A full sync still running when the process ends is started again by
+    the next process on the same state, even with the start-up sync off; a
+    named-users sync leaves its users pending from the moment it is
+    accepted.
+    """
+    path = str(tmp_path / "state.sqlite")
+    wire = ComponentOnWire(WebApp({"alice": {"bob@example.org": {}}}), state=SyncState(path))
+    lister = UserLister("http://webapp.invalid/users", wire.clock, http=StubTreq(NeverAnswers()))
+    first = FullSync(wire.backend, lister, wire.clock, atStart=False, reconcileInterval=3600)
+    first.start("full")  # the users page never arrives: the process dies here
+    first.current = None
+    first.start("users", ["carol", "dave"])
+    assert SyncState(path).interruptedSync() == "full"
+    assert SyncState(path).pending() == ["carol", "dave"]
+
+    usersHTTP = StubTreq(UsersApp([["alice"]]))
+    restarted = ComponentOnWire(WebApp({"alice": {"bob@example.org": {}}}), state=SyncState(path))
+    again = FullSync(restarted.backend, UserLister("http://webapp.invalid/users", restarted.clock, http=usersHTTP),
+                     restarted.clock, atStart=False, reconcileInterval=3600)
+    again.startService()
+    with capturedLogs():
+        restarted.handshake(PERMISSIONS_2)
+        runAll(restarted, usersHTTP, serverAnswers())
+    assert again.current is not None and again.current.kind == "full" and not again.current.running
+    assert SyncState(path).interruptedSync() is None
+    again.stopService()
