@@ -69,9 +69,10 @@ class RefreshResource(JsonResource):
 
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)
-        if len(request.postpath) != 1 or not request.postpath[0]:
+        postpath = request.postpath or []  # None only before traversal
+        if len(postpath) != 1 or not postpath[0]:
             raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "Use POST with a JSON array of usernames")
-        return await self._refresh([self._username(request.postpath[0])])
+        return await self._refresh([self._username(postpath[0])])
 
     async def _post(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)

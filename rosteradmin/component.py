@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IAddress, IConnector, IConsumer, IPushProducer, IReactorTime, ITransport
+from twisted.internet.interfaces import IAddress, IConnector, IConsumer, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,12 +26,11 @@ from wokkel import component
 from wokkel.subprotocols import StreamManager, XMPPHandler
 from zope.interface import implementer
 
-from rosteradmin.backend import RosterBackend
 from rosteradmin.config import Config
 from rosteradmin.delegation import DelegationHandler
 from rosteradmin.disco import DiscoHandler
 from rosteradmin.fairness import QueryGate
-from rosteradmin.interfaces import IConnectionStatus
+from rosteradmin.interfaces import IConnectionStatus, IRosterBackend
 from rosteradmin.muc import RoomKicker
 from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.roster import NS_ROSTER
@@ -51,23 +50,27 @@ class ReadOnlyWhileDrained:
     @ivar pauses: How often reading was paused.
     """
 
-    def __init__(self, transport: ITransport) -> None:
+    def __init__(self, transport: IPushProducer) -> None:
+        """
+        @param transport: The component stream's transport, whose reading
+            is paused and resumed.
+        """
         self.transport = transport
         self.pauses = 0
 
     def pauseProducing(self) -> None:
         self.pauses += 1
-        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         pass
 
 
 @implementer(IConnectionStatus)
-class ConnectionMonitor(XMPPHandler):  # type: ignore[misc]
+class ConnectionMonitor(XMPPHandler):
     """
     Knows whether the component is connected, keeps the stream alive, and
     reports why the server closed it.
@@ -150,7 +153,7 @@ class ConnectionMonitor(XMPPHandler):  # type: ignore[misc]
             self.xmlstream.send(" ")
 
 
-class HandshakeBackoffFactory(xmlstream.XmlStreamFactory):  # type: ignore[misc]
+class HandshakeBackoffFactory(xmlstream.XmlStreamFactory):
     """
     Reconnects with a backoff that a completed handshake resets, not a TCP
     connection: Twisted's factory resets it on connect, so a server that
@@ -169,7 +172,7 @@ class HandshakeBackoffFactory(xmlstream.XmlStreamFactory):  # type: ignore[misc]
         super().__init__(authenticator)
         self.connectFailed = connectFailed
 
-    def buildProtocol(self, addr: IAddress) -> xmlstream.XmlStream:
+    def buildProtocol(self, addr: IAddress | None) -> xmlstream.XmlStream:
         return XmlStreamFactoryMixin.buildProtocol(self, addr)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
@@ -178,12 +181,14 @@ class HandshakeBackoffFactory(xmlstream.XmlStreamFactory):  # type: ignore[misc]
         address = f"{getattr(destination, 'host', '?')}:{getattr(destination, 'port', '?')}"
         # retry() has scheduled the next attempt and already grown the delay
         # for the one after it.
-        scheduled = self._callID
+        scheduled, clock = self._callID, self.clock
+        # retry() sets the clock (the global reactor unless given) as it schedules.
         self.connectFailed(address, reason,
-                           scheduled.getTime() - self.clock.seconds() if scheduled is not None else None)
+                           scheduled.getTime() - clock.seconds() if scheduled is not None and clock is not None
+                           else None)
 
 
-class RosterComponent(component.Component):  # type: ignore[misc]
+class RosterComponent(component.Component):
     """
     The wokkel component with rosteradmin's handlers.  Nothing connects
     until the service starts.
@@ -196,7 +201,7 @@ class RosterComponent(component.Component):  # type: ignore[misc]
     @ivar kicker: Kicks room occupants (the L{IRoomKicker}).
     """
 
-    def __init__(self, config: Config, backend: RosterBackend, clock: IReactorTime, verbose: bool = False,
+    def __init__(self, config: Config, backend: IRosterBackend, clock: IReactorTime, verbose: bool = False,
                  limit: StanzaLimit | None = None) -> None:
         """
         @param limit: The server's stanza size limit, shared with the

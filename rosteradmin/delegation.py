@@ -29,7 +29,7 @@ from wokkel.subprotocols import XMPPHandler
 
 from rosteradmin.errors import StanzaTooLarge
 from rosteradmin.stanzalimit import StanzaLimit
-from rosteradmin.stanzas import NS_CLIENT, NS_FORWARD, errorReply, errorXML, findChild, iqXML, parseJID
+from rosteradmin.stanzas import NS_CLIENT, NS_FORWARD, errorReply, errorXML, findChild, iqXML, markHandled, parseJID
 
 NS_DELEGATION_1 = "urn:xmpp:delegation:1"
 NS_DELEGATION_2 = "urn:xmpp:delegation:2"
@@ -143,11 +143,12 @@ def innerError(inner: domish.Element, condition: str, errorType: str, text: str 
     )
 
 
-#: Answers one delegated client iq with the client-facing reply XML.
-Answerer = Callable[[domish.Element], "Deferred[str] | str"]
+#: Answers one delegated client iq: a Deferred firing with the
+#: client-facing reply XML.
+Answerer = Callable[[domish.Element], "Deferred[str]"]
 
 
-class DelegationHandler(XMPPHandler):  # type: ignore[misc]
+class DelegationHandler(XMPPHandler):
     """
     Receives delegated requests, hands the client's iq to the handler of its
     namespace, and sends the wrapped answer back.
@@ -194,7 +195,7 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
         delegation = findChild(message, "delegation", DELEGATION_NAMESPACES)
         if delegation is None:
             return
-        message.handled = True
+        markHandled(message)
         if message.getAttribute("from") != self.domain:
             self.log.warn(
                 "ignored delegation advertisement from untrusted {sender}",
@@ -215,7 +216,7 @@ class DelegationHandler(XMPPHandler):  # type: ignore[misc]
         """
         if findChild(iq, "delegation", DELEGATION_NAMESPACES) is None:
             return
-        iq.handled = True
+        markHandled(iq)
         sender = iq.getAttribute("from")
         if sender != self.domain:
             self.log.warn("refused delegation envelope from untrusted {sender}", sender=sender)

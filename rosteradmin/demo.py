@@ -25,7 +25,7 @@ from pathlib import Path
 
 from twisted.internet import task
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 from twisted.web import server
@@ -114,12 +114,17 @@ class ProsodyWatch:
     @ivar died: Prosody exited while the demo ran (the demo then exits 1).
     """
 
-    def __init__(self, prosody: LocalProsody, reactor: IReactorCore, interval: float = 1.0) -> None:
+    def __init__(self, prosody: LocalProsody, reactor: IReactorCore, clock: IReactorTime,
+                 interval: float = 1.0) -> None:
+        """
+        @param reactor: Stopped when Prosody dies.
+        @param clock: Times the checks (the reactor too, as a timer).
+        """
         self.prosody = prosody
         self.reactor = reactor
         self.died = False
         self._loop = task.LoopingCall(self._check)
-        self._loop.clock = reactor  # type: ignore[assignment]
+        self._loop.clock = clock
         self._loop.start(interval, now=False)
         reactor.addSystemEventTrigger("before", "shutdown", self._stopLooking)
 
@@ -164,7 +169,9 @@ def main(argv: list[str]) -> None:
     reactor.addSystemEventTrigger("after", "shutdown", prosody.stop)
 
     try:
-        reactor.listenTCP(options["webapp-port"], server.Site(RosterFileResource(rosterFile, options["users-page-size"])),
+        # Twisted types Site's protocol (a proxy) so that it fails listenTCP's bound.
+        reactor.listenTCP(options["webapp-port"],
+                          server.Site(RosterFileResource(rosterFile, options["users-page-size"])),  # type: ignore[arg-type]
                           interface="127.0.0.1")
     except CannotListenError as e:
         prosody.stop()
@@ -192,7 +199,7 @@ def main(argv: list[str]) -> None:
                  ctlCommand(options["http-port"])), flush=True)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service.startService()
-    watch = ProsodyWatch(prosody, reactor)
+    watch = ProsodyWatch(prosody, reactor, reactor)
     reactor.run()
     if watch.died:
         raise SystemExit(1)

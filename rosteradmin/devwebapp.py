@@ -102,13 +102,14 @@ class RosterFileResource(Resource):
         self.pageSize = pageSize
 
     def render_GET(self, request: server.Request) -> bytes:
-        if request.postpath == [b"users"]:
+        postpath = request.postpath or []  # None only before traversal
+        if postpath == [b"users"]:
             return self._users(request)
-        if len(request.postpath) != 2 or request.postpath[0] != b"rosters":
+        if len(postpath) != 2 or postpath[0] != b"rosters":
             request.setResponseCode(404)
             return b'{"error": "use /rosters/<username> or /users"}'
         # twisted.web has already percent-decoded the path segments.
-        username = request.postpath[1].decode("utf-8", "replace")
+        username = postpath[1].decode("utf-8", "replace")
         try:
             rosters = self._read()
         except RosterFileUnreadable:
@@ -180,7 +181,9 @@ def main(argv: list[str]) -> None:
     pageSize = int(argv[3]) if len(argv) > 3 else PAGE_SIZE
     writeSample(path)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    reactor.listenTCP(port, server.Site(RosterFileResource(path, pageSize)), interface="127.0.0.1")
+    # Twisted types Site's protocol (a proxy) so that it fails listenTCP's bound.
+    reactor.listenTCP(port, server.Site(RosterFileResource(path, pageSize)),  # type: ignore[arg-type]
+                      interface="127.0.0.1")
     reactor.run()
 
 

@@ -16,7 +16,7 @@ from wokkel.subprotocols import XMPPHandler
 
 from rosteradmin.delegation import DELEGATION_NAMESPACES
 from rosteradmin.roster import NS_ROSTER
-from rosteradmin.stanzas import attr, errorReply, iqXML
+from rosteradmin.stanzas import attr, errorReply, iqXML, markHandled
 
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
@@ -30,7 +30,7 @@ DELEGATION_NODES = frozenset(
 )
 
 
-class DiscoHandler(XMPPHandler):  # type: ignore[misc]
+class DiscoHandler(XMPPHandler):
     """
     Answers disco#info, disco#items and ping sent to the component.
     """
@@ -50,7 +50,7 @@ class DiscoHandler(XMPPHandler):  # type: ignore[misc]
         self.xmlstream.addObserver("/iq[@type='get' or @type='set']", self._onUnhandled, priority=-100)
 
     def _onInfo(self, iq: domish.Element) -> None:
-        iq.handled = True
+        markHandled(iq)
         node = iq.query.getAttribute("node")
         if node is None:
             self._reply(iq, f"<query xmlns='{NS_DISCO_INFO}'>{self._info}</query>")
@@ -62,13 +62,13 @@ class DiscoHandler(XMPPHandler):  # type: ignore[misc]
             self.send(errorReply(iq, "item-not-found", "cancel", self.componentJID))
 
     def _onItems(self, iq: domish.Element) -> None:
-        iq.handled = True
+        markHandled(iq)
         node = iq.query.getAttribute("node")
         nodeAttr = f" node='{attr(node)}'" if node is not None else ""
         self._reply(iq, f"<query xmlns='{NS_DISCO_ITEMS}'{nodeAttr}/>")
 
     def _onPing(self, iq: domish.Element) -> None:
-        iq.handled = True
+        markHandled(iq)
         self._reply(iq, "")
 
     def _onUnhandled(self, iq: domish.Element) -> None:
@@ -77,7 +77,7 @@ class DiscoHandler(XMPPHandler):  # type: ignore[misc]
         here understands.
         """
         if not iq.handled:
-            iq.handled = True
+            markHandled(iq)
             self.send(errorReply(iq, "service-unavailable", "cancel", self.componentJID))
 
     def _reply(self, iq: domish.Element, payload: str) -> None:

@@ -12,7 +12,7 @@ background ones (refreshes), so a bulk refresh never makes a login wait.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 from urllib.parse import quote
 
 from twisted.internet import error as netError
@@ -23,7 +23,7 @@ from twisted.internet.defer import (
     ensureDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -204,15 +204,16 @@ class RosterFetcher:
         """
         if failure.check(TimeoutError, CancelledError):
             return f"no complete reply within {self.timeout:g}s"
-        if failure.check(FetchFailed):
-            return failure.value.reason
+        error = failure.value
+        if isinstance(error, FetchFailed):
+            return error.reason
         if failure.check(InvalidRoster, ReplyTooLarge):
             return str(failure.value)
         if failure.check(*RETRYABLE):
             return f"cannot connect: {failure.value}"
         if failure.check(ResponseFailed):
             return "connection lost while reading the reply"
-        return f"{failure.type.__name__}: {failure.value}"
+        return f"{type(error).__name__}: {error}"
 
     async def _fetch(self, username: str) -> Roster:
         """
@@ -294,8 +295,7 @@ class _BodyReader(Protocol):
         self.done: Deferred[bytes] = Deferred(lambda d: self._drop())
 
     def _drop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        _stopBody(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -322,8 +322,18 @@ class _Discard(Protocol):
     """
 
     def connectionMade(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        _stopBody(self)
+
+
+def _stopBody(body: Protocol) -> None:
+    """
+    Stop the delivery of a response body (it closes the connection).
+    """
+    # IResponse.deliverBody connects the body protocol to an IPushProducer;
+    # Protocol.transport is typed as an ITransport, which cannot stop.
+    producer = cast("IPushProducer | None", body.transport)
+    if producer is not None:
+        producer.stopProducing()
 
 
 def preview(body: bytes) -> str:

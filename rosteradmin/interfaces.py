@@ -8,7 +8,24 @@ in L{rosteradmin.tap}.
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from rosteradmin.backend import RefreshSummary
+    from rosteradmin.cache import RosterCache
+    from rosteradmin.fetcher import RosterFetcher
+    from rosteradmin.privilege import StoredRoster
+    from rosteradmin.roster import Roster, RosterDiff
+    from rosteradmin.stanzalimit import StanzaLimit
+    from rosteradmin.state import SyncState
+
+# Interface methods take no self (zope.interface); the mypy_zope plugin
+# checks each @implementer class against these signatures, and the
+# annotated Attributes give the types the edges see.
 
 
 class IRosterBackend(Interface):
@@ -16,10 +33,17 @@ class IRosterBackend(Interface):
     The rosters: cached, fetched from the web app, written into the server.
     """
 
-    cache = Attribute("The L{rosteradmin.cache.RosterCache}.")
-    fetcher = Attribute("The L{rosteradmin.fetcher.RosterFetcher}.")
+    cache: RosterCache = Attribute("The L{rosteradmin.cache.RosterCache}.")
+    fetcher: RosterFetcher = Attribute("The L{rosteradmin.fetcher.RosterFetcher}.")
+    sync: IRosterSync | None = Attribute(
+        "Writes into the server (the L{IRosterSync}); C{None} until the XMPP side exists.")
+    state: SyncState = Attribute(
+        "What the server holds and who is pending, kept across restarts (L{rosteradmin.state.SyncState}).")
+    refreshes: int = Attribute("How many refresh requests were handled.")
+    driftRepaired: Counter[str] = Attribute(
+        "Server roster items repaired because they differed from what was written, by cause.")
 
-    def getRoster(username):  # type: ignore[no-untyped-def]
+    def getRoster(username: str) -> Deferred[Roster]:
         """
         The roster of a user: cached, or fetched (and synced into the server)
         on a miss.
@@ -28,28 +52,37 @@ class IRosterBackend(Interface):
             failing with L{rosteradmin.errors.FetchFailed}.
         """
 
-    def warm(username):  # type: ignore[no-untyped-def]
+    def warm(username: str) -> None:
         """
         Load a user's roster in the background, before the client asks.
         """
 
-    def refresh(usernames):  # type: ignore[no-untyped-def]
+    def catchUp(username: str) -> None:
+        """
+        A user was online before this connection: refresh its roster in the
+        background, so that a change made meanwhile is stored and pushed.
+        """
+
+    def refresh(usernames: list[str], verify: bool = False) -> Deferred[RefreshSummary]:
         """
         Re-fetch, diff, cache, sync and push the rosters of these users.
+
+        @param verify: Read each server roster even when it is known to be
+            current, and repair what changed behind our back.
 
         @return: Deferred firing with a L{rosteradmin.backend.RefreshSummary}.
         """
 
-    limit = Attribute("The L{rosteradmin.stanzalimit.StanzaLimit} of the server.")
-    refused = Attribute("Why each refused user's roster cannot be stored or sent, by username.")
-    unsynced = Attribute("Users whose cached roster the server may not hold yet.")
+    limit: StanzaLimit = Attribute("The L{rosteradmin.stanzalimit.StanzaLimit} of the server.")
+    refused: dict[str, str] = Attribute("Why each refused user's roster cannot be stored or sent, by username.")
+    unsynced: set[str] = Attribute("Users whose cached roster the server may not hold yet.")
 
-    def stuck():  # type: ignore[no-untyped-def]
+    def stuck() -> str | None:
         """
         Why work on rosters makes no progress, or None.
         """
 
-    def connectionRestored():  # type: ignore[no-untyped-def]
+    def connectionRestored() -> None:
         """
         The XMPP server is reachable again: write what could not be written.
         """
@@ -61,17 +94,17 @@ class IRosterSync(Interface):
     the users' online clients.
     """
 
-    def canSync():  # type: ignore[no-untyped-def]
+    def canSync() -> bool:
         """
         Whether the server granted roster access (and we are connected).
         """
 
-    syncRefusal = Attribute(
+    syncRefusal: str | None = Attribute(
         "Why the server, though connected and granting roster access, cannot "
         "take our roster writes (a misconfiguration), or None"
     )
 
-    def readStored(username, urgent):  # type: ignore[no-untyped-def]
+    def readStored(username: str, urgent: bool) -> Deferred[StoredRoster]:
         """
         The roster the server stores for a user.
 
@@ -82,7 +115,7 @@ class IRosterSync(Interface):
             L{rosteradmin.errors.NotConnected}.
         """
 
-    def write(username, diff, urgent):  # type: ignore[no-untyped-def]
+    def write(username: str, diff: RosterDiff, urgent: bool) -> Deferred[None]:
         """
         Apply a L{rosteradmin.roster.RosterDiff} to the server's roster.
 
@@ -92,20 +125,20 @@ class IRosterSync(Interface):
             with L{rosteradmin.errors.SyncFailed}.
         """
 
-    parked = Attribute("Users whose writes are held back after coinciding with stream losses, with why.")
+    parked: dict[str, str] = Attribute("Users whose writes are held back after coinciding with stream losses, with why.")
 
-    def stuck():  # type: ignore[no-untyped-def]
+    def stuck() -> str | None:
         """
         Why privileged requests make no progress, or None.
         """
 
-    def hurry(username):  # type: ignore[no-untyped-def]
+    def hurry(username: str) -> None:
         """
         A client now waits for this user's roster: make its waiting
         background reads and writes urgent.
         """
 
-    def push(username, before, after, rewrite):  # type: ignore[no-untyped-def]
+    def push(username: str, before: Roster, after: Roster, rewrite: frozenset[str]) -> int:
         """
         Push to every online client of the user what changed from the
         roster C{before} to C{after} (fire and forget), each push with the
@@ -121,7 +154,7 @@ class IRoomKicker(Interface):
     Kicks an occupant out of a chat room (XEP-0045).
     """
 
-    def kick(room, nick, reason):  # type: ignore[no-untyped-def]
+    def kick(room: str, nick: str, reason: str | None) -> Deferred[None]:
         """
         @return: Deferred firing when the room confirmed the kick, or failing
             with L{rosteradmin.errors.KickFailed} or
@@ -134,5 +167,5 @@ class IConnectionStatus(Interface):
     The state of the component's connection to the XMPP server.
     """
 
-    connected = Attribute("C{True} while the component stream is up.")
-    lastError = Attribute("The last stream error or connection failure, or C{None}.")
+    connected: bool = Attribute("C{True} while the component stream is up.")
+    lastError: str | None = Attribute("The last stream error or connection failure, or C{None}.")

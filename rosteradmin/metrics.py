@@ -99,13 +99,13 @@ class Metrics(Collector):
                                 "Users whose server roster may be behind the web app (kept across restarts)",
                                 self.backend.state.pendingCount())
         current = self.currentSync()
-        sync = GaugeMetricFamily("rosteradmin_sync_users", "Users of the current or last full sync, by state",
-                                 labels=["state"])
+        syncUsers = GaugeMetricFamily("rosteradmin_sync_users", "Users of the current or last full sync, by state",
+                                      labels=["state"])
         for state, count in (("listed", current.listed if current else 0),
                              ("synced", current.synced if current else 0),
                              ("failed", current.failed if current else 0)):
-            sync.add_metric([state], count)
-        yield sync
+            syncUsers.add_metric([state], count)
+        yield syncUsers
         yield GaugeMetricFamily("rosteradmin_sync_running", "1 while a full sync or reconciliation runs",
                                 1 if current is not None and current.running else 0)
         kicks = CounterMetricFamily("rosteradmin_kicks", "Kick requests by HTTP status", labels=["status"])

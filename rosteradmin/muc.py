@@ -26,7 +26,7 @@ from zope.interface import implementer
 from rosteradmin.errors import KickFailed
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker
 from rosteradmin.slots import KeyedLock
-from rosteradmin.stanzas import IQRequest, NS_STANZAS, attr, parseJID, sendRequest
+from rosteradmin.stanzas import IQRequest, NS_STANZAS, attr, markHandled, parseJID, sendRequest
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
@@ -37,7 +37,7 @@ REFUSALS = ("not-allowed", "forbidden")
 
 
 @implementer(IRoomKicker)
-class RoomKicker(XMPPHandler):  # type: ignore[misc]
+class RoomKicker(XMPPHandler):
     """
     Kicks occupants, joining rooms when the server wants an occupant to.
     """
@@ -77,10 +77,11 @@ class RoomKicker(XMPPHandler):  # type: ignore[misc]
     def _kick(self, room: str, nick: str, reason: str | None) -> Deferred[None]:
         d = self._sendKick(room, nick, reason)
 
-        def joinAndRetry(failure: Failure) -> Deferred[None]:
+        def joinAndRetry(failure: Failure) -> Failure | Deferred[None]:
             failure.trap(KickFailed)
-            if failure.value.condition not in REFUSALS or room in self.joined:
-                return failure  # type: ignore[return-value]
+            error = failure.value
+            if not isinstance(error, KickFailed) or error.condition not in REFUSALS or room in self.joined:
+                return failure
             self.log.info("kick in {room} refused to a non-occupant; joining as {nick}", room=room, nick=self.nick)
             joined = self._join(room)
             joined.addCallback(lambda _: self._sendKick(room, nick, reason))
@@ -95,13 +96,13 @@ class RoomKicker(XMPPHandler):  # type: ignore[misc]
         payload = (f"<query xmlns='{NS_MUC_ADMIN}'><item nick='{attr(nick)}' role='none'>"
                    f"{reasonXML}</item></query>")
         d = sendRequest(self.parent, self.status.connected, IQRequest(room, "set", payload, self.timeout))
-        d.addCallbacks(lambda _: None, self._ebKick)
-        return d
+        return d.addCallbacks(lambda _: None, self._ebKick)
 
     @staticmethod
     def _ebKick(failure: Failure) -> Failure:
-        if failure.check(StanzaError):
-            raise KickFailed(failure.value.condition, failure.value.text or "")
+        error = failure.value
+        if isinstance(error, StanzaError):
+            raise KickFailed(error.condition, error.text or "")
         if failure.check(IQTimeoutError, DeferredTimeoutError):
             raise KickFailed("timeout", "the room did not answer in time")
         return failure
@@ -143,7 +144,7 @@ class RoomKicker(XMPPHandler):  # type: ignore[misc]
         d = self._joins.get(sender.full())
         if d is None:
             return
-        presence.handled = True
+        markHandled(presence)
         if presence.getAttribute("type") == "error":
             condition = next(
                 (c.name for c in (presence.error.elements() if presence.error else ()) if c.uri == NS_STANZAS),

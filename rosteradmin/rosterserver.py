@@ -25,7 +25,7 @@ from rosteradmin.fairness import QueryGate
 from rosteradmin.interfaces import IRosterBackend
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin.stanzalimit import StanzaLimit
-from rosteradmin.stanzas import errorReply, errorXML, iqXML, parseJID
+from rosteradmin.stanzas import errorReply, errorXML, iqXML, markHandled, parseJID
 
 DIRECT_QUERY = f"/iq[@type='get' or @type='set']/query[@xmlns='{NS_ROSTER}']"
 
@@ -54,7 +54,7 @@ class QueryRefused(Exception):
         self.text = text
 
 
-class RosterServer(XMPPHandler):  # type: ignore[misc]
+class RosterServer(XMPPHandler):
     """
     Serves roster gets from an L{IRosterBackend}.
     """
@@ -102,7 +102,7 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
         to = parseJID(iq.getAttribute("to"))
         if to is None or to.userhost() != self.componentJID:
             return
-        iq.handled = True
+        markHandled(iq)
         d = ensureDeferred(self._answer(iq, None))
         d.addCallbacks(
             lambda payload: iqXML("result", iq.getAttribute("id", ""), iq["from"], payload, sender=self.componentJID),
@@ -135,8 +135,8 @@ class RosterServer(XMPPHandler):  # type: ignore[misc]
         """
         Map a failed answer to a stanza error, the one error map of this edge.
         """
-        if failure.check(QueryRefused):
-            e = failure.value
+        e = failure.value
+        if isinstance(e, QueryRefused):
             return e.condition, e.errorType, e.text
         if failure.check(RosterRefused):
             return "resource-constraint", "cancel", REFUSED_TEXT

@@ -133,6 +133,17 @@ def findChild(element: domish.Element, name: str, namespaces: tuple[str, ...]) -
     return None
 
 
+def markHandled(stanza: domish.Element) -> None:
+    """
+    Tell the other observers of a stanza (and wokkel's and Twisted's
+    fallbacks, which answer unhandled iqs with an error) that it is
+    answered.
+    """
+    # domish.Element declares no "handled"; the jabber XmlStream reads it
+    # (getattr(iq, "handled", False)), and wokkel sets it the same way.
+    stanza.handled = True  # type: ignore[attr-defined]
+
+
 class IQRequest(generic.Request):
     """
     An IQ get or set with a raw XML payload and an unguessable id.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Coroutine, Iterable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeoutError, ensureDeferred, succeed
@@ -37,7 +37,7 @@ TOO_LARGE = "Request body too large"
 #: a flood of connections must not become a flood of log lines.
 REFUSALS_LOG_INTERVAL = 60.0
 
-Handler = Callable[[server.Request], Awaitable[tuple[int, JSON]]]
+Handler = Callable[[server.Request], Coroutine[Any, Any, tuple[int, JSON]]]
 
 
 class ApiError(Exception):
@@ -69,7 +69,9 @@ class LimitedRequest(server.Request):
             # with a body that fits both error shapes of the API.
             self.tooLarge = True
             body = json.dumps({"status": "error", "message": TOO_LARGE, "error": TOO_LARGE}).encode()
-            transport = self.channel.transport
+            transport = self.channel.transport if self.channel is not None else None
+            if transport is None:
+                return  # the connection is gone already
             transport.write(
                 b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
@@ -82,8 +84,9 @@ class LimitedRequest(server.Request):
         self._received += len(data)
         if self._received > self.maxBodyBytes:
             self.tooLarge = True
-            self.content.seek(0)
-            self.content.truncate()
+            if self.content is not None:
+                self.content.seek(0)
+                self.content.truncate()
             return
         super().handleContentChunk(data)
 
@@ -152,8 +155,20 @@ class RequestDeadlineChannel(http.HTTPChannel):
         pass
 
 
+class DrainingSite(server.Site):
+    """
+    A Site that counts its requests in flight.
+
+    @ivar drain: The requests in flight (L{JsonResource} reads it).
+    """
+
+    def __init__(self, root: Resource, timeout: float, clock: IReactorTime | None) -> None:
+        super().__init__(root, timeout=timeout, reactor=clock)
+        self.drain = Drain()
+
+
 def makeSite(root: Resource, maxBodyBytes: int, timeout: float = 30.0,
-             clock: IReactorTime | None = None) -> server.Site:
+             clock: IReactorTime | None = None) -> DrainingSite:
     """
     A Site whose requests cap their bodies, whose clients must send each
     request within C{timeout} seconds (and whose idle connections are closed
@@ -161,15 +176,19 @@ def makeSite(root: Resource, maxBodyBytes: int, timeout: float = 30.0,
 
     @param clock: The timers' clock; the global reactor when None.
     """
-    request = type("Request", (LimitedRequest,), {"maxBodyBytes": maxBodyBytes})
-    site = server.Site(root, timeout=timeout, reactor=clock)
+    limit = maxBodyBytes
+
+    class Request(LimitedRequest):
+        maxBodyBytes = limit
+
+    site = DrainingSite(root, timeout, clock)
     # An instance attribute, so that Factory.buildProtocol calls the class
     # itself (twisted.web's default protocol only adds HTTP/2, which no
-    # endpoint string negotiates).
-    site.protocol = RequestDeadlineChannel
-    site.requestFactory = request
+    # endpoint string negotiates).  HTTPFactory types protocol as its own
+    # factory method, not as any protocol factory.
+    site.protocol = RequestDeadlineChannel  # type: ignore[method-assign,assignment]
+    site.requestFactory = Request
     site.displayTracebacks = False
-    site.drain = Drain()
     return site
 
 
@@ -197,7 +216,9 @@ class ConnectionLimiter(WrappingFactory):
         self._lastReport: float | None = None
         self._closed: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper | None:
+    # IProtocolFactory.buildProtocol may return None (the port then closes
+    # the connection); WrappingFactory narrows its return type.
+    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper | None:  # type: ignore[override]
         if len(self.protocols) < self.maxConnections:
             return super().buildProtocol(addr)
         # None makes the port close the socket at once, unread.
@@ -244,7 +265,7 @@ class DrainingService(StreamServerEndpointService):
     out, and only then lets the rest of the service stop.
     """
 
-    def __init__(self, endpoint: Any, site: server.Site, clock: IReactorTime, drainTimeout: float,
+    def __init__(self, endpoint: Any, site: DrainingSite, clock: IReactorTime, drainTimeout: float,
                  maxConnections: int) -> None:
         self.connections = ConnectionLimiter(site, maxConnections, clock)
         super().__init__(endpoint, self.connections)
@@ -293,8 +314,10 @@ def readJSON(request: server.Request) -> Any:
     """
     if getattr(request, "tooLarge", False):
         raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, TOO_LARGE)
-    request.content.seek(0)
-    body = request.content.read()
+    body = b""
+    if request.content is not None:
+        request.content.seek(0)
+        body = request.content.read()
     try:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -336,19 +359,25 @@ class JsonResource(Resource):
             writeJSON(request, HTTPStatus.SERVICE_UNAVAILABLE, self.errorBody("The service is stopping"))
             return server.NOT_DONE_YET
         handler: Handler = getattr(self, name)
-        finished = []
+        finished: list[Failure | None] = []
         request.notifyFinish().addBoth(finished.append)
+
+        def write(result: tuple[int, JSON]) -> None:
+            # Unless the client went away meanwhile.
+            if not finished:
+                writeJSON(request, *result)
+
         d = ensureDeferred(handler(request))
-        d.addErrback(self._ebRender, request)
-        d.addCallback(lambda result: finished or writeJSON(request, *result))
+        d.addErrback(self._ebRender, request).addCallback(write)
         d.addErrback(lambda f: self.log.failure("writing an HTTP response failed", f))
         if drain is not None:
             drain.track(d)
         return server.NOT_DONE_YET
 
     def _ebRender(self, failure: Failure, request: server.Request) -> tuple[int, JSON]:
-        if failure.check(ApiError):
-            return failure.value.code, self.errorBody(failure.value.message)
+        error = failure.value
+        if isinstance(error, ApiError):
+            return error.code, self.errorBody(error.message)
         self.log.failure("{method} {path} failed", failure,
                          method=request.method.decode("ascii", "replace"),
                          path=request.path.decode("ascii", "replace"))

@@ -9,4 +9,5 @@ ROSTERADMIN_PIP_TARGET=".[test]" source scripts/setup.sh
 
 # Skipped tests fail the run: a green run must have run the real server.
 export ROSTERADMIN_FORBID_SKIPS=1
+.venv/bin/mypy  # mypy.ini; a type error fails the run before any test
 exec .venv/bin/python -m pytest "$@"
