@@ -3,6 +3,8 @@ Run every benchmark scenario and print one table.
 
     python -m bench.run [--runs 3] [--quick] [--profile bench-profile.txt]
     python -m bench.run --scenario large-first-sync [--sync-contacts 3000] [--runs 1]
+    python -m bench.run --scenario full-sync [--full-sync-users 10000] [--runs 1]
+    python -m bench.run --scenario refresh-memory [--memory-users 100000] [--memory-caps 1000000,200000]
 
 Each scenario runs the same users and rosters against (A) Prosody
 answering roster gets itself from its storage and (B) Prosody delegating
@@ -29,8 +31,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench import fullsync
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
 from bench.procstat import cpuSeconds
+from bench.refreshmemory import WARMED, refreshMemory
 from bench.rosters import DOMAIN, username, writeProsodyStorage, writeStoredRoster
 from bench.xmppload import LoadClient, connectMany, percentiles
 from rosteradmin.devprosody import LocalProsody, freePort
@@ -60,6 +64,11 @@ class Setup:
         self.httpPort = freePort()
         self.webapp: subprocess.Popen[bytes] | None = None
         self.component: subprocess.Popen[bytes] | None = None
+        #: More rosteradmin settings (TOML keys and values), read at each
+        #: start of the component.
+        self.extraConfig: dict[str, Any] = {}
+        #: Log rosteradmin's garbage collections to this file (L{bench.gclog}).
+        self.gcLog: Path | None = None
 
     def start(self) -> None:
         self.prosody.start()
@@ -82,12 +91,15 @@ http = "tcp:{self.httpPort}:interface=127.0.0.1"
 no_kick = true
 iq_timeout = 60
 fetch_timeout = 60
-""")
+""" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in self.extraConfig.items()))
         log = open(self.dir / "rosteradmin.log", "ab")
+        launcher, env = "from twisted.scripts.twistd import run; run()", {**os.environ, "PYTHONPATH": str(ROOT)}
+        if self.gcLog is not None:
+            launcher, env["BENCH_GC_LOG"] = "import bench.gclog; " + launcher, str(self.gcLog)
         self.component = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+            [sys.executable, "-c", launcher, "-n", "--pidfile=",
              "--logger", "bench.run.quietLogger", "rosteradmin", "--config", str(config)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -297,6 +309,56 @@ async def largeFirstSyncRuns(workdir: Path, args: argparse.Namespace, contacts: 
     return results
 
 
+async def fullSyncRuns(workdir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """
+    Scenario 7 (B only, L{bench.fullsync}): each run on a fresh Prosody
+    that stores no roster of the listed users, and a new state file.
+    """
+    listed = args.full_sync_users
+    fresh = fullsync.freshNeeded(args.sync_idle, args.full_sync_timeout, 0.2)
+    results = []
+    for run in range(args.runs):
+        setup = Setup(workdir / f"full-sync-{run}", "B", listed + fresh + 2, 50, args.delay)
+        fullsync.prepareStorage(setup.prosody.dataPath, listed)
+        statePath = setup.dir / "state.sqlite"
+        statePath.unlink(missing_ok=True)
+        setup.extraConfig = {"users_url": f"http://127.0.0.1:{setup.webappPort}/users", "state": str(statePath),
+                             "no_start_sync": True}
+        setup.start()
+        try:
+            setup.webappCall("POST", f"/listed/{listed}/{fullsync.PAGE_SIZE}")
+            results.append(await fullsync.fullSync(setup, listed, 50, fresh, statePath, args.sync_idle,
+                                                   args.full_sync_timeout))
+        finally:
+            setup.stop()
+    return results
+
+
+async def refreshMemoryRuns(workdir: Path, args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
+    """
+    Scenario 8 (B only, L{bench.refreshmemory}): one Prosody and web app,
+    and for each cache bound a new rosteradmin with a new state file.
+    """
+    users, contacts = args.memory_users, 10
+    maxBody = 1024 * 1024  # rosteradmin's default --max-body-bytes, not raised
+    results: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    setup = Setup(workdir / "refresh-memory", "B", users + WARMED, contacts, args.delay)
+    setup.start()
+    try:
+        for run in range(args.runs):
+            for index, cap in enumerate(args.memory_caps):
+                statePath = setup.dir / f"state-{run}-{index}.sqlite"
+                statePath.unlink(missing_ok=True)
+                setup.extraConfig = {"cache_max_contacts": cap, "state": str(statePath)}
+                setup.gcLog = setup.dir / f"gc-{run}-{index}.log"
+                setup.restartComponent()
+                setup.webappCall("POST", "/reset")
+                results[cap].append(await refreshMemory(setup, users, contacts, cap, maxBody, setup.gcLog))
+    finally:
+        setup.stop()
+    return results
+
+
 def memory(users: int, contacts: int) -> dict[str, Any]:
     """
     Scenario 4, in a fresh process: RSS per cached contact.
@@ -344,6 +406,11 @@ async def main(args: argparse.Namespace) -> None:
             contacts = args.sync_contacts if args.sync_contacts is not None else int(3000 * scale)
             results[f"6 large first sync ({contacts} contacts)"]["B"] = await largeFirstSyncRuns(
                 Path(tmp), args, contacts)
+        if args.scenario == "full-sync":
+            results[f"7 full sync ({args.full_sync_users} users x 50)"]["B"] = await fullSyncRuns(Path(tmp), args)
+        if args.scenario == "refresh-memory":
+            for cap, runs in (await refreshMemoryRuns(Path(tmp), args)).items():
+                results[f"8 refresh memory ({args.memory_users} x 10, cache max {cap:,})"]["B"] = runs
     printResults(results, rows, ratios)
 
 
@@ -444,14 +511,24 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, to try the harness")
     parser.add_argument("--delay", type=float, default=0.005, help="web app answer delay in seconds")
     parser.add_argument("--profile", help="write a py-spy profile of rosteradmin in scenario 1 here")
-    parser.add_argument("--scenario", choices=("all", "large-first-sync"), default="all",
-                        help="run every scenario, or only scenario 6 (bench/firstsync.py)")
+    parser.add_argument("--scenario", choices=("all", "large-first-sync", "full-sync", "refresh-memory"),
+                        default="all",
+                        help="run scenarios 1 to 6, or only scenario 6 (bench/firstsync.py), 7 (bench/fullsync.py)"
+                             " or 8 (bench/refreshmemory.py); 7 and 8 run only when named")
     parser.add_argument("--sync-contacts", type=int, default=None,
                         help="contacts of the big user in scenario 6 (default 3,000; 300 with --quick)")
     parser.add_argument("--sync-idle", type=float, default=30.0,
                         help="seconds of probes before the sync in scenario 6 (the idle baseline)")
     parser.add_argument("--sync-timeout", type=float, default=900.0,
                         help="seconds the big user waits for its roster in scenario 6")
+    parser.add_argument("--full-sync-users", type=int, default=10000,
+                        help="users listed and synced in scenario 7, 50 contacts each")
+    parser.add_argument("--full-sync-timeout", type=float, default=600.0,
+                        help="seconds scenario 7 waits for its sync (and sizes its probe users by)")
+    parser.add_argument("--memory-users", type=int, default=100000,
+                        help="users refreshed in scenario 8, 10 contacts each")
+    parser.add_argument("--memory-caps", type=lambda v: [int(c) for c in v.split(",")], default=[1000000, 200000],
+                        help="--cache-max-contacts values scenario 8 runs with, comma-separated")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     asyncio.run(main(parser.parse_args()))

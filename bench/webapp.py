@@ -4,14 +4,18 @@ after a fixed delay, with counters of requests and of concurrent requests.
 
     python -m bench.webapp PORT USERS CONTACTS DELAY
 
-C{GET /rosters/<user>}; C{GET /stats}; C{POST /bump} changes one contact of
-every roster; C{POST /reset} zeroes the counters.
+C{GET /rosters/<user>}; C{GET /stats} (C{?user=<user>} adds that user's
+fetches); C{GET /users} lists the first C{listed} users (all by default), a
+page at a time linked by C{Link: <...>; rel="next"}, as C{--users-url}
+expects; C{POST /listed/<n>/<page size>} sets them; C{POST /bump} changes one
+contact of every roster; C{POST /reset} zeroes the counters.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 
 from twisted.internet import reactor
 from twisted.web import server
@@ -28,22 +32,31 @@ class BenchWebApp(Resource):
         self.users, self.size, self.delay = users, size, delay
         self.generation = 0
         self.sizes: dict[int, int] = {}
+        self.listed, self.pageSize = users, 1000
         self.reset()
 
     def reset(self) -> None:
         self.requests = 0
         self.distinct: set[str] = set()
+        self.perUser: Counter[str] = Counter()
+        self.userPages = 0
         self.concurrent = 0
         self.peak = 0
 
     def render_GET(self, request: server.Request) -> bytes | int:
         parts = [p.decode() for p in request.postpath]
         if parts == ["stats"]:
-            return json.dumps({"requests": self.requests, "distinct": len(self.distinct),
-                               "peak_concurrent": self.peak}).encode()
+            stats: dict[str, object] = {"requests": self.requests, "distinct": len(self.distinct),
+                                        "peak_concurrent": self.peak, "user_pages": self.userPages}
+            for user in (request.args or {}).get(b"user", []):
+                stats[f"requests of {user.decode()}"] = self.perUser[user.decode()]
+            return json.dumps(stats).encode()
+        if parts == ["users"]:
+            return self._users(request)
         user = parts[-1]
         self.requests += 1
         self.distinct.add(user)
+        self.perUser[user] += 1
         self.concurrent += 1
         self.peak = max(self.peak, self.concurrent)
         i = int(user[1:])
@@ -59,6 +72,18 @@ class BenchWebApp(Resource):
         reactor.callLater(self.delay, answer)
         return server.NOT_DONE_YET
 
+    def _users(self, request: server.Request) -> bytes:
+        """
+        One page of the users list: C{?page=<k>}, from 0.
+        """
+        self.userPages += 1
+        page = int((request.args or {}).get(b"page", [b"0"])[0])
+        first, last = page * self.pageSize, min((page + 1) * self.pageSize, self.listed)
+        if last < self.listed:
+            request.setHeader(b"link", f"</users?page={page + 1}>; rel=\"next\"".encode())
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps([f"u{i}" for i in range(first, last)]).encode()
+
     def render_POST(self, request: server.Request) -> bytes:
         parts = [p.decode() for p in request.postpath]
         if parts == ["bump"]:
@@ -67,6 +92,8 @@ class BenchWebApp(Resource):
             self.reset()
         elif parts[0] == "size":  # /size/<i>/<contacts>
             self.sizes[int(parts[1])] = int(parts[2])
+        elif parts[0] == "listed":  # /listed/<n>/<page size>
+            self.listed, self.pageSize = int(parts[1]), int(parts[2])
         return b"{}"
 
 

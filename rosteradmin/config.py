@@ -102,7 +102,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("no-start-sync", bool, False, "do not run a full sync when the server first takes writes (with --users-url)"),
     Setting("reconcile-interval", float, 6 * 3600.0, "seconds between reconciliation passes, which read every server roster back and repair drift"),
     Setting("sync-latency-target", float, 0.05, "seconds of privileged reply latency background syncs may push the server to; their pace adapts to stay under it"),
-    Setting("cache-max-contacts", int, 1_000_000, "most contacts the roster cache holds, all users together (about 220 bytes each); past it, offline users' rosters are dropped, least recently used first"),
+    Setting("cache-max-contacts", int, 1_000_000, "most contacts the roster cache holds, all users together (measured: 220 bytes each with 50 per user, 350 with 10, RSS 405 MB at the default); past it, offline users' rosters are dropped, least recently used first"),
     Setting("state", str, None, "SQLite file keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"),
     Setting("web-app-headers", dict, None, "extra HTTP headers sent to the web app (TOML table only)", cli=False),
 )
