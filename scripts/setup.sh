@@ -13,6 +13,13 @@ read -ra testPackages <<< "${ROSTERADMIN_TEST_PACKAGES:-}"
 for package in "${testPackages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
+# With chromium comes tests/integration/test_converse.py, which also needs the npm
+# package contrib/converse/package-lock.json pins (npm may come with a nodejs not from Debian).
+converse=""
+if [[ " ${testPackages[*]} " == *" chromium "* ]]; then
+    converse="${ROSTERADMIN_CONVERSE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rosteradmin/converse}"
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
     echo "setup: installing ${missing[*]}" >&2
@@ -31,6 +38,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
             $sudo update-rc.d ejabberd disable >/dev/null 2>&1 || true
         fi
     fi
+fi
+
+# Once per version, into a cache outside the checkout; the test reads it from there.
+if [ -n "$converse" ] && { ! cmp -s contrib/converse/package-lock.json "$converse/package-lock.json" \
+        || [ ! -e "$converse/node_modules/converse.js/dist/converse.min.js" ]; }; then
+    echo "setup: installing Converse.js into $converse" >&2
+    mkdir -p "$converse"
+    cp contrib/converse/package.json contrib/converse/package-lock.json "$converse/"
+    (cd "$converse" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi
 
 if [ ! -x .venv/bin/python ]; then

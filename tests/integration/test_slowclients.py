@@ -176,7 +176,12 @@ async def test_slowClientsCannotStarveTheService(webapp: Any, service: RunningSe
           f"--http-timeout {DEADLINE}); {len(refusals)} refusal log lines for {limiter.refused} refusals")
     assert len(refusedAtOnce) == FLOOD - (CAP - SLOW) and max(refusedAtOnce) < 1.0
     assert len(accepted) == CAP
-    assert DEADLINE - 0.1 <= min(lifetimes) and max(lifetimes) <= DEADLINE + 1.0
+    # Lifetimes are stamped by the clients, in this process: a garbage
+    # collection pause (up to 0.24 s measured in full-suite runs) between the
+    # server's accept and a client's connectionMade shortens a batch's
+    # lifetimes by that much.  None may be cut more than 0.5 s early,
+    # and none may outlive the deadline by more than a second.
+    assert DEADLINE - 0.5 <= min(lifetimes) and max(lifetimes) <= DEADLINE + 1.0
     assert all(c.received == b"" for c in accepted), "a slow client got an answer"
     assert len(refusals) == 1
     assert not [e for e in events if "log_failure" in e or "Could not accept" in (formatEvent(e) or "")]
