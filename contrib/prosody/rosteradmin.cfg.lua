@@ -1,4 +1,4 @@
--- Prosody configuration for rosteradmin (Prosody 0.12 with Debian's
+-- Prosody configuration for rosteradmin (Prosody 0.12 or 13 with Debian's
 -- prosody-modules).  It sets no ports, TLS, authentication or storage:
 -- those stay in your prosody.cfg.lua.  Debian's prosody.cfg.lua ends with
 -- Include "conf.d/*.cfg.lua", so copying this file into /etc/prosody/conf.d/
@@ -71,3 +71,7 @@ Component "roster.example.org"
 Component "conference.example.org" "muc"
     -- rooms are usable as soon as they are created
     muc_room_locking = false
+    -- server admins (rosteradmin, above) are owners of every room, so they
+    -- may kick: the default on Prosody 0.12, but not on Prosody 13, where
+    -- kicks are refused with not-allowed without it
+    component_admins_as_room_owners = true

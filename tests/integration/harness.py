@@ -8,12 +8,17 @@ None of it uses the component: tests see rosteradmin only as the server,
 the web app and users do.  The Prosody runner is
 L{rosteradmin.devprosody.LocalProsody}, which the demo uses too, so both
 start the same configuration.
+
+C{ROSTERADMIN_PROSODY} selects the Prosody: unset (or C{0.12}) the host's,
+Debian 12's Prosody 0.12; C{13} Debian 13's Prosody 13, run under C{chroot}
+from the root C{scripts/debian13.sh} builds (L{tests.integration.prosody13}).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,10 +38,11 @@ from twisted.words.protocols.jabber import client, error, xmlstream
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
-from rosteradmin.devprosody import LocalProsody, freePort
+from rosteradmin.devprosody import freePort
+from tests.integration.prosody13 import ChrootProsody, debian13Root
 
 __all__ = [
-    "CONTRIB_CONFIG", "PASSWORD", "USERS", "ClientFactory", "LoginFailed", "ProsodyServer", "WebAppStub", "XMPPTestClient",
+    "CONTRIB_CONFIG", "PASSWORD", "PROSODY", "USERS", "ClientFactory", "LoginFailed", "ProsodyServer", "WebAppStub", "XMPPTestClient",
     "connectClient", "freePort", "listenWebApp",
 ]
 
@@ -46,6 +52,11 @@ CONTRIB_CONFIG = Path(__file__).resolve().parents[2] / "contrib" / "prosody" / "
 USERS = ("alice", "bob", "carol", "dave", "erin")
 PASSWORD = "pw"
 
+#: The Prosody the tests run: "0.12" (the host's) or "13" (Debian 13's, under chroot).
+PROSODY = os.environ.get("ROSTERADMIN_PROSODY") or "0.12"
+if PROSODY not in ("0.12", "13"):
+    raise RuntimeError(f"ROSTERADMIN_PROSODY={PROSODY!r}: use 0.12 (the host's Prosody) or 13")
+
 NS_ROSTER = "jabber:iq:roster"
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
@@ -53,18 +64,21 @@ NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 _T = TypeVar("_T")
 
 
-class ProsodyServer(LocalProsody):
+class ProsodyServer(ChrootProsody):
     """
-    A fresh Prosody for one test: the contrib configuration unchanged, behind
-    generated globals that hold only what is site-specific (loopback ports,
-    no TLS, plain passwords, data, log and pidfile under C{tempDir}).
+    A fresh Prosody for one test, the one L{PROSODY} selects: the contrib
+    configuration unchanged, behind generated globals that hold only what is
+    site-specific (loopback ports, no TLS, plain passwords, data, log and
+    pidfile under C{tempDir}).
 
     The accounts L{USERS} exist before it starts: they are written straight
     into Prosody's internal storage, because C{prosodyctl} run as root drops
     to the C{prosody} user and cannot write into a private temporary
     directory.
 
-    @ivar tempDir: Where the configuration, data, log and pidfile live.
+    @ivar tempDir: Where the configuration, data, log and pidfile live:
+        the test's temporary directory, or on Prosody 13 its C{prosody}
+        subdirectory (a symlink into the Debian 13 root).
     @ivar accounts: The password of each account.
     """
 
@@ -74,7 +88,11 @@ class ProsodyServer(LocalProsody):
             C{modules_enabled} to leave out (the contrib config is copied
             into C{tempDir} without them), to test a server that lacks them.
         """
-        super().__init__(tempDir, contribConfigWithout(tempDir, without) if without else CONTRIB_CONFIG)
+        config = contribConfigWithout(tempDir, without) if without else CONTRIB_CONFIG
+        if PROSODY == "13":
+            super().__init__(tempDir / "prosody", config, root=debian13Root())
+        else:
+            super().__init__(tempDir, config)
         self.tempDir = self.directory
         for user in USERS:
             self.addAccount(user, PASSWORD)

@@ -96,7 +96,7 @@ def test_contribHasNoSiteSettings() -> None:
     code = "\n".join(line.split("--")[0] for line in CONTRIB_CONFIG.read_text().splitlines())
     settings = set(re.findall(r"^ {0,4}(\w+)\s*=", code, re.MULTILINE))
     assert settings == {"admins", "modules_enabled", "privileged_entities", "delegations",
-                        "component_secret", "muc_room_locking"}
+                        "component_secret", "muc_room_locking", "component_admins_as_room_owners"}
     assert [line.rstrip() for line in code.splitlines() if line.startswith(("VirtualHost", "Component"))] == [
         'VirtualHost "example.org"',
         'Component "roster.example.org"',
