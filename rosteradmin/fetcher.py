@@ -88,9 +88,7 @@ class RosterFetcher:
         self.http = http
         self.timeout = timeout
         self.maxBytes = maxBytes
-        self.headers = {"Accept": ["application/json"]}
-        for name, value in (headers or {}).items():
-            self.headers[name] = [value]
+        self.headers = webAppHeaders(headers)
         self.pool = pool
         self.inFlight = 0
         self.failures = 0
@@ -252,6 +250,17 @@ class RosterFetcher:
 
     async def _readBody(self, response: Any) -> bytes:
         return await readCapped(response, self.maxBytes)
+
+
+def webAppHeaders(extra: Mapping[str, str] | None) -> dict[str, list[str]]:
+    """
+    The headers of every request to the web app: JSON accepted, and the
+    operator's C{web_app_headers}.
+    """
+    headers = {"Accept": ["application/json"]}
+    for name, value in (extra or {}).items():
+        headers[name] = [value]
+    return headers
 
 
 async def readCapped(response: Any, maxBytes: int) -> bytes:

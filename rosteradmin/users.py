@@ -31,7 +31,7 @@ from twisted.logger import Logger
 import treq
 
 from rosteradmin.errors import InvalidUsername, RosterAdminError
-from rosteradmin.fetcher import preview, readCapped
+from rosteradmin.fetcher import preview, readCapped, webAppHeaders
 from rosteradmin.roster import normaliseUsername
 
 #: One C{<url>; params} entry of a C{Link} header.
@@ -103,9 +103,7 @@ class UserLister:
         self.http = http
         self.timeout = timeout
         self.maxBytes = maxBytes
-        self.headers = {"Accept": ["application/json"]}
-        for name, value in (headers or {}).items():
-            self.headers[name] = [value]
+        self.headers = webAppHeaders(headers)
 
     async def pages(self) -> AsyncIterator[tuple[list[str], bool]]:
         """
