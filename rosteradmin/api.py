@@ -30,6 +30,10 @@ from rosteradmin.xmltext import carriesInXML
 #: The longest kick reason passed on to the room, in characters.
 MAX_REASON_LENGTH = 1024
 
+#: What /healthz shows of the current or last sync (GET /roster_admin/sync
+#: shows it all).
+HEALTH_SYNC_FIELDS = frozenset({"kind", "running", "listed", "listing_done", "synced", "failed", "error"})
+
 #: Most refused or parked users /healthz names (the counts are complete).
 MAX_LISTED_USERS = 20
 
@@ -45,7 +49,29 @@ KICK_STATUS = {
 }
 
 
-class RefreshResource(JsonResource):
+class AdminResource(JsonResource):
+    """
+    A C{/roster_admin} resource: the error body of the refresh API, and the
+    refresh secret (C{--refresh-authorization}) checked on every request.
+
+    @cvar what: What the resource does, for the log of a refused request.
+    """
+
+    what = "refresh"
+
+    def __init__(self, authorization: str | None) -> None:
+        super().__init__()
+        self.authorization = authorization
+
+    @staticmethod
+    def errorBody(message: str) -> JSON:
+        return {"status": "error", "message": message}
+
+    def _checkAuthorization(self, request: server.Request) -> None:
+        _requireAuthorization(self.log, self.what, request, self.authorization)
+
+
+class RefreshResource(AdminResource):
     """
     C{POST /roster_admin/refresh} with a JSON array of usernames, and
     C{GET|POST /roster_admin/refresh/<username>} for one user::
@@ -58,14 +84,9 @@ class RefreshResource(JsonResource):
     methods = {b"POST": "_post", b"GET": "_get"}
     hasSubpaths = True
 
-    @staticmethod
-    def errorBody(message: str) -> JSON:
-        return {"status": "error", "message": message}
-
     def __init__(self, backend: IRosterBackend, authorization: str | None) -> None:
-        super().__init__()
+        super().__init__(authorization)
         self.backend = backend
-        self.authorization = authorization
 
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)
@@ -86,9 +107,6 @@ class RefreshResource(JsonResource):
         if not all(isinstance(u, str) for u in usernames):
             raise ApiError(HTTPStatus.BAD_REQUEST, "Every username must be a string")
         return await self._refresh(usernames)
-
-    def _checkAuthorization(self, request: server.Request) -> None:
-        _requireAuthorization(self.log, "refresh", request, self.authorization)
 
     @staticmethod
     def _username(segment: bytes) -> str:
@@ -112,7 +130,7 @@ class RefreshResource(JsonResource):
         return HTTPStatus.OK, _summary("ok", "roster update complete", summary.updated, summary.failures)
 
 
-class SyncResource(JsonResource):
+class SyncResource(AdminResource):
     """
     C{POST /roster_admin/sync} starts a sync in the background and answers
     at once with its progress; C{GET} shows the progress::
@@ -127,24 +145,20 @@ class SyncResource(JsonResource):
     """
 
     methods = {b"POST": "_post", b"GET": "_get", b"HEAD": "_get"}
-
-    @staticmethod
-    def errorBody(message: str) -> JSON:
-        return {"status": "error", "message": message}
+    what = "sync"
 
     def __init__(self, fullSync: FullSync, authorization: str | None) -> None:
-        super().__init__()
+        super().__init__(authorization)
         self.fullSync = fullSync
-        self.authorization = authorization
 
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
-        _requireAuthorization(self.log, "sync", request, self.authorization)
+        self._checkAuthorization(request)
         current = self.fullSync.current
         return HTTPStatus.OK, {"status": "running" if current is not None and current.running else "idle",
                                "sync": current.toJSON() if current is not None else None}
 
     async def _post(self, request: server.Request) -> tuple[int, JSON]:
-        _requireAuthorization(self.log, "sync", request, self.authorization)
+        self._checkAuthorization(request)
         body = readJSON(request)
         if body == {"all": True}:
             if self.fullSync.lister is None:
@@ -267,9 +281,7 @@ class HealthResource(JsonResource):
         current = self.fullSync.current
         if current is None:
             return None
-        return {"kind": current.kind, "running": current.running, "listed": current.listed,
-                "listing_done": current.listingDone, "synced": current.synced, "failed": current.failed,
-                "error": current.error}
+        return {key: value for key, value in current.toJSON().items() if key in HEALTH_SYNC_FIELDS}
 
 
 class NotFoundResource(JsonResource):

@@ -428,16 +428,14 @@ class RosterBackend(Service):
         except SyncFailed as e:
             stored, refused = None, e
         previous = self.cache.put(username, roster)
-        # What the user's clients hold: our last answer, or else what the
-        # server held (written by us before a restart of this service).
-        # Where the server held something else than our last answer, it
-        # told the clients so (Prosody pushes what a subscription presence
-        # changed): they are told the repaired items.
-        if stored is not None and (stored.notBoth or (previous is not None and stored.roster != previous)):
+        # What the user's clients hold: what the server held, where it was
+        # read (our last answer, or what the server changed since and told
+        # them, as Prosody does for a subscription presence: those items
+        # are pushed again); else our last answer.
+        if stored is not None:
             self._pushChanges(username, stored.roster, roster, stored.notBoth)
         else:
-            self._pushChanges(username, previous if previous is not None else stored.roster if stored else None,
-                              roster)
+            self._pushChanges(username, previous, roster)
         self.log.info("refreshed {user}: {contacts} contacts", user=username, contacts=len(roster),
                       outcome="ok" if refused is None else "not stored")
         if refused is not None:

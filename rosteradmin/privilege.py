@@ -369,9 +369,9 @@ class PrivilegeHandler(XMPPHandler):
             go after urgent ones.
         @raise SyncFailed: The user's writes are parked (see L{_strike}).
         """
-        parked = self.parked.get(username)
+        parked = self._parkedFailure(username)
         if parked is not None:
-            return fail(SyncFailed(f"roster writes for {username!r} are parked: {parked}"))
+            return parked
         if self.bulk is False:
             return self._writeEach(username, diff, urgent)
         chunks = bulkChunks(diff, self.limit.maxBytes - WRAPPER_BYTES)
@@ -431,8 +431,9 @@ class PrivilegeHandler(XMPPHandler):
 
         @raise _NoBulkWrites: The server does not know that iq.
         """
-        if username in self.parked:
-            return fail(SyncFailed(f"roster writes for {username!r} are parked: {self.parked[username]}"))
+        parked = self._parkedFailure(username)
+        if parked is not None:
+            return parked
         d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}'>{itemsXML}</query>", "write")
 
         def answered(result: object) -> object:
@@ -448,6 +449,16 @@ class PrivilegeHandler(XMPPHandler):
 
         d.addCallbacks(answered, unknown)
         return self._inFlight(d, username)
+
+    def _parkedFailure(self, username: str) -> Deferred[Any] | None:
+        """
+        A failure for a write of a parked user (checked again as each queued
+        item starts: the user may have been parked since), else C{None}.
+        """
+        reason = self.parked.get(username)
+        if reason is None:
+            return None
+        return fail(SyncFailed(f"roster writes for {username!r} are parked: {reason}"))
 
     def _strike(self, usernames: list[str]) -> None:
         """
@@ -512,8 +523,9 @@ class PrivilegeHandler(XMPPHandler):
             looks only at failures), or C{None} for the removal of an item
             the server did not hold.
         """
-        if username in self.parked:
-            return fail(SyncFailed(f"roster writes for {username!r} are parked: {self.parked[username]}"))
+        parked = self._parkedFailure(username)
+        if parked is not None:
+            return parked
         d = self._request(username, "set", f"<query xmlns='{NS_ROSTER}'>{itemXML}</query>", "write")
         if removal:
             # Removing what the server does not hold is already done.
