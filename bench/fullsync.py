@@ -25,7 +25,7 @@ that is the sync's duration.  Every listed user is fetched, its (empty)
 stored roster read, and its contacts written with one privileged iq and one
 save (contrib's mod_rosteradmin_roster).
 
-The probes of L{bench.firstsync} run every 200 ms, open loop, during an idle
+The probes of L{bench.probes} run every 200 ms, open loop, during an idle
 phase before the sync and during it: a message round trip between two other
 logged-in users (the native probe), a server ping, and an uncached login
 plus roster get of another user (a fresh one each time).
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import time
 import urllib.request
@@ -46,10 +45,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
-from bench.firstsync import Probes, SetupLike, _health
-from bench.procstat import cpuSeconds, machineBusySeconds
+from bench.probes import Probes, SetupLike, Window, health, rosterPath
 from bench.rosters import DOMAIN, username
-from bench.xmppload import LoadClient
 
 #: Usernames per page of the web app's users list.
 PAGE_SIZE = 1000
@@ -68,10 +65,6 @@ def freshNeeded(idleSeconds: float, syncTimeout: float, interval: float) -> int:
     Users for the login probe: one per tick of the whole run.
     """
     return int((idleSeconds + syncTimeout + 30) / interval)
-
-
-def rosterPath(dataPath: Path, user: str) -> Path:
-    return dataPath / DOMAIN.replace(".", "%2e") / "roster" / f"{user}.dat"
 
 
 def prepareStorage(dataPath: Path, listed: int) -> None:
@@ -166,7 +159,7 @@ async def fullSync(setup: FullSyncSetup, listed: int, contacts: int, fresh: int,
     walkedUsers, walkedPages, inOrder = walkUsers(f"http://127.0.0.1:{setup.webappPort}/users")
     with urllib.request.urlopen(f"http://127.0.0.1:{setup.webappPort}/rosters/{username(0)}", timeout=10) as r:
         sample = json.load(r)
-    health = _health(setup)
+    status = health(setup)
     storedListed = storedCounts(dataPath, 0, listed)
     storedFresh = storedCounts(dataPath, listed, listed + fresh + 2)
     before = api(setup, "GET", "/roster_admin/sync")
@@ -179,8 +172,8 @@ async def fullSync(setup: FullSyncSetup, listed: int, contacts: int, fresh: int,
             1 for entry in sample.values() if entry.get("name") and entry.get("groups")),
         "probe users stored with all contacts": sum(1 for c in storedFresh if c == contacts),
         "state file users known (new: 0)": stateRows(statePath),
-        "rosteradmin connected": bool(health["connected"]),
-        "rosteradmin cached users before": health["cached_users"],
+        "rosteradmin connected": bool(status["connected"]),
+        "rosteradmin cached users before": status["cached_users"],
         "sync before (none: idle)": before["status"],
     }
     print(f"full sync: preconditions {preconditions}", flush=True)
@@ -194,43 +187,20 @@ async def fullSync(setup: FullSyncSetup, listed: int, contacts: int, fresh: int,
     if wrong or not inOrder or before["sync"] is not None:
         raise RuntimeError(f"full sync: preconditions not met (got, expected): {wrong}")
 
-    sender = LoadClient(username(listed + fresh), DOMAIN)
-    echoer = LoadClient(username(listed + fresh + 1), DOMAIN, echo=True)
-    for client in (sender, echoer):
-        await client.login(setup.prosody.c2sPort, "pw")
-    echoJID = f"{echoer.username}@{DOMAIN}/load"
-    for _ in range(5):  # the first stanzas of a session are slower: not part of the baseline
-        await sender.messageRoundTrip(echoJID)
-        await sender.ping()
-    probes = Probes(setup, sender, echoJID, listed, listed + fresh - 1, interval)
+    probes = await Probes.connect(setup, listed + fresh, listed, listed + fresh - 1, interval)
     setup.webappCall("POST", "/reset")
-    loadBefore = os.getloadavg()
-
-    cpuIdle = setup.cpu()
-    idleStartedAt = time.time()
-    idleStarted = time.perf_counter()
+    window = Window(setup)
+    window.idle()
     probes.start()
     await asyncio.sleep(idleSeconds)
 
     probes.phase = "during"
-    cpuBefore = setup.cpu()
-    machineBefore = machineBusySeconds()
-    selfBefore = time.process_time()
-    webappBefore = cpuSeconds(setup.webapp.pid)
-    started = time.perf_counter()
+    window.begin()
     duration, progress = await runSync(setup, syncTimeout)
-    cpuAfter = setup.cpu()
-    machine = machineBusySeconds() - machineBefore
-    loadClientCPU = time.process_time() - selfBefore
-    webapp = cpuSeconds(setup.webapp.pid) - webappBefore
-    idleDuration = started - idleStarted
-    probes.phase = "after"
+    window.end()
     await probes.stop()
-    loadAfter = os.getloadavg()
-    for client in (sender, echoer):
-        await client.close()
     stats = setup.webappCall("GET", "/stats")
-    health = _health(setup)
+    status = health(setup)
     synced = storedCounts(dataPath, 0, listed)
     known = stateRows(statePath)
 
@@ -255,39 +225,22 @@ async def fullSync(setup: FullSyncSetup, listed: int, contacts: int, fresh: int,
         "users stored with all contacts after": sum(1 for c in synced if c == contacts),
         "users stored with fewer after": sum(1 for c in synced if c < contacts),
         "state file users known after (synced and probes)": known,
-        "unsynced users after": health["unsynced_users"],
-        "rosteradmin cached users after (synced and probes)": health["cached_users"],
-        "cpu s during sync (prosody)": cpuAfter["prosody"] - cpuBefore["prosody"],
-        "cpu s during sync (rosteradmin)": cpuAfter["rosteradmin"] - cpuBefore["rosteradmin"],
-        "cpu s during sync (web app)": webapp,
-        "cpu s during sync (load client, probes)": loadClientCPU,
-        "cpu s during sync (whole machine)": machine,
-        "cpu s during sync (other processes)": machine - webapp - loadClientCPU - sum(
-            cpuAfter[name] - cpuBefore[name] for name in ("prosody", "rosteradmin")),
-        "prosody cpu ms per user": (cpuAfter["prosody"] - cpuBefore["prosody"]) * 1000 / listed,
-        "rosteradmin cpu ms per user": (cpuAfter["rosteradmin"] - cpuBefore["rosteradmin"]) * 1000 / listed,
-        "idle seconds (probes only)": idleDuration,
-        "prosody cpu % idle": (cpuBefore["prosody"] - cpuIdle["prosody"]) * 100 / idleDuration,
-        "prosody cpu % during": (cpuAfter["prosody"] - cpuBefore["prosody"]) * 100 / duration,
-        "rosteradmin cpu % idle": (cpuBefore["rosteradmin"] - cpuIdle["rosteradmin"]) * 100 / idleDuration,
-        "rosteradmin cpu % during": (cpuAfter["rosteradmin"] - cpuBefore["rosteradmin"]) * 100 / duration,
-        **probes.summary("message", "message rtt"),
-        **probes.summary("ping", "ping"),
-        **probes.summary("login", "other login: roster get"),
-        **{k: v for k, v in probes.summary("login+roster", "other login: login+roster").items() if " n " not in k},
+        "unsynced users after": status["unsynced_users"],
+        "rosteradmin cached users after (synced and probes)": status["cached_users"],
+        **window.summary("sync"),
+        "prosody cpu ms per user": window.spent("prosody") * 1000 / listed,
+        "rosteradmin cpu ms per user": window.spent("rosteradmin") * 1000 / listed,
+        **probes.summaries(),
         "fresh users sufficed": not probes.poolExhausted,
-        "fresh users' stored rosters rewritten": probes.rewritten(idleStartedAt),
+        "fresh users' stored rosters rewritten": probes.rewritten(window.idleStartedAt),
         "second sync seconds (state current)": againDuration,
         "second sync: synced / failed": f"{againProgress['synced']} / {againProgress['failed']}",
         "second sync: web app fetches": setup.webappCall("GET", "/stats")["requests"],
         "second sync: cpu s (prosody)": cpuAgainAfter["prosody"] - cpuAgain["prosody"],
         "second sync: cpu s (rosteradmin)": cpuAgainAfter["rosteradmin"] - cpuAgain["rosteradmin"],
-        "load average before (1 min)": loadBefore[0],
-        "load average after (1 min)": loadAfter[0],
+        **window.loadAverages(),
     }
-    for (name, phase), reasons in sorted(probes.failures.items()):
-        if phase != "after":
-            print(f"full sync: {len(reasons)} {name} probes failed {phase}, first: {reasons[0]}", flush=True)
+    probes.printFailures("full sync")
     if progress["failures"]:
         print(f"full sync: failures shown {progress['failures']}", flush=True)
     return result

@@ -47,10 +47,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.firstsync import _health
 from bench.gclog import pauses
-from bench.fullsync import rosterPath
-from bench.procstat import cpuSeconds
+from bench.probes import health as _health
+from bench.probes import rosterPath
 from bench.rosters import DOMAIN, username
 from bench.xmppload import LoadClient, percentiles
 

@@ -1,16 +1,36 @@
 """
 Run every benchmark scenario and print one table.
 
-    python -m bench.run [--runs 3] [--quick] [--profile bench-profile.txt]
+    python -m bench.run [--runs 3] [--quick] [--profile bench-profile.txt] [--storm-sizes 1000]
+    python -m bench.run --scenario targets [--runs 3] [--tap]        # 1, 1v, 2, 2c, 2s only
+    python -m bench.run --scenario large-roster [--runs 1]           # 5 and 5L only
     python -m bench.run --scenario large-first-sync [--sync-contacts 3000] [--runs 1]
     python -m bench.run --scenario full-sync [--full-sync-users 10000] [--runs 1]
     python -m bench.run --scenario refresh-memory [--memory-users 100000] [--memory-caps 1000000,200000]
 
 Each scenario runs the same users and rosters against (A) Prosody
 answering roster gets itself from its storage and (B) Prosody delegating
-them to rosteradmin, on loopback, in the same process tree.  Results are
-ratios and min/median/max over the runs; absolute numbers depend on the
-machine.
+them to rosteradmin, on loopback, in the same process tree.  In every run
+of scenarios 1 to 3, A and B each get a new Prosody, one after the other,
+so that both columns see the same machine; the 1-minute load average at the
+start of each is printed.  Results are ratios and min/median/max over the
+runs; absolute numbers depend on the machine.
+
+Scenario names say what the server stores and what rosteradmin knows
+before it starts (each row prefixed "pre:" is a checked precondition):
+
+  - 1: warm gets, no C{ver}: clients logged in, roster cached; full answers.
+  - 1v: warm gets with the C{ver} of the previous answer, which is current:
+    empty results (XEP-0237), what most real clients send.
+  - 2: login storm, the server's store right, rosteradmin restarted
+    without C{--state}: every login costs a privileged read.
+  - 2c: cold login storm: the storm users' stored rosters deleted, a new
+    C{--state}: every login costs a privileged read and a write.
+  - 2s: steady login storm: the store right (written by 2c), rosteradmin
+    restarted with the C{--state} 2c left: no privileged request at all.
+
+A runs the same storms on Prosody's own storage, which holds every roster
+(native Prosody has no cold case: it would answer an empty roster).
 """
 
 from __future__ import annotations
@@ -26,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -34,7 +55,9 @@ from typing import Any
 from bench import fullsync
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
 from bench.procstat import cpuSeconds
+from bench.probes import health, rosterPath
 from bench.refreshmemory import WARMED, refreshMemory
+from bench.streamtap import ThreadedTap
 from bench.rosters import DOMAIN, username, writeProsodyStorage, writeStoredRoster
 from bench.xmppload import LoadClient, connectMany, percentiles
 from rosteradmin.devprosody import LocalProsody, freePort
@@ -53,12 +76,23 @@ class Setup:
     and the component as processes of their own.
     """
 
-    def __init__(self, workdir: Path, mode: str, users: int, contacts: int, delay: float) -> None:
+    def __init__(self, workdir: Path, mode: str, users: int, contacts: int, delay: float,
+                 include: Path | None = None, tap: bool = False) -> None:
+        """
+        @param include: B's Prosody configuration instead of contrib's (to
+            try variants of it).
+        @param tap: Relay the component stream through a L{ThreadedTap},
+            which counts its stanzas (profiling only).
+        """
         self.mode, self.users, self.contacts, self.delay = mode, users, contacts, delay
         self.dir = workdir / mode
         self.dir.mkdir(parents=True, exist_ok=True)
-        include = ROOT / "contrib" / "prosody" / "rosteradmin.cfg.lua" if mode == "B" else ROOT / "bench" / "prosody-a.cfg.lua"
+        if include is None:
+            include = ROOT / "contrib" / "prosody" / "rosteradmin.cfg.lua" if mode == "B" else ROOT / "bench" / "prosody-a.cfg.lua"
+        self.include = include
         self.prosody = LocalProsody(self.dir / "prosody", include, logLevel="warn", hasComponents=mode == "B")
+        self.tap: ThreadedTap | None = None
+        self.wantTap = tap and mode == "B"
         writeProsodyStorage(self.prosody.dataPath, users, contacts, PASSWORD)
         self.webappPort = freePort()
         self.httpPort = freePort()
@@ -72,6 +106,8 @@ class Setup:
 
     def start(self) -> None:
         self.prosody.start()
+        if self.wantTap:
+            self.tap = ThreadedTap(self.prosody.componentPort)
         if self.mode == "B":
             self.webapp = subprocess.Popen(
                 [sys.executable, "-m", "bench.webapp", str(self.webappPort), str(self.users),
@@ -85,7 +121,7 @@ class Setup:
 jid = "{self.prosody.componentJID}"
 secret = "{self.prosody.secret}"
 domain = "{DOMAIN}"
-xmpp_port = {self.prosody.componentPort}
+xmpp_port = {self.tap.port if self.tap is not None else self.prosody.componentPort}
 roster_url = "http://127.0.0.1:{self.webappPort}/rosters/%s"
 http = "tcp:{self.httpPort}:interface=127.0.0.1"
 no_kick = true
@@ -126,6 +162,8 @@ fetch_timeout = 60
         if self.webapp is not None:
             self.webapp.terminate()
             self.webapp.wait(10)
+        if self.tap is not None:
+            self.tap.stop()
         self.prosody.stop()
 
     def cpu(self) -> dict[str, float]:
@@ -165,20 +203,47 @@ def _waitForPort(port: int) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-async def warmGets(setup: Setup, clients: int, gets: int) -> dict[str, Any]:
+def tapCounts(setup: Setup, logins: int) -> dict[str, float]:
+    """
+    Component-stream stanzas per login since the tap was last reset (with
+    C{--tap} only).
+    """
+    return setup.tap.perLogin(logins) if setup.tap is not None else {}
+
+
+async def warmGets(setup: Setup, clients: int, gets: int, withVer: bool) -> dict[str, Any]:
     """
     Scenario 1: C{clients} connected clients share C{gets} roster gets.
+
+    Preconditions: every client is logged in and has had one roster get
+    (so B has fetched and cached its roster, and the server stores it).
+    C{withVer}: each get carries the C{ver} of that first answer, which is
+    current, so the answer is an empty result (XEP-0237, as most real
+    clients do); else no C{ver}, and each answer holds the whole roster.
     """
     sessions = await connectMany([username(i) for i in range(clients)], DOMAIN, setup.prosody.c2sPort, PASSWORD)
+    versions: dict[str, str | None] = {}
     for session in sessions:
-        await session.rosterGet()  # warm: B fetches and caches here
+        _, reply = await session.rosterGet(ver="" if withVer else None)  # warm: B fetches and caches here
+        query = reply.find("{jabber:iq:roster}query")
+        versions[session.username] = query.get("ver") if query is not None else None
+    if withVer and not all(versions.values()):
+        raise RuntimeError(f"warm gets: a first answer had no ver: {versions}")
     latencies: list[float] = []
+    items = 0
 
     async def loop(session: LoadClient) -> None:
+        nonlocal items
+        ver = versions[session.username] if withVer else None
         for _ in range(gets // clients):
-            latency, _ = await session.rosterGet()
+            latency, reply = await session.rosterGet(ver=ver)
+            query = reply.find("{jabber:iq:roster}query")
+            items += len(query) if query is not None else 0
             latencies.append(latency)
 
+    if setup.tap is not None:
+        setup.tap.reset()
+    load = os.getloadavg()[0]
     before = setup.cpu()
     started = time.perf_counter()
     await asyncio.gather(*(loop(s) for s in sessions))
@@ -186,40 +251,132 @@ async def warmGets(setup: Setup, clients: int, gets: int) -> dict[str, Any]:
     after = setup.cpu()
     for session in sessions:
         await session.close()
-    result = {"gets/s": len(latencies) / elapsed, **{k: v * 1000 for k, v in percentiles(latencies).items()}}
+    result: dict[str, Any] = {
+        "pre: clients logged in, one get each before": clients,
+        "pre: gets carry the current ver": withVer,
+        "gets/s": len(latencies) / elapsed, **{k: v * 1000 for k, v in percentiles(latencies).items()},
+        "items per answer": items / len(latencies),
+    }
     for name in after:
         result[f"cpu s/10k ({name})"] = (after[name] - before[name]) * 10000 / len(latencies)
+    result["load average at start (1 min)"] = load
+    result.update(tapCounts(setup, len(latencies)))
     return result
 
 
-async def loginStorm(setup: Setup, users: int) -> dict[str, Any]:
+#: Login storm variants: what the server stores and what rosteradmin knows
+#: before the storm (docs/benchmarks.md, scenario 2).
+STORMS = {
+    "nostate": "store right, rosteradmin restarted without --state",
+    "cold": "cold: storm users' stored rosters deleted, new --state",
+    "steady": "steady: store right, rosteradmin restarted, --state current",
+}
+
+
+def storedRosters(setup: Setup, users: int) -> list[tuple[int, float]]:
     """
-    Scenario 2: C{users} log in and fetch their roster once, cold cache.
+    Items and mtime of each storm user's stored roster ((-1, 0) for none).
     """
+    found = []
+    for i in range(users):
+        path = rosterPath(setup.prosody.dataPath, username(i))
+        found.append((path.read_text().count('["subscription"]'), path.stat().st_mtime) if path.exists() else (-1, 0.0))
+    return found
+
+
+def stateRows(path: Path) -> int:
+    import sqlite3
+
+    if not path.exists():
+        return 0
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT count(*) FROM server_rosters").fetchone()[0])
+
+
+def prepareStorm(setup: Setup, users: int, variant: str) -> dict[str, Any]:
+    """
+    Bring B to the variant's preconditions (A always stores every roster
+    and has nothing to prepare), check them, and return them.
+
+    The cold variant must run right before the steady one, with the same
+    users: the cold storm writes the store and the state the steady one
+    starts from.
+    """
+    statePath = setup.dir / "state.sqlite"
     if setup.mode == "B":
+        if variant == "cold":
+            for i in range(users):
+                rosterPath(setup.prosody.dataPath, username(i)).unlink(missing_ok=True)
+            statePath.unlink(missing_ok=True)
+        if variant == "nostate":
+            setup.extraConfig.pop("state", None)
+        else:
+            setup.extraConfig["state"] = str(statePath)
         setup.restartComponent()
         setup.webappCall("POST", "/reset")
+    stored = storedRosters(setup, users)
+    pre: dict[str, Any] = {
+        "pre: storm users stored with all contacts": sum(1 for n, _ in stored if n == setup.contacts),
+        "pre: storm users with no stored roster": sum(1 for n, _ in stored if n < 0),
+    }
+    if setup.mode == "B":
+        status = health(setup)
+        pre["pre: rosteradmin cached users"] = status["cached_users"]
+        pre["pre: --state users known"] = stateRows(statePath) if variant != "nostate" else "no --state"
+        expected = {"nostate": (users, 0, "no --state"), "cold": (0, users, 0), "steady": (users, 0, users)}[variant]
+        got = (pre["pre: storm users stored with all contacts"], pre["pre: storm users with no stored roster"],
+               pre["pre: --state users known"])
+        if variant == "steady":
+            got = got[:2] + (min(int(got[2]), users),)
+        if got != expected or status["cached_users"]:
+            raise RuntimeError(f"login storm ({variant}): preconditions not met: {pre}")
+    print(f"login storm {setup.mode} ({users} users, {variant}): {pre}", flush=True)
+    return pre
+
+
+async def loginStorm(setup: Setup, users: int, variant: str = "nostate") -> dict[str, Any]:
+    """
+    Scenario 2: C{users} log in at once (200 handshakes at a time) and get
+    their roster once, none of them cached by rosteradmin; see L{STORMS}.
+    """
+    pre = prepareStorm(setup, users, variant)
     latencies: list[float] = []
+    logins: list[float] = []
+    totals: list[float] = []
     limit = asyncio.Semaphore(200)
 
     async def one(i: int) -> None:
         async with limit:
             session = LoadClient(username(i), DOMAIN)
+            began = time.perf_counter()
             await session.login(setup.prosody.c2sPort, PASSWORD)
+            logins.append(time.perf_counter() - began)
             latency, _ = await session.rosterGet()
             latencies.append(latency)
+            totals.append(time.perf_counter() - began)
             await session.close()
 
+    if setup.tap is not None:
+        setup.tap.reset()
+    load = os.getloadavg()[0]
+    startedAt = time.time()
     before = setup.cpu()
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(users)))
     elapsed = time.perf_counter() - started
-    result = {"rosters/s": users / elapsed, **{k: v * 1000 for k, v in percentiles(latencies).items()},
+    result = {**pre, "rosters/s": users / elapsed, **{k: v * 1000 for k, v in percentiles(latencies).items()},
+              **{f"login (connect to bound) {k}": v * 1000 for k, v in percentiles(logins).items() if k != "p95"},
+              **{f"login+roster {k}": v * 1000 for k, v in percentiles(totals).items() if k != "p95"},
               **cpuPerThousand(before, setup.cpu(), users)}
+    stored = storedRosters(setup, users)
+    result["stored rosters rewritten by the storm"] = sum(1 for _, mtime in stored if mtime >= startedAt)
+    result["storm users stored with all contacts after"] = sum(1 for n, _ in stored if n == setup.contacts)
     if setup.mode == "B":
         stats = setup.webappCall("GET", "/stats")
         result["fetches"] = stats["requests"]
         result["fetches = users"] = stats["requests"] == users == stats["distinct"]
+    result["load average at start (1 min)"] = load
+    result.update(tapCounts(setup, users))
     return result
 
 
@@ -400,8 +557,10 @@ async def main(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     ratios: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="rosteradmin-bench-") as tmp:
-        if args.scenario == "all":
+        if args.scenario in ("all", "targets"):
             await classicScenarios(Path(tmp), args, scale, results)
+        if args.scenario == "large-roster":
+            await largeRosterScenarios(Path(tmp), args, results)
         if args.scenario in ("all", "large-first-sync"):
             contacts = args.sync_contacts if args.sync_contacts is not None else int(3000 * scale)
             results[f"6 large first sync ({contacts} contacts)"]["B"] = await largeFirstSyncRuns(
@@ -412,41 +571,76 @@ async def main(args: argparse.Namespace) -> None:
             for cap, runs in (await refreshMemoryRuns(Path(tmp), args)).items():
                 results[f"8 refresh memory ({args.memory_users} x 10, cache max {cap:,})"]["B"] = runs
     printResults(results, rows, ratios)
+    if LOADS:
+        print()
+        print("load average (1 min) at the start of each run: " + ", ".join(f"{label} {load:.2f}" for label, load in LOADS))
+
+
+#: Scenario names, with what each one's precondition is.
+WARM = {False: "1 warm gets, no ver (100 clients)", True: "1v warm gets, current ver (100 clients)"}
+STORM_NAMES = {"nostate": "2 login storm, store right, no --state", "cold": "2c cold login storm, empty store",
+               "steady": "2s steady login storm, store right, --state current"}
+
+#: The 1-minute load average at the start of each run, by run label.
+LOADS: list[tuple[str, float]] = []
 
 
 async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
                            results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     """
-    Scenarios 1 to 5.
+    Scenarios 1 to 5; with C{--scenario targets}, only 1, 1v, 2, 2c and 2s
+    (the ones issue 15's targets name).
     """
-    storm = [int(1000 * scale), int(5000 * scale)]
-    refreshSizes = [int(1000 * scale), int(10000 * scale)]
+    targets = args.scenario == "targets"
+    storm = [int(n * scale) for n in args.storm_sizes]
+    refreshSizes = [] if targets else [int(1000 * scale), int(10000 * scale)]
     users = max(refreshSizes + storm + [100])
     gets = int(10000 * scale)
-    for mode in ("A", "B"):
-        setup = Setup(tmp, mode, users, 50, args.delay)
-        setup.start()
-        try:
-            for run in range(args.runs):
+    include = Path(args.prosody_b_config).resolve() if args.prosody_b_config else None
+    for run in range(args.runs):
+        # A and B alternate within each run, so both see the same machine.
+        for mode in ("A", "B"):
+            setup = Setup(tmp / f"classic-{run}", mode, users, 50, args.delay,
+                          include=include if mode == "B" else None, tap=args.tap)
+            setup.start()
+            try:
+                load = os.getloadavg()
+                LOADS.append((f"run {run + 1} {mode}", load[0]))
+                print(f"run {run + 1} {mode}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
                 profiler = None
                 if mode == "B" and args.profile and run == 0:
-                    profiler = subprocess.Popen(["py-spy", "record", "--pid", str(setup.component.pid),
+                    profiler = subprocess.Popen(["py-spy", "record", "--pid", str(setup.component.pid),  # type: ignore[union-attr]
                                                  "--format", "raw", "--output", args.profile, "--rate", "200"],
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                results["1 warm gets (100 clients)"][mode].append(await warmGets(setup, 100, gets))
+                for withVer in (False, True):
+                    results[WARM[withVer]][mode].append(await warmGets(setup, 100, gets, withVer))
                 if profiler is not None:
                     profiler.send_signal(signal.SIGINT)
                     profiler.wait(60)
                 for n in storm:
-                    results[f"2 login storm ({n} users)"][mode].append(await loginStorm(setup, n))
+                    for variant in ("nostate", "cold", "steady"):
+                        results[f"{STORM_NAMES[variant]} ({n} users)"][mode].append(
+                            await loginStorm(setup, n, variant))
                 if mode == "B":
                     for n in refreshSizes:
                         results[f"3 bulk refresh ({n} users)"][mode].append(await bulkRefresh(setup, n))
-        finally:
-            setup.stop()
+            finally:
+                setup.stop()
+    if targets:
+        return
+    await largeRosterScenarios(tmp, args, results)
+    for users_, contacts in ((int(10000 * scale), 50), (int(100000 * scale), 20)):
+        results[f"4 memory ({users_} x {contacts})"]["B"] = [memory(users_, contacts) for _ in range(args.runs)]
+
+
+async def largeRosterScenarios(tmp: Path, args: argparse.Namespace,
+                               results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """
+    Scenarios 5 (A and B) and 5L (B).
+    """
     for mode in ("A", "B"):
-        big = Setup(tmp / "large", mode, 5001, 50, args.delay)
-        writeStoredRoster(big.prosody.dataPath, 0, 5001, 5000)
+        big = Setup(tmp / "large", mode, LARGEST_USERS, 50, args.delay)
+        writeStoredRoster(big.prosody.dataPath, 0, LARGEST_USERS, 5000)
         big.start()
         try:
             if mode == "B":
@@ -454,10 +648,60 @@ async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
                 big.restartComponent()
             for _ in range(args.runs):
                 results["5 large roster (5000 contacts)"][mode].append(await largeRoster(big, 5000))
+            if mode == "B":
+                results["5L largest roster served, default stanza limit"]["B"].append(await largestRoster(big))
         finally:
             big.stop()
-    for users_, contacts in ((int(10000 * scale), 50), (int(100000 * scale), 20)):
-        results[f"4 memory ({users_} x {contacts})"]["B"] = [memory(users_, contacts) for _ in range(args.runs)]
+
+
+#: Accounts of the large-roster setup: enough for the largest roster
+#: searched by L{largestRoster}, each contact a distinct user.
+LARGEST_USERS = 12001
+
+
+async def largestRoster(setup: Setup, low: int = 1000, high: int = 12000) -> dict[str, Any]:
+    """
+    Scenario 5L (B): the largest roster of the bench's shape (contacts
+    C{u1234@example.org}, named C{User 1234}, in one group C{Team} or
+    C{Friends}) that rosteradmin serves through a Prosody with the default
+    512 KiB C{component_stanza_size_limit} and the default
+    C{--max-stanza-bytes}: a bisection over the web app's size of C{u0},
+    each step a refresh (which stores it) and a roster get.
+    """
+    async def served(size: int) -> tuple[bool, str]:
+        setup.webappCall("POST", f"/size/0/{size}")
+        try:
+            await asyncio.to_thread(_post, f"http://127.0.0.1:{setup.httpPort}/roster_admin/refresh",
+                                    json.dumps([username(0)]).encode())
+        except urllib.error.HTTPError as e:  # a refresh whose user failed; the get below says what it serves
+            print(f"largest roster: refresh of {size} contacts: {e.code} {e.read()[:300]!r}", flush=True)
+        session = LoadClient(username(0), DOMAIN)
+        await session.login(setup.prosody.c2sPort, PASSWORD)
+        try:
+            reply = await session.iq("get", "<query xmlns='jabber:iq:roster'/>")
+        finally:
+            await session.close()
+        query = reply.find("{jabber:iq:roster}query")
+        if reply.get("type") == "result" and query is not None and len(query) == size:
+            return True, ""
+        error = reply.find("{jabber:client}error")
+        return False, "".join(child.tag.rsplit("}", 1)[-1] + " " for child in error) if error is not None else "?"
+
+    ok, _ = await served(low)
+    refusedWith = ""
+    while ok and high - low > 1:
+        middle = (low + high) // 2
+        fits, why = await served(middle)
+        if fits:
+            low = middle
+        else:
+            high, refusedWith = middle, why
+    await served(high)
+    stored = setup.prosody.storedRoster(username(0)).count('["subscription"]')
+    await served(low)
+    return {"largest roster served (contacts)": low, "smallest refused (contacts)": high,
+            "refused with": refusedWith.strip() or "-", "stored items of the last refused size": stored,
+            "rosteradmin connected after": bool(health(setup)["connected"])}
 
 
 def printResults(results: dict[str, dict[str, list[dict[str, Any]]]], rows: list[tuple[str, ...]],
@@ -468,7 +712,7 @@ def printResults(results: dict[str, dict[str, list[dict[str, Any]]]], rows: list
         for metric in b:
             if not metric.endswith(PHASES):
                 rows.append((scenario, metric, a.get(metric, "-"), b[metric]))
-        for metric in ("gets/s", "rosters/s", "p50", "p99", "full get ms"):
+        for metric in ("gets/s", "rosters/s", "p50", "p99", "login+roster p99", "full get ms"):
             if metric in a and metric in b:
                 ra = statistics.median(r[metric] for r in results[scenario]["A"])
                 rb = statistics.median(r[metric] for r in results[scenario]["B"])
@@ -511,10 +755,18 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, to try the harness")
     parser.add_argument("--delay", type=float, default=0.005, help="web app answer delay in seconds")
     parser.add_argument("--profile", help="write a py-spy profile of rosteradmin in scenario 1 here")
-    parser.add_argument("--scenario", choices=("all", "large-first-sync", "full-sync", "refresh-memory"),
+    parser.add_argument("--scenario", choices=("all", "targets", "large-roster", "large-first-sync", "full-sync", "refresh-memory"),
                         default="all",
-                        help="run scenarios 1 to 6, or only scenario 6 (bench/firstsync.py), 7 (bench/fullsync.py)"
-                             " or 8 (bench/refreshmemory.py); 7 and 8 run only when named")
+                        help="run scenarios 1 to 6; or only 1, 1v, 2, 2c and 2s (targets); or only 5 and 5L (large-roster);"
+                             " or only scenario 6"
+                             " (bench/firstsync.py), 7 (bench/fullsync.py) or 8 (bench/refreshmemory.py);"
+                             " 7 and 8 run only when named")
+    parser.add_argument("--storm-sizes", type=lambda v: [int(c) for c in v.split(",")], default=[1000],
+                        help="users of each login storm (scenarios 2, 2c, 2s), comma-separated")
+    parser.add_argument("--prosody-b-config", help="B's Prosody configuration instead of contrib's (experiments)")
+    parser.add_argument("--tap", action="store_true",
+                        help="relay B's component stream through bench/streamtap.py and count stanzas per login"
+                             " (profiling: it costs the load client CPU and adds a hop)")
     parser.add_argument("--sync-contacts", type=int, default=None,
                         help="contacts of the big user in scenario 6 (default 3,000; 300 with --quick)")
     parser.add_argument("--sync-idle", type=float, default=30.0,

@@ -23,6 +23,14 @@
 --     modules_enabled = { "privilege"; "delegation"; "rosteradmin_roster"; ... }
 -- rosteradmin uses it when the server answers it, and writes one item per
 -- privileged set otherwise.
+--
+-- It also reads the privileged entity's component stream in chunks of
+-- rosteradmin_component_read_size bytes (default 64 KiB) instead of the 4 KiB
+-- every listener gets (network_default_read_size): every user's roster
+-- answers come over that one stream, and with 4 KiB per turn of the network
+-- loop it waited behind each of hundreds of client connections for every
+-- 5 KB answer (docs/benchmarks.md, "Where the server's time goes").  Only the
+-- read size changes; component_stanza_size_limit applies as before.
 
 local st = require "util.stanza";
 local jid = require "util.jid";
@@ -31,6 +39,7 @@ local usermanager = require "core.usermanager";
 
 local xmlns = "urn:x-rosteradmin:roster:0";
 local granted = { set = true; both = true };
+local read_size = module:get_option_number("rosteradmin_component_read_size", 64 * 1024);
 
 module:add_feature(xmlns);
 
@@ -98,3 +107,17 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 	origin.send(st.reply(stanza));
 	return true;
 end);
+
+-- The first iq the privileged entity sends to this host (a delegated answer,
+-- a write) sets its stream's read size, once per connection.
+module:hook("iq/host", function(event)
+	local origin = event.origin;
+	if origin.type == "component" and not origin.rosteradmin_read_size and is_privileged(origin) then
+		origin.rosteradmin_read_size = read_size;
+		local conn = origin.conn;
+		if conn and conn.set_mode then
+			conn:set_mode(read_size);
+			module:log("debug", "reading %d bytes at a time from %s", read_size, origin.host);
+		end
+	end
+end, 1000);
