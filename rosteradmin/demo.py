@@ -32,6 +32,7 @@ from twisted.web import server
 
 from rosteradmin import tap
 from rosteradmin.ctl import DEFAULT_URL
+from rosteradmin.devchat import ChatPage, ConverseNotInstalled, localSettings
 from rosteradmin.devprosody import LocalProsody, ProsodyNotAvailable
 from rosteradmin.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
 
@@ -54,11 +55,28 @@ class DemoOptions(usage.Options):
         ["http-port", None, 5280, "port of rosteradmin's HTTP API", int],
         ["users-page-size", None, 2, "usernames per page of the web app's users list (2: the three "
                                      "sample users take two pages)", int],
+        ["websocket-port", None, 15280, "with --websocket: Prosody's HTTP port, for WebSocket and BOSH "
+                                        "(not 5280, rosteradmin's API)", int],
+        ["chat-port", None, 18081, "with --websocket: port of the Converse.js chat page", int],
+        ["chat-page", None, "contrib/converse", "with --websocket: the directory of the chat page's index.html"],
+    ]
+    optFlags = [
+        ["websocket", None, "also let browsers in: Prosody serves WebSocket and BOSH (--websocket-port), and a "
+                            "Converse.js page (--chat-port) logs in through it"],
     ]
 
     def postOptions(self) -> None:
         if self["users-page-size"] < 1:
             raise usage.UsageError(f"--users-page-size must be at least 1, not {self['users-page-size']}")
+        ports = ["c2s-port", "component-port", "webapp-port", "http-port"]
+        if self["websocket"]:
+            ports += ["websocket-port", "chat-port"]
+        seen: dict[int, str] = {}
+        for name in ports:
+            if self[name] in seen:
+                raise usage.UsageError(f"--{name} and --{seen[self[name]]} are both {self[name]}: "
+                                       f"each needs a port of its own")
+            seen[self[name]] = name
 
 
 def ctlCommand(httpPort: int) -> str:
@@ -79,16 +97,26 @@ def ctlCommand(httpPort: int) -> str:
 
 
 def banner(prosody: LocalProsody, rosterFile: Path, statePath: Path, webappPort: int, httpPort: int,
-           kickAuthorization: str, ctl: str) -> str:
+           kickAuthorization: str, ctl: str, chatPort: int | None = None) -> str:
+    """
+    What the demo prints once everything listens.
+
+    @param chatPort: Where the Converse.js page is served (C{--websocket}),
+        or C{None}.
+    """
     users = ", ".join(f"{u}@{prosody.domain}" for u in prosody.accounts)
     api = f"http://127.0.0.1:{httpPort}"
     webapp = f"http://127.0.0.1:{webappPort}"
+    browsers = ""
+    if chatPort is not None:
+        browsers = (f"  chat page       http://127.0.0.1:{chatPort}/   (Converse.js: log in as alice / {PASSWORD})\n"
+                    f"  WebSocket       {prosody.websocketURL}   BOSH {prosody.boshURL}\n")
     return f"""
 rosteradmin demo is running (Ctrl-C stops everything).
 
   XMPP accounts   {users}   (password: {PASSWORD})
   XMPP server     127.0.0.1:{prosody.c2sPort}, plain TCP (no TLS: demo only)
-  rosters         {rosterFile}  (edit it, then refresh)
+{browsers}  rosters         {rosterFile}  (edit it, then refresh)
   web app         {webapp}/rosters/alice   {webapp}/users  (paged: see its Link header)
   HTTP API        {api}/healthz   {api}/metrics   {api}/roster_admin/sync
   sync state      {statePath}
@@ -158,8 +186,15 @@ def main(argv: list[str]) -> None:
     statePath = directory / "state.sqlite"
     writeSample(rosterFile)
 
+    chat: ChatPage | None = None
+    if options["websocket"]:
+        try:
+            chat = ChatPage(Path(options["chat-page"]), {})
+        except ConverseNotInstalled as e:
+            raise SystemExit(f"demo: {e}")
     prosody = LocalProsody(directory / "prosody", options["prosody-config"],
-                           options["c2s-port"], options["component-port"])
+                           options["c2s-port"], options["component-port"],
+                           httpPort=options["websocket-port"] if chat is not None else None)
     for user in SAMPLE_ROSTERS:
         prosody.addAccount(user, PASSWORD)
     try:
@@ -176,6 +211,13 @@ def main(argv: list[str]) -> None:
     except CannotListenError as e:
         prosody.stop()
         raise SystemExit(f"demo: the sample web app cannot listen on port {e.port} (--webapp-port): {e.socketError}")
+    if chat is not None:
+        chat.settings.update(localSettings(prosody.websocketURL, prosody.domain))
+        try:
+            reactor.listenTCP(options["chat-port"], server.Site(chat), interface="127.0.0.1")  # type: ignore[arg-type]
+        except CannotListenError as e:
+            prosody.stop()
+            raise SystemExit(f"demo: the chat page cannot listen on port {e.port} (--chat-port): {e.socketError}")
     kickAuthorization = "Bearer " + secrets.token_urlsafe(12)
     serviceOptions = tap.Options()
     serviceOptions.parseOptions([
@@ -196,7 +238,7 @@ def main(argv: list[str]) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
     print(banner(prosody, rosterFile, statePath, options["webapp-port"], options["http-port"], kickAuthorization,
-                 ctlCommand(options["http-port"])), flush=True)
+                 ctlCommand(options["http-port"]), options["chat-port"] if chat is not None else None), flush=True)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service.startService()
     watch = ProsodyWatch(prosody, reactor, reactor)

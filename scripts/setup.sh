@@ -14,9 +14,10 @@ for package in "${testPackages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 # With chromium comes tests/integration/test_converse.py, which also needs the npm
-# package contrib/converse/package-lock.json pins (npm may come with a nodejs not from Debian).
+# package contrib/converse/package-lock.json pins (npm may come with a nodejs not from Debian);
+# the demo's chat page (demo.sh --websocket sets ROSTERADMIN_CONVERSE=1) needs it too.
 converse=""
-if [[ " ${testPackages[*]} " == *" chromium "* ]]; then
+if [[ " ${testPackages[*]} " == *" chromium "* ]] || [ "${ROSTERADMIN_CONVERSE:-}" = 1 ]; then
     converse="${ROSTERADMIN_CONVERSE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rosteradmin/converse}"
     command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
