@@ -12,8 +12,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
 
 from twisted.logger import Logger
 from twisted.web import server
@@ -22,9 +22,9 @@ from twisted.web.resource import Resource
 from rosteradmin.errors import KickFailed, NotConnected
 from rosteradmin.fullsync import FullSync
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend
-from rosteradmin.metrics import MetricsResource
+from rosteradmin.metrics import Metrics, MetricsResource
 from rosteradmin.stanzas import parseJID, roomNickname
-from rosteradmin.web import JSON, ApiError, JsonResource, authorizationProblem, readJSON, writeJSON
+from rosteradmin.web import JSON, ApiError, Drain, JsonResource, authorizationProblem, readJSON, writeJSON
 from rosteradmin.xmltext import carriesInXML
 
 #: The longest kick reason passed on to the room, in characters.
@@ -59,8 +59,8 @@ class AdminResource(JsonResource):
 
     what = "refresh"
 
-    def __init__(self, authorization: str | None) -> None:
-        super().__init__()
+    def __init__(self, drain: Drain, authorization: str | None) -> None:
+        super().__init__(drain)
         self.authorization = authorization
 
     @staticmethod
@@ -81,12 +81,18 @@ class RefreshResource(AdminResource):
              "updated": 2, "errors": 0, "failures": {}}
     """
 
-    methods = {b"POST": "_post", b"GET": "_get"}
+    allowedMethods = (b"GET", b"POST")
     hasSubpaths = True
 
-    def __init__(self, backend: IRosterBackend, authorization: str | None) -> None:
-        super().__init__(authorization)
+    def __init__(self, drain: Drain, backend: IRosterBackend, authorization: str | None) -> None:
+        super().__init__(drain, authorization)
         self.backend = backend
+
+    def render_GET(self, request: server.Request) -> int:
+        return self.respond(request, self._get)
+
+    def render_POST(self, request: server.Request) -> int:
+        return self.respond(request, self._post)
 
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)
@@ -144,12 +150,18 @@ class SyncResource(AdminResource):
     with C{"status": "running"}.
     """
 
-    methods = {b"POST": "_post", b"GET": "_get", b"HEAD": "_get"}
+    allowedMethods = (b"GET", b"HEAD", b"POST")
     what = "sync"
 
-    def __init__(self, fullSync: FullSync, authorization: str | None) -> None:
-        super().__init__(authorization)
+    def __init__(self, drain: Drain, fullSync: FullSync, authorization: str | None) -> None:
+        super().__init__(drain, authorization)
         self.fullSync = fullSync
+
+    def render_GET(self, request: server.Request) -> int:
+        return self.respond(request, self._get)
+
+    def render_POST(self, request: server.Request) -> int:
+        return self.respond(request, self._post)
 
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)
@@ -184,14 +196,21 @@ class KickResource(JsonResource):
     @ivar outcomes: Kicks by outcome, for the metrics.
     """
 
-    methods = {b"POST": "_post"}
+    allowedMethods = (b"POST",)
 
-    def __init__(self, kicker: IRoomKicker, status: IConnectionStatus, authorization: str) -> None:
-        super().__init__()
+    def __init__(self, drain: Drain, kicker: IRoomKicker, status: IConnectionStatus, authorization: str,
+                 outcomes: Counter[str]) -> None:
+        """
+        @param outcomes: Counts kicks by HTTP status; the metrics read it.
+        """
+        super().__init__(drain)
         self.kicker = kicker
         self.status = status
         self.authorization = authorization
-        self.outcomes: Counter[str] = Counter()
+        self.outcomes = outcomes
+
+    def render_POST(self, request: server.Request) -> int:
+        return self.respond(request, self._post)
 
     async def _post(self, request: server.Request) -> tuple[int, JSON]:
         try:
@@ -245,27 +264,43 @@ class HealthResource(JsonResource):
              "roster_sync_error": null}
     """
 
-    methods = {b"GET": "_get", b"HEAD": "_get"}
+    allowedMethods = (b"GET", b"HEAD")
 
-    def __init__(self, backend: IRosterBackend, status: IConnectionStatus, fullSync: FullSync) -> None:
-        super().__init__()
+    def __init__(self, drain: Drain, backend: IRosterBackend, status: IConnectionStatus, fullSync: FullSync,
+                 delegationProblem: Callable[[], str | None] = lambda: None) -> None:
+        """
+        @param delegationProblem: Why clients' roster queries do not reach
+            us (the server did not delegate them), or C{None}.
+        """
+        super().__init__(drain)
         self.backend = backend
         self.status = status
         self.fullSync = fullSync
+        self.delegationProblem = delegationProblem
+
+    def render_GET(self, request: server.Request) -> int:
+        return self.respond(request, self._get)
 
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
         connected = bool(self.status.connected)
         stuck = self.backend.stuck()
         sync = self.backend.sync
-        parked = dict(sync.parked) if sync is not None else {}
+        parked = dict(sync.parked)
+        syncRefusal = sync.syncRefusal
+        delegationProblem = self.delegationProblem() if connected else None
+        # Connected and moving, but misconfigured: rosteradmin works only in
+        # part.  200 still (a restart would not help), and the status says so.
+        degraded = syncRefusal is not None or delegationProblem is not None
         body = {
-            "status": "unavailable" if not connected else "stuck" if stuck is not None else "ok",
+            "status": ("unavailable" if not connected else "stuck" if stuck is not None
+                       else "degraded" if degraded else "ok"),
             "connected": connected,
             "cached_users": len(self.backend.cache),
             "fetches_in_flight": self.backend.fetcher.inFlight,
             "unsynced_users": len(self.backend.unsynced),
             "last_error": self.status.lastError,
-            "roster_sync_error": sync.syncRefusal if sync is not None else None,
+            "roster_sync_error": syncRefusal,
+            "delegation_error": delegationProblem,
             "stuck": stuck,
             "refused_users": len(self.backend.refused),
             "refused": dict(itertools.islice(sorted(self.backend.refused.items()), MAX_LISTED_USERS)),
@@ -286,10 +321,16 @@ class HealthResource(JsonResource):
 
 class NotFoundResource(JsonResource):
     """
-    Every path that is not a route: a JSON 404.
+    Every path that is not a route: a JSON 404 for the usual methods, a
+    JSON 405 for the others.
     """
 
-    methods = {m: "_notFound" for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH")}
+    allowedMethods = (b"DELETE", b"GET", b"HEAD", b"PATCH", b"POST", b"PUT")
+
+    def render(self, request: server.Request) -> bytes | int:
+        if request.method in self.allowedMethods and request.postpath in ([], [b""]):
+            return self.respond(request, self._notFound)
+        return super().render(request)
 
     async def _notFound(self, request: server.Request) -> tuple[int, JSON]:
         raise ApiError(HTTPStatus.NOT_FOUND, "No such resource")
@@ -301,8 +342,15 @@ class ApiRoot(Resource):
     included.
     """
 
+    def __init__(self, drain: Drain) -> None:
+        """
+        @param drain: The requests in flight, which a 404 counts too.
+        """
+        super().__init__()
+        self.drain = drain
+
     def getChild(self, path: bytes, request: server.Request) -> Resource:
-        return NotFoundResource()
+        return NotFoundResource(self.drain)
 
     def render(self, request: server.Request) -> int:
         writeJSON(request, HTTPStatus.NOT_FOUND, {"error": "No such resource"})
@@ -315,28 +363,33 @@ def buildRoot(
     kicker: IRoomKicker | None,
     refreshAuthorization: str | None,
     kickAuthorization: str | None,
-    metrics: Any,
+    kickOutcomes: Counter[str],
+    metrics: Metrics,
     fullSync: FullSync,
-) -> tuple[Resource, KickResource | None]:
+    drain: Drain,
+    delegationProblem: Callable[[], str | None] = lambda: None,
+) -> Resource:
     """
     The resource tree of the API.
 
     @param kicker: None when kicking is disabled (C{--no-kick}).
-    @param metrics: The L{rosteradmin.metrics.Metrics} to serve.
-    @return: The root, and the kick resource (for its outcome counts).
+    @param kickOutcomes: Where the kick resource counts its outcomes (the
+        metrics read them).
+    @param metrics: The metrics to serve.
+    @param drain: The requests in flight, shared with the HTTP service.
+    @param delegationProblem: For C{/healthz}: why clients' roster queries
+        do not reach us, or C{None}.
     """
-    root = ApiRoot()
-    admin = ApiRoot()
+    root = ApiRoot(drain)
+    admin = ApiRoot(drain)
     root.putChild(b"roster_admin", admin)
-    admin.putChild(b"refresh", RefreshResource(backend, refreshAuthorization))
-    admin.putChild(b"sync", SyncResource(fullSync, refreshAuthorization))
-    kick = None
+    admin.putChild(b"refresh", RefreshResource(drain, backend, refreshAuthorization))
+    admin.putChild(b"sync", SyncResource(drain, fullSync, refreshAuthorization))
     if kicker is not None and kickAuthorization is not None:
-        kick = KickResource(kicker, status, kickAuthorization)
-        root.putChild(b"muc_kick", kick)
-    root.putChild(b"healthz", HealthResource(backend, status, fullSync))
+        root.putChild(b"muc_kick", KickResource(drain, kicker, status, kickAuthorization, kickOutcomes))
+    root.putChild(b"healthz", HealthResource(drain, backend, status, fullSync, delegationProblem))
     root.putChild(b"metrics", MetricsResource(metrics))
-    return root, kick
+    return root
 
 
 def _summary(status: str, message: str, updated: int, failures: dict[str, str]) -> JSON:

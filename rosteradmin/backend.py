@@ -25,7 +25,7 @@ from rosteradmin.cache import RosterCache
 from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, RosterRefused, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync
-from rosteradmin.roster import Roster, RosterDiff, diffRosters, normaliseUsername
+from rosteradmin.roster import Contact, Roster, RosterDiff, alignGroups, diffRosters, normaliseUsername
 from rosteradmin.slots import KeyedLock, PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
@@ -65,7 +65,7 @@ class RosterBackend(Service):
     """
     Serves, refreshes and syncs rosters.
 
-    @ivar sync: Writes into the server; set once the XMPP side exists.
+    @ivar sync: Writes into the server.
     @ivar unsynced: Users whose cached roster the server may not hold yet
         (written once the server is reachable and grants roster access).
     @ivar refused: Why the web app's roster of a user cannot be stored in
@@ -75,9 +75,11 @@ class RosterBackend(Service):
 
     log = Logger()
 
-    def __init__(self, cache: RosterCache, fetcher: RosterFetcher, sync: IRosterSync | None = None,
+    def __init__(self, cache: RosterCache, fetcher: RosterFetcher, sync: IRosterSync,
                  limit: StanzaLimit | None = None, state: SyncState | None = None) -> None:
         """
+        @param sync: How rosters are written into the server; chosen by the
+            composition root (L{rosteradmin.tap.chooseRosterSync}).
         @param limit: The server's stanza size limit: rosters it cannot
             carry are refused for their user alone.
         @param state: What the server holds and who is pending, kept across
@@ -154,6 +156,61 @@ class RosterBackend(Service):
         if username not in self.cache:
             self._background(self._coalescedRefresh(username), "catch-up", username)
 
+    def putBack(self, username: str, jids: frozenset[str]) -> None:
+        """
+        A client's roster set was refused: push it again what the web app
+        has for the contacts it tried to change, and a removal of those it
+        tried to add.  Clients such as profanity show their edit as done
+        and keep it until the next login, whatever the error says; the
+        push puts their roster view right at once.
+
+        @param jids: The bare JIDs of the set's items.
+        """
+        roster = self.cache.peek(username)
+        if roster is None or not jids:
+            return  # the client holds nothing from us to put back
+        # An offline client that kept its edit must not be told "current".
+        self.state.doubtClients(username, roster.version)
+        present = {c.jid for c in roster.contacts}
+        added = [Contact(jid, None, ()) for jid in sorted(jids - present)]
+        self._background(self._locked(username, self._putBack, username, Roster([*roster.contacts, *added]),
+                                      frozenset(jids & present)), "put-back", username)
+
+    async def _putBack(self, username: str, clientsHave: Roster, unchanged: frozenset[str]) -> None:
+        """
+        Push, under the user's lock (after any refresh under way), from
+        what the clients were told to what the cache now holds.
+        """
+        roster = self.cache.peek(username)
+        if roster is not None:
+            self._pushChanges(username, clientsHave, roster, unchanged)
+
+    def clientsMayDiffer(self, username: str, version: str) -> bool:
+        """
+        Whether a client holding this (current) version may yet show
+        something else (L{SyncState.doubtClients}): it gets the whole roster.
+        """
+        return self.state.clientsDoubted(username, version)
+
+    def verifyServer(self, username: str) -> Deferred[None]:
+        """
+        Read back the server roster of a cached user and repair what
+        differs from the cache, pushing the repaired items: the cheap check
+        for online users (no web-app fetch), whose presence goes wrong at
+        once when the server's roster does.
+        """
+        return self._locked(username, self._verifyServer, username)
+
+    async def _verifyServer(self, username: str) -> None:
+        roster = self.cache.peek(username)
+        if roster is None or not self.sync.canSync():
+            return
+        stored = await self._writeToServer(username, roster, urgent=False, verify=True)
+        if stored is not None:
+            # The clients hold the cached roster, but for the subscriptions
+            # the server told them.
+            self._pushChanges(username, roster, roster, stored.notBoth)
+
     def _loadForClient(self, username: str) -> Deferred[Roster]:
         """
         Load a roster a client waits for.  A bulk refresh may be loading it
@@ -164,8 +221,7 @@ class RosterBackend(Service):
         """
         self._clientsWaiting[username] += 1
         self.fetcher.hurry(username)
-        if self.sync is not None:
-            self.sync.hurry(username)
+        self.sync.hurry(username)
 
         def clientDone(result: T) -> T:
             self._clientsWaiting[username] -= 1
@@ -180,7 +236,7 @@ class RosterBackend(Service):
         Why work on rosters makes no progress (fetches or privileged
         requests queued and none moving), or C{None}.
         """
-        reasons = [self.fetcher.stuck()] + ([self.sync.stuck()] if self.sync is not None else [])
+        reasons = [self.fetcher.stuck(), self.sync.stuck()]
         found = [r for r in reasons if r is not None]
         return "; ".join(found) if found else None
 
@@ -303,7 +359,7 @@ class RosterBackend(Service):
                              "resync", username)
 
     def _canSync(self) -> bool:
-        return self.sync is not None and self.sync.canSync()
+        return self.sync.canSync()
 
     def _locked(self, username: str, work: Callable[..., Coroutine[Deferred[Any], Any, T]],
                 *args: object) -> Deferred[T]:
@@ -343,8 +399,7 @@ class RosterBackend(Service):
         @param urgent: A client waits (see L{RosterFetcher.fetch}).
         """
         known = self.state.serverVersion(username) is not None and not verify
-        sync = self.sync
-        stored = sync.readStored(username, urgent) if sync is not None and sync.canSync() and not known else None
+        stored = self.sync.readStored(username, urgent) if self.sync.canSync() and not known else None
         try:
             roster = await self.fetcher.fetch(username, urgent)
         except FetchFailed:
@@ -448,7 +503,7 @@ class RosterBackend(Service):
         and the contacts in C{rewrite} again (their subscription was not
         C{both}).
         """
-        if clientsHad is not None and self.sync is not None and (clientsHad != roster or rewrite):
+        if clientsHad is not None and (clientsHad != roster or rewrite):
             self.sync.push(username, clientsHad, roster, rewrite)
 
     async def _writeToServer(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None = None,
@@ -471,13 +526,14 @@ class RosterBackend(Service):
             # cheap path, no privileged read or write.
             self.unsynced.discard(username)
             return None
-        if self.sync is None or (storedRead is None and not self.sync.canSync()):
+        if storedRead is None and not self.sync.canSync():
             self._markUnsynced(username)
-            if report and self.sync is not None and self.sync.syncRefusal is not None:
+            if report and self.sync.syncRefusal is not None:
                 raise SyncFailed(self.sync.syncRefusal)
             return None
         try:
             stored = await (storedRead if storedRead is not None else self.sync.readStored(username, urgent))
+            stored = stored._replace(roster=alignGroups(stored.roster, roster))
             diff = diffRosters(stored.roster, roster)
             if known is not None and (stored.notBoth or stored.roster.version != known):
                 self._countDrift(username, stored, roster, diff)

@@ -1,41 +1,47 @@
 # -*- test-case-name: tests.test_component -*-
 """
 The XEP-0114 external component: connection, reconnection, keepalive, and
-the wiring of the XMPP handlers.
+the stream its XMPP handlers share.
 
-wokkel's L{Component} handles the handshake and reconnects; this module caps
-its backoff (and keeps backing off while the server refuses the handshake),
+wokkel's L{Component} handles the handshake; Twisted's L{ClientService}
+reconnects, with a capped backoff that only a completed handshake resets (so
+it keeps backing off while the server refuses the handshake).  This module
 gives IQ requests a timeout, sends whitespace keepalives, and says why a
-connection failed where wokkel would only retry: an unreachable server, a
-wrong secret, a second component with our JID.
+connection failed where Twisted would only retry: an unreachable server, a
+wrong secret, a second component with our JID.  It builds none of its
+handlers: L{rosteradmin.tap.wireParts} does.
 """
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IAddress, IConnector, IConsumer, IPushProducer, IReactorTime
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import (
+    IConsumer, IProtocol, IProtocolFactory, IPushProducer, IReactorTime, IStreamClientEndpoint,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
-from twisted.words.protocols.jabber.component import ConnectComponentAuthenticator
 from twisted.words.protocols.jabber.error import StreamError
-from twisted.words.xish.xmlstream import XmlStreamFactoryMixin
 from wokkel import component
-from wokkel.subprotocols import StreamManager, XMPPHandler
+from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from rosteradmin.config import Config
 from rosteradmin.delegation import DelegationHandler
 from rosteradmin.disco import DiscoHandler
-from rosteradmin.fairness import QueryGate
-from rosteradmin.interfaces import IConnectionStatus, IRosterBackend
+from rosteradmin.interfaces import IConnectionStatus
 from rosteradmin.muc import RoomKicker
+from rosteradmin.permissions import PermissionTracker
+from rosteradmin.presence import PresenceTracker
 from rosteradmin.privilege import PrivilegeHandler
-from rosteradmin.roster import NS_ROSTER
 from rosteradmin.rosterserver import RosterServer
-from rosteradmin.stanzalimit import StanzaLimit
 
 
 @implementer(IPushProducer)
@@ -103,7 +109,6 @@ class ConnectionMonitor(XMPPHandler):
         self.connected = True
         self.connections += 1
         self.lastError = None
-        self.parent.factory.resetDelay()
         self.log.info("connected to the XMPP server as {jid}", jid=self.xmlstream.thisEntity.full())
         self._keepalive = LoopingCall(self._sendKeepalive)
         self._keepalive.clock = self.clock
@@ -126,16 +131,15 @@ class ConnectionMonitor(XMPPHandler):
                            why=reason.getErrorMessage())
         self.connected = False
 
-    def connectFailed(self, address: str, reason: Failure, retryIn: float | None) -> None:
+    def connectFailed(self, address: str, reason: Failure, retryIn: float) -> None:
         """
         No TCP connection to the XMPP server could be made.
 
-        @param retryIn: Seconds until the next attempt (C{None}: no retry).
+        @param retryIn: Seconds until the next attempt.
         """
         self.lastError = f"cannot connect to {address}: {reason.getErrorMessage()}"
         self.log.error("cannot connect to the XMPP server at {address}: {why}; {next}",
-                       address=address, why=reason.getErrorMessage(),
-                       next=f"retrying in {retryIn:.1f} s" if retryIn is not None else "not retrying")
+                       address=address, why=reason.getErrorMessage(), next=f"retrying in {retryIn:.1f} s")
 
     def _onStreamError(self, reason: Failure) -> None:
         error = reason.value
@@ -153,90 +157,158 @@ class ConnectionMonitor(XMPPHandler):
             self.xmlstream.send(" ")
 
 
-class HandshakeBackoffFactory(xmlstream.XmlStreamFactory):
+#: How much longer each wait for a reconnection is than the one before
+#: (Twisted's ReconnectingClientFactory grows it by e as well).
+BACKOFF_FACTOR = math.e
+
+#: The first wait, in seconds.
+BACKOFF_INITIAL_DELAY = 1.0
+
+#: At most this many seconds are added to each wait at random, so that
+#: components restarted together do not reconnect in step.
+BACKOFF_JITTER = 0.25
+
+
+class HandshakeBackoff:
     """
-    Reconnects with a backoff that a completed handshake resets, not a TCP
-    connection: Twisted's factory resets it on connect, so a server that
-    accepts the connection and refuses the handshake (a wrong secret) was
-    retried about every second, forever.
+    The retry policy of the component's L{ClientService}: an exponential
+    backoff, capped, that a completed handshake resets, not a TCP
+    connection.
 
-    @ivar connectFailed: Told of each failed TCP connection attempt.
+    C{ClientService} counts failed connection attempts and starts over at
+    each TCP connection, so a server that accepts the connection and refuses
+    the handshake (a wrong secret) would be retried about every second,
+    forever.  Its C{prepareConnection} could hold the connection until the
+    handshake, but on Twisted 26.10 a connection lost while it is pending
+    raises C{NoTransition} from the state machine (C{_clientDisconnected} in
+    C{Connecting}), which is how every refused handshake ends.  So this
+    policy keeps its own count of attempts since the last handshake, which
+    the component resets on C{STREAM_AUTHD_EVENT}, and ignores
+    C{ClientService}'s.
+
+    @ivar failures: Attempts since the last completed handshake.
+    @ivar nextDelay: The wait after the next failed attempt, with its
+        jitter (known before it happens, to say it when it happens).
     """
 
-    #: Twisted's own lines ("Starting factory", "will retry in") would
-    #: repeat each attempt; rosteradmin logs the failures with their cause.
-    noisy = False
+    def __init__(self, maxDelay: float, jitter: Callable[[], float] = lambda: random.random() * BACKOFF_JITTER) -> None:
+        """
+        @param maxDelay: The longest wait, before jitter
+            (C{--reconnect-max-delay}).
+        @param jitter: Seconds to add to a wait.
+        """
+        self._policy = backoffPolicy(BACKOFF_INITIAL_DELAY, maxDelay, BACKOFF_FACTOR, jitter)
+        self.reset()
 
-    def __init__(self, authenticator: ConnectComponentAuthenticator,
-                 connectFailed: Callable[[str, Failure, float | None], None]) -> None:
-        super().__init__(authenticator)
+    def reset(self) -> None:
+        """
+        A handshake completed: the next failure waits the shortest time.
+        """
+        self.failures = 0
+        self.nextDelay = self._policy(0)
+
+    def __call__(self, attempt: int) -> float:
+        """
+        An attempt failed, before or after its handshake: how long to wait.
+
+        @param attempt: C{ClientService}'s count, unused (see above).
+        """
+        delay = self.nextDelay
+        self.failures += 1
+        self.nextDelay = self._policy(self.failures)
+        return delay
+
+
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """
+    An endpoint that reports each failed connection attempt, with its
+    cause and the wait before the next, where C{ClientService} would only
+    log that it retries.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, address: str, backoff: HandshakeBackoff,
+                 connectFailed: Callable[[str, Failure, float], None]) -> None:
+        """
+        @param address: Where it connects, as the log and C{/healthz} name it.
+        @param connectFailed: Told the address, why, and the seconds until
+            the next attempt.
+        """
+        self.endpoint = endpoint
+        self.address = address
+        self.backoff = backoff
         self.connectFailed = connectFailed
 
-    def buildProtocol(self, addr: IAddress | None) -> xmlstream.XmlStream:
-        return XmlStreamFactoryMixin.buildProtocol(self, addr)
+    def __repr__(self) -> str:
+        # ClientService names the endpoint in its "Scheduling retry" line.
+        return f"the XMPP server at {self.address}"
 
-    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
-        super().clientConnectionFailed(connector, reason)
-        destination = connector.getDestination()
-        address = f"{getattr(destination, 'host', '?')}:{getattr(destination, 'port', '?')}"
-        # retry() has scheduled the next attempt and already grown the delay
-        # for the one after it.
-        scheduled, clock = self._callID, self.clock
-        # retry() sets the clock (the global reactor unless given) as it schedules.
-        self.connectFailed(address, reason,
-                           scheduled.getTime() - clock.seconds() if scheduled is not None and clock is not None
-                           else None)
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        d = self.endpoint.connect(protocolFactory)
+
+        def failed(reason: Failure) -> Failure:
+            # A cancelled attempt is the service stopping: no retry follows.
+            if not reason.check(CancelledError):
+                self.connectFailed(self.address, reason, self.backoff.nextDelay)
+            return reason
+
+        return d.addErrback(failed)
 
 
 class RosterComponent(component.Component):
     """
-    The wokkel component with rosteradmin's handlers.  Nothing connects
-    until the service starts.
+    The wokkel component with rosteradmin's handlers, each built and given
+    its collaborators by the composition root (L{rosteradmin.tap.wireParts}),
+    connected and reconnected by a L{ClientService}.  Nothing connects until
+    the service starts.
 
     @ivar status: Whether we are connected (the L{IConnectionStatus}).
-    @ivar privileges: Permissions, online users, privileged writes (the
-        backend's L{IRosterSync}).
+    @ivar privileges: Privileged reads, writes and pushes (with the
+        permissions and the online users).
     @ivar rosterServer: Answers roster queries.
     @ivar delegation: Unwraps and answers delegated requests.
     @ivar kicker: Kicks room occupants (the L{IRoomKicker}).
+    @ivar backoff: How long to wait before reconnecting.
+    @ivar connection: Keeps the stream connected.
     """
 
-    def __init__(self, config: Config, backend: IRosterBackend, clock: IReactorTime, verbose: bool = False,
-                 limit: StanzaLimit | None = None) -> None:
+    def __init__(self, config: Config, clock: IReactorTime, endpoint: IStreamClientEndpoint,
+                 status: ConnectionMonitor, grants: PermissionTracker, presence: PresenceTracker,
+                 privileges: PrivilegeHandler, rosterServer: RosterServer, delegation: DelegationHandler,
+                 kicker: RoomKicker, disco: DiscoHandler, verbose: bool = False) -> None:
         """
-        @param limit: The server's stanza size limit, shared with the
-            backend; by default from C{config.max_stanza_bytes}.
+        @param endpoint: Connects to the server's component port.
+        @param verbose: Log every stanza sent and received.
         """
-        if limit is None:
-            limit = StanzaLimit(config.max_stanza_bytes)
-        self.status = ConnectionMonitor(clock, config.keepalive_interval)
-        # What wokkel's Component.__init__ does, with our factory.
-        self.host, self.port = config.xmpp_host, config.xmpp_port
-        StreamManager.__init__(self, HandshakeBackoffFactory(
-            ConnectComponentAuthenticator(config.jid, config.secret), self.status.connectFailed))
-        self.logTraffic = verbose
+        super().__init__(config.xmpp_host, config.xmpp_port, config.jid, config.secret)
+        # wokkel's Component gives its StreamManager no reactor; this one
+        # times IQ requests out.
         self._reactor = clock
         self.timeout = config.iq_timeout
-        # ReconnectingClientFactory backs off with jitter up to an hour by
-        # default; the server is usually back within seconds.
-        self.factory.maxDelay = config.reconnect_max_delay
-        self.privileges = PrivilegeHandler(
-            config.domain, self.status, clock, config.iq_timeout, limit, config.sync_latency_target,
-            userOnline=backend.warm, rosterAccessGranted=backend.connectionRestored,
-            userWasOnline=backend.catchUp,
-        )
-        self.rosterServer = RosterServer(backend, config.domain, config.jid, limit,
-                                         QueryGate(clock, config.queries_per_user, config.query_rate))
-        self.delegation = DelegationHandler(
-            config.domain, config.jid, {NS_ROSTER: self.rosterServer.answerDelegated}, limit
-        )
-        self.kicker = RoomKicker(config.jid, self.status, clock, config.iq_timeout,
-                                 config.kick_nick, config.stay_in_rooms)
-        for handler in (self.status, self.privileges, self.rosterServer, self.delegation,
-                        self.kicker, DiscoHandler(config.jid)):
+        self.logTraffic = verbose
+        # Twisted's "Starting factory" would repeat each attempt.
+        self.factory.noisy = False
+        self.status = status
+        self.privileges = privileges
+        self.rosterServer = rosterServer
+        self.delegation = delegation
+        self.kicker = kicker
+        for handler in (status, grants, presence, privileges, rosterServer, delegation, kicker, disco):
             handler.setHandlerParent(self)
-        backend.sync = self.privileges
+        self.backoff = HandshakeBackoff(config.reconnect_max_delay)
+        self.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, lambda stream: self.backoff.reset())
+        address = f"{config.xmpp_host}:{config.xmpp_port}"
+        self.connection = ClientService(ReportingEndpoint(endpoint, address, self.backoff, status.connectFailed),
+                                        self.factory, retryPolicy=self.backoff, clock=clock)
 
-    def stopService(self) -> object:
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.connection.startService()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop reconnecting and close the stream.
+        """
         self.privileges.stopRetrying()
-        return super().stopService()
+        service.Service.stopService(self)
+        return self.connection.stopService()

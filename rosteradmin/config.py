@@ -101,11 +101,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("users-url", str, None, "web app URL listing every username (a JSON array, paged by Link: rel=next): full syncs walk it"),
     Setting("no-start-sync", bool, False, "do not run a full sync when the server first takes writes (with --users-url)"),
     Setting("reconcile-interval", float, 6 * 3600.0, "seconds between reconciliation passes, which read every server roster back and repair drift"),
+    Setting("online-check-interval", float, 600.0, "seconds between checks of online users' server rosters against the cache (no web-app fetch), repairing and pushing what changed behind our back; each costs one privileged read per online user"),
     Setting("sync-latency-target", float, 0.05, "seconds of privileged reply latency background syncs may push the server to; their pace adapts to stay under it"),
     Setting("cache-max-contacts", int, 1_000_000, "most contacts the roster cache holds, all users together (measured: 220 bytes each with 50 per user, 350 with 10, RSS 405 MB at the default); past it, offline users' rosters are dropped, least recently used first"),
     Setting("state", str, None, "SQLite file keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"),
     Setting("web-app-headers", dict, None, "extra HTTP headers sent to the web app (TOML table only)", cli=False),
+    Setting("roster-sync", str, "privilege", "how rosters are written into the server: privilege (XEP-0356: Prosody) or ejabberd-api (ejabberd's mod_http_api, see contrib/ejabberd)"),
+    Setting("ejabberd-api-url", str, None, "base URL of ejabberd's mod_http_api, e.g. http://127.0.0.1:5281/api (required with --roster-sync ejabberd-api); each call times out after --iq-timeout"),
+    Setting("ejabberd-api-authorization", str, None, "Authorization header value sent to ejabberd's HTTP API, when its api_permissions want a credential (none: rely on loopback)", secret=True),
 )
+
+#: The values of C{roster-sync}.
+ROSTER_SYNCS = ("privilege", "ejabberd-api")
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -144,9 +151,13 @@ class Config:
     users_url: str | None = None
     no_start_sync: bool = False
     reconcile_interval: float = 6 * 3600.0
+    online_check_interval: float = 600.0
     sync_latency_target: float = 0.05
     cache_max_contacts: int = 1_000_000
     web_app_headers: Mapping[str, str] = field(default_factory=dict)
+    roster_sync: str = "privilege"
+    ejabberd_api_url: str | None = None
+    ejabberd_api_authorization: str | None = None
 
 
 def loadTOML(path: str) -> dict[str, Any]:
@@ -322,6 +333,13 @@ def buildConfig(
         values["kick_nick"] = nick
     if values.get("max_stanza_bytes", MIN_MAX_STANZA_BYTES) < MIN_MAX_STANZA_BYTES:
         raise ConfigError(f"--max-stanza-bytes: must be at least {MIN_MAX_STANZA_BYTES}, got {values['max_stanza_bytes']}")
+    if values.get("roster_sync", "privilege") not in ROSTER_SYNCS:
+        raise ConfigError(f"--roster-sync: must be one of {', '.join(ROSTER_SYNCS)}, got {values['roster_sync']!r}")
+    apiURL = values.get("ejabberd_api_url")
+    if values.get("roster_sync") == "ejabberd-api" and apiURL is None:
+        raise ConfigError("--ejabberd-api-url: is required with --roster-sync ejabberd-api")
+    if apiURL is not None and not apiURL.startswith(("http://", "https://")):
+        raise ConfigError(f"--ejabberd-api-url: must be an http:// or https:// URL, got {apiURL!r}")
     if "xmpp_port" in values and values["xmpp_port"] > 65535:
         raise ConfigError(f"--xmpp-port: {values['xmpp_port']} is not a port number")
     return Config(**values)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
@@ -157,18 +158,31 @@ class DelegationHandler(XMPPHandler):
         delegation namespace version it used.
     @ivar ownRequestsReturned: How many of our own requests the server
         delegated back to us on this connection.
+    @ivar missing: Why clients' queries do not reach us, when the server
+        has not delegated every namespace of C{answerers} within
+        C{deadline} of the handshake (C{/healthz} shows it); else C{None}.
     """
 
     log = Logger()
 
-    def __init__(self, domain: str, componentJID: str, answerers: dict[str, Answerer], limit: StanzaLimit) -> None:
+    def __init__(self, domain: str, componentJID: str, answerers: dict[str, Answerer], limit: StanzaLimit,
+                 clock: IReactorTime | None = None, deadline: float = 10.0) -> None:
         """
         @param domain: The only sender whose envelopes are trusted.
         @param answerers: Handlers by the namespace of the client iq's child.
         @param limit: The server's stanza size limit: a larger answer would
             close the stream, so the client gets an error instead.
+        @param clock: Times the C{deadline} (none: the delegation is not
+            watched).
+        @param deadline: Seconds after the handshake by which the server
+            has advertised its delegations: Prosody sends them with the
+            handshake, ejabberd after our answers to its disco queries.
         """
         super().__init__()
+        self.clock = clock
+        self.deadline = deadline
+        self.missing: str | None = None
+        self._watch: IDelayedCall | None = None
         self.limit = limit
         self.domain = domain
         self.componentJID = componentJID
@@ -184,9 +198,36 @@ class DelegationHandler(XMPPHandler):
         self.xmlstream.addObserver(DELEGATED_REQUEST, self._onDelegatedRequest)
         self.xmlstream.addObserver(ADVERTISEMENT, self._onAdvertisement)
 
+    def connectionInitialized(self) -> None:
+        if self.clock is not None:
+            self._watch = self.clock.callLater(self.deadline, self._checkDelegated)
+
     def connectionLost(self, reason: Failure) -> None:
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
         self.delegated = {}
         self.ownRequestsReturned = 0
+        self.missing = None
+
+    def _checkDelegated(self) -> None:
+        """
+        Say, once per connection, that the server delegates less than we
+        answer: its clients' queries then never reach us.  ejabberd 24.12
+        with mod_privilege loaded does this (it drops our answers to the
+        disco queries delegation starts with), and so does a server
+        without mod_delegation.
+        """
+        self._watch = None
+        absent = sorted(set(self.answerers) - set(self.delegated))
+        if not absent:
+            return
+        self.missing = (
+            f"the server delegated no {', '.join(absent)} to {self.componentJID} within {self.deadline:g} s of "
+            f"the handshake: clients' roster queries go to the server's own roster store, not to rosteradmin "
+            f"(is mod_delegation loaded and delegating it to us? on ejabberd 24.12, mod_privilege must not be "
+            f"loaded)")
+        self.log.error("{problem}", problem=self.missing)
 
     def _onAdvertisement(self, message: domish.Element) -> None:
         """
@@ -209,6 +250,9 @@ class DelegationHandler(XMPPHandler):
             "server delegates {namespaces} ({version})",
             namespaces=sorted(self.delegated), version=delegation.uri,
         )
+        if self.missing is not None and set(self.answerers) <= set(self.delegated):
+            self.missing = None
+            self.log.info("the server's delegation arrived late: clients' roster queries reach us now")
 
     def _onDelegatedRequest(self, iq: domish.Element) -> None:
         """

@@ -74,6 +74,7 @@ class RosterFetcher:
         maxBytes: int = 16 * 1024 * 1024,
         headers: Mapping[str, str] | None = None,
         pool: HTTPConnectionPool | None = None,
+        observeFetch: Callable[[str, float], object] = lambda outcome, seconds: None,
     ) -> None:
         """
         @param urlTemplate: The roster URL with one C{%s} for the username.
@@ -81,6 +82,8 @@ class RosterFetcher:
         @param clock: Time for deadlines and retry pauses.
         @param http: A treq-like client (C{treq} or a C{treq.testing.StubTreq}).
         @param pool: The connection pool under C{http}, closed by L{close}.
+        @param observeFetch: Told each fetch's outcome (C{"ok"} or
+            C{"failed"}) and duration (the metrics).
         """
         self.urlTemplate = urlTemplate
         self.domain = domain
@@ -92,8 +95,7 @@ class RosterFetcher:
         self.pool = pool
         self.inFlight = 0
         self.failures = 0
-        #: Told each fetch's outcome ("ok" or "failed") and duration (metrics).
-        self.observeFetch: Callable[[str, float], object] = lambda outcome, seconds: None
+        self.observeFetch = observeFetch
         # A quarter of the slots stays free for fetches a client waits on,
         # so a login never queues behind a refresh's hanging fetches.
         self._slots = PrioritySlots(concurrency, reserved=concurrency // 4, now=clock.seconds)

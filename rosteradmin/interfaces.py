@@ -28,15 +28,41 @@ if TYPE_CHECKING:
 # annotated Attributes give the types the edges see.
 
 
-class IRosterBackend(Interface):
+class IServerObserver(Interface):
+    """
+    Told what the component stream says of the server's users and of our
+    access to their rosters.  The backend is one; the XMPP side is given
+    it by the composition root (L{rosteradmin.tap.wireParts}) once it
+    exists, as the backend is given the XMPP side's L{IRosterSync} first.
+    """
+
+    def warm(username: str) -> None:
+        """
+        A user's first resource came online: load its roster in the
+        background, before the client asks.
+        """
+
+    def catchUp(username: str) -> None:
+        """
+        A user was online before this connection: refresh its roster in the
+        background, so that a change made meanwhile is stored and pushed.
+        """
+
+    def connectionRestored() -> None:
+        """
+        The server takes roster writes (again): write what could not be
+        written.
+        """
+
+
+class IRosterBackend(IServerObserver):
     """
     The rosters: cached, fetched from the web app, written into the server.
     """
 
     cache: RosterCache = Attribute("The L{rosteradmin.cache.RosterCache}.")
     fetcher: RosterFetcher = Attribute("The L{rosteradmin.fetcher.RosterFetcher}.")
-    sync: IRosterSync | None = Attribute(
-        "Writes into the server (the L{IRosterSync}); C{None} until the XMPP side exists.")
+    sync: IRosterSync = Attribute("Writes into the server (the L{IRosterSync}).")
     state: SyncState = Attribute(
         "What the server holds and who is pending, kept across restarts (L{rosteradmin.state.SyncState}).")
     refreshes: int = Attribute("How many refresh requests were handled.")
@@ -52,17 +78,6 @@ class IRosterBackend(Interface):
             failing with L{rosteradmin.errors.FetchFailed}.
         """
 
-    def warm(username: str) -> None:
-        """
-        Load a user's roster in the background, before the client asks.
-        """
-
-    def catchUp(username: str) -> None:
-        """
-        A user was online before this connection: refresh its roster in the
-        background, so that a change made meanwhile is stored and pushed.
-        """
-
     def refresh(usernames: list[str], verify: bool = False) -> Deferred[RefreshSummary]:
         """
         Re-fetch, diff, cache, sync and push the rosters of these users.
@@ -73,6 +88,27 @@ class IRosterBackend(Interface):
         @return: Deferred firing with a L{rosteradmin.backend.RefreshSummary}.
         """
 
+    def putBack(username: str, jids: frozenset[str]) -> None:
+        """
+        A roster set naming these bare JIDs was refused: push the user's
+        clients the web app's items for them (a removal for those it does
+        not list), so that a client which showed the edit as done shows
+        the roster again.
+        """
+
+    def clientsMayDiffer(username: str, version: str) -> bool:
+        """
+        Whether a client holding the user's current roster version may
+        show something else (it changed its view and was refused, or the
+        server changed the roster behind us): answer it in full.
+        """
+
+    def verifyServer(username: str) -> Deferred[None]:
+        """
+        Read back the server roster of a cached user and repair, with
+        pushes, what differs from the cache; no web-app fetch.
+        """
+
     limit: StanzaLimit = Attribute("The L{rosteradmin.stanzalimit.StanzaLimit} of the server.")
     refused: dict[str, str] = Attribute("Why each refused user's roster cannot be stored or sent, by username.")
     unsynced: set[str] = Attribute("Users whose cached roster the server may not hold yet.")
@@ -80,11 +116,6 @@ class IRosterBackend(Interface):
     def stuck() -> str | None:
         """
         Why work on rosters makes no progress, or None.
-        """
-
-    def connectionRestored() -> None:
-        """
-        The XMPP server is reachable again: write what could not be written.
         """
 
 

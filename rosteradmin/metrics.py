@@ -11,31 +11,56 @@ process (the tests) do not collide.
 
 from __future__ import annotations
 
-from http import HTTPStatus
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.web import server
-from twisted.web.resource import Resource
 
 from rosteradmin.fullsync import SyncProgress
 from rosteradmin.interfaces import IConnectionStatus, IRosterBackend
-from rosteradmin.web import methodNotAllowed, writeJSON
+from rosteradmin.web import JsonLeaf
+
+
+class FetchLatency:
+    """
+    Seconds per roster fetch, by outcome: the one metric observed as it
+    happens.  It exists before the fetcher, which is given L{observe} at
+    construction, and before the L{Metrics} that serve it.
+
+    @ivar histogram: The C{rosteradmin_fetch_seconds} histogram, in no
+        registry until a L{Metrics} registers it in its own.
+    """
+
+    def __init__(self) -> None:
+        self.histogram = Histogram(
+            "rosteradmin_fetch_seconds", "Roster fetches from the web app, by outcome",
+            ["outcome"], registry=None,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        """
+        One fetch ended.
+
+        @param outcome: C{"ok"} or C{"failed"}.
+        """
+        self.histogram.labels(outcome).observe(seconds)
 
 
 class Metrics(Collector):
     """
     The registry of one service, and the collector of its live counters.
-
-    @ivar fetchLatency: Seconds per roster fetch, by outcome.
     """
 
-    def __init__(self, backend: IRosterBackend, status: IConnectionStatus,
-                 answered: Callable[[], int], kicks: Callable[[], dict[str, int]],
-                 onlineResources: Callable[[], int], queriesRefused: Callable[[], int] = lambda: 0,
-                 currentSync: Callable[[], SyncProgress | None] = lambda: None) -> None:
+    def __init__(self, backend: IRosterBackend, status: IConnectionStatus, fetchLatency: FetchLatency,
+                 answered: Callable[[], int], kicks: Mapping[str, int],
+                 onlineResources: Callable[[], int], queriesRefused: Callable[[], int],
+                 currentSync: Callable[[], SyncProgress | None]) -> None:
+        """
+        @param kicks: Kicks by HTTP status, as the kick resource counts them.
+        """
         self.backend = backend
         self.queriesRefused = queriesRefused
         self.currentSync = currentSync
@@ -44,15 +69,8 @@ class Metrics(Collector):
         self.onlineResources = onlineResources
         self.kicks = kicks
         self.registry = CollectorRegistry()
-        self.fetchLatency = Histogram(
-            "rosteradmin_fetch_seconds", "Roster fetches from the web app, by outcome",
-            ["outcome"], registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
+        self.registry.register(fetchLatency.histogram)
         self.registry.register(self)
-
-    def observeFetch(self, outcome: str, seconds: float) -> None:
-        self.fetchLatency.labels(outcome).observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
         cache = self.backend.cache
@@ -83,10 +101,9 @@ class Metrics(Collector):
         yield CounterMetricFamily("rosteradmin_queries_refused",
                                   "Roster queries refused because their user sent too many at once",
                                   self.queriesRefused())
-        sync = self.backend.sync
         yield GaugeMetricFamily("rosteradmin_parked_users",
                                 "Users whose roster writes are held back after coinciding with stream losses",
-                                len(sync.parked) if sync is not None else 0)
+                                len(self.backend.sync.parked))
         yield GaugeMetricFamily("rosteradmin_stuck", "1 while fetches or privileged requests make no progress",
                                 0 if self.backend.stuck() is None else 1)
         drift = CounterMetricFamily("rosteradmin_drift_repaired",
@@ -109,7 +126,7 @@ class Metrics(Collector):
         yield GaugeMetricFamily("rosteradmin_sync_running", "1 while a full sync or reconciliation runs",
                                 1 if current is not None and current.running else 0)
         kicks = CounterMetricFamily("rosteradmin_kicks", "Kick requests by HTTP status", labels=["status"])
-        for status, count in sorted(self.kicks().items()):
+        for status, count in sorted(self.kicks.items()):
             kicks.add_metric([status], count)
         yield kicks
         yield GaugeMetricFamily("rosteradmin_connected", "1 while connected to the XMPP server",
@@ -119,7 +136,7 @@ class Metrics(Collector):
                                 self.onlineResources())
 
 
-class MetricsResource(Resource):
+class MetricsResource(JsonLeaf):
     """
     C{GET /metrics} in the Prometheus text format.
 
@@ -128,18 +145,12 @@ class MetricsResource(Resource):
     the reactor thread.
     """
 
-    isLeaf = True
+    allowedMethods = (b"GET", b"HEAD")
 
     def __init__(self, metrics: Metrics) -> None:
         super().__init__()
         self.metrics = metrics
 
-    def render(self, request: server.Request) -> bytes | int:
-        if request.postpath not in ([], [b""]):
-            writeJSON(request, HTTPStatus.NOT_FOUND, {"error": "No such resource"})
-        elif request.method not in (b"GET", b"HEAD"):
-            methodNotAllowed(request, (b"GET", b"HEAD"), {"error": "Method not allowed"})
-        else:
-            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-            return generate_latest(self.metrics.registry)
-        return server.NOT_DONE_YET
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.metrics.registry)

@@ -1,26 +1,19 @@
 # -*- test-case-name: tests.test_component,tests.test_api,tests.test_privilege -*-
 """
-XEP-0356 Privileged Entity: what the server lets us do with its users'
-rosters, and doing it.
+XEP-0356 Privileged Entity: reading and writing users' stored rosters, the
+backend's L{IRosterSync} on the component stream.
 
-The server announces our permissions in a C{<message><privilege/>}
-right after the handshake (Prosody: C{urn:xmpp:privilege:2}, ejabberd up to
-24.07: C{:1}).  With C{roster} access we read and write users' stored
-rosters; with C{presence} access (C{managed_entity}) we see their presences,
-which tells us who is online; with C{iq} access for C{jabber:iq:roster}
-(C{:2} only) we push roster changes to their clients ourselves, because
-Prosody pushes nothing while the roster namespace is delegated.
-
-A server that delegates our own privileged roster iqs back to us (ejabberd,
-see L{rosteradmin.delegation}) cannot store what we write: privileged sync
-is then off until the next connection.
+Every privileged request (reads, writes and pushes) shares one bound of
+requests in flight (L{PrioritySlots}: urgent first, a few per user,
+background work paced by the server's latency).  What the server granted
+is L{rosteradmin.permissions}' job, who is online
+L{rosteradmin.presence}'s, the pushes L{rosteradmin.pushes}'.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter
-from typing import Any, Callable, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -32,24 +25,21 @@ from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
-from rosteradmin.delegation import OWN_REQUEST_DELEGATED
 from rosteradmin.errors import NotConnected, StanzaTooLarge, SyncFailed
-from rosteradmin.interfaces import IConnectionStatus, IRosterSync
+from rosteradmin.interfaces import IConnectionStatus, IRosterSync, IServerObserver
 from rosteradmin.pacing import LatencyPacer
+from rosteradmin.permissions import Permissions, PermissionTracker
+from rosteradmin.presence import PresenceTracker
+from rosteradmin.pushes import RosterPusher
 from rosteradmin.slots import PrioritySlots
 from rosteradmin.stanzalimit import WRAPPER_BYTES, StanzaLimit
-from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff, diffSteps
-from rosteradmin.stanzas import NS_CLIENT, IQRequest, findChild, iqXML, markHandled, parseJID, sendRequest
+from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff
+from rosteradmin.stanzas import IQRequest, findChild, parseJID, sendRequest
 
 T = TypeVar("T")
 
-NS_DELAY = "urn:xmpp:delay"
-NS_PRIVILEGE_1 = "urn:xmpp:privilege:1"
-
 #: contrib/prosody/mod_rosteradmin_roster.lua: many roster items per iq.
 NS_BULK_ROSTER = "urn:x-rosteradmin:roster:0"
-NS_PRIVILEGE_2 = "urn:xmpp:privilege:2"
-PRIVILEGE_NAMESPACES = (NS_PRIVILEGE_2, NS_PRIVILEGE_1)
 
 #: Most privileged roster gets and sets in flight at once, over all users.
 MAX_SYNC_IN_FLIGHT = 32
@@ -113,54 +103,6 @@ class StoredRoster(NamedTuple):
     notBoth: frozenset[str]
 
 
-class Permissions(NamedTuple):
-    """
-    What the server granted (XEP-0356 §4).
-    """
-
-    namespace: str
-    roster: str
-    presence: str
-    iqNamespaces: frozenset[str]
-
-    @property
-    def canReadAndWriteRosters(self) -> bool:
-        return self.roster == "both"
-
-    @property
-    def canPush(self) -> bool:
-        # <privileged_iq> exists in privilege:2 only.
-        return self.namespace == NS_PRIVILEGE_2 and NS_ROSTER in self.iqNamespaces
-
-    @property
-    def seesPresence(self) -> bool:
-        return self.presence in ("managed_entity", "roster")
-
-
-NO_PERMISSIONS = Permissions(NS_PRIVILEGE_2, "none", "none", frozenset())
-
-
-def parsePermissions(privilege: domish.Element) -> Permissions:
-    """
-    Read the C{<perm/>} elements of a privilege advertisement.
-    """
-    granted: dict[str, str] = {}
-    iqNamespaces: set[str] = set()
-    for perm in privilege.elements():
-        if perm.name != "perm":
-            continue
-        access = perm.getAttribute("access", "")
-        granted[access] = perm.getAttribute("type", "none")
-        if access == "iq":
-            iqNamespaces.update(
-                ns["ns"] for ns in perm.elements()
-                if ns.name == "namespace" and ns.getAttribute("type") in ("set", "both") and ns.getAttribute("ns")
-            )
-    return Permissions(
-        privilege.uri, granted.get("roster", "none"), granted.get("presence", "none"), frozenset(iqNamespaces)
-    )
-
-
 def parseStoredRoster(result: domish.Element) -> StoredRoster:
     """
     Read the server's answer to a privileged roster get.
@@ -183,30 +125,32 @@ def parseStoredRoster(result: domish.Element) -> StoredRoster:
 @implementer(IRosterSync)
 class PrivilegeHandler(XMPPHandler):
     """
-    Tracks the granted permissions and users' online resources, and writes
-    rosters into the server.
+    Reads and writes users' stored rosters within the bound of privileged
+    requests, parks the writes of users whose writes keep coinciding with
+    stream losses, and pushes changes (L{RosterPusher}) within the same
+    bound.
 
-    @ivar online: Online full JIDs by username, from presence permission.
-    @ivar rostersDelegatedBack: The server delegated our own roster iqs
-        back to us on this connection: no privileged sync until the next.
+    @ivar grants: What the server granted on this connection.
+    @ivar presence: Who is online.
     """
 
     log = Logger()
+
+    observer: IServerObserver
 
     def __init__(
         self,
         domain: str,
         status: IConnectionStatus,
+        grants: PermissionTracker,
+        presence: PresenceTracker,
         clock: IReactorTime,
         timeout: float,
         limit: StanzaLimit,
         latencyTarget: float = 0.05,
-        userOnline: Callable[[str], object] = lambda username: None,
-        rosterAccessGranted: Callable[[], object] = lambda: None,
-        userWasOnline: Callable[[str], object] = lambda username: None,
     ) -> None:
         """
-        @param domain: The only sender trusted for permissions and presences.
+        @param domain: The users' domain: requests go to their bare JIDs.
         @param status: Whether we are connected.
         @param clock: Time for parked users' retries.
         @param latencyTarget: The reply latency background writes may push
@@ -214,136 +158,63 @@ class PrivilegeHandler(XMPPHandler):
         @param timeout: Seconds to wait for the server to answer an iq.
         @param limit: The server's stanza size limit, checked before each
             request is sent.
-        @param userOnline: Called with a username when a user's first
-            resource comes online (the backend warms its cache).  Not
-            called for the presences the server replays when we connect
-            (L{isReplayed}): those clients hold a roster already, and a
-            silent warm would write the web app's current roster into the
-            server and the cache without pushing it to them, so that the
-            next refresh finds nothing to push.
-        @param rosterAccessGranted: Called when the server grants roster
-            access, after each connection (the backend writes what it could
-            not write meanwhile).
-        @param userWasOnline: Called with a username instead of
-            C{userOnline} when the user's first resource is one the server
-            replays on connecting: the user was online before this
-            connection, and its clients hold what the server stores.
         """
         super().__init__()
         self.domain = domain
         self.status = status
+        self.grants = grants
+        self.presence = presence
         self.clock = clock
         self.timeout = timeout
         self.limit = limit
-        self.userOnline = userOnline
-        self.rosterAccessGranted = rosterAccessGranted
-        self.userWasOnline = userWasOnline
-        self.permissions = NO_PERMISSIONS
-        self.online: dict[str, set[str]] = {}
-        self.rostersDelegatedBack = False
-        self._toldCannotPush = False
         #: Whether the server takes many items per iq: unknown until tried.
         self.bulk: bool | None = None
         self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS, perKey=PER_USER_IN_FLIGHT,
                                    now=clock.seconds)
         self.pacer = LatencyPacer(self._sync, clock, latencyTarget)
+        self.pusher = RosterPusher(status, grants, presence, self._pushRequest)
         self._writing: Counter[str] = Counter()
         self._strikes: Counter[str] = Counter()
         self.parked: dict[str, str] = {}
         self._unparkCalls: dict[str, IDelayedCall] = {}
 
-    def connectionMade(self) -> None:
-        # The advertisement and presences arrive in the handshake's read.
-        self.xmlstream.addObserver("/message/privilege", self._onAdvertisement)
-        self.xmlstream.addObserver("/presence", self._onPresence, priority=-1)
-        self.xmlstream.addObserver(OWN_REQUEST_DELEGATED, self._onOwnRequestDelegated)
+    def observe(self, observer: IServerObserver) -> None:
+        """
+        Say whom to tell of users coming online and of roster access
+        granted (again, after each connection, or once a parked user may be
+        written): the backend, which is given this handler as its
+        L{IRosterSync} at construction, so it is told after (by
+        L{rosteradmin.tap.wireParts}, before the stream exists).
+        """
+        self.observer = observer
+        self.grants.observer = observer
+        self.presence.observer = observer
+
+    @property
+    def permissions(self) -> Permissions:
+        """
+        What the server granted on this connection.
+        """
+        return self.grants.permissions
+
+    @property
+    def online(self) -> dict[str, set[str]]:
+        """
+        Online full JIDs by username.
+        """
+        return self.presence.online
 
     def connectionLost(self, reason: Failure) -> None:
-        # The server sends permissions and current presences again after
-        # every reconnect.
         self._strike(sorted(self._writing))
-        self.permissions = NO_PERMISSIONS
-        self.online = {}
-        self.rostersDelegatedBack = False
-        self._toldCannotPush = False
+        self.pusher.connectionLost()
         self.bulk = None  # the server may have been reconfigured meanwhile
 
-    def _onOwnRequestDelegated(self, namespace: str | None) -> None:
-        """
-        The server sent one of our roster iqs back to us instead of to the
-        user's roster (the delegation handler logged why): stop syncing, as
-        every read and write would fail the same way.
-        """
-        if namespace == NS_ROSTER:
-            self.rostersDelegatedBack = True
-
-    def _onAdvertisement(self, message: domish.Element) -> None:
-        privilege = findChild(message, "privilege", PRIVILEGE_NAMESPACES)
-        if privilege is None:
-            return
-        markHandled(message)
-        if message.getAttribute("from") != self.domain:
-            self.log.warn("ignored privilege advertisement from untrusted {sender}",
-                          sender=message.getAttribute("from"))
-            return
-        self.permissions = parsePermissions(privilege)
-        self.log.info(
-            "server grants roster={roster} presence={presence} iq={iq} ({version})",
-            roster=self.permissions.roster, presence=self.permissions.presence,
-            iq=sorted(self.permissions.iqNamespaces), version=self.permissions.namespace,
-        )
-        if self.canSync():
-            self.rosterAccessGranted()
-
-    def _onPresence(self, presence: domish.Element) -> None:
-        """
-        Track users' online resources; warm the cache on a first one.
-        """
-        if presence.handled:
-            return
-        sender = parseJID(presence.getAttribute("from"))
-        if sender is None or sender.host != self.domain or not sender.user or not sender.resource:
-            return
-        markHandled(presence)
-        username, full = sender.user, sender.full()
-        kind = presence.getAttribute("type")
-        if kind is None:
-            resources = self.online.setdefault(username, set())
-            first = not resources
-            resources.add(full)
-            if first and self.isReplayed(presence):
-                self.userWasOnline(username)
-            elif first:
-                self.userOnline(username)
-        elif kind == "unavailable":
-            resources = self.online.get(username, set())
-            resources.discard(full)
-            if not resources:
-                self.online.pop(username, None)
-
-    def isReplayed(self, presence: domish.Element) -> bool:
-        """
-        Whether a presence is the server replaying one sent before we
-        connected, rather than forwarding one as it is sent.
-
-        Prosody keeps each session's current presence stamped with a
-        XEP-0203 C{<delay from='example.org'/>} (C{mod_presence}), and
-        C{mod_privilege} sends that copy to a component that authenticates
-        (C{advertise_presences}, XEP-0356 §7); presences it forwards as
-        they happen carry no delay.
-        """
-        delay = findChild(presence, "delay", (NS_DELAY,))
-        return delay is not None and delay.getAttribute("from") == self.domain
-
     def canSync(self) -> bool:
-        return self.status.connected and self.permissions.canReadAndWriteRosters and not self.rostersDelegatedBack
+        return self.grants.canSync()
 
     @property
     def syncRefusal(self) -> str | None:
-        if self.rostersDelegatedBack:
-            return ("the server sends rosteradmin's own roster requests back to it "
-                    "(ejabberd's mod_delegation): roster writes are off until the next connection")
-        return None
+        return self.grants.syncRefusal
 
     def readStored(self, username: str, urgent: bool = True) -> Deferred[StoredRoster]:
         """
@@ -498,7 +369,7 @@ class PrivilegeHandler(XMPPHandler):
         self._unparkCalls.pop(username, None)
         self.parked.pop(username, None)
         if self.canSync():
-            self.rosterAccessGranted()
+            self.observer.connectionRestored()
 
     def stuck(self) -> str | None:
         """
@@ -555,48 +426,26 @@ class PrivilegeHandler(XMPPHandler):
 
     def push(self, username: str, before: Roster, after: Roster, rewrite: frozenset[str] = frozenset()) -> int:
         """
-        Send each change from C{before} (what the user's clients hold) to
-        C{after} to each online resource as a roster push from the user's
-        bare JID (XEP-0356 §7, C{<privileged_iq>}).  Every push carries the
-        version of the roster once it is applied (RFC 6121 §2.6.3): a client
-        that keeps the version of the last push it got, and asks with it
-        later, gets an empty result only if its roster is current.
-
-        @param rewrite: Contacts to push again though unchanged: the server
-            told the clients another subscription.
+        Push what changed to the user's online clients (L{RosterPusher}),
+        unless the user's writes are parked: its data may be what makes the
+        server close the stream.
         """
-        resources = self.online.get(username)
-        if not resources or not self.status.connected or username in self.parked:
+        if username in self.parked:
             return 0
-        if not self.permissions.canPush:
-            if not self._toldCannotPush:
-                self._toldCannotPush = True
-                self.log.warn(
-                    "roster changes of online users are not pushed: the server grants no iq permission "
-                    "for jabber:iq:roster ({version}; urn:xmpp:privilege:1 has none); clients see the "
-                    "changes at their next roster get", version=self.permissions.namespace)
-            return 0
-        steps = diffSteps(before, after, rewrite)
-        if not steps:
-            return 0
-        pushID = secrets.token_hex(4)
-        sent = 0
-        for resource in sorted(resources):
-            for index, step in enumerate(steps):
-                push = iqXML("set", f"push-{pushID}-{index}", resource,
-                             f"<query xmlns='{NS_ROSTER}' ver='{step.version}'>{step.item}</query>",
-                             namespace=NS_CLIENT)
-                d = self._inFlight(self._request(
-                    username, "set", f"<privileged_iq xmlns='{NS_PRIVILEGE_2}'>{push}</privileged_iq>", "push"),
-                    username)
-                d.addErrback(self._ebPush, resource)
-                sent += 1
-        self.log.info("pushed {count} roster changes to {resources} resources of {user}",
-                      count=len(steps), resources=len(resources), user=username)
-        return sent
+        return self.pusher.push(username, before, after, rewrite)
 
-    def _ebPush(self, failure: Failure, resource: str) -> None:
-        self.log.warn("roster push to {resource} failed: {why}", resource=resource, why=failure.getErrorMessage())
+    def _pushRequest(self, username: str, payload: str) -> Deferred[domish.Element]:
+        """
+        One push, within the bound of privileged requests as background
+        work (a refresh's).
+        """
+        return self._sync.run(username, False, self._sendPush, username, payload)
+
+    def _sendPush(self, username: str, payload: str) -> Deferred[domish.Element]:
+        """
+        Send one push, counted in flight for L{_strike} like a write.
+        """
+        return self._inFlight(self._request(username, "set", payload, "push"), username)
 
     def _request(self, username: str, iqType: str, payload: str, what: str = "write") -> Deferred[domish.Element]:
         """

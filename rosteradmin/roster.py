@@ -167,6 +167,25 @@ def _version(digestSum: int) -> str:
     return hashlib.blake2b(digestSum.to_bytes(16, "big"), digest_size=8).hexdigest()
 
 
+def alignGroups(held: Roster, wanted: Roster) -> Roster:
+    """
+    C{held} (a server's stored roster) with each contact's groups in the
+    order C{wanted} gives them, where they are the same groups.  Servers
+    keep a contact's groups as a set (Prosody stores a Lua table, read back
+    in any order), so the order they answer says nothing: without this, a
+    contact in two groups would look changed, and be rewritten and counted
+    as drift, at random.
+    """
+    order = wanted.byJID()
+    aligned = []
+    for contact in held.contacts:
+        ours = order.get(contact.jid)
+        if ours is not None and ours.groups != contact.groups and set(ours.groups) == set(contact.groups):
+            contact = contact._replace(groups=ours.groups)
+        aligned.append(contact)
+    return Roster(aligned)
+
+
 EMPTY_ROSTER = Roster(())
 
 

@@ -27,6 +27,24 @@ from rosteradmin.roster import NS_ROSTER
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.stanzas import errorReply, errorXML, iqXML, markHandled, parseJID
 
+#: The most items of a refused roster set put back (RFC 6121 allows one).
+MAX_PUT_BACK = 16
+
+
+def setItems(iq: domish.Element) -> frozenset[str]:
+    """
+    The bare JIDs a roster set names (at most L{MAX_PUT_BACK}), normalised
+    as the roster keeps them; items without a valid JID are left out.
+    """
+    jids: set[str] = set()
+    query = iq.query
+    for item in query.elements(NS_ROSTER, "item") if query is not None else ():
+        jid = parseJID(item.getAttribute("jid"))
+        if jid is not None and len(jids) < MAX_PUT_BACK:
+            jids.add(jid.userhost())
+    return frozenset(jids)
+
+
 DIRECT_QUERY = f"/iq[@type='get' or @type='set']/query[@xmlns='{NS_ROSTER}']"
 
 SET_REFUSED_TEXT = "The roster is managed by the web application and cannot be changed here."
@@ -173,6 +191,12 @@ class RosterServer(XMPPHandler):
             raise QueryRefused("forbidden", "auth", "You may only read your own roster.")
         if iq.getAttribute("type") == "set":
             self.log.info("refused roster set from {user}", user=username)
+            # The put-back costs pushes: within the user's query bounds only.
+            if self.gate.admit(username):
+                try:
+                    self.backend.putBack(username, setItems(iq))
+                finally:
+                    self.gate.done(username)
             raise QueryRefused("not-allowed", "cancel", SET_REFUSED_TEXT)
         if not self.gate.admit(username):
             self.log.debug("roster query {user} refused: too many at once", user=username)
@@ -195,7 +219,7 @@ class RosterServer(XMPPHandler):
                           user=username, elapsed=time.monotonic() - started)
             raise
         self.answered += 1
-        if clientVersion is not None and clientVersion == roster.version:
+        if clientVersion == roster.version and not self.backend.clientsMayDiffer(username, roster.version):
             outcome, payload = "version current", ""
         else:
             refusal = self.limit.answerRefusal(roster)

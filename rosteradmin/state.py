@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS pending (
     username TEXT PRIMARY KEY,
     since REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS doubted_clients (
+    username TEXT PRIMARY KEY,
+    version TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -76,6 +80,7 @@ class SyncState:
                 self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif row[0] != str(SCHEMA_VERSION):
                 raise StateError(f"{path}: schema version {row[0]}, this rosteradmin reads {SCHEMA_VERSION}")
+            self._doubted = dict(self._db.execute("SELECT username, version FROM doubted_clients"))
         except sqlite3.Error as e:
             raise StateError(f"{path}: {e}") from None
 
@@ -106,6 +111,31 @@ class SyncState:
         failed half-way, or drift was seen).
         """
         self._db.execute("DELETE FROM server_rosters WHERE username = ?", (username,))
+
+    def doubtClients(self, username: str, version: str) -> None:
+        """
+        The clients of C{username} may hold something else than the roster
+        of this version while holding this version: one changed its view
+        and was refused, or the server changed the user's roster behind
+        us.  A query with the version then gets the whole roster, not
+        "current", until the roster changes.
+        """
+        if self._doubted.get(username) != version:
+            self._doubted[username] = version
+            self._db.execute("INSERT OR REPLACE INTO doubted_clients VALUES (?, ?)", (username, version))
+
+    def clientsDoubted(self, username: str, version: str) -> bool:
+        """
+        Whether L{doubtClients} was told of this user and version.  Kept in
+        memory too: it is asked on every query that holds a current version.
+        """
+        doubted = self._doubted.get(username)
+        if doubted is not None and doubted != version:
+            # The roster has changed since: a client holding the doubted
+            # version is answered in full anyway.
+            del self._doubted[username]
+            self._db.execute("DELETE FROM doubted_clients WHERE username = ?", (username,))
+        return doubted == version
 
     def addPending(self, usernames: Iterable[str]) -> None:
         """

@@ -27,12 +27,15 @@ import errno
 import getopt
 import resource
 import sys
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -40,18 +43,30 @@ from twisted.web.resource import Resource
 
 import treq
 
-from rosteradmin.api import KickResource, buildRoot
+from rosteradmin.api import buildRoot
 from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
-from rosteradmin.component import RosterComponent
+from rosteradmin.component import ConnectionMonitor, RosterComponent
 from rosteradmin.config import SETTINGS, Config, ConfigError, buildConfig
+from rosteradmin.delegation import DelegationHandler
+from rosteradmin.disco import DiscoHandler
+from rosteradmin.ejabberdapi import EjabberdAPISync
+from rosteradmin.fairness import QueryGate
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.fullsync import FullSync
-from rosteradmin.metrics import Metrics
+from rosteradmin.onlinecheck import OnlineCheck
+from rosteradmin.interfaces import IRosterSync
+from rosteradmin.metrics import FetchLatency, Metrics
+from rosteradmin.muc import RoomKicker
+from rosteradmin.permissions import PermissionTracker
+from rosteradmin.presence import PresenceTracker
+from rosteradmin.privilege import MAX_SYNC_IN_FLIGHT, PrivilegeHandler
+from rosteradmin.roster import NS_ROSTER
+from rosteradmin.rosterserver import RosterServer
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import StateError, SyncState
 from rosteradmin.users import UserLister
-from rosteradmin.web import DrainingService, makeSite
+from rosteradmin.web import Drain, DrainingService, makeSite
 
 
 #: C{EX_CONFIG} of C{sysexits.h}: the configuration is wrong, so restarting
@@ -260,19 +275,106 @@ def raiseFileLimit(getrlimit: Any = resource.getrlimit, setrlimit: Any = resourc
     return hard
 
 
-def makeFetcher(config: Config, reactor: Any) -> RosterFetcher:
+def makeWebAppClient(config: Config, reactor: Any) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
     """
-    The fetcher, with a connection pool of its own sized so that every
-    fetch in flight can reuse a kept-alive connection to the web app.
+    The HTTP client for the web app, with a connection pool of its own sized
+    so that every fetch in flight can reuse a kept-alive connection.
+
+    @return: The client, and the pool under it (the fetcher closes it).
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = config.fetch_concurrency
-    http = treq.client.HTTPClient(Agent(reactor, connectTimeout=config.fetch_timeout, pool=pool))
-    return RosterFetcher(
-        config.roster_url, config.domain, reactor, http=http, pool=pool,
+    return treq.client.HTTPClient(Agent(reactor, connectTimeout=config.fetch_timeout, pool=pool)), pool
+
+
+@dataclass(frozen=True)
+class Parts:
+    """
+    The wired parts of one service, with the handles the HTTP API (and the
+    tests) need.
+
+    @ivar fetchLatency: The fetch histogram the fetcher reports to, for the
+        metrics.
+    """
+
+    backend: RosterBackend
+    component: RosterComponent
+    fetchLatency: FetchLatency
+
+
+def chooseRosterSync(config: Config, privileges: PrivilegeHandler, clock: Any) -> IRosterSync:
+    """
+    How the backend writes rosters into the server and pushes their changes:
+    the one place that chooses an L{IRosterSync}.  By default XEP-0356 on
+    the component stream, the privilege handler; with C{--roster-sync
+    ejabberd-api}, ejabberd's HTTP API, with an HTTP client of its own.
+
+    @param privileges: The privilege handler, already on the component
+        stream; whichever implementation writes, it is the one told of
+        users coming online and of roster access (its permission and
+        presence trackers stay on the stream).
+    @param clock: The reactor (the HTTP API's client connects with it).
+    """
+    if config.roster_sync != "ejabberd-api" or config.ejabberd_api_url is None:
+        return privileges
+    pool = HTTPConnectionPool(clock, persistent=True)
+    pool.maxPersistentPerHost = MAX_SYNC_IN_FLIGHT  # one kept connection per call in flight
+    http = treq.client.HTTPClient(Agent(clock, connectTimeout=config.iq_timeout, pool=pool))
+    return EjabberdAPISync(config.ejabberd_api_url, config.domain, clock, http, timeout=config.iq_timeout,
+                           authorization=config.ejabberd_api_authorization,
+                           latencyTarget=config.sync_latency_target, pool=pool)
+
+
+def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEndpoint,
+              pool: HTTPConnectionPool | None = None, state: SyncState | None = None,
+              verbose: bool = False) -> Parts:
+    """
+    Build the backend and the XMPP side and give each part its
+    collaborators: the only place that wires them (L{makeService} and the
+    tests' C{ComponentOnWire} both call it).
+
+    The backend and the privilege handler need each other: the backend
+    writes through the handler (its L{IRosterSync}, given at construction),
+    and the handler tells the backend of users coming online and of roster
+    access (L{PrivilegeHandler.observe}, right after).
+
+    @param clock: The reactor, or a L{twisted.internet.task.Clock}.
+    @param http: A treq-like client for the web app.
+    @param xmppServer: Connects to the server's component port.
+    @param pool: The connection pool under C{http}, closed when the backend
+        stops.
+    @param state: What the server holds and who is pending; by default in
+        memory only.
+    @param verbose: Log every stanza sent and received.
+    """
+    limit = StanzaLimit(config.max_stanza_bytes)
+    fetchLatency = FetchLatency()
+    fetcher = RosterFetcher(
+        config.roster_url, config.domain, clock, http=http, pool=pool,
         timeout=config.fetch_timeout, concurrency=config.fetch_concurrency,
         maxBytes=config.max_roster_bytes, headers=config.web_app_headers,
+        observeFetch=fetchLatency.observe,
     )
+    status = ConnectionMonitor(clock, config.keepalive_interval)
+    grants = PermissionTracker(config.domain, status)
+    presence = PresenceTracker(config.domain)
+    privileges = PrivilegeHandler(config.domain, status, grants, presence, clock, config.iq_timeout, limit,
+                                  config.sync_latency_target)
+    # An online user's roster is what its clients hold: it stays cached.
+    cache = RosterCache(config.cache_max_contacts, pinned=presence.isOnline)
+    sync = chooseRosterSync(config, privileges, clock)
+    backend = RosterBackend(cache, fetcher, sync, limit=limit, state=state)
+    privileges.observe(backend)
+    if isinstance(sync, EjabberdAPISync):
+        sync.observe(backend)  # it says when the API takes writes
+    rosterServer = RosterServer(backend, config.domain, config.jid, limit,
+                                QueryGate(clock, config.queries_per_user, config.query_rate))
+    delegation = DelegationHandler(config.domain, config.jid, {NS_ROSTER: rosterServer.answerDelegated}, limit,
+                                   clock, config.iq_timeout)
+    kicker = RoomKicker(config.jid, status, clock, config.iq_timeout, config.kick_nick, config.stay_in_rooms)
+    component = RosterComponent(config, clock, xmppServer, status, grants, presence, privileges, rosterServer,
+                                delegation, kicker, DiscoHandler(config.jid), verbose=verbose)
+    return Parts(backend, component, fetchLatency)
 
 
 class SequentialService(service.MultiService):
@@ -331,28 +433,31 @@ class SequentialService(service.MultiService):
         return ensureDeferred(self._stopInOrder())
 
 
-def makeAPI(config: Config, backend: RosterBackend, comp: RosterComponent, fullSync: FullSync) -> Resource:
+def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain) -> Resource:
     """
     The HTTP API's resource tree, with metrics over the backend and the
     component.
+
+    @param drain: Counts the requests in flight, for the HTTP service.
     """
-    kick: KickResource | None = None
-    metrics = Metrics(backend, comp.status, lambda: comp.rosterServer.answered,
-                      lambda: dict(kick.outcomes) if kick is not None else {},
-                      lambda: sum(len(resources) for resources in comp.privileges.online.values()),
+    comp = parts.component
+    kickOutcomes: Counter[str] = Counter()
+    metrics = Metrics(parts.backend, comp.status, parts.fetchLatency, lambda: comp.rosterServer.answered,
+                      kickOutcomes, lambda: sum(len(resources) for resources in comp.privileges.online.values()),
                       lambda: comp.rosterServer.gate.refusedCount, lambda: fullSync.current)
-    backend.fetcher.observeFetch = metrics.observeFetch
-    root, kick = buildRoot(
-        backend, comp.status, None if config.no_kick else comp.kicker,
-        config.refresh_authorization, config.kick_authorization, metrics, fullSync,
+    return buildRoot(
+        parts.backend, comp.status, None if config.no_kick else comp.kicker,
+        config.refresh_authorization, config.kick_authorization, kickOutcomes, metrics, fullSync, drain,
+        lambda: comp.delegation.missing,
     )
-    return root
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """
-    The whole service tree: C{backend} (cache, fetcher, sync), C{component}
-    (the XMPP side) and C{http} (the API), sharing the backend.
+    The whole service tree: C{backend} (cache, fetcher, sync),
+    C{roster-sync} (ejabberd's API only), C{component} (the XMPP side),
+    C{sync} (full syncs), C{online-check} and C{http} (the API), sharing
+    the backend.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
@@ -361,36 +466,40 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     config = options.config
     top = SequentialService(config.http)
 
-    limit = StanzaLimit(config.max_stanza_bytes)
     try:
         state = SyncState(config.state) if config.state is not None else SyncState()
     except StateError as e:
         refuseToStart(f"--state: {e}")
-    def online(username: str) -> bool:
-        # An online user's roster is what its clients hold: it stays cached.
-        return username in comp.privileges.online
-
-    cache = RosterCache(config.cache_max_contacts, pinned=online)
-    backend = RosterBackend(cache, makeFetcher(config, reactor), limit=limit, state=state)
+    http, pool = makeWebAppClient(config, reactor)
+    xmppServer = endpoints.HostnameEndpoint(reactor, config.xmpp_host, config.xmpp_port)
+    parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=bool(options["verbose"]))
+    backend = parts.backend
     backend.setName("backend")
     backend.setServiceParent(top)
-
-    comp = RosterComponent(config, backend, reactor, verbose=bool(options["verbose"]), limit=limit)
-    comp.setName("component")
-    comp.setServiceParent(top)
+    if isinstance(backend.sync, EjabberdAPISync):
+        # It probes the API at start and while it refuses.
+        backend.sync.setName("roster-sync")
+        backend.sync.setServiceParent(top)
+    parts.component.setName("component")
+    parts.component.setServiceParent(top)
 
     lister = None
     if config.users_url is not None:
-        lister = UserLister(config.users_url, reactor, http=backend.fetcher.http, timeout=config.fetch_timeout,
+        lister = UserLister(config.users_url, reactor, http=http, timeout=config.fetch_timeout,
                             maxBytes=config.max_roster_bytes, headers=config.web_app_headers)
     fullSync = FullSync(backend, lister, reactor, not config.no_start_sync, config.reconcile_interval)
     fullSync.setName("sync")
     fullSync.setServiceParent(top)
+    privileges = parts.component.privileges
+    onlineCheck = OnlineCheck(backend, lambda: privileges.online, reactor, config.online_check_interval)
+    onlineCheck.setName("online-check")
+    onlineCheck.setServiceParent(top)
 
-    site = makeSite(makeAPI(config, backend, comp, fullSync), config.max_body_bytes, config.http_timeout, reactor)
+    drain = Drain()
+    site = makeSite(makeAPI(config, parts, fullSync, drain), config.max_body_bytes, config.http_timeout, reactor)
     # Requests in flight may wait for a fetch and an XMPP round trip.
     drainTimeout = config.fetch_timeout + config.iq_timeout
-    web = DrainingService(endpoints.serverFromString(reactor, config.http), site, reactor, drainTimeout,
+    web = DrainingService(endpoints.serverFromString(reactor, config.http), site, drain, reactor, drainTimeout,
                           config.http_max_connections)
     web.setName("http")
     web.setServiceParent(top)

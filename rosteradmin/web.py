@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from functools import partial
 from http import HTTPStatus
 from typing import Any, Callable, Coroutine, Iterable
 
@@ -27,6 +28,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 
 JSON = dict[str, Any]
@@ -57,9 +59,15 @@ class LimitedRequest(server.Request):
     upload costs no memory or disk; the resource then answers 413.
     """
 
-    maxBodyBytes = 1024 * 1024
     tooLarge = False
     _received = 0
+
+    def __init__(self, *args: Any, maxBodyBytes: int, **kwargs: Any) -> None:
+        """
+        @param maxBodyBytes: The largest body stored (C{--max-body-bytes}).
+        """
+        super().__init__(*args, **kwargs)
+        self.maxBodyBytes = maxBodyBytes
 
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
@@ -155,41 +163,38 @@ class RequestDeadlineChannel(http.HTTPChannel):
         pass
 
 
-class DrainingSite(server.Site):
+class APISite(server.Site):
     """
-    A Site that counts its requests in flight.
-
-    @ivar drain: The requests in flight (L{JsonResource} reads it).
+    The API's Site: its requests cap their bodies (L{LimitedRequest}), its
+    clients must send each request within C{timeout} seconds, and its idle
+    connections are closed after as long (L{RequestDeadlineChannel}).
     """
 
-    def __init__(self, root: Resource, timeout: float, clock: IReactorTime | None) -> None:
+    # A class, not HTTPFactory's method: Factory.buildProtocol calls it
+    # (twisted.web's default protocol only adds HTTP/2, which no endpoint
+    # string negotiates).  HTTPFactory types protocol as its own factory
+    # method, not as any protocol factory.
+    protocol = RequestDeadlineChannel  # type: ignore[assignment]
+    displayTracebacks = False
+
+    def __init__(self, root: Resource, maxBodyBytes: int, timeout: float, clock: IReactorTime | None) -> None:
+        """
+        @param clock: The timers' clock; the global reactor when None.
+        """
         super().__init__(root, timeout=timeout, reactor=clock)
-        self.drain = Drain()
+        # Site calls its requestFactory with the channel, as it would a
+        # class; twisted types it as the class.
+        self.requestFactory = partial(LimitedRequest, maxBodyBytes=maxBodyBytes)  # type: ignore[assignment]
 
 
 def makeSite(root: Resource, maxBodyBytes: int, timeout: float = 30.0,
-             clock: IReactorTime | None = None) -> DrainingSite:
+             clock: IReactorTime | None = None) -> APISite:
     """
-    A Site whose requests cap their bodies, whose clients must send each
-    request within C{timeout} seconds (and whose idle connections are closed
-    after as long), and which counts its requests in flight (C{site.drain}).
+    The API's L{APISite}.
 
     @param clock: The timers' clock; the global reactor when None.
     """
-    limit = maxBodyBytes
-
-    class Request(LimitedRequest):
-        maxBodyBytes = limit
-
-    site = DrainingSite(root, timeout, clock)
-    # An instance attribute, so that Factory.buildProtocol calls the class
-    # itself (twisted.web's default protocol only adds HTTP/2, which no
-    # endpoint string negotiates).  HTTPFactory types protocol as its own
-    # factory method, not as any protocol factory.
-    site.protocol = RequestDeadlineChannel  # type: ignore[method-assign,assignment]
-    site.requestFactory = Request
-    site.displayTracebacks = False
-    return site
+    return APISite(root, maxBodyBytes, timeout, clock)
 
 
 class ConnectionLimiter(WrappingFactory):
@@ -265,21 +270,25 @@ class DrainingService(StreamServerEndpointService):
     out, and only then lets the rest of the service stop.
     """
 
-    def __init__(self, endpoint: Any, site: DrainingSite, clock: IReactorTime, drainTimeout: float,
+    def __init__(self, endpoint: Any, site: server.Site, drain: Drain, clock: IReactorTime, drainTimeout: float,
                  maxConnections: int) -> None:
+        """
+        @param drain: The requests in flight, which the resources count.
+        """
         self.connections = ConnectionLimiter(site, maxConnections, clock)
         super().__init__(endpoint, self.connections)
         # As twisted.application.strports.service does: a failure to listen
         # is raised by privilegedStartService, not only logged.
         self._raiseSynchronously = True
         self.site = site
+        self.drain = drain
         self.clock = clock
         self.drainTimeout = drainTimeout
 
     def stopService(self) -> Deferred[None]:
-        self.site.drain.stopping = True
+        self.drain.stopping = True
         d = super().stopService()
-        d.addCallback(lambda _: self.site.drain.wait(self.clock, self.drainTimeout))
+        d.addCallback(lambda _: self.drain.wait(self.clock, self.drainTimeout))
         d.addCallback(lambda _: self.connections.closeAll(5.0))
         return d
 
@@ -324,19 +333,22 @@ def readJSON(request: server.Request) -> Any:
         raise ApiError(HTTPStatus.BAD_REQUEST, "Request body is not valid JSON") from None
 
 
-class JsonResource(Resource):
+class JsonLeaf(Resource):
     """
-    A leaf resource whose methods are coroutines C{_post}/C{_get} returning
-    C{(status, body)}.  A resource whose GET is safe lists HEAD with it
-    (twisted.web drops the body).
+    A leaf resource whose errors are JSON.  twisted.web dispatches each
+    method to C{render_<METHOD>} (L{Resource.render}) and raises
+    L{UnsupportedMethod} for one the resource does not offer: that becomes
+    a JSON 405 whose C{Allow} lists C{allowedMethods}.  HEAD is GET without
+    the body (twisted.web drops it), only where C{allowedMethods} lists it:
+    a GET that changes something (a refresh) offers none.
 
+    @cvar allowedMethods: The methods offered (twisted.web's attribute).
     @cvar hasSubpaths: Whether paths below this one are its to answer;
         if not, they are a 404.
     """
 
     isLeaf = True
-    log = Logger()
-    methods: dict[bytes, str] = {}
+    allowedMethods: tuple[bytes, ...] = ()
     hasSubpaths = False
 
     @staticmethod
@@ -346,19 +358,48 @@ class JsonResource(Resource):
         """
         return {"error": message}
 
-    def render(self, request: server.Request) -> int:
+    def render(self, request: server.Request) -> bytes | int:
         if not self.hasSubpaths and request.postpath not in ([], [b""]):
             writeJSON(request, HTTPStatus.NOT_FOUND, self.errorBody("No such resource"))
             return server.NOT_DONE_YET
-        name = self.methods.get(request.method)
-        if name is None:
-            methodNotAllowed(request, self.methods, self.errorBody("Method not allowed"))
+        try:
+            result: bytes | int = super().render(request)
+        except UnsupportedMethod as e:
+            methodNotAllowed(request, e.allowedMethods, self.errorBody("Method not allowed"))
             return server.NOT_DONE_YET
-        drain: Drain | None = getattr(request.site, "drain", None)
-        if drain is not None and drain.stopping:
+        return result
+
+    def render_HEAD(self, request: server.Request) -> bytes | int:
+        if b"HEAD" not in self.allowedMethods:
+            raise UnsupportedMethod(self.allowedMethods)
+        result: bytes | int = super().render_HEAD(request)
+        return result
+
+
+class JsonResource(JsonLeaf):
+    """
+    A L{JsonLeaf} whose methods are coroutines returning C{(status, body)}:
+    each C{render_<METHOD>} returns C{self.respond(request, handler)}.
+    While the service stops, new requests get 503; those in flight are
+    counted so that it can let them finish.
+    """
+
+    log = Logger()
+
+    def __init__(self, drain: Drain) -> None:
+        """
+        @param drain: The requests in flight, shared with the HTTP service.
+        """
+        super().__init__()
+        self.drain = drain
+
+    def respond(self, request: server.Request, handler: Handler) -> int:
+        """
+        Answer C{request} with what C{handler} returns, as JSON.
+        """
+        if self.drain.stopping:
             writeJSON(request, HTTPStatus.SERVICE_UNAVAILABLE, self.errorBody("The service is stopping"))
             return server.NOT_DONE_YET
-        handler: Handler = getattr(self, name)
         finished: list[Failure | None] = []
         request.notifyFinish().addBoth(finished.append)
 
@@ -370,8 +411,7 @@ class JsonResource(Resource):
         d = ensureDeferred(handler(request))
         d.addErrback(self._ebRender, request).addCallback(write)
         d.addErrback(lambda f: self.log.failure("writing an HTTP response failed", f))
-        if drain is not None:
-            drain.track(d)
+        self.drain.track(d)
         return server.NOT_DONE_YET
 
     def _ebRender(self, failure: Failure, request: server.Request) -> tuple[int, JSON]:

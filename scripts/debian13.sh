@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build, once, a Debian 13 (trixie) root with Prosody 13 and prosody-modules
-# in it, for the integration tests' second run (ROSTERADMIN_PROSODY=13,
-# tests/integration/prosody13.py runs its Prosody under chroot).
+# Build, once, a Debian 13 (trixie) root with Prosody 13, prosody-modules
+# and ejabberd 24.12 in it, for the integration tests' second and third runs
+# (ROSTERADMIN_PROSODY=13: tests/integration/prosody13.py runs its Prosody
+# under chroot; tests/integration/ejabberd24.py runs its ejabberd there).
 #
 #     bash scripts/debian13.sh           # prints the root's path
 #
@@ -17,7 +18,7 @@ set -euo pipefail
 
 root="${ROSTERADMIN_DEBIAN13_ROOT:-/var/cache/rosteradmin/trixie}"
 suite=trixie
-packages=(prosody prosody-modules lua5.4)
+packages=(prosody prosody-modules lua5.4 ejabberd)
 # The stamp names what the root holds: change the packages, and the root is rebuilt.
 recipe="rosteradmin debian13 v1: $suite ${packages[*]}"
 stamp="$root/.rosteradmin-root"
@@ -97,7 +98,9 @@ if ! $sudo debootstrap --variant=minbase "$suite" "$partial" "$mirror" >"$root.b
     exit 1
 fi
 # No package may start a daemon in the root (there is no init system either):
-# the tests run Prosody themselves, in the foreground.
+# the tests run Prosody and ejabberd themselves, in the foreground.  Both
+# postinsts start their service through invoke-rc.d or deb-systemd-invoke,
+# which ask policy-rc.d first; 101 is "action forbidden".
 printf '#!/bin/sh\nexit 101\n' | $sudo tee "$partial/usr/sbin/policy-rc.d" >/dev/null
 $sudo chmod 755 "$partial/usr/sbin/policy-rc.d"
 if ! { $sudo chroot "$partial" apt-get update -q \
@@ -109,7 +112,8 @@ if ! { $sudo chroot "$partial" apt-get update -q \
 fi
 # The root needs no package cache.
 $sudo chroot "$partial" apt-get clean
-for file in usr/bin/prosody usr/lib/prosody/modules/mod_privilege.lua usr/lib/prosody/modules/mod_delegation.lua; do
+for file in usr/bin/prosody usr/lib/prosody/modules/mod_privilege.lua usr/lib/prosody/modules/mod_delegation.lua \
+            usr/sbin/ejabberdctl; do
     if [ ! -e "$partial/$file" ] && [ ! -e "$partial/${file%.lua}/$(basename "$file")" ]; then
         echo "debian13: $file is missing from the built root" >&2
         exit 1
@@ -118,5 +122,5 @@ done
 echo "$recipe" | $sudo tee "$partial/.rosteradmin-root" >/dev/null
 removeTree "$root"
 $sudo mv "$partial" "$root"
-echo "debian13: built $root in $((SECONDS - started)) s ($(chroot "$root" dpkg-query -W -f='${Package} ${Version}, ' prosody prosody-modules | sed 's/, $//'))" >&2
+echo "debian13: built $root in $((SECONDS - started)) s ($(chroot "$root" dpkg-query -W -f='${Package} ${Version}, ' prosody prosody-modules ejabberd | sed 's/, $//'))" >&2
 echo "$root"

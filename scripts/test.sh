@@ -2,10 +2,11 @@
 # Set up everything the tests need on Debian, then run all of them, the
 # real-Prosody integration tests included, on the host's Prosody 0.12; then
 # the integration tests again on Prosody 13, from the Debian 13 root that
-# scripts/debian13.sh builds once and caches (ROSTERADMIN_PROSODY=13).
-# Usage: bash scripts/test.sh [pytest args]   (the same args for both runs;
-# the second adds -m integration, which replaces an -m of yours)
-# The exit status is non-zero if either run fails.
+# scripts/debian13.sh builds once and caches (ROSTERADMIN_PROSODY=13); then
+# the ejabberd 24.12 tests, from the same root (ROSTERADMIN_EJABBERD=24.12).
+# Usage: bash scripts/test.sh [pytest args]   (the same args for every run;
+# the second and third add -m integration, which replaces an -m of yours)
+# The exit status is non-zero if any run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # ejabberd and chromium are for tests/integration/test_ejabberd.py and test_converse.py only: the demo does not install them.
@@ -16,10 +17,10 @@ ROSTERADMIN_PIP_TARGET=".[test]" source scripts/setup.sh
 export ROSTERADMIN_FORBID_SKIPS=1
 .venv/bin/mypy  # mypy.ini; a type error fails the run before any test
 
-# A root that cannot be built does not stop the first run; in the second,
-# every Prosody test then fails saying so.
+# A root that cannot be built does not stop the first run; in the second
+# and third, every Prosody and ejabberd test then fails saying so.
 if ! bash scripts/debian13.sh >/dev/null; then
-    echo "test.sh: no Debian 13 root: the Prosody 13 run will fail" >&2
+    echo "test.sh: no Debian 13 root: the Prosody 13 and ejabberd 24.12 runs will fail" >&2
 fi
 
 logs=$(mktemp -d)
@@ -52,6 +53,9 @@ run first "Prosody 0.12 (host), all tests" .venv/bin/python -m pytest "$@"
 # The integration tests only: nothing else depends on the server.
 run second "Prosody 13 (Debian 13 root), integration tests" \
     env ROSTERADMIN_PROSODY=13 .venv/bin/python -m pytest "$@" -m integration
+# Only tests/integration/test_ejabberd24.py: every other test is deselected.
+run third "ejabberd 24.12 (Debian 13 root), its integration tests" \
+    env ROSTERADMIN_EJABBERD=24.12 .venv/bin/python -m pytest "$@" -m integration
 
 printf '%s\n' "${summaries[@]}"
 exit "$failed"

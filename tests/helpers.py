@@ -9,20 +9,24 @@ import json
 from collections import Counter
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.words.xish import domish
 from treq.testing import StubTreq
+from zope.interface import implementer
 
-from rosteradmin.backend import RosterBackend
-from rosteradmin.cache import RosterCache
-from rosteradmin.component import RosterComponent
+from rosteradmin.component import ConnectionMonitor
 from rosteradmin.config import Config
-from rosteradmin.fetcher import RosterFetcher
+from rosteradmin.permissions import PermissionTracker
+from rosteradmin.presence import PresenceTracker
+from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
+from rosteradmin.tap import wireParts
 
 DOMAIN = "example.org"
 COMPONENT = "roster.example.org"
@@ -110,6 +114,16 @@ class WebApp(Resource):
             request.finish()
 
 
+def offlineSync() -> PrivilegeHandler:
+    """
+    The L{IRosterSync} of a component that never connects: the backend
+    cannot write into the server, and remembers its users as unsynced.
+    """
+    status = ConnectionMonitor(Clock(), 30.0)
+    return PrivilegeHandler(DOMAIN, status, PermissionTracker(DOMAIN, status), PresenceTracker(DOMAIN), Clock(),
+                            5.0, StanzaLimit())
+
+
 def makeConfig(**overrides: Any) -> Config:
     values: dict[str, Any] = dict(
         jid=COMPONENT, secret="s3cret", domain=DOMAIN,
@@ -132,10 +146,27 @@ class RecordingTransport(StringTransport):
         super().write(data)
 
 
+@implementer(IStreamClientEndpoint)
+class ServerEndpoint:
+    """
+    Stands for the XMPP server's component port: each connection attempt
+    waits in C{attempts} until the test makes it succeed or fail.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[IProtocolFactory, Deferred[IProtocol]]] = []
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        d: Deferred[IProtocol] = Deferred()
+        self.attempts.append((protocolFactory, d))
+        return d
+
+
 class ComponentOnWire:
     """
-    A L{RosterComponent} connected over a L{StringTransport}, after the
-    real XEP-0114 handshake, with its backend fetching from a L{WebApp}.
+    A L{rosteradmin.component.RosterComponent} connected over a
+    L{StringTransport}, after the real XEP-0114 handshake, with its backend
+    fetching from a L{WebApp}; wired by L{wireParts}, as the service is.
     """
 
     def __init__(self, webApp: WebApp | None = None, config: Config | None = None,
@@ -151,10 +182,12 @@ class ComponentOnWire:
         self.config = config or makeConfig()
         self.webApp = webApp or WebApp()
         self.http = StubTreq(self.webApp)
-        self.fetcher = RosterFetcher(self.config.roster_url, DOMAIN, self.clock, http=self.http, timeout=10)
-        self.limit = StanzaLimit(self.config.max_stanza_bytes)
-        self.backend = RosterBackend(RosterCache(), self.fetcher, limit=self.limit, state=state)
-        self.component = RosterComponent(self.config, self.backend, self.clock, limit=self.limit)
+        self.server = ServerEndpoint()
+        self.parts = wireParts(self.config, self.clock, self.http, self.server, state=state)
+        self.backend = self.parts.backend
+        self.fetcher = self.backend.fetcher
+        self.limit = self.backend.limit
+        self.component = self.parts.component
         self.transport = RecordingTransport()
         self.xmlstream = self.component.factory.buildProtocol(None)
         self.xmlstream.makeConnection(self.transport)

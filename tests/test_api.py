@@ -18,7 +18,7 @@ from rosteradmin.fullsync import FullSync
 from rosteradmin.tap import makeAPI
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin import web
-from rosteradmin.web import makeSite
+from rosteradmin.web import Drain, makeSite
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -39,7 +39,8 @@ class Api:
         config = replace(wire.config, refresh_authorization=refreshAuthorization,
                          kick_authorization=KICK_AUTH, no_kick=False)
         self.fullSync = FullSync(wire.backend, None, wire.clock, False, 3600)
-        self.http = StubTreq(makeAPI(config, wire.backend, wire.component, self.fullSync))
+        self.drain = Drain()
+        self.http = StubTreq(makeAPI(config, wire.parts, self.fullSync, self.drain))
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                 headers: dict[Any, Any] | None = None, server: Any = None) -> tuple[int, Any]:

@@ -7,6 +7,7 @@ a StringTransport with a web app served by StubTreq.
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.words.xish import domish
 
@@ -588,3 +589,30 @@ def test_userUnknownToTheWebAppToldSo() -> None:
     assert inner["type"] == "error" and inner.error.firstChildElement().name == "item-not-found"
     assert "does not know your account" in str(inner.error.text)
     assert "alice" not in wire.backend.cache
+
+
+def test_pushesShareTheBoundOfPrivilegedRequests() -> None:
+    """
+    A roster push is a privileged request like the others: while the
+    bound of privileged requests in flight is taken, it waits for a slot,
+    and is sent once one frees up.
+    """
+    wire = connected()
+    wire.receive("<presence from='alice@example.org/phone'/>")
+    wire.answerRequests(serverAnswers())
+    slots = wire.component.privileges._sync
+    held: list[Deferred[None]] = []
+
+    def neverAnswered() -> Deferred[None]:
+        held.append(Deferred())
+        return held[-1]
+
+    for n in range(MAX_SYNC_IN_FLIGHT - RESERVED_FOR_CLIENTS):  # every slot background work may hold
+        slots.run(f"other{n}", False, neverAnswered)
+    before = wire.backend.cache.peek("alice")
+    after = Roster([*before.contacts, Contact("dave@example.org", None, ())])
+    assert wire.component.privileges.push("alice", before, after) == 1
+    assert wire.sent() == [] and slots.waiting == 1
+    held[0].callback(None)
+    [push] = wire.sent()
+    assert push.firstChildElement().name == "privileged_iq"

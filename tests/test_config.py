@@ -78,7 +78,8 @@ def test_settingNames() -> None:
     assert (url.name, url.key) == ("roster-url", "roster_url")
     secret = SETTINGS_BY_KEY["kick_authorization"]
     assert secret.secret and secret.environmentVariable == "ROSTERADMIN_KICK_AUTHORIZATION"
-    assert {s.key for s in SETTINGS if s.secret} == {"secret", "kick_authorization", "refresh_authorization"}
+    assert {s.key for s in SETTINGS if s.secret} == {"secret", "kick_authorization", "refresh_authorization",
+                                                    "ejabberd_api_authorization"}
 
 
 def test_specOptionsExist() -> None:
@@ -424,7 +425,7 @@ def test_optionsBuildTheServiceTree() -> None:
                           "--roster-url", "http://app/%s", "--kick-authorization", "k",
                           "--http", "tcp:0:interface=127.0.0.1"])
     top = makeService(options)
-    assert [s.name for s in top] == ["backend", "component", "sync", "http"]
+    assert [s.name for s in top] == ["backend", "component", "sync", "online-check", "http"]
     assert not top.running
 
 

@@ -24,7 +24,7 @@ from rosteradmin.cache import RosterCache
 from rosteradmin.errors import FetchFailed, UserUnknown
 from rosteradmin.fetcher import RETRY_DELAY, RosterFetcher
 from rosteradmin.roster import Contact, Roster
-from tests.helpers import WebApp
+from tests.helpers import WebApp, offlineSync
 
 URL = "http://webapp.invalid/rosters/%s"
 DOMAIN = "example.org"
@@ -346,7 +346,7 @@ def test_invalidReplyKeepsCachedRoster() -> None:
     cache = RosterCache()
     old = Roster([Contact("carol@example.org", "Carol", ())])
     cache.put("alice", old)
-    backend = RosterBackend(cache, f)
+    backend = RosterBackend(cache, f, offlineSync())
     d = backend.refresh(["alice"])
     http.flush()
     summary = result(d)
@@ -365,7 +365,7 @@ def test_invalidReplyCachesNothing() -> None:
     webApp.failures["alice"] = (200, b"[]")
     f, http, _ = fetcher(webApp)
     cache = RosterCache()
-    d = RosterBackend(cache, f).getRoster("alice")
+    d = RosterBackend(cache, f, offlineSync()).getRoster("alice")
     http.flush()
     fetchFailure(d)
     assert "alice" not in cache and len(cache) == 0
@@ -620,7 +620,7 @@ def test_loginDuringBulkRefreshIsNotQueuedBehindIt() -> None:
     """
     webApp = HeldWebApp({"u3": BOB})
     f, http, _ = fetcher(webApp, concurrency=1)
-    backend = RosterBackend(RosterCache(), f)
+    backend = RosterBackend(RosterCache(), f, offlineSync())
     refresh = backend.refresh([f"u{i}" for i in range(6)])
     login = backend.getRoster("u3")
     http.flush()

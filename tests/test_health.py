@@ -10,8 +10,9 @@ from twisted.logger import capturedLogs
 from rosteradmin.api import HealthResource
 from rosteradmin.fullsync import FullSync
 from rosteradmin.slots import PrioritySlots
+from rosteradmin.web import Drain
 from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp
-from tests.test_component import serverAnswers
+from tests.test_component import envelope, ownRosterSet, serverAnswers
 
 
 def test_stalledOnlyWithWorkWaitingAndNoProgress() -> None:
@@ -29,7 +30,8 @@ def test_stalledOnlyWithWorkWaitingAndNoProgress() -> None:
 
 
 def health(wire: ComponentOnWire) -> tuple[int, dict[str, object]]:
-    resource = HealthResource(wire.backend, wire.component.status, FullSync(wire.backend, None, wire.clock, False, 60))
+    resource = HealthResource(Drain(), wire.backend, wire.component.status,
+                              FullSync(wire.backend, None, wire.clock, False, 60))
     result: tuple[int, dict[str, object]] = ensureDeferred(resource._get(None)).result
     return result
 
@@ -69,3 +71,51 @@ def test_healthzListsRefusedUsers() -> None:
         wire.answerRequests(serverAnswers())
     code, body = health(wire)
     assert code == 200 and body["refused_users"] == 1 and "cannot be stored" in body["refused"]["alice"]
+
+
+DELEGATION_2 = (f"<message from='example.org' to='roster.example.org'><delegation xmlns='urn:xmpp:delegation:2'>"
+                f"<delegated namespace='jabber:iq:roster'/></delegation></message>")
+
+
+def delegationHealth(wire: ComponentOnWire) -> tuple[int, dict[str, object]]:
+    resource = HealthResource(Drain(), wire.backend, wire.component.status,
+                              FullSync(wire.backend, None, wire.clock, False, 60),
+                              lambda: wire.component.delegation.missing)
+    result: tuple[int, dict[str, object]] = ensureDeferred(resource._get(None)).result
+    return result
+
+
+def test_healthzSaysWhenDelegationNeverArrives() -> None:
+    """
+    The server grants privileges but delegates nothing (ejabberd 24.12
+    with mod_privilege loaded): once the iq timeout has passed since the
+    handshake, /healthz is 200 "degraded" with a delegation_error naming
+    the namespace; with the delegation, "ok" and no error.
+    """
+    wire = ComponentOnWire(WebApp())
+    wire.handshake(PERMISSIONS_2)
+    assert delegationHealth(wire)[1]["status"] == "ok"
+    with capturedLogs():
+        wire.clock.advance(wire.config.iq_timeout)
+    code, body = delegationHealth(wire)
+    assert (code, body["status"]) == (200, "degraded")
+    assert "jabber:iq:roster" in str(body["delegation_error"]) and body["roster_sync_error"] is None
+
+    delegated = ComponentOnWire(WebApp())
+    delegated.handshake(PERMISSIONS_2 + DELEGATION_2)
+    delegated.clock.advance(delegated.config.iq_timeout)
+    code, body = delegationHealth(delegated)
+    assert (code, body["status"], body["delegation_error"]) == (200, "ok", None)
+
+
+def test_healthzDegradedWhenWritesCannotWork() -> None:
+    """
+    The server delegates our own roster writes back to us (ejabberd
+    #1737): 200 "degraded", and roster_sync_error says why.
+    """
+    wire = ComponentOnWire(WebApp())
+    wire.handshake(PERMISSIONS_2 + DELEGATION_2)
+    with capturedLogs():
+        wire.receive(envelope(ownRosterSet(), version=1))
+    code, body = delegationHealth(wire)
+    assert (code, body["status"]) == (200, "degraded") and "mod_delegation" in str(body["roster_sync_error"])

@@ -14,16 +14,20 @@ from zope.interface.verify import verifyClass, verifyObject
 from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.component import ConnectionMonitor
+from rosteradmin.ejabberdapi import EjabberdAPISync
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend, IRosterSync
 from rosteradmin.muc import RoomKicker
+from rosteradmin.permissions import PermissionTracker
+from rosteradmin.presence import PresenceTracker
 from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.stanzalimit import StanzaLimit
-from tests.helpers import DOMAIN, ComponentOnWire
+from tests.helpers import DOMAIN, ComponentOnWire, offlineSync
 
 IMPLEMENTATIONS: list[tuple[type[Interface], type]] = [
     (IRosterBackend, RosterBackend),
     (IRosterSync, PrivilegeHandler),
+    (IRosterSync, EjabberdAPISync),
     (IRoomKicker, RoomKicker),
     (IConnectionStatus, ConnectionMonitor),
 ]
@@ -61,12 +65,13 @@ def test_wiredComponentProvidesInterfaces() -> None:
 
 def test_unwiredBackendProvidesIRosterBackend() -> None:
     """
-    A backend without an XMPP side yet (C{sync} is None) is still an
-    L{IRosterBackend}.
+    A backend built on its own, with the L{IRosterSync} it was given, is
+    still an L{IRosterBackend}.
     """
     fetcher = RosterFetcher("http://webapp.invalid/rosters/%s", DOMAIN, Clock(), http=None)
-    backend = RosterBackend(RosterCache(), fetcher)
-    assert backend.sync is None
+    sync = offlineSync()
+    backend = RosterBackend(RosterCache(), fetcher, sync)
+    assert backend.sync is sync
     assert verifyObject(IRosterBackend, backend)
 
 
@@ -77,5 +82,7 @@ def test_standaloneHandlersProvideInterfaces() -> None:
     """
     status = ConnectionMonitor(Clock(), 30.0)
     assert verifyObject(IConnectionStatus, status)
-    assert verifyObject(IRosterSync, PrivilegeHandler(DOMAIN, status, Clock(), 5.0, StanzaLimit()))
+    assert verifyObject(IRosterSync, PrivilegeHandler(DOMAIN, status, PermissionTracker(DOMAIN, status),
+                                                      PresenceTracker(DOMAIN), Clock(), 5.0, StanzaLimit()))
+    assert verifyObject(IRosterSync, EjabberdAPISync("http://127.0.0.1:5281/api", DOMAIN, Clock()))
     assert verifyObject(IRoomKicker, RoomKicker(f"rosteradmin.{DOMAIN}", status, Clock(), 5.0, "rosteradmin"))

@@ -15,7 +15,7 @@ import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
-from rosteradmin.web import Drain, makeSite
+from rosteradmin.web import makeSite
 from tests.helpers import ComponentOnWire, WebApp
 from tests.test_api import KICK_AUTH, ROOM, Api, brokenKick, kickAnswers, makeApi
 from tests.test_component import serverAnswers
@@ -62,9 +62,7 @@ def refresh(path: str, method: str, body: Any = None, auth: str | None = None, f
 def stopping(path: str, method: str) -> Scenario:
     def run() -> tuple[int, Any]:
         api = makeApi()
-        drain = Drain()
-        drain.stopping = True
-        api.http._agent._serverFactory.drain = drain
+        api.drain.stopping = True
         return api.request(method, path, ["alice"])
     return run
 

@@ -6,17 +6,18 @@ for which presences tell the backend that a user came online.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from rosteradmin import roster as rostermodule
-from rosteradmin.privilege import PrivilegeHandler
+from rosteradmin.interfaces import IServerObserver
+from rosteradmin.presence import PresenceTracker
 from rosteradmin.roster import EMPTY_ROSTER, Contact, Roster, diffRosters, diffSteps
-from rosteradmin.stanzalimit import StanzaLimit
 from tests.helpers import parseXML
 
 
@@ -115,11 +116,6 @@ def test_versionOfEmptyRosterIsFixed() -> None:
     assert diffSteps(old, EMPTY_ROSTER)[-1].version == EMPTY_ROSTER.version
 
 
-class _Connected:
-    connected = True
-    lastError = None
-
-
 #: The presence Prosody keeps for a session, as mod_privilege replays it to
 #: a component that connects (mod_presence stamps the stored copy).
 REPLAYED = ("<presence from='alice@example.org/phone' to='roster.example.org' xml:lang='en'>"
@@ -128,14 +124,28 @@ REPLAYED = ("<presence from='alice@example.org/phone' to='roster.example.org' xm
 LIVE = "<presence from='alice@example.org/phone' to='roster.example.org' xml:lang='en'/>"
 
 
-def presenceHandler() -> tuple[PrivilegeHandler, list[str], list[str]]:
+@implementer(IServerObserver)
+class _Observer:
     """
-    A privilege handler, and the users it said came online and were online.
+    Records the users the privilege handler reports online.
+    """
+
+    def __init__(self, warm: Callable[[str], None], catchUp: Callable[[str], None]) -> None:
+        self.warm = warm
+        self.catchUp = catchUp
+
+    def connectionRestored(self) -> None:
+        pass
+
+
+def presenceHandler() -> tuple[PresenceTracker, list[str], list[str]]:
+    """
+    A presence tracker, and the users it said came online and were online.
     """
     cameOnline: list[str] = []
     wasOnline: list[str] = []
-    handler = PrivilegeHandler("example.org", _Connected(), Clock(), 5.0, StanzaLimit(),
-                               userOnline=cameOnline.append, userWasOnline=wasOnline.append)
+    handler = PresenceTracker("example.org")
+    handler.observer = _Observer(cameOnline.append, wasOnline.append)
     return handler, cameOnline, wasOnline
 
 

@@ -7,48 +7,31 @@ reset, and a clear reason when the server cannot be reached.
 from __future__ import annotations
 
 import pytest
-from twisted.internet.address import IPv4Address
+from twisted.application.internet import ClientService
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 
+from rosteradmin.component import BACKOFF_FACTOR, HandshakeBackoff
 from tests.helpers import STREAM_HEADER, ComponentOnWire
 
 NOT_AUTHORIZED = ("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
                   "</stream:error></stream:stream>")
 
 
-class Connector:
-    """
-    Stands for the TCP connector: counts the reconnection attempts.
-    """
-
-    def __init__(self) -> None:
-        self.attempts = 0
-
-    def connect(self) -> None:
-        self.attempts += 1
-
-    def getDestination(self) -> IPv4Address:
-        return IPv4Address("TCP", "127.0.0.1", 5347)
-
-    def stopConnecting(self) -> None:
-        pass
-
-
-def refusedHandshake(wire: ComponentOnWire, connector: Connector) -> None:
+def refusedHandshake(wire: ComponentOnWire) -> None:
     """
     One connection that the server accepts, then closes after refusing the
     component's secret.
     """
-    factory = wire.component.factory
+    factory, attempt = wire.server.attempts[-1]
     xs = factory.buildProtocol(None)
     xs.makeConnection(StringTransport())
+    attempt.callback(xs)
     xs.dataReceived(STREAM_HEADER)
     xs.dataReceived(NOT_AUTHORIZED)
     xs.connectionLost(Failure(ConnectionDone()))
-    factory.clientConnectionLost(connector, Failure(ConnectionDone()))
 
 
 def test_refusedHandshakesBackOff() -> None:
@@ -58,18 +41,18 @@ def test_refusedHandshakesBackOff() -> None:
     connection, so a wrong secret was retried about once a second).
     """
     wire = ComponentOnWire()
-    factory = wire.component.factory
-    factory.clock = wire.clock
-    factory.jitter = 0  # exact delays
-    connector = Connector()
+    backoff = wire.component.backoff = HandshakeBackoff(wire.config.reconnect_max_delay, jitter=lambda: 0.0)
+    wire.component.connection = ClientService(wire.server, wire.component.factory, retryPolicy=backoff,
+                                              clock=wire.clock)  # exact delays
+    wire.component.startService()
     delays = []
     for _ in range(6):
-        refusedHandshake(wire, connector)
+        refusedHandshake(wire)
         [retry] = wire.clock.getDelayedCalls()
         delays.append(retry.getTime() - wire.clock.seconds())
         wire.clock.advance(delays[-1])
-    assert connector.attempts == 6
-    e = factory.factor
+    assert len(wire.server.attempts) == 7  # the first, and six retries
+    e = BACKOFF_FACTOR
     assert delays == pytest.approx([1, e, e ** 2, e ** 3, 30, 30])
     assert wire.config.reconnect_max_delay == 30
     assert wire.component.status.lastError == "stream error: not-authorized"
@@ -80,10 +63,12 @@ def test_handshakeResetsBackoff() -> None:
     A completed handshake starts the backoff over.
     """
     wire = ComponentOnWire()
-    factory = wire.component.factory
-    factory.delay = 25.0
+    backoff = wire.component.backoff
+    for attempt in range(4):
+        backoff(attempt)
+    assert backoff.failures == 4
     wire.handshake()
-    assert factory.delay == factory.initialDelay
+    assert backoff.failures == 0
 
 
 def test_unreachableServerLoggedAndReported() -> None:
@@ -92,10 +77,10 @@ def test_unreachableServerLoggedAndReported() -> None:
     cause and the next attempt, and is the health check's last_error.
     """
     wire = ComponentOnWire()
-    factory = wire.component.factory
-    factory.clock = wire.clock
+    wire.component.startService()
+    [(_, attempt)] = wire.server.attempts
     with capturedLogs() as events:
-        factory.clientConnectionFailed(Connector(), Failure(ConnectionRefusedError("Connection refused")))
+        attempt.errback(Failure(ConnectionRefusedError("Connection refused")))
     [event] = [e for e in events if e["log_level"] >= LogLevel.warn]
     assert event["log_level"] == LogLevel.error and event["address"] == "127.0.0.1:5347"
     [retry] = wire.clock.getDelayedCalls()

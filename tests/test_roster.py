@@ -20,6 +20,7 @@ from rosteradmin.roster import (
     Contact,
     Roster,
     RosterDiff,
+    alignGroups,
     diffRosters,
     _bareContactJID,
     _contactDomain,
@@ -582,3 +583,19 @@ def test_invalidUsernames(given: Any) -> None:
     """
     with pytest.raises(InvalidUsername, match="invalid username"):
         normaliseUsername(given)
+
+
+def test_alignGroups() -> None:
+    """
+    A stored contact's groups take the wanted order when they are the same
+    groups; other groups, and contacts not wanted, stay as stored.
+    """
+    held = Roster([Contact("bob@example.org", "Bob", ("Work", "Friends")),
+                   Contact("carol@example.org", None, ("Work",)),
+                   Contact("dave@example.org", None, ("B", "A"))])
+    wanted = Roster([Contact("bob@example.org", "Bob", ("Friends", "Work")),
+                     Contact("carol@example.org", None, ("Home", "Work"))])
+    aligned = alignGroups(held, wanted).byJID()
+    assert aligned["bob@example.org"] == wanted.byJID()["bob@example.org"]
+    assert aligned["carol@example.org"].groups == ("Work",)
+    assert aligned["dave@example.org"].groups == ("B", "A")

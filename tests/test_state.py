@@ -33,6 +33,24 @@ def test_versionsAndPendingSurviveReopening(tmp_path: Path) -> None:
     assert again.serverVersion("alice") is None
 
 
+def test_doubtedClientsSurviveReopeningUntilTheRosterChanges(tmp_path: Path) -> None:
+    """
+    A doubted version is remembered across restarts, for that version
+    only; asked with another (the roster changed), it is forgotten.
+    """
+    path = str(tmp_path / "state.sqlite")
+    state = SyncState(path)
+    state.doubtClients("alice", "v1")
+    state.doubtClients("alice", "v1")
+    state.close()
+    again = SyncState(path)
+    assert again.clientsDoubted("alice", "v1") and not again.clientsDoubted("bob", "v1")
+    assert not again.clientsDoubted("alice", "v2")
+    assert not again.clientsDoubted("alice", "v1")
+    again.close()
+    assert not SyncState(path).clientsDoubted("alice", "v1")
+
+
 def test_notOurFileRefused(tmp_path: Path) -> None:
     """
     A file that is not an SQLite database is refused with its name.

@@ -8,11 +8,13 @@ Prosody process outlives its test.
 When Prosody cannot run, the tests fail, never skip: a green run must have
 run the real server.  C{ROSTERADMIN_PROSODY=13} runs them on Debian 13's
 Prosody 13 instead of the host's 0.12 (L{tests.integration.harness}), less
-L{HOST_ONLY}.
+L{HOST_ONLY}; C{ROSTERADMIN_EJABBERD=24.12} runs the tests of Debian 13's
+ejabberd (L{EJABBERD24}) instead, which the other runs leave out.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.integration.harness import (
-    PROSODY, ClientFactory, ProsodyServer, WebAppStub, XMPPTestClient, connectClient, listenWebApp,
+    PROSODY, ClientFactory, ProsodyServer, WebAppStub, XMPPTestClient, connectClient, listenWebApp, startedOrFail,
 )
 from tests.integration.service import RunningService
 
@@ -38,23 +40,38 @@ HOST_ONLY = frozenset({
     "tests/integration/test_harness.py::test_missingProsodyExplainsSetup",
 })
 
+#: The tests of Debian 13's ejabberd 24.12, from the Debian 13 root:
+#: C{ROSTERADMIN_EJABBERD=24.12} runs them alone (scripts/test.sh's third
+#: run), and the Prosody runs leave them out.
+EJABBERD24 = frozenset({"tests/integration/test_ejabberd24.py"})
+EJABBERD = os.environ.get("ROSTERADMIN_EJABBERD") or ""
+if EJABBERD not in ("", "24.12"):
+    raise RuntimeError(f"ROSTERADMIN_EJABBERD={EJABBERD!r}: use 24.12 (Debian 13's ejabberd), or leave it unset")
+
+
+def _listed(item: pytest.Item, names: frozenset[str]) -> bool:
+    return item.nodeid.split("[")[0] in names or item.nodeid.split("::")[0] in names
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """
     Mark every test under C{tests/integration} C{integration}, so that
     C{-m "not integration"} runs the fast suite alone; on Prosody 13,
-    deselect L{HOST_ONLY} (reported as deselected, not skipped).
+    deselect L{HOST_ONLY}; deselect L{EJABBERD24} unless
+    C{ROSTERADMIN_EJABBERD=24.12}, and then everything else (reported as
+    deselected, not skipped).
     """
     for item in items:
         if "integration" in item.nodeid.split("/")[:-1]:
             item.add_marker(pytest.mark.integration)
-    if PROSODY != "13":
-        return
-    hostOnly = [item for item in items
-                if item.nodeid.split("[")[0] in HOST_ONLY or item.nodeid.split("::")[0] in HOST_ONLY]
-    if hostOnly:
-        config.hook.pytest_deselected(items=hostOnly)
-        items[:] = [item for item in items if item not in hostOnly]
+    if EJABBERD == "24.12":
+        left = [item for item in items if not _listed(item, EJABBERD24)]
+    else:
+        left = [item for item in items
+                if _listed(item, EJABBERD24) or (PROSODY == "13" and _listed(item, HOST_ONLY))]
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = [item for item in items if item not in left]
 
 
 @pytest.fixture
@@ -67,14 +84,7 @@ def prosody(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProsodyS
     indirect=True)}).
     """
     server = ProsodyServer(tmp_path, without=getattr(request, "param", ()))
-    try:
-        server.start()
-    except RuntimeError as e:
-        problem = str(e)
-    else:
-        problem = ""
-    if problem:  # failing outside the handler shows the message once
-        pytest.fail(problem, pytrace=False)
+    startedOrFail(server)
     yield server
     server.stop()
 

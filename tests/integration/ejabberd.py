@@ -1,8 +1,11 @@
 # -*- test-case-name: tests.integration.test_ejabberd -*-
 """
 A throwaway local ejabberd for the integration tests: the other server
-rosteradmin supports, which speaks the C{:1} namespaces of XEP-0355
-(C{urn:xmpp:delegation:1}) and XEP-0356 (C{urn:xmpp:privilege:1}).
+rosteradmin supports.  The host's, Debian 12's ejabberd 23.01, speaks the
+C{:1} namespaces of XEP-0355 (C{urn:xmpp:delegation:1}) and XEP-0356
+(C{urn:xmpp:privilege:1}); Debian 13's ejabberd 24.12 runs under C{chroot}
+from the root C{scripts/debian13.sh} builds (L{tests.integration.debianroot}),
+with C{contrib/ejabberd/rosteradmin.yml} and its HTTP API.
 
 It runs the Debian package's C{ejabberdctl foreground} as the C{ejabberd}
 user (ejabberdctl refuses to run as anyone else but root, and as root it
@@ -25,12 +28,48 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rosteradmin.devprosody import freePort
+from tests.integration.debianroot import DebianRoot
 
 EJABBERDCTL = "/usr/sbin/ejabberdctl"
 #: The system user the Debian package runs ejabberd as.
 EJABBERD_USER = "ejabberd"
+
+
+#: The rosteradmin part of the host ejabberd's configuration: delegation
+#: and privileges, as rosteradmin first used them (test_ejabberd.py shows
+#: what does not work that way).
+PRIVILEGED_SETUP = """\
+acl:
+  roster_component:
+    server: "{componentJID}"
+access_rules:
+  roster_component_access:
+    allow: roster_component
+api_permissions:
+  "console commands":
+    from:
+      - ejabberd_ctl
+    who: all
+    what: "*"
+modules:
+  mod_disco: {{}}
+  mod_ping: {{}}
+  mod_roster:
+    versioning: true
+  mod_privilege:
+    roster:
+      both: roster_component_access
+    presence:
+      managed_entity: roster_component_access
+  mod_delegation:
+    namespaces:
+      "jabber:iq:roster":
+        access: roster_component_access
+        filtering: []
+"""
 
 
 class EjabberdNotAvailable(RuntimeError):
@@ -46,25 +85,39 @@ class LocalEjabberd:
 
     @ivar c2sPort: The client port.
     @ivar componentPort: The XEP-0114 component port.
+    @ivar apiPort: The port of mod_http_api (with C{include} only).
+    @ivar apiURL: mod_http_api's base URL, for C{--ejabberd-api-url}.
     @ivar accounts: The password of each account created at start.
+    @ivar directory: Its directory on the host (inside the root, with one).
     """
 
     domain = "example.org"
     componentJID = "roster.example.org"
     secret = "ejabberd-test-secret"
 
-    def __init__(self, accounts: dict[str, str]) -> None:
+    def __init__(self, accounts: dict[str, str], root: Path | None = None, include: Path | None = None) -> None:
         """
         @param accounts: The accounts to create once it runs, username to
             password.
+        @param root: The Debian root whose ejabberd runs (under C{chroot}),
+            or C{None} for the host's.
+        @param include: The rosteradmin part of the configuration (access
+            rules, API permissions, modules) to include instead of the
+            privileged setup written here; an HTTP listener for mod_http_api
+            is added.
         """
         self.accounts = dict(accounts)
+        self.root = None if root is None else DebianRoot(root)
+        self.include = include
         self.c2sPort = freePort()
         self.componentPort = freePort()
         self.distPort = freePort()
+        self.apiPort = freePort()
+        self.apiURL = f"http://127.0.0.1:{self.apiPort}/api"
         self.node = f"rosteradmintest{os.getpid()}x{self.distPort}@localhost"
         self.directory: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._user: tuple[int, int] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         """
@@ -75,37 +128,29 @@ class LocalEjabberd:
             or it did not start within C{timeout} seconds; the message holds
             the end of its logs.
         """
-        if not os.path.exists(EJABBERDCTL):
-            raise EjabberdNotAvailable(
-                "ejabberd is not installed: run `bash scripts/test.sh`, or `apt-get install ejabberd`")
-        try:
-            user = pwd.getpwnam(EJABBERD_USER)
-        except KeyError:
-            raise EjabberdNotAvailable(f"no {EJABBERD_USER!r} user: is the ejabberd package installed?") from None
-        if os.geteuid() != 0:
-            raise EjabberdNotAvailable(f"the ejabberd tests must run as root (to run ejabberd as {EJABBERD_USER!r})")
+        self._user = self._findUser()
         # Not under pytest's tmp_path: /tmp/pytest-of-root is 0700, closed
-        # to the ejabberd user.
-        self.directory = Path(tempfile.mkdtemp(prefix="rosteradmin-ejabberd-"))
+        # to the ejabberd user.  With a root, in its /tmp: ejabberd sees
+        # its directory at the path inside the root.
+        base = None if self.root is None else self.root.path / "tmp"
+        self.directory = Path(tempfile.mkdtemp(prefix="rosteradmin-ejabberd-", dir=base))
         self._writeConfig()
         for path in [self.directory, *self.directory.rglob("*")]:
-            os.chown(path, user.pw_uid, user.pw_gid)
+            os.chown(path, *self._user)
         deadline = time.monotonic() + timeout
         output = open(self.directory / "log" / "stdout.log", "ab")
-        self._process = subprocess.Popen(
-            self._ctl("foreground"), stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.directory, env=self._env(user), user=user.pw_uid, group=user.pw_gid, extra_groups=[],
-            start_new_session=True,  # its own process group: stop() ends beam and its helpers together
-        )
+        # Its own process group: stop() ends beam and its helpers together.
+        self._process = self._popen(self._ctl("foreground"), stdout=output, start_new_session=True)
         output.close()
         try:
-            while not (self._accepts(self.c2sPort) and self._accepts(self.componentPort)):
+            ports = [self.c2sPort, self.componentPort] + ([self.apiPort] if self.include is not None else [])
+            while not all(self._accepts(port) for port in ports):
                 if self._process.poll() is not None:
                     raise EjabberdNotAvailable(f"ejabberd exited with status {self._process.returncode}")
                 if time.monotonic() > deadline:
                     raise EjabberdNotAvailable(f"ejabberd did not open its ports within {timeout:g}s")
                 time.sleep(0.1)
-            self._register(user, max(deadline - time.monotonic(), 10.0))
+            self._register(max(deadline - time.monotonic(), 10.0))
         except EjabberdNotAvailable as e:
             tail = self.logTail()
             self.stop()
@@ -167,7 +212,54 @@ class LocalEjabberd:
                 texts.extend(path.read_text(errors="replace").splitlines()[-lines:])
         return "\n".join(texts)
 
-    def _register(self, user: pwd.struct_passwd, timeout: float) -> None:
+    def _findUser(self) -> tuple[int, int]:
+        """
+        The uid and gid ejabberd runs as: the C{ejabberd} user of the root
+        it runs in, or of the host.
+
+        @raise EjabberdNotAvailable: ejabberd, its user or the root is
+            missing, or we are not root.
+        """
+        if self.root is not None:
+            if not self.root.built():
+                raise EjabberdNotAvailable(self.root.missing())
+            if not self.root.inRoot(Path(EJABBERDCTL)).exists():
+                raise EjabberdNotAvailable(f"no ejabberd in {self.root.path}: run `bash scripts/debian13.sh`")
+        elif not os.path.exists(EJABBERDCTL):
+            raise EjabberdNotAvailable(
+                "ejabberd is not installed: run `bash scripts/test.sh`, or `apt-get install ejabberd`")
+        if os.geteuid() != 0:
+            raise EjabberdNotAvailable(f"the ejabberd tests must run as root (to run ejabberd as {EJABBERD_USER!r})")
+        try:
+            if self.root is not None:
+                return self.root.user(EJABBERD_USER)
+            entry = pwd.getpwnam(EJABBERD_USER)
+            return entry.pw_uid, entry.pw_gid
+        except KeyError:
+            raise EjabberdNotAvailable(f"no {EJABBERD_USER!r} user: is the ejabberd package installed?") from None
+
+    def _popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """
+        Run an ejabberdctl command line as the ejabberd user: straight on
+        the host, or through C{chroot}, which (run by us as root) changes
+        to that user once inside the root.
+        """
+        assert self.directory is not None and self._user is not None
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        common: dict[str, Any] = dict(stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.directory,
+                                      env=self._env())
+        if self.root is not None:
+            return subprocess.Popen(self.root.command(argv, self._user), **common, **kwargs)
+        uid, gid = self._user
+        return subprocess.Popen(argv, **common, user=uid, group=gid, extra_groups=[], **kwargs)
+
+    def _inside(self, path: Path) -> Path:
+        """
+        A path of ours as ejabberd sees it.
+        """
+        return path if self.root is None else self.root.fromRoot(path)
+
+    def _register(self, timeout: float) -> None:
         """
         Create the accounts, all at once: each C{ejabberdctl} call starts an
         Erlang VM of its own, which takes about a second.
@@ -175,14 +267,8 @@ class LocalEjabberd:
         # ejabberd reads no account list from its configuration, and its
         # Mnesia spool is binary: asking the running node is the reliable way.
         assert self.directory is not None
-        calls = {
-            username: subprocess.Popen(
-                self._ctl("register", username, self.domain, password), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.directory, env=self._env(user),
-                user=user.pw_uid, group=user.pw_gid, extra_groups=[],
-            )
-            for username, password in self.accounts.items()
-        }
+        calls = {username: self._popen(self._ctl("register", username, self.domain, password))
+                 for username, password in self.accounts.items()}
         deadline = time.monotonic() + timeout
         problems = []
         for username, call in calls.items():
@@ -201,19 +287,21 @@ class LocalEjabberd:
 
     def _ctl(self, *arguments: str) -> list[str]:
         assert self.directory is not None
-        return [EJABBERDCTL, "-d", str(self.directory), "-c", str(self.directory / "ejabberdctl.cfg"),
-                "-f", str(self.directory / "ejabberd.yml"), "-s", str(self.directory / "spool"),
-                "-l", str(self.directory / "log"), *arguments]
+        directory = self._inside(self.directory)
+        return [EJABBERDCTL, "-d", str(directory), "-c", str(directory / "ejabberdctl.cfg"),
+                "-f", str(directory / "ejabberd.yml"), "-s", str(directory / "spool"),
+                "-l", str(directory / "log"), *arguments]
 
-    def _env(self, user: pwd.struct_passwd) -> dict[str, str]:
+    def _env(self) -> dict[str, str]:
         assert self.directory is not None
-        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.directory / "home"),
-                "USER": user.pw_name, "LOGNAME": user.pw_name, "LANG": "C.UTF-8"}
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self._inside(self.directory) / "home"),
+                "USER": EJABBERD_USER, "LOGNAME": EJABBERD_USER, "LANG": "C.UTF-8"}
 
     def _writeConfig(self) -> None:
         assert self.directory is not None
         for name in ("spool", "log", "home"):
             (self.directory / name).mkdir()
+        directory = self._inside(self.directory)
         # ERL_OPTIONS reaches the server and every ejabberdctl call alike;
         # the cookie keeps other nodes on this machine out.
         (self.directory / "ejabberdctl.cfg").write_text(f"""\
@@ -222,12 +310,12 @@ ERLANG_NODE={self.node}
 ERL_DIST_PORT={self.distPort}
 INET_DIST_INTERFACE=127.0.0.1
 ERL_OPTIONS="-setcookie {secrets.token_hex(16)} -env ERL_CRASH_DUMP_BYTES 0"
-EJABBERD_PID_PATH={self.directory / 'ejabberd.pid'}
+EJABBERD_PID_PATH={directory / 'ejabberd.pid'}
 EJABBERD_BYPASS_WARNINGS=true
 """)
         (self.directory / "inetrc").write_text(
             '{lookup,["file","native"]}.\n{host,{127,0,0,1}, ["localhost"]}.\n')
-        (self.directory / "ejabberd.yml").write_text(f"""\
+        site = f"""\
 # generated by tests/integration/ejabberd.py
 hosts:
   - {self.domain}
@@ -236,26 +324,11 @@ log_rotate_count: 0
 certfiles: []
 auth_method: internal
 auth_password_format: plain
-acl:
-  roster_component:
-    server: "{self.componentJID}"
-access_rules:
-  c2s:
-    allow: all
-  roster_component_access:
-    allow: roster_component
-api_permissions:
-  "console commands":
-    from:
-      - ejabberd_ctl
-    who: all
-    what: "*"
 listen:
   -
     port: {self.c2sPort}
     ip: "127.0.0.1"
     module: ejabberd_c2s
-    access: c2s
     starttls: false
     starttls_required: false
   -
@@ -266,22 +339,24 @@ listen:
     hosts:
       {self.componentJID}:
         password: "{self.secret}"
-modules:
-  mod_disco: {{}}
-  mod_ping: {{}}
-  mod_roster:
-    versioning: true
-  mod_privilege:
-    roster:
-      both: roster_component_access
-    presence:
-      managed_entity: roster_component_access
-  mod_delegation:
-    namespaces:
-      "jabber:iq:roster":
-        access: roster_component_access
-        filtering: []
-""")
+"""
+        if self.include is not None:
+            # The operator's part, unchanged, next to the site's: ports,
+            # secrets, TLS.  The rules it names (c2s, the API's
+            # permissions) live in it.
+            shutil.copyfile(self.include, self.directory / "rosteradmin.yml")
+            site += f"""\
+  -
+    port: {self.apiPort}
+    ip: "127.0.0.1"
+    module: ejabberd_http
+    request_handlers:
+      /api: mod_http_api
+include_config_file: {directory / "rosteradmin.yml"}
+"""
+        else:
+            site += PRIVILEGED_SETUP.format(componentJID=self.componentJID)
+        (self.directory / "ejabberd.yml").write_text(site)
 
     @staticmethod
     def _signalGroup(pid: int, signum: int) -> None:

@@ -23,8 +23,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote_to_bytes
+
+import pytest
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -43,7 +45,7 @@ from tests.integration.prosody13 import ChrootProsody, debian13Root
 
 __all__ = [
     "CONTRIB_CONFIG", "PASSWORD", "PROSODY", "USERS", "ClientFactory", "LoginFailed", "ProsodyServer", "WebAppStub", "XMPPTestClient",
-    "connectClient", "freePort", "listenWebApp",
+    "connectClient", "freePort", "listenWebApp", "startedOrFail",
 ]
 
 #: The configuration operators are told to include; the tests run exactly it.
@@ -96,6 +98,28 @@ class ProsodyServer(ChrootProsody):
         self.tempDir = self.directory
         for user in USERS:
             self.addAccount(user, PASSWORD)
+
+
+class StartableServer(Protocol):
+    def start(self) -> None: ...
+
+
+S = TypeVar("S", bound=StartableServer)
+
+
+def startedOrFail(server: S) -> S:
+    """
+    Start a test server; if it cannot start (not installed, no Debian 13
+    root, a port taken), fail the test saying why: a green run must have
+    run the real server, so it never skips.
+    """
+    try:
+        server.start()
+    except RuntimeError as e:
+        problem = str(e)
+    else:
+        return server
+    pytest.fail(problem, pytrace=False)  # outside the handler: the message shows once
 
 
 def contribConfigWithout(directory: Path, modules: tuple[str, ...]) -> Path:

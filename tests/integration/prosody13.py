@@ -29,23 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from rosteradmin.devprosody import LocalProsody, ProsodyNotAvailable
+from tests.integration.debianroot import STAMP, DebianRoot, debian13Root
 
-#: Where scripts/debian13.sh builds the root unless told otherwise.
-DEFAULT_ROOT = Path("/var/cache/rosteradmin/trixie")
-#: The file scripts/debian13.sh writes last, into a complete root only.
-STAMP = ".rosteradmin-root"
-#: The PATH Prosody runs with in the root.
-ROOT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+__all__ = ["STAMP", "ChrootProsody", "debian13Root"]
+
 #: The directories made inside the root, one host path a line.
 MIRRORS = Path("var/lib/rosteradmin-tests/mirrors")
-
-
-def debian13Root() -> Path:
-    """
-    The Debian 13 root: C{ROSTERADMIN_DEBIAN13_ROOT}, as for
-    C{scripts/debian13.sh}, else L{DEFAULT_ROOT}.
-    """
-    return Path(os.environ.get("ROSTERADMIN_DEBIAN13_ROOT") or DEFAULT_ROOT)
 
 
 class ChrootProsody(LocalProsody):
@@ -65,7 +54,8 @@ class ChrootProsody(LocalProsody):
         @param kwargs: The other options of L{LocalProsody}.
         @raise ValueError: C{directory} exists and is not our symlink.
         """
-        self.root = None if root is None else root.resolve()
+        self.debianRoot = None if root is None else DebianRoot(root)
+        self.root = None if self.debianRoot is None else self.debianRoot.path
         # Nothing is made in a root that is not built: start says so.
         if self._built():
             directory = Path(directory).absolute()
@@ -88,17 +78,13 @@ class ChrootProsody(LocalProsody):
 
         @raise ProsodyNotAvailable: The root is not (completely) built.
         """
-        if self.root is None:
+        if self.debianRoot is None:
             return super().command()
-        if not self._built():
-            raise ProsodyNotAvailable(
-                f"no Debian 13 root in {self.root}: run `bash scripts/debian13.sh` "
-                "(`bash scripts/test.sh` does)")
-        chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+        if not self.debianRoot.built():
+            raise ProsodyNotAvailable(self.debianRoot.missing())
         # /usr/bin/prosody starts with "#!/usr/bin/env lua5.4": the root's
         # PATH, whatever the host's is.
-        return [chroot, str(self.root), "/usr/bin/env", f"PATH={ROOT_PATH}",
-                "/usr/bin/prosody", "--config", str(self.configPath), "-F"]
+        return self.debianRoot.command(["/usr/bin/prosody", "--config", str(self.configPath), "-F"])
 
     def writeConfig(self) -> None:
         """
@@ -126,11 +112,11 @@ class ChrootProsody(LocalProsody):
         """
         Whether there is a root and scripts/debian13.sh finished building it.
         """
-        return self.root is not None and (self.root / STAMP).is_file()
+        return self.debianRoot is not None and self.debianRoot.built()
 
     def _inRoot(self, path: Path) -> Path:
-        assert self.root is not None
-        return self.root / path.relative_to("/")
+        assert self.debianRoot is not None
+        return self.debianRoot.inRoot(path)
 
     @contextmanager
     def _mirrors(self) -> Iterator[list[str]]:

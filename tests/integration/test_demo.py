@@ -22,11 +22,13 @@ import treq
 from twisted.internet import reactor, threads
 from twisted.web.client import HTTPConnectionPool
 
+from rosteradmin.demo import PASSWORD as DEMO_PASSWORD
 from rosteradmin.demo import ctlCommand
 from rosteradmin.devprosody import LocalProsody, freePort
 from rosteradmin.devwebapp import SAMPLE_ROSTERS
 from tests.integration.harness import CONTRIB_CONFIG, connectClient
 from tests.integration.service import RunningService
+from tests.integration.test_converse import Chromium, logIn, shown
 from tests.integration.test_rosters import items
 
 ROOT = Path(__file__).parents[2]
@@ -37,7 +39,10 @@ class Demo:
     One demo process on free ports, its output in a file.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
+        """
+        @param options: More of the demo's options (C{--websocket}, say).
+        """
         self.directory = directory
         self.c2sPort, self.httpPort = freePort(), freePort()
         self.outputPath = directory / "demo.out"
@@ -46,7 +51,7 @@ class Demo:
                 [sys.executable, "-m", "rosteradmin.demo", "--prosody-config", str(CONTRIB_CONFIG),
                  "--directory", str(directory / "data"), "--c2s-port", str(self.c2sPort),
                  "--component-port", str(freePort()), "--webapp-port", str(freePort()),
-                 "--http-port", str(self.httpPort)],
+                 "--http-port", str(self.httpPort), *options],
                 cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -202,6 +207,36 @@ async def test_demoStopsWhenProsodyDies(tmp_path: Path) -> None:
     finally:
         demo.kill()
     assert "Prosody has exited; stopping the demo" in demo.output
+    assert "Traceback" not in demo.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_demoWebSocketServesConverse(tmp_path: Path) -> None:
+    """
+    C{--websocket}: Prosody serves WebSocket on a port of its own, not the
+    API's, the banner names the chat page, and Converse.js from that page,
+    in a real headless Chromium, logs alice in over the WebSocket and shows
+    the sample roster.
+    """
+    websocketPort, chatPort = freePort(), freePort()
+    demo = Demo(tmp_path, "--websocket", "--websocket-port", str(websocketPort), "--chat-port", str(chatPort))
+    browser = None
+    try:
+        await demo.ready()
+        assert f"chat page       http://127.0.0.1:{chatPort}/" in demo.output
+        assert f"WebSocket       ws://127.0.0.1:{websocketPort}/xmpp-websocket" in demo.output
+        config = await treq.get(f"http://127.0.0.1:{chatPort}/config.js",
+                                pool=HTTPConnectionPool(reactor, persistent=False))
+        assert f'"websocket_url": "ws://127.0.0.1:{websocketPort}/xmpp-websocket"' in await config.text()
+
+        browser = await Chromium.launch(tmp_path)
+        roster = await logIn(browser, f"http://127.0.0.1:{chatPort}/", password=DEMO_PASSWORD)
+        assert shown(roster) == {"bob@example.org": "Bob", "carol@example.org": "Carol"}
+        await browser.screenshot(tmp_path / "demo-converse.png")
+    finally:
+        if browser is not None:
+            await browser.close()
+        demo.kill()
     assert "Traceback" not in demo.output
 
 

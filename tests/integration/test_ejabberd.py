@@ -19,10 +19,10 @@ import pytest
 import pytest_twisted
 
 from rosteradmin.delegation import NS_DELEGATION_1
-from rosteradmin.privilege import NS_PRIVILEGE_1
+from rosteradmin.permissions import NS_PRIVILEGE_1
 from rosteradmin.roster import NS_ROSTER
-from tests.integration.ejabberd import EjabberdNotAvailable, LocalEjabberd
-from tests.integration.harness import PASSWORD, ClientFactory, WebAppStub
+from tests.integration.ejabberd import LocalEjabberd
+from tests.integration.harness import PASSWORD, ClientFactory, WebAppStub, startedOrFail
 from tests.integration.service import RunningService
 from tests.integration.test_http import call
 from tests.integration.test_rosters import ROSTERS, condition, items
@@ -38,14 +38,7 @@ def ejabberd() -> Iterator[LocalEjabberd]:
     cannot run, every test fails: a green run must have run it.
     """
     server = LocalEjabberd({user: PASSWORD for user in ("alice", "bob", "carol")})
-    try:
-        server.start()
-    except EjabberdNotAvailable as e:
-        problem = str(e)
-    else:
-        problem = ""
-    if problem:  # failing outside the handler shows the message once
-        pytest.fail(problem, pytrace=False)
+    startedOrFail(server)
     yield server
     server.stop()
 

@@ -1,0 +1,98 @@
+# -*- test-case-name: tests.test_privilege,tests.test_component -*-
+"""
+Who is online, from the presences the server shares with us (XEP-0356
+C{presence} permission, C{managed_entity}): the targets of roster pushes,
+the users whose rosters stay cached, and the users whose roster to load
+before their clients ask.
+"""
+
+from __future__ import annotations
+
+from twisted.python.failure import Failure
+from twisted.words.xish import domish
+from wokkel.subprotocols import XMPPHandler
+
+from rosteradmin.interfaces import IServerObserver
+from rosteradmin.stanzas import findChild, markHandled, parseJID
+
+NS_DELAY = "urn:xmpp:delay"
+
+
+class PresenceTracker(XMPPHandler):
+    """
+    Tracks users' online resources and reports a user's first one.
+
+    @ivar online: Online full JIDs by username.
+    @ivar observer: Told of users coming online (set by
+        L{rosteradmin.privilege.PrivilegeHandler.observe}).
+    """
+
+    observer: IServerObserver
+
+    def __init__(self, domain: str) -> None:
+        """
+        @param domain: The only domain whose users' presences are tracked.
+        """
+        super().__init__()
+        self.domain = domain
+        self.online: dict[str, set[str]] = {}
+
+    def connectionMade(self) -> None:
+        # Current presences arrive in the handshake's read.
+        self.xmlstream.addObserver("/presence", self._onPresence, priority=-1)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The server sends current presences again after every reconnect.
+        self.online = {}
+
+    def isOnline(self, username: str) -> bool:
+        """
+        Whether a user has a resource online.
+        """
+        return username in self.online
+
+    def _onPresence(self, presence: domish.Element) -> None:
+        """
+        Track users' online resources.  A user's first resource coming
+        online warms its roster (L{IServerObserver.warm}), except for the
+        presences the server replays when we connect (L{isReplayed}): those
+        clients hold a roster already, and a silent warm would write the web
+        app's current roster into the server and the cache without pushing
+        it to them, so that the next refresh finds nothing to push; such a
+        user is caught up instead (L{IServerObserver.catchUp}).
+        """
+        if presence.handled:
+            return
+        sender = parseJID(presence.getAttribute("from"))
+        if sender is None or sender.host != self.domain or not sender.user or not sender.resource:
+            return
+        markHandled(presence)
+        username, full = sender.user, sender.full()
+        kind = presence.getAttribute("type")
+        if kind is None:
+            resources = self.online.setdefault(username, set())
+            first = not resources
+            resources.add(full)
+            if first and self.isReplayed(presence):
+                self.observer.catchUp(username)
+            elif first:
+                self.observer.warm(username)
+        elif kind == "unavailable":
+            resources = self.online.get(username, set())
+            resources.discard(full)
+            if not resources:
+                self.online.pop(username, None)
+
+    def isReplayed(self, presence: domish.Element) -> bool:
+        """
+        Whether a presence is the server replaying one sent before we
+        connected, rather than forwarding one as it is sent.
+
+        Prosody keeps each session's current presence stamped with a
+        XEP-0203 C{<delay from='example.org'/>} (C{mod_presence}), and
+        C{mod_privilege} sends that copy to a component that authenticates
+        (C{advertise_presences}, XEP-0356 §7); presences it forwards as
+        they happen carry no delay.
+        """
+        delay = findChild(presence, "delay", (NS_DELAY,))
+        return delay is not None and delay.getAttribute("from") == self.domain
