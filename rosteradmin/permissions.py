@@ -89,6 +89,7 @@ class PermissionTracker(XMPPHandler):
     take our roster writes.
 
     @ivar permissions: The last advertisement's, from the domain only.
+    @ivar advertised: The server advertised permissions on this connection.
     @ivar rostersDelegatedBack: The server delegated our own roster iqs
         back to us on this connection: no privileged sync until the next.
     @ivar observer: Told when the server grants roster access (set by
@@ -108,6 +109,7 @@ class PermissionTracker(XMPPHandler):
         self.domain = domain
         self.status = status
         self.permissions = NO_PERMISSIONS
+        self.advertised = False
         self.rostersDelegatedBack = False
 
     def connectionMade(self) -> None:
@@ -118,6 +120,7 @@ class PermissionTracker(XMPPHandler):
     def connectionLost(self, reason: Failure) -> None:
         # The server sends permissions again after every reconnect.
         self.permissions = NO_PERMISSIONS
+        self.advertised = False
         self.rostersDelegatedBack = False
 
     def canSync(self) -> bool:
@@ -135,6 +138,9 @@ class PermissionTracker(XMPPHandler):
         if self.rostersDelegatedBack:
             return ("the server sends rosteradmin's own roster requests back to it "
                     "(ejabberd's mod_delegation): roster writes are off until the next connection")
+        if self.advertised and not self.permissions.canReadAndWriteRosters:
+            return (f"the server grants roster access {self.permissions.roster!r}, and rosteradmin needs 'both' "
+                    f"to write rosters: set roster = \"both\" for it in privileged_entities (Prosody)")
         return None
 
     def _onOwnRequestDelegated(self, namespace: str | None) -> None:
@@ -156,6 +162,7 @@ class PermissionTracker(XMPPHandler):
                           sender=message.getAttribute("from"))
             return
         self.permissions = parsePermissions(privilege)
+        self.advertised = True
         self.log.info(
             "server grants roster={roster} presence={presence} iq={iq} ({version})",
             roster=self.permissions.roster, presence=self.permissions.presence,

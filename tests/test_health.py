@@ -119,3 +119,20 @@ def test_healthzDegradedWhenWritesCannotWork() -> None:
         wire.receive(envelope(ownRosterSet(), version=1))
     code, body = delegationHealth(wire)
     assert (code, body["status"]) == (200, "degraded") and "mod_delegation" in str(body["roster_sync_error"])
+
+
+def test_rosterAccessTooSmallIsSaid() -> None:
+    """
+    The server grants roster access 'get' only: writes cannot work, so
+    /healthz is "degraded" and says what to set, and a refresh reports the
+    user as failed with that reason instead of success.
+    """
+    wire = ComponentOnWire(WebApp({"alice": {"bob@example.org": {"name": "Bob"}}}))
+    wire.handshake(PERMISSIONS_2.replace("type='both'", "type='get'", 1) + DELEGATION_2)
+    code, body = delegationHealth(wire)
+    assert (code, body["status"]) == (200, "degraded")
+    assert "'get'" in str(body["roster_sync_error"]) and "privileged_entities" in str(body["roster_sync_error"])
+    with capturedLogs():
+        refresh = wire.backend.refresh(["alice"])
+    assert refresh.called and refresh.result.errors == 1
+    assert "'get'" in refresh.result.failures["alice"]
