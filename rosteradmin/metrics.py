@@ -57,10 +57,14 @@ class Metrics(Collector):
     def __init__(self, backend: IRosterBackend, status: IConnectionStatus, fetchLatency: FetchLatency,
                  answered: Callable[[], int], kicks: Mapping[str, int],
                  onlineResources: Callable[[], int], queriesRefused: Callable[[], int],
-                 currentSync: Callable[[], SyncProgress | None]) -> None:
+                 currentSync: Callable[[], SyncProgress | None],
+                 onlineChecked: Callable[[], int] = lambda: 0) -> None:
         """
         @param kicks: Kicks by HTTP status, as the kick resource counts them.
+        @param onlineChecked: How many server rosters of online users the
+            online check has read back (L{rosteradmin.onlinecheck}).
         """
+        self.onlineChecked = onlineChecked
         self.backend = backend
         self.queriesRefused = queriesRefused
         self.currentSync = currentSync
@@ -129,6 +133,9 @@ class Metrics(Collector):
         for status, count in sorted(self.kicks.items()):
             kicks.add_metric([status], count)
         yield kicks
+        yield CounterMetricFamily("rosteradmin_online_checked",
+                                  "Server rosters of online users read back by the online check",
+                                  self.onlineChecked())
         yield GaugeMetricFamily("rosteradmin_connected", "1 while connected to the XMPP server",
                                 1 if self.status.connected else 0)
         yield GaugeMetricFamily("rosteradmin_online_resources",

@@ -433,18 +433,21 @@ class SequentialService(service.MultiService):
         return ensureDeferred(self._stopInOrder())
 
 
-def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain) -> Resource:
+def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
+            onlineCheck: OnlineCheck | None = None) -> Resource:
     """
     The HTTP API's resource tree, with metrics over the backend and the
     component.
 
     @param drain: Counts the requests in flight, for the HTTP service.
+    @param onlineCheck: Whose counts the metrics show, if it runs.
     """
     comp = parts.component
     kickOutcomes: Counter[str] = Counter()
     metrics = Metrics(parts.backend, comp.status, parts.fetchLatency, lambda: comp.rosterServer.answered,
                       kickOutcomes, lambda: sum(len(resources) for resources in comp.privileges.online.values()),
-                      lambda: comp.rosterServer.gate.refusedCount, lambda: fullSync.current)
+                      lambda: comp.rosterServer.gate.refusedCount, lambda: fullSync.current,
+                      lambda: onlineCheck.checked if onlineCheck is not None else 0)
     return buildRoot(
         parts.backend, comp.status, None if config.no_kick else comp.kicker,
         config.refresh_authorization, config.kick_authorization, kickOutcomes, metrics, fullSync, drain,
@@ -496,7 +499,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     onlineCheck.setServiceParent(top)
 
     drain = Drain()
-    site = makeSite(makeAPI(config, parts, fullSync, drain), config.max_body_bytes, config.http_timeout, reactor)
+    site = makeSite(makeAPI(config, parts, fullSync, drain, onlineCheck), config.max_body_bytes, config.http_timeout, reactor)
     # Requests in flight may wait for a fetch and an XMPP round trip.
     drainTimeout = config.fetch_timeout + config.iq_timeout
     web = DrainingService(endpoints.serverFromString(reactor, config.http), site, drain, reactor, drainTimeout,

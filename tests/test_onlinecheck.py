@@ -5,7 +5,12 @@ applied behind our back is repaired and pushed without a web-app fetch.
 
 from __future__ import annotations
 
+from treq.testing import StubTreq
+
+from rosteradmin.fullsync import FullSync
 from rosteradmin.onlinecheck import OnlineCheck
+from rosteradmin.tap import makeAPI
+from rosteradmin.web import Drain
 from tests.helpers import WebApp
 from tests.test_component import StoringServer, connected
 from tests.test_putback import pushes, serverReads
@@ -107,3 +112,23 @@ def test_groupOrderOfTheServerIsNoDrift() -> None:
     assert d.called and serverReads(sent) == 1
     assert [s for s in sent if s.getAttribute("type") == "set"] == []
     assert sum(wire.backend.driftRepaired.values()) == 0
+
+
+def test_checkedUsersInMetrics() -> None:
+    """
+    /metrics counts the server rosters the online check read back.
+    """
+    wire, server = connected(), StoringServer()
+    wire.receive("<presence from='alice@example.org/phone'/>")
+    wire.answerRequests(server)
+    check = OnlineCheck(wire.backend, lambda: wire.component.privileges.online, wire.clock, 600)
+    http = StubTreq(makeAPI(wire.config, wire.parts, FullSync(wire.backend, None, wire.clock, False, 3600),
+                            Drain(), check))
+    check.check()
+    wire.answerRequests(server)
+    d = http.get("http://api.invalid/metrics")
+    http.flush()
+    body: list[str] = []
+    d.addCallback(lambda response: response.text()).addCallback(body.append)
+    http.flush()
+    assert "rosteradmin_online_checked_total 1.0" in body[0]
