@@ -130,6 +130,12 @@ class IRosterSync(Interface):
         Whether the server granted roster access (and we are connected).
         """
 
+    def observe(observer: IServerObserver) -> None:
+        """
+        Say whom to tell when the server takes writes (again): the backend,
+        which is given this sync at construction, so it is told after.
+        """
+
     syncRefusal: str | None = Attribute(
         "Why the server, though connected and granting roster access, cannot "
         "take our roster writes (a misconfiguration), or None"

@@ -54,10 +54,10 @@ from rosteradmin.ejabberdapi import EjabberdAPISync
 from rosteradmin.fairness import QueryGate
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.fullsync import FullSync
-from rosteradmin.onlinecheck import OnlineCheck
 from rosteradmin.interfaces import IRosterSync
 from rosteradmin.metrics import FetchLatency, Metrics
 from rosteradmin.muc import RoomKicker
+from rosteradmin.onlinecheck import OnlineCheck
 from rosteradmin.permissions import PermissionTracker
 from rosteradmin.presence import PresenceTracker
 from rosteradmin.privilege import MAX_SYNC_IN_FLIGHT, PrivilegeHandler
@@ -364,9 +364,11 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     cache = RosterCache(config.cache_max_contacts, pinned=presence.isOnline)
     sync = chooseRosterSync(config, privileges, clock)
     backend = RosterBackend(cache, fetcher, sync, limit=limit, state=state)
+    # The privilege handler tracks presences and permissions whichever sync
+    # writes; the sync (that handler again, or ejabberd's API) says when
+    # writes work.
     privileges.observe(backend)
-    if isinstance(sync, EjabberdAPISync):
-        sync.observe(backend)  # it says when the API takes writes
+    sync.observe(backend)
     rosterServer = RosterServer(backend, config.domain, config.jid, limit,
                                 QueryGate(clock, config.queries_per_user, config.query_rate))
     delegation = DelegationHandler(config.domain, config.jid, {NS_ROSTER: rosterServer.answerDelegated}, limit,
@@ -479,10 +481,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     backend = parts.backend
     backend.setName("backend")
     backend.setServiceParent(top)
-    if isinstance(backend.sync, EjabberdAPISync):
-        # It probes the API at start and while it refuses.
-        backend.sync.setName("roster-sync")
-        backend.sync.setServiceParent(top)
+    syncService = service.IService(backend.sync, None)
+    if syncService is not None:
+        # ejabberd's API: it probes the API at start and while it refuses.
+        syncService.setName("roster-sync")
+        syncService.setServiceParent(top)
     parts.component.setName("component")
     parts.component.setServiceParent(top)
 
