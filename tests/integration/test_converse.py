@@ -38,6 +38,7 @@ from twisted.web import server
 
 from rosteradmin.devchat import ChatPage, ConverseNotInstalled, localSettings
 from rosteradmin.devprosody import LocalProsody, freePort
+from rosteradmin.devwebapp import SAMPLE_ROSTERS
 from tests.integration.harness import CONTRIB_CONFIG, PASSWORD, ProsodyServer, XMPPTestClient, startedOrFail
 from tests.integration.service import RunningService
 
@@ -46,15 +47,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 #: index.html (run unchanged) and package.json.
 PAGE = ROOT / "contrib" / "converse"
-
-ROSTERS = {
-    "alice": {
-        "bob@example.org": {"name": "Bob", "groups": ["Friends"]},
-        "carol@example.org": {"name": "Carol", "groups": ["Work"]},
-    },
-    "bob": {"alice@example.org": {"name": "Alice", "groups": ["Friends"]}},
-    "carol": {"alice@example.org": {"name": "Alice", "groups": ["Work"]}},
-}
 
 #: What Converse's roster view shows: one entry per contact and group.
 ROSTER_JS = """[...document.querySelectorAll('converse-roster li.list-item')].map(li => ({
@@ -72,7 +64,7 @@ MESSAGES_JS = """[...document.querySelectorAll(
 
 @pytest.fixture
 def rosters() -> dict[str, Any]:
-    return ROSTERS
+    return SAMPLE_ROSTERS
 
 
 class WebSocketProsody(ProsodyServer):
@@ -425,7 +417,7 @@ async def test_rosterAndLiveRefresh(tmp_path: Path, webapp: Any, service: Runnin
     assert await browser.evaluate("document.querySelectorAll('.add-contact, .remove-xmpp-contact').length") == 0
     await browser.screenshot(tmp_path / "converse-roster.png")
 
-    webapp.rosters["alice"] = {**ROSTERS["alice"], "dave@example.org": {"name": "Dave", "groups": ["Work"]}}
+    webapp.rosters["alice"] = {**SAMPLE_ROSTERS["alice"], "dave@example.org": {"name": "Dave", "groups": ["Work"]}}
     response = await treq.post(f"{service.baseURL}/roster_admin/refresh", json=["alice"])
     assert response.code == 200, await response.text()
     await response.text()
