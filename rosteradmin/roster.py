@@ -178,12 +178,15 @@ def alignGroups(held: Roster, wanted: Roster) -> Roster:
     """
     order = wanted.byJID()
     aligned = []
+    reordered = False
     for contact in held.contacts:
         ours = order.get(contact.jid)
         if ours is not None and ours.groups != contact.groups and set(ours.groups) == set(contact.groups):
             contact = contact._replace(groups=ours.groups)
+            reordered = True
         aligned.append(contact)
-    return Roster(aligned)
+    # Usually nothing moves: no new roster to sort and hash then.
+    return Roster(aligned) if reordered else held
 
 
 EMPTY_ROSTER = Roster(())

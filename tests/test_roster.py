@@ -599,3 +599,4 @@ def test_alignGroups() -> None:
     assert aligned["bob@example.org"] == wanted.byJID()["bob@example.org"]
     assert aligned["carol@example.org"].groups == ("Work",)
     assert aligned["dave@example.org"].groups == ("B", "A")
+    assert alignGroups(wanted, wanted) is wanted
