@@ -18,6 +18,7 @@ background priority, and nothing of the web app.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
@@ -93,11 +94,13 @@ class OnlineCheck(Service):
         self._checking = False
         self.passes += 1
         self.checked += len(usernames)
-        failures = [(username, result) for username, (ok, result) in zip(usernames, results) if not ok]
+        # DeferredList types every result as the value type; a failed one
+        # (ok false) is the Failure.
+        failures = [(username, cast(Failure, result)) for username, (ok, result) in zip(usernames, results) if not ok]
         if failures:
             username, failure = failures[0]
             self.log.warn("checked the server rosters of {count} online users; {failed} checks failed, "
                           "{user}'s: {why}", count=len(usernames), failed=len(failures), user=username,
-                          why=failure.getErrorMessage() if isinstance(failure, Failure) else failure)
+                          why=failure.getErrorMessage())
         else:
             self.log.info("checked the server rosters of {count} online users", count=len(usernames))
