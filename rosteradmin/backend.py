@@ -192,6 +192,20 @@ class RosterBackend(Service):
         """
         return self.state.clientsDoubted(username, version)
 
+    def answeredVersion(self, username: str, version: str) -> None:
+        """
+        A client keeping roster versions was answered with C{version}: if
+        the server holds that roster (the state recorded our write of it,
+        none is pending) and no client of the user is in doubt, let the
+        server answer the next query with it itself.  Its stored roster
+        changes with every change we learn of (we write it), so the
+        promise ends when our answer would differ; where a write fails,
+        L{_markUnsynced} revokes it.
+        """
+        if (self.state.serverVersion(username) == version and username not in self.unsynced
+                and username not in self.refused and not self.clientsMayDiffer(username, version)):
+            self.sync.promiseCurrent(username, version)
+
     def verifyServer(self, username: str) -> Deferred[None]:
         """
         Read back the server roster of a cached user and repair what
@@ -424,13 +438,18 @@ class RosterBackend(Service):
         self.log.warn("repairing drift in the server roster of {user}: {causes}", user=username,
                       causes=", ".join(f"{count} {cause}" for cause, count in sorted(causes.items())) or "order")
 
-    def _markUnsynced(self, username: str) -> None:
+    def _markUnsynced(self, username: str) -> Deferred[None]:
         """
         The server may not hold C{username}'s cached roster: write it once
         the server takes writes again, and after a restart too.
+
+        @return: Fires once the server no longer answers queries with the
+            version it stores (L{IRosterSync.revokeCurrent}): a client
+            asking after the refresh reported its failure gets our answer.
         """
         self.unsynced.add(username)
         self.state.addPending((username,))
+        return self.sync.revokeCurrent(username)
 
     def _admit(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None) -> None:
         """
@@ -527,7 +546,7 @@ class RosterBackend(Service):
             self.unsynced.discard(username)
             return None
         if storedRead is None and not self.sync.canSync():
-            self._markUnsynced(username)
+            await self._markUnsynced(username)
             if report and self.sync.syncRefusal is not None:
                 raise SyncFailed(self.sync.syncRefusal)
             return None
@@ -547,10 +566,10 @@ class RosterBackend(Service):
                 await self.sync.write(username, diff, urgent)
         except (SyncFailed, NotConnected) as e:
             self.log.warn("server roster of {user} not synced: {why}", user=username, why=str(e))
-            self._markUnsynced(username)
             # Part of a write may have been stored: what the server holds
             # is no longer known.
             self.state.forgetServer(username)
+            await self._markUnsynced(username)
             if report and isinstance(e, SyncFailed):
                 raise
             return None

@@ -142,6 +142,8 @@ class EjabberdAPISync(Service):
         self.observer: IServerObserver | None = None
         self.pool = pool
         self.parked: dict[str, str] = {}
+        #: Always 0: see L{promiseCurrent}.
+        self.promises = 0
         self._refusal: str | None = None
         self._answering = False
         self._probeCall: IDelayedCall | None = None
@@ -251,6 +253,18 @@ class EjabberdAPISync(Service):
             self._toldNoPush = True
             self.log.info("roster changes are pushed by ejabberd itself, as each API write is stored")
         return 0
+
+    def promiseCurrent(self, username: str, version: str) -> None:
+        """
+        Nothing to promise: ejabberd's C{mod_roster} keeps its own versions
+        and answers no query of ours.
+        """
+
+    def revokeCurrent(self, username: str) -> Deferred[None]:
+        """
+        Nothing was promised (L{promiseCurrent}).
+        """
+        return succeed(None)
 
     def _call(self, command: str, arguments: dict[str, Any]) -> Deferred[Any]:
         """

@@ -109,6 +109,13 @@ class IRosterBackend(IServerObserver):
         pushes, what differs from the cache; no web-app fetch.
         """
 
+    def answeredVersion(username: str, version: str) -> None:
+        """
+        A client that keeps roster versions was just answered with this
+        one: if the server stores exactly that roster, let it answer the
+        next query with it itself (L{IRosterSync.promiseCurrent}).
+        """
+
     limit: StanzaLimit = Attribute("The L{rosteradmin.stanzalimit.StanzaLimit} of the server.")
     refused: dict[str, str] = Attribute("Why each refused user's roster cannot be stored or sent, by username.")
     unsynced: set[str] = Attribute("Users whose cached roster the server may not hold yet.")
@@ -163,6 +170,7 @@ class IRosterSync(Interface):
         """
 
     parked: dict[str, str] = Attribute("Users whose writes are held back after coinciding with stream losses, with why.")
+    promises: int = Attribute("How many roster versions were promised to the server (L{promiseCurrent}).")
 
     def stuck() -> str | None:
         """
@@ -183,6 +191,24 @@ class IRosterSync(Interface):
         C{rewrite} (bare JIDs) again, unchanged, with C{both}.
 
         @return: The number of pushes sent.
+        """
+
+    def promiseCurrent(username: str, version: str) -> None:
+        """
+        Tell the server that the roster it stores for the user is the one
+        of C{version}, so that it may answer a query with that version
+        itself until the stored roster changes (fire and forget; a server
+        that cannot does nothing).
+        """
+
+    def revokeCurrent(username: str) -> Deferred[None]:
+        """
+        Our answers for the user no longer match what the server stores
+        (it could not be written): the server must delegate the user's
+        queries again.
+
+        @return: Fires (never fails) once the server has taken it, or at
+            once when there is nothing to revoke or no one to tell.
         """
 
 

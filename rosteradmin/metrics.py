@@ -108,6 +108,10 @@ class Metrics(Collector):
         yield GaugeMetricFamily("rosteradmin_parked_users",
                                 "Users whose roster writes are held back after coinciding with stream losses",
                                 len(self.backend.sync.parked))
+        yield CounterMetricFamily("rosteradmin_versions_promised",
+                                  "Roster versions given to the server, which answers queries with them itself "
+                                  "(contrib's mod_rosteradmin_roster): those queries are not counted here",
+                                  self.backend.sync.promises)
         yield GaugeMetricFamily("rosteradmin_stuck", "1 while fetches or privileged requests make no progress",
                                 0 if self.backend.stuck() is None else 1)
         drift = CounterMetricFamily("rosteradmin_drift_repaired",

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, NamedTuple, TypeVar, cast
 
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -40,6 +40,9 @@ T = TypeVar("T")
 
 #: contrib/prosody/mod_rosteradmin_roster.lua: many roster items per iq.
 NS_BULK_ROSTER = "urn:x-rosteradmin:roster:0"
+
+#: The errors of a server that does not know the bulk iq.
+NO_BULK_CONDITIONS = ("service-unavailable", "feature-not-implemented")
 
 #: Most privileged roster gets and sets in flight at once, over all users.
 MAX_SYNC_IN_FLIGHT = 32
@@ -177,6 +180,10 @@ class PrivilegeHandler(XMPPHandler):
         self._strikes: Counter[str] = Counter()
         self.parked: dict[str, str] = {}
         self._unparkCalls: dict[str, IDelayedCall] = {}
+        #: The version promised for each user on this connection.
+        self._promised: dict[str, str] = {}
+        #: How many versions were promised (L{promiseCurrent}).
+        self.promises = 0
 
     def observe(self, observer: IServerObserver) -> None:
         """
@@ -208,6 +215,7 @@ class PrivilegeHandler(XMPPHandler):
         self._strike(sorted(self._writing))
         self.pusher.connectionLost()
         self.bulk = None  # the server may have been reconfigured meanwhile
+        self._promised.clear()
 
     def canSync(self) -> bool:
         return self.grants.canSync()
@@ -243,6 +251,9 @@ class PrivilegeHandler(XMPPHandler):
         parked = self._parkedFailure(username)
         if parked is not None:
             return parked
+        # The write ends the server's promise: the same version may be
+        # promised again once it is stored.
+        self._promised.pop(username, None)
         if self.bulk is False:
             return self._writeEach(username, diff, urgent)
         chunks = bulkChunks(diff, self.limit.maxBytes - WRAPPER_BYTES)
@@ -250,15 +261,61 @@ class PrivilegeHandler(XMPPHandler):
 
         def checkOrFallBack(results: list[tuple[bool, object]]) -> Deferred[None] | None:
             if any(not ok and cast(Failure, r).check(_NoBulkWrites) for ok, r in results):
-                if self.bulk is None:
-                    self.bulk = False
-                    self.log.info("the server has no mod_rosteradmin_roster: writing one roster item per "
-                                  "privileged set, each a full save of the roster (see contrib/prosody)")
+                self._noBulkWrites()
                 return self._writeEach(username, diff, urgent)
             self._checkWrites(username, results)
             return None
 
         return DeferredList(writes, consumeErrors=True).addCallback(checkOrFallBack)
+
+    def _noBulkWrites(self) -> None:
+        """
+        The server does not know contrib's bulk iq: say so once per
+        connection, and write item by item from now on.
+        """
+        if self.bulk is None:
+            self.bulk = False
+            self.log.info("the server has no mod_rosteradmin_roster: writing one roster item per "
+                          "privileged set, each a full save of the roster (see contrib/prosody)")
+
+    def promiseCurrent(self, username: str, version: str) -> None:
+        """
+        Give contrib's mod_rosteradmin_roster the version of the roster it
+        stores for the user (a bulk iq with no items): it answers the
+        user's queries with that version itself, without delegating them,
+        until the stored roster changes.  Sent at once, not queued behind
+        writes, so that it reaches the server before any later write: a
+        write queued earlier made the state forget the stored version, and
+        the backend promises nothing then.
+        """
+        if self.bulk is False or not self.status.connected or self._promised.get(username) == version:
+            return
+        self._promised[username] = version
+        self.promises += 1
+        d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}' ver='{version}'/>", "promise")
+        d.addErrback(self._ebPromise, username)
+
+    def revokeCurrent(self, username: str) -> Deferred[None]:
+        """
+        End the server's promise for the user (C{ver=''}), if the server
+        may hold one: one may be left from an earlier connection.
+        """
+        self._promised.pop(username, None)
+        if self.bulk is False or not self.status.connected:
+            return succeed(None)
+        d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}' ver=''/>", "promise")
+        return d.addCallbacks(lambda result: None, self._ebPromise, errbackArgs=(username,))
+
+    def _ebPromise(self, failure: Failure, username: str) -> None:
+        """
+        A promise the server did not take: it answers nothing itself.
+        """
+        self._promised.pop(username, None)
+        error = failure.value
+        if self.bulk is not True and isinstance(error, StanzaError) and error.condition in NO_BULK_CONDITIONS:
+            self._noBulkWrites()
+            return
+        self.log.debug("version promise for {user} not taken: {why}", user=username, why=failure.getErrorMessage())
 
     def _writeEach(self, username: str, diff: RosterDiff, urgent: bool) -> Deferred[None]:
         """
@@ -313,8 +370,7 @@ class PrivilegeHandler(XMPPHandler):
 
         def unknown(failure: Failure) -> Failure:
             error = failure.value
-            if (self.bulk is not True and isinstance(error, StanzaError)
-                    and error.condition in ("service-unavailable", "feature-not-implemented")):
+            if self.bulk is not True and isinstance(error, StanzaError) and error.condition in NO_BULK_CONDITIONS:
                 raise _NoBulkWrites(error.condition)
             return failure
 

@@ -10,7 +10,9 @@ from collections import Counter
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.python.failure import Failure
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
@@ -202,6 +204,17 @@ class ComponentOnWire:
         self.transport.clear()
         self.component.privileges.bulk = self.bulk
         self.xmlstream.dataReceived("<handshake/>" + burst)
+
+    def reconnect(self, burst: str = "") -> None:
+        """
+        Lose the stream, as when the server closes it, and connect again on
+        a new transport, up to the handshake with C{burst}.
+        """
+        self.xmlstream.connectionLost(Failure(ConnectionLost("closed by the server")))
+        self.transport = RecordingTransport()
+        self.xmlstream = self.component.factory.buildProtocol(None)
+        self.xmlstream.makeConnection(self.transport)
+        self.handshake(burst)
 
     def receive(self, xml: str) -> None:
         self.xmlstream.dataReceived(xml)

@@ -20,11 +20,7 @@ def dropAndReconnect(wire: ComponentOnWire) -> None:
     Lose the stream, as when the server closes it, and connect again on a
     new transport.
     """
-    wire.xmlstream.connectionLost(Failure(ConnectionLost("closed by the server")))
-    wire.transport = RecordingTransport()
-    wire.xmlstream = wire.component.factory.buildProtocol(None)
-    wire.xmlstream.makeConnection(wire.transport)
-    wire.handshake(PERMISSIONS_2)
+    wire.reconnect(PERMISSIONS_2)
 
 
 def sets(wire: ComponentOnWire) -> list[str]:

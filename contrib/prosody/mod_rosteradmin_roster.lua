@@ -18,6 +18,20 @@
 -- else gets forbidden.  Nothing is pushed to the user's clients: rosteradmin
 -- pushes the changes itself.
 --
+-- A query may carry ver='...': the roster version rosteradmin's answers
+-- for this user carry, now that the stored roster holds what they hold.
+-- The module then answers that user's roster gets with that ver itself,
+-- with an empty result (XEP-0237: the client's copy is current), before
+-- mod_delegation would forward them: delegating a query costs Prosody
+-- about twice its own answer, and most clients ask with a current ver at
+-- every login.  The promise holds only while the stored roster is unchanged
+-- (the roster's own version, bumped by every save, is kept with it), until
+-- the user's client tries a roster set (rosteradmin answers the next query:
+-- the client may show its refused change), or until rosteradmin sends
+-- ver=''.  Nothing is stored: after a restart of Prosody, rosteradmin
+-- answers again.  rosteradmin_answer_current = false turns it off.  A query
+-- with ver and no items only records the version (nothing is saved).
+--
 -- Load it on the VirtualHost whose rosters rosteradmin manages, next to
 -- mod_privilege:
 --     modules_enabled = { "privilege"; "delegation"; "rosteradmin_roster"; ... }
@@ -40,6 +54,11 @@ local usermanager = require "core.usermanager";
 local xmlns = "urn:x-rosteradmin:roster:0";
 local granted = { set = true; both = true };
 local read_size = module:get_option_number("rosteradmin_component_read_size", 64 * 1024);
+local answer_current = module:get_option_boolean("rosteradmin_answer_current", true);
+
+-- username -> { ver = rosteradmin's version, stored = the stored roster's
+-- version when rosteradmin gave it }
+local current = {};
 
 module:add_feature(xmlns);
 
@@ -61,6 +80,14 @@ end
 
 module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 	local origin, stanza = event.origin, event.stanza;
+	local query = stanza.tags[1];
+	if query.attr.ver == "" and not query.tags[1] and origin.type == "component" then
+		-- Ending a promise only makes Prosody delegate again: rosteradmin
+		-- may do it after losing its roster privileges.
+		current[(jid.split(stanza.attr.to))] = nil;
+		origin.send(st.reply(stanza));
+		return true;
+	end
 	if not is_privileged(origin) then
 		origin.send(st.error_reply(stanza, "auth", "forbidden"));
 		return true;
@@ -77,7 +104,7 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 	end
 	local owner = jid.bare(stanza.attr.to);
 	local changes = {};
-	for item in stanza.tags[1]:childtags("item") do
+	for item in query:childtags("item") do
 		local contact = item.attr.jid and jid.prep(item.attr.jid);
 		if not contact or contact == owner or contact == "pending" or select(3, jid.split(contact)) then
 			origin.send(st.error_reply(stanza, "modify", "bad-request", "Invalid item: " .. tostring(item.attr.jid)));
@@ -92,20 +119,63 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 			return true;
 		end
 	end
-	local previous = {};
-	for _, change in ipairs(changes) do
-		local contact = change[1];
-		if previous[contact] == nil then previous[contact] = roster[contact] or false; end
-		roster[contact] = change[2];
+	if #changes > 0 then
+		local previous = {};
+		for _, change in ipairs(changes) do
+			local contact = change[1];
+			if previous[contact] == nil then previous[contact] = roster[contact] or false; end
+			roster[contact] = change[2];
+		end
+		if not rostermanager.save_roster(username, host, roster) then
+			for contact, entry in pairs(previous) do roster[contact] = entry or nil; end
+			current[username] = nil;
+			origin.send(st.error_reply(stanza, "wait", "internal-server-error", "Unable to save roster"));
+			return true;
+		end
+		module:log("debug", "%d roster items written for %s in one save", #changes, owner);
 	end
-	if not rostermanager.save_roster(username, host, roster) then
-		for contact, entry in pairs(previous) do roster[contact] = entry or nil; end
-		origin.send(st.error_reply(stanza, "wait", "internal-server-error", "Unable to save roster"));
-		return true;
+	local ver = query.attr.ver;
+	if ver == "" or not answer_current then
+		current[username] = nil;
+	elseif ver then
+		current[username] = { ver = ver; stored = roster[false] and roster[false].version };
 	end
-	module:log("debug", "%d roster items written for %s in one save", #changes, owner);
 	origin.send(st.reply(stanza));
 	return true;
+end);
+
+-- A user's roster get with the version rosteradmin last gave for an
+-- unchanged stored roster: answered here (see the top of this file).  It
+-- runs before mod_delegation, which hooks iq/bare at priority 2^32: a
+-- client's query to its own account is an iq/bare event first.
+module:hook("iq/bare", function(event)
+	local origin, stanza = event.origin, event.stanza;
+	if not event.to_self or origin.type ~= "c2s" or not origin.username then return; end
+	local query = stanza.tags[1];
+	if not query or query.name ~= "query" or query.attr.xmlns ~= "jabber:iq:roster" or #stanza.tags ~= 1 then
+		return;
+	end
+	local username = origin.username;
+	local promise = current[username];
+	if not promise then return; end
+	if stanza.attr.type == "set" then
+		-- Refused by rosteradmin, but the client may show its change
+		-- until it gets the whole roster again.
+		current[username] = nil;
+		return;
+	end
+	if stanza.attr.type ~= "get" or query.attr.ver ~= promise.ver then return; end
+	local roster = origin.roster or rostermanager.load_roster(username, origin.host);
+	if not roster or not roster[false] or roster[false].version ~= promise.stored then
+		current[username] = nil;  -- saved since: rosteradmin answers
+		return;
+	end
+	origin.send(st.reply(stanza));
+	return true;
+end, 2^32 + 1);
+
+module:hook_global("user-deleted", function(event)
+	if event.host == module.host then current[event.username] = nil; end
 end);
 
 -- The first iq the privileged entity sends to this host (a delegated answer,

@@ -81,9 +81,12 @@ def prosody(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProsodyS
     (password C{pw}), stopped after the test.  A test parametrised
     indirectly with a tuple of module names gets it without those contrib
     modules (C{@pytest.mark.parametrize("prosody", [("rosteradmin_roster",)],
-    indirect=True)}).
+    indirect=True)}); with a string, with those global options
+    (C{['rosteradmin_answer_current = false']}).
     """
-    server = ProsodyServer(tmp_path, without=getattr(request, "param", ()))
+    param = getattr(request, "param", ())
+    server = (ProsodyServer(tmp_path, settings=param) if isinstance(param, str)
+              else ProsodyServer(tmp_path, without=param))
     startedOrFail(server)
     yield server
     server.stop()

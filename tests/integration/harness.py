@@ -84,13 +84,15 @@ class ProsodyServer(ChrootProsody):
     @ivar accounts: The password of each account.
     """
 
-    def __init__(self, tempDir: Path, without: tuple[str, ...] = ()) -> None:
+    def __init__(self, tempDir: Path, without: tuple[str, ...] = (), settings: str = "") -> None:
         """
         @param without: Modules of the contrib configuration's
             C{modules_enabled} to leave out (the contrib config is copied
             into C{tempDir} without them), to test a server that lacks them.
+        @param settings: Global Prosody options (Lua) put before the contrib
+            configuration in that copy.
         """
-        config = contribConfigWithout(tempDir, without) if without else CONTRIB_CONFIG
+        config = contribConfigWithout(tempDir, without, settings) if without or settings else CONTRIB_CONFIG
         if PROSODY == "13":
             super().__init__(tempDir / "prosody", config, root=debian13Root())
         else:
@@ -122,12 +124,13 @@ def startedOrFail(server: S) -> S:
     pytest.fail(problem, pytrace=False)  # outside the handler: the message shows once
 
 
-def contribConfigWithout(directory: Path, modules: tuple[str, ...]) -> Path:
+def contribConfigWithout(directory: Path, modules: tuple[str, ...], settings: str = "") -> Path:
     """
     A copy of the contrib configuration, in C{directory}, whose module lists
-    leave out C{modules}; contrib's own Lua modules stay reachable.
+    leave out C{modules}, after the global options C{settings}; contrib's
+    own Lua modules stay reachable.
     """
-    text = CONTRIB_CONFIG.read_text()
+    text = settings + "\n" + CONTRIB_CONFIG.read_text()
     for module in modules:
         entry = f'; "{module}"'
         if entry not in text:

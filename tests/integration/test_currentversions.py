@@ -1,0 +1,159 @@
+"""
+Queries with a current roster version answered by Prosody itself: contrib's
+mod_rosteradmin_roster keeps the version rosteradmin promised for a stored
+roster and answers a get with it before mod_delegation would forward it,
+until the stored roster changes, the client tries a roster set, or
+rosteradmin revokes it.  Every answer a client gets is still right.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from tests.integration.harness import ProsodyServer, WebAppStub
+from tests.integration.service import RunningService
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def rosters() -> dict[str, dict[str, Any]]:
+    return {"alice": {"bob@example.org": {"name": "Bob", "groups": ["Friends"]}},
+            "bob": {"alice@example.org": {"name": "Alice"}}}
+
+
+def isEmptyResult(reply: Any) -> bool:
+    return reply["type"] == "result" and reply.firstChildElement() is None
+
+
+def contacts(reply: Any) -> set[str]:
+    return {item["jid"] for item in reply.query.elements() if item.name == "item"}
+
+
+async def promised(service: RunningService, client: Any) -> str:
+    """
+    Log a versioning client in; return the version it was given, once
+    rosteradmin has promised it to the server.
+    """
+    first = await client.rosterGet(ver="")
+    assert first.query is not None
+    await RunningService.waitUntil(lambda: service.component.privileges.promises >= 1, 5, "a version promised")
+    return str(first.query["ver"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_currentVersionAnsweredByProsody(service: RunningService, webapp: WebAppStub,
+                                               clients: Any) -> None:
+    """
+    After one delegated answer, gets with its version are answered by
+    Prosody: empty results, and rosteradmin sees none of them.
+    """
+    alice = await clients("alice")
+    version = await promised(service, alice)
+    answered, fetches = service.component.rosterServer.answered, dict(webapp.requests)
+    replies = [await alice.rosterGet(ver=version) for _ in range(5)]
+    print(f"\n5 gets with ver={version}: rosteradmin answered {service.component.rosterServer.answered - answered}")
+    assert all(isEmptyResult(r) for r in replies)
+    assert service.component.rosterServer.answered == answered
+    assert dict(webapp.requests) == fetches
+    # A get without a version, or with another one, is still delegated.
+    full = await alice.rosterGet()
+    assert contacts(full) == {"bob@example.org"}
+    stale = await alice.rosterGet(ver="123")
+    assert contacts(stale) == {"bob@example.org"} and stale.query["ver"] == version
+    assert service.component.rosterServer.answered == answered + 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_changedRosterIsNotCurrent(service: RunningService, webapp: WebAppStub, clients: Any) -> None:
+    """
+    A refresh writes the new roster into the server, which ends the
+    promise: the old version gets the whole new roster from rosteradmin,
+    and the new version is promised in turn.
+    """
+    alice = await clients("alice")
+    old = await promised(service, alice)
+    webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}, "carol@example.org": {"name": "Carol"}}
+    await service.backend.refresh(["alice"])
+    answered = service.component.rosterServer.answered
+    reply = await alice.rosterGet(ver=old)
+    assert contacts(reply) == {"bob@example.org", "carol@example.org"}
+    assert service.component.rosterServer.answered == answered + 1
+    new = str(reply.query["ver"])
+    assert new != old
+    await RunningService.waitUntil(lambda: service.component.privileges.promises >= 2, 5, "the new version promised")
+    assert isEmptyResult(await alice.rosterGet(ver=new))
+    assert service.component.rosterServer.answered == answered + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_rosterSetEndsPromise(service: RunningService, clients: Any) -> None:
+    """
+    A client that tried a roster set may show its refused change: its
+    next get is delegated, and rosteradmin sends it the whole roster.
+    """
+    alice = await clients("alice")
+    version = await promised(service, alice)
+    refused = await alice.rosterSet("mallory@example.org", name="Mallory")
+    assert refused["type"] == "error"
+    answered = service.component.rosterServer.answered
+    reply = await alice.rosterGet(ver=version)
+    assert service.component.rosterServer.answered == answered + 1
+    assert contacts(reply) == {"bob@example.org"}
+
+
+@pytest.mark.parametrize("prosody", [("rosteradmin_subscriptions",)], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_storedRosterChangedByServerEndsPromise(xmppServer: ProsodyServer, service: RunningService,
+                                                      clients: Any) -> None:
+    """
+    Without the subscription blocker, Prosody applies alice's unsubscribed
+    to her stored roster: the saved roster is no longer the promised one,
+    so her next get goes to rosteradmin again.
+    """
+    alice = await clients("alice")
+    version = await promised(service, alice)
+    alice.sendPresence(to="bob@example.org", type="unsubscribed")
+    await RunningService.waitUntil(lambda: '"to"' in xmppServer.storedRoster("alice"), 5,
+                                   "Prosody applying alice's unsubscribed")
+    answered = service.component.rosterServer.answered
+    await alice.rosterGet(ver=version)
+    assert service.component.rosterServer.answered == answered + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_failedWriteRevokesPromise(service: RunningService, webapp: WebAppStub, clients: Any) -> None:
+    """
+    A refresh whose write the server refuses leaves the stored roster as it
+    was: rosteradmin revokes the promise, so the client asking with the
+    old version gets the refreshed roster from rosteradmin, not "current".
+    """
+    alice = await clients("alice")
+    old = await promised(service, alice)
+    webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}, "carol@example.org": {"name": "Carol"}}
+    # Parked, as after two stream losses during her writes: every write
+    # of hers fails before it is sent.
+    service.component.privileges.parked["alice"] = "test: writes held back"
+    summary = await service.backend.refresh(["alice"])
+    assert summary.errors, "the refresh reports the refused write"
+    answered = service.component.rosterServer.answered
+    reply = await alice.rosterGet(ver=old)
+    assert service.component.rosterServer.answered == answered + 1
+    assert contacts(reply) == {"bob@example.org", "carol@example.org"}
+
+
+@pytest.mark.parametrize("prosody", ["rosteradmin_answer_current = false"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_switchedOffEveryQueryIsDelegated(service: RunningService, clients: Any) -> None:
+    """
+    With rosteradmin_answer_current = false, Prosody takes the promise
+    and answers nothing itself: rosteradmin answers every query.
+    """
+    alice = await clients("alice")
+    version = await promised(service, alice)
+    answered = service.component.rosterServer.answered
+    assert isEmptyResult(await alice.rosterGet(ver=version))
+    assert service.component.rosterServer.answered == answered + 1
