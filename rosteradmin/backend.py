@@ -87,6 +87,9 @@ class RosterBackend(Service):
         """
         self.state = state if state is not None else SyncState()
         self._resumePending = True
+        # Promises the server may hold from an earlier run cannot be
+        # trusted without the versions that run recorded.
+        self._revokePromises = not self.state.remembersServer
         self.cache = cache
         self.fetcher = fetcher
         self.sync = sync
@@ -194,13 +197,15 @@ class RosterBackend(Service):
 
     def answeredVersion(self, username: str, version: str) -> None:
         """
-        A client keeping roster versions was answered with C{version}: if
-        the server holds that roster (the state recorded our write of it,
-        none is pending) and no client of the user is in doubt, let the
-        server answer the next query with it itself.  Its stored roster
+        A client was answered with C{version}: if the server holds that
+        roster (the state recorded our write of it, none is pending) and
+        no client of the user is in doubt, let the server answer the
+        user's next queries itself, from its store.  Its stored roster
         changes with every change we learn of (we write it), so the
         promise ends when our answer would differ; where a write fails,
-        L{_markUnsynced} revokes it.
+        L{_markUnsynced} revokes it.  The web app is still asked when the
+        user comes online (L{warm}), and a change found then is written and
+        pushed (L{_load}).
         """
         if (self.state.serverVersion(username) == version and username not in self.unsynced
                 and username not in self.refused and not self.clientsMayDiffer(username, version)):
@@ -361,6 +366,9 @@ class RosterBackend(Service):
         waiters, self._writableWaiters = self._writableWaiters, []
         for waiter in waiters:
             waiter.callback(None)
+        if self._revokePromises:
+            self._revokePromises = False
+            self._background(self.sync.revokeCurrent(None), "revoking the promised versions", "every user")
         if self._resumePending and self._canSync():
             self._resume()
         if not self.unsynced or not self._canSync():
@@ -396,10 +404,15 @@ class RosterBackend(Service):
         cached = self.cache.peek(username)
         if cached is not None:
             return cached
+        known = self.state.serverVersion(username)
         roster, stored = await self._fetchWithStored(username)
         self._admit(username, roster, stored)
-        await self._writeToServer(username, roster, stored, urgent=True)
+        held = await self._writeToServer(username, roster, stored, urgent=True)
         self.cache.put(username, roster)
+        if held is not None and known is not None and held.roster.version == known:
+            # The server held what we had promised, so it may have
+            # answered the user's clients from its store: they hold it.
+            self._pushChanges(username, held.roster, roster, held.notBoth)
         return roster
 
     async def _fetchWithStored(self, username: str, urgent: bool = True,

@@ -260,7 +260,7 @@ class EjabberdAPISync(Service):
         and answers no query of ours.
         """
 
-    def revokeCurrent(self, username: str) -> Deferred[None]:
+    def revokeCurrent(self, username: str | None) -> Deferred[None]:
         """
         Nothing was promised (L{promiseCurrent}).
         """

@@ -111,9 +111,9 @@ class IRosterBackend(IServerObserver):
 
     def answeredVersion(username: str, version: str) -> None:
         """
-        A client that keeps roster versions was just answered with this
-        one: if the server stores exactly that roster, let it answer the
-        next query with it itself (L{IRosterSync.promiseCurrent}).
+        A client was just answered with this roster version: if the server
+        stores exactly that roster, let it answer the user's next queries
+        itself (L{IRosterSync.promiseCurrent}).
         """
 
     limit: StanzaLimit = Attribute("The L{rosteradmin.stanzalimit.StanzaLimit} of the server.")
@@ -196,15 +196,15 @@ class IRosterSync(Interface):
     def promiseCurrent(username: str, version: str) -> None:
         """
         Tell the server that the roster it stores for the user is the one
-        of C{version}, so that it may answer a query with that version
-        itself until the stored roster changes (fire and forget; a server
-        that cannot does nothing).
+        of C{version}, so that it may answer the user's queries itself,
+        with that version, until the stored roster changes (fire and
+        forget; a server that cannot does nothing).
         """
 
-    def revokeCurrent(username: str) -> Deferred[None]:
+    def revokeCurrent(username: str | None) -> Deferred[None]:
         """
-        Our answers for the user no longer match what the server stores
-        (it could not be written): the server must delegate the user's
+        Our answers for the user (C{None}: for every user) may no longer
+        match what the server stores: the server must delegate the
         queries again.
 
         @return: Fires (never fails) once the server has taken it, or at

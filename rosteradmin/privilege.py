@@ -295,22 +295,28 @@ class PrivilegeHandler(XMPPHandler):
         d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}' ver='{version}'/>", "promise")
         d.addErrback(self._ebPromise, username)
 
-    def revokeCurrent(self, username: str) -> Deferred[None]:
+    def revokeCurrent(self, username: str | None) -> Deferred[None]:
         """
-        End the server's promise for the user (C{ver=''}), if the server
-        may hold one: one may be left from an earlier connection.
+        End the server's promise for the user, or for every user
+        (C{ver=''} to the user's bare JID, or to the domain), if the server
+        may hold one: one may be left from an earlier connection, or from
+        an earlier run of rosteradmin.
         """
-        self._promised.pop(username, None)
+        if username is None:
+            self._promised.clear()
+        else:
+            self._promised.pop(username, None)
         if self.bulk is False or not self.status.connected:
             return succeed(None)
         d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}' ver=''/>", "promise")
         return d.addCallbacks(lambda result: None, self._ebPromise, errbackArgs=(username,))
 
-    def _ebPromise(self, failure: Failure, username: str) -> None:
+    def _ebPromise(self, failure: Failure, username: str | None) -> None:
         """
         A promise the server did not take: it answers nothing itself.
         """
-        self._promised.pop(username, None)
+        if username is not None:
+            self._promised.pop(username, None)
         error = failure.value
         if self.bulk is not True and isinstance(error, StanzaError) and error.condition in NO_BULK_CONDITIONS:
             self._noBulkWrites()
@@ -503,14 +509,17 @@ class PrivilegeHandler(XMPPHandler):
         """
         return self._inFlight(self._request(username, "set", payload, "push"), username)
 
-    def _request(self, username: str, iqType: str, payload: str, what: str = "write") -> Deferred[domish.Element]:
+    def _request(self, username: str | None, iqType: str, payload: str,
+                 what: str = "write") -> Deferred[domish.Element]:
         """
-        A privileged iq to a user's bare JID, unless it is larger than the
-        server accepts (it would close the stream for everyone).
+        A privileged iq to a user's bare JID (C{None}: to the domain),
+        unless it is larger than the server accepts (it would close the
+        stream for everyone).
 
         @param what: What it is, for the refused-stanza counts.
         """
-        request = IQRequest(f"{username}@{self.domain}", iqType, payload, self.timeout)
+        recipient = f"{username}@{self.domain}" if username is not None else self.domain
+        request = IQRequest(recipient, iqType, payload, self.timeout)
         try:
             self.limit.encode(request.toElement().toXml(), what)
         except StanzaTooLarge as e:

@@ -227,8 +227,7 @@ class RosterServer(XMPPHandler):
                 self.log.warn("roster query {user} refused: {why}", user=username, why=refusal)
                 raise QueryRefused("resource-constraint", "cancel", TOO_LARGE_TEXT.format(count=len(roster)))
             outcome, payload = "served", roster.queryXML()
-        if clientVersion is not None:
-            self.backend.answeredVersion(username, roster.version)
+        self.backend.answeredVersion(username, roster.version)
         self.log.debug("roster query {user} → {outcome} in {elapsed:.3f}s",
                        user=username, outcome=outcome, elapsed=time.monotonic() - started)
         return payload

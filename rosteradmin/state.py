@@ -61,6 +61,9 @@ class SyncState:
     (or in memory, when no file is named: nothing then survives a restart).
 
     @ivar path: The database file, or C{":memory:"}.
+    @ivar remembersServer: Whether the file held server roster versions
+        when it was opened: what the server stores is known from an
+        earlier run.
     """
 
     def __init__(self, path: str = ":memory:") -> None:
@@ -81,6 +84,7 @@ class SyncState:
             elif row[0] != str(SCHEMA_VERSION):
                 raise StateError(f"{path}: schema version {row[0]}, this rosteradmin reads {SCHEMA_VERSION}")
             self._doubted = dict(self._db.execute("SELECT username, version FROM doubted_clients"))
+            self.remembersServer = self._db.execute("SELECT 1 FROM server_rosters LIMIT 1").fetchone() is not None
         except sqlite3.Error as e:
             raise StateError(f"{path}: {e}") from None
 

@@ -14,9 +14,11 @@ from typing import Any
 from twisted.words.xish import domish
 
 from rosteradmin.privilege import NS_BULK_ROSTER
+from rosteradmin.state import SyncState
 from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp
 from tests.test_bulkwrites import bulkServer
 from tests.test_component import envelope, innerIQ, noBulk, rosterGet, serverAnswers
+from tests.test_putback import pushes
 
 ROSTERS = {"alice": {"bob@example.org": {"name": "Bob"}}, "carol": {"bob@example.org": {"name": "Bob"}}}
 STORED = "<item jid='bob@example.org' name='Bob' subscription='both'/>"
@@ -37,8 +39,13 @@ def answers(sent: list[domish.Element]) -> list[domish.Element]:
 
 
 def loggedIn() -> ComponentOnWire:
+    """
+    Connected to a server with the module, the revocation of earlier
+    promises answered.
+    """
     wire = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True)
     wire.handshake(PERMISSIONS_2)
+    wire.answerRequests(bulkServer)
     return wire
 
 
@@ -60,14 +67,66 @@ def test_versioningClientsVersionIsPromisedOnce() -> None:
     assert wire.component.privileges.promises == 1
 
 
-def test_clientWithoutVersionsGetsNoPromise() -> None:
+def test_clientWithoutVersionsIsPromisedToo() -> None:
     """
-    A client that does not keep versions would never ask with one.
+    The server answers a get without a version from its store: that is
+    promised too.
     """
     wire = loggedIn()
     wire.receive(envelope(rosterGet()))
     sent = wire.answerRequests(bulkServer)
-    assert answers(sent) and promises(sent) == []
+    [answer] = answers(sent)
+    assert promises(sent) == [("alice@example.org", answer.query["ver"])]
+
+
+def test_firstConnectionWithoutRememberedStateRevokesEveryPromise() -> None:
+    """
+    The server may hold promises of an earlier run, which this one cannot
+    check without that run's state: the first connection revokes them
+    all, at the domain; a reconnection does not.
+    """
+    wire = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True)
+    wire.handshake(PERMISSIONS_2)
+    assert promises(wire.sent()) == [("example.org", "")]
+    wire.reconnect(PERMISSIONS_2)
+    assert promises(wire.sent()) == []
+
+
+def test_rememberedStateKeepsThePromises(tmp_path: Any) -> None:
+    """
+    With a state file that knows what the server stores, the server's
+    promises stay true across our restart: none is revoked.
+    """
+    path = str(tmp_path / "state.sqlite")
+    first = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True, state=SyncState(path))
+    first.handshake(PERMISSIONS_2)
+    first.receive(envelope(rosterGet()))
+    first.answerRequests(bulkServer)
+    again = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True, state=SyncState(path))
+    again.handshake(PERMISSIONS_2)
+    assert promises(again.sent()) == []
+
+
+def test_changeFoundAtLoginIsPushed() -> None:
+    """
+    After our restart the server answers a promised user from its store;
+    when the user comes online, the web app is asked, and a change it
+    made meanwhile is written and pushed to the user's client.
+    """
+    state = SyncState()
+    first = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True, state=state)
+    first.handshake(PERMISSIONS_2)
+    first.receive(envelope(rosterGet()))
+    first.answerRequests(bulkServer)
+    webApp = WebApp({"alice": {"bob@example.org": {"name": "Bob"}, "dave@example.org": {}}})
+    wire = ComponentOnWire(webApp, bulk=True, state=state)
+    wire.handshake(PERMISSIONS_2)
+    wire.sent()
+    wire.receive("<presence from='alice@example.org/res' to='roster.example.org'/>")
+    server = serverAnswers(stored=STORED)
+    sent = wire.answerRequests(lambda iq: bulkServer(iq) if iq.query is not None and iq.query.uri == NS_BULK_ROSTER
+                               else server(iq))  # type: ignore[operator]
+    assert pushes(sent) == [("dave@example.org", "both", None)]
 
 
 def test_eachConnectionPromisesAgain() -> None:

@@ -19,18 +19,20 @@
 -- pushes the changes itself.
 --
 -- A query may carry ver='...': the roster version rosteradmin's answers
--- for this user carry, now that the stored roster holds what they hold.
--- The module then answers that user's roster gets with that ver itself,
--- with an empty result (XEP-0237: the client's copy is current), before
--- mod_delegation would forward them: delegating a query costs Prosody
--- about twice its own answer, and most clients ask with a current ver at
--- every login.  The promise holds only while the stored roster is unchanged
--- (the roster's own version, bumped by every save, is kept with it), until
--- the user's client tries a roster set (rosteradmin answers the next query:
--- the client may show its refused change), or until rosteradmin sends
--- ver=''.  Nothing is stored: after a restart of Prosody, rosteradmin
--- answers again.  rosteradmin_answer_current = false turns it off.  A query
--- with ver and no items only records the version (nothing is saved).
+-- for this user carry, now that the stored roster holds what they hold
+-- (a promise).  The module then answers that user's roster gets itself,
+-- before mod_delegation would forward them, as Prosody's mod_roster would
+-- but with rosteradmin's version: an empty result for a get with that
+-- version (XEP-0237), else the stored roster.  Delegating a query costs
+-- Prosody about twice its own answer, and rosteradmin a web-app fetch
+-- after its restart.  A promise holds only while the stored roster is
+-- unchanged (the roster's own version, bumped by every save, is kept with
+-- it), until the user's client tries a roster set (rosteradmin answers the
+-- next query: the client may show its refused change), or until
+-- rosteradmin sends ver='' (to the user, or to this host for every user).
+-- Promises live in memory: after a restart of Prosody, rosteradmin answers
+-- again.  rosteradmin_answer_rosters = false turns it off.  A query with
+-- ver and no items only records the promise (nothing is saved).
 --
 -- Load it on the VirtualHost whose rosters rosteradmin manages, next to
 -- mod_privilege:
@@ -54,7 +56,7 @@ local usermanager = require "core.usermanager";
 local xmlns = "urn:x-rosteradmin:roster:0";
 local granted = { set = true; both = true };
 local read_size = module:get_option_number("rosteradmin_component_read_size", 64 * 1024);
-local answer_current = module:get_option_boolean("rosteradmin_answer_current", true);
+local answer_rosters = module:get_option_boolean("rosteradmin_answer_rosters", true);
 
 -- username -> { ver = rosteradmin's version, stored = the stored roster's
 -- version when rosteradmin gave it }
@@ -135,7 +137,7 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 		module:log("debug", "%d roster items written for %s in one save", #changes, owner);
 	end
 	local ver = query.attr.ver;
-	if ver == "" or not answer_current then
+	if ver == "" or not answer_rosters then
 		current[username] = nil;
 	elseif ver then
 		current[username] = { ver = ver; stored = roster[false] and roster[false].version };
@@ -144,10 +146,23 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 	return true;
 end);
 
--- A user's roster get with the version rosteradmin last gave for an
--- unchanged stored roster: answered here (see the top of this file).  It
--- runs before mod_delegation, which hooks iq/bare at priority 2^32: a
--- client's query to its own account is an iq/bare event first.
+-- The stored roster as mod_roster answers it, with rosteradmin's version.
+local function roster_result(stanza, roster, ver)
+	local reply = st.reply(stanza):tag("query", { xmlns = "jabber:iq:roster"; ver = ver });
+	for contact, item in pairs(roster) do
+		if contact then
+			reply:tag("item", { jid = contact; subscription = item.subscription; ask = item.ask; name = item.name });
+			for group in pairs(item.groups) do reply:text_tag("group", group); end
+			reply:up();
+		end
+	end
+	return reply;
+end
+
+-- A user's roster get while rosteradmin's promise holds: answered here
+-- (see the top of this file).  It runs before mod_delegation, which hooks
+-- iq/bare at priority 2^32: a client's query to its own account is an
+-- iq/bare event first.
 module:hook("iq/bare", function(event)
 	local origin, stanza = event.origin, event.stanza;
 	if not event.to_self or origin.type ~= "c2s" or not origin.username then return; end
@@ -164,15 +179,32 @@ module:hook("iq/bare", function(event)
 		current[username] = nil;
 		return;
 	end
-	if stanza.attr.type ~= "get" or query.attr.ver ~= promise.ver then return; end
+	if stanza.attr.type ~= "get" then return; end
 	local roster = origin.roster or rostermanager.load_roster(username, origin.host);
 	if not roster or not roster[false] or roster[false].version ~= promise.stored then
 		current[username] = nil;  -- saved since: rosteradmin answers
 		return;
 	end
-	origin.send(st.reply(stanza));
+	if query.attr.ver == promise.ver then
+		origin.send(st.reply(stanza));
+	else
+		origin.send(roster_result(stanza, roster, promise.ver));
+	end
 	return true;
 end, 2^32 + 1);
+
+-- ver='' to this host: every promise ends (rosteradmin restarted without
+-- knowing what the server stores).
+module:hook("iq-set/host/" .. xmlns .. ":query", function(event)
+	local origin, stanza = event.origin, event.stanza;
+	if origin.type ~= "component" or stanza.tags[1].attr.ver ~= "" then
+		origin.send(st.error_reply(stanza, "modify", "bad-request", "Only ver='' is taken by the host"));
+		return true;
+	end
+	current = {};
+	origin.send(st.reply(stanza));
+	return true;
+end);
 
 module:hook_global("user-deleted", function(event)
 	if event.host == module.host then current[event.username] = nil; end

@@ -36,7 +36,10 @@ VirtualHost "example.org"
     -- Copy both into a plugin path, e.g.
     --     install -m 644 mod_rosteradmin_*.lua /usr/local/lib/prosody/modules/
     -- mod_rosteradmin_roster (also next to this file) lets rosteradmin write
-    -- many roster items with one save instead of one full save per item.
+    -- many roster items with one save instead of one full save per item, and
+    -- answers a user's roster gets from the stored roster once rosteradmin
+    -- has said that it holds what rosteradmin answers (set
+    -- rosteradmin_answer_rosters = false to delegate every query).
     modules_enabled = { "privilege"; "delegation"; "rosteradmin_subscriptions"; "rosteradmin_roster" }
 
     -- XEP-0356: what rosteradmin may do with this host's users.

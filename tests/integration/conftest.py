@@ -82,7 +82,7 @@ def prosody(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProsodyS
     indirectly with a tuple of module names gets it without those contrib
     modules (C{@pytest.mark.parametrize("prosody", [("rosteradmin_roster",)],
     indirect=True)}); with a string, with those global options
-    (C{['rosteradmin_answer_current = false']}).
+    (C{['rosteradmin_answer_rosters = false']}).
     """
     param = getattr(request, "param", ())
     server = (ProsodyServer(tmp_path, settings=param) if isinstance(param, str)

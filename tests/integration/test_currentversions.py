@@ -1,9 +1,10 @@
 """
-Queries with a current roster version answered by Prosody itself: contrib's
-mod_rosteradmin_roster keeps the version rosteradmin promised for a stored
-roster and answers a get with it before mod_delegation would forward it,
-until the stored roster changes, the client tries a roster set, or
-rosteradmin revokes it.  Every answer a client gets is still right.
+Roster queries answered by Prosody itself: contrib's mod_rosteradmin_roster
+keeps the version rosteradmin promised for a stored roster, and answers
+the user's gets before mod_delegation would forward them (empty for that
+version, else the stored roster with it), until the stored roster changes,
+the client tries a roster set, or rosteradmin revokes it.  Every answer a
+client gets is still right.
 """
 
 from __future__ import annotations
@@ -33,14 +34,21 @@ def contacts(reply: Any) -> set[str]:
     return {item["jid"] for item in reply.query.elements() if item.name == "item"}
 
 
+def items(reply: Any) -> dict[str, tuple[str | None, str, list[str]]]:
+    return {item["jid"]: (item.getAttribute("name"), item["subscription"],
+                          [str(g) for g in item.elements() if g.name == "group"])
+            for item in reply.query.elements() if item.name == "item"}
+
+
 async def promised(service: RunningService, client: Any) -> str:
     """
-    Log a versioning client in; return the version it was given, once
-    rosteradmin has promised it to the server.
+    Log a client in; return the version it was given, promised to the
+    server with the answer (it goes first on the component stream).
     """
+    promises = service.component.privileges.promises
     first = await client.rosterGet(ver="")
     assert first.query is not None
-    await RunningService.waitUntil(lambda: service.component.privileges.promises >= 1, 5, "a version promised")
+    assert service.component.privileges.promises == promises + 1
     return str(first.query["ver"])
 
 
@@ -59,12 +67,73 @@ async def test_currentVersionAnsweredByProsody(service: RunningService, webapp: 
     assert all(isEmptyResult(r) for r in replies)
     assert service.component.rosterServer.answered == answered
     assert dict(webapp.requests) == fetches
-    # A get without a version, or with another one, is still delegated.
+    # A get without a version, or with another one: the stored roster,
+    # as rosteradmin answered it, with its version.
     full = await alice.rosterGet()
-    assert contacts(full) == {"bob@example.org"}
     stale = await alice.rosterGet(ver="123")
-    assert contacts(stale) == {"bob@example.org"} and stale.query["ver"] == version
-    assert service.component.rosterServer.answered == answered + 2
+    for reply in (full, stale):
+        assert items(reply) == {"bob@example.org": ("Bob", "both", ["Friends"])}
+        assert reply.query["ver"] == version
+    assert service.component.rosterServer.answered == answered
+
+
+@pytest_twisted.ensureDeferred
+async def test_promiseOutlivesRosteradminRestartWithState(xmppServer: ProsodyServer, webapp: WebAppStub,
+                                                           clients: Any, tmp_path: Any) -> None:
+    """
+    With a state file, rosteradmin restarted keeps the server's promises:
+    alice's next login is answered by Prosody, without a fetch, while the
+    web app is still asked when she comes online.
+    """
+    webapp.rosters.update({"alice": {"bob@example.org": {"name": "Bob"}}})
+    args = ["--state", str(tmp_path / "state.sqlite")]
+    first = RunningService(xmppServer, webapp.url, args)
+    await first.start()
+    alice = await clients("alice")
+    version = await promised(first, alice)
+    await alice.disconnect()
+    await first.stop()
+    again = RunningService(xmppServer, webapp.url, args)
+    await again.start()
+    try:
+        fetches = webapp.requests["alice"]
+        alice = await clients("alice")
+        reply = await alice.rosterGet()
+        assert items(reply) == {"bob@example.org": ("Bob", "both", [])} and reply.query["ver"] == version
+        assert again.component.rosterServer.answered == 0 and webapp.requests["alice"] == fetches
+        # Online, she is fetched; a change made meanwhile is written and pushed.
+        webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}, "carol@example.org": {"name": "Carol"}}
+        alice.sendPresence()
+        [push] = await alice.waitForPushes(1)
+        assert push.query.item["jid"] == "carol@example.org"
+        await RunningService.waitUntil(lambda: "carol" in xmppServer.storedRoster("alice"), 5, "carol stored")
+    finally:
+        await again.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_promisesRevokedByRosteradminWithoutState(xmppServer: ProsodyServer, webapp: WebAppStub,
+                                                        clients: Any) -> None:
+    """
+    rosteradmin restarted without a state cannot know what the server
+    stores: it revokes every promise at its first connection, and answers
+    alice's next login itself.
+    """
+    webapp.rosters.update({"alice": {"bob@example.org": {"name": "Bob"}}})
+    first = RunningService(xmppServer, webapp.url)
+    await first.start()
+    alice = await clients("alice")
+    await promised(first, alice)
+    await first.stop()
+    again = RunningService(xmppServer, webapp.url)
+    await again.start()
+    try:
+        await RunningService.sleep(0.5)  # the revocation answered
+        reply = await alice.rosterGet()
+        assert contacts(reply) == {"bob@example.org"}
+        assert again.component.rosterServer.answered == 1
+    finally:
+        await again.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -78,13 +147,12 @@ async def test_changedRosterIsNotCurrent(service: RunningService, webapp: WebApp
     old = await promised(service, alice)
     webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}, "carol@example.org": {"name": "Carol"}}
     await service.backend.refresh(["alice"])
-    answered = service.component.rosterServer.answered
+    answered, promises = service.component.rosterServer.answered, service.component.privileges.promises
     reply = await alice.rosterGet(ver=old)
     assert contacts(reply) == {"bob@example.org", "carol@example.org"}
     assert service.component.rosterServer.answered == answered + 1
     new = str(reply.query["ver"])
-    assert new != old
-    await RunningService.waitUntil(lambda: service.component.privileges.promises >= 2, 5, "the new version promised")
+    assert new != old and service.component.privileges.promises == promises + 1
     assert isEmptyResult(await alice.rosterGet(ver=new))
     assert service.component.rosterServer.answered == answered + 1
 
@@ -145,15 +213,16 @@ async def test_failedWriteRevokesPromise(service: RunningService, webapp: WebApp
     assert contacts(reply) == {"bob@example.org", "carol@example.org"}
 
 
-@pytest.mark.parametrize("prosody", ["rosteradmin_answer_current = false"], indirect=True)
+@pytest.mark.parametrize("prosody", ["rosteradmin_answer_rosters = false"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_switchedOffEveryQueryIsDelegated(service: RunningService, clients: Any) -> None:
     """
-    With rosteradmin_answer_current = false, Prosody takes the promise
+    With rosteradmin_answer_rosters = false, Prosody takes the promise
     and answers nothing itself: rosteradmin answers every query.
     """
     alice = await clients("alice")
     version = await promised(service, alice)
     answered = service.component.rosterServer.answered
     assert isEmptyResult(await alice.rosterGet(ver=version))
-    assert service.component.rosterServer.answered == answered + 1
+    assert contacts(await alice.rosterGet()) == {"bob@example.org"}
+    assert service.component.rosterServer.answered == answered + 2

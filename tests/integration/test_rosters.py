@@ -31,10 +31,15 @@ def rosters() -> dict[str, Any]:
 
 
 def items(result: Any) -> dict[str, Any]:
+    """
+    Each item's name, subscription and groups, sorted: a roster item's
+    groups are a set, and Prosody, which answers a user's later gets from
+    its store (contrib's mod_rosteradmin_roster), keeps them as one.
+    """
     query = result.query
     return {
         item["jid"]: (item.getAttribute("name"), item["subscription"],
-                      [str(g) for g in item.elements() if g.name == "group"])
+                      sorted(str(g) for g in item.elements() if g.name == "group"))
         for item in query.elements() if item.name == "item"
     }
 
