@@ -14,6 +14,12 @@ skipped):
   - an uncached login and roster get of another user: a fresh user each
     time, answered through rosteradmin.
 
+The login storms' probes (L{bench.stormprobe}) use the first two and, in
+place of the fresh logins (a storm is logins already), a roster get without
+C{ver} by the message probe's sender, an online user whose roster is
+stored right and, in B, cached (or promised to contrib's module, which then
+answers it in Prosody): an answer among the storm's, not a login.
+
 A probe counts in the phase in which it started.
 """
 
@@ -58,6 +64,17 @@ def health(setup: SetupLike) -> dict[str, Any]:
         return dict(json.load(e))
 
 
+def metric(setup: SetupLike, name: str) -> float:
+    """
+    One unlabelled value of rosteradmin's C{/metrics}.
+    """
+    with urllib.request.urlopen(f"http://127.0.0.1:{setup.httpPort}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise KeyError(name)
+
+
 def rosterPath(dataPath: Path, user: str) -> Path:
     """
     A user's roster file in Prosody's internal storage.
@@ -78,6 +95,8 @@ class Probes:
         self.firstFresh, self.nextFresh, self.lastFresh = firstFresh, firstFresh, lastFresh
         self.interval = interval
         self.phase = "idle"
+        #: Items of the sender's roster, once L{warmRoster} has got it.
+        self.rosterItems = 0
         self.samples: dict[tuple[str, str], list[float]] = {}
         self.failures: dict[tuple[str, str], list[str]] = {}
         self.poolExhausted = False
@@ -105,12 +124,34 @@ class Probes:
 
     _echoer: LoadClient | None = None
 
-    def start(self) -> None:
+    async def warmRoster(self) -> int:
+        """
+        Get the sender's roster once, before L{start} with C{"roster"}: in
+        B this is its first get (a fetch, and a privileged read where the
+        state does not know the user), which is no part of the baseline.
+
+        @return: The items of the answer.
+        """
+        _, reply = await self.sender.rosterGet()
+        query = reply.find("{jabber:iq:roster}query")
+        self.rosterItems = len(query) if query is not None else 0
+        return self.rosterItems
+
+    def start(self, kinds: tuple[str, ...] = ("message", "ping", "login"),
+              intervals: dict[str, float] | None = None) -> None:
         """
         Start a probe of each kind now, and one per interval from now on.
+
+        @param kinds: Which probes: C{"message"}, C{"ping"}, C{"login"}
+            (a fresh user's login), C{"roster"} (the sender's roster get,
+            after L{warmRoster}).
+        @param intervals: Seconds between probes of a kind, where not the
+            C{interval} of all.
         """
-        for name, probe in (("message", self._message), ("ping", self._ping), ("login", self._login)):
-            self._tickers.append(asyncio.ensure_future(self._tick(name, probe)))
+        probes = {"message": self._message, "ping": self._ping, "login": self._login, "roster": self._roster}
+        for name in kinds:
+            interval = (intervals or {}).get(name, self.interval)
+            self._tickers.append(asyncio.ensure_future(self._tick(name, probes[name], interval)))
 
     async def stop(self, drain: float = 90.0) -> None:
         """
@@ -130,12 +171,12 @@ class Probes:
             if client is not None:
                 await client.close()
 
-    async def _tick(self, name: str, probe: Callable[[str], Awaitable[float]]) -> None:
+    async def _tick(self, name: str, probe: Callable[[str], Awaitable[float]], interval: float) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
             self._tasks.append(asyncio.ensure_future(self._record(name, self.phase, probe)))
-            due += self.interval
+            due += interval
             await asyncio.sleep(max(0.0, due - loop.time()))
 
     async def _record(self, name: str, phase: str, probe: Callable[[str], Awaitable[float]]) -> None:
@@ -154,6 +195,19 @@ class Probes:
 
     async def _ping(self, phase: str) -> float:
         return await self.sender.ping()
+
+    async def _roster(self, phase: str) -> float:
+        """
+        The sender's roster get, without C{ver}: a full answer, which in B
+        rosteradmin gives from its cache (with a current C{ver}, contrib's
+        module would answer it in Prosody itself, no component involved).
+        """
+        latency, reply = await self.sender.rosterGet()
+        query = reply.find("{jabber:iq:roster}query")
+        if query is None or len(query) != self.rosterItems:
+            raise RuntimeError(f"roster probe: {len(query) if query is not None else 0} items, "
+                               f"not {self.rosterItems}")
+        return latency
 
     async def _login(self, phase: str) -> float:
         """
@@ -196,7 +250,7 @@ class Probes:
             result[f"{label} p99 {phase}"] = stats["p99"] * 1000
             result[f"{label} max {phase}"] = max(samples, default=float("nan")) * 1000
             result[f"{label} n {phase}"] = len(samples)
-            if name in ("message", "ping", "login"):
+            if name in ("message", "ping", "login", "roster"):
                 result[f"{label} failed {phase}"] = len(self.failures.get((name, phase), []))
         return result
 

@@ -3,6 +3,7 @@ Run every benchmark scenario and print one table.
 
     python -m bench.run [--runs 3] [--quick] [--profile bench-profile.txt] [--storm-sizes 1000]
     python -m bench.run --scenario targets [--runs 3] [--tap]        # 1, 1v, 2, 2c, 2s only
+    python -m bench.run --scenario targets --runs 1 --profile 2s.txt --profile-scenario 2s
     python -m bench.run --scenario large-roster [--runs 1]           # 5 and 5L only
     python -m bench.run --scenario large-first-sync [--sync-contacts 3000] [--runs 1]
     python -m bench.run --scenario full-sync [--full-sync-users 10000] [--runs 1]
@@ -23,14 +24,37 @@ before it starts (each row prefixed "pre:" is a checked precondition):
   - 1v: warm gets with the C{ver} of the previous answer, which is current:
     empty results (XEP-0237), what most real clients send.
   - 2: login storm, the server's store right, rosteradmin restarted
-    without C{--state}: every login costs a privileged read.
+    without C{--state}: it revokes the promises Prosody holds, and every
+    login costs a delegated get and a privileged read.
   - 2c: cold login storm: the storm users' stored rosters deleted, a new
-    C{--state}: every login costs a privileged read and a write.
+    C{--state}: every login costs a privileged read and a write, and the
+    version is promised to Prosody after the answer.
   - 2s: steady login storm: the store right (written by 2c), rosteradmin
-    restarted with the C{--state} 2c left: no privileged request at all.
+    restarted with the C{--state} 2c left, Prosody still running with the
+    promises of 2c: Prosody answers the gets from its store ("roster gets
+    answered by rosteradmin" says how many it did not).
+
+Every storm client sends its initial presence after its roster; in B,
+rosteradmin fetches the user's roster from the web app then, and the
+storm's CPU and fetch counts include those fetches.
 
 A runs the same storms on Prosody's own storage, which holds every roster
 (native Prosody has no cold case: it would answer an empty roster).
+
+During 2c and 2s, and for C{--storm-idle} seconds just before each (the
+idle baseline), the native probe of L{bench.stormprobe} runs, in A and in
+B: message round trips between two online users who are no part of the
+storm and whose rosters the server stores right, server pings, and that
+user's roster gets.  Their p50/p99 idle and during are printed per column
+after the main table.
+
+C{--delegate-all} turns off contrib's mod_rosteradmin_roster answering
+promised rosters itself, so that B's gets and logins all reach rosteradmin.
+
+C{--profile FILE} records rosteradmin with py-spy (raw collapsed stacks)
+during scenario 1 and 1v, or with C{--profile-scenario 2|2c|2s} during that
+storm alone (the first storm size, run 1); C{python -m bench.pyspysummary
+FILE} sums it up.
 """
 
 from __future__ import annotations
@@ -55,8 +79,9 @@ from typing import Any
 from bench import fullsync
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
 from bench.procstat import cpuSeconds
-from bench.probes import health, rosterPath
+from bench.probes import health, metric, rosterPath
 from bench.refreshmemory import WARMED, refreshMemory
+from bench.stormprobe import StormProbe
 from bench.streamtap import ThreadedTap
 from bench.rosters import DOMAIN, username, writeProsodyStorage, writeStoredRoster
 from bench.xmppload import LoadClient, connectMany, percentiles
@@ -334,12 +359,59 @@ def prepareStorm(setup: Setup, users: int, variant: str) -> dict[str, Any]:
     return pre
 
 
-async def loginStorm(setup: Setup, users: int, variant: str = "nostate") -> dict[str, Any]:
+#: Storm variants measured with the native probe (L{bench.stormprobe}).
+PROBED_STORMS = ("cold", "steady")
+
+#: Accounts past the largest storm (and refresh), the storm probe's two
+#: users: no storm logs them in, and their stored rosters stay right.
+PROBE_ACCOUNTS = 2
+
+
+async def startStormProbe(setup: Setup, stormUsers: int) -> tuple[StormProbe, dict[str, Any]]:
+    """
+    Start the storm probe with the setup's last two accounts, and check
+    that they are no part of the storm, that the server stores their
+    rosters right, and that the sender's warm-up get (in B its first:
+    a fetch, and a privileged read where the state does not know it)
+    wrote nothing: the probe then measures the server, not a first login.
+    """
+    sender = setup.users - PROBE_ACCOUNTS
+    paths = [rosterPath(setup.prosody.dataPath, username(i)) for i in (sender, sender + 1)]
+    stored = [path.read_text().count('["subscription"]') if path.exists() else -1 for path in paths]
+    mtimes = [path.stat().st_mtime_ns if path.exists() else 0 for path in paths]
+    probe = await StormProbe.start(setup.prosody.c2sPort, sender)
+    pre: dict[str, Any] = {
+        "pre: probe users in the storm": sum(1 for i in (sender, sender + 1) if i < stormUsers),
+        "pre: probe users stored with all contacts": sum(1 for n in stored if n == setup.contacts),
+        "pre: probe user's warm-up get, items": probe.items,
+        "pre: probe users' stored rosters rewritten by it": sum(
+            1 for path, mtime in zip(paths, mtimes) if path.exists() and path.stat().st_mtime_ns != mtime),
+    }
+    if setup.mode == "B":
+        setup.webappCall("POST", "/reset")  # the warm-up's fetch is no part of the storm's
+    if list(pre.values()) != [0, PROBE_ACCOUNTS, setup.contacts, 0]:
+        await probe.stop()
+        raise RuntimeError(f"storm probe: preconditions not met: {pre}")
+    return probe, pre
+
+
+async def loginStorm(setup: Setup, users: int, variant: str = "nostate", probeIdle: float = 0.0,
+                     profile: str | None = None) -> dict[str, Any]:
     """
     Scenario 2: C{users} log in at once (200 handshakes at a time) and get
     their roster once, none of them cached by rosteradmin; see L{STORMS}.
+
+    @param probeIdle: Seconds of the storm probe's idle baseline before a
+        storm of L{PROBED_STORMS} (0: no probe).
+    @param profile: Record rosteradmin with py-spy into this file during
+        the storm (B only).
     """
     pre = prepareStorm(setup, users, variant)
+    probe: StormProbe | None = None
+    if probeIdle > 0 and variant in PROBED_STORMS:
+        probe, probePre = await startStormProbe(setup, users)
+        pre.update(probePre)
+        await asyncio.sleep(probeIdle)
     latencies: list[float] = []
     logins: list[float] = []
     totals: list[float] = []
@@ -354,30 +426,65 @@ async def loginStorm(setup: Setup, users: int, variant: str = "nostate") -> dict
             latency, _ = await session.rosterGet()
             latencies.append(latency)
             totals.append(time.perf_counter() - began)
+            session.sendPresence()
             await session.close()
 
+    profiler = Profiler(setup.component.pid, profile) if profile is not None and setup.component else None
     if setup.tap is not None:
         setup.tap.reset()
     load = os.getloadavg()[0]
+    if probe is not None:
+        await probe.during()
     startedAt = time.time()
+    answeredBefore = metric(setup, "rosteradmin_roster_queries_total") if setup.mode == "B" else 0.0
     before = setup.cpu()
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(users)))
     elapsed = time.perf_counter() - started
+    if setup.mode == "B":
+        await webappSettled(setup)  # the fetches the storm's presences started count too
+        answered = metric(setup, "rosteradmin_roster_queries_total") - answeredBefore
     result = {**pre, "rosters/s": users / elapsed, **{k: v * 1000 for k, v in percentiles(latencies).items()},
               **{f"login (connect to bound) {k}": v * 1000 for k, v in percentiles(logins).items() if k != "p95"},
               **{f"login+roster {k}": v * 1000 for k, v in percentiles(totals).items() if k != "p95"},
               **cpuPerThousand(before, setup.cpu(), users)}
+    if profiler is not None:
+        profiler.stop(users, f"{STORM_NAMES[variant]} ({users} users), logins")
+    if probe is not None:
+        phases, failures = await probe.stop()
+        result.update(phases)
+        for what, reason in failures.items():
+            print(f"login storm {setup.mode} ({users} users, {variant}): {what} probes failed, first: {reason}",
+                  flush=True)
     stored = storedRosters(setup, users)
     result["stored rosters rewritten by the storm"] = sum(1 for _, mtime in stored if mtime >= startedAt)
     result["storm users stored with all contacts after"] = sum(1 for n, _ in stored if n == setup.contacts)
     if setup.mode == "B":
         stats = setup.webappCall("GET", "/stats")
         result["fetches"] = stats["requests"]
+        # The others Prosody answered from its store (promised versions).
+        result["roster gets answered by rosteradmin"] = answered
         result["fetches = users"] = stats["requests"] == users == stats["distinct"]
     result["load average at start (1 min)"] = load
     result.update(tapCounts(setup, users))
     return result
+
+
+async def webappSettled(setup: Setup, quiet: float = 1.0, timeout: float = 30.0) -> None:
+    """
+    Wait until the web app has had no request for C{quiet} seconds (at
+    most C{timeout}): rosteradmin fetches a user's roster when the user's
+    presence arrives, in the background, after the roster get may have
+    been answered.
+    """
+    deadline = time.monotonic() + timeout
+    last = setup.webappCall("GET", "/stats")["requests"]
+    while time.monotonic() < deadline:
+        await asyncio.sleep(quiet)
+        now = setup.webappCall("GET", "/stats")["requests"]
+        if now == last:
+            return
+        last = now
 
 
 async def bulkRefresh(setup: Setup, users: int, online: int = 100) -> dict[str, Any]:
@@ -415,6 +522,57 @@ async def bulkRefresh(setup: Setup, users: int, online: int = 100) -> dict[str, 
             "updated": reply["updated"], "errors": reply["errors"],
             "pushes received": pushes, "online clients": online,
             "peak web app sockets": stats["peak_concurrent"], "fetch concurrency": 64, **cpu}
+
+
+class Profiler:
+    """
+    py-spy recording a process (rosteradmin) into a file, as raw collapsed
+    stacks (one line per distinct stack, with its sample count), until
+    L{stop}.  py-spy pauses the process for each sample (its default: whole
+    stacks), which costs it a little time at 200 Hz.
+
+    py-spy drops the samples of threads it finds idle, but on this shared
+    2-core machine a thread that waits for a core is runnable, not idle: in
+    a storm py-spy counted about 2.7 times the CPU time C{/proc} did.  So
+    the process's CPU seconds over the same window (from C{/proc}) go into
+    C{FILE.json}, and L{bench.pyspysummary} scales the samples to them: the
+    shares come from py-spy, the seconds from C{/proc}.
+    """
+
+    #: More py-spy options (C{--py-spy-options}).
+    options: list[str] = ["--threads"]
+
+    def __init__(self, pid: int, output: str, rate: int = 200) -> None:
+        self.log = Path(output + ".py-spy.log")
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--output", output,
+                 "--rate", str(rate), *self.options], stdout=log, stderr=subprocess.STDOUT)
+        # Wait until it samples: what it misses of the work would not be
+        # in the profile.
+        deadline = time.monotonic() + 20
+        while b"Sampling process" not in self.log.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"py-spy did not start sampling {pid}: see {self.log}")
+            time.sleep(0.05)
+        self.pid = pid
+        self.output = output
+        self.rate = rate
+        self.cpuStart = cpuSeconds(pid)
+        self.started = time.perf_counter()
+
+    def stop(self, work: int = 0, what: str = "") -> None:
+        """
+        Stop recording, and write C{FILE.json}: the CPU seconds C{/proc}
+        counted for the process over the recording, its wall seconds, the
+        rate, and how much work (C{work} logins or gets) it covered.
+        """
+        cpu = cpuSeconds(self.pid) - self.cpuStart
+        wall = time.perf_counter() - self.started
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(60)
+        Path(self.output + ".json").write_text(json.dumps(
+            {"cpu_seconds": cpu, "wall_seconds": wall, "rate": self.rate, "work": work, "what": what}) + "\n")
 
 
 def cpuPerThousand(before: dict[str, float], after: dict[str, float], users: int) -> dict[str, float]:
@@ -580,6 +738,8 @@ async def main(args: argparse.Namespace) -> None:
 WARM = {False: "1 warm gets, no ver (100 clients)", True: "1v warm gets, current ver (100 clients)"}
 STORM_NAMES = {"nostate": "2 login storm, store right, no --state", "cold": "2c cold login storm, empty store",
                "steady": "2s steady login storm, store right, --state current"}
+#: The scenario number of each storm variant (C{--profile-scenario}).
+STORM_SCENARIOS = {"nostate": "2", "cold": "2c", "steady": "2s"}
 
 #: The 1-minute load average at the start of each run, by run label.
 LOADS: list[tuple[str, float]] = []
@@ -594,33 +754,41 @@ async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
     targets = args.scenario == "targets"
     storm = [int(n * scale) for n in args.storm_sizes]
     refreshSizes = [] if targets else [int(1000 * scale), int(10000 * scale)]
-    users = max(refreshSizes + storm + [100])
+    users = max(refreshSizes + storm + [100]) + PROBE_ACCOUNTS
     gets = int(10000 * scale)
     include = Path(args.prosody_b_config).resolve() if args.prosody_b_config else None
+    if args.delegate_all:
+        include = delegateAllConfig(tmp, include)
     for run in range(args.runs):
         # A and B alternate within each run, so both see the same machine.
         for mode in ("A", "B"):
             setup = Setup(tmp / f"classic-{run}", mode, users, 50, args.delay,
                           include=include if mode == "B" else None, tap=args.tap)
+            # Scenario 1's clients each send 20 and more gets a second, which
+            # rosteradmin's per-user gate (query_rate, 20 by default) refuses
+            # as a flood once B answers that fast (with --delegate-all it did,
+            # and the run stopped): the bench measures throughput, not the
+            # gate.  No other scenario here sends a user more than one get.
+            setup.extraConfig["query_rate"] = 1000.0
             setup.start()
             try:
                 load = os.getloadavg()
                 LOADS.append((f"run {run + 1} {mode}", load[0]))
                 print(f"run {run + 1} {mode}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+                profiled = mode == "B" and args.profile and run == 0
                 profiler = None
-                if mode == "B" and args.profile and run == 0:
-                    profiler = subprocess.Popen(["py-spy", "record", "--pid", str(setup.component.pid),  # type: ignore[union-attr]
-                                                 "--format", "raw", "--output", args.profile, "--rate", "200"],
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                if profiled and args.profile_scenario == "1":
+                    profiler = Profiler(setup.component.pid, args.profile)  # type: ignore[union-attr]
                 for withVer in (False, True):
                     results[WARM[withVer]][mode].append(await warmGets(setup, 100, gets, withVer))
                 if profiler is not None:
-                    profiler.send_signal(signal.SIGINT)
-                    profiler.wait(60)
+                    profiler.stop(2 * gets, "scenarios 1 and 1v, roster gets")
                 for n in storm:
                     for variant in ("nostate", "cold", "steady"):
+                        profile = args.profile if (profiled and n == storm[0]
+                                                   and STORM_SCENARIOS[variant] == args.profile_scenario) else None
                         results[f"{STORM_NAMES[variant]} ({n} users)"][mode].append(
-                            await loginStorm(setup, n, variant))
+                            await loginStorm(setup, n, variant, args.storm_idle, profile))
                 if mode == "B":
                     for n in refreshSizes:
                         results[f"3 bulk refresh ({n} users)"][mode].append(await bulkRefresh(setup, n))
@@ -631,6 +799,28 @@ async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
     await largeRosterScenarios(tmp, args, results)
     for users_, contacts in ((int(10000 * scale), 50), (int(100000 * scale), 20)):
         results[f"4 memory ({users_} x {contacts})"]["B"] = [memory(users_, contacts) for _ in range(args.runs)]
+
+
+def delegateAllConfig(tmp: Path, include: Path | None) -> Path:
+    """
+    B's Prosody configuration (contrib's, or C{include}) with contrib's
+    mod_rosteradmin_roster answering no roster get itself
+    (C{rosteradmin_answer_rosters = false}): every query is delegated to
+    rosteradmin, as before the module answered promised rosters, so each
+    login of 2, 2c and 2s costs rosteradmin a delegated get (C{--delegate-all},
+    to measure that path).  The file lives in C{tmp}, so it names contrib's
+    directory as a plugin path itself (L{LocalProsody} adds the included
+    file's own directory).
+    """
+    base = include if include is not None else ROOT / "contrib" / "prosody" / "rosteradmin.cfg.lua"
+    path = tmp / "prosody-b-delegate-all.cfg.lua"
+    path.write_text(f"""-- Generated by bench/run.py --delegate-all.
+plugin_paths = {{ "/usr/lib/prosody/modules", "{base.parent}", "{ROOT / 'contrib' / 'prosody'}" }}
+Include "{base}"
+VirtualHost "{DOMAIN}"
+    rosteradmin_answer_rosters = false
+""")
+    return path
 
 
 async def largeRosterScenarios(tmp: Path, args: argparse.Namespace,
@@ -717,6 +907,11 @@ def printResults(results: dict[str, dict[str, list[dict[str, Any]]]], rows: list
                 ra = statistics.median(r[metric] for r in results[scenario]["A"])
                 rb = statistics.median(r[metric] for r in results[scenario]["B"])
                 ratios[f"{scenario}: {metric} B/A"].append(rb / ra)
+        for mode, table in (("A", results[scenario]["A"]), ("B", results[scenario]["B"])):
+            if table and NATIVE_P99 + " during" in table[0]:
+                during = statistics.median(r[NATIVE_P99 + " during"] for r in table)
+                idle = statistics.median(r[NATIVE_P99 + " idle"] for r in table)
+                ratios[f"{scenario}: {NATIVE_P99} during/idle, {mode}"].append(during / idle)
         if "cpu s/10k (rosteradmin)" in b:
             cpuB = [r["cpu s/10k (rosteradmin)"] for r in results[scenario]["B"]]
             cpuA = [r["cpu s/10k (prosody)"] for r in results[scenario]["A"]]
@@ -728,24 +923,34 @@ def printResults(results: dict[str, dict[str, list[dict[str, Any]]]], rows: list
     for name, values in ratios.items():
         print(f"{name}: {values[0]:.2f}")
     for scenario in sorted(results):
-        printPhases(scenario, summarise(results[scenario]["B"]))
+        a = summarise(results[scenario]["A"]) if results[scenario]["A"] else {}
+        printPhases(scenario, summarise(results[scenario]["B"]), a)
 
 
 #: Suffixes of metrics measured in two phases of one scenario (B only),
 #: printed side by side by L{printPhases}.
 PHASES = (" idle", " during")
 
+#: The storms' native probe p99, whose during/idle ratio is printed.
+NATIVE_P99 = "native probe: message rtt p99"
 
-def printPhases(scenario: str, table: dict[str, str]) -> None:
+
+def printPhases(scenario: str, table: dict[str, str], tableA: dict[str, str] | None = None) -> None:
     """
-    A scenario's two-phase metrics as one row each: idle, then during.
+    A scenario's two-phase metrics as one row each: idle, then during; B
+    only, or A and B where A has them too (the storm probes).
     """
     names = list(dict.fromkeys(m[:-len(" idle")] for m in table if m.endswith(" idle")))
     if not names:
         return
     print()
-    rows: list[tuple[str, ...]] = [(f"{scenario}, B", "idle", "during")]
-    rows += [(name, table[name + " idle"], table.get(name + " during", "-")) for name in names]
+    if tableA and any(m.endswith(" idle") for m in tableA):
+        rows: list[tuple[str, ...]] = [(scenario, "A idle", "A during", "B idle", "B during")]
+        rows += [(name, tableA.get(name + " idle", "-"), tableA.get(name + " during", "-"), table[name + " idle"],
+                  table.get(name + " during", "-")) for name in names]
+    else:
+        rows = [(f"{scenario}, B", "idle", "during")]
+        rows += [(name, table[name + " idle"], table.get(name + " during", "-")) for name in names]
     printTable(rows)
 
 
@@ -754,7 +959,12 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, to try the harness")
     parser.add_argument("--delay", type=float, default=0.005, help="web app answer delay in seconds")
-    parser.add_argument("--profile", help="write a py-spy profile of rosteradmin in scenario 1 here")
+    parser.add_argument("--profile", help="write a py-spy profile (raw collapsed stacks) of rosteradmin here:"
+                                          " of scenario 1 and 1v, or of --profile-scenario")
+    parser.add_argument("--profile-scenario", choices=("1", "2", "2c", "2s"), default="1",
+                        help="what --profile records: scenarios 1 and 1v, or one storm (run 1, first storm size)")
+    parser.add_argument("--storm-idle", type=float, default=10.0,
+                        help="seconds of the storm probe's idle baseline before 2c and 2s (0: no storm probe)")
     parser.add_argument("--scenario", choices=("all", "targets", "large-roster", "large-first-sync", "full-sync", "refresh-memory"),
                         default="all",
                         help="run scenarios 1 to 6; or only 1, 1v, 2, 2c and 2s (targets); or only 5 and 5L (large-roster);"
@@ -764,6 +974,9 @@ if __name__ == "__main__":
     parser.add_argument("--storm-sizes", type=lambda v: [int(c) for c in v.split(",")], default=[1000],
                         help="users of each login storm (scenarios 2, 2c, 2s), comma-separated")
     parser.add_argument("--prosody-b-config", help="B's Prosody configuration instead of contrib's (experiments)")
+    parser.add_argument("--delegate-all", action="store_true",
+                        help="B's Prosody delegates every roster get (rosteradmin_answer_rosters = false), so that"
+                             " scenarios 1 to 2s measure rosteradmin's answers, not the module's")
     parser.add_argument("--tap", action="store_true",
                         help="relay B's component stream through bench/streamtap.py and count stanzas per login"
                              " (profiling: it costs the load client CPU and adds a hop)")
@@ -781,6 +994,11 @@ if __name__ == "__main__":
                         help="users refreshed in scenario 8, 10 contacts each")
     parser.add_argument("--memory-caps", type=lambda v: [int(c) for c in v.split(",")], default=[1000000, 200000],
                         help="--cache-max-contacts values scenario 8 runs with, comma-separated")
+    parser.add_argument("--py-spy-options", default="--threads",
+                        help="more py-spy record options for --profile (default --threads: bench.pyspysummary"
+                             " counts the main thread's samples); write --py-spy-options='--threads --gil'")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.run(main(parser.parse_args()))
+    arguments = parser.parse_args()
+    Profiler.options = arguments.py_spy_options.split()
+    asyncio.run(main(arguments))

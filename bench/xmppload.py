@@ -167,6 +167,14 @@ class LoadClient:
             raise RuntimeError(f"{self.username}: roster get failed: {ET.tostring(reply)[:300]!r}")
         return time.perf_counter() - started, reply
 
+    def sendPresence(self) -> None:
+        """
+        The initial presence a client sends after its roster get: the
+        server broadcasts it to the online contacts, and shares it with
+        rosteradmin, which asks the web app for the user's roster then.
+        """
+        self._send("<presence/>")
+
     async def close(self) -> None:
         for task in (self._task, getattr(self, "_readTask", None)):
             if task is not None:

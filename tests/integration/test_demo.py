@@ -125,9 +125,17 @@ class Demo:
         return await threads.deferToThread(self.process.wait, 30)
 
     def kill(self) -> None:
+        """
+        Kill the demo, and its Prosody too: killed, the demo cannot stop it,
+        and it would outlive the test.
+        """
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        try:
+            os.kill(self.prosodyPID(), signal.SIGKILL)
+        except (AssertionError, ProcessLookupError):
+            pass  # it had stopped
 
 
 def accepts(port: int) -> bool:
