@@ -90,6 +90,11 @@ class RosterBackend(Service):
         # Promises the server may hold from an earlier run cannot be
         # trusted without the versions that run recorded.
         self._revokePromises = not self.state.remembersServer
+        # The version each user's stored roster was read back (or written)
+        # with in this run: only those are promised.  The state's record
+        # alone could be older than a change made behind our back, which a
+        # promise would then vouch for.
+        self._verified: dict[str, str] = {}
         self.cache = cache
         self.fetcher = fetcher
         self.sync = sync
@@ -169,6 +174,9 @@ class RosterBackend(Service):
 
         @param jids: The bare JIDs of the set's items.
         """
+        # The set may have crossed a promise on its way: the server must not
+        # tell this client "current" (its next query comes to us).
+        self._background(self.sync.revokeCurrent(username), "revoking the promised version", username)
         roster = self.cache.peek(username)
         if roster is None or not jids:
             return  # the client holds nothing from us to put back
@@ -198,17 +206,16 @@ class RosterBackend(Service):
     def answeredVersion(self, username: str, version: str) -> None:
         """
         A client was answered with C{version}: if the server holds that
-        roster (the state recorded our write of it, none is pending) and
+        roster (read back or written in this run, and recorded since) and
         no client of the user is in doubt, let the server answer the
-        user's next queries itself, from its store.  Its stored roster
-        changes with every change we learn of (we write it), so the
-        promise ends when our answer would differ; where a write fails,
-        L{_markUnsynced} revokes it.  The web app is still asked when the
-        user comes online (L{warm}), and a change found then is written and
-        pushed (L{_load}).
+        user's next queries itself, from its store: then what it answers
+        is what we answered.  Every change we learn of is written there,
+        which ends the promise; a failed write revokes it
+        (L{_markUnsynced}).
         """
-        if (self.state.serverVersion(username) == version and username not in self.unsynced
-                and username not in self.refused and not self.clientsMayDiffer(username, version)):
+        if (self._verified.get(username) == version and self.state.serverVersion(username) == version
+                and username not in self.unsynced and username not in self.refused
+                and not self.clientsMayDiffer(username, version)):
             self.sync.promiseCurrent(username, version)
 
     def verifyServer(self, username: str) -> Deferred[None]:
@@ -368,7 +375,13 @@ class RosterBackend(Service):
             waiter.callback(None)
         if self._revokePromises:
             self._revokePromises = False
-            self._background(self.sync.revokeCurrent(None), "revoking the promised versions", "every user")
+
+            def revoked(taken: bool) -> None:
+                if not taken:
+                    self._revokePromises = True  # again at the next connection
+
+            d = self.sync.revokeCurrent(None).addCallback(revoked)
+            self._background(d, "revoking the promised versions", "every user")
         if self._resumePending and self._canSync():
             self._resume()
         if not self.unsynced or not self._canSync():
@@ -404,14 +417,13 @@ class RosterBackend(Service):
         cached = self.cache.peek(username)
         if cached is not None:
             return cached
-        known = self.state.serverVersion(username)
         roster, stored = await self._fetchWithStored(username)
         self._admit(username, roster, stored)
         held = await self._writeToServer(username, roster, stored, urgent=True)
         self.cache.put(username, roster)
-        if held is not None and known is not None and held.roster.version == known:
-            # The server held what we had promised, so it may have
-            # answered the user's clients from its store: they hold it.
+        if held is not None and held.roster.contacts:
+            # The server may have answered the user's clients from what it
+            # stored (a promise of an earlier run): they hold that.
             self._pushChanges(username, held.roster, roster, held.notBoth)
         return roster
 
@@ -451,7 +463,7 @@ class RosterBackend(Service):
         self.log.warn("repairing drift in the server roster of {user}: {causes}", user=username,
                       causes=", ".join(f"{count} {cause}" for cause, count in sorted(causes.items())) or "order")
 
-    def _markUnsynced(self, username: str) -> Deferred[None]:
+    def _markUnsynced(self, username: str) -> Deferred[bool]:
         """
         The server may not hold C{username}'s cached roster: write it once
         the server takes writes again, and after a restart too.
@@ -459,6 +471,8 @@ class RosterBackend(Service):
         @return: Fires once the server no longer answers queries with the
             version it stores (L{IRosterSync.revokeCurrent}): a client
             asking after the refresh reported its failure gets our answer.
+            While disconnected it fires at once; the promise then ends
+            with the write after the reconnection.
         """
         self.unsynced.add(username)
         self.state.addPending((username,))
@@ -576,18 +590,24 @@ class RosterBackend(Service):
                 # recorded version: a crash meanwhile must not leave the
                 # cheap path trusting it.
                 self.state.forgetServer(username)
+                self._verified.pop(username, None)
                 await self.sync.write(username, diff, urgent)
         except (SyncFailed, NotConnected) as e:
             self.log.warn("server roster of {user} not synced: {why}", user=username, why=str(e))
             # Part of a write may have been stored: what the server holds
             # is no longer known.
             self.state.forgetServer(username)
+            self._verified.pop(username, None)
             await self._markUnsynced(username)
             if report and isinstance(e, SyncFailed):
                 raise
             return None
         self.unsynced.discard(username)
         self.state.recordServer(username, roster.version)
+        if stored is not None:
+            # Read back (and written) in this run: what it holds is known,
+            # not only recorded.
+            self._verified[username] = roster.version
         if diff:
             self.log.info("synced {user} into the server: {changed} set, {removed} removed",
                           user=username, changed=len(diff.changed), removed=len(diff.removed))

@@ -260,11 +260,11 @@ class EjabberdAPISync(Service):
         and answers no query of ours.
         """
 
-    def revokeCurrent(self, username: str | None) -> Deferred[None]:
+    def revokeCurrent(self, username: str | None) -> Deferred[bool]:
         """
         Nothing was promised (L{promiseCurrent}).
         """
-        return succeed(None)
+        return succeed(True)
 
     def _call(self, command: str, arguments: dict[str, Any]) -> Deferred[Any]:
         """

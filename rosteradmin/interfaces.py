@@ -201,14 +201,15 @@ class IRosterSync(Interface):
         forget; a server that cannot does nothing).
         """
 
-    def revokeCurrent(username: str | None) -> Deferred[None]:
+    def revokeCurrent(username: str | None) -> Deferred[bool]:
         """
         Our answers for the user (C{None}: for every user) may no longer
         match what the server stores: the server must delegate the
         queries again.
 
-        @return: Fires (never fails) once the server has taken it, or at
-            once when there is nothing to revoke or no one to tell.
+        @return: Fires (never fails) with C{True} once the server has
+            taken it, or at once when there is nothing to revoke; with
+            C{False} when it could not be sent or was not answered.
         """
 
 

@@ -295,7 +295,7 @@ class PrivilegeHandler(XMPPHandler):
         d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}' ver='{version}'/>", "promise")
         d.addErrback(self._ebPromise, username)
 
-    def revokeCurrent(self, username: str | None) -> Deferred[None]:
+    def revokeCurrent(self, username: str | None) -> Deferred[bool]:
         """
         End the server's promise for the user, or for every user
         (C{ver=''} to the user's bare JID, or to the domain), if the server
@@ -306,22 +306,28 @@ class PrivilegeHandler(XMPPHandler):
             self._promised.clear()
         else:
             self._promised.pop(username, None)
-        if self.bulk is False or not self.status.connected:
-            return succeed(None)
+        if self.bulk is False:
+            return succeed(True)
+        if not self.status.connected:
+            return succeed(False)
         d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}' ver=''/>", "promise")
-        return d.addCallbacks(lambda result: None, self._ebPromise, errbackArgs=(username,))
+        return d.addCallbacks(lambda result: True, self._ebPromise, errbackArgs=(username,))
 
-    def _ebPromise(self, failure: Failure, username: str | None) -> None:
+    def _ebPromise(self, failure: Failure, username: str | None) -> bool:
         """
-        A promise the server did not take: it answers nothing itself.
+        A promise or revocation the server did not take.
+
+        @return: Whether the server holds no promise anyway: it does not
+            know the iq at all.
         """
         if username is not None:
             self._promised.pop(username, None)
         error = failure.value
         if self.bulk is not True and isinstance(error, StanzaError) and error.condition in NO_BULK_CONDITIONS:
             self._noBulkWrites()
-            return
+            return True
         self.log.debug("version promise for {user} not taken: {why}", user=username, why=failure.getErrorMessage())
+        return False
 
     def _writeEach(self, username: str, diff: RosterDiff, urgent: bool) -> Deferred[None]:
         """

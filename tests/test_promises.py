@@ -22,6 +22,9 @@ from tests.test_putback import pushes
 
 ROSTERS = {"alice": {"bob@example.org": {"name": "Bob"}}, "carol": {"bob@example.org": {"name": "Bob"}}}
 STORED = "<item jid='bob@example.org' name='Bob' subscription='both'/>"
+#: erin in two groups, stored in the other order (Prosody keeps a set).
+STORED_TWO_GROUPS = STORED + ("<item jid='erin@example.org' subscription='both'>"
+                              "<group>Work</group><group>Friends</group></item>")
 
 
 def promises(sent: list[domish.Element]) -> list[tuple[str, str]]:
@@ -83,11 +86,16 @@ def test_firstConnectionWithoutRememberedStateRevokesEveryPromise() -> None:
     """
     The server may hold promises of an earlier run, which this one cannot
     check without that run's state: the first connection revokes them
-    all, at the domain; a reconnection does not.
+    all, at the domain, and the next one again if the stream was lost
+    before the server answered; once answered, never again.
     """
     wire = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True)
     wire.handshake(PERMISSIONS_2)
     assert promises(wire.sent()) == [("example.org", "")]
+    wire.reconnect(PERMISSIONS_2)
+    [revocation] = wire.sent()
+    assert promises([revocation]) == [("example.org", "")]
+    wire.receive(str(bulkServer(revocation)))
     wire.reconnect(PERMISSIONS_2)
     assert promises(wire.sent()) == []
 
@@ -95,7 +103,10 @@ def test_firstConnectionWithoutRememberedStateRevokesEveryPromise() -> None:
 def test_rememberedStateKeepsThePromises(tmp_path: Any) -> None:
     """
     With a state file that knows what the server stores, the server's
-    promises stay true across our restart: none is revoked.
+    promises stay true across our restart: none is revoked.  The state's
+    record alone promises nothing new: a change made behind our back since
+    would be vouched for; the user's stored roster must have been read
+    back or written in this run.
     """
     path = str(tmp_path / "state.sqlite")
     first = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True, state=SyncState(path))
@@ -105,6 +116,21 @@ def test_rememberedStateKeepsThePromises(tmp_path: Any) -> None:
     again = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True, state=SyncState(path))
     again.handshake(PERMISSIONS_2)
     assert promises(again.sent()) == []
+    again.receive(envelope(rosterGet()))
+    sent = again.answerRequests(bulkServer)
+    assert answers(sent) and promises(sent) == []
+
+
+def test_rosterSetRevokesThePromise() -> None:
+    """
+    A client's roster set may have crossed the promise on its way to the
+    server, which would then tell that client "current": it is revoked.
+    """
+    wire = loggedIn()
+    wire.receive(envelope(rosterGet()))
+    wire.answerRequests(bulkServer)
+    wire.receive(envelope(rosterGet(iqType="set")))
+    assert ("alice@example.org", "") in promises(wire.answerRequests(bulkServer))
 
 
 def test_changeFoundAtLoginIsPushed() -> None:
@@ -113,20 +139,22 @@ def test_changeFoundAtLoginIsPushed() -> None:
     when the user comes online, the web app is asked, and a change it
     made meanwhile is written and pushed to the user's client.
     """
+    rosters = {"alice": {"bob@example.org": {"name": "Bob"}, "erin@example.org": {"groups": ["Friends", "Work"]}}}
     state = SyncState()
-    first = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True, state=state)
+    first = ComponentOnWire(WebApp(copy.deepcopy(rosters)), bulk=True, state=state)
     first.handshake(PERMISSIONS_2)
     first.receive(envelope(rosterGet()))
     first.answerRequests(bulkServer)
+    # Meanwhile the web app added dave and dropped erin.
     webApp = WebApp({"alice": {"bob@example.org": {"name": "Bob"}, "dave@example.org": {}}})
     wire = ComponentOnWire(webApp, bulk=True, state=state)
     wire.handshake(PERMISSIONS_2)
     wire.sent()
     wire.receive("<presence from='alice@example.org/res' to='roster.example.org'/>")
-    server = serverAnswers(stored=STORED)
+    server = serverAnswers(stored=STORED_TWO_GROUPS)
     sent = wire.answerRequests(lambda iq: bulkServer(iq) if iq.query is not None and iq.query.uri == NS_BULK_ROSTER
                                else server(iq))  # type: ignore[operator]
-    assert pushes(sent) == [("dave@example.org", "both", None)]
+    assert sorted(pushes(sent)) == [("dave@example.org", "both", None), ("erin@example.org", "remove", None)]
 
 
 def test_eachConnectionPromisesAgain() -> None:

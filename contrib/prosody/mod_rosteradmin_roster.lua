@@ -140,7 +140,10 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 	if ver == "" or not answer_rosters then
 		current[username] = nil;
 	elseif ver then
-		current[username] = { ver = ver; stored = roster[false] and roster[false].version };
+		local stored = roster[false] and roster[false].version;
+		-- mod_groups sets the version to true, and saves no longer change
+		-- it: nothing could end the promise.
+		current[username] = type(stored) == "number" and { ver = ver; stored = stored } or nil;
 	end
 	origin.send(st.reply(stanza));
 	return true;
