@@ -64,15 +64,18 @@ def health(setup: SetupLike) -> dict[str, Any]:
         return dict(json.load(e))
 
 
-def metric(setup: SetupLike, name: str) -> float:
+def metrics(setup: SetupLike) -> dict[str, float]:
     """
-    One unlabelled value of rosteradmin's C{/metrics}.
+    rosteradmin's C{/metrics}, samples without labels only.
     """
-    with urllib.request.urlopen(f"http://127.0.0.1:{setup.httpPort}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise KeyError(name)
+    with urllib.request.urlopen(f"http://127.0.0.1:{setup.httpPort}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
 
 
 def rosterPath(dataPath: Path, user: str) -> Path:

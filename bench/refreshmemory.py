@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 from bench.gclog import pauses
 from bench.probes import health as _health
-from bench.probes import rosterPath
+from bench.probes import metrics, rosterPath
 from bench.rosters import DOMAIN, username
 from bench.xmppload import LoadClient, percentiles
 
@@ -83,20 +83,6 @@ def status(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024 / 1e6
     raise KeyError(field)
-
-
-def metrics(setup: MemorySetup) -> dict[str, float]:
-    """
-    rosteradmin's C{/metrics}, samples without labels only.
-    """
-    with urllib.request.urlopen(f"http://127.0.0.1:{setup.httpPort}/metrics", timeout=30) as r:
-        text = r.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
 
 
 def bodies(usernames: list[str], cap: int) -> list[bytes]:

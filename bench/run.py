@@ -79,7 +79,7 @@ from typing import Any
 from bench import fullsync
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
 from bench.procstat import cpuSeconds
-from bench.probes import health, metric, rosterPath
+from bench.probes import health, metrics, rosterPath
 from bench.refreshmemory import WARMED, refreshMemory
 from bench.stormprobe import StormProbe
 from bench.streamtap import ThreadedTap
@@ -436,14 +436,14 @@ async def loginStorm(setup: Setup, users: int, variant: str = "nostate", probeId
     if probe is not None:
         await probe.during()
     startedAt = time.time()
-    answeredBefore = metric(setup, "rosteradmin_roster_queries_total") if setup.mode == "B" else 0.0
+    answeredBefore = metrics(setup)["rosteradmin_roster_queries_total"] if setup.mode == "B" else 0.0
     before = setup.cpu()
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(users)))
     elapsed = time.perf_counter() - started
     if setup.mode == "B":
         await webappSettled(setup)  # the fetches the storm's presences started count too
-        answered = metric(setup, "rosteradmin_roster_queries_total") - answeredBefore
+        answered = metrics(setup)["rosteradmin_roster_queries_total"] - answeredBefore
     result = {**pre, "rosters/s": users / elapsed, **{k: v * 1000 for k, v in percentiles(latencies).items()},
               **{f"login (connect to bound) {k}": v * 1000 for k, v in percentiles(logins).items() if k != "p95"},
               **{f"login+roster {k}": v * 1000 for k, v in percentiles(totals).items() if k != "p95"},

@@ -5,13 +5,11 @@ of the component stream (L{rosteradmin.privilege.PrivilegeHandler}).
 
 from __future__ import annotations
 
-from twisted.internet.error import ConnectionLost
 from twisted.logger import capturedLogs
-from twisted.python.failure import Failure
 
 from rosteradmin.privilege import PARK_FIRST_DELAY
 from rosteradmin.roster import EMPTY_ROSTER, Contact, Roster
-from tests.helpers import PERMISSIONS_2, ComponentOnWire, RecordingTransport, WebApp
+from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp
 from tests.test_component import serverAnswers
 
 

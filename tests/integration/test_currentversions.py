@@ -16,6 +16,7 @@ import pytest_twisted
 
 from tests.integration.harness import ProsodyServer, WebAppStub
 from tests.integration.service import RunningService
+from tests.integration.test_rosters import items
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +33,6 @@ def isEmptyResult(reply: Any) -> bool:
 
 def contacts(reply: Any) -> set[str]:
     return {item["jid"] for item in reply.query.elements() if item.name == "item"}
-
-
-def items(reply: Any) -> dict[str, tuple[str | None, str, list[str]]]:
-    return {item["jid"]: (item.getAttribute("name"), item["subscription"],
-                          [str(g) for g in item.elements() if g.name == "group"])
-            for item in reply.query.elements() if item.name == "item"}
 
 
 async def promised(service: RunningService, client: Any) -> str:
