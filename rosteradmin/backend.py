@@ -164,14 +164,15 @@ class RosterBackend(Service):
         if username not in self.cache:
             self._background(self._coalescedRefresh(username), "catch-up", username)
 
-    def putBack(self, username: str, jids: frozenset[str]) -> None:
+    def putBack(self, username: str, resource: str, jids: frozenset[str]) -> None:
         """
         A client's roster set was refused: push it again what the web app
         has for the contacts it tried to change, and a removal of those it
-        tried to add.  Clients such as profanity show their edit as done
-        and keep it until the next login, whatever the error says; the
-        push puts their roster view right at once.
+        tried to add (L{IRosterSync.putBack}).  Clients such as profanity
+        show their edit as done and keep it until the next login, whatever
+        the error says; the push puts their roster view right at once.
 
+        @param resource: The client's full JID.
         @param jids: The bare JIDs of the set's items.
         """
         # The set may have crossed a promise on its way: the server must not
@@ -182,19 +183,7 @@ class RosterBackend(Service):
             return  # the client holds nothing from us to put back
         # An offline client that kept its edit must not be told "current".
         self.state.doubtClients(username, roster.version)
-        present = {c.jid for c in roster.contacts}
-        added = [Contact(jid, None, ()) for jid in sorted(jids - present)]
-        self._background(self._locked(username, self._putBack, username, Roster([*roster.contacts, *added]),
-                                      frozenset(jids & present)), "put-back", username)
-
-    async def _putBack(self, username: str, clientsHave: Roster, unchanged: frozenset[str]) -> None:
-        """
-        Push, under the user's lock (after any refresh under way), from
-        what the clients were told to what the cache now holds.
-        """
-        roster = self.cache.peek(username)
-        if roster is not None:
-            self._pushChanges(username, clientsHave, roster, unchanged)
+        self.sync.putBack(username, resource, jids)
 
     def clientsMayDiffer(self, username: str, version: str) -> bool:
         """
@@ -203,9 +192,10 @@ class RosterBackend(Service):
         """
         return self.state.clientsDoubted(username, version)
 
-    def answeredVersion(self, username: str, version: str) -> None:
+    def answered(self, username: str, resource: str, roster: Roster) -> None:
         """
-        A client was answered with C{version}: if the server holds that
+        A client was answered C{roster}: it holds it from now on
+        (L{IRosterSync.answered}).  If the server holds that
         roster (read back or written in this run, and recorded since) and
         no client of the user is in doubt, let the server answer the
         user's next queries itself, from its store: then what it answers
@@ -213,6 +203,8 @@ class RosterBackend(Service):
         which ends the promise; a failed write revokes it
         (L{_markUnsynced}).
         """
+        self.sync.answered(username, resource, roster)
+        version = roster.version
         if (self._verified.get(username) == version and self.state.serverVersion(username) == version
                 and username not in self.unsynced and username not in self.refused
                 and not self.clientsMayDiffer(username, version)):
@@ -235,7 +227,7 @@ class RosterBackend(Service):
         if stored is not None:
             # The clients hold the cached roster, but for the subscriptions
             # the server told them.
-            self._pushChanges(username, roster, roster, stored.notBoth)
+            self.sync.push(username, roster, roster, stored.notBoth)
 
     def _loadForClient(self, username: str) -> Deferred[Roster]:
         """
@@ -424,7 +416,9 @@ class RosterBackend(Service):
         if held is not None and held.roster.contacts:
             # The server may have answered the user's clients from what it
             # stored (a promise of an earlier run): they hold that.
-            self._pushChanges(username, held.roster, roster, held.notBoth)
+            self.sync.push(username, held.roster, roster, held.notBoth)
+        else:
+            self.sync.push(username, None, roster, frozenset())
         return roster
 
     async def _fetchWithStored(self, username: str, urgent: bool = True,
@@ -511,7 +505,7 @@ class RosterBackend(Service):
         if roster is not None and username in self.unsynced:
             stored = await self._writeToServer(username, roster, urgent=False)
             if stored is not None:
-                self._pushChanges(username, stored.roster, roster, stored.notBoth)
+                self.sync.push(username, stored.roster, roster, stored.notBoth)
 
     async def _refreshOne(self, username: str, verify: bool = False) -> None:
         """
@@ -529,28 +523,19 @@ class RosterBackend(Service):
         except SyncFailed as e:
             stored, refused = None, e
         previous = self.cache.put(username, roster)
-        # What the user's clients hold: what the server held, where it was
-        # read (our last answer, or what the server changed since and told
-        # them, as Prosody does for a subscription presence: those items
-        # are pushed again); else our last answer.
+        # What the user's clients hold, where no view of theirs is known:
+        # what the server held, where it was read (our last answer, or what
+        # the server changed since and told them, as Prosody does for a
+        # subscription presence: those items are pushed again); else our
+        # last answer.
         if stored is not None:
-            self._pushChanges(username, stored.roster, roster, stored.notBoth)
+            self.sync.push(username, stored.roster, roster, stored.notBoth)
         else:
-            self._pushChanges(username, previous, roster)
+            self.sync.push(username, previous, roster, frozenset())
         self.log.info("refreshed {user}: {contacts} contacts", user=username, contacts=len(roster),
                       outcome="ok" if refused is None else "not stored")
         if refused is not None:
             raise refused
-
-    def _pushChanges(self, username: str, clientsHad: Roster | None, roster: Roster,
-                     rewrite: frozenset[str] = frozenset()) -> None:
-        """
-        Push to the user's online clients what changed since C{clientsHad},
-        and the contacts in C{rewrite} again (their subscription was not
-        C{both}).
-        """
-        if clientsHad is not None and (clientsHad != roster or rewrite):
-            self.sync.push(username, clientsHad, roster, rewrite)
 
     async def _writeToServer(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None = None,
                              *, urgent: bool, report: bool = False, verify: bool = False) -> StoredRoster | None:

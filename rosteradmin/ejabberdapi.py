@@ -243,7 +243,8 @@ class EjabberdAPISync(Service):
     def hurry(self, username: str) -> None:
         self._slots.promote(username)
 
-    def push(self, username: str, before: Roster, after: Roster, rewrite: frozenset[str] = frozenset()) -> int:
+    def push(self, username: str, before: Roster | None, after: Roster,
+             rewrite: frozenset[str] = frozenset()) -> int:
         """
         Nothing to send: ejabberd pushed each change to the user's online
         clients when it was written (C{mod_roster}'s
@@ -253,6 +254,17 @@ class EjabberdAPISync(Service):
             self._toldNoPush = True
             self.log.info("roster changes are pushed by ejabberd itself, as each API write is stored")
         return 0
+
+    def answered(self, username: str, resource: str, roster: Roster) -> None:
+        """
+        Nothing to follow: ejabberd pushes to its clients itself.
+        """
+
+    def putBack(self, username: str, resource: str, jids: frozenset[str]) -> None:
+        """
+        Nothing to put back from here: ejabberd's clients are pushed by
+        ejabberd alone.
+        """
 
     def promiseCurrent(self, username: str, version: str) -> None:
         """

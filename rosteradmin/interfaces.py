@@ -88,12 +88,12 @@ class IRosterBackend(IServerObserver):
         @return: Deferred firing with a L{rosteradmin.backend.RefreshSummary}.
         """
 
-    def putBack(username: str, jids: frozenset[str]) -> None:
+    def putBack(username: str, resource: str, jids: frozenset[str]) -> None:
         """
-        A roster set naming these bare JIDs was refused: push the user's
-        clients the web app's items for them (a removal for those it does
-        not list), so that a client which showed the edit as done shows
-        the roster again.
+        A roster set naming these bare JIDs, sent by this resource (a full
+        JID), was refused: push it the web app's items for them (a removal
+        for those it does not list), so that a client which showed the
+        edit as done shows the roster again.
         """
 
     def clientsMayDiffer(username: str, version: str) -> bool:
@@ -109,11 +109,12 @@ class IRosterBackend(IServerObserver):
         pushes, what differs from the cache; no web-app fetch.
         """
 
-    def answeredVersion(username: str, version: str) -> None:
+    def answered(username: str, resource: str, roster: Roster) -> None:
         """
-        A client was just answered with this roster version: if the server
-        stores exactly that roster, let it answer the user's next queries
-        itself (L{IRosterSync.promiseCurrent}).
+        A client (C{resource}, a full JID) was just answered C{roster}, in
+        full or as current: it holds it, and wants pushes from now on.  If
+        the server stores exactly that roster, let it answer the user's
+        next queries itself (L{IRosterSync.promiseCurrent}).
         """
 
     limit: StanzaLimit = Attribute("The L{rosteradmin.stanzalimit.StanzaLimit} of the server.")
@@ -183,14 +184,28 @@ class IRosterSync(Interface):
         background reads and writes urgent.
         """
 
-    def push(username: str, before: Roster, after: Roster, rewrite: frozenset[str]) -> int:
+    def push(username: str, before: Roster | None, after: Roster, rewrite: frozenset[str]) -> int:
         """
-        Push to every online client of the user what changed from the
-        roster C{before} to C{after} (fire and forget), each push with the
-        version of the roster once it is applied, and the contacts of
-        C{rewrite} (bare JIDs) again, unchanged, with C{both}.
+        The user's roster is now C{after}: bring each of the user's
+        interested clients to it (fire and forget), each push with the
+        version of the roster once it is applied, and push the contacts of
+        C{rewrite} (bare JIDs) again, unchanged, with C{both}.  Called after
+        every load or refresh, changed or not: a client whose view is not
+        known yet is taken to hold C{before} (C{None}: C{after}).
 
-        @return: The number of pushes sent.
+        @return: The number of pushes sent or queued.
+        """
+
+    def answered(username: str, resource: str, roster: Roster) -> None:
+        """
+        A client (C{resource}, a full JID) was answered C{roster}: it
+        holds it, and wants pushes from now on.
+        """
+
+    def putBack(username: str, resource: str, jids: frozenset[str]) -> None:
+        """
+        This client's roster set naming these contacts was refused, and it
+        may show its edit: push it the roster's items for them.
         """
 
     def promiseCurrent(username: str, version: str) -> None:

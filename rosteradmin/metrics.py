@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from twisted.web import server
 
+from rosteradmin.devices import DeviceViews
 from rosteradmin.fullsync import SyncProgress
 from rosteradmin.interfaces import IConnectionStatus, IRosterBackend
 from rosteradmin.web import JsonLeaf
@@ -58,13 +59,15 @@ class Metrics(Collector):
                  answered: Callable[[], int], kicks: Mapping[str, int],
                  onlineResources: Callable[[], int], queriesRefused: Callable[[], int],
                  currentSync: Callable[[], SyncProgress | None],
-                 onlineChecked: Callable[[], int] = lambda: 0) -> None:
+                 onlineChecked: Callable[[], int] = lambda: 0, devices: DeviceViews | None = None) -> None:
         """
         @param kicks: Kicks by HTTP status, as the kick resource counts them.
+        @param devices: What the users' devices are pushed, if followed.
         @param onlineChecked: How many server rosters of online users the
             online check has read back (L{rosteradmin.onlinecheck}).
         """
         self.onlineChecked = onlineChecked
+        self.devices = devices
         self.backend = backend
         self.queriesRefused = queriesRefused
         self.currentSync = currentSync
@@ -143,8 +146,17 @@ class Metrics(Collector):
         yield GaugeMetricFamily("rosteradmin_connected", "1 while connected to the XMPP server",
                                 1 if self.status.connected else 0)
         yield GaugeMetricFamily("rosteradmin_online_resources",
-                                "Clients known online (from presence), the targets of roster pushes",
+                                "Clients known online (from presence)",
                                 self.onlineResources())
+        if self.devices is not None:
+            yield GaugeMetricFamily("rosteradmin_interested_resources",
+                                    "Clients pushed roster changes (they sent presence or asked for their roster)",
+                                    self.devices.resources())
+            yield CounterMetricFamily("rosteradmin_roster_pushes", "Roster pushes sent to clients",
+                                      self.devices.pushes)
+            yield CounterMetricFamily("rosteradmin_devices_given_up",
+                                      "Clients given up with roster pushes unanswered (answered in full next time)",
+                                      self.devices.givenUp)
 
 
 class MetricsResource(JsonLeaf):

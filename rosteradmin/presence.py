@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.test_privilege,tests.test_component -*-
 """
 Who is online, from the presences the server shares with us (XEP-0356
-C{presence} permission, C{managed_entity}): the targets of roster pushes,
-the users whose rosters stay cached, and the users whose roster to load
-before their clients ask.
+C{presence} permission, C{managed_entity}): the users whose rosters stay
+cached, and the users whose roster to load before their clients ask; and
+which sessions want roster pushes (L{rosteradmin.devices}), from those
+presences and from the notices of contrib's mod_rosteradmin_roster about
+sessions it answered itself.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
+from rosteradmin.devices import DeviceViews
 from rosteradmin.interfaces import IServerObserver
 from rosteradmin.stanzas import findChild, markHandled, parseJID
 
 NS_DELAY = "urn:xmpp:delay"
+
+#: contrib/prosody/mod_rosteradmin_roster.lua's notices, sent from a user's
+#: session to us: it answered the session's roster get itself
+#: (C{<answered ver='...'/>}), or the session ended (C{<ended/>}).
+NS_SESSION_NOTICE = "urn:x-rosteradmin:session:0"
 
 
 class PresenceTracker(XMPPHandler):
@@ -29,21 +37,45 @@ class PresenceTracker(XMPPHandler):
 
     observer: IServerObserver
 
-    def __init__(self, domain: str) -> None:
+    def __init__(self, domain: str, devices: DeviceViews) -> None:
         """
         @param domain: The only domain whose users' presences are tracked.
+        @param devices: Told of each resource coming and going.
         """
         super().__init__()
         self.domain = domain
+        self.devices = devices
         self.online: dict[str, set[str]] = {}
 
     def connectionMade(self) -> None:
         # Current presences arrive in the handshake's read.
         self.xmlstream.addObserver("/presence", self._onPresence, priority=-1)
+        self.xmlstream.addObserver(f"/message/*[@xmlns='{NS_SESSION_NOTICE}']", self._onSessionNotice)
+
+    def connectionInitialized(self) -> None:
+        self.devices.connectionInitialized()
 
     def connectionLost(self, reason: Failure) -> None:
         # The server sends current presences again after every reconnect.
         self.online = {}
+        self.devices.connectionLost()
+
+    def _onSessionNotice(self, message: domish.Element) -> None:
+        """
+        A notice of contrib's mod_rosteradmin_roster about a user's
+        session: it answered the session's roster get (the session wants
+        pushes, though it may send no presence), or the session ended.
+        Only the user's own server can send it from the user's full JID.
+        """
+        sender = parseJID(message.getAttribute("from"))
+        if sender is None or sender.host != self.domain or not sender.user or not sender.resource:
+            return
+        markHandled(message)
+        notice = findChild(message, "answered", (NS_SESSION_NOTICE,))
+        if notice is not None:
+            self.devices.answeredByServer(sender.user, sender.full(), notice.getAttribute("ver", ""))
+        elif findChild(message, "ended", (NS_SESSION_NOTICE,)) is not None:
+            self.devices.unavailable(sender.user, sender.full())
 
     def isOnline(self, username: str) -> bool:
         """
@@ -73,6 +105,7 @@ class PresenceTracker(XMPPHandler):
             resources = self.online.setdefault(username, set())
             first = not resources
             resources.add(full)
+            self.devices.available(username, full)
             if first and self.isReplayed(presence):
                 self.observer.catchUp(username)
             elif first:
@@ -82,6 +115,7 @@ class PresenceTracker(XMPPHandler):
             resources.discard(full)
             if not resources:
                 self.online.pop(username, None)
+            self.devices.unavailable(username, full)
 
     def isReplayed(self, presence: domish.Element) -> bool:
         """

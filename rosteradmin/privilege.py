@@ -7,7 +7,8 @@ Every privileged request (reads, writes and pushes) shares one bound of
 requests in flight (L{PrioritySlots}: urgent first, a few per user,
 background work paced by the server's latency).  What the server granted
 is L{rosteradmin.permissions}' job, who is online
-L{rosteradmin.presence}'s, the pushes L{rosteradmin.pushes}'.
+L{rosteradmin.presence}'s, what devices show and the pushes
+L{rosteradmin.devices}'.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rosteradmin.interfaces import IConnectionStatus, IRosterSync, IServerObserv
 from rosteradmin.pacing import LatencyPacer
 from rosteradmin.permissions import Permissions, PermissionTracker
 from rosteradmin.presence import PresenceTracker
-from rosteradmin.pushes import RosterPusher
+from rosteradmin.devices import DeviceViews
 from rosteradmin.slots import PrioritySlots
 from rosteradmin.stanzalimit import WRAPPER_BYTES, StanzaLimit
 from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff
@@ -130,7 +131,7 @@ class PrivilegeHandler(XMPPHandler):
     """
     Reads and writes users' stored rosters within the bound of privileged
     requests, parks the writes of users whose writes keep coinciding with
-    stream losses, and pushes changes (L{RosterPusher}) within the same
+    stream losses, and sends the pushes of L{DeviceViews} within the same
     bound.
 
     @ivar grants: What the server granted on this connection.
@@ -147,6 +148,7 @@ class PrivilegeHandler(XMPPHandler):
         status: IConnectionStatus,
         grants: PermissionTracker,
         presence: PresenceTracker,
+        devices: DeviceViews,
         clock: IReactorTime,
         timeout: float,
         limit: StanzaLimit,
@@ -155,6 +157,7 @@ class PrivilegeHandler(XMPPHandler):
         """
         @param domain: The users' domain: requests go to their bare JIDs.
         @param status: Whether we are connected.
+        @param devices: What each device shows: changes are pushed there.
         @param clock: Time for parked users' retries.
         @param latencyTarget: The reply latency background writes may push
             the server to (see L{rosteradmin.pacing}).
@@ -175,7 +178,7 @@ class PrivilegeHandler(XMPPHandler):
         self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS, perKey=PER_USER_IN_FLIGHT,
                                    now=clock.seconds)
         self.pacer = LatencyPacer(self._sync, clock, latencyTarget)
-        self.pusher = RosterPusher(status, grants, presence, self._pushRequest)
+        self.devices = devices
         self._writing: Counter[str] = Counter()
         self._strikes: Counter[str] = Counter()
         self.parked: dict[str, str] = {}
@@ -213,7 +216,6 @@ class PrivilegeHandler(XMPPHandler):
 
     def connectionLost(self, reason: Failure) -> None:
         self._strike(sorted(self._writing))
-        self.pusher.connectionLost()
         self.bulk = None  # the server may have been reconfigured meanwhile
         self._promised.clear()
 
@@ -254,6 +256,7 @@ class PrivilegeHandler(XMPPHandler):
         # The write ends the server's promise: the same version may be
         # promised again once it is stored.
         self._promised.pop(username, None)
+        self.devices.changing(username, frozenset(c.jid for c in diff.changed) | frozenset(diff.removed))
         if self.bulk is False:
             return self._writeEach(username, diff, urgent)
         chunks = bulkChunks(diff, self.limit.maxBytes - WRAPPER_BYTES)
@@ -428,6 +431,7 @@ class PrivilegeHandler(XMPPHandler):
         for call in calls.values():
             if call.active():
                 call.cancel()
+        self.devices.stop()
 
     def _unpark(self, username: str) -> None:
         """
@@ -492,17 +496,25 @@ class PrivilegeHandler(XMPPHandler):
         error = failure.value
         return failure if not isinstance(error, StanzaError) or error.condition != "item-not-found" else None
 
-    def push(self, username: str, before: Roster, after: Roster, rewrite: frozenset[str] = frozenset()) -> int:
+    def push(self, username: str, before: Roster | None, after: Roster,
+             rewrite: frozenset[str] = frozenset()) -> int:
         """
-        Push what changed to the user's online clients (L{RosterPusher}),
-        unless the user's writes are parked: its data may be what makes the
-        server close the stream.
+        Bring the user's devices to C{after} (L{DeviceViews.update}),
+        unless the user's writes are parked: its data may be what makes
+        the server close the stream.
         """
         if username in self.parked:
             return 0
-        return self.pusher.push(username, before, after, rewrite)
+        return self.devices.update(username, before, after, rewrite)
 
-    def _pushRequest(self, username: str, payload: str) -> Deferred[domish.Element]:
+    def answered(self, username: str, resource: str, roster: Roster) -> None:
+        self.devices.asked(username, resource, roster)
+
+    def putBack(self, username: str, resource: str, jids: frozenset[str]) -> None:
+        if username not in self.parked:
+            self.devices.edited(username, resource, jids)
+
+    def pushRequest(self, username: str, payload: str) -> Deferred[domish.Element]:
         """
         One push, within the bound of privileged requests as background
         work (a refresh's).

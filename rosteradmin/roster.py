@@ -215,10 +215,12 @@ class RosterStep(NamedTuple):
     @ivar item: The C{<item/>} XML, with C{subscription='both'} or
         C{'remove'}.
     @ivar version: The roster version after this step (RFC 6121 §2.6.3).
+    @ivar jid: The contact's bare JID.
     """
 
     item: str
     version: str
+    jid: str
 
 
 def diffSteps(old: Roster, new: Roster, rewrite: frozenset[str] = frozenset()) -> tuple[RosterStep, ...]:
@@ -240,16 +242,16 @@ def diffSteps(old: Roster, new: Roster, rewrite: frozenset[str] = frozenset()) -
     for contact in diff.changed:
         previous = before.get(contact.jid)
         total += _contactDigest(contact) - (_contactDigest(previous) if previous is not None else 0)
-        steps.append(RosterStep(contact.toXML("both"), _version(total % _DIGEST_MODULUS)))
+        steps.append(RosterStep(contact.toXML("both"), _version(total % _DIGEST_MODULUS), contact.jid))
     for jid in diff.removed:
         total -= _contactDigest(before[jid])
-        steps.append(RosterStep(Contact(jid, None, ()).toXML("remove"), _version(total % _DIGEST_MODULUS)))
+        steps.append(RosterStep(Contact(jid, None, ()).toXML("remove"), _version(total % _DIGEST_MODULUS), jid))
     changed = {c.jid for c in diff.changed}
     for contact in new.contacts:
         if contact.jid in rewrite and contact.jid not in changed:
             # Unchanged here, but the client was told another subscription
             # (the server applied a subscription presence): say both again.
-            steps.append(RosterStep(contact.toXML("both"), new.version))
+            steps.append(RosterStep(contact.toXML("both"), new.version, contact.jid))
     return tuple(steps)
 
 

@@ -194,7 +194,7 @@ class RosterServer(XMPPHandler):
             # The put-back costs pushes: within the user's query bounds only.
             if self.gate.admit(username):
                 try:
-                    self.backend.putBack(username, setItems(iq))
+                    self.backend.putBack(username, requester.full(), setItems(iq))
                 finally:
                     self.gate.done(username)
             raise QueryRefused("not-allowed", "cancel", SET_REFUSED_TEXT)
@@ -202,13 +202,14 @@ class RosterServer(XMPPHandler):
             self.log.debug("roster query {user} refused: too many at once", user=username)
             raise QueryRefused("resource-constraint", "wait", TOO_MANY_TEXT)
         try:
-            return await self._serve(username, iq, started)
+            return await self._serve(username, requester.full(), iq, started)
         finally:
             self.gate.done(username)
 
-    async def _serve(self, username: str, iq: domish.Element, started: float) -> str:
+    async def _serve(self, username: str, resource: str, iq: domish.Element, started: float) -> str:
         """
-        The roster payload for an admitted query.
+        The roster payload for an admitted query from C{resource} (a full
+        JID).
         """
         query = iq.query
         clientVersion = query.getAttribute("ver") if query is not None else None
@@ -227,7 +228,7 @@ class RosterServer(XMPPHandler):
                 self.log.warn("roster query {user} refused: {why}", user=username, why=refusal)
                 raise QueryRefused("resource-constraint", "cancel", TOO_LARGE_TEXT.format(count=len(roster)))
             outcome, payload = "served", roster.queryXML()
-        self.backend.answeredVersion(username, roster.version)
+        self.backend.answered(username, resource, roster)
         self.log.debug("roster query {user} → {outcome} in {elapsed:.3f}s",
                        user=username, outcome=outcome, elapsed=time.monotonic() - started)
         return payload

@@ -3,14 +3,18 @@
 What rosteradmin must remember across restarts, in SQLite.
 
 The web app owns the rosters and the server stores them; rosteradmin holds
-only two facts of its own, and both must survive a crash:
+only three facts of its own, and all must survive a crash:
 
 - for each user, the version (digest) of the roster the server was last
   made to hold: a login whose web-app roster has that version needs no
   privileged read or write, the cheap path;
 - the users whose server roster may be behind the web app: refreshes
   accepted and not finished, and writes that failed.  After a crash, or a
-  restart, they are finished without the web app asking again.
+  restart, they are finished without the web app asking again;
+- the contacts whose roster pushes some online device of their user has
+  not answered yet (L{rosteradmin.devices}): after a crash mid-refresh the
+  server is current, so nothing else would push them again to the devices
+  still online.
 
 Losing the file loses no data: every user is then unknown, and the next
 full sync (or each user's next login) reads and rewrites the server's
@@ -41,6 +45,13 @@ CREATE TABLE IF NOT EXISTS pending (
 CREATE TABLE IF NOT EXISTS doubted_clients (
     username TEXT PRIMARY KEY,
     version TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unpushed (
+    username TEXT NOT NULL,
+    jid TEXT NOT NULL,
+    version TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (username, jid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -194,3 +205,37 @@ class SyncState:
         Users whose server roster version is known.
         """
         return int(self._db.execute("SELECT count(*) FROM server_rosters").fetchone()[0])
+
+    def addUnpushed(self, username: str, jids: Iterable[str], version: str) -> None:
+        """
+        Pushes of these contacts of C{username}, toward the roster of
+        C{version} (C{""}: not sent yet), are on their way to some of the
+        user's devices.
+        """
+        now = time.time()
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO unpushed VALUES (?, ?, ?, ?)",
+                                 ((username, jid, version, now) for jid in jids))
+
+    def unpushed(self, username: str) -> frozenset[str]:
+        """
+        The contacts of C{username} whose pushes are not known to have
+        reached every device (L{addUnpushed}).
+        """
+        return frozenset(row[0] for row in self._db.execute("SELECT jid FROM unpushed WHERE username = ?",
+                                                             (username,)))
+
+    def unpushedVersions(self) -> dict[str, str]:
+        """
+        The users with unpushed contacts, each with the version of the
+        roster its latest pushes were bringing its devices to.
+        """
+        rows = self._db.execute("SELECT username, version FROM unpushed ORDER BY version != '', since")
+        return dict(rows)
+
+    def pushed(self, username: str) -> None:
+        """
+        Every device of C{username} holds what it was pushed, or none is
+        left online.
+        """
+        self._db.execute("DELETE FROM unpushed WHERE username = ?", (username,))

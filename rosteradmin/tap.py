@@ -49,6 +49,7 @@ from rosteradmin.cache import RosterCache
 from rosteradmin.component import ConnectionMonitor, RosterComponent
 from rosteradmin.config import SETTINGS, Config, ConfigError, buildConfig
 from rosteradmin.delegation import DelegationHandler
+from rosteradmin.devices import DeviceViews
 from rosteradmin.disco import DiscoHandler
 from rosteradmin.ejabberdapi import EjabberdAPISync
 from rosteradmin.fairness import QueryGate
@@ -357,9 +358,12 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     )
     status = ConnectionMonitor(clock, config.keepalive_interval)
     grants = PermissionTracker(config.domain, status)
-    presence = PresenceTracker(config.domain)
-    privileges = PrivilegeHandler(config.domain, status, grants, presence, clock, config.iq_timeout, limit,
-                                  config.sync_latency_target)
+    state = state if state is not None else SyncState()
+    devices = DeviceViews(status, grants, state, clock)
+    presence = PresenceTracker(config.domain, devices)
+    privileges = PrivilegeHandler(config.domain, status, grants, presence, devices, clock, config.iq_timeout,
+                                  limit, config.sync_latency_target)
+    devices.sendThrough(privileges.pushRequest)
     # An online user's roster is what its clients hold: it stays cached.
     cache = RosterCache(config.cache_max_contacts, pinned=presence.isOnline)
     sync = chooseRosterSync(config, privileges, clock)
@@ -449,7 +453,7 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
     metrics = Metrics(parts.backend, comp.status, parts.fetchLatency, lambda: comp.rosterServer.answered,
                       kickOutcomes, lambda: sum(len(resources) for resources in comp.privileges.online.values()),
                       lambda: comp.rosterServer.gate.refusedCount, lambda: fullSync.current,
-                      lambda: onlineCheck.checked if onlineCheck is not None else 0)
+                      lambda: onlineCheck.checked if onlineCheck is not None else 0, comp.privileges.devices)
     return buildRoot(
         parts.backend, comp.status, None if config.no_kick else comp.kicker,
         config.refresh_authorization, config.kick_authorization, kickOutcomes, metrics, fullSync, drain,

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from rosteradmin.component import ConnectionMonitor
 from rosteradmin.config import Config
+from rosteradmin.devices import DeviceViews
 from rosteradmin.permissions import PermissionTracker
 from rosteradmin.presence import PresenceTracker
 from rosteradmin.privilege import PrivilegeHandler
@@ -116,14 +117,24 @@ class WebApp(Resource):
             request.finish()
 
 
+def standalonePrivileges(status: ConnectionMonitor) -> PrivilegeHandler:
+    """
+    A privilege handler with its own trackers, on no stream yet.
+    """
+    grants, clock = PermissionTracker(DOMAIN, status), Clock()
+    devices = DeviceViews(status, grants, SyncState(), clock)
+    handler = PrivilegeHandler(DOMAIN, status, grants, PresenceTracker(DOMAIN, devices), devices, clock, 5.0,
+                               StanzaLimit())
+    devices.sendThrough(handler.pushRequest)
+    return handler
+
+
 def offlineSync() -> PrivilegeHandler:
     """
     The L{IRosterSync} of a component that never connects: the backend
     cannot write into the server, and remembers its users as unsynced.
     """
-    status = ConnectionMonitor(Clock(), 30.0)
-    return PrivilegeHandler(DOMAIN, status, PermissionTracker(DOMAIN, status), PresenceTracker(DOMAIN), Clock(),
-                            5.0, StanzaLimit())
+    return standalonePrivileges(ConnectionMonitor(Clock(), 30.0))
 
 
 def makeConfig(**overrides: Any) -> Config:

@@ -30,7 +30,12 @@ def bulkServer(iq: domish.Element) -> str | None:
 
 
 def sets(sent: list[Any]) -> list[Any]:
-    return [s for s in sent if s.name == "iq" and s["type"] == "set" and s["to"] == "alice@example.org"]
+    """
+    The roster writes among C{sent}: iq sets to alice but for the pushes
+    to her client (privileged iqs).
+    """
+    return [s for s in sent if s.name == "iq" and s["type"] == "set" and s["to"] == "alice@example.org"
+            and s.firstChildElement().name != "privileged_iq"]
 
 
 def test_chunksFitTheBudget() -> None:

@@ -18,11 +18,8 @@ from rosteradmin.ejabberdapi import EjabberdAPISync
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend, IRosterSync
 from rosteradmin.muc import RoomKicker
-from rosteradmin.permissions import PermissionTracker
-from rosteradmin.presence import PresenceTracker
 from rosteradmin.privilege import PrivilegeHandler
-from rosteradmin.stanzalimit import StanzaLimit
-from tests.helpers import DOMAIN, ComponentOnWire, offlineSync
+from tests.helpers import DOMAIN, ComponentOnWire, offlineSync, standalonePrivileges
 
 IMPLEMENTATIONS: list[tuple[type[Interface], type]] = [
     (IRosterBackend, RosterBackend),
@@ -82,7 +79,6 @@ def test_standaloneHandlersProvideInterfaces() -> None:
     """
     status = ConnectionMonitor(Clock(), 30.0)
     assert verifyObject(IConnectionStatus, status)
-    assert verifyObject(IRosterSync, PrivilegeHandler(DOMAIN, status, PermissionTracker(DOMAIN, status),
-                                                      PresenceTracker(DOMAIN), Clock(), 5.0, StanzaLimit()))
+    assert verifyObject(IRosterSync, standalonePrivileges(status))
     assert verifyObject(IRosterSync, EjabberdAPISync("http://127.0.0.1:5281/api", DOMAIN, Clock()))
     assert verifyObject(IRoomKicker, RoomKicker(f"rosteradmin.{DOMAIN}", status, Clock(), 5.0, "rosteradmin"))

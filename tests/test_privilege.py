@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from rosteradmin import roster as rostermodule
+from rosteradmin.component import ConnectionMonitor
 from rosteradmin.interfaces import IServerObserver
 from rosteradmin.presence import PresenceTracker
 from rosteradmin.roster import EMPTY_ROSTER, Contact, Roster, diffRosters, diffSteps
-from tests.helpers import parseXML
+from tests.helpers import parseXML, standalonePrivileges
 
 
 def applied(old: Roster, items: list[str]) -> Roster:
@@ -144,7 +146,7 @@ def presenceHandler() -> tuple[PresenceTracker, list[str], list[str]]:
     """
     cameOnline: list[str] = []
     wasOnline: list[str] = []
-    handler = PresenceTracker("example.org")
+    handler = standalonePrivileges(ConnectionMonitor(Clock(), 30.0)).presence
     handler.observer = _Observer(cameOnline.append, wasOnline.append)
     return handler, cameOnline, wasOnline
 

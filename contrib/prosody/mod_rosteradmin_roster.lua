@@ -34,6 +34,15 @@
 -- again.  rosteradmin_answer_rosters = false turns it off.  A query with
 -- ver and no items only records the promise (nothing is saved).
 --
+-- A session whose roster get this module answered, and that sent no
+-- presence yet, wants roster pushes all the same (RFC 6121 2.1.6), but
+-- rosteradmin never saw it ask: the module tells it, once per session, with
+-- a message from the session's full JID to the entity that promised,
+--   <message from='alice@example.org/phone' to='roster.example.org'>
+--     <answered xmlns='urn:x-rosteradmin:session:0' ver='...'/></message>
+-- and, when that session ends, <ended xmlns='urn:x-rosteradmin:session:0'/>
+-- (a session that sent presence is followed through mod_privilege).
+--
 -- Load it on the VirtualHost whose rosters rosteradmin manages, next to
 -- mod_privilege:
 --     modules_enabled = { "privilege"; "delegation"; "rosteradmin_roster"; ... }
@@ -54,12 +63,13 @@ local rostermanager = require "core.rostermanager";
 local usermanager = require "core.usermanager";
 
 local xmlns = "urn:x-rosteradmin:roster:0";
+local xmlns_session = "urn:x-rosteradmin:session:0";
 local granted = { set = true; both = true };
 local read_size = module:get_option_number("rosteradmin_component_read_size", 64 * 1024);
 local answer_rosters = module:get_option_boolean("rosteradmin_answer_rosters", true);
 
 -- username -> { ver = rosteradmin's version, stored = the stored roster's
--- version when rosteradmin gave it }
+-- version when rosteradmin gave it, by = the JID of the entity that gave it }
 local current = {};
 
 module:add_feature(xmlns);
@@ -143,7 +153,7 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 		local stored = roster[false] and roster[false].version;
 		-- mod_groups sets the version to true, and saves no longer change
 		-- it: nothing could end the promise.
-		current[username] = type(stored) == "number" and { ver = ver; stored = stored } or nil;
+		current[username] = type(stored) == "number" and { ver = ver; stored = stored; by = origin.host } or nil;
 	end
 	origin.send(st.reply(stanza));
 	return true;
@@ -193,8 +203,22 @@ module:hook("iq/bare", function(event)
 	else
 		origin.send(roster_result(stanza, roster, promise.ver));
 	end
+	if not origin.presence and not origin.rosteradmin_told then
+		-- rosteradmin follows sessions with presence through mod_privilege.
+		origin.rosteradmin_told = promise.by;
+		module:send(st.message({ from = origin.full_jid; to = promise.by })
+			:tag("answered", { xmlns = xmlns_session; ver = promise.ver }));
+	end
 	return true;
 end, 2^32 + 1);
+
+module:hook("resource-unbind", function(event)
+	local session = event.session;
+	if session.rosteradmin_told then
+		module:send(st.message({ from = session.full_jid; to = session.rosteradmin_told })
+			:tag("ended", { xmlns = xmlns_session }));
+	end
+end);
 
 -- ver='' to this host: every promise ends (rosteradmin restarted without
 -- knowing what the server stores).

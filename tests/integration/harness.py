@@ -252,6 +252,12 @@ class XMPPTestClient:
     @ivar presences: Every presence received.
     @ivar messages: Every message received.
     @ivar pushes: Every roster push received.
+    @ivar view: The roster this client shows, as a real client keeps it:
+        the last whole roster it was answered, with every push since
+        applied (bare JID to name and sorted groups); C{None} before any.
+    @ivar viewVersion: The version of the last roster answer or push.
+    @ivar answerPushes: Whether roster pushes are answered (a client
+        that drops off the network answers none).
     @ivar transcript: Every stanza sent (C{"SEND <xml>"}) and received
         (C{"RECV <xml>"}), for reports.
     """
@@ -264,6 +270,9 @@ class XMPPTestClient:
         self.presences: list[domish.Element] = []
         self.messages: list[domish.Element] = []
         self.pushes: list[domish.Element] = []
+        self.view: dict[str, tuple[str | None, list[str]]] | None = None
+        self.viewVersion: str | None = None
+        self.answerPushes = True
         self.transcript: list[str] = []
         self._responses: dict[str, defer.Deferred[domish.Element]] = {}
         self._waiters: list[_Waiter] = []
@@ -475,6 +484,10 @@ class XMPPTestClient:
                     waiter.deferred.callback(found)
 
     def _onResponse(self, iq: domish.Element) -> None:
+        query = iq.firstChildElement()
+        if iq["type"] == "result" and query is not None and (query.uri, query.name) == (NS_ROSTER, "query"):
+            self.view = {}
+            self._apply(query)
         d = self._responses.pop(iq.getAttribute("id", ""), None)
         if d is not None:
             d.callback(iq)
@@ -483,9 +496,25 @@ class XMPPTestClient:
         query = iq.firstChildElement()
         if iq["type"] == "set" and query is not None and (query.uri, query.name) == (NS_ROSTER, "query"):
             self.pushes.append(iq)
-            self.send(xmlstream.toResponse(iq, "result"))
+            if self.view is not None:
+                self._apply(query)
+            if self.answerPushes:
+                self.send(xmlstream.toResponse(iq, "result"))
         else:
             self.send(error.StanzaError("service-unavailable").toResponse(iq))
+
+    def _apply(self, query: domish.Element) -> None:
+        """
+        Apply a roster result's or push's items to L{view}.
+        """
+        assert self.view is not None
+        for item in query.elements(NS_ROSTER, "item"):
+            if item.getAttribute("subscription") == "remove":
+                self.view.pop(item["jid"], None)
+            else:
+                self.view[item["jid"]] = (item.getAttribute("name"),
+                                          sorted(str(g) for g in item.elements() if g.name == "group"))
+        self.viewVersion = query.getAttribute("ver", self.viewVersion)
 
     def _onLost(self, reason: Failure) -> None:
         self.connected = False

@@ -1,0 +1,491 @@
+# -*- test-case-name: tests.test_devices,tests.test_component,tests.test_putback -*-
+"""
+What each of a user's devices shows, and the roster pushes (RFC 6121
+§2.1.6) that bring it to the web app's roster.  Pushes are sent for the
+user's bare JID as XEP-0356 C{<privileged_iq>}s: Prosody pushes nothing
+itself while C{jabber:iq:roster} is delegated.
+
+The model converges as the server's store does.  Every interested resource
+(one that sent available presence, or asked for its roster: RFC 6121
+§2.1.6 counts both, and §2.2 says clients should ask first) has a view: the
+roster it is believed to hold, and the contacts whose state on it is not
+known ("dirty").  A change moves only the user's target.  One batch of
+pushes at a time goes to a resource, from its view to the target of that
+moment, and whatever changes meanwhile is pushed by the next batch, from
+where the first left it.  So pushes to one resource coalesce to the latest
+state: what is queued is bounded by resources and roster sizes, not by the
+number of changes or refused edits.
+
+Each push has an iq id of its own: Prosody's mod_privilege refuses a
+privileged iq whose id is that of one still unanswered, and copies of one
+push for several devices shared one before.  A failed push leaves the
+contacts of its batch dirty: they are pushed again, after a pause, and a
+device that keeps failing, or leaves before its pushes are answered, is
+given up.  It may then hold a version whose contents it lacks (it applied a
+later push of the batch and missed an earlier one): that version is doubted
+(L{SyncState.doubtClients}), so the device's next query with it gets the
+whole roster.  The contacts of every batch are kept in the state until all
+the user's devices answered them: after a crash mid-refresh the server is
+current and nothing else would push them, so the devices still online are
+pushed them again once the server replays their presence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.xish import domish
+
+from rosteradmin.interfaces import IConnectionStatus
+from rosteradmin.permissions import NS_PRIVILEGE_2, PermissionTracker
+from rosteradmin.roster import NS_ROSTER, Contact, Roster, diffSteps
+from rosteradmin.stanzas import NS_CLIENT, iqXML
+from rosteradmin.state import SyncState
+
+#: Failed batches in a row after which a device is given up.
+MAX_FAILURES = 3
+
+#: Seconds before a failed batch is tried again, doubling each time.
+RETRY_DELAY = 2.0
+
+#: Seconds after our stream is back by which the server has replayed the
+#: available presences: a device set aside at the loss and not replayed
+#: went offline meanwhile.
+REPLAY_GRACE = 30.0
+
+#: Most devices of one user that asked for the roster without sending
+#: presence: nothing tells us when such a session ends (without contrib's
+#: mod_rosteradmin_roster), so the oldest is given up first.
+MAX_SILENT_DEVICES = 8
+
+#: Most contacts a device's refused edits may leave dirty at once: the rest
+#: of a flood of made-up JIDs is not put back.
+MAX_EDITED = 256
+
+
+@dataclass(eq=False)
+class Device:
+    """
+    One interested resource of a user, and what it shows.
+
+    @ivar jid: Its full JID.
+    @ivar available: It sent available presence (else it only asked for
+        its roster).
+    @ivar held: The roster it holds, but for C{dirty}; C{None} until known.
+    @ivar dirty: Contacts whose state on the device is unknown: each is
+        pushed as the target has it (or removed).
+    @ivar answered: Bumped each time the device is given a whole roster:
+        pushes of a batch sent before it may have been applied after it.
+    @ivar sending: A batch of pushes is unanswered.
+    @ivar failures: Failed batches in a row.
+    """
+
+    jid: str
+    available: bool
+    held: Roster | None = None
+    dirty: set[str] = field(default_factory=set)
+    answered: int = 0
+    sending: bool = False
+    failures: int = 0
+    retry: IDelayedCall | None = None
+
+    def converged(self, target: Roster | None) -> bool:
+        """
+        Whether the device shows C{target}, as far as known.
+        """
+        return (not self.sending and not self.dirty and self.held is not None and target is not None
+                and self.held.version == target.version)
+
+
+class DeviceViews:
+    """
+    The users' interested resources, their views, and the pushes that
+    converge each view on the user's roster.
+
+    @ivar pushes: Pushes sent, over the process' life.
+    @ivar givenUp: Devices given up with their pushes unanswered.
+    """
+
+    log = Logger()
+
+    def __init__(self, status: IConnectionStatus, permissions: PermissionTracker, state: SyncState,
+                 clock: IReactorTime) -> None:
+        """
+        @param status: Whether we are connected.
+        @param permissions: Whether the server lets us push.
+        @param state: Where unanswered pushes and doubted versions are kept.
+        @param clock: Time for retries.
+        """
+        self.status = status
+        self.permissions = permissions
+        self.state = state
+        self.clock = clock
+        self._send: Callable[[str, str], Deferred[domish.Element]] | None = None
+        self._devices: dict[str, dict[str, Device]] = {}
+        self._targets: dict[str, Roster] = {}
+        # Views of available devices kept over a loss of our stream, until
+        # the server replays their presence.
+        self._awaitingReplay: dict[str, dict[str, Device]] = {}
+        self._replayCall: IDelayedCall | None = None
+        self._ids = itertools.count()
+        self._idPrefix = f"push-{secrets.token_hex(4)}"
+        self._toldCannotPush = False
+        self.pushes = 0
+        self.givenUp = 0
+        # A device of the last run may hold the version its pushes were
+        # bringing it to, without all of its contents.
+        unpushed = state.unpushedVersions()
+        for username, version in unpushed.items():
+            if version:  # else only written, not pushed yet
+                state.doubtClients(username, version)
+        self._unpushed = set(unpushed)
+
+    def sendThrough(self, send: Callable[[str, str], Deferred[domish.Element]]) -> None:
+        """
+        Say how pushes are sent: a privileged iq set with this payload for
+        a user, within the bound of privileged requests (given by the
+        composition root, L{rosteradmin.tap.wireParts}).
+        """
+        self._send = send
+
+    def resources(self) -> int:
+        """
+        How many interested resources are known.
+        """
+        return sum(len(devices) for devices in self._devices.values())
+
+    def views(self, username: str) -> dict[str, Device]:
+        """
+        A user's devices by full JID (read-only: for health and tests).
+        """
+        return dict(self._devices.get(username, {}))
+
+    # Interest
+
+    def available(self, username: str, resource: str) -> None:
+        """
+        A resource sent available presence (or the server replayed it).
+        """
+        self._converge(username, self._device(username, resource, available=True))
+
+    def asked(self, username: str, resource: str, roster: Roster) -> None:
+        """
+        A resource was answered its roster get with C{roster} (whole, or
+        "current" for the version it holds).
+        """
+        if "/" not in resource:
+            return  # a bare JID cannot be pushed to
+        device = self._device(username, resource, available=False)
+        self._targets[username] = roster
+        device.held = roster
+        device.dirty.clear()
+        device.answered += 1
+        device.failures = 0
+        self._settle(username)
+
+    def answeredByServer(self, username: str, resource: str, version: str) -> None:
+        """
+        The server answered a resource's roster get itself, from the roster
+        it stores, with the version we promised (contrib's
+        mod_rosteradmin_roster tells us).
+        """
+        device = self._device(username, resource, available=False)
+        target = self._targets.get(username)
+        device.held = target if target is not None and target.version == version else None
+        device.dirty.clear()
+        device.answered += 1
+
+    def unavailable(self, username: str, resource: str) -> None:
+        """
+        A resource went offline (or its session ended).
+        """
+        devices = self._devices.get(username)
+        device = devices.pop(resource, None) if devices is not None else None
+        if device is not None:
+            self._leave(username, device, "went offline")
+            self._forgetIfEmpty(username)
+
+    def connectionInitialized(self) -> None:
+        """
+        Our stream is back: the server replays the available presences
+        now.  A device set aside at the loss and not replayed within
+        L{REPLAY_GRACE} went offline meanwhile.
+        """
+        if self._replayCall is not None and self._replayCall.active():
+            self._replayCall.cancel()
+        self._replayCall = self.clock.callLater(REPLAY_GRACE, self._notReplayed)
+
+    def stop(self) -> None:
+        """
+        The service stops: no retry or replay deadline is left pending.
+        """
+        calls = [self._replayCall] + [d.retry for devices in self._devices.values() for d in devices.values()]
+        for call in calls:
+            if call is not None and call.active():
+                call.cancel()
+
+    def _notReplayed(self) -> None:
+        self._replayCall = None
+        awaiting, self._awaitingReplay = self._awaitingReplay, {}
+        for username, devices in awaiting.items():
+            for device in devices.values():
+                self._leave(username, device, "was not online after our reconnection")
+            self._forgetIfEmpty(username)
+
+    def connectionLost(self) -> None:
+        """
+        Our stream is gone: the server replays the available presences
+        when we are back.  Until then, the views of available devices are
+        set aside.
+        """
+        self._toldCannotPush = False
+        if self._replayCall is not None and self._replayCall.active():
+            self._replayCall.cancel()
+        self._notReplayed()
+        for username in list(self._devices):
+            devices = self._devices[username]
+            away = {jid: d for jid, d in devices.items() if d.available}
+            for jid in away:
+                del devices[jid]
+            if away:
+                self._awaitingReplay[username] = away
+            self._forgetIfEmpty(username)
+
+    # Changes
+
+    def update(self, username: str, clientsHad: Roster | None, target: Roster,
+               rewrite: frozenset[str] = frozenset()) -> int:
+        """
+        The user's roster is now C{target}: bring every device to it.
+
+        @param clientsHad: What devices whose view is not known hold (what
+            the server told them), or C{None}: the same as C{target}.
+        @param rewrite: Contacts to push again though unchanged: the server
+            told the clients another subscription.
+        @return: The number of pushes sent or queued now.
+        """
+        devices = self._devices.get(username, {})
+        if not devices and not self._awaitingReplay.get(username):
+            return 0
+        self._targets[username] = target
+        sent = 0
+        for device in list(devices.values()):
+            if device.held is None:
+                device.held = clientsHad if clientsHad is not None else target
+            device.dirty.update(rewrite)
+            sent += self._converge(username, device)
+        self._settle(username)
+        return sent
+
+    def changing(self, username: str, jids: frozenset[str]) -> None:
+        """
+        The server's store of these contacts of C{username} is about to
+        change: until the user's devices are pushed them, they are kept in
+        the state.  Were rosteradmin killed between the write and the
+        pushes, the next process would find the server current and the
+        devices not.
+        """
+        if self._devices.get(username) or self._awaitingReplay.get(username):
+            self.state.addUnpushed(username, jids, "")
+            self._unpushed.add(username)
+
+    def edited(self, username: str, resource: str, jids: frozenset[str]) -> int:
+        """
+        A resource's roster set was refused: it may show its edit of these
+        contacts (profanity does, whatever the error says), so push it
+        what the roster has for them, and a removal of those it added.
+
+        @return: The number of pushes sent or queued now.
+        """
+        devices = self._devices.get(username)
+        device = devices.get(resource) if devices is not None else None
+        target = self._targets.get(username)
+        if device is None or target is None:
+            return 0  # it holds nothing of ours to put back
+        if device.held is None:
+            device.held = target
+        for jid in sorted(jids):
+            if len(device.dirty) >= MAX_EDITED:
+                break
+            device.dirty.add(jid)
+        return self._converge(username, device)
+
+    # Convergence
+
+    def _device(self, username: str, resource: str, available: bool) -> Device:
+        """
+        The device of a resource, known from now on.
+        """
+        devices = self._devices.setdefault(username, {})
+        device = devices.get(resource)
+        if device is None:
+            device = self._awaitingReplay.get(username, {}).pop(resource, None)
+            if device is None:
+                device = Device(resource, available)
+                if username in self._unpushed:
+                    # Pushed before our restart, maybe not answered.
+                    device.dirty.update(self.state.unpushed(username))
+            devices[resource] = device
+            if not available:
+                self._boundSilent(username, devices)
+        device.available = device.available or available
+        return device
+
+    def _boundSilent(self, username: str, devices: dict[str, Device]) -> None:
+        silent = [jid for jid, d in devices.items() if not d.available]
+        for jid in silent[:-MAX_SILENT_DEVICES]:
+            self._leave(username, devices.pop(jid), "gave way to newer sessions that sent no presence")
+
+    def _converge(self, username: str, device: Device) -> int:
+        """
+        Send the device one batch of pushes from its view to the target,
+        unless one is unanswered (it comes back here when answered).
+
+        @return: The number of pushes sent or queued.
+        """
+        target = self._targets.get(username)
+        if device.sending or device.retry is not None or device.held is None or target is None:
+            return 0
+        if not device.dirty and device.held.version == target.version:
+            device.held = target
+            return 0
+        if self._send is None or not self.status.connected or not self._canPush():
+            return 0
+        base, rewrite = device.held, frozenset[str]()
+        if device.dirty:
+            present = {c.jid for c in target.contacts}
+            held = {c.jid for c in base.contacts}
+            strays = [Contact(jid, None, ()) for jid in sorted(device.dirty - present - held)]
+            if strays:
+                base = Roster([*base.contacts, *strays])
+            rewrite = frozenset(device.dirty & present)
+        steps = diffSteps(base, target, rewrite)
+        device.dirty = set()
+        if not steps:
+            device.held = target
+            return 0
+        jids = frozenset(step.jid for step in steps)
+        self.state.addUnpushed(username, jids, target.version)
+        self._unpushed.add(username)
+        device.sending = True
+        answered = device.answered
+        pushes = [self._push(username, device.jid, step.item, step.version) for step in steps]
+        DeferredList(pushes, consumeErrors=True).addCallback(self._batchDone, username, device, target, jids,
+                                                              answered)
+        self.pushes += len(steps)
+        self.log.info("pushed {count} roster changes to {resource}", count=len(steps), resource=device.jid)
+        return len(steps)
+
+    def _push(self, username: str, resource: str, item: str, version: str) -> Deferred[domish.Element]:
+        assert self._send is not None
+        push = iqXML("set", f"{self._idPrefix}-{next(self._ids)}", resource,
+                     f"<query xmlns='{NS_ROSTER}' ver='{version}'>{item}</query>", namespace=NS_CLIENT)
+        return self._send(username, f"<privileged_iq xmlns='{NS_PRIVILEGE_2}'>{push}</privileged_iq>")
+
+    def _batchDone(self, results: list[tuple[bool, domish.Element]], username: str, device: Device, target: Roster,
+                   jids: frozenset[str], answered: int) -> None:
+        """
+        A batch was answered: the device holds its target, or, where a
+        push failed or a whole roster was given meanwhile, its contacts are
+        dirty.
+        """
+        device.sending = False
+        # DeferredList types every result as the value type; a failed
+        # one (ok false) is the Failure.
+        failed = [cast(Failure, r) for ok, r in results if not ok]
+        if self._awaitingReplay.get(username, {}).get(device.jid) is device:
+            device.dirty.update(jids)  # cut off by the loss of our stream
+            device.failures = 0
+            return
+        if self._devices.get(username, {}).get(device.jid) is not device:
+            if failed or device.answered != answered:
+                self._doubt(username, target)
+            return  # it left meanwhile
+        if device.answered != answered:
+            device.dirty.update(jids)
+        elif failed:
+            device.dirty.update(jids)
+            device.failures += 1
+            why = failed[0].getErrorMessage()
+            if device.failures >= MAX_FAILURES:
+                del self._devices[username][device.jid]
+                self._leave(username, device, f"did not take its roster pushes {device.failures} times ({why})")
+                self._forgetIfEmpty(username)
+                return
+            delay = RETRY_DELAY * 2 ** (device.failures - 1)
+            self.log.info("roster pushes to {resource} failed ({why}); again in {delay:.0f} s",
+                          resource=device.jid, why=why, delay=delay)
+            device.retry = self.clock.callLater(delay, self._retry, username, device)
+            return
+        else:
+            device.held = target
+            device.failures = 0
+        self._converge(username, device)
+        self._settle(username)
+
+    def _retry(self, username: str, device: Device) -> None:
+        device.retry = None
+        if self._devices.get(username, {}).get(device.jid) is device:
+            self._converge(username, device)
+
+    def _leave(self, username: str, device: Device, why: str) -> None:
+        """
+        A device is no longer followed: if it may hold a version whose
+        contents it lacks, doubt that version.
+        """
+        if device.retry is not None and device.retry.active():
+            device.retry.cancel()
+        device.retry = None
+        target = self._targets.get(username)
+        if target is not None and device.held is not None and not device.converged(target):
+            self.givenUp += 1
+            self._doubt(username, target)
+            self.log.info("{resource} {why} before its roster pushes were answered: its next roster query "
+                          "is answered in full", resource=device.jid, why=why)
+
+    def _doubt(self, username: str, target: Roster) -> None:
+        self.state.doubtClients(username, target.version)
+
+    def _settle(self, username: str) -> None:
+        """
+        Once every device of the user holds the target, its unanswered
+        pushes are forgotten.
+        """
+        if username not in self._unpushed:
+            return
+        target = self._targets.get(username)
+        devices = self._devices.get(username, {})
+        if all(d.converged(target) for d in devices.values()) and not self._awaitingReplay.get(username):
+            self._unpushed.discard(username)
+            self.state.pushed(username)
+
+    def _forgetIfEmpty(self, username: str) -> None:
+        if not self._devices.get(username):
+            self._devices.pop(username, None)
+            if not self._awaitingReplay.get(username):
+                self._targets.pop(username, None)
+                if username in self._unpushed:
+                    # Nobody online holds them: a device logging in later
+                    # with a doubted version gets the whole roster.
+                    self._unpushed.discard(username)
+                    self.state.pushed(username)
+
+    def _canPush(self) -> bool:
+        permissions = self.permissions.permissions
+        if permissions.canPush:
+            return True
+        if not self._toldCannotPush:
+            self._toldCannotPush = True
+            self.log.warn(
+                "roster changes of online users are not pushed: the server grants no iq permission "
+                "for jabber:iq:roster ({version}; urn:xmpp:privilege:1 has none); clients see the "
+                "changes at their next roster get", version=permissions.namespace)
+        return False

@@ -1,0 +1,228 @@
+# -*- test-case-name: tests.integration.test_devices -*-
+"""
+What users' devices show, on a real Prosody with both contrib modules and
+real client sessions: several devices of one user each see every change,
+a device that asked for its roster before sending presence is pushed (its
+get answered by rosteradmin, or by Prosody itself from a promise), a
+device whose view went stale is answered in full at its next login, a
+flood of refused edits leaves a bounded queue, and a kill -9 of
+rosteradmin in the middle of a refresh leaves no device with a mix of old
+and new contacts once the next process runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from tests.integration.harness import PASSWORD, ProsodyServer, WebAppStub, XMPPTestClient, connectClient
+from tests.integration.service import RunningService
+from tests.integration.test_convergence import Rosteradmin
+
+pytestmark = pytest.mark.integration
+
+ALICE = {"bob@example.org": {"name": "Bob", "groups": ["Friends"]},
+         "carol@example.org": {"name": "Carol", "groups": ["Friends", "Work"]},
+         "dave@example.org": {"name": "Dave"}}
+
+#: Three changes: a rename, a removal and an addition.
+ALICE_CHANGED = {"bob@example.org": {"name": "Robert", "groups": ["Friends"]},
+                 "carol@example.org": {"name": "Carol", "groups": ["Friends", "Work"]},
+                 "erin@example.org": {"name": "Erin", "groups": ["Work"]}}
+
+
+@pytest.fixture
+def rosters() -> dict[str, dict[str, Any]]:
+    return {"alice": ALICE}
+
+
+def shown(webRoster: dict[str, Any]) -> dict[str, tuple[str | None, list[str]]]:
+    """
+    What a device shows of a web-app roster (L{XMPPTestClient.view}).
+    """
+    return {jid: (value.get("name"), sorted(value.get("groups", []))) for jid, value in webRoster.items()}
+
+
+async def viewsConverge(devices: list[XMPPTestClient], webRoster: dict[str, Any], timeout: float = 10.0) -> None:
+    want = shown(webRoster)
+    await RunningService.waitUntil(lambda: all(d.view == want for d in devices), timeout,
+                                   f"every device to show {want}: {[d.view for d in devices]}")
+
+
+async def loggedIn(clients: Any, user: str, presence: bool = True) -> XMPPTestClient:
+    """
+    A session of C{user} that asked for its roster, then (unless not
+    C{presence}) sent its initial presence, as RFC 6121 §2.2 suggests.
+    """
+    client: XMPPTestClient = await clients(user)
+    reply = await client.rosterGet(ver="")
+    assert reply["type"] == "result"
+    if presence:
+        client.sendPresence()
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_severalDevicesEachSeeEveryChange(service: RunningService, webapp: WebAppStub, clients: Any) -> None:
+    """
+    Three devices of alice, one refresh changing three contacts: each device
+    shows the new roster, none got an error in place of a push; and each
+    logging in again with the version it holds gets a roster equal to the
+    web app's (before, copies of one push shared an iq id: Prosody refused
+    all but one while it was unanswered, and the device that missed the
+    rename then held the latest version without it).
+    """
+    devices = [await loggedIn(clients, "alice") for _ in range(3)]
+    await RunningService.waitUntil(lambda: len(service.component.privileges.online.get("alice", ())) == 3, 10,
+                                   "alice's three devices online")
+    webapp.rosters["alice"] = ALICE_CHANGED
+    summary = await service.backend.refresh(["alice"])
+    assert summary.updated == 1
+    await viewsConverge(devices, ALICE_CHANGED)
+    assert [len(d.pushes) for d in devices] == [3, 3, 3]
+    again = []
+    for device in devices:
+        version = device.viewVersion
+        await device.disconnect()
+        later = await clients("alice")
+        later.view = dict(device.view or {})
+        reply = await later.rosterGet(ver=version)
+        assert reply["type"] == "result"
+        again.append(later)
+    await viewsConverge(again, ALICE_CHANGED, timeout=1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_deviceThatAskedBeforePresenceIsPushed(service: RunningService, webapp: WebAppStub,
+                                                     clients: Any) -> None:
+    """
+    RFC 6121 §2.1.6: every resource that asked for its roster is pushed,
+    presence or not: one answered by rosteradmin, and one answered by
+    Prosody itself from the version rosteradmin promised (the module tells
+    rosteradmin of it); a session that ended is pushed no more.
+    """
+    first = await loggedIn(clients, "alice", presence=False)
+    answered = service.component.rosterServer.answered
+    second = await loggedIn(clients, "alice", presence=False)
+    assert service.component.rosterServer.answered == answered, "the second get was answered by Prosody"
+    await RunningService.waitUntil(lambda: len(service.component.privileges.devices.views("alice")) == 2, 5,
+                                   "both sessions known to rosteradmin")
+    webapp.rosters["alice"] = ALICE_CHANGED
+    await service.backend.refresh(["alice"])
+    await viewsConverge([first, second], ALICE_CHANGED)
+    await second.disconnect()
+    await RunningService.waitUntil(lambda: len(service.component.privileges.devices.views("alice")) == 1, 5,
+                                   "the ended session forgotten")
+
+
+@pytest_twisted.ensureDeferred
+async def test_putBackFloodLeavesABoundedQueue(service: RunningService, webapp: WebAppStub, clients: Any) -> None:
+    """
+    Ten sessions of alice send refused roster sets renaming her contacts as
+    fast as the query bounds let them: each set is put back to the session
+    that sent it, but pushes to one session coalesce, so the privileged
+    requests waiting stay bounded by sessions and contacts, and drain once
+    the sessions are gone (before: about 16 x 10 pushes queued per admitted
+    set, tens of thousands still queued after the attacker left).
+    """
+    sessions = [await loggedIn(clients, "alice") for _ in range(10)]
+    slots = service.component.privileges._sync
+    deepest = 0
+
+    def sample() -> None:
+        nonlocal deepest
+        deepest = max(deepest, slots.waiting)
+
+    sampler = task.LoopingCall(sample)
+    sampler.start(0.01)
+    replies: list[defer.Deferred[Any]] = []
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 5:
+            for session in sessions:
+                for contact in ALICE:
+                    replies.append(session.rosterSet(contact, name="Mallory"))
+            await RunningService.sleep(0.05)
+        results = await defer.gatherResults(replies)
+        pushes = service.component.privileges.devices.pushes
+        print(f"\n{len(replies)} refused sets from 10 sessions in 5 s: {pushes} pushes, at most {deepest} "
+              "privileged requests waiting")
+        assert all(r["type"] == "error" for r in results)
+        assert deepest <= len(sessions) * len(ALICE) * 2
+        for session in sessions:
+            await session.disconnect()
+        await RunningService.waitUntil(lambda: slots.waiting == 0 and slots.running == 0, 10, "queue drained")
+    finally:
+        sampler.stop()
+
+
+@pytest.fixture
+def thirty(prosody: ProsodyServer) -> list[str]:
+    users = [f"user{n:02d}" for n in range(30)]
+    for user in users:
+        prosody.addAccount(user, PASSWORD)
+    return users
+
+
+def contactsOf(user: str, names: range) -> dict[str, Any]:
+    return {f"contact{n}@example.org": {"name": f"{user} {n}", "groups": [f"g{n % 3}"]} for n in names}
+
+
+@pytest_twisted.ensureDeferred
+async def test_killDuringRefreshLeavesNoDeviceStale(prosody: ProsodyServer, webapp: WebAppStub, thirty: list[str],
+                                                    tmp_path: Path) -> None:
+    """
+    thirty online users, each of whose 34 contacts change: rosteradmin is
+    killed (kill -9) once the first pushes reached a device, before all
+    did.  The server is then current, so the refresh resumed by the next
+    process changes nothing; yet every device ends showing the web app's
+    roster (before, 30 of 30 kept a mix of old and new contacts until they
+    reconnected).
+    """
+    for user in thirty:
+        webapp.rosters[user] = contactsOf(user, range(0, 34))
+    state = tmp_path / "state.sqlite"
+    first = Rosteradmin(prosody, webapp, tmp_path, "first", state)
+    devices: list[XMPPTestClient] = []
+    second = None
+    try:
+        await first.healthy()
+        for user in thirty:
+            device = await connectClient(f"{user}@{prosody.domain}", PASSWORD, prosody.c2sPort)
+            devices.append(device)
+            assert (await device.rosterGet(ver=""))["type"] == "result"
+            device.sendPresence()
+        await viewsConvergeEach(devices, thirty, webapp)
+        for user in thirty:
+            webapp.rosters[user] = contactsOf(user, range(17, 51))
+        expected = 30 * 34
+        refresh = first.refresh(thirty)
+        refresh.addErrback(lambda failure: None)  # cut off by the kill
+        await RunningService.waitUntil(lambda: any(d.pushes for d in devices), 30, "a first push")
+        first.kill()
+        received = sum(len(d.pushes) for d in devices)
+        print(f"\nkill -9 with {received} of {expected} pushes received")
+        assert received < expected, "the kill landed after every push: nothing left to show"
+        second = Rosteradmin(prosody, webapp, tmp_path, "second", state)
+        await second.healthy()
+        await viewsConvergeEach(devices, thirty, webapp, timeout=60)
+        print(f"after the restart: {sum(len(d.pushes) for d in devices) - received} more pushes")
+    finally:
+        await defer.gatherResults([d.disconnect() for d in devices])
+        if second is not None:
+            second.stop()
+        if first.process.poll() is None:
+            first.stop()
+
+
+async def viewsConvergeEach(devices: list[XMPPTestClient], users: list[str], webapp: WebAppStub,
+                            timeout: float = 20.0) -> None:
+    def stale() -> list[str]:
+        return [user for device, user in zip(devices, users) if device.view != shown(webapp.rosters[user])]
+
+    await RunningService.waitUntil(lambda: not stale(), timeout, "every device to show its web-app roster")
