@@ -32,7 +32,9 @@ VirtualHost "example.org"
     -- mod_rosteradmin_subscriptions ships with rosteradmin (next to this
     -- file): it stops subscription presences (subscribe, subscribed,
     -- unsubscribe, unsubscribed) to and from this host's users, which Prosody
-    -- would otherwise apply to the stored rosters behind the web app's back.
+    -- would otherwise apply to the stored rosters behind the web app's back,
+    -- and drops the errors Prosody would bounce to users for their presences
+    -- while rosteradmin is disconnected.
     -- Copy both into a plugin path, e.g.
     --     install -m 644 mod_rosteradmin_*.lua /usr/local/lib/prosody/modules/
     -- mod_rosteradmin_roster (also next to this file) lets rosteradmin write
