@@ -41,7 +41,8 @@ VirtualHost "example.org"
     -- many roster items with one save instead of one full save per item, and
     -- answers a user's roster gets from the stored roster once rosteradmin
     -- has said that it holds what rosteradmin answers (set
-    -- rosteradmin_answer_rosters = false to delegate every query).
+    -- rosteradmin_answer_rosters = false to delegate every query), at most
+    -- rosteradmin_roster_get_rate (default 20) gets a second per user.
     modules_enabled = { "privilege"; "delegation"; "rosteradmin_subscriptions"; "rosteradmin_roster" }
 
     -- XEP-0356: what rosteradmin may do with this host's users.
