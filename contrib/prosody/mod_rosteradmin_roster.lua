@@ -34,6 +34,11 @@
 -- again.  rosteradmin_answer_rosters = false turns it off.  A query with
 -- ver and no items only records the promise (nothing is saved).
 --
+-- It answers each user at most rosteradmin_roster_get_rate gets a second
+-- (default 20, as rosteradmin's --query-rate), in bursts of two seconds'
+-- worth; beyond that, a get is answered with a resource-constraint error of
+-- type wait, as rosteradmin answers a flood, and not delegated.
+--
 -- A session whose roster get this module answered, and that sent no
 -- presence yet, wants roster pushes all the same (RFC 6121 2.1.6), but
 -- rosteradmin never saw it ask: the module tells it, once per session, with
@@ -59,6 +64,8 @@
 
 local st = require "util.stanza";
 local jid = require "util.jid";
+local cache = require "util.cache";
+local throttle = require "util.throttle";
 local rostermanager = require "core.rostermanager";
 local usermanager = require "core.usermanager";
 
@@ -159,6 +166,32 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 	return true;
 end);
 
+-- The gets a user may have answered here: rosteradmin_roster_get_rate a
+-- second, in bursts of two seconds' worth, as rosteradmin bounds the queries
+-- it answers (--query-rate).  A client looping on roster gets would
+-- otherwise have every one answered at once, at the cost of every other
+-- user's latency; beyond the rate it gets a cheap wait error, and is
+-- answered again as soon as it slows down.  A user whose bucket is evicted
+-- (the least recently asking of more than 10,000) starts full again, like
+-- one who has been idle.
+local get_rate = module:get_option_number("rosteradmin_roster_get_rate", 20);
+if get_rate <= 0 then
+	module:log("error", "rosteradmin_roster_get_rate must be above 0, not %s: using 20", tostring(get_rate));
+	get_rate = 20;
+end
+local get_burst = math.max(1, get_rate * 2);
+local get_buckets = cache.new(10000);
+local too_many_text = "Too many roster requests at once: try again in a few seconds.";
+
+local function within_get_rate(username)
+	local bucket = get_buckets:get(username);
+	if not bucket then
+		bucket = throttle.create(get_burst, get_burst / get_rate);
+		get_buckets:set(username, bucket);
+	end
+	return (bucket:poll(1));
+end
+
 -- The stored roster as mod_roster answers it, with rosteradmin's version.
 local function roster_result(stanza, roster, ver)
 	local reply = st.reply(stanza):tag("query", { xmlns = "jabber:iq:roster"; ver = ver });
@@ -197,6 +230,10 @@ module:hook("iq/bare", function(event)
 	if not roster or not roster[false] or roster[false].version ~= promise.stored then
 		current[username] = nil;  -- saved since: rosteradmin answers
 		return;
+	end
+	if not within_get_rate(username) then
+		origin.send(st.error_reply(stanza, "wait", "resource-constraint", too_many_text));
+		return true;
 	end
 	if query.attr.ver == promise.ver then
 		origin.send(st.reply(stanza));

@@ -32,14 +32,17 @@ VirtualHost "example.org"
     -- mod_rosteradmin_subscriptions ships with rosteradmin (next to this
     -- file): it stops subscription presences (subscribe, subscribed,
     -- unsubscribe, unsubscribed) to and from this host's users, which Prosody
-    -- would otherwise apply to the stored rosters behind the web app's back.
+    -- would otherwise apply to the stored rosters behind the web app's back,
+    -- and drops the errors Prosody would bounce to users for their presences
+    -- while rosteradmin is disconnected.
     -- Copy both into a plugin path, e.g.
     --     install -m 644 mod_rosteradmin_*.lua /usr/local/lib/prosody/modules/
     -- mod_rosteradmin_roster (also next to this file) lets rosteradmin write
     -- many roster items with one save instead of one full save per item, and
     -- answers a user's roster gets from the stored roster once rosteradmin
     -- has said that it holds what rosteradmin answers (set
-    -- rosteradmin_answer_rosters = false to delegate every query).
+    -- rosteradmin_answer_rosters = false to delegate every query), at most
+    -- rosteradmin_roster_get_rate (default 20) gets a second per user.
     modules_enabled = { "privilege"; "delegation"; "rosteradmin_subscriptions"; "rosteradmin_roster" }
 
     -- XEP-0356: what rosteradmin may do with this host's users.

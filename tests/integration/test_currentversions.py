@@ -4,7 +4,8 @@ keeps the version rosteradmin promised for a stored roster, and answers
 the user's gets before mod_delegation would forward them (empty for that
 version, else the stored roster with it), until the stored roster changes,
 the client tries a roster set, or rosteradmin revokes it.  Every answer a
-client gets is still right.
+client gets is still right, and a client flooding them is answered a
+wait error beyond its rate, as rosteradmin answers one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from tests.integration.harness import ProsodyServer, WebAppStub
 from tests.integration.service import RunningService
@@ -221,3 +223,50 @@ async def test_switchedOffEveryQueryIsDelegated(service: RunningService, clients
     assert isEmptyResult(await alice.rosterGet(ver=version))
     assert contacts(await alice.rosterGet()) == {"bob@example.org"}
     assert service.component.rosterServer.answered == answered + 2
+
+
+def isWait(reply: Any) -> bool:
+    return (reply["type"] == "error" and reply.error["type"] == "wait"
+            and reply.error.firstChildElement().name == "resource-constraint")
+
+
+@pytest_twisted.ensureDeferred
+async def test_floodOfGetsAnsweredByProsodyIsBounded(service: RunningService, clients: Any) -> None:
+    """
+    A client that floods roster gets Prosody answers itself gets its
+    burst (two seconds of rosteradmin_roster_get_rate, 20 a second by
+    default) and then a resource-constraint wait error for each, as
+    rosteradmin answers a flood; rosteradmin sees none of them.  Another
+    user is answered meanwhile, and the flooding client is answered again
+    once it slows down.
+    """
+    alice, bob = await clients("alice"), await clients("bob")
+    version = await promised(service, alice)
+    bobVersion = await promised(service, bob)
+    answered = service.component.rosterServer.answered
+    replies = await defer.gatherResults([alice.rosterGet(ver=version) for _ in range(200)])
+    results, waits = sum(isEmptyResult(r) for r in replies), sum(isWait(r) for r in replies)
+    print(f"\n200 gets at once: {results} answered, {waits} refused with wait")
+    assert results + waits == 200
+    assert 40 <= results <= 60
+    assert isEmptyResult(await bob.rosterGet(ver=bobVersion))
+    await RunningService.sleep(1.0)
+    assert isEmptyResult(await alice.rosterGet(ver=version))
+    assert service.component.rosterServer.answered == answered
+
+
+@pytest.mark.parametrize("prosody", ["rosteradmin_roster_get_rate = 1"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_getRateIsAnOption(service: RunningService, clients: Any) -> None:
+    """
+    rosteradmin_roster_get_rate = 1: a burst of two gets, then one a
+    second.
+    """
+    alice = await clients("alice")
+    version = await promised(service, alice)
+    replies = await defer.gatherResults([alice.rosterGet(ver=version) for _ in range(20)])
+    assert [isEmptyResult(r) for r in replies[:2]] == [True, True]
+    assert sum(isWait(r) for r in replies) >= 17
+    await RunningService.sleep(1.1)
+    assert isEmptyResult(await alice.rosterGet(ver=version))
+    assert isWait(await alice.rosterGet(ver=version))

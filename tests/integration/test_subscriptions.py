@@ -1,7 +1,8 @@
 """
 Subscription presences on a real Prosody with contrib's
 mod_rosteradmin_subscriptions: stopped in both directions, the stored
-rosters untouched, presence still flowing.
+rosters untouched, presence still flowing; no client gets an error for
+what it did not send.
 """
 
 from __future__ import annotations
@@ -87,3 +88,58 @@ async def test_inboundSubscriptionPresenceStopped(kind: str, prosody: ProsodySer
     await RunningService.sleep(0.3)
     assert prosody.storedRoster("alice") == before
     assert not [p for p in alice.presences if p.getAttribute("type") == kind]
+
+
+def errorsFrom(client: XMPPTestClient, sender: str) -> list[Any]:
+    return [p for p in client.presences
+            if p.getAttribute("type") == "error" and p.getAttribute("from", "").split("/")[0] == sender]
+
+
+@pytest_twisted.ensureDeferred
+async def test_noErrorsWhileComponentDisconnected(prosody: ProsodyServer, service: RunningService,
+                                                  clients: Any) -> None:
+    """
+    While rosteradmin is disconnected, users' presences (a change, a
+    login) still flow between contacts, and no client gets an error for
+    the copies mod_privilege sends the component; a presence a client
+    sends the component itself is still answered with Prosody's error.
+    """
+    alice, bob = await online(clients, "alice"), await online(clients, "bob")
+    await RunningService.waitUntil(lambda: {"alice", "bob"} <= set(service.component.privileges.online), 10,
+                                   "alice and bob seen online")
+    service.component.stopService()
+    await RunningService.waitUntil(lambda: not service.component.status.connected, 5, "component disconnected")
+    seen = len(bob.presences)
+    alice.sendPresence(show="away")
+    await bob.waitForPresence(lambda p: bob.presences.index(p) >= seen and p.show is not None)
+    carol = await clients("carol")
+    carol.sendPresence()
+    await RunningService.sleep(0.5)
+    assert errorsFrom(alice, prosody.componentJID) == []
+    assert errorsFrom(carol, prosody.componentJID) == []
+    alice.sendPresence(to=prosody.componentJID)
+    bounce = await alice.waitForPresence(lambda p: p.getAttribute("type") == "error")
+    assert bounce.getAttribute("from") == prosody.componentJID
+    assert bounce.error.firstChildElement().name == "remote-server-timeout"
+
+
+@pytest_twisted.ensureDeferred
+async def test_serverSubscriptionPresenceStoppedSilently(prosody: ProsodyServer, webapp: Any,
+                                                         service: RunningService, clients: Any) -> None:
+    """
+    Only alice's side of the pair is stored yet: her login probes bob, and
+    Prosody answers the probe with an automatic unsubscribed from bob.  The
+    module stops it (alice's stored item stays "both") without an error to
+    anyone: no client sent it.
+    """
+    webapp.rosters["bob"] = {}
+    bob = await online(clients, "bob")
+    alice = await online(clients, "alice")
+    await RunningService.waitUntil(lambda: {"alice", "bob"} <= set(service.component.privileges.online), 10,
+                                   "alice and bob seen online")
+    await RunningService.sleep(0.5)
+    stored = prosody.storedRoster("alice")
+    assert '["bob@example.org"]' in stored and '["subscription"] = "both"' in stored  # not turned into "from"
+    assert "alice@example.org" not in prosody.storedRoster("bob")
+    assert errorsFrom(bob, "alice@example.org") == []
+    assert errorsFrom(alice, "bob@example.org") == []
