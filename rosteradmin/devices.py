@@ -194,8 +194,9 @@ class DeviceViews:
     def answeredByServer(self, username: str, resource: str, version: str) -> None:
         """
         The server answered a resource's roster get itself, from the roster
-        it stores, with the version we promised (contrib's
-        mod_rosteradmin_roster tells us).
+        it stores, with the version we promised, or (C{version} empty) the
+        resource asked while we were away: contrib's mod_rosteradmin_roster
+        tells us.
         """
         device = self._device(username, resource, available=False)
         target = self._targets.get(username)

@@ -10,19 +10,23 @@ sessions it answered itself.
 
 from __future__ import annotations
 
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
 from rosteradmin.devices import DeviceViews
 from rosteradmin.interfaces import IServerObserver
-from rosteradmin.stanzas import findChild, markHandled, parseJID
+from rosteradmin.stanzas import IQRequest, findChild, markHandled, parseJID, sendRequest
 
 NS_DELAY = "urn:xmpp:delay"
 
 #: contrib/prosody/mod_rosteradmin_roster.lua's notices, sent from a user's
 #: session to us: it answered the session's roster get itself
-#: (C{<answered ver='...'/>}), or the session ended (C{<ended/>}).
+#: (C{<answered ver='...'/>}), or a session that asked for its roster ended
+#: without presence (C{<ended/>}); and its list of the sessions that asked
+#: for their roster and sent no presence (C{<sessions/>}), which no
+#: presence replay tells us of after a reconnection.
 NS_SESSION_NOTICE = "urn:x-rosteradmin:session:0"
 
 
@@ -37,14 +41,18 @@ class PresenceTracker(XMPPHandler):
 
     observer: IServerObserver
 
-    def __init__(self, domain: str, devices: DeviceViews) -> None:
+    log = Logger()
+
+    def __init__(self, domain: str, devices: DeviceViews, timeout: float = 10.0) -> None:
         """
         @param domain: The only domain whose users' presences are tracked.
         @param devices: Told of each resource coming and going.
+        @param timeout: Seconds to wait for the server's list of sessions.
         """
         super().__init__()
         self.domain = domain
         self.devices = devices
+        self.timeout = timeout
         self.online: dict[str, set[str]] = {}
 
     def connectionMade(self) -> None:
@@ -54,6 +62,25 @@ class PresenceTracker(XMPPHandler):
 
     def connectionInitialized(self) -> None:
         self.devices.connectionInitialized()
+        request = IQRequest(self.domain, "get", f"<sessions xmlns='{NS_SESSION_NOTICE}'/>", self.timeout)
+        d = sendRequest(self.parent, True, request)
+        d.addCallbacks(self._onSessions, self._ebSessions)
+
+    def _onSessions(self, result: domish.Element) -> None:
+        """
+        The server's sessions that asked for their roster without sending
+        presence: each is followed as if it had just asked.
+        """
+        listed = findChild(result, "sessions", (NS_SESSION_NOTICE,))
+        for session in listed.elements(NS_SESSION_NOTICE, "session") if listed is not None else ():
+            sender = parseJID(session.getAttribute("jid"))
+            if sender is not None and sender.host == self.domain and sender.user and sender.resource:
+                self.devices.answeredByServer(sender.user, sender.full(), session.getAttribute("ver", ""))
+
+    def _ebSessions(self, failure: Failure) -> None:
+        # A server without contrib's mod_rosteradmin_roster: such sessions
+        # are known only once they ask again, or send presence.
+        self.log.debug("no list of the sessions that asked for their roster: {why}", why=failure.getErrorMessage())
 
     def connectionLost(self, reason: Failure) -> None:
         # The server sends current presences again after every reconnect.

@@ -360,7 +360,7 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     grants = PermissionTracker(config.domain, status)
     state = state if state is not None else SyncState()
     devices = DeviceViews(status, grants, state, clock)
-    presence = PresenceTracker(config.domain, devices)
+    presence = PresenceTracker(config.domain, devices, config.iq_timeout)
     privileges = PrivilegeHandler(config.domain, status, grants, presence, devices, clock, config.iq_timeout,
                                   limit, config.sync_latency_target)
     devices.sendThrough(privileges.pushRequest)

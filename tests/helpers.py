@@ -25,7 +25,7 @@ from rosteradmin.component import ConnectionMonitor
 from rosteradmin.config import Config
 from rosteradmin.devices import DeviceViews
 from rosteradmin.permissions import PermissionTracker
-from rosteradmin.presence import PresenceTracker
+from rosteradmin.presence import NS_SESSION_NOTICE, PresenceTracker
 from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
@@ -215,6 +215,29 @@ class ComponentOnWire:
         self.transport.clear()
         self.component.privileges.bulk = self.bulk
         self.xmlstream.dataReceived("<handshake/>" + burst)
+        self._answerSessionsQuery()
+
+    def _answerSessionsQuery(self) -> None:
+        """
+        Answer the query for the sessions that asked for their roster
+        without presence, which the component sends once connected, as the
+        server does: with none where it has contrib's
+        mod_rosteradmin_roster (C{bulk} not C{False}), else an error.  The
+        rest of what was sent stays to be read.
+        """
+        sent = parseStanzas(self.transport.value())
+        self.transport.clear()
+        for stanza in sent:
+            query = stanza.firstChildElement()
+            if stanza.name == "iq" and query is not None and query.uri == NS_SESSION_NOTICE:
+                answer = (f"<sessions xmlns='{NS_SESSION_NOTICE}'/>" if self.bulk is not False else
+                          "<error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                          "</error>")
+                kind = "result" if self.bulk is not False else "error"
+                self.xmlstream.dataReceived(f"<iq type='{kind}' from='{stanza['to']}' to='{stanza['from']}' "
+                                            f"id='{stanza['id']}'>{answer}</iq>")
+            else:
+                self.transport.write(stanza.toXml().encode("utf-8"))
 
     def reconnect(self, burst: str = "") -> None:
         """

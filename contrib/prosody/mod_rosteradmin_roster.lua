@@ -39,14 +39,19 @@
 -- worth; beyond that, a get is answered with a resource-constraint error of
 -- type wait, as rosteradmin answers a flood, and not delegated.
 --
--- A session whose roster get this module answered, and that sent no
--- presence yet, wants roster pushes all the same (RFC 6121 2.1.6), but
--- rosteradmin never saw it ask: the module tells it, once per session, with
--- a message from the session's full JID to the entity that promised,
+-- A session that asked for its roster and sent no presence wants roster
+-- pushes all the same (RFC 6121 2.1.6), but nothing tells rosteradmin of it
+-- when this module answered the get, or when rosteradmin restarted since
+-- (mod_privilege replays presences only).  So the module tells it, once per
+-- session it answered, with a message from the session's full JID to the
+-- privileged entity,
 --   <message from='alice@example.org/phone' to='roster.example.org'>
 --     <answered xmlns='urn:x-rosteradmin:session:0' ver='...'/></message>
--- and, when that session ends, <ended xmlns='urn:x-rosteradmin:session:0'/>
--- (a session that sent presence is followed through mod_privilege).
+-- and <ended xmlns='urn:x-rosteradmin:session:0'/> when a session that asked
+-- ends without presence; and it answers the entity's
+--   <iq type='get' to='example.org'><sessions xmlns='urn:x-rosteradmin:session:0'/></iq>
+-- with every such session, <session jid='...' ver='...'/> each (ver: the
+-- version this module answered it, if it did), at most 10,000.
 --
 -- Load it on the VirtualHost whose rosters rosteradmin manages, next to
 -- mod_privilege:
@@ -78,6 +83,12 @@ local answer_rosters = module:get_option_boolean("rosteradmin_answer_rosters", t
 -- username -> { ver = rosteradmin's version, stored = the stored roster's
 -- version when rosteradmin gave it, by = the JID of the entity that gave it }
 local current = {};
+
+-- The privileged entity's JID, once it wrote or asked: where session
+-- notices go.
+local entity;
+
+local max_listed_sessions = 10000;
 
 module:add_feature(xmlns);
 
@@ -111,6 +122,7 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 		origin.send(st.error_reply(stanza, "auth", "forbidden"));
 		return true;
 	end
+	entity = origin.host;
 	local username, host = jid.split(stanza.attr.to);
 	if not usermanager.user_exists(username, host) then
 		origin.send(st.error_reply(stanza, "cancel", "item-not-found", "No such user"));
@@ -217,6 +229,7 @@ module:hook("iq/bare", function(event)
 		return;
 	end
 	local username = origin.username;
+	if stanza.attr.type == "get" then origin.rosteradmin_asked = true; end
 	local promise = current[username];
 	if not promise then return; end
 	if stanza.attr.type == "set" then
@@ -240,9 +253,10 @@ module:hook("iq/bare", function(event)
 	else
 		origin.send(roster_result(stanza, roster, promise.ver));
 	end
+	origin.rosteradmin_ver = promise.ver;
 	if not origin.presence and not origin.rosteradmin_told then
 		-- rosteradmin follows sessions with presence through mod_privilege.
-		origin.rosteradmin_told = promise.by;
+		origin.rosteradmin_told = true;
 		module:send(st.message({ from = origin.full_jid; to = promise.by })
 			:tag("answered", { xmlns = xmlns_session; ver = promise.ver }));
 	end
@@ -251,10 +265,31 @@ end, 2^32 + 1);
 
 module:hook("resource-unbind", function(event)
 	local session = event.session;
-	if session.rosteradmin_told then
-		module:send(st.message({ from = session.full_jid; to = session.rosteradmin_told })
-			:tag("ended", { xmlns = xmlns_session }));
+	if entity and session.rosteradmin_asked and not session.presence then
+		module:send(st.message({ from = session.full_jid; to = entity }):tag("ended", { xmlns = xmlns_session }));
 	end
+end);
+
+-- The sessions that asked for their roster and sent no presence, for
+-- rosteradmin after it (re)connects.
+module:hook("iq-get/host/" .. xmlns_session .. ":sessions", function(event)
+	local origin, stanza = event.origin, event.stanza;
+	if not is_privileged(origin) then
+		origin.send(st.error_reply(stanza, "auth", "forbidden"));
+		return true;
+	end
+	entity = origin.host;
+	local reply = st.reply(stanza):tag("sessions", { xmlns = xmlns_session });
+	local listed = 0;
+	for full, session in pairs(prosody.full_sessions) do
+		if listed >= max_listed_sessions then break; end
+		if session.host == module.host and session.rosteradmin_asked and not session.presence then
+			reply:tag("session", { jid = full; ver = session.rosteradmin_ver }):up();
+			listed = listed + 1;
+		end
+	end
+	origin.send(reply);
+	return true;
 end);
 
 -- ver='' to this host: every promise ends (rosteradmin restarted without

@@ -226,3 +226,29 @@ async def viewsConvergeEach(devices: list[XMPPTestClient], users: list[str], web
         return [user for device, user in zip(devices, users) if device.view != shown(webapp.rosters[user])]
 
     await RunningService.waitUntil(lambda: not stale(), timeout, "every device to show its web-app roster")
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessionWithoutPresenceFollowedAcrossARestart(xmppServer: ProsodyServer, webapp: WebAppStub,
+                                                            clients: Any) -> None:
+    """
+    A session that asked for its roster and sent no presence is not
+    replayed by the server after rosteradmin restarts: contrib's
+    mod_rosteradmin_roster lists it when the new process asks, and it is
+    pushed the next change.
+    """
+    webapp.rosters["alice"] = ALICE
+    first = RunningService(xmppServer, webapp.url)
+    await first.start()
+    device = await loggedIn(clients, "alice", presence=False)
+    await first.stop()
+    second = RunningService(xmppServer, webapp.url)
+    await second.start()
+    try:
+        await RunningService.waitUntil(lambda: len(second.component.privileges.devices.views("alice")) == 1, 5,
+                                       "the session listed by the server")
+        webapp.rosters["alice"] = ALICE_CHANGED
+        await second.backend.refresh(["alice"])
+        await viewsConverge([device], ALICE_CHANGED)
+    finally:
+        await second.stop()
