@@ -26,9 +26,12 @@ written at once, in one transaction, without waiting for SQLite's lock
 when the file cannot take it (locked, disk full, read-only), the change
 stays in memory with every later one, and all are written together once
 it can, retried with a capped backoff.  Meanwhile L{problem} says why
-(C{/healthz} reports it), and a crash would lose what is not written yet,
-as a lost file would.  WAL checkpoints, which C{fsync}, run in a thread of
-their own.
+(C{/healthz} reports it).  A crash meanwhile loses what is not written:
+then the file may record a version the server no longer holds, which the
+cheap path would trust.  So a marker file beside it (C{<file>.unsaved})
+exists while changes wait, and a start that finds it trusts no version
+and refreshes every user the file knew.  WAL checkpoints, which C{fsync},
+run in a thread of their own.
 
 Writes are small and frequent, so the database runs in WAL mode with
 C{synchronous=NORMAL}: a committed write survives the process being killed
@@ -155,10 +158,40 @@ class SyncState:
         self._pending: dict[str, float] = dict(tables["pending"])
         self._doubted: dict[str, str] = dict(tables["doubted_clients"])
         self._meta: dict[str, str] = dict(tables["meta"])
+        self._marked = self._db is not None and os.path.exists(self._marker)
         if "schema" not in self._meta:
             self._meta["schema"] = str(SCHEMA_VERSION)
             self._change("meta", "schema", ("schema", str(SCHEMA_VERSION)))
+        if self._marked:
+            self._distrust()
+            if not self._unsaved:
+                self._unmark()  # nothing to forget: nothing was missing
         self.remembersServer = bool(self._server)
+
+    @property
+    def _marker(self) -> str:
+        """
+        A file that exists while the state file lacks changes made in
+        memory: created when a write first fails, removed once all are
+        written.  Found at start, it says the previous run ended without
+        writing them.
+        """
+        return self.path + ".unsaved"
+
+    def _distrust(self) -> None:
+        """
+        The previous run ended with changes the file never took: a version
+        it recorded may be older than what the server holds since, and
+        users it made pending may be missing.  Forget every version and
+        make every user it knew pending: they are all read back and
+        rewritten once the server takes writes.
+        """
+        known = list(self._server)
+        self.log.warn("state file {path}: the previous run ended with changes it could not write; "
+                      "refreshing and reading back every user it knew ({count})", path=self.path, count=len(known))
+        self.addPending(known)
+        for username in known:
+            self.forgetServer(username)
 
     def _open(self) -> sqlite3.Connection:
         """
@@ -215,8 +248,9 @@ class SyncState:
             self._save()
             self._stopRetrying()
         if self._unsaved:
-            self.log.error("state file {path}: {count} changes not written at shutdown ({why}): lost",
-                           path=self.path, count=len(self._unsaved), why=self._failure)
+            self.log.error("state file {path}: {count} changes not written at shutdown ({why}); "
+                           "the next start refreshes every user", path=self.path, count=len(self._unsaved),
+                           why=self._failure)
         self._db.close()
         self._db = None
 
@@ -280,6 +314,8 @@ class SyncState:
             self._failed(str(e))
             return
         self._unsaved.clear()
+        if self._marked:
+            self._unmark()
         if self._failure is not None:
             self.log.info("state file {path} written again after {elapsed:.1f} s", path=self.path,
                           elapsed=time.time() - self._failingSince)
@@ -294,9 +330,30 @@ class SyncState:
             self._failingSince = time.time()
             self.log.error("cannot write state file {path}: {why}; keeping its changes in memory until it can",
                            path=self.path, why=why)
+            self._mark()
         self._failure = why
         self._retry = self._clock.callLater(self._retryDelay, self._retrySave)
         self._retryDelay = min(self._retryDelay * 2, RETRY_MAX_DELAY)
+
+    def _mark(self) -> None:
+        try:
+            os.close(os.open(self._marker, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError as e:
+            self.log.warn("cannot create {marker}: {why}; a crash now would leave the state file's "
+                          "versions trusted though changes are missing", marker=self._marker, why=e.strerror)
+            return
+        self._marked = True
+
+    def _unmark(self) -> None:
+        try:
+            os.unlink(self._marker)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            self.log.warn("cannot remove {marker}: {why}; the next start refreshes every user",
+                          marker=self._marker, why=e.strerror)
+            return
+        self._marked = False
 
     def _retrySave(self) -> None:
         self._retry = None

@@ -193,6 +193,7 @@ def test_lockedFileNeverBlocksAndLosesNothing(tmp_path: Path) -> None:
     assert state.pending() == ["carol"] and state.interruptedSync() == "full"
     assert "database is locked" in (state.problem or "") and state.unsaved > 0
     assert len([e for e in events if e["log_level"] == LogLevel.error]) == 1  # once, not per change
+    assert Path(path + ".unsaved").exists()
     clock.advance(RETRY_MAX_DELAY)
     assert state.problem is not None  # still held
     holder.rollback()
@@ -200,6 +201,7 @@ def test_lockedFileNeverBlocksAndLosesNothing(tmp_path: Path) -> None:
         clock.advance(RETRY_MAX_DELAY)
     assert state.problem is None and state.unsaved == 0
     assert any("written again" in formatEvent(e) for e in events)
+    assert not Path(path + ".unsaved").exists()
     again = SyncState(path)
     assert again.serverVersion("alice") == "v1" and again.serverVersion("carol") is None
     assert again.pending() == ["carol"] and again.interruptedSync() == "full"
@@ -227,7 +229,34 @@ def test_changesWaitingAtCloseGetALastChance(tmp_path: Path) -> None:
         state.close()
     holder.rollback()
     assert any("1 changes not written at shutdown" in formatEvent(e) for e in events)
-    assert SyncState(path).pending() == ["alice"]
+    assert Path(path + ".unsaved").exists()
+
+
+def test_startAfterUnwrittenChangesTrustsNoVersion(tmp_path: Path) -> None:
+    """
+    A process that ends while the file holds back its changes (here a
+    forgotten version: a write into the server was under way) leaves a
+    marker; the next start trusts none of the file's versions and makes
+    every user it knew pending, so each is read back and rewritten.  A
+    clean run leaves no marker.
+    """
+    path = str(tmp_path / "state.sqlite")
+    state = SyncState(path, Clock())
+    state.recordServer("alice", "v1")
+    state.recordServer("bob", "v1")
+    holder = holdLock(path)
+    with capturedLogs():
+        state.forgetServer("alice")
+        state.close()
+    holder.rollback()
+    with capturedLogs() as events:
+        again = SyncState(path, Clock())
+    assert again.serverVersion("alice") is None and again.serverVersion("bob") is None
+    assert not again.remembersServer and again.pending() == ["alice", "bob"]
+    assert any("refreshing and reading back every user it knew (2)" in formatEvent(e) for e in events)
+    assert not Path(path + ".unsaved").exists()
+    again.close()
+    assert SyncState(path).pending() == again.pending() and not Path(path + ".unsaved").exists()
 
 
 def wireWith(state: SyncState, rosters: dict[str, object]) -> ComponentOnWire:

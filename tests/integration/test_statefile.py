@@ -180,6 +180,7 @@ async def test_lockedStateFileStallsNothingAndLosesNoUser(prosody: Any, webapp: 
     pending = state.execute("SELECT count(*) FROM pending").fetchone()
     state.close()
     assert known >= {*REFRESHED, *LOGINS} and pending == (0,)
+    assert not Path(f"{path}.unsaved").exists()
     assert "cannot write state file" in log and "written again" in log and "Traceback" not in log
 
 
