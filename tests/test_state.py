@@ -166,6 +166,23 @@ def test_lockedAtStartIsTransient(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert caught.value.transient
 
 
+def test_existingFileLockedAtStartOpensAtOnce(tmp_path: Path) -> None:
+    """
+    An existing state file whose lock another process holds is read at
+    start without waiting for it: reading needs no lock in WAL mode.
+    """
+    path = str(tmp_path / "state.sqlite")
+    state = SyncState(path)
+    state.recordServer("alice", "v1")
+    state.close()
+    holder = holdLock(path)
+    started = time.monotonic()
+    again = SyncState(path, Clock())
+    assert time.monotonic() - started < 0.5
+    holder.rollback()
+    assert again.serverVersion("alice") == "v1" and again.problem is None
+
+
 def test_lockedFileNeverBlocksAndLosesNothing(tmp_path: Path) -> None:
     """
     While another connection holds the file's write lock, every change
