@@ -395,3 +395,23 @@ def test_refreshInterruptedWhileTheFileIsLockedResumes(tmp_path: Path) -> None:
     with capturedLogs():
         clock.advance(RETRY_MAX_DELAY)
     assert SyncState(path).pending() == ["alice", "carol"]
+
+
+def test_checkpointsKeepTheWALSmall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    SQLite's own checkpoints are off (they C{fsync} in the committing
+    thread, the reactor's); the state's checkpoint thread keeps the WAL
+    from growing with every commit.
+    """
+    monkeypatch.setattr(state_module, "CHECKPOINT_COMMITS", 50)
+    path = str(tmp_path / "state.sqlite")
+    state = SyncState(path)
+    for n in range(2000):
+        state.recordServer(f"user{n}", "v1")
+        checkpointer = state._checkpointer
+        if checkpointer is not None:
+            checkpointer.join()  # as a slow disk would, once in a while
+    # Each commit appends at least a page (4 KiB): 2,000 would make 8 MB.
+    assert Path(path + "-wal").stat().st_size < 1_000_000
+    state.close()
+    assert SyncState(path).knownCount() == 2000
