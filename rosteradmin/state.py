@@ -186,12 +186,17 @@ class SyncState:
         make every user it knew pending: they are all read back and
         rewritten once the server takes writes.
         """
-        known = list(self._server)
         self.log.warn("state file {path}: the previous run ended with changes it could not write; "
-                      "refreshing and reading back every user it knew ({count})", path=self.path, count=len(known))
-        self.addPending(known)
-        for username in known:
-            self.forgetServer(username)
+                      "refreshing and reading back every user it knew ({count})", path=self.path,
+                      count=len(self._server))
+        now = time.time()
+        changes: dict[tuple[str, str], Row | None] = {}
+        for username in self._server:
+            since = self._pending.setdefault(username, now)
+            changes["pending", username] = (username, since)
+            changes["server_rosters", username] = None
+        self._server.clear()
+        self._changes(changes)  # in one transaction: no version outlives its user's pending mark
 
     def _open(self) -> sqlite3.Connection:
         """
@@ -290,7 +295,7 @@ class SyncState:
         Write changes in one transaction, or keep them with the others
         waiting: a later change of the same row replaces an earlier one.
         """
-        if self._db is None:
+        if self._db is None or not changes:
             return
         self._unsaved.update(changes)
         if self._retry is None:
@@ -432,8 +437,7 @@ class SyncState:
             if username not in self._pending:
                 self._pending[username] = now
                 added["pending", username] = (username, now)
-        if added:
-            self._changes(added)
+        self._changes(added)
 
     def done(self, username: str) -> None:
         """
