@@ -261,7 +261,12 @@ class HealthResource(JsonResource):
 
         200 {"status": "ok", "connected": true, "cached_users": 3,
              "fetches_in_flight": 0, "unsynced_users": 0, "last_error": null,
-             "roster_sync_error": null}
+             "roster_sync_error": null, "state_error": null}
+
+    C{"degraded"} (still 200) when the server refuses roster writes, does
+    not delegate roster queries, or the state file does not take writes
+    (C{state_error} says why: rosters are still served and written, but a
+    crash would lose what the file has not taken).
     """
 
     allowedMethods = (b"GET", b"HEAD")
@@ -288,9 +293,11 @@ class HealthResource(JsonResource):
         parked = dict(sync.parked)
         syncRefusal = sync.syncRefusal
         delegationProblem = self.delegationProblem() if connected else None
-        # Connected and moving, but misconfigured: rosteradmin works only in
-        # part.  200 still (a restart would not help), and the status says so.
-        degraded = syncRefusal is not None or delegationProblem is not None
+        stateProblem = self.backend.state.problem
+        # Connected and moving, but misconfigured, or unable to save its
+        # state: rosteradmin works only in part.  200 still (a restart
+        # would not help), and the status says so.
+        degraded = syncRefusal is not None or delegationProblem is not None or stateProblem is not None
         body = {
             "status": ("unavailable" if not connected else "stuck" if stuck is not None
                        else "degraded" if degraded else "ok"),
@@ -301,6 +308,7 @@ class HealthResource(JsonResource):
             "last_error": self.status.lastError,
             "roster_sync_error": syncRefusal,
             "delegation_error": delegationProblem,
+            "state_error": stateProblem,
             "stuck": stuck,
             "refused_users": len(self.backend.refused),
             "refused": dict(itertools.islice(sorted(self.backend.refused.items()), MAX_LISTED_USERS)),

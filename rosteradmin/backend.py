@@ -110,8 +110,12 @@ class RosterBackend(Service):
         self._clientsWaiting: Counter[str] = Counter()
 
     def stopService(self) -> Deferred[None]:
+        """
+        Close the fetcher, then the state: what its file has not taken yet
+        gets a last chance.
+        """
         super().stopService()
-        return self.fetcher.close()
+        return self.fetcher.close().addCallback(lambda _: self.state.close())
 
     def _resume(self) -> None:
         """

@@ -126,6 +126,9 @@ class Metrics(Collector):
         yield GaugeMetricFamily("rosteradmin_pending_users",
                                 "Users whose server roster may be behind the web app (kept across restarts)",
                                 self.backend.state.pendingCount())
+        yield GaugeMetricFamily("rosteradmin_state_unsaved",
+                                "Changes of the state kept in memory because the --state file does not take "
+                                "writes (locked, full, read-only)", self.backend.state.unsaved)
         current = self.currentSync()
         syncUsers = GaugeMetricFamily("rosteradmin_sync_users", "Users of the current or last full sync, by state",
                                       labels=["state"])

@@ -14,7 +14,10 @@ C{--http} endpoint that can never listen) exits with L{EX_CONFIG}, which the
 systemd unit lists in C{RestartPreventExitStatus=} so that a broken
 configuration is not restarted in a loop; a failure that may clear up by
 itself (the HTTP port still held by another process) exits with 1, which
-C{Restart=on-failure} retries.
+C{Restart=on-failure} retries.  So does a C{--state} file whose lock
+another process held throughout start-up; an unreadable one is moved aside
+and a new one started (L{rosteradmin.state}), while one of another schema or
+a path that cannot be created is a configuration error.
 
 Open files: starting raises the soft C{RLIMIT_NOFILE} to the hard limit
 (L{raiseFileLimit}), and C{--http-max-connections} must leave room under it
@@ -476,9 +479,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     top = SequentialService(config.http)
 
     try:
-        state = SyncState(config.state) if config.state is not None else SyncState()
+        state = SyncState(config.state, reactor) if config.state is not None else SyncState(clock=reactor)
     except StateError as e:
-        refuseToStart(f"--state: {e}")
+        # Another process holding the file's lock throughout start-up may
+        # let go; another schema or an unusable path will not.
+        refuseToStart(f"--state: {e}", 1 if e.transient else EX_CONFIG)
     http, pool = makeWebAppClient(config, reactor)
     xmppServer = endpoints.HostnameEndpoint(reactor, config.xmpp_host, config.xmpp_port)
     parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=bool(options["verbose"]))

@@ -138,9 +138,12 @@ def test_kickAuthorizationRequired() -> None:
     assert "--kick-authorization: is required" in output.strip().splitlines()[-1]
 
 
-async def startTwistd(prosody: Any, webapp: Any, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+async def startTwistd(prosody: Any, webapp: Any, tmp_path: Path,
+                      settings: str = "") -> tuple[subprocess.Popen[str], str]:
     """
     twistd with a TOML config and the secret in a file, once healthy.
+
+    @param settings: More TOML lines for the config.
     """
     httpPort = freePort()
     (tmp_path / "secret").write_text(prosody.secret + "\n")
@@ -153,6 +156,7 @@ xmpp_port = {prosody.componentPort}
 roster_url = "{webapp.url}"
 http = "tcp:{httpPort}:interface=127.0.0.1"
 no_kick = true
+{settings}
 """)
     process = twistd("--config", str(config))
     base = f"http://127.0.0.1:{httpPort}"
