@@ -56,6 +56,27 @@ def test_doubtedClientsSurviveReopeningUntilTheRosterChanges(tmp_path: Path) -> 
     assert not SyncState(path).clientsDoubted("alice", "v1")
 
 
+def test_unpushedContactsSurviveReopeningUntilPushed(tmp_path: Path) -> None:
+    """
+    The contacts written and pushed toward a version are remembered across
+    restarts, merged per user, with the version of the latest pushes (a
+    later write that pushed nothing yet keeps it), until L{SyncState.pushed}.
+    """
+    path = str(tmp_path / "state.sqlite")
+    state = SyncState(path)
+    state.addUnpushed("alice", ["bob@example.org", "carol@example.org"], "v1")
+    state.addUnpushed("alice", ["dave@example.org"], "")
+    state.addUnpushed("bob", ["alice@example.org"], "")
+    state.close()
+    again = SyncState(path)
+    assert again.unpushed("alice") == {"bob@example.org", "carol@example.org", "dave@example.org"}
+    assert again.unpushedVersions() == {"alice": "v1", "bob": ""}
+    again.pushed("alice")
+    again.close()
+    last = SyncState(path)
+    assert last.unpushed("alice") == frozenset() and last.unpushedVersions() == {"bob": ""}
+
+
 def holdLock(path: str) -> sqlite3.Connection:
     """
     Take the file's write lock on a connection of our own, as another
