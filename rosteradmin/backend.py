@@ -25,7 +25,8 @@ from rosteradmin.cache import RosterCache
 from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, RosterRefused, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync
-from rosteradmin.roster import Contact, Roster, RosterDiff, alignGroups, diffRosters, normaliseUsername
+from rosteradmin.promises import Promises
+from rosteradmin.roster import Roster, RosterDiff, alignGroups, diffRosters, normaliseUsername
 from rosteradmin.slots import KeyedLock, PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
@@ -87,14 +88,7 @@ class RosterBackend(Service):
         """
         self.state = state if state is not None else SyncState()
         self._resumePending = True
-        # Promises the server may hold from an earlier run cannot be
-        # trusted without the versions that run recorded.
-        self._revokePromises = not self.state.remembersServer
-        # The version each user's stored roster was read back (or written)
-        # with in this run: only those are promised.  The state's record
-        # alone could be older than a change made behind our back, which a
-        # promise would then vouch for.
-        self._verified: dict[str, str] = {}
+        self.promises = Promises(sync, self.state)
         self.cache = cache
         self.fetcher = fetcher
         self.sync = sync
@@ -179,40 +173,33 @@ class RosterBackend(Service):
         @param resource: The client's full JID.
         @param jids: The bare JIDs of the set's items.
         """
-        # The set may have crossed a promise on its way: the server must not
-        # tell this client "current" (its next query comes to us).
-        self._background(self.sync.revokeCurrent(username), "revoking the promised version", username)
         roster = self.cache.peek(username)
-        if roster is None or not jids:
-            return  # the client holds nothing from us to put back
-        # An offline client that kept its edit must not be told "current".
-        self.state.doubtClients(username, roster.version)
-        self.sync.putBack(username, resource, jids)
+        holds = roster.version if roster is not None and jids else None
+        self._background(self.promises.clientEdited(username, holds), "revoking the promised version", username)
+        if holds is not None:
+            self.sync.putBack(username, resource, jids)
 
     def clientsMayDiffer(self, username: str, version: str) -> bool:
         """
         Whether a client holding this (current) version may yet show
-        something else (L{SyncState.doubtClients}): it gets the whole roster.
+        something else (L{Promises.clientsMayDiffer}): it gets the whole
+        roster.
         """
-        return self.state.clientsDoubted(username, version)
+        return self.promises.clientsMayDiffer(username, version)
+
+    @property
+    def promised(self) -> int:
+        return self.promises.count
 
     def answered(self, username: str, resource: str, roster: Roster) -> None:
         """
         A client was answered C{roster}: it holds it from now on
-        (L{IRosterSync.answered}).  If the server holds that
-        roster (read back or written in this run, and recorded since) and
-        no client of the user is in doubt, let the server answer the
-        user's next queries itself, from its store: then what it answers
-        is what we answered.  Every change we learn of is written there,
-        which ends the promise; a failed write revokes it
-        (L{_markUnsynced}).
+        (L{IRosterSync.answered}), and the server may answer the user's
+        next queries itself if it stores that roster (L{Promises.answered}).
         """
         self.sync.answered(username, resource, roster)
-        version = roster.version
-        if (self._verified.get(username) == version and self.state.serverVersion(username) == version
-                and username not in self.unsynced and username not in self.refused
-                and not self.clientsMayDiffer(username, version)):
-            self.sync.promiseCurrent(username, version)
+        self.promises.answered(username, roster.version,
+                               synced=username not in self.unsynced and username not in self.refused)
 
     def verifyServer(self, username: str) -> Deferred[None]:
         """
@@ -369,15 +356,9 @@ class RosterBackend(Service):
         waiters, self._writableWaiters = self._writableWaiters, []
         for waiter in waiters:
             waiter.callback(None)
-        if self._revokePromises:
-            self._revokePromises = False
-
-            def revoked(taken: bool) -> None:
-                if not taken:
-                    self._revokePromises = True  # again at the next connection
-
-            d = self.sync.revokeCurrent(None).addCallback(revoked)
-            self._background(d, "revoking the promised versions", "every user")
+        revocation = self.promises.connected()
+        if revocation is not None:
+            self._background(revocation, "revoking the promised versions", "every user")
         if self._resumePending and self._canSync():
             self._resume()
         if not self.unsynced or not self._canSync():
@@ -467,14 +448,14 @@ class RosterBackend(Service):
         the server takes writes again, and after a restart too.
 
         @return: Fires once the server no longer answers queries with the
-            version it stores (L{IRosterSync.revokeCurrent}): a client
+            version it stores (L{Promises.revoke}): a client
             asking after the refresh reported its failure gets our answer.
             While disconnected it fires at once; the promise then ends
             with the write after the reconnection.
         """
         self.unsynced.add(username)
         self.state.addPending((username,))
-        return self.sync.revokeCurrent(username)
+        return self.promises.revoke(username)
 
     def _admit(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None) -> None:
         """
@@ -579,14 +560,14 @@ class RosterBackend(Service):
                 # recorded version: a crash meanwhile must not leave the
                 # cheap path trusting it.
                 self.state.forgetServer(username)
-                self._verified.pop(username, None)
+                self.promises.forget(username)
                 await self.sync.write(username, diff, urgent)
         except (SyncFailed, NotConnected) as e:
             self.log.warn("server roster of {user} not synced: {why}", user=username, why=str(e))
             # Part of a write may have been stored: what the server holds
             # is no longer known.
             self.state.forgetServer(username)
-            self._verified.pop(username, None)
+            self.promises.forget(username)
             await self._markUnsynced(username)
             if report and isinstance(e, SyncFailed):
                 raise
@@ -596,7 +577,7 @@ class RosterBackend(Service):
         if stored is not None:
             # Read back (and written) in this run: what it holds is known,
             # not only recorded.
-            self._verified[username] = roster.version
+            self.promises.verified(username, roster.version)
         if diff:
             self.log.info("synced {user} into the server: {changed} set, {removed} removed",
                           user=username, changed=len(diff.changed), removed=len(diff.removed))

@@ -142,8 +142,6 @@ class EjabberdAPISync(Service):
         self.observer: IServerObserver | None = None
         self.pool = pool
         self.parked: dict[str, str] = {}
-        #: Always 0: see L{promiseCurrent}.
-        self.promises = 0
         self._refusal: str | None = None
         self._answering = False
         self._probeCall: IDelayedCall | None = None

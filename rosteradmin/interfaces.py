@@ -66,6 +66,7 @@ class IRosterBackend(IServerObserver):
     state: SyncState = Attribute(
         "What the server holds and who is pending, kept across restarts (L{rosteradmin.state.SyncState}).")
     refreshes: int = Attribute("How many refresh requests were handled.")
+    promised: int = Attribute("How many roster versions the server took as promises (L{rosteradmin.promises}).")
     driftRepaired: Counter[str] = Attribute(
         "Server roster items repaired because they differed from what was written, by cause.")
 
@@ -171,7 +172,6 @@ class IRosterSync(Interface):
         """
 
     parked: dict[str, str] = Attribute("Users whose writes are held back after coinciding with stream losses, with why.")
-    promises: int = Attribute("How many roster versions were promised to the server (L{promiseCurrent}).")
 
     def stuck() -> str | None:
         """
@@ -208,12 +208,16 @@ class IRosterSync(Interface):
         may show its edit: push it the roster's items for them.
         """
 
-    def promiseCurrent(username: str, version: str) -> None:
+    def promiseCurrent(username: str, version: str) -> Deferred[bool] | None:
         """
         Tell the server that the roster it stores for the user is the one
         of C{version}, so that it may answer the user's queries itself,
-        with that version, until the stored roster changes (fire and
-        forget; a server that cannot does nothing).
+        with that version, until the stored roster changes (decided by
+        L{rosteradmin.promises.Promises}).
+
+        @return: Fires (never fails) with whether the server took it;
+            C{None} where nothing was sent (a server that cannot, or no
+            connection).
         """
 
     def revokeCurrent(username: str | None) -> Deferred[bool]:

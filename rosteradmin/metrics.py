@@ -114,7 +114,7 @@ class Metrics(Collector):
         yield CounterMetricFamily("rosteradmin_versions_promised",
                                   "Roster versions given to the server, which answers queries with them itself "
                                   "(contrib's mod_rosteradmin_roster): those queries are not counted here",
-                                  self.backend.sync.promises)
+                                  self.backend.promised)
         yield GaugeMetricFamily("rosteradmin_stuck", "1 while fetches or privileged requests make no progress",
                                 0 if self.backend.stuck() is None else 1)
         drift = CounterMetricFamily("rosteradmin_drift_repaired",

@@ -183,10 +183,6 @@ class PrivilegeHandler(XMPPHandler):
         self._strikes: Counter[str] = Counter()
         self.parked: dict[str, str] = {}
         self._unparkCalls: dict[str, IDelayedCall] = {}
-        #: The version promised for each user on this connection.
-        self._promised: dict[str, str] = {}
-        #: How many versions were promised (L{promiseCurrent}).
-        self.promises = 0
 
     def observe(self, observer: IServerObserver) -> None:
         """
@@ -217,7 +213,6 @@ class PrivilegeHandler(XMPPHandler):
     def connectionLost(self, reason: Failure) -> None:
         self._strike(sorted(self._writing))
         self.bulk = None  # the server may have been reconfigured meanwhile
-        self._promised.clear()
 
     def canSync(self) -> bool:
         return self.grants.canSync()
@@ -253,9 +248,6 @@ class PrivilegeHandler(XMPPHandler):
         parked = self._parkedFailure(username)
         if parked is not None:
             return parked
-        # The write ends the server's promise: the same version may be
-        # promised again once it is stored.
-        self._promised.pop(username, None)
         self.devices.changing(username, frozenset(c.jid for c in diff.changed) | frozenset(diff.removed))
         if self.bulk is False:
             return self._writeEach(username, diff, urgent)
@@ -281,22 +273,24 @@ class PrivilegeHandler(XMPPHandler):
             self.log.info("the server has no mod_rosteradmin_roster: writing one roster item per "
                           "privileged set, each a full save of the roster (see contrib/prosody)")
 
-    def promiseCurrent(self, username: str, version: str) -> None:
+    def promiseCurrent(self, username: str, version: str) -> Deferred[bool] | None:
         """
         Give contrib's mod_rosteradmin_roster the version of the roster it
-        stores for the user (a bulk iq with no items): it answers the
-        user's queries with that version itself, without delegating them,
-        until the stored roster changes.  Sent at once, not queued behind
-        writes, so that it reaches the server before any later write: a
-        write queued earlier made the state forget the stored version, and
-        the backend promises nothing then.
+        stores for the user (a bulk iq with no items; the contract is
+        L{rosteradmin.promises}').  Sent at once, not queued behind writes,
+        so that it reaches the server before any later write: a write
+        queued earlier made the state forget the stored version, and
+        nothing is promised then.
         """
-        if self.bulk is False or not self.status.connected or self._promised.get(username) == version:
-            return
-        self._promised[username] = version
-        self.promises += 1
+        if self.bulk is False or not self.status.connected:
+            return None
         d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}' ver='{version}'/>", "promise")
-        d.addErrback(self._ebPromise, username)
+
+        def refused(failure: Failure) -> bool:
+            self._ebPromise(failure, username)
+            return False
+
+        return d.addCallbacks(lambda result: True, refused)
 
     def revokeCurrent(self, username: str | None) -> Deferred[bool]:
         """
@@ -305,10 +299,6 @@ class PrivilegeHandler(XMPPHandler):
         may hold one: one may be left from an earlier connection, or from
         an earlier run of rosteradmin.
         """
-        if username is None:
-            self._promised.clear()
-        else:
-            self._promised.pop(username, None)
         if self.bulk is False:
             return succeed(True)
         if not self.status.connected:
@@ -323,8 +313,6 @@ class PrivilegeHandler(XMPPHandler):
         @return: Whether the server holds no promise anyway: it does not
             know the iq at all.
         """
-        if username is not None:
-            self._promised.pop(username, None)
         error = failure.value
         if self.bulk is not True and isinstance(error, StanzaError) and error.condition in NO_BULK_CONDITIONS:
             self._noBulkWrites()

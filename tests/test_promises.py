@@ -1,6 +1,6 @@
 """
 Tests for the roster versions rosteradmin promises to contrib's
-mod_rosteradmin_roster (L{rosteradmin.privilege.PrivilegeHandler.promiseCurrent}),
+mod_rosteradmin_roster (L{rosteradmin.promises}),
 which then answers current-version queries itself: a version is promised
 only when the server stores exactly that roster, once per connection, and
 revoked when a write fails.
@@ -67,7 +67,7 @@ def test_versioningClientsVersionIsPromisedOnce() -> None:
     wire.receive(envelope(rosterGet(ver=version)))
     again = wire.answerRequests(bulkServer)
     assert [a.firstChildElement() for a in answers(again)] == [None] and promises(again) == []
-    assert wire.component.privileges.promises == 1
+    assert wire.backend.promised == 1
 
 
 def test_clientWithoutVersionsIsPromisedToo() -> None:

@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.test_promises -*-
+"""
+Roster versions promised to the server: when Prosody may answer a user's
+roster queries itself, and when it must ask us again.
+
+Delegating a query costs Prosody about twice its own answer, and us a
+web-app fetch after a restart.  So once the server stores exactly the
+roster we answered a client, we promise that roster's version to contrib's
+mod_rosteradmin_roster, and it answers that user's queries from its store
+until the promise ends.
+
+The contract, both sides (contrib/prosody/mod_rosteradmin_roster.lua keeps
+the other half):
+
+  - A promise is a bulk iq with a version and no items, to the user's bare
+    JID: C{<query xmlns='urn:x-rosteradmin:roster:0' ver='V'/>}.  The module
+    records V with its stored roster's own version number and answers the
+    user's roster gets itself: empty for a get with V (XEP-0237), else the
+    stored roster with V.  It keeps promises in memory only.
+  - A promise ends when the stored roster is saved again (every change we
+    learn of is written there; a failed write is revoked), when the user's
+    client sends a roster set (the client may show its refused edit), when
+    we revoke it (C{ver=''} to the user, or to the host for every user), or
+    when Prosody restarts.  A stored roster whose version is not a number
+    (mod_groups) is never promised.
+
+Our side promises a version only when it is known to be what the server
+stores: read back or written in this run (the state's record alone could
+be older than a change made behind our back), still recorded in the state,
+the user neither unsynced nor refused, and no client of the user doubted
+at that version (L{SyncState.doubtClients}).  A run whose state does not
+know the stored rosters revokes every promise once, at its first
+connection, until the server has taken it.  The wire is the sync's
+(L{IRosterSync.promiseCurrent}, L{IRosterSync.revokeCurrent}); the
+decisions are this module's alone.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from rosteradmin.interfaces import IRosterSync
+from rosteradmin.state import SyncState
+
+
+class Promises:
+    """
+    The one owner of promised roster versions.
+
+    @ivar count: Versions promised (sent to the server).
+    """
+
+    log = Logger()
+
+    def __init__(self, sync: IRosterSync, state: SyncState) -> None:
+        """
+        @param sync: Sends promises and revocations to the server.
+        @param state: What the server stores, and the doubted versions.
+        """
+        self.sync = sync
+        self.state = state
+        self.count = 0
+        # Promises the server may hold from an earlier run cannot be
+        # trusted without the versions that run recorded.
+        self._revokeAll = not state.remembersServer
+        # The version each user's stored roster was read back (or written)
+        # with in this run: only those are promised.
+        self._verified: dict[str, str] = {}
+        # The version promised for each user on this connection.
+        self._sent: dict[str, str] = {}
+
+    def verified(self, username: str, version: str) -> None:
+        """
+        The server's stored roster of the user was read back, or written,
+        in this run, and is the roster of C{version}.
+        """
+        self._verified[username] = version
+
+    def forget(self, username: str) -> None:
+        """
+        What the server stores for the user is about to change, or is no
+        longer known: nothing is promised until it is verified again.  A
+        save in the server ends its promise by itself; a write that may have
+        failed is revoked (L{revoke}).
+        """
+        self._verified.pop(username, None)
+        self._sent.pop(username, None)
+
+    def answered(self, username: str, version: str, synced: bool) -> None:
+        """
+        A client was answered the roster of C{version}: promise it if the
+        server stores exactly that roster.
+
+        @param synced: The user is neither waiting for a write nor refused.
+        """
+        if (synced and self._verified.get(username) == version and self.state.serverVersion(username) == version
+                and not self.clientsMayDiffer(username, version) and self._sent.get(username) != version):
+            sent = self.sync.promiseCurrent(username, version)
+            if sent is not None:
+                self._sent[username] = version
+                self.count += 1
+                sent.addCallback(self._taken, username, version)
+
+    def _taken(self, taken: bool, username: str, version: str) -> None:
+        if not taken and self._sent.get(username) == version:
+            del self._sent[username]  # to be sent again
+
+    def clientsMayDiffer(self, username: str, version: str) -> bool:
+        """
+        Whether a client holding this (current) version may yet show
+        something else: it gets the whole roster, and the version is not
+        promised.
+        """
+        return self.state.clientsDoubted(username, version)
+
+    def clientEdited(self, username: str, version: str | None) -> Deferred[bool]:
+        """
+        A client's roster set was refused: it may show its edit while it
+        holds C{version} (the user's current one, if known).  The set may
+        have crossed a promise on its way, so the promise is revoked, and
+        the version doubted: an offline client that kept its edit must not
+        be told "current".
+        """
+        if version is not None:
+            self.state.doubtClients(username, version)
+        return self.revoke(username)
+
+    def revoke(self, username: str) -> Deferred[bool]:
+        """
+        The server may no longer store what the user's promise vouches for
+        (a write failed part-way): end it.
+
+        @return: Fires with whether the server has taken it (at once while
+            disconnected: the write after the reconnection ends it).
+        """
+        self._sent.pop(username, None)
+        return self.sync.revokeCurrent(username)
+
+    def connected(self) -> Deferred[bool] | None:
+        """
+        The server takes roster writes on a new connection: what was sent
+        on the last one is forgotten, and, if this run cannot trust the
+        promises an earlier run made, they are all revoked, again at each
+        connection until the server has taken it.
+
+        @return: The revocation, if one was sent.
+        """
+        self._sent.clear()
+        if not self._revokeAll:
+            return None
+        self._revokeAll = False
+
+        def revoked(taken: bool) -> bool:
+            if not taken:
+                self._revokeAll = True  # again at the next connection
+            return taken
+
+        return self.sync.revokeCurrent(None).addCallback(revoked)
