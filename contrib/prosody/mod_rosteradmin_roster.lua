@@ -33,6 +33,8 @@
 -- Promises live in memory: after a restart of Prosody, rosteradmin answers
 -- again.  rosteradmin_answer_rosters = false turns it off.  A query with
 -- ver and no items only records the promise (nothing is saved).
+-- rosteradmin's half of this contract, when it promises and revokes, is
+-- rosteradmin/promises.py.
 --
 -- It answers each user at most rosteradmin_roster_get_rate gets a second
 -- (default 20, as rosteradmin's --query-rate), in bursts of two seconds'
