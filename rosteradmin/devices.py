@@ -46,7 +46,7 @@ from twisted.words.xish import domish
 
 from rosteradmin.interfaces import IConnectionStatus
 from rosteradmin.permissions import NS_PRIVILEGE_2, PermissionTracker
-from rosteradmin.roster import NS_ROSTER, Contact, Roster, diffSteps
+from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterStep, diffSteps
 from rosteradmin.stanzas import NS_CLIENT, iqXML
 from rosteradmin.state import SyncState
 
@@ -96,6 +96,24 @@ class Device:
     sending: bool = False
     failures: int = 0
     retry: IDelayedCall | None = None
+
+    def stepsTo(self, target: Roster) -> tuple[RosterStep, ...]:
+        """
+        The pushes from what the device shows to C{target}: each change,
+        and each dirty contact as C{target} has it (a removal where it has
+        none).  The dirty contacts go with them.
+        """
+        assert self.held is not None
+        base, rewrite = self.held, frozenset[str]()
+        if self.dirty:
+            present = {c.jid for c in target.contacts}
+            held = {c.jid for c in base.contacts}
+            strays = [Contact(jid, None, ()) for jid in sorted(self.dirty - present - held)]
+            if strays:
+                base = Roster([*base.contacts, *strays])
+            rewrite = frozenset(self.dirty & present)
+            self.dirty = set()
+        return diffSteps(base, target, rewrite)
 
     def converged(self, target: Roster | None) -> bool:
         """
@@ -360,19 +378,17 @@ class DeviceViews:
             return 0
         if self._send is None or not self.status.connected or not self._canPush():
             return 0
-        base, rewrite = device.held, frozenset[str]()
-        if device.dirty:
-            present = {c.jid for c in target.contacts}
-            held = {c.jid for c in base.contacts}
-            strays = [Contact(jid, None, ()) for jid in sorted(device.dirty - present - held)]
-            if strays:
-                base = Roster([*base.contacts, *strays])
-            rewrite = frozenset(device.dirty & present)
-        steps = diffSteps(base, target, rewrite)
-        device.dirty = set()
+        steps = device.stepsTo(target)
         if not steps:
             device.held = target
             return 0
+        return self._sendBatch(username, device, target, steps)
+
+    def _sendBatch(self, username: str, device: Device, target: Roster, steps: tuple[RosterStep, ...]) -> int:
+        """
+        Push the device C{steps}, which bring it to C{target}, its
+        contacts kept in the state until every device took them.
+        """
         jids = frozenset(step.jid for step in steps)
         self.state.addUnpushed(username, jids, target.version)
         self._unpushed.add(username)
