@@ -32,22 +32,19 @@ pushed them again once the server replays their presence.
 
 from __future__ import annotations
 
-import itertools
-import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from rosteradmin.interfaces import IConnectionStatus
-from rosteradmin.permissions import NS_PRIVILEGE_2, PermissionTracker
-from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterStep, diffSteps
-from rosteradmin.stanzas import NS_CLIENT, iqXML
+from rosteradmin.permissions import PermissionTracker
+from rosteradmin.pushes import PushSender
+from rosteradmin.roster import Contact, Roster, RosterStep, diffSteps
 from rosteradmin.state import SyncState
 
 #: Failed batches in a row after which a device is given up.
@@ -123,12 +120,56 @@ class Device:
                 and self.held.version == target.version)
 
 
+class UnpushedContacts:
+    """
+    The contacts of each user that not every device of the user has taken
+    yet, kept in the state across a crash, and the versions a device may
+    hold without all of their contents, doubted there.
+    """
+
+    def __init__(self, state: SyncState) -> None:
+        self.state = state
+        # A device of the last run may hold the version its pushes were
+        # bringing it to, without all of its contents.
+        versions = state.unpushedVersions()
+        for username, version in versions.items():
+            if version:  # else only written, not pushed yet
+                state.doubtClients(username, version)
+        self._users = set(versions)
+
+    def of(self, username: str) -> frozenset[str]:
+        return self.state.unpushed(username) if username in self._users else frozenset()
+
+    def add(self, username: str, jids: frozenset[str], version: str) -> None:
+        """
+        These contacts are on their way to the user's devices, toward the
+        roster of C{version} (C{""}: written into the server, not pushed).
+        """
+        self.state.addUnpushed(username, jids, version)
+        self._users.add(username)
+
+    def done(self, username: str) -> None:
+        """
+        Every device of the user took them, or none is left online.
+        """
+        if username in self._users:
+            self._users.discard(username)
+            self.state.pushed(username)
+
+    def doubt(self, username: str, target: Roster) -> None:
+        """
+        A device may hold C{target}'s version without all of its contents:
+        its next query with it gets the whole roster.
+        """
+        self.state.doubtClients(username, target.version)
+
+
 class DeviceViews:
     """
     The users' interested resources, their views, and the pushes that
     converge each view on the user's roster.
 
-    @ivar pushes: Pushes sent, over the process' life.
+    @ivar wire: Sends the pushes.
     @ivar givenUp: Devices given up with their pushes unanswered.
     """
 
@@ -142,37 +183,23 @@ class DeviceViews:
         @param state: Where unanswered pushes and doubted versions are kept.
         @param clock: Time for retries.
         """
-        self.status = status
-        self.permissions = permissions
-        self.state = state
+        self.wire = PushSender(status, permissions)
         self.clock = clock
-        self._send: Callable[[str, str], Deferred[domish.Element]] | None = None
+        self._unpushed = UnpushedContacts(state)
         self._devices: dict[str, dict[str, Device]] = {}
         self._targets: dict[str, Roster] = {}
         # Views of available devices kept over a loss of our stream, until
         # the server replays their presence.
         self._awaitingReplay: dict[str, dict[str, Device]] = {}
         self._replayCall: IDelayedCall | None = None
-        self._ids = itertools.count()
-        self._idPrefix = f"push-{secrets.token_hex(4)}"
-        self._toldCannotPush = False
-        self.pushes = 0
         self.givenUp = 0
-        # A device of the last run may hold the version its pushes were
-        # bringing it to, without all of its contents.
-        unpushed = state.unpushedVersions()
-        for username, version in unpushed.items():
-            if version:  # else only written, not pushed yet
-                state.doubtClients(username, version)
-        self._unpushed = set(unpushed)
 
-    def sendThrough(self, send: Callable[[str, str], Deferred[domish.Element]]) -> None:
+    @property
+    def pushes(self) -> int:
         """
-        Say how pushes are sent: a privileged iq set with this payload for
-        a user, within the bound of privileged requests (given by the
-        composition root, L{rosteradmin.tap.wireParts}).
+        Pushes sent, over the process' life.
         """
-        self._send = send
+        return self.wire.pushes
 
     def resources(self) -> int:
         """
@@ -265,7 +292,7 @@ class DeviceViews:
         when we are back.  Until then, the views of available devices are
         set aside.
         """
-        self._toldCannotPush = False
+        self.wire.connectionLost()
         if self._replayCall is not None and self._replayCall.active():
             self._replayCall.cancel()
         self._notReplayed()
@@ -313,8 +340,7 @@ class DeviceViews:
         devices not.
         """
         if self._devices.get(username) or self._awaitingReplay.get(username):
-            self.state.addUnpushed(username, jids, "")
-            self._unpushed.add(username)
+            self._unpushed.add(username, jids, "")
 
     def edited(self, username: str, resource: str, jids: frozenset[str]) -> int:
         """
@@ -349,9 +375,8 @@ class DeviceViews:
             device = self._awaitingReplay.get(username, {}).pop(resource, None)
             if device is None:
                 device = Device(resource, available)
-                if username in self._unpushed:
-                    # Pushed before our restart, maybe not answered.
-                    device.dirty.update(self.state.unpushed(username))
+                # Pushed before our restart, maybe not answered.
+                device.dirty.update(self._unpushed.of(username))
             devices[resource] = device
             if not available:
                 self._boundSilent(username, devices)
@@ -376,7 +401,7 @@ class DeviceViews:
         if not device.dirty and device.held.version == target.version:
             device.held = target
             return 0
-        if self._send is None or not self.status.connected or not self._canPush():
+        if not self.wire.ready():
             return 0
         steps = device.stepsTo(target)
         if not steps:
@@ -390,22 +415,14 @@ class DeviceViews:
         contacts kept in the state until every device took them.
         """
         jids = frozenset(step.jid for step in steps)
-        self.state.addUnpushed(username, jids, target.version)
-        self._unpushed.add(username)
+        self._unpushed.add(username, jids, target.version)
         device.sending = True
         answered = device.answered
-        pushes = [self._push(username, device.jid, step.item, step.version) for step in steps]
+        pushes = [self.wire.push(username, device.jid, step) for step in steps]
         DeferredList(pushes, consumeErrors=True).addCallback(self._batchDone, username, device, target, jids,
                                                               answered)
-        self.pushes += len(steps)
         self.log.info("pushed {count} roster changes to {resource}", count=len(steps), resource=device.jid)
         return len(steps)
-
-    def _push(self, username: str, resource: str, item: str, version: str) -> Deferred[domish.Element]:
-        assert self._send is not None
-        push = iqXML("set", f"{self._idPrefix}-{next(self._ids)}", resource,
-                     f"<query xmlns='{NS_ROSTER}' ver='{version}'>{item}</query>", namespace=NS_CLIENT)
-        return self._send(username, f"<privileged_iq xmlns='{NS_PRIVILEGE_2}'>{push}</privileged_iq>")
 
     def _batchDone(self, results: list[tuple[bool, domish.Element]], username: str, device: Device, target: Roster,
                    jids: frozenset[str], answered: int) -> None:
@@ -424,7 +441,7 @@ class DeviceViews:
             return
         if self._devices.get(username, {}).get(device.jid) is not device:
             if failed or device.answered != answered:
-                self._doubt(username, target)
+                self._unpushed.doubt(username, target)
             return  # it left meanwhile
         if device.answered != answered:
             device.dirty.update(jids)
@@ -464,45 +481,25 @@ class DeviceViews:
         target = self._targets.get(username)
         if target is not None and device.held is not None and not device.converged(target):
             self.givenUp += 1
-            self._doubt(username, target)
+            self._unpushed.doubt(username, target)
             self.log.info("{resource} {why} before its roster pushes were answered: its next roster query "
                           "is answered in full", resource=device.jid, why=why)
-
-    def _doubt(self, username: str, target: Roster) -> None:
-        self.state.doubtClients(username, target.version)
 
     def _settle(self, username: str) -> None:
         """
         Once every device of the user holds the target, its unanswered
         pushes are forgotten.
         """
-        if username not in self._unpushed:
-            return
         target = self._targets.get(username)
         devices = self._devices.get(username, {})
         if all(d.converged(target) for d in devices.values()) and not self._awaitingReplay.get(username):
-            self._unpushed.discard(username)
-            self.state.pushed(username)
+            self._unpushed.done(username)
 
     def _forgetIfEmpty(self, username: str) -> None:
         if not self._devices.get(username):
             self._devices.pop(username, None)
             if not self._awaitingReplay.get(username):
                 self._targets.pop(username, None)
-                if username in self._unpushed:
-                    # Nobody online holds them: a device logging in later
-                    # with a doubted version gets the whole roster.
-                    self._unpushed.discard(username)
-                    self.state.pushed(username)
-
-    def _canPush(self) -> bool:
-        permissions = self.permissions.permissions
-        if permissions.canPush:
-            return True
-        if not self._toldCannotPush:
-            self._toldCannotPush = True
-            self.log.warn(
-                "roster changes of online users are not pushed: the server grants no iq permission "
-                "for jabber:iq:roster ({version}; urn:xmpp:privilege:1 has none); clients see the "
-                "changes at their next roster get", version=permissions.namespace)
-        return False
+                # Nobody online holds them: a device logging in later
+                # with a doubted version gets the whole roster.
+                self._unpushed.done(username)

@@ -366,7 +366,7 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     presence = PresenceTracker(config.domain, devices, config.iq_timeout)
     privileges = PrivilegeHandler(config.domain, status, grants, presence, devices, clock, config.iq_timeout,
                                   limit, config.sync_latency_target)
-    devices.sendThrough(privileges.pushRequest)
+    devices.wire.sendThrough(privileges.pushRequest)
     # An online user's roster is what its clients hold: it stays cached.
     cache = RosterCache(config.cache_max_contacts, pinned=presence.isOnline)
     sync = chooseRosterSync(config, privileges, clock)

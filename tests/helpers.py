@@ -125,7 +125,7 @@ def standalonePrivileges(status: ConnectionMonitor) -> PrivilegeHandler:
     devices = DeviceViews(status, grants, SyncState(), clock)
     handler = PrivilegeHandler(DOMAIN, status, grants, PresenceTracker(DOMAIN, devices), devices, clock, 5.0,
                                StanzaLimit())
-    devices.sendThrough(handler.pushRequest)
+    devices.wire.sendThrough(handler.pushRequest)
     return handler
 
 
