@@ -14,6 +14,7 @@ from treq.testing import StubTreq
 from twisted.logger import capturedLogs
 from twisted.words.xish import domish
 
+from rosteradmin import slicing
 from rosteradmin.fullsync import FullSync
 from rosteradmin.tap import makeAPI
 from rosteradmin.roster import NS_ROSTER
@@ -598,3 +599,22 @@ def test_headWhereGetIsSafe() -> None:
         response = Api.result(d)
         assert (response.code, response.headers.getRawHeaders("allow")) == (405, [allowed])
     assert api.wire.webApp.requests == {} and api.wire.sent() == []
+
+
+def test_refreshOfManyUsersPreparesThemInSlices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A refresh naming many users prepares them (nodeprep) and records them
+    as pending a slice at a time, the reactor getting a turn between
+    slices: a refresh of 100,000 users is seconds of that work.
+    """
+    monkeypatch.setattr(slicing, "SLICE_SECONDS", 0.0)  # every chunk spends the budget
+    api = makeApi({})
+    backend = api.wire.backend
+    names = [f"User{i}" for i in range(200)]
+    d = backend.refresh(names)
+    assert backend.state.pendingCount() == 64 and sum(api.wire.webApp.requests.values()) == 0
+    api.wire.clock.advance(0)
+    assert backend.state.pendingCount() == 200
+    api.wire.answerRequests(serverAnswers())
+    assert Api.result(d).updated == 200
+    assert sorted(api.wire.webApp.requests) == sorted(name.lower() for name in names)
