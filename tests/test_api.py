@@ -601,6 +601,26 @@ def test_headWhereGetIsSafe() -> None:
     assert api.wire.webApp.requests == {} and api.wire.sent() == []
 
 
+def test_syncOfUsersJoinsTheRunningPass() -> None:
+    """
+    POST /roster_admin/sync with usernames while a pass runs answers
+    "joined": they are part of that pass, counted in its progress, and
+    synced.
+    """
+    api = makeApi({"alice": ALICE_ROSTER, "newcomer": ALICE_ROSTER}, refreshAuthorization="s3")
+    api.wire.webApp.hold = True
+    auth = {"Authorization": "s3"}
+    code, body = api.request("POST", "/roster_admin/sync", ["alice"], headers=auth)
+    assert (code, body["status"], body["sync"]["listed"]) == (202, "started", 1)
+    code, body = api.request("POST", "/roster_admin/sync", ["newcomer"], headers=auth)
+    assert (code, body["status"], body["sync"]["kind"], body["sync"]["listed"]) == (202, "joined", "users", 2)
+    assert api.wire.webApp.requests["newcomer"] == 1
+    api.wire.webApp.release()
+    api.wire.answerRequests(serverAnswers())
+    code, body = api.request("GET", "/roster_admin/sync", headers=auth)
+    assert body["status"] == "idle" and (body["sync"]["synced"], body["sync"]["failed"]) == (2, 0)
+
+
 def test_refreshOfManyUsersPreparesThemInSlices(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     A refresh naming many users prepares them (nodeprep) and records them
