@@ -97,7 +97,7 @@ async def test_ctlSync(webapp: WebAppStub, service: RunningService, prosody: Pro
     sync of named users, and of every user of the web app's paged list,
     writes their rosters into Prosody and exits 0; a user the web app
     fails makes the pass exit 1 naming it; a sync of users asked for while
-    a full sync runs joins it.
+    a full sync runs joins it; a running sync can be cancelled.
     """
     url = ["--url", service.baseURL]
     code, out, err = await ctl(*url, "sync", "alice", "bob", "--interval", "0.1")
@@ -128,3 +128,14 @@ async def test_ctlSync(webapp: WebAppStub, service: RunningService, prosody: Pro
     code, out, err = await ctl(*url, "sync", "bob", "--interval", "0.1")
     assert "a full sync is running; these users joined it (synced now, as part of it)" in err
     assert code == 0 and out.startswith("full sync done: 6 of 6 users synced in "), err
+
+    # Cancelled while alice's fetch holds its first batch: that batch
+    # finishes, and the pass ends there.
+    code, out, _ = await ctl(*url, "sync", "--all", "--no-wait")
+    assert code == 0 and out.startswith("full sync started; ")
+    code, out, err = await ctl(*url, "--json", "sync", "--cancel", "--interval", "0.1")
+    assert code == 0, err
+    document = json.loads(out)["sync"]
+    assert (document["running"], document["error"]) == (False, "cancelled (DELETE /roster_admin/sync)")
+    code, out, err = await ctl(*url, "sync", "--cancel")
+    assert (code, err) == (1, "rosteradmin-ctl: sync failed: HTTP 409: No sync is running\n")
