@@ -189,10 +189,12 @@ class SyncResource(AdminResource):
             usernames = body
         else:
             raise ApiError(HTTPStatus.BAD_REQUEST, 'Request body must be {"all": true} or a JSON array of usernames')
-        already = self.fullSync.current is not None and self.fullSync.current.running
-        progress = self.fullSync.start("full" if usernames is None else "users", usernames)
-        status = "started" if not already else "running" if usernames is None else "joined"
-        return HTTPStatus.ACCEPTED, {"status": status, "sync": progress.toJSON()}
+        if usernames is None:
+            already = self.fullSync.current is not None and self.fullSync.current.running
+            progress = self.fullSync.start("full")
+            return HTTPStatus.ACCEPTED, {"status": "running" if already else "started", "sync": progress.toJSON()}
+        progress, joined = await self.fullSync.accept(usernames)
+        return HTTPStatus.ACCEPTED, {"status": "joined" if joined else "started", "sync": progress.toJSON()}
 
     async def _delete(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)

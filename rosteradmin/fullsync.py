@@ -38,6 +38,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from rosteradmin.backend import RosterBackend
+from rosteradmin.slicing import inSlices
 from rosteradmin.users import UserLister, UsersListEndless, UsersUnavailable
 
 #: Users refreshed at once in a full sync: a page of the users list is cut
@@ -141,7 +142,21 @@ class FullSync(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 
-    def start(self, kind: str, usernames: list[str] | None = None) -> SyncProgress:
+    async def accept(self, usernames: list[str]) -> tuple[SyncProgress, bool]:
+        """
+        Sync these users: record them as pending (so that they are synced
+        even if this process dies first), in slices, as 100,000 of them
+        are seconds of SQLite work; then L{start} a pass of them, or join
+        the running one.
+
+        @return: The pass, and whether they joined one that was running.
+        """
+        async for part in inSlices(usernames, self.clock):
+            self.backend.state.addPending(part)
+        joined = self.current is not None and self.current.running
+        return self.start("users", usernames, recorded=True), joined
+
+    def start(self, kind: str, usernames: list[str] | None = None, recorded: bool = False) -> SyncProgress:
         """
         Start a pass, unless one runs: then that one's progress, which the
         C{usernames}, if given, join: they are refreshed at once, counted
@@ -149,8 +164,10 @@ class FullSync(Service):
 
         @param kind: C{"full"}, C{"reconcile"}, or C{"users"} with
             C{usernames}.
+        @param recorded: The C{usernames} are recorded as pending already
+            (L{accept}).
         """
-        if usernames is not None:
+        if usernames is not None and not recorded:
             # Accepted: they are synced even if this process dies first.
             self.backend.state.addPending(usernames)
         if self.current is not None and self.current.running:

@@ -638,3 +638,27 @@ def test_refreshOfManyUsersPreparesThemInSlices(monkeypatch: pytest.MonkeyPatch)
     api.wire.answerRequests(serverAnswers())
     assert Api.result(d).updated == 200
     assert sorted(api.wire.webApp.requests) == sorted(name.lower() for name in names)
+
+
+def test_syncOfManyUsersRecordsThemInSlices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    POST /roster_admin/sync with many usernames records them as pending a
+    slice at a time, the reactor getting a turn between slices, and
+    answers once every one is recorded (synced even if the process dies
+    next).
+    """
+    monkeypatch.setattr(slicing, "SLICE_SECONDS", 0.0)  # every chunk spends the budget
+    api = makeApi({}, refreshAuthorization="s3")
+    api.wire.webApp.hold = True
+    names = [f"user{i}" for i in range(200)]
+    answers: list[Any] = []
+    api.http.post("http://api.invalid/roster_admin/sync", data=json.dumps(names).encode(),
+                  headers={"Authorization": "s3"}).addBoth(answers.append)
+    api.http.flush()
+    assert answers == [] and api.wire.backend.state.pendingCount() == 64
+    api.wire.clock.advance(0)
+    api.http.flush()
+    assert api.wire.backend.state.pendingCount() == 200
+    [response] = answers
+    body = json.loads(Api.result(response.content()))
+    assert (response.code, body["status"], body["sync"]["listed"]) == (202, "started", 200)
