@@ -53,6 +53,9 @@ MAX_PAGES = 100_000
 #: Users listed before giving up on a list that never ends.
 MAX_USERS = 10_000_000
 
+#: Entries of a page that are not usernames kept to show (all are counted).
+REFUSED_KEPT = 20
+
 #: Whitespace between JSON tokens (RFC 8259 §2).
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
@@ -89,10 +92,11 @@ def nextPage(linkHeaders: list[str], base: str) -> str | None:
     return None
 
 
-async def parsePage(body: bytes, clock: IReactorTime) -> tuple[list[str], list[str]]:
+async def parsePage(body: bytes, clock: IReactorTime) -> tuple[list[str], list[str], int]:
     """
-    The usernames of one page, normalised, and the entries refused; decoded
-    and prepared in slices, the reactor getting a turn between them.
+    The usernames of one page, normalised, the first L{REFUSED_KEPT}
+    entries refused (quoted) and how many were; decoded and prepared in
+    slices, the reactor getting a turn between them.
 
     @raise UsersUnavailable: The page is not a JSON array.
     """
@@ -103,15 +107,20 @@ async def parsePage(body: bytes, clock: IReactorTime) -> tuple[list[str], list[s
             raise UsersUnavailable(f"users page must be a JSON array, got {type(data).__name__}")
         usernames: list[str] = []
         refused: list[str] = []
+        refusedCount = 0
         async for part in inSlices(_arrayValues(text), clock):
             for entry in part:
                 try:
                     usernames.append(normaliseUsername(entry))
                 except InvalidUsername:
-                    refused.append(repr(entry)[:100])
+                    refusedCount += 1
+                    # Not all: a page of millions of numbers would keep a
+                    # string for each.
+                    if len(refused) < REFUSED_KEPT:
+                        refused.append(repr(entry)[:100])
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise UsersUnavailable(f"users page is not JSON (body starts {preview(body)})") from None
-    return usernames, refused
+    return usernames, refused, refusedCount
 
 
 def _arrayValues(text: str) -> Iterator[Any]:
@@ -214,10 +223,10 @@ class UserLister:
             raise
         except Exception as e:
             raise UsersUnavailable(f"GET {url[:200]} failed: {type(e).__name__}: {e}") from None
-        usernames, refused = await parsePage(body, self.clock)
+        usernames, refused, refusedCount = await parsePage(body, self.clock)
         if refused:
             self.log.warn("users page {url}: {count} entries are not usernames, e.g. {example}",
-                          url=url[:200], count=len(refused), example=refused[0])
+                          url=url[:200], count=refusedCount, example=refused[0])
         return usernames, nextPage(links, url)
 
     async def _read(self, url: str) -> tuple[bytes, list[str]]:

@@ -75,7 +75,7 @@ def test_badPageStopsTheListing() -> None:
         collect(UserLister("http://webapp.invalid/users", Clock(), http=http), http)
 
 
-def parsed(body: bytes, clock: Clock | None = None) -> tuple[list[str], list[str]]:
+def parsed(body: bytes, clock: Clock | None = None) -> tuple[list[str], list[str], int]:
     """
     L{parsePage} of a page that fits in one slice: done at once.
     """
@@ -91,7 +91,16 @@ def test_parsePageSkipsWhatIsNoUsername() -> None:
     """
     Entries that cannot be usernames are returned apart, not synced.
     """
-    assert parsed(b'["alice", 3, "", "a@b"]') == (["alice"], ["3", "''", "'a@b'"])
+    assert parsed(b'["alice", 3, "", "a@b"]') == (["alice"], ["3", "''", "'a@b'"], 3)
+
+
+def test_refusedEntriesAreCountedNotAllKept() -> None:
+    """
+    Of a page's entries that are not usernames, all are counted and the
+    first few kept to show: a page of millions would otherwise keep a
+    string for each.
+    """
+    assert parsed(json.dumps([7] * 1000 + ["alice"]).encode()) == (["alice"], ["7"] * users.REFUSED_KEPT, 1000)
 
 
 @pytest.mark.parametrize("headers, expected", [
@@ -152,8 +161,9 @@ def test_parsePageDecodesAsJSONDoes(body: bytes) -> None:
     The page, decoded a value at a time, gives what C{json.loads} would.
     """
     values = json.loads(body)
-    assert parsed(body) == ([v.lower() for v in values if isinstance(v, str) and '"' not in v],
-                            [repr(v)[:100] for v in values if not isinstance(v, str) or '"' in v])
+    refused = [repr(v)[:100] for v in values if not isinstance(v, str) or '"' in v]
+    assert parsed(body) == ([v.lower() for v in values if isinstance(v, str) and '"' not in v], refused,
+                            len(refused))
 
 
 @pytest.mark.parametrize("body, error", [
@@ -182,7 +192,7 @@ def test_largePageIsPreparedInSlices(monkeypatch: pytest.MonkeyPatch) -> None:
     ensureDeferred(parsePage(json.dumps(names).encode(), clock)).addBoth(outcome.append)
     assert outcome == [] and len(clock.getDelayedCalls()) == 1
     clock.advance(0)
-    assert outcome == [([name.lower() for name in names], [])]
+    assert outcome == [([name.lower() for name in names], [], 0)]
 
 
 class EndlessUsers(Resource):
