@@ -8,6 +8,7 @@ Run every benchmark scenario and print one table.
     python -m bench.run --scenario large-first-sync [--sync-contacts 3000] [--runs 1]
     python -m bench.run --scenario full-sync [--full-sync-users 10000] [--runs 1]
     python -m bench.run --scenario refresh-memory [--memory-users 100000] [--memory-caps 1000000,200000]
+    python -m bench.run --scenario reactor-stall [--stall-users 1500000] [--stall-contacts 20000] [--runs 1]
 
 Each scenario runs the same users and rosters against (A) Prosody
 answering roster gets itself from its storage and (B) Prosody delegating
@@ -77,6 +78,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fullsync
+from bench.reactorstall import reactorStall
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
 from bench.procstat import cpuSeconds
 from bench.probes import health, metrics, rosterPath
@@ -128,6 +130,8 @@ class Setup:
         self.extraConfig: dict[str, Any] = {}
         #: Log rosteradmin's garbage collections to this file (L{bench.gclog}).
         self.gcLog: Path | None = None
+        #: Log rosteradmin's reactor stalls to this file (L{bench.stallprobe}).
+        self.stallLog: Path | None = None
 
     def start(self) -> None:
         self.prosody.start()
@@ -157,6 +161,8 @@ fetch_timeout = 60
         launcher, env = "from twisted.scripts.twistd import run; run()", {**os.environ, "PYTHONPATH": str(ROOT)}
         if self.gcLog is not None:
             launcher, env["BENCH_GC_LOG"] = "import bench.gclog; " + launcher, str(self.gcLog)
+        if self.stallLog is not None:
+            launcher, env["BENCH_STALL_LOG"] = "import bench.stallprobe; " + launcher, str(self.stallLog)
         self.component = subprocess.Popen(
             [sys.executable, "-c", launcher, "-n", "--pidfile=",
              "--logger", "bench.run.quietLogger", "rosteradmin", "--config", str(config)],
@@ -674,6 +680,24 @@ async def refreshMemoryRuns(workdir: Path, args: argparse.Namespace) -> dict[int
     return results
 
 
+async def reactorStallRuns(workdir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """
+    Scenario 9 (B only, L{bench.reactorstall}): one Prosody and web app,
+    a new rosteradmin process per phase.
+    """
+    results = []
+    setup = Setup(workdir / "reactor-stall", "B", args.stall_contacts + 10, 20, args.delay)
+    setup.stallLog = setup.dir / "stalls.log"
+    setup.gcLog = setup.dir / "gc.log"
+    setup.start()
+    try:
+        for _ in range(args.runs):
+            results.append(await reactorStall(setup, args.stall_users, args.stall_contacts))
+    finally:
+        setup.stop()
+    return results
+
+
 def memory(users: int, contacts: int) -> dict[str, Any]:
     """
     Scenario 4, in a fresh process: RSS per cached contact.
@@ -728,6 +752,9 @@ async def main(args: argparse.Namespace) -> None:
         if args.scenario == "refresh-memory":
             for cap, runs in (await refreshMemoryRuns(Path(tmp), args)).items():
                 results[f"8 refresh memory ({args.memory_users} x 10, cache max {cap:,})"]["B"] = runs
+        if args.scenario == "reactor-stall":
+            results[f"9 reactor stall ({args.stall_users:,} users, {args.stall_contacts:,} contacts)"]["B"] = (
+                await reactorStallRuns(Path(tmp), args))
     printResults(results, rows, ratios)
     if LOADS:
         print()
@@ -965,12 +992,13 @@ if __name__ == "__main__":
                         help="what --profile records: scenarios 1 and 1v, or one storm (run 1, first storm size)")
     parser.add_argument("--storm-idle", type=float, default=10.0,
                         help="seconds of the storm probe's idle baseline before 2c and 2s (0: no storm probe)")
-    parser.add_argument("--scenario", choices=("all", "targets", "large-roster", "large-first-sync", "full-sync", "refresh-memory"),
+    parser.add_argument("--scenario", choices=("all", "targets", "large-roster", "large-first-sync", "full-sync", "refresh-memory",
+                                               "reactor-stall"),
                         default="all",
                         help="run scenarios 1 to 6; or only 1, 1v, 2, 2c and 2s (targets); or only 5 and 5L (large-roster);"
                              " or only scenario 6"
-                             " (bench/firstsync.py), 7 (bench/fullsync.py) or 8 (bench/refreshmemory.py);"
-                             " 7 and 8 run only when named")
+                             " (bench/firstsync.py), 7 (bench/fullsync.py), 8 (bench/refreshmemory.py)"
+                             " or 9 (bench/reactorstall.py); 7 to 9 run only when named")
     parser.add_argument("--storm-sizes", type=lambda v: [int(c) for c in v.split(",")], default=[1000],
                         help="users of each login storm (scenarios 2, 2c, 2s), comma-separated")
     parser.add_argument("--prosody-b-config", help="B's Prosody configuration instead of contrib's (experiments)")
@@ -994,6 +1022,10 @@ if __name__ == "__main__":
                         help="users refreshed in scenario 8, 10 contacts each")
     parser.add_argument("--memory-caps", type=lambda v: [int(c) for c in v.split(",")], default=[1000000, 200000],
                         help="--cache-max-contacts values scenario 8 runs with, comma-separated")
+    parser.add_argument("--stall-users", type=int, default=1_500_000,
+                        help="users of the one-page users list of scenario 9")
+    parser.add_argument("--stall-contacts", type=int, default=20_000,
+                        help="contacts of the large roster of scenario 9")
     parser.add_argument("--py-spy-options", default="--threads",
                         help="more py-spy record options for --profile (default --threads: bench.pyspysummary"
                              " counts the main thread's samples); write --py-spy-options='--threads --gil'")

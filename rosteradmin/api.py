@@ -139,18 +139,24 @@ class RefreshResource(AdminResource):
 class SyncResource(AdminResource):
     """
     C{POST /roster_admin/sync} starts a sync in the background and answers
-    at once with its progress; C{GET} shows the progress::
+    at once with its progress; C{GET} shows the progress; C{DELETE}
+    cancels it::
 
         POST /roster_admin/sync   {"all": true}      (every user of --users-url)
         POST /roster_admin/sync   ["john", "aaron"]  (these users)
         202 {"status": "started", "sync": {"kind": "full", "running": true,
              "listed": 500, "listing_done": false, "synced": 120, "failed": 0, ...}}
 
+        DELETE /roster_admin/sync
+        202 {"status": "cancelling", "sync": {"kind": "full", "running": true,
+             "error": "cancelled (DELETE /roster_admin/sync)", ...}}
+
     While a pass runs, another is not started: the answer is its progress,
-    with C{"status": "running"}.
+    with C{"status": "running"}; users named then join it (C{"status":
+    "joined"}): they are synced at once, and the pass ends once they are.
     """
 
-    allowedMethods = (b"GET", b"HEAD", b"POST")
+    allowedMethods = (b"DELETE", b"GET", b"HEAD", b"POST")
     what = "sync"
 
     def __init__(self, drain: Drain, fullSync: FullSync, authorization: str | None) -> None:
@@ -162,6 +168,9 @@ class SyncResource(AdminResource):
 
     def render_POST(self, request: server.Request) -> int:
         return self.respond(request, self._post)
+
+    def render_DELETE(self, request: server.Request) -> int:
+        return self.respond(request, self._delete)
 
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)
@@ -180,9 +189,21 @@ class SyncResource(AdminResource):
             usernames = body
         else:
             raise ApiError(HTTPStatus.BAD_REQUEST, 'Request body must be {"all": true} or a JSON array of usernames')
-        already = self.fullSync.current is not None and self.fullSync.current.running
-        progress = self.fullSync.start("full" if usernames is None else "users", usernames)
-        return HTTPStatus.ACCEPTED, {"status": "running" if already else "started", "sync": progress.toJSON()}
+        if usernames is None:
+            already = self.fullSync.current is not None and self.fullSync.current.running
+            progress = self.fullSync.start("full")
+            return HTTPStatus.ACCEPTED, {"status": "running" if already else "started", "sync": progress.toJSON()}
+        progress, joined = await self.fullSync.accept(usernames)
+        return HTTPStatus.ACCEPTED, {"status": "joined" if joined else "started", "sync": progress.toJSON()}
+
+    async def _delete(self, request: server.Request) -> tuple[int, JSON]:
+        self._checkAuthorization(request)
+        progress = self.fullSync.cancel()
+        if progress is None:
+            raise ApiError(HTTPStatus.CONFLICT, "No sync is running")
+        if progress.running:
+            return HTTPStatus.ACCEPTED, {"status": "cancelling", "sync": progress.toJSON()}
+        return HTTPStatus.OK, {"status": "cancelled", "sync": progress.toJSON()}
 
 
 class KickResource(JsonResource):

@@ -27,6 +27,7 @@ from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync
 from rosteradmin.promises import Promises
 from rosteradmin.roster import Roster, RosterDiff, alignGroups, diffRosters, normaliseUsername
+from rosteradmin.slicing import inSlices
 from rosteradmin.slots import KeyedLock, PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
@@ -262,13 +263,22 @@ class RosterBackend(Service):
     async def _refresh(self, usernames: list[str], verify: bool) -> RefreshSummary:
         summary = RefreshSummary()
         distinct: dict[str, str] = {}
-        for given in usernames:
-            try:
-                distinct.setdefault(normaliseUsername(given), given)
-            except InvalidUsername as e:
-                summary.failures[given] = str(e)
+        # A refresh may name 100,000 users: preparing them and recording
+        # them as pending is seconds of work, done in slices so that the
+        # reactor serves logins meanwhile.
+        async for part in inSlices(usernames, self.fetcher.clock):
+            prepared: list[str] = []
+            for given in part:
+                try:
+                    username = normaliseUsername(given)
+                except InvalidUsername as e:
+                    summary.failures[given] = str(e)
+                    continue
+                if username not in distinct:
+                    distinct[username] = given
+                    prepared.append(username)
+            self.state.addPending(prepared)
         self.refreshes += 1
-        self.state.addPending(distinct)
 
         async def refreshOne(username: str, given: str) -> None:
             try:

@@ -4,6 +4,7 @@ C{rosteradmin-ctl}: the HTTP API from a shell.
 
     rosteradmin-ctl refresh john aaron
     rosteradmin-ctl sync --all
+    rosteradmin-ctl sync --cancel
     rosteradmin-ctl kick room@conference.example.org Bob --reason spam
     rosteradmin-ctl health
 
@@ -22,7 +23,10 @@ C{sync} starts a sync pass (C{POST /roster_admin/sync}) and follows it
 bar redrawn on stderr when it is a terminal, else a line every
 L{LINE_INTERVAL} seconds while it moves; with C{--json} the last progress
 document goes to stdout.  While another pass runs, the service starts no
-other, so C{sync} waits for that one to end and then starts its own.
+other, so C{sync --all} waits for that one to end and then starts its own;
+C{sync USER...} joins it (the service syncs the users at once, as part of
+that pass) and follows it to its end.  C{sync --cancel} cancels the running
+pass (C{DELETE /roster_admin/sync}) and follows it until it has ended.
 
 Exit codes: 0 done; 1 the service answered with an error, or with a reply
 that is not its API's (its message is printed), or a sync ended with users
@@ -123,7 +127,11 @@ def _parser() -> argparse.ArgumentParser:
                      "and follow the progress until done")
     sync.add_argument("usernames", nargs="*", help="the users to sync (or --all)")
     sync.add_argument("--all", action="store_true", help="every user the web app lists (the service's --users-url)")
-    sync.add_argument("--no-wait", action="store_true", help="return once the sync has started")
+    sync.add_argument("--cancel", action="store_true",
+                      help="cancel the running pass: it reads no further page of the users list, and a full sync "
+                           "cancelled is not started again after a restart")
+    sync.add_argument("--no-wait", action="store_true",
+                      help="return once the sync has started (with --cancel: once it is cancelling)")
     sync.add_argument("--interval", type=_timeout, default=POLL_INTERVAL,
                       help=f"seconds between looks at the progress (default {POLL_INTERVAL})")
     sync.set_defaults(commandParser=sync)
@@ -333,6 +341,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     """
     if args.command == "refresh":
         return "POST", "/roster_admin/refresh", args.usernames
+    if args.command == "sync" and args.cancel:
+        return "DELETE", SYNC_PATH, None
     if args.command == "sync":
         # The service would count a name given twice twice in "listed".
         return "POST", SYNC_PATH, {"all": True} if args.all else list(dict.fromkeys(args.usernames))
@@ -353,7 +363,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     out, err = out or sys.stdout, err or sys.stderr
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "sync" and args.all == bool(args.usernames):
+    if args.command == "sync" and args.cancel and (args.all or args.usernames):
+        args.commandParser.error("--cancel takes no --all and no usernames")
+    if args.command == "sync" and not args.cancel and args.all == bool(args.usernames):
         args.commandParser.error("give --all or the usernames to sync, not both" if args.all
                                  else "give --all or the usernames to sync")
     try:
@@ -368,7 +380,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         return EXIT_USAGE
     method, path, body = _request(args)
     if args.command == "sync":
-        return SyncCommand(args, base, authorization, out, err).run(body)
+        command = SyncCommand(args, base, authorization, out, err)
+        return command.cancel() if args.cancel else command.run(body)
     try:
         status, reply = _call(base, method, path, body, authorization, args.timeout)
     except Unreachable as e:
@@ -419,7 +432,9 @@ def _syncProblem(reply: Any, statuses: tuple[str, ...], nullable: bool) -> str |
     if problem is not None:
         return problem
     if reply.get("status") not in statuses:
-        return f"'status' is missing or not {' or '.join(map(repr, statuses))}"
+        *others, last = map(repr, statuses)
+        allowed = f"{', '.join(others)} or {last}" if others else last
+        return f"'status' is missing or not {allowed}"
     progress = reply.get("sync")
     if progress is None and nullable:
         return None
@@ -563,10 +578,20 @@ class SyncCommand:
 
     def run(self, body: Any) -> int:
         """
-        The exit code.
+        Start (or join) a pass and follow it: the exit code.
         """
+        return self._guarded(lambda: self._run(body))
+
+    def cancel(self) -> int:
+        """
+        Cancel the running pass and follow it until it has ended: the exit
+        code.
+        """
+        return self._guarded(self._cancel)
+
+    def _guarded(self, command: Callable[[], int]) -> int:
         try:
-            return self._run(body)
+            return command()
         except CommandFailed as e:
             self.display.message(f"rosteradmin-ctl: {e.message}")
             return e.code
@@ -575,11 +600,26 @@ class SyncCommand:
                                  f"(GET {self.base}{SYNC_PATH} shows its progress)")
             return EXIT_INTERRUPTED
 
+    def _cancel(self) -> int:
+        final = self._call("DELETE", None, ("cancelling", "cancelled"), nullable=False)
+        if final["status"] == "cancelling" and not self.args.no_wait:
+            final = self._follow(final["sync"], None, mine=True)
+        self._printJSON(final)
+        progress = final["sync"]
+        if not self.args.json:
+            if progress["running"]:
+                print(f"{_label(progress)} cancelling; GET {self.base}{SYNC_PATH} shows when it has ended",
+                      file=self.out)
+            else:
+                seconds = progress["finished_at"] - progress["started_at"]
+                print(f"{_label(progress)} cancelled after {seconds:.1f} s: {self._counts(progress)}", file=self.out)
+        return EXIT_OK
+
     def _run(self, body: Any) -> int:
         while True:
-            reply = self._call("POST", body, ("started", "running"), nullable=False)
+            reply = self._call("POST", body, ("started", "running", "joined"), nullable=False)
             progress = reply["sync"]
-            if reply["status"] == "started":
+            if reply["status"] != "running":
                 break
             # The service runs one pass at a time, and this one is not ours.
             if self.args.no_wait:
@@ -589,12 +629,17 @@ class SyncCommand:
             self.display.message(f"rosteradmin-ctl: a {_label(progress)} is running; "
                                  "waiting for it to end, then starting this sync")
             self._follow(progress, None, mine=False)
+        joined = reply["status"] == "joined"
+        if joined:
+            self.display.message(f"rosteradmin-ctl: a {_label(progress)} is running; these users joined it "
+                                 "(synced now, as part of it): following it to its end")
         if self.args.no_wait:
             self._printJSON(reply)
             if not self.args.json:
-                print(f"{_label(progress)} started; GET {self.base}{SYNC_PATH} shows its progress", file=self.out)
+                print(f"{_label(progress)} {'joined' if joined else 'started'}; "
+                      f"GET {self.base}{SYNC_PATH} shows its progress", file=self.out)
             return EXIT_OK
-        final = self._follow(progress, None if self.args.all else len(body), mine=True)
+        final = self._follow(progress, None if self.args.all or joined else len(body), mine=True)
         self._printJSON(final)
         return self._outcome(final["sync"])
 

@@ -34,7 +34,7 @@ from twisted.web.http import PotentialDataLoss
 import treq
 
 from rosteradmin.errors import FetchFailed, InvalidRoster, UserUnknown
-from rosteradmin.roster import Roster, parseRoster
+from rosteradmin.roster import Roster, parseRosterInSlices
 from rosteradmin.slots import PrioritySlots
 
 #: Errors after which nothing reached the web app, so a retry is safe.
@@ -246,7 +246,9 @@ class RosterFetcher:
                 username, f"web app answered HTTP {response.code}: {preview(body)}"
             )
         try:
-            return parseRoster(body, f"{username}@{self.domain}")
+            # A large roster is a second of work: in slices, the reactor
+            # serves everyone else meanwhile.
+            return await parseRosterInSlices(body, f"{username}@{self.domain}", self.clock)
         except InvalidRoster as e:
             raise InvalidRoster(f"{e} (body starts {preview(body)})") from None
 

@@ -14,6 +14,7 @@ from treq.testing import StubTreq
 from twisted.logger import capturedLogs
 from twisted.words.xish import domish
 
+from rosteradmin import slicing
 from rosteradmin.fullsync import FullSync
 from rosteradmin.tap import makeAPI
 from rosteradmin.roster import NS_ROSTER
@@ -598,3 +599,66 @@ def test_headWhereGetIsSafe() -> None:
         response = Api.result(d)
         assert (response.code, response.headers.getRawHeaders("allow")) == (405, [allowed])
     assert api.wire.webApp.requests == {} and api.wire.sent() == []
+
+
+def test_syncOfUsersJoinsTheRunningPass() -> None:
+    """
+    POST /roster_admin/sync with usernames while a pass runs answers
+    "joined": they are part of that pass, counted in its progress, and
+    synced.
+    """
+    api = makeApi({"alice": ALICE_ROSTER, "newcomer": ALICE_ROSTER}, refreshAuthorization="s3")
+    api.wire.webApp.hold = True
+    auth = {"Authorization": "s3"}
+    code, body = api.request("POST", "/roster_admin/sync", ["alice"], headers=auth)
+    assert (code, body["status"], body["sync"]["listed"]) == (202, "started", 1)
+    code, body = api.request("POST", "/roster_admin/sync", ["newcomer"], headers=auth)
+    assert (code, body["status"], body["sync"]["kind"], body["sync"]["listed"]) == (202, "joined", "users", 2)
+    assert api.wire.webApp.requests["newcomer"] == 1
+    api.wire.webApp.release()
+    api.wire.answerRequests(serverAnswers())
+    code, body = api.request("GET", "/roster_admin/sync", headers=auth)
+    assert body["status"] == "idle" and (body["sync"]["synced"], body["sync"]["failed"]) == (2, 0)
+
+
+def test_refreshOfManyUsersPreparesThemInSlices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A refresh naming many users prepares them (nodeprep) and records them
+    as pending a slice at a time, the reactor getting a turn between
+    slices: a refresh of 100,000 users is seconds of that work.
+    """
+    monkeypatch.setattr(slicing, "SLICE_SECONDS", 0.0)  # every chunk spends the budget
+    api = makeApi({})
+    backend = api.wire.backend
+    names = [f"User{i}" for i in range(200)]
+    d = backend.refresh(names)
+    assert backend.state.pendingCount() == 64 and sum(api.wire.webApp.requests.values()) == 0
+    api.wire.clock.advance(0)
+    assert backend.state.pendingCount() == 200
+    api.wire.answerRequests(serverAnswers())
+    assert Api.result(d).updated == 200
+    assert sorted(api.wire.webApp.requests) == sorted(name.lower() for name in names)
+
+
+def test_syncOfManyUsersRecordsThemInSlices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    POST /roster_admin/sync with many usernames records them as pending a
+    slice at a time, the reactor getting a turn between slices, and
+    answers once every one is recorded (synced even if the process dies
+    next).
+    """
+    monkeypatch.setattr(slicing, "SLICE_SECONDS", 0.0)  # every chunk spends the budget
+    api = makeApi({}, refreshAuthorization="s3")
+    api.wire.webApp.hold = True
+    names = [f"user{i}" for i in range(200)]
+    answers: list[Any] = []
+    api.http.post("http://api.invalid/roster_admin/sync", data=json.dumps(names).encode(),
+                  headers={"Authorization": "s3"}).addBoth(answers.append)
+    api.http.flush()
+    assert answers == [] and api.wire.backend.state.pendingCount() == 64
+    api.wire.clock.advance(0)
+    api.http.flush()
+    assert api.wire.backend.state.pendingCount() == 200
+    [response] = answers
+    body = json.loads(Api.result(response.content()))
+    assert (response.code, body["status"], body["sync"]["listed"]) == (202, "started", 200)

@@ -667,7 +667,7 @@ async def test_syncErrorReply(api: ApiStub, method: str, status: int, body: Any,
 
 @pytest.mark.parametrize("method, body, problem", [
     ("POST", b"<html></html>", "the reply is not JSON"),
-    ("POST", {"status": "ok", "message": "sync started"}, "'status' is missing or not 'started' or 'running'"),
+    ("POST", {"status": "ok", "message": "sync started"}, "'status' is missing or not 'started', 'running' or 'joined'"),
     ("POST", {"status": "started", "sync": None}, "'sync' is missing or not an object"),
     ("GET", {"status": "idle", "sync": {**progress(), "synced": "2"}}, "'sync.synced' is missing or not a count"),
     ("GET", {"status": "idle", "sync": {**progress(), "running": False}},
@@ -837,3 +837,57 @@ def test_progressBarMarkerBounces() -> None:
                  for tick in range(2 * ctl_module.BAR_WIDTH - 5)]
     width = ctl_module.BAR_WIDTH - 3
     assert positions == [*range(width + 1), *range(width - 1, 0, -1), 0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncJoinsTheRunningPass(api: ApiStub) -> None:
+    """
+    Users named while a pass runs join it (the service syncs them at once,
+    as part of it): sync says so and follows that pass to its end, without
+    posting again.
+    """
+    theirs = {"kind": "full", "listed": 501, "startedAt": STARTED_AT - 60}
+    api.script("POST", SYNC, (202, {"status": "joined", "sync": progress(**theirs, synced=120)}))
+    api.script("GET", SYNC, polled(**theirs, synced=300), polled(**theirs, running=False, synced=501))
+    run = await ctl("--url", api.url, "sync", "newcomer", *FAST)
+    assert (run.code, run.out) == (0, "full sync done: 501 of 501 users synced in 1.5 s\n")
+    assert run.err.startswith("rosteradmin-ctl: a full sync is running; these users joined it (synced now, as part "
+                              "of it): following it to its end\n")
+    assert [(m, b) for m, _, _, b in api.requests] == [("POST", b'["newcomer"]'), ("GET", b""), ("GET", b"")]
+
+
+CANCELLED = "cancelled (DELETE /roster_admin/sync)"
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncCancel(api: ApiStub) -> None:
+    """
+    sync --cancel cancels the running pass and follows it until it has
+    ended (the batch under way finishes first), exit 0.
+    """
+    api.script("DELETE", SYNC, (202, {"status": "cancelling", "sync": progress(kind="full", error=CANCELLED)}))
+    api.script("GET", SYNC, polled(kind="full", synced=1, error=CANCELLED),
+               polled(kind="full", running=False, synced=2, error=CANCELLED))
+    run = await ctl("--url", api.url, "sync", "--cancel", *FAST)
+    assert (run.code, run.out) == (0, "full sync cancelled after 1.5 s: 2 of 2 users synced, 0 failed\n")
+    assert [m for m, *_ in api.requests] == ["DELETE", "GET", "GET"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncCancelWhenNoneRuns(api: ApiStub) -> None:
+    """
+    sync --cancel when no pass runs: the service's 409, exit 1.
+    """
+    api.script("DELETE", SYNC, (409, {"status": "error", "message": "No sync is running"}))
+    run = await ctl("--url", api.url, "sync", "--cancel")
+    assert (run.code, run.out, run.err) == (1, "", "rosteradmin-ctl: sync failed: HTTP 409: No sync is running\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_syncCancelTakesNoUsers(api: ApiStub) -> None:
+    """
+    sync --cancel with --all or usernames is a usage error; nothing is sent.
+    """
+    run = await ctl("--url", api.url, "sync", "--cancel", "alice")
+    assert (run.code, lastLine(run.err)) == (2, "rosteradmin-ctl sync: error: --cancel takes no --all and no usernames")
+    assert api.requests == []

@@ -23,7 +23,8 @@ from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.errors import FetchFailed, UserUnknown
 from rosteradmin.fetcher import RETRY_DELAY, RosterFetcher
-from rosteradmin.roster import Contact, Roster
+from rosteradmin import slicing
+from rosteradmin.roster import Contact, Roster, parseRoster
 from tests.helpers import WebApp, offlineSync
 
 URL = "http://webapp.invalid/rosters/%s"
@@ -1022,3 +1023,21 @@ def test_closeClosesPool() -> None:
     f = RosterFetcher(URL, DOMAIN, Clock(), http=None, pool=pool)  # type: ignore[arg-type]
     assert result(f.close()) is None
     assert pool.closed == 1
+
+
+def test_largeRosterParsedInSlices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A roster is validated a slice of contacts at a time, the reactor
+    getting a turn between slices (a roster of 20,000 contacts is a second
+    of work); the roster is the one L{parseRoster} builds.
+    """
+    monkeypatch.setattr(slicing, "SLICE_SECONDS", 0.0)  # every chunk spends the budget
+    contacts = {f"Contact{i}@example.org": {"name": f"C{i}", "groups": ["Team"]} for i in range(200)}
+    clock = Clock()
+    http = StubTreq(WebApp({"alice": contacts}))
+    d = RosterFetcher(URL, DOMAIN, clock, http=http).fetch("alice")
+    http.flush()
+    assert notFired(d) and len(clock.getDelayedCalls()) == 2  # the next slice, and the deadline
+    clock.advance(0)
+    roster, expected = result(d), parseRoster(json.dumps(contacts).encode(), "alice@example.org")
+    assert (roster, roster.version, len(roster)) == (expected, expected.version, 200)

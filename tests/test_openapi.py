@@ -14,11 +14,14 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
+from treq.testing import StubTreq
 
+from rosteradmin.users import UserLister
 from rosteradmin.web import makeSite
 from tests.helpers import ComponentOnWire, WebApp
 from tests.test_api import KICK_AUTH, ROOM, Api, brokenKick, kickAnswers, makeApi
 from tests.test_component import serverAnswers
+from tests.test_fullsync import NeverAnswers
 
 OPENAPI = Path(__file__).parent.parent / "docs" / "openapi.json"
 
@@ -106,6 +109,24 @@ def sync(method: str, body: Any = None, auth: str = "s3") -> Scenario:
         return api.request(method, S, body, headers={"Authorization": auth}, server=serverAnswers())
     return run
 
+
+def cancel(whileRefreshing: bool) -> Scenario:
+    """
+    DELETE of a running pass: one refreshing a batch (it finishes it
+    first), or one waiting for a page of the users list (it ends at once).
+    """
+    def run() -> tuple[int, Any]:
+        api = makeApi(refreshAuthorization="s3")
+        if whileRefreshing:
+            api.wire.webApp.hold = True
+            api.fullSync.start("users", ["alice"])
+        else:
+            api.fullSync.lister = UserLister("http://webapp.invalid/users", api.wire.clock,
+                                             http=StubTreq(NeverAnswers()))
+            api.fullSync.start("full")
+        return api.request("DELETE", S, headers={"Authorization": "s3"})
+    return run
+
 #: One scenario per documented (route, method, status).
 SCENARIOS: dict[tuple[str, str, int], Scenario] = {
     (R, "POST", 200): refresh(R, "POST", ["alice"]),
@@ -147,6 +168,11 @@ SCENARIOS: dict[tuple[str, str, int], Scenario] = {
     (S, "GET", 401): sync("GET", auth="wrong"),
     (S, "GET", 503): stopping(S, "GET"),
     (S, "HEAD", 200): sync("HEAD"),
+    (S, "DELETE", 200): cancel(whileRefreshing=False),
+    (S, "DELETE", 202): cancel(whileRefreshing=True),
+    (S, "DELETE", 401): sync("DELETE", auth="wrong"),
+    (S, "DELETE", 409): sync("DELETE"),
+    (S, "DELETE", 503): stopping(S, "DELETE"),
 }
 
 #: Responses that need a real Site on a real socket (the body cap lives in

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import pytest
+from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 from twisted.words.xish import domish
 
 from rosteradmin.errors import InvalidRoster, InvalidUsername
@@ -24,6 +25,7 @@ from rosteradmin.roster import (
     diffRosters,
     _bareContactJID,
     _contactDomain,
+    _nodeprep,
     normaliseUsername,
     parseRoster,
 )
@@ -570,6 +572,23 @@ def test_normaliseUsername(given: str, expected: str) -> None:
     Usernames are nodeprepped: case folded, otherwise kept.
     """
     assert normaliseUsername(given) == expected
+
+
+def test_asciiNodeprepIsTwisteds() -> None:
+    """
+    The ASCII fast path of nodeprep gives what Twisted's nodeprep gives,
+    or refuses what it refuses, for every ASCII character alone, among
+    others and repeated.
+    """
+    def prepared(prepare: Any, text: str) -> str | None:
+        try:
+            return str(prepare(text))
+        except UnicodeError:
+            return None
+
+    for character in map(chr, range(128)):
+        for text in (character, f"aZ{character}9", character * 3):
+            assert prepared(_nodeprep, text) == prepared(nodeprep.prepare, text), repr(text)
 
 
 @pytest.mark.parametrize("given", [

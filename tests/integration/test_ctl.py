@@ -96,8 +96,8 @@ async def test_ctlSync(webapp: WebAppStub, service: RunningService, prosody: Pro
     """
     sync of named users, and of every user of the web app's paged list,
     writes their rosters into Prosody and exits 0; a user the web app
-    fails makes the pass exit 1 naming it; a sync asked for while another
-    runs waits for it, then runs.
+    fails makes the pass exit 1 naming it; a sync of users asked for while
+    a full sync runs joins it; a running sync can be cancelled.
     """
     url = ["--url", service.baseURL]
     code, out, err = await ctl(*url, "sync", "alice", "bob", "--interval", "0.1")
@@ -119,11 +119,23 @@ async def test_ctlSync(webapp: WebAppStub, service: RunningService, prosody: Pro
     assert "full sync done with errors" in err and "4 of 5 users synced, 1 failed; errors:\n  dave: " in err
 
     # alice's roster takes seconds: the full sync still runs when the
-    # sync of bob is asked for, which waits for it.
+    # sync of bob is asked for, which joins it and follows it to its end
+    # (bob counted twice: named, and listed).
     del webapp.failures["dave"]
     webapp.delays["alice"] = 2.5
     code, out, _ = await ctl(*url, "sync", "--all", "--no-wait")
     assert code == 0 and out.startswith("full sync started; ")
     code, out, err = await ctl(*url, "sync", "bob", "--interval", "0.1")
-    assert "a full sync is running; waiting for it to end, then starting this sync" in err
-    assert code == 0 and out.startswith("sync done: 1 of 1 users synced in "), err
+    assert "a full sync is running; these users joined it (synced now, as part of it)" in err
+    assert code == 0 and out.startswith("full sync done: 6 of 6 users synced in "), err
+
+    # Cancelled while alice's fetch holds its first batch: that batch
+    # finishes, and the pass ends there.
+    code, out, _ = await ctl(*url, "sync", "--all", "--no-wait")
+    assert code == 0 and out.startswith("full sync started; ")
+    code, out, err = await ctl(*url, "--json", "sync", "--cancel", "--interval", "0.1")
+    assert code == 0, err
+    document = json.loads(out)["sync"]
+    assert (document["running"], document["error"]) == (False, "cancelled (DELETE /roster_admin/sync)")
+    code, out, err = await ctl(*url, "sync", "--cancel")
+    assert (code, err) == (1, "rosteradmin-ctl: sync failed: HTTP 409: No sync is running\n")
