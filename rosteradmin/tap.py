@@ -64,9 +64,10 @@ from rosteradmin.muc import RoomKicker
 from rosteradmin.onlinecheck import OnlineCheck
 from rosteradmin.permissions import PermissionTracker
 from rosteradmin.presence import PresenceTracker
-from rosteradmin.privilege import MAX_SYNC_IN_FLIGHT, PrivilegeHandler
+from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin.rosterserver import RosterServer
+from rosteradmin.slots import MAX_SYNC_IN_FLIGHT
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import StateError, SyncState
 from rosteradmin.users import UserLister
