@@ -166,15 +166,13 @@ class PrivilegeHandler(XMPPHandler):
 
     def observe(self, observer: IServerObserver) -> None:
         """
-        Say whom to tell of users coming online and of roster access
-        granted (again, after each connection, or once a parked user may be
-        written): the backend, which is given this handler as its
-        L{IRosterSync} at construction, so it is told after (by
-        L{rosteradmin.tap.wireParts}, before the stream exists).
+        Say whom to tell once a parked user may be written again: the
+        backend, which is given this handler as its L{IRosterSync} at
+        construction, so it is told after (by L{rosteradmin.tap.wireParts},
+        before the stream exists, which also gives it to the permission and
+        presence trackers).
         """
         self.observer = observer
-        self.grants.observer = observer
-        self.presence.observer = observer
 
     @property
     def permissions(self) -> Permissions:
