@@ -24,7 +24,8 @@ from rosteradmin.fullsync import FullSync
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend
 from rosteradmin.metrics import Metrics, MetricsResource
 from rosteradmin.stanzas import parseJID, roomNickname
-from rosteradmin.web import JSON, ApiError, Drain, JsonResource, authorizationProblem, readJSON, writeJSON
+from rosteradmin.web import (JSON, ApiError, Drain, JsonResource, authorizationProblem, methodNotAllowed, readJSON,
+                             writeJSON)
 from rosteradmin.xmltext import carriesInXML
 
 #: The longest kick reason passed on to the room, in characters.
@@ -88,6 +89,13 @@ class RefreshResource(AdminResource):
         super().__init__(drain, authorization)
         self.backend = backend
 
+    def render(self, request: server.Request) -> bytes | int:
+        # The list of users (no username below) takes only POST.
+        if request.postpath in ([], [b""]) and request.method != b"POST":
+            methodNotAllowed(request, (b"POST",), self.errorBody("Use POST with a JSON array of usernames"))
+            return server.NOT_DONE_YET
+        return super().render(request)
+
     def render_GET(self, request: server.Request) -> int:
         return self.respond(request, self._get)
 
@@ -97,8 +105,8 @@ class RefreshResource(AdminResource):
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)
         postpath = request.postpath or []  # None only before traversal
-        if len(postpath) != 1 or not postpath[0]:
-            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "Use POST with a JSON array of usernames")
+        if len(postpath) != 1:
+            raise ApiError(HTTPStatus.NOT_FOUND, "No such resource")
         return await self._refresh([self._username(postpath[0])])
 
     async def _post(self, request: server.Request) -> tuple[int, JSON]:

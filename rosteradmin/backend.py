@@ -12,8 +12,7 @@ another for the same user); different users proceed in parallel.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
@@ -24,16 +23,13 @@ from zope.interface import implementer
 from rosteradmin.cache import RosterCache
 from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, RosterRefused, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
-from rosteradmin.interfaces import IRosterBackend, IRosterSync
+from rosteradmin.interfaces import IRosterBackend, IRosterSync, RefreshSummary
 from rosteradmin.promises import Promises
-from rosteradmin.roster import Roster, RosterDiff, alignGroups, diffRosters, normaliseUsername
+from rosteradmin.roster import Roster, RosterDiff, StoredRoster, alignGroups, diffRosters, normaliseUsername
 from rosteradmin.slicing import inSlices
 from rosteradmin.slots import KeyedLock, PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
-
-if TYPE_CHECKING:
-    from rosteradmin.privilege import StoredRoster
 
 T = TypeVar("T")
 
@@ -43,23 +39,6 @@ RESYNC_CONCURRENCY = 8
 #: Users of one refresh worked on at once (fetches and writes have their
 #: own, smaller bounds; this one bounds the memory a huge refresh holds).
 REFRESH_WORKERS = 256
-
-
-@dataclass
-class RefreshSummary:
-    """
-    The outcome of a refresh.
-
-    @ivar updated: Users whose roster was fetched and applied.
-    @ivar failures: Why each failed user failed, by username as given.
-    """
-
-    updated: int = 0
-    failures: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def errors(self) -> int:
-        return len(self.failures)
 
 
 @implementer(IRosterBackend)

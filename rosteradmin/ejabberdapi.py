@@ -39,9 +39,8 @@ from rosteradmin.errors import SyncFailed
 from rosteradmin.fetcher import ReplyTooLarge, preview, readCapped
 from rosteradmin.interfaces import IRosterSync, IServerObserver
 from rosteradmin.pacing import LatencyPacer
-from rosteradmin.privilege import MAX_SYNC_IN_FLIGHT, PER_USER_IN_FLIGHT, RESERVED_FOR_CLIENTS, StoredRoster
-from rosteradmin.roster import Contact, Roster, RosterDiff
-from rosteradmin.slots import PrioritySlots
+from rosteradmin.roster import Contact, Roster, RosterDiff, StoredRoster
+from rosteradmin.slots import MAX_SYNC_IN_FLIGHT, PER_USER_IN_FLIGHT, RESERVED_FOR_CLIENTS, PrioritySlots
 from rosteradmin.stanzas import parseJID
 
 #: Failures that mean the API cannot be reached at all.

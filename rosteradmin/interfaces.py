@@ -3,23 +3,24 @@ The contracts between rosteradmin's parts.
 
 The backend knows neither XMPP nor HTTP; the XMPP and HTTP edges know the
 backend only through these interfaces, and never each other.  Wiring happens
-in L{rosteradmin.tap}.
+in L{rosteradmin.tap}.  The values the interfaces pass live beside them or
+in L{rosteradmin.roster}, never in a part that implements them, so that no
+part's module imports another's to name a type.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from rosteradmin.backend import RefreshSummary
     from rosteradmin.cache import RosterCache
     from rosteradmin.fetcher import RosterFetcher
-    from rosteradmin.privilege import StoredRoster
-    from rosteradmin.roster import Roster, RosterDiff
+    from rosteradmin.roster import Roster, RosterDiff, StoredRoster
     from rosteradmin.stanzalimit import StanzaLimit
     from rosteradmin.state import SyncState
 
@@ -55,6 +56,23 @@ class IServerObserver(Interface):
         """
 
 
+@dataclass
+class RefreshSummary:
+    """
+    The outcome of a refresh.
+
+    @ivar updated: Users whose roster was fetched and applied.
+    @ivar failures: Why each failed user failed, by username as given.
+    """
+
+    updated: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return len(self.failures)
+
+
 class IRosterBackend(IServerObserver):
     """
     The rosters: cached, fetched from the web app, written into the server.
@@ -86,7 +104,7 @@ class IRosterBackend(IServerObserver):
         @param verify: Read each server roster even when it is known to be
             current, and repair what changed behind our back.
 
-        @return: Deferred firing with a L{rosteradmin.backend.RefreshSummary}.
+        @return: Deferred firing with a L{RefreshSummary}.
         """
 
     def putBack(username: str, resource: str, jids: frozenset[str]) -> None:

@@ -93,7 +93,7 @@ class PermissionTracker(XMPPHandler):
     @ivar rostersDelegatedBack: The server delegated our own roster iqs
         back to us on this connection: no privileged sync until the next.
     @ivar observer: Told when the server grants roster access (set by
-        L{rosteradmin.privilege.PrivilegeHandler.observe}).
+        L{rosteradmin.tap.wireParts}).
     """
 
     log = Logger()

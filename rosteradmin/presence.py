@@ -36,7 +36,7 @@ class PresenceTracker(XMPPHandler):
 
     @ivar online: Online full JIDs by username.
     @ivar observer: Told of users coming online (set by
-        L{rosteradmin.privilege.PrivilegeHandler.observe}).
+        L{rosteradmin.tap.wireParts}).
     """
 
     observer: IServerObserver

@@ -14,7 +14,7 @@ L{rosteradmin.devices}'.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -32,9 +32,9 @@ from rosteradmin.pacing import LatencyPacer
 from rosteradmin.permissions import Permissions, PermissionTracker
 from rosteradmin.presence import PresenceTracker
 from rosteradmin.devices import DeviceViews
-from rosteradmin.slots import PrioritySlots
+from rosteradmin.slots import MAX_SYNC_IN_FLIGHT, PER_USER_IN_FLIGHT, RESERVED_FOR_CLIENTS, PrioritySlots
 from rosteradmin.stanzalimit import WRAPPER_BYTES, StanzaLimit
-from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff
+from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff, StoredRoster
 from rosteradmin.stanzas import IQRequest, findChild, parseJID, sendRequest
 
 T = TypeVar("T")
@@ -45,19 +45,9 @@ NS_BULK_ROSTER = "urn:x-rosteradmin:roster:0"
 #: The errors of a server that does not know the bulk iq.
 NO_BULK_CONDITIONS = ("service-unavailable", "feature-not-implemented")
 
-#: Most privileged roster gets and sets in flight at once, over all users.
-MAX_SYNC_IN_FLIGHT = 32
-
-#: Of those, how many only work a client waits for may hold.
-RESERVED_FOR_CLIENTS = 8
-
 #: How a request fails when the stream goes away before its answer (wokkel
 #: fails pending iqs with the connection's loss) or it cannot be sent.
 DISCONNECTED = (NotConnected, ConnectionLost, ConnectionDone)
-
-#: Of those, how many one user's work may hold: a user whose first sync
-#: writes thousands of items leaves the rest to other users' logins.
-PER_USER_IN_FLIGHT = 4
 
 #: Seconds a user's writes stay parked the first time, doubling each time.
 PARK_FIRST_DELAY = 30.0
@@ -91,20 +81,6 @@ def bulkChunks(diff: RosterDiff, maxBytes: int) -> list[str]:
     if current:
         chunks.append("".join(current))
     return chunks
-
-
-class StoredRoster(NamedTuple):
-    """
-    A roster as the server stores it.
-
-    @ivar roster: Its items, as contacts.
-    @ivar notBoth: Contacts whose stored subscription is not C{both} (or
-        with a pending C{ask}): they must be rewritten even when their name
-        and groups match.
-    """
-
-    roster: Roster
-    notBoth: frozenset[str]
 
 
 def parseStoredRoster(result: domish.Element) -> StoredRoster:
@@ -186,15 +162,13 @@ class PrivilegeHandler(XMPPHandler):
 
     def observe(self, observer: IServerObserver) -> None:
         """
-        Say whom to tell of users coming online and of roster access
-        granted (again, after each connection, or once a parked user may be
-        written): the backend, which is given this handler as its
-        L{IRosterSync} at construction, so it is told after (by
-        L{rosteradmin.tap.wireParts}, before the stream exists).
+        Say whom to tell once a parked user may be written again: the
+        backend, which is given this handler as its L{IRosterSync} at
+        construction, so it is told after (by L{rosteradmin.tap.wireParts},
+        before the stream exists, which also gives it to the permission and
+        presence trackers).
         """
         self.observer = observer
-        self.grants.observer = observer
-        self.presence.observer = observer
 
     @property
     def permissions(self) -> Permissions:

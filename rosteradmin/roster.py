@@ -150,6 +150,20 @@ class Roster:
         return self._queryXML
 
 
+class StoredRoster(NamedTuple):
+    """
+    A roster as the server stores it.
+
+    @ivar roster: Its items, as contacts.
+    @ivar notBoth: Contacts whose stored subscription is not C{both} (or
+        with a pending C{ask}): they must be rewritten even when their name
+        and groups match.
+    """
+
+    roster: Roster
+    notBoth: frozenset[str]
+
+
 def _contactDigest(contact: Contact) -> int:
     """
     A 128-bit digest of one contact's JID, name and groups.

@@ -30,6 +30,19 @@ from twisted.python.failure import Failure
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 
+# The bounds of requests into the server, the same for either writer
+# (rosteradmin.privilege over XEP-0356, rosteradmin.ejabberdapi over HTTP).
+
+#: Most roster reads, writes and pushes in flight at once, over all users.
+MAX_SYNC_IN_FLIGHT = 32
+
+#: Of those, how many only work a client waits for may hold.
+RESERVED_FOR_CLIENTS = 8
+
+#: Of those, how many one user's work may hold: a user whose first sync
+#: writes thousands of items leaves the rest to other users' logins.
+PER_USER_IN_FLIGHT = 4
+
 
 class _Work:
     """

@@ -64,9 +64,10 @@ from rosteradmin.muc import RoomKicker
 from rosteradmin.onlinecheck import OnlineCheck
 from rosteradmin.permissions import PermissionTracker
 from rosteradmin.presence import PresenceTracker
-from rosteradmin.privilege import MAX_SYNC_IN_FLIGHT, PrivilegeHandler
+from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin.rosterserver import RosterServer
+from rosteradmin.slots import MAX_SYNC_IN_FLIGHT
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import StateError, SyncState
 from rosteradmin.users import UserLister
@@ -337,10 +338,11 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     collaborators: the only place that wires them (L{makeService} and the
     tests' C{ComponentOnWire} both call it).
 
-    The backend and the privilege handler need each other: the backend
-    writes through the handler (its L{IRosterSync}, given at construction),
-    and the handler tells the backend of users coming online and of roster
-    access (L{PrivilegeHandler.observe}, right after).
+    The backend and the XMPP side need each other: the backend writes
+    through the privilege handler (its L{IRosterSync}, given at
+    construction), and the presence and permission trackers and the
+    handler tell the backend of users coming online and of roster access
+    (their C{observer}, set right after).
 
     @param clock: The reactor, or a L{twisted.internet.task.Clock}.
     @param http: A treq-like client for the web app.
@@ -371,9 +373,12 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     cache = RosterCache(config.cache_max_contacts, pinned=presence.isOnline)
     sync = chooseRosterSync(config, privileges, clock)
     backend = RosterBackend(cache, fetcher, sync, limit=limit, state=state)
-    # The privilege handler tracks presences and permissions whichever sync
-    # writes; the sync (that handler again, or ejabberd's API) says when
-    # writes work.
+    # The XMPP side tells the backend of the server's users and of roster
+    # access whichever sync writes: who comes online, what the server
+    # grants, when a parked user may be written again; the sync (that
+    # handler again, or ejabberd's API) says when writes work.
+    presence.observer = backend
+    grants.observer = backend
     privileges.observe(backend)
     sync.observe(backend)
     rosterServer = RosterServer(backend, config.domain, config.jid, limit,

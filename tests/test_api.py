@@ -543,6 +543,40 @@ def test_unknownPathAndMethod() -> None:
     assert api.request("DELETE", "/muc_kick")[0] == 405
 
 
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/roster_admin/refresh", "POST"), ("HEAD", "/roster_admin/refresh", "POST"),
+    ("DELETE", "/roster_admin/refresh", "POST"), ("GET", "/roster_admin/refresh/", "POST"),
+    ("DELETE", "/roster_admin/refresh/alice", "GET, POST"), ("GET", "/muc_kick", "POST"),
+    ("PUT", "/roster_admin/sync", "DELETE, GET, HEAD, POST"), ("POST", "/healthz", "GET, HEAD"),
+    ("POST", "/metrics", "GET, HEAD"), ("OPTIONS", "/nope", "DELETE, GET, HEAD, PATCH, POST, PUT"),
+])
+def test_methodNotAllowedSaysWhatIs(method: str, path: str, allowed: str) -> None:
+    """
+    Every 405 lists in C{Allow} the methods its path takes (RFC 9110
+    15.5.6): a list of users is refreshed only with C{POST}, one user also
+    with C{GET}.  Nothing is refreshed, authorized or not.
+    """
+    api = makeApi(refreshAuthorization="s3")
+    for headers in ({"Authorization": "s3"}, {}):
+        d = api.http.request(method, "http://api.invalid" + path, data=b'["alice"]', headers=headers)
+        api.http.flush()
+        response = Api.result(d)
+        assert (response.code, response.headers.getRawHeaders("allow")) == (405, [allowed])
+    assert api.wire.webApp.requests == {} and api.wire.sent() == []
+
+
+def test_refreshBelowUserIsNotFound() -> None:
+    """
+    A path below a user's is no resource, whatever the method: a 404 for
+    C{GET} as for C{POST}, not a 405 whose C{Allow} could name nothing.
+    """
+    api = makeApi()
+    for method in ("GET", "POST"):
+        assert api.request(method, "/roster_admin/refresh/alice/x") == (
+            404, {"status": "error", "message": "No such resource"})
+    assert api.wire.webApp.requests == {}
+
+
 def test_refreshPathUsernameDecodedOnce() -> None:
     """
     C{/roster_admin/refresh/<username>} takes the path segment as UTF-8

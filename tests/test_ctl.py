@@ -785,6 +785,27 @@ async def test_syncProgressBarOnATerminal(api: ApiStub) -> None:
     ]) + "\r\n"
 
 
+@pytest.mark.parametrize("failures, merged", [
+    ({}, "full sync: 0 users done, listing, 0 failed, 0 s\nfull sync done: 3 of 3 users synced in 1.5 s\n"),
+    ({"dave": "timeout"}, "full sync: 0 users done, listing, 0 failed, 0 s\n"
+                          "rosteradmin-ctl: full sync done with errors in 1.5 s: 2 of 3 users synced, 1 failed; "
+                          "errors:\n  dave: timeout\n"),
+])
+@pytest_twisted.ensureDeferred
+async def test_syncOutputOnOnePipe(api: ApiStub, failures: dict[str, str], merged: str) -> None:
+    """
+    With stdout and stderr on one pipe and no terminal (a log, cron's
+    mail, C{2>&1 | tee}), each line is whole and in order, the outcome last.
+    """
+    api.script("POST", SYNC, started(kind="full", listed=0))
+    api.script("GET", SYNC, polled(kind="full", listed=2, synced=1),
+               polled(kind="full", running=False, listed=3, synced=3 - len(failures), failed=len(failures),
+                      failures=failures))
+    process = runInBackground("--url", api.url, "sync", "--all", *FAST, stderr=subprocess.STDOUT)
+    out, _ = await threads.deferToThread(process.communicate, timeout=10)
+    assert (process.returncode, out.decode()) == (1 if failures else 0, merged)
+
+
 # The progress display itself, with a fake clock.
 
 

@@ -29,8 +29,8 @@ from rosteradmin.ejabberdapi import PROBE_INTERVAL, PROBE_USER, EjabberdAPISync
 from rosteradmin.errors import SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IServerObserver
-from rosteradmin.privilege import PER_USER_IN_FLIGHT
 from rosteradmin.roster import Contact, Roster, RosterDiff
+from rosteradmin.slots import PER_USER_IN_FLIGHT
 from rosteradmin.tap import Options, makeService
 from tests.helpers import DOMAIN, ComponentOnWire, WebApp, makeConfig
 

@@ -16,18 +16,36 @@ def test_slowRepliesCutTheBoundFastOnesGrowIt() -> None:
     """
     Replies over the target cut the background bound by a third at most
     once per latency, down to one; replies under it add one per round.
+
+    Slow replies 0.2 s apart: the smoothed latency passes the 0.05 s target
+    at the second (0.04, then 0.072), and each later one, a latency apart,
+    cuts the bound, 24 to 1.  Then fast replies at once: the smoothed
+    latency stays over the target for 6 more (no cut: none is a latency
+    after the last), and from the 7th a round of C{limit} replies under it
+    adds one, so the bound is C{m} after 6 + (1 + 2 + ... + (m - 1)).
     """
     clock = Clock()
     slots = PrioritySlots(32, reserved=8)
     pacer = LatencyPacer(slots, clock, target=0.05)
     assert slots.backgroundLimit == 24
-    for _ in range(50):
-        clock.advance(0.2)
-        pacer.observe(0.2)
+
+    def replies(count: int, latency: float, apart: float) -> list[tuple[int, int]]:
+        """
+        The bound after each reply that changed it: reply number, bound.
+        """
+        changes = []
+        for n in range(1, count + 1):
+            clock.advance(apart)
+            before = slots.backgroundLimit
+            pacer.observe(latency)
+            if slots.backgroundLimit != before:
+                changes.append((n, slots.backgroundLimit))
+        return changes
+
+    assert replies(50, 0.2, 0.2) == [(2, 16), (3, 10), (4, 6), (5, 4), (6, 2), (7, 1)]
     assert slots.backgroundLimit == 1
-    for _ in range(200):
-        pacer.observe(0.001)
-    assert 5 < slots.backgroundLimit <= 24
+    assert replies(200, 0.001, 0) == [(6 + m * (m - 1) // 2, m) for m in range(2, 21)]
+    assert slots.backgroundLimit == 20
 
 
 def test_boundAppliesToBackgroundOnly() -> None:

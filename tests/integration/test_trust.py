@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
+from twisted.words.protocols.jabber import xmlstream
+from twisted.words.xish import domish
 
 from rosteradmin.devprosody import COMPONENT_JID
 from tests.helpers import parseXML
@@ -63,18 +65,55 @@ async def test_forgedPrivilegeMessageIgnored(service: RunningService, clients: A
 
 
 @pytest_twisted.ensureDeferred
-async def test_forgedResponseCannotAnswerOurRequests(service: RunningService, clients: Any) -> None:
+async def test_forgedResponseCannotAnswerOurRequests(webapp: Any, service: RunningService, clients: Any) -> None:
     """
     A user sending results with guessable ids cannot complete the
-    component's pending requests: they carry random ids.
+    component's pending requests: they carry random ids.  While the push
+    of bob's refreshed roster waits for bob's client, alice sends results
+    with the ids a counter would give (wokkel matches a result by id
+    alone): none completes a request, and bob's answer completes the push.
     """
-    alice = await clients("alice")
-    for guess in ("H_1", "H_2", "1", "ra-0"):
-        alice.send(f"<iq type='result' to='{COMPONENT_JID}' id='{guess}'/>")
-    await alice.rosterGet()
-    # The version promise sent with the answer may still be on its way.
-    await RunningService.waitUntil(lambda: service.component._iqDeferreds == {}, 5,
-                                   "every request of the component answered by the server")
+    alice, bob = await clients("alice"), await clients("bob")
+    await bob.rosterGet(ver="")
+    bob.sendPresence()
+    await RunningService.waitUntil(lambda: "bob" in service.component.privileges.online, 10, "bob online")
+    bob.answerPushes = False  # a privileged push is answered when bob's client answers it
+    webapp.rosters["bob"] = {"alice@example.org": {"name": "Alice"}, "carol@example.org": {"name": "Carol"}}
+    await service.backend.refresh(["bob"])
+    [push] = await bob.waitForPushes(1)
+    pending = set(service.component._iqDeferreds)
+    assert pending, "no request of the component waits for bob's client"
+    # Each result that reaches the component while its id is pending
+    # completes that request: who sent it, seen before wokkel matches it.
+    completions: list[tuple[str, str]] = []
+
+    def onResult(iq: domish.Element) -> None:
+        if iq.getAttribute("id") in service.component._iqDeferreds:
+            completions.append((iq["id"], iq.getAttribute("from", "")))
+
+    stream = service.component.xmlstream
+    for kind in ("result", "error"):
+        stream.addObserver(f"/iq[@type='{kind}']", onResult, priority=100)
+    try:
+        guesses = ["H_1", "H_2", "1", "ra-0",
+                   *(f"{prefix}{n}" for prefix in ("H_", "", "ra-", "push-") for n in range(200))]
+        for guess in guesses:
+            alice.send(f"<iq type='result' to='{COMPONENT_JID}' id='{guess}'/>")
+        await alice.rosterGet()  # a round trip through the component, after every guess
+        # The server answers for alice's account from its bare JID; alice's
+        # client sends from her full JID.
+        assert [c for c in completions if c[1] == alice.jid.full()] == []
+        assert pending & set(service.component._iqDeferreds), "no request was pending when the guesses came"
+
+        bob.send(xmlstream.toResponse(push, "result"))
+        # The version promise sent with the answer may still be on its way.
+        await RunningService.waitUntil(lambda: service.component._iqDeferreds == {}, 5,
+                                       "every request of the component answered by the server")
+    finally:
+        for kind in ("result", "error"):
+            stream.removeObserver(f"/iq[@type='{kind}']", onResult)
+    assert [c for c in completions if c[1] == alice.jid.full()] == []
+    assert pending <= {stanzaID for stanzaID, _ in completions}, "a request timed out"
 
 
 def rawHTTP(port: int, data: bytes, pauses: float = 0.0, timeout: float = 10.0) -> bytes:
