@@ -344,7 +344,7 @@ MAX_JID_PART = 1023
 
 
 @lru_cache(maxsize=16384)
-def _bareContactJID(key: str) -> str:
+def contactJID(key: str) -> str:
     """
     Normalise a contact key to the bare JID Prosody stores for it.
 
@@ -470,7 +470,7 @@ def _parseContact(key: Any, value: Any, owner: str) -> Contact:
     """
     if not isinstance(key, str) or not key:
         raise InvalidRoster(f"contact key {key!r} is not a JID")
-    bare = _bareContactJID(key)
+    bare = contactJID(key)
     if bare == owner:
         raise InvalidRoster(f"contact {key!r} is the roster's owner")
     if not isinstance(value, dict):

@@ -15,7 +15,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.words.xish.domish import escapeToXml
 
 from rosteradmin.errors import InvalidRoster
-from rosteradmin.roster import Roster, _bareContactJID, parseRoster
+from rosteradmin.roster import Roster, contactJID, parseRoster
 from tests.helpers import COMPONENT, DOMAIN, ComponentOnWire, WebApp
 
 OWNER = "alice@example.org"
@@ -88,12 +88,12 @@ def test_acceptedContactJIDsAreStable(node: str, domain: str) -> None:
     write is the JID we read back.
     """
     try:
-        jid = _bareContactJID(f"{node}@{domain}")
+        jid = contactJID(f"{node}@{domain}")
     except InvalidRoster:
         return
     assert "@" in jid and not jid.startswith("@") and not jid.endswith(".")
-    assert _bareContactJID(jid) == jid
-    assert _bareContactJID(jid + ".") == jid
+    assert contactJID(jid) == jid
+    assert contactJID(jid + ".") == jid
 
 
 # Characters XML can carry: anything else breaks the stream before us.

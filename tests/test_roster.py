@@ -23,7 +23,7 @@ from rosteradmin.roster import (
     RosterDiff,
     alignGroups,
     diffRosters,
-    _bareContactJID,
+    contactJID,
     _contactDomain,
     _nodeprep,
     normaliseUsername,
@@ -199,14 +199,14 @@ def test_contactJIDsCached() -> None:
     a second roster with the same contacts, or a new contact at a known
     domain, reuses the earlier work.
     """
-    _bareContactJID.cache_clear()
+    contactJID.cache_clear()
     _contactDomain.cache_clear()
     data = {f"user{i}@cached.example": {} for i in range(100)}
     parse(data)
     assert _contactDomain.cache_info().misses == 1
-    assert _bareContactJID.cache_info().misses == 100
+    assert contactJID.cache_info().misses == 100
     parse(data)
-    assert _bareContactJID.cache_info().hits == 100 and _bareContactJID.cache_info().misses == 100
+    assert contactJID.cache_info().hits == 100 and contactJID.cache_info().misses == 100
     parse({"new@cached.example": {}})
     assert _contactDomain.cache_info().misses == 1
 

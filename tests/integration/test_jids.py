@@ -22,7 +22,7 @@ import pytest
 import pytest_twisted
 
 from rosteradmin.errors import InvalidRoster
-from rosteradmin.roster import _bareContactJID
+from rosteradmin.roster import contactJID
 from tests.integration.service import RunningService
 from tests.integration.test_http import call
 from tests.integration.test_rosters import items
@@ -108,7 +108,7 @@ def ours(key: str) -> str | None:
     Our normalised contact JID for C{key}, or C{None} when refused.
     """
     try:
-        return _bareContactJID(key)
+        return contactJID(key)
     except InvalidRoster:
         return None
 
