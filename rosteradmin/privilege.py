@@ -5,20 +5,19 @@ backend's L{IRosterSync} on the component stream.
 
 Every privileged request (reads, writes and pushes) shares one bound of
 requests in flight (L{PrioritySlots}: urgent first, a few per user,
-background work paced by the server's latency).  What the server granted
-is L{rosteradmin.permissions}' job, who is online
-L{rosteradmin.presence}'s, what devices show and the pushes
-L{rosteradmin.devices}'.
+background work paced by the server's latency).  Writes are
+L{rosteradmin.rosterwrites}' job, parking a user's writes
+L{rosteradmin.parking}'s, what the server granted
+L{rosteradmin.permissions}', who is online L{rosteradmin.presence}'s, what
+devices show and the pushes L{rosteradmin.devices}'.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
@@ -29,60 +28,18 @@ from zope.interface import implementer
 from rosteradmin.errors import InvalidRoster, NotConnected, StanzaTooLarge, SyncFailed
 from rosteradmin.interfaces import IConnectionStatus, IRosterSync, IServerObserver
 from rosteradmin.pacing import LatencyPacer
+from rosteradmin.parking import WriteParking
+from rosteradmin.rosterwrites import DISCONNECTED, RosterWriter
 from rosteradmin.permissions import Permissions, PermissionTracker
 from rosteradmin.presence import PresenceTracker
 from rosteradmin.devices import DeviceViews
 from rosteradmin.slots import MAX_SYNC_IN_FLIGHT, PER_USER_IN_FLIGHT, RESERVED_FOR_CLIENTS, PrioritySlots
-from rosteradmin.stanzalimit import WRAPPER_BYTES, StanzaLimit
+from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.roster import NS_ROSTER, Contact, Roster, RosterDiff, StoredRoster, contactJID
 from rosteradmin.slicing import inSlices
 from rosteradmin.stanzas import IQRequest, findChild, parseJID, sendRequest
 
 T = TypeVar("T")
-
-#: contrib/prosody/mod_rosteradmin_roster.lua: many roster items per iq.
-NS_BULK_ROSTER = "urn:x-rosteradmin:roster:0"
-
-#: The errors of a server that does not know the bulk iq.
-NO_BULK_CONDITIONS = ("service-unavailable", "feature-not-implemented")
-
-#: How a request fails when the stream goes away before its answer (wokkel
-#: fails pending iqs with the connection's loss) or it cannot be sent.
-DISCONNECTED = (NotConnected, ConnectionLost, ConnectionDone)
-
-#: Seconds a user's writes stay parked the first time, doubling each time.
-PARK_FIRST_DELAY = 30.0
-PARK_MAX_DELAY = 3600.0
-
-
-class _NoBulkWrites(Exception):
-    """
-    The server does not take many roster items per iq (no
-    mod_rosteradmin_roster).
-    """
-
-
-def bulkChunks(diff: RosterDiff, maxBytes: int) -> list[str]:
-    """
-    The items of a diff (C{both}, then C{remove}), as few runs of item XML
-    as fit C{maxBytes} each (an item larger than that is refused before any
-    write: L{rosteradmin.stanzalimit.StanzaLimit.itemRefusal}).
-    """
-    items = [c.toXML("both") for c in diff.changed] + [Contact(j, None, ()).toXML("remove") for j in diff.removed]
-    chunks: list[str] = []
-    current: list[str] = []
-    size = 0
-    for item in items:
-        itemSize = len(item.encode("utf-8"))
-        if current and size + itemSize > maxBytes:
-            chunks.append("".join(current))
-            current, size = [], 0
-        current.append(item)
-        size += itemSize
-    if current:
-        chunks.append("".join(current))
-    return chunks
-
 
 def storedJID(value: str | None) -> str | None:
     """
@@ -169,16 +126,12 @@ class PrivilegeHandler(XMPPHandler):
         self.clock = clock
         self.timeout = timeout
         self.limit = limit
-        #: Whether the server takes many items per iq: unknown until tried.
-        self.bulk: bool | None = None
         self._sync = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS, perKey=PER_USER_IN_FLIGHT,
                                    now=clock.seconds)
         self.pacer = LatencyPacer(self._sync, clock, latencyTarget)
         self.devices = devices
-        self._writing: Counter[str] = Counter()
-        self._strikes: Counter[str] = Counter()
-        self.parked: dict[str, str] = {}
-        self._unparkCalls: dict[str, IDelayedCall] = {}
+        self.parking = WriteParking(clock, self._unparked)
+        self.writer = RosterWriter(status, self._sync, self.parking, limit, self._request)
 
     def observe(self, observer: IServerObserver) -> None:
         """
@@ -204,8 +157,31 @@ class PrivilegeHandler(XMPPHandler):
         """
         return self.presence.online
 
+    @property
+    def parked(self) -> dict[str, str]:
+        return self.parking.parked
+
+    @property
+    def bulk(self) -> bool | None:
+        """
+        Whether the server takes many items per iq (L{RosterWriter.bulk}).
+        """
+        return self.writer.bulk
+
+    @bulk.setter
+    def bulk(self, value: bool | None) -> None:
+        self.writer.bulk = value
+
+    def _unparked(self, username: str) -> None:
+        """
+        A parked user's writes may be tried again: the backend re-syncs the
+        users the server has not stored.
+        """
+        if self.canSync():
+            self.observer.connectionRestored()
+
     def connectionLost(self, reason: Failure) -> None:
-        self._strike(sorted(self._writing))
+        self.parking.connectionLost()
         self.bulk = None  # the server may have been reconfigured meanwhile
 
     def canSync(self) -> bool:
@@ -229,201 +205,26 @@ class PrivilegeHandler(XMPPHandler):
 
     def write(self, username: str, diff: RosterDiff, urgent: bool = True) -> Deferred[None]:
         """
-        Write the items of a diff into the user's stored roster: many per
-        iq, saved once, where the server has contrib's
-        mod_rosteradmin_roster; else one privileged set per item (with
-        several items in one set, mod_privilege answers once per item with
-        the same id, and it saves the whole roster after each item).
-
-        @param urgent: A client waits for it; background writes (refreshes)
-            go after urgent ones.
-        @raise SyncFailed: The user's writes are parked (see L{_strike}).
+        Write the items of a diff into the user's stored roster
+        (L{RosterWriter.write}); the devices follow the contacts written
+        until they are pushed them.
         """
-        parked = self._parkedFailure(username)
-        if parked is not None:
-            return parked
-        self.devices.changing(username, frozenset(c.jid for c in diff.changed) | frozenset(diff.removed))
-        if self.bulk is False:
-            return self._writeEach(username, diff, urgent)
-        chunks = bulkChunks(diff, self.limit.maxBytes - WRAPPER_BYTES)
-        writes = [self._sync.run(username, urgent, self._writeChunk, username, chunk) for chunk in chunks]
-
-        def checkOrFallBack(results: list[tuple[bool, object]]) -> Deferred[None] | None:
-            if any(not ok and cast(Failure, r).check(_NoBulkWrites) for ok, r in results):
-                self._noBulkWrites()
-                return self._writeEach(username, diff, urgent)
-            self._checkWrites(username, results)
-            return None
-
-        return DeferredList(writes, consumeErrors=True).addCallback(checkOrFallBack)
-
-    def _noBulkWrites(self) -> None:
-        """
-        The server does not know contrib's bulk iq: say so once per
-        connection, and write item by item from now on.
-        """
-        if self.bulk is None:
-            self.bulk = False
-            self.log.info("the server has no mod_rosteradmin_roster: writing one roster item per "
-                          "privileged set, each a full save of the roster (see contrib/prosody)")
+        if username not in self.parked:
+            self.devices.changing(username, frozenset(c.jid for c in diff.changed) | frozenset(diff.removed))
+        return self.writer.write(username, diff, urgent)
 
     def promiseCurrent(self, username: str, version: str) -> Deferred[bool] | None:
-        """
-        Give contrib's mod_rosteradmin_roster the version of the roster it
-        stores for the user (a bulk iq with no items; the contract is
-        L{rosteradmin.promises}').  Sent at once, not queued behind writes,
-        so that it reaches the server before any later write: a write
-        queued earlier made the state forget the stored version, and
-        nothing is promised then.
-        """
-        if self.bulk is False or not self.status.connected:
-            return None
-        d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}' ver='{version}'/>", "promise")
-
-        def refused(failure: Failure) -> bool:
-            self._ebPromise(failure, username)
-            return False
-
-        return d.addCallbacks(lambda result: True, refused)
+        return self.writer.promiseCurrent(username, version)
 
     def revokeCurrent(self, username: str | None) -> Deferred[bool]:
-        """
-        End the server's promise for the user, or for every user
-        (C{ver=''} to the user's bare JID, or to the domain), if the server
-        may hold one: one may be left from an earlier connection, or from
-        an earlier run of rosteradmin.
-        """
-        if self.bulk is False:
-            return succeed(True)
-        if not self.status.connected:
-            return succeed(False)
-        d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}' ver=''/>", "promise")
-        return d.addCallbacks(lambda result: True, self._ebPromise, errbackArgs=(username,))
-
-    def _ebPromise(self, failure: Failure, username: str | None) -> bool:
-        """
-        A promise or revocation the server did not take.
-
-        @return: Whether the server holds no promise anyway: it does not
-            know the iq at all.
-        """
-        error = failure.value
-        if self.bulk is not True and isinstance(error, StanzaError) and error.condition in NO_BULK_CONDITIONS:
-            self._noBulkWrites()
-            return True
-        self.log.debug("version promise for {user} not taken: {why}", user=username, why=failure.getErrorMessage())
-        return False
-
-    def _writeEach(self, username: str, diff: RosterDiff, urgent: bool) -> Deferred[None]:
-        """
-        One privileged set per item.
-        """
-        writes = [self._sync.run(username, urgent, self._writeItem, username, c.toXML("both"), False)
-                  for c in diff.changed]
-        writes += [
-            self._sync.run(username, urgent, self._writeItem, username, Contact(jid, None, ()).toXML("remove"),
-                             True)
-            for jid in diff.removed
-        ]
-        return DeferredList(writes, consumeErrors=True).addCallback(lambda results: self._checkWrites(username,
-                                                                                                    results))
-
-    def _checkWrites(self, username: str, results: list[tuple[bool, object]]) -> None:
-        """
-        Turn the outcomes of a user's writes into success or why not.
-
-        @raise NotConnected: Writes were cut off by the loss of the stream.
-        @raise SyncFailed: The server refused some.
-        """
-        # DeferredList types every result as the value type; a failed
-        # one (ok false) is the Failure.
-        failed = [cast(Failure, r) for ok, r in results if not ok]
-        if not failed:
-            # Every item was stored: none of them is a poison write.
-            self._strikes.pop(username, None)
-            return
-        if all(f.check(*DISCONNECTED) for f in failed):
-            # Not refused: the stream went away.  The user stays
-            # unsynced and is written after the reconnect.
-            raise NotConnected(f"{len(failed)} of {len(results)} roster writes for {username!r} "
-                               "were cut off by the loss of the XMPP connection")
-        raise SyncFailed(f"{len(failed)} of {len(results)} roster writes for {username!r} failed: "
-                         f"{failed[0].getErrorMessage()}")
-
-    def _writeChunk(self, username: str, itemsXML: str) -> Deferred[Any]:
-        """
-        One iq of many items for mod_rosteradmin_roster.
-
-        @raise _NoBulkWrites: The server does not know that iq.
-        """
-        parked = self._parkedFailure(username)
-        if parked is not None:
-            return parked
-        d = self._request(username, "set", f"<query xmlns='{NS_BULK_ROSTER}'>{itemsXML}</query>", "write")
-
-        def answered(result: object) -> object:
-            self.bulk = True
-            return result
-
-        def unknown(failure: Failure) -> Failure:
-            error = failure.value
-            if self.bulk is not True and isinstance(error, StanzaError) and error.condition in NO_BULK_CONDITIONS:
-                raise _NoBulkWrites(error.condition)
-            return failure
-
-        d.addCallbacks(answered, unknown)
-        return self._inFlight(d, username)
-
-    def _parkedFailure(self, username: str) -> Deferred[Any] | None:
-        """
-        A failure for a write of a parked user (checked again as each queued
-        item starts: the user may have been parked since), else C{None}.
-        """
-        reason = self.parked.get(username)
-        if reason is None:
-            return None
-        return fail(SyncFailed(f"roster writes for {username!r} are parked: {reason}"))
-
-    def _strike(self, usernames: list[str]) -> None:
-        """
-        The stream dropped while these users' writes were in flight.  One
-        drop is a coincidence; a second one with the same user's writes in
-        flight may be that user's data making the server close the stream
-        (a limit we do not know of): that user's writes are parked, with a
-        backoff, so a reconnect does not send them again and everyone else
-        is served meanwhile.
-        """
-        for username in usernames:
-            self._strikes[username] += 1
-            strikes = self._strikes[username]
-            if strikes < 2 or username in self.parked:
-                continue
-            delay = min(PARK_FIRST_DELAY * 2 ** min(strikes - 2, 16), PARK_MAX_DELAY)
-            self.parked[username] = (f"roster writes were in flight at {strikes} stream losses in a row; "
-                                     f"parked for {delay:.0f} s")
-            self.log.error("parked the roster writes of {user}: they were in flight at {strikes} losses of the "
-                           "stream in a row; retrying in {delay:.0f} s", user=username, strikes=strikes, delay=delay)
-            self._unparkCalls[username] = self.clock.callLater(delay, self._unpark, username)
+        return self.writer.revokeCurrent(username)
 
     def stopRetrying(self) -> None:
         """
         The service stops: no parked user's writes are tried again.
         """
-        calls, self._unparkCalls = self._unparkCalls, {}
-        for call in calls.values():
-            if call.active():
-                call.cancel()
+        self.parking.stop()
         self.devices.stop()
-
-    def _unpark(self, username: str) -> None:
-        """
-        Try a parked user's writes again: the backend re-syncs the users the
-        server has not stored.
-        """
-        self._unparkCalls.pop(username, None)
-        self.parked.pop(username, None)
-        if self.canSync():
-            self.observer.connectionRestored()
 
     def stuck(self) -> str | None:
         """
@@ -439,44 +240,6 @@ class PrivilegeHandler(XMPPHandler):
         writes go before the other background ones.
         """
         self._sync.promote(username)
-
-    def _writeItem(self, username: str, itemXML: str, removal: bool) -> Deferred[Any]:
-        """
-        One privileged roster set.
-
-        @return: Deferred firing with the server's answer (unused: L{write}
-            looks only at failures), or C{None} for the removal of an item
-            the server did not hold.
-        """
-        parked = self._parkedFailure(username)
-        if parked is not None:
-            return parked
-        d = self._request(username, "set", f"<query xmlns='{NS_ROSTER}'>{itemXML}</query>", "write")
-        if removal:
-            # Removing what the server does not hold is already done.
-            d.addErrback(self._ignoreItemNotFound)
-        return self._inFlight(d, username)
-
-    def _inFlight(self, d: Deferred[T], username: str) -> Deferred[T]:
-        """
-        Count a user's write or push as in flight until it is answered: if
-        the stream drops meanwhile, it may be why (L{_strike}).
-        """
-        self._writing[username] += 1
-
-        def answered(result: object) -> object:
-            self._writing[username] -= 1
-            if not self._writing[username]:
-                del self._writing[username]
-            return result
-
-        return d.addBoth(answered)
-
-    @staticmethod
-    def _ignoreItemNotFound(failure: Failure) -> Failure | None:
-        failure.trap(StanzaError)
-        error = failure.value
-        return failure if not isinstance(error, StanzaError) or error.condition != "item-not-found" else None
 
     def push(self, username: str, before: Roster | None, after: Roster,
              rewrite: frozenset[str] = frozenset()) -> int:
@@ -505,9 +268,9 @@ class PrivilegeHandler(XMPPHandler):
 
     def _sendPush(self, username: str, payload: str) -> Deferred[domish.Element]:
         """
-        Send one push, counted in flight for L{_strike} like a write.
+        Send one push, counted in flight (L{WriteParking.inFlight}) like a write.
         """
-        return self._inFlight(self._request(username, "set", payload, "push"), username)
+        return self.parking.inFlight(self._request(username, "set", payload, "push"), username)
 
     def _request(self, username: str | None, iqType: str, payload: str,
                  what: str = "write") -> Deferred[domish.Element]:

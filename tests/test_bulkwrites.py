@@ -11,7 +11,7 @@ from typing import Any
 from twisted.logger import capturedLogs
 from twisted.words.xish import domish
 
-from rosteradmin.privilege import NS_BULK_ROSTER, bulkChunks
+from rosteradmin.rosterwrites import NS_BULK_ROSTER, bulkChunks
 from rosteradmin.roster import Contact, RosterDiff
 from tests.helpers import COMPONENT, PERMISSIONS_2, ComponentOnWire, WebApp, makeConfig
 from tests.test_component import envelope, rosterGet, serverAnswers

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.words.xish import domish
 
-from rosteradmin.privilege import NS_BULK_ROSTER
+from rosteradmin.rosterwrites import NS_BULK_ROSTER
 from rosteradmin.roster import NS_ROSTER, Contact, Roster
 from rosteradmin.slots import MAX_SYNC_IN_FLIGHT, RESERVED_FOR_CLIENTS
 from tests.helpers import COMPONENT, DOMAIN, PERMISSIONS_2, STREAM_HEADER, ComponentOnWire, WebApp

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.words.xish import domish
 
-from rosteradmin.privilege import NS_BULK_ROSTER
+from rosteradmin.rosterwrites import NS_BULK_ROSTER
 from rosteradmin.state import SyncState
 from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp
 from tests.test_bulkwrites import bulkServer

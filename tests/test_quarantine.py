@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.logger import capturedLogs
 
-from rosteradmin.privilege import PARK_FIRST_DELAY
+from rosteradmin.parking import PARK_FIRST_DELAY
 from rosteradmin.roster import EMPTY_ROSTER, Contact, Roster
 from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp
 from tests.test_component import serverAnswers
@@ -79,7 +79,7 @@ def test_oneLossIsACoincidence() -> None:
         dropAndReconnect(wire)
         wire.answerRequests(reply)
     privileges = wire.component.privileges
-    assert privileges.parked == {} and not privileges._strikes and wire.backend.unsynced == set()
+    assert privileges.parked == {} and not privileges.parking._strikes and wire.backend.unsynced == set()
 
 
 def test_parkedUserGetsNoPushesAndManyStrikesDoNotOverflow() -> None:
@@ -91,9 +91,10 @@ def test_parkedUserGetsNoPushesAndManyStrikesDoNotOverflow() -> None:
     wire = ComponentOnWire(WebApp({"alice": {"carol@example.org": {}}}))
     wire.handshake(PERMISSIONS_2 + "<presence from='alice@example.org/phone' to='roster.example.org'/>")
     privileges = wire.component.privileges
-    privileges._strikes["alice"] = 5000
+    privileges.parking._strikes["alice"] = 5000
+    privileges.parking._writing["alice"] = 1  # in flight at the next loss of the stream
     with capturedLogs():
-        privileges._strike(["alice"])
+        privileges.parking.connectionLost()
     assert "alice" in privileges.parked and "3600 s" in privileges.parked["alice"]
     assert privileges.online == {"alice": {"alice@example.org/phone"}}
     assert privileges.push("alice", EMPTY_ROSTER, Roster([Contact("carol@example.org", None, ())])) == 0
