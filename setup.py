@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
+    packages=find_packages(exclude=["tests*", "bench*", "rosteradmin_demo*"]) + ["twisted.plugins"],
     install_requires=[
         "twisted>=24.7",
         "wokkel==18.0.0",

@@ -87,7 +87,7 @@ from bench.stormprobe import StormProbe
 from bench.streamtap import ThreadedTap
 from bench.rosters import DOMAIN, username, writeProsodyStorage, writeStoredRoster
 from bench.xmppload import LoadClient, connectMany, percentiles
-from rosteradmin.devprosody import LocalProsody, freePort
+from rosteradmin_demo.devprosody import LocalProsody, freePort
 
 ROOT = Path(__file__).parent.parent
 PASSWORD = "pw"

@@ -11,4 +11,4 @@ for arg in "$@"; do
     if [ "$arg" = --websocket ]; then export ROSTERADMIN_CONVERSE=1; fi
 done
 source scripts/setup.sh
-exec .venv/bin/python -m rosteradmin.demo --prosody-config contrib/prosody/rosteradmin.cfg.lua "$@"
+exec .venv/bin/python -m rosteradmin_demo.demo --prosody-config contrib/prosody/rosteradmin.cfg.lua "$@"

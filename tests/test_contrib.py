@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from rosteradmin.config import buildConfig
-from rosteradmin.devprosody import freePort
+from rosteradmin_demo.devprosody import freePort
 from rosteradmin.tap import EX_CONFIG
 
 ROOT = Path(__file__).parent.parent

@@ -13,8 +13,8 @@ import pytest
 from twisted.python import usage
 from twisted.web.test.requesthelper import DummyRequest
 
-from rosteradmin.demo import DemoOptions
-from rosteradmin.devchat import ChatPage, ConverseNotInstalled, converseDirectory, converseDist, localSettings
+from rosteradmin_demo.demo import DemoOptions
+from rosteradmin_demo.devchat import ChatPage, ConverseNotInstalled, converseDirectory, converseDist, localSettings
 
 PAGE = Path(__file__).resolve().parents[1] / "contrib" / "converse"
 

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
-from rosteradmin.devwebapp import PAGE_SIZE, SAMPLE_ROSTERS, RosterFileResource, writeSample
+from rosteradmin_demo.devwebapp import PAGE_SIZE, SAMPLE_ROSTERS, RosterFileResource, writeSample
 from rosteradmin.errors import UserUnknown
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.roster import parseRoster

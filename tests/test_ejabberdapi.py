@@ -24,7 +24,7 @@ from zope.interface import implementer
 from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.config import ConfigError, buildConfig
-from rosteradmin.devprosody import freePort
+from rosteradmin_demo.devprosody import freePort
 from rosteradmin.ejabberdapi import PROBE_INTERVAL, PROBE_USER, EjabberdAPISync
 from rosteradmin.errors import SyncFailed
 from rosteradmin.fetcher import RosterFetcher

@@ -218,3 +218,19 @@ def test_wholeGroupShown(tmp_path: Path) -> None:
     })
     graph = importGraph(package)
     assert describe(findCycles(graph), graph) == ["pkg.a:1 -> pkg.b:1 -> pkg.a (and pkg.c import each other with them)"]
+
+
+def test_serviceImportsNoDemo() -> None:
+    """
+    The service (rosteradmin/) imports nothing of the demo and development
+    servers (rosteradmin_demo/, not installed with it), not even for an
+    annotation.
+    """
+    found = []
+    for path in sorted((ROOT / "rosteradmin").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(ROOT)}:{node.lineno} {name}" for name in names
+                      if name.split(".")[0] == "rosteradmin_demo"]
+    assert found == []

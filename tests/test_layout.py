@@ -17,7 +17,7 @@ def test_testCaseNamesExist() -> None:
     to run a module's tests) names test modules that exist.
     """
     named = {}
-    for source in sorted(ROOT.glob("rosteradmin/*.py")) + sorted(ROOT.glob("bench/*.py")):
+    for source in sorted(ROOT.glob("rosteradmin*/*.py")) + sorted(ROOT.glob("bench/*.py")):
         match = TEST_CASE_NAME.search(source.read_text().split("\n", 1)[0])
         if match:
             named[source.relative_to(ROOT)] = match.group(1).split(",")

@@ -33,7 +33,7 @@ from tests.integration.service import RunningService
 HOST_ONLY = frozenset({
     # ejabberd, not Prosody: the first run covers it
     "tests/integration/test_ejabberd.py",
-    # `python -m rosteradmin.demo` starts the host's Prosody itself
+    # `python -m rosteradmin_demo.demo` starts the host's Prosody itself
     "tests/integration/test_demo.py",
     # the hint to apt-get install the host's Prosody (test_prosody13.py
     # checks Prosody 13's: build the root)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rosteradmin.devprosody import freePort
+from rosteradmin_demo.devprosody import freePort
 from tests.integration.debianroot import DebianRoot
 
 EJABBERDCTL = "/usr/sbin/ejabberdctl"

@@ -6,7 +6,7 @@ XMPP clients on Twisted's own client stack in the test reactor.
 
 None of it uses the component: tests see rosteradmin only as the server,
 the web app and users do.  The Prosody runner is
-L{rosteradmin.devprosody.LocalProsody}, which the demo uses too, so both
+L{rosteradmin_demo.devprosody.LocalProsody}, which the demo uses too, so both
 start the same configuration.
 
 C{ROSTERADMIN_PROSODY} selects the Prosody: unset (or C{0.12}) the host's,
@@ -40,7 +40,7 @@ from twisted.words.protocols.jabber import client, error, xmlstream
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
-from rosteradmin.devprosody import freePort
+from rosteradmin_demo.devprosody import freePort
 from tests.integration.prosody13 import ChrootProsody, debian13Root
 
 __all__ = [

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rosteradmin.devprosody import LocalProsody, ProsodyNotAvailable
+from rosteradmin_demo.devprosody import LocalProsody, ProsodyNotAvailable
 from tests.integration.debianroot import STAMP, DebianRoot, debian13Root
 
 __all__ = ["STAMP", "ChrootProsody", "debian13Root"]

@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from rosteradmin.component import RosterComponent
 from rosteradmin.backend import RosterBackend
 from rosteradmin import tap
-from rosteradmin.devprosody import freePort
+from rosteradmin_demo.devprosody import freePort
 
 KICK_AUTHORIZATION = "Bearer kick-test-secret"
 

@@ -39,7 +39,7 @@ from twisted.web import server
 from twisted.web.client import HTTPConnectionPool
 from twisted.words.xish import domish
 
-from rosteradmin.devprosody import freePort
+from rosteradmin_demo.devprosody import freePort
 from tests.integration.harness import PASSWORD, ProsodyServer, WebAppStub, XMPPTestClient, listenWebApp
 from tests.integration.service import RunningService
 from tests.integration.test_blastradius import preFill

@@ -36,9 +36,9 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web import server
 
-from rosteradmin.devchat import ChatPage, ConverseNotInstalled, localSettings
-from rosteradmin.devprosody import LocalProsody, freePort
-from rosteradmin.devwebapp import SAMPLE_ROSTERS
+from rosteradmin_demo.devchat import ChatPage, ConverseNotInstalled, localSettings
+from rosteradmin_demo.devprosody import LocalProsody, freePort
+from rosteradmin_demo.devwebapp import SAMPLE_ROSTERS
 from tests.integration.harness import CONTRIB_CONFIG, PASSWORD, ProsodyServer, XMPPTestClient, startedOrFail
 from tests.integration.service import RunningService
 

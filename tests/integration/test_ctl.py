@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.server import Site
 
-from rosteradmin.devwebapp import RosterFileResource
+from rosteradmin_demo.devwebapp import RosterFileResource
 from tests.integration.harness import ProsodyServer, WebAppStub
 from tests.integration.service import KICK_AUTHORIZATION, RunningService
 

@@ -1,5 +1,5 @@
 """
-The demo as a new user runs it: C{python -m rosteradmin.demo} (what
+The demo as a new user runs it: C{python -m rosteradmin_demo.demo} (what
 C{scripts/demo.sh} ends in) as a process of its own, with its own Prosody,
 sample web app and rosteradmin; every roster is synced into Prosody at
 start, a real client logs in, the roster file is edited and refreshed, and
@@ -22,10 +22,10 @@ import treq
 from twisted.internet import reactor, threads
 from twisted.web.client import HTTPConnectionPool
 
-from rosteradmin.demo import PASSWORD as DEMO_PASSWORD
-from rosteradmin.demo import ctlCommand
-from rosteradmin.devprosody import LocalProsody, freePort
-from rosteradmin.devwebapp import SAMPLE_ROSTERS
+from rosteradmin_demo.demo import PASSWORD as DEMO_PASSWORD
+from rosteradmin_demo.demo import ctlCommand
+from rosteradmin_demo.devprosody import LocalProsody, freePort
+from rosteradmin_demo.devwebapp import SAMPLE_ROSTERS
 from tests.integration.harness import CONTRIB_CONFIG, connectClient
 from tests.integration.service import RunningService
 from tests.integration.test_converse import Chromium, logIn, shown
@@ -48,7 +48,7 @@ class Demo:
         self.outputPath = directory / "demo.out"
         with open(self.outputPath, "wb") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "rosteradmin.demo", "--prosody-config", str(CONTRIB_CONFIG),
+                [sys.executable, "-m", "rosteradmin_demo.demo", "--prosody-config", str(CONTRIB_CONFIG),
                  "--directory", str(directory / "data"), "--c2s-port", str(self.c2sPort),
                  "--component-port", str(freePort()), "--webapp-port", str(freePort()),
                  "--http-port", str(self.httpPort), *options],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rosteradmin.devprosody import ProsodyNotAvailable
+from rosteradmin_demo.devprosody import ProsodyNotAvailable
 from tests.integration.harness import CONTRIB_CONFIG
 from tests.integration.prosody13 import STAMP, ChrootProsody
 

@@ -15,7 +15,7 @@ from twisted.internet import reactor, threads
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
 
-from rosteradmin.devprosody import COMPONENT_JID
+from rosteradmin_demo.devprosody import COMPONENT_JID
 from tests.helpers import parseXML
 from tests.integration.service import RunningService
 from tests.integration.test_faults import call

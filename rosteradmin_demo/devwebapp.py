@@ -13,7 +13,7 @@ usernames of the file, in pages linked by C{Link: <...>; rel="next"}, as
 C{--users-url} expects (L{rosteradmin.users}).  The file is read on every
 request, so an edit followed by C{POST /roster_admin/refresh} shows up in
 clients at once.  Run alone with
-C{python -m rosteradmin.devwebapp rosters.json 8080 [page size]}.
+C{python -m rosteradmin_demo.devwebapp rosters.json 8080 [page size]}.
 """
 
 from __future__ import annotations

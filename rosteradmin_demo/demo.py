@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.integration.test_demo -*-
 """
 A self-contained demo: a local Prosody configured for the component, the
-sample web app (L{rosteradmin.devwebapp}) and rosteradmin itself, in one
+sample web app (L{rosteradmin_demo.devwebapp}) and rosteradmin itself, in one
 process that stops everything on Ctrl-C.
 
-    python -m rosteradmin.demo --prosody-config contrib/prosody/rosteradmin.cfg.lua
+    python -m rosteradmin_demo.demo --prosody-config contrib/prosody/rosteradmin.cfg.lua
 
 (C{bash scripts/demo.sh} installs what is missing and runs this.)
 
@@ -32,9 +32,9 @@ from twisted.web import server
 
 from rosteradmin import tap
 from rosteradmin.ctl import DEFAULT_URL
-from rosteradmin.devchat import ChatPage, ConverseNotInstalled, localSettings
-from rosteradmin.devprosody import LocalProsody, ProsodyNotAvailable
-from rosteradmin.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
+from rosteradmin_demo.devchat import ChatPage, ConverseNotInstalled, localSettings
+from rosteradmin_demo.devprosody import LocalProsody, ProsodyNotAvailable
+from rosteradmin_demo.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
 
 PASSWORD = "demo"
 
@@ -42,7 +42,7 @@ log = Logger()
 
 
 class DemoOptions(usage.Options):
-    synopsis = "python -m rosteradmin.demo [options]"
+    synopsis = "python -m rosteradmin_demo.demo [options]"
     # Else usage.Options shows the module docstring, epytext markup included.
     longdesc = ("Run a local Prosody, the sample web app and rosteradmin on loopback, and sync every "
                 "user's roster into Prosody at start. Ctrl-C stops everything.")
