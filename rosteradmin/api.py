@@ -288,9 +288,11 @@ class HealthResource(JsonResource):
         parked = dict(sync.parked)
         syncRefusal = sync.syncRefusal
         delegationProblem = self.delegationProblem() if connected else None
-        # Connected and moving, but misconfigured: rosteradmin works only in
-        # part.  200 still (a restart would not help), and the status says so.
-        degraded = syncRefusal is not None or delegationProblem is not None
+        # Connected and moving, but misconfigured, or holding more of its
+        # users than its bounds: rosteradmin works only in part.  200 still
+        # (a restart would not help), and the status says so.
+        saturated = self.backend.saturated()
+        degraded = syncRefusal is not None or delegationProblem is not None or bool(saturated)
         body = {
             "status": ("unavailable" if not connected else "stuck" if stuck is not None
                        else "degraded" if degraded else "ok"),
@@ -302,6 +304,7 @@ class HealthResource(JsonResource):
             "roster_sync_error": syncRefusal,
             "delegation_error": delegationProblem,
             "stuck": stuck,
+            "saturated": saturated,
             "refused_users": len(self.backend.refused),
             "refused": dict(itertools.islice(sorted(self.backend.refused.items()), MAX_LISTED_USERS)),
             "parked_users": dict(itertools.islice(sorted(parked.items()), MAX_LISTED_USERS)),

@@ -38,6 +38,9 @@ T = TypeVar("T")
 #: Users re-synced into the server at once after a reconnection.
 RESYNC_CONCURRENCY = 8
 
+#: Most users whose refusal (L{RosterBackend.refused}) is kept.
+MAX_REFUSED = 10_000
+
 #: Users of one refresh worked on at once (fetches and writes have their
 #: own, smaller bounds; this one bounds the memory a huge refresh holds).
 REFRESH_WORKERS = 256
@@ -70,7 +73,9 @@ class RosterBackend(Service):
         (written once the server is reachable and grants roster access).
     @ivar refused: Why the web app's roster of a user cannot be stored in
         the server or sent to its clients (over the server's stanza
-        limit), by username, until a roster that fits replaces it.
+        limit), by username, until a roster that fits replaces it; past
+        L{MAX_REFUSED} users, the oldest uncached ones are forgotten.
+    @ivar refusedForgotten: Refused users forgotten past L{MAX_REFUSED}.
     """
 
     log = Logger()
@@ -96,10 +101,14 @@ class RosterBackend(Service):
         # promise would then vouch for.
         self._verified: dict[str, str] = {}
         self.cache = cache
+        # Only a cached user's clients are answered without a fetch: what
+        # is verified of the others is read again when they are loaded.
+        cache.onEvict = lambda username: self._verified.pop(username, None)
         self.fetcher = fetcher
         self.sync = sync
         self.limit = limit if limit is not None else StanzaLimit()
         self.refused: dict[str, str] = {}
+        self.refusedForgotten = 0
         self.driftRepaired: Counter[str] = Counter()
         self._writableWaiters: list[Deferred[None]] = []
         self.unsynced: set[str] = set()
@@ -265,6 +274,21 @@ class RosterBackend(Service):
         reasons = [self.fetcher.stuck(), self.sync.stuck()]
         found = [r for r in reasons if r is not None]
         return "; ".join(found) if found else None
+
+    def saturated(self) -> list[str]:
+        """
+        Why the memory kept of users is past or at a bound: the cache over
+        its bound because of online users' rosters, or the refusals kept
+        at their bound.
+        """
+        reasons = []
+        cache = self.cache.overBound()
+        if cache is not None:
+            reasons.append(cache)
+        if len(self.refused) >= MAX_REFUSED:
+            reasons.append(f"refused users: {len(self.refused):,} kept, at the bound of {MAX_REFUSED:,}; "
+                           f"{self.refusedForgotten:,} forgotten so far (the web app serves oversized rosters)")
+        return reasons
 
     def refresh(self, usernames: list[str], verify: bool = False) -> Deferred[RefreshSummary]:
         """
@@ -488,7 +512,7 @@ class RosterBackend(Service):
         """
         refusal = self.limit.itemRefusal(roster)
         if refusal is not None:
-            self.refused[username] = refusal
+            self._refuse(username, refusal)
             if storedRead is not None:
                 storedRead.addErrback(lambda failure: None)  # nothing to sync
             self.log.warn("roster of {user} refused: {why}", user=username, why=refusal)
@@ -497,9 +521,28 @@ class RosterBackend(Service):
         if tooLarge is None:
             self.refused.pop(username, None)
         else:
-            self.refused[username] = tooLarge
+            self._refuse(username, tooLarge)
             self.log.warn("roster of {user} is stored, but cannot be sent to its clients: {why}",
                           user=username, why=tooLarge)
+
+    def _refuse(self, username: str, why: str) -> None:
+        """
+        Remember why a user's roster is refused, within L{MAX_REFUSED}
+        users: past it, the oldest refusals of uncached users go (a refresh
+        of many names the web app serves oversized rosters for must not
+        grow this without end).  Those serve reports only: a user loaded
+        again is checked again.  A cached user's refusal stays, as its
+        roster does: it keeps the server from being promised that roster.
+        """
+        self.refused.pop(username, None)
+        self.refused[username] = why
+        if len(self.refused) <= MAX_REFUSED:
+            return
+        for other in self.refused:
+            if other not in self.cache and other != username:
+                del self.refused[other]
+                self.refusedForgotten += 1
+                return
 
     async def _resync(self, username: str) -> None:
         """

@@ -283,13 +283,16 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-#: One shared tuple per distinct set of groups: rosters repeat a handful of
-#: group combinations millions of times.
-_groupTuples: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
+@lru_cache(maxsize=16384)
 def _internGroups(groups: tuple[str, ...]) -> tuple[str, ...]:
-    return _groupTuples.setdefault(groups, groups)
+    """
+    One shared tuple per distinct list of groups: rosters repeat a handful
+    of group combinations millions of times.  The first tuple seen is the
+    one returned for every equal one after it, as long as it is among the
+    most recently used (a web app's distinct combinations are many, and
+    the names a refresh is given unbounded).
+    """
+    return groups
 
 
 #: The most octets of a localpart or a domainpart (RFC 7622 §3.2, §3.3):

@@ -24,6 +24,7 @@ from rosteradmin.roster import (
     diffRosters,
     _bareContactJID,
     _contactDomain,
+    _internGroups,
     normaliseUsername,
     parseRoster,
 )
@@ -600,3 +601,22 @@ def test_alignGroups() -> None:
     assert aligned["carol@example.org"].groups == ("Work",)
     assert aligned["dave@example.org"].groups == ("B", "A")
     assert alignGroups(wanted, wanted) is wanted
+
+
+# Bounds
+
+
+def test_groupInterningIsBounded() -> None:
+    """
+    Equal group lists share one tuple, but the tuples kept for sharing are
+    bounded: a web app's (or a refresh's) distinct group lists do not grow
+    it without end.
+    """
+    maxsize = _internGroups.cache_info().maxsize
+    assert maxsize is not None
+    for n in range(maxsize + 100):
+        parse({"bob@example.org": {"groups": [f"g{n}", "x"]}})
+    assert _internGroups.cache_info().currsize == maxsize
+    [first] = parse({"bob@example.org": {"groups": ["same", "x"]}})
+    [second] = parse({"bob@example.org": {"groups": ["same", "x"]}})
+    assert first.groups is second.groups
