@@ -25,7 +25,7 @@ from rosteradmin.cache import RosterCache
 from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, RosterRefused, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync
-from rosteradmin.roster import Contact, Roster, RosterDiff, alignGroups, diffRosters, normaliseUsername
+from rosteradmin.roster import Contact, Roster, RosterDiff, diffRosters, holdsVersion, normaliseUsername
 from rosteradmin.slots import KeyedLock, PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
@@ -471,12 +471,18 @@ class RosterBackend(Service):
             raise
         return roster, stored
 
-    def _countDrift(self, username: str, stored: StoredRoster, roster: Roster, diff: RosterDiff) -> None:
+    def _countDrift(self, username: str, stored: StoredRoster, roster: Roster, known: str) -> None:
         """
         The server holds something else than we last wrote (a client's
-        subscription presence, an admin tool, a lost write): count what is
-        being repaired, by cause.
+        subscription presence, an admin tool, a lost write): count what it
+        changed, by cause.  Measured against the roster we wrote, where the
+        cache still holds it (the roster of version C{known}), so that what
+        the web app changed since is not counted; else (after a restart or
+        an eviction) against the web app's roster C{roster}, all that is
+        being repaired.
         """
+        wrote = self.cache.peek(username)
+        diff = diffRosters(stored.roster, wrote if wrote is not None and wrote.version == known else roster)
         storedJIDs = stored.roster.byJID()
         causes = Counter(
             "missing" if contact.jid not in storedJIDs else "changed" for contact in diff.changed)
@@ -485,7 +491,8 @@ class RosterBackend(Service):
         causes = +causes
         self.driftRepaired.update(causes)
         self.log.warn("repairing drift in the server roster of {user}: {causes}", user=username,
-                      causes=", ".join(f"{count} {cause}" for cause, count in sorted(causes.items())) or "order")
+                      causes=", ".join(f"{count} {cause}" for cause, count in sorted(causes.items()))
+                      or "none left: it holds the web app's roster")
 
     def _markUnsynced(self, username: str) -> Deferred[bool]:
         """
@@ -622,10 +629,9 @@ class RosterBackend(Service):
             return None
         try:
             stored = await (storedRead if storedRead is not None else self.sync.readStored(username, urgent))
-            stored = stored._replace(roster=alignGroups(stored.roster, roster))
             diff = diffRosters(stored.roster, roster)
-            if known is not None and (stored.notBoth or stored.roster.version != known):
-                self._countDrift(username, stored, roster, diff)
+            if known is not None and (stored.notBoth or not holdsVersion(stored.roster, roster, known)):
+                self._countDrift(username, stored, roster, known)
             if stored.notBoth:
                 diff = _withRewrites(diff, roster, stored.notBoth)
             if diff:

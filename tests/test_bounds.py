@@ -6,7 +6,7 @@ refresh is given, and /healthz says when a bound is past or saturated.
 from __future__ import annotations
 
 import pytest
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from rosteradmin import backend as backendModule
 from rosteradmin.cache import USER_CHARGE
@@ -83,3 +83,78 @@ def test_refusalsAreBounded(monkeypatch: pytest.MonkeyPatch) -> None:
     code, body = health(wire)
     assert (code, body["status"]) == (200, "degraded") and body["refused_users"] == 3
     assert any("refused users" in why and "7 forgotten" in why for why in body["saturated"])
+
+
+def aliceInTwoGroups() -> tuple[ComponentOnWire, WebApp, StoringServer]:
+    """
+    alice online, with bob in two groups and carol in two, written into
+    the server.
+    """
+    webApp = WebApp({"alice": {"bob@example.org": {"name": "Bob", "groups": ["Work", "Friends"]},
+                               "carol@example.org": {"name": "Carol", "groups": ["Chess", "Work"]}}})
+    wire = wired(webApp, 1000)
+    server = StoringServer()
+    wire.receive("<presence from='alice@example.org/phone'/>")
+    wire.answerRequests(server)
+    return wire, webApp, server
+
+
+def test_webAppGroupOrderIsNoChange() -> None:
+    """
+    The web app lists a contact's two groups in the other order: the same
+    roster and version, so no server read, nothing pushed, no drift
+    counted or logged.
+    """
+    wire, webApp, server = aliceInTwoGroups()
+    before = wire.backend.cache.peek("alice")
+    assert before is not None
+    webApp.rosters["alice"]["bob@example.org"]["groups"] = ["Friends", "Work"]
+    with capturedLogs() as events:
+        d = wire.backend.refresh(["alice"])
+        sent = wire.answerRequests(server)
+    after = wire.backend.cache.peek("alice")
+    assert d.result.updated == 1 and sent == []
+    assert after == before and after is not None and after.version == before.version
+    assert sum(wire.backend.driftRepaired.values()) == 0
+    assert not [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+
+
+def test_renameWithGroupsReorderedIsNoDrift() -> None:
+    """
+    The web app renames a contact in two groups, and lists its groups in
+    another order as it does: the rename is written into the server, and
+    nothing is counted or logged as drift.
+    """
+    wire, webApp, server = aliceInTwoGroups()
+    webApp.rosters["alice"]["carol@example.org"] = {"name": "Carol K", "groups": ["Work", "Chess"]}
+    with capturedLogs() as events:
+        d = wire.backend.refresh(["alice"])
+        wire.answerRequests(server)
+    assert d.result.updated == 1
+    assert "name='Carol K'" in server.items["alice@example.org"]["carol@example.org"]
+    assert sum(wire.backend.driftRepaired.values()) == 0
+    warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert not [w for w in warnings if "drift" in w], warnings
+
+
+def test_driftCountsOnlyWhatTheServerChanged() -> None:
+    """
+    The server gained a contact behind our back while the web app renamed
+    another: only the server's change is counted as drift (against the
+    roster we wrote, still cached), though both are written.
+    """
+    webApp = WebApp({"alice": {"bob@example.org": {"name": "Bob"}, "carol@example.org": {"name": "Carol"}}})
+    wire = wired(webApp, 1000)
+    server = StoringServer()
+    wire.receive("<presence from='alice@example.org/phone'/>")
+    wire.answerRequests(server)
+    server.items["alice@example.org"]["eve@example.org"] = (
+        "<item xmlns='jabber:iq:roster' jid='eve@example.org' subscription='both'/>")
+    webApp.rosters["alice"]["carol@example.org"]["name"] = "Carol K"
+    with capturedLogs():
+        d = wire.backend.refresh(["alice"])
+        wire.answerRequests(server)
+    assert d.result.updated == 1
+    assert sorted(server.items["alice@example.org"]) == ["bob@example.org", "carol@example.org"]
+    assert "name='Carol K'" in server.items["alice@example.org"]["carol@example.org"]
+    assert dict(wire.backend.driftRepaired) == {"extra": 1}
