@@ -28,10 +28,12 @@ from rosteradmin.roster import Roster
 
 #: What one cached user costs beyond its contacts, in contacts.  Measured
 #: with tracemalloc (C{python -m bench.cachecost}): a user with an empty
-#: roster takes 250 to 360 bytes (its entry, its username, and what the
-#: backend keeps of it while cached), a contact 90 to 200 (before and
-#: after its roster is first served), and in RSS, 700 bytes a user against
-#: about 280 a contact; rounded up.
+#: roster takes 270 to 380 bytes (its entry, its username, and what the
+#: backend keeps of it while cached), a contact 85 to 220 (50 or 10 per
+#: user, before and after its roster is first served); in RSS, about 500
+#: bytes a user (C{python -m bench.unknownnames}) against about 300 a
+#: contact with 10 per user (docs/benchmarks.md, scenario 8).  So a user
+#: costs 1.7 to 3.1 contacts: charged the most.
 USER_CHARGE = 3
 
 
