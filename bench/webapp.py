@@ -4,7 +4,7 @@ after a fixed delay, with counters of requests and of concurrent requests.
 
     python -m bench.webapp PORT USERS CONTACTS DELAY
 
-C{GET /rosters/<user>}; C{GET /stats} (C{?user=<user>} adds that user's
+C{GET /rosters/<user>} (C{{}} for a name not of the form C{u<i>}); C{GET /stats} (C{?user=<user>} adds that user's
 fetches); C{GET /users} lists the first C{listed} users (all by default), a
 page at a time linked by C{Link: <...>; rel="next"}, as C{--users-url}
 expects; C{POST /listed/<n>/<page size>} sets them; C{POST /bump} changes one
@@ -59,8 +59,11 @@ class BenchWebApp(Resource):
         self.perUser[user] += 1
         self.concurrent += 1
         self.peak = max(self.peak, self.concurrent)
-        i = int(user[1:])
-        body = json.dumps(contacts(i, self.users, self.sizes.get(i, self.size), self.generation)).encode()
+        if user[:1] == "u" and user[1:].isdigit():
+            i = int(user[1:])
+            body = json.dumps(contacts(i, self.users, self.sizes.get(i, self.size), self.generation)).encode()
+        else:
+            body = b"{}"  # a name it does not know: no contacts, as some web apps answer
 
         def answer() -> None:
             self.concurrent -= 1

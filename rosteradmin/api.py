@@ -323,10 +323,13 @@ class HealthResource(JsonResource):
         syncRefusal = sync.syncRefusal
         delegationProblem = self.delegationProblem() if connected else None
         stateProblem = self.backend.state.problem
-        # Connected and moving, but misconfigured, or unable to save its
-        # state: rosteradmin works only in part.  200 still (a restart
-        # would not help), and the status says so.
-        degraded = syncRefusal is not None or delegationProblem is not None or stateProblem is not None
+        # Connected and moving, but misconfigured, unable to save its state,
+        # or holding more of its users than its bounds: rosteradmin works
+        # only in part.  200 still (a restart would not help), and the
+        # status says so.
+        saturated = self.backend.saturated()
+        degraded = (syncRefusal is not None or delegationProblem is not None or stateProblem is not None
+                    or bool(saturated))
         body = {
             "status": ("unavailable" if not connected else "stuck" if stuck is not None
                        else "degraded" if degraded else "ok"),
@@ -339,6 +342,7 @@ class HealthResource(JsonResource):
             "delegation_error": delegationProblem,
             "state_error": stateProblem,
             "stuck": stuck,
+            "saturated": saturated,
             "refused_users": len(self.backend.refused),
             "refused": dict(itertools.islice(sorted(self.backend.refused.items()), MAX_LISTED_USERS)),
             "parked_users": dict(itertools.islice(sorted(parked.items()), MAX_LISTED_USERS)),

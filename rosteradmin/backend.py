@@ -25,7 +25,7 @@ from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, Roste
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync, RefreshSummary
 from rosteradmin.promises import Promises
-from rosteradmin.roster import Roster, RosterDiff, StoredRoster, alignGroups, diffRosters, normaliseUsername
+from rosteradmin.roster import Roster, RosterDiff, StoredRoster, diffRosters, holdsVersion, normaliseUsername
 from rosteradmin.slicing import inSlices
 from rosteradmin.slots import KeyedLock, PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
@@ -35,6 +35,9 @@ T = TypeVar("T")
 
 #: Users re-synced into the server at once after a reconnection.
 RESYNC_CONCURRENCY = 8
+
+#: Most users whose refusal (L{RosterBackend.refused}) is kept.
+MAX_REFUSED = 10_000
 
 #: Users of one refresh worked on at once (fetches and writes have their
 #: own, smaller bounds; this one bounds the memory a huge refresh holds).
@@ -51,7 +54,9 @@ class RosterBackend(Service):
         (written once the server is reachable and grants roster access).
     @ivar refused: Why the web app's roster of a user cannot be stored in
         the server or sent to its clients (over the server's stanza
-        limit), by username, until a roster that fits replaces it.
+        limit), by username, until a roster that fits replaces it; past
+        L{MAX_REFUSED} users, the oldest uncached ones are forgotten.
+    @ivar refusedForgotten: Refused users forgotten past L{MAX_REFUSED}.
     """
 
     log = Logger()
@@ -70,10 +75,14 @@ class RosterBackend(Service):
         self._resumePending = True
         self.promises = Promises(sync, self.state)
         self.cache = cache
+        # Only a cached user's clients are answered without a fetch: what
+        # is verified of the others is read again when they are loaded.
+        cache.onEvict = self.promises.forget
         self.fetcher = fetcher
         self.sync = sync
         self.limit = limit if limit is not None else StanzaLimit()
         self.refused: dict[str, str] = {}
+        self.refusedForgotten = 0
         self.driftRepaired: Counter[str] = Counter()
         self._writableWaiters: list[Deferred[None]] = []
         self.unsynced: set[str] = set()
@@ -228,6 +237,21 @@ class RosterBackend(Service):
         reasons = [self.fetcher.stuck(), self.sync.stuck()]
         found = [r for r in reasons if r is not None]
         return "; ".join(found) if found else None
+
+    def saturated(self) -> list[str]:
+        """
+        Why the memory kept of users is past or at a bound: the cache over
+        its bound because of online users' rosters, or the refusals kept
+        at their bound.
+        """
+        reasons = []
+        cache = self.cache.overBound()
+        if cache is not None:
+            reasons.append(cache)
+        if len(self.refused) >= MAX_REFUSED:
+            reasons.append(f"refused users: {len(self.refused):,} kept, at the bound of {MAX_REFUSED:,}; "
+                           f"{self.refusedForgotten:,} forgotten so far (the web app serves oversized rosters)")
+        return reasons
 
     def refresh(self, usernames: list[str], verify: bool = False) -> Deferred[RefreshSummary]:
         """
@@ -415,12 +439,18 @@ class RosterBackend(Service):
             raise
         return roster, stored
 
-    def _countDrift(self, username: str, stored: StoredRoster, roster: Roster, diff: RosterDiff) -> None:
+    def _countDrift(self, username: str, stored: StoredRoster, roster: Roster, known: str) -> None:
         """
         The server holds something else than we last wrote (a client's
-        subscription presence, an admin tool, a lost write): count what is
-        being repaired, by cause.
+        subscription presence, an admin tool, a lost write): count what it
+        changed, by cause.  Measured against the roster we wrote, where the
+        cache still holds it (the roster of version C{known}), so that what
+        the web app changed since is not counted; else (after a restart or
+        an eviction) against the web app's roster C{roster}, all that is
+        being repaired.
         """
+        wrote = self.cache.peek(username)
+        diff = diffRosters(stored.roster, wrote if wrote is not None and wrote.version == known else roster)
         storedJIDs = stored.roster.byJID()
         causes = Counter(
             "missing" if contact.jid not in storedJIDs else "changed" for contact in diff.changed)
@@ -429,7 +459,8 @@ class RosterBackend(Service):
         causes = +causes
         self.driftRepaired.update(causes)
         self.log.warn("repairing drift in the server roster of {user}: {causes}", user=username,
-                      causes=", ".join(f"{count} {cause}" for cause, count in sorted(causes.items())) or "order")
+                      causes=", ".join(f"{count} {cause}" for cause, count in sorted(causes.items()))
+                      or "none left: it holds the web app's roster")
 
     def _markUnsynced(self, username: str) -> Deferred[bool]:
         """
@@ -456,7 +487,7 @@ class RosterBackend(Service):
         """
         refusal = self.limit.itemRefusal(roster)
         if refusal is not None:
-            self.refused[username] = refusal
+            self._refuse(username, refusal)
             if storedRead is not None:
                 storedRead.addErrback(lambda failure: None)  # nothing to sync
             self.log.warn("roster of {user} refused: {why}", user=username, why=refusal)
@@ -465,9 +496,28 @@ class RosterBackend(Service):
         if tooLarge is None:
             self.refused.pop(username, None)
         else:
-            self.refused[username] = tooLarge
+            self._refuse(username, tooLarge)
             self.log.warn("roster of {user} is stored, but cannot be sent to its clients: {why}",
                           user=username, why=tooLarge)
+
+    def _refuse(self, username: str, why: str) -> None:
+        """
+        Remember why a user's roster is refused, within L{MAX_REFUSED}
+        users: past it, the oldest refusals of uncached users go (a refresh
+        of many names the web app serves oversized rosters for must not
+        grow this without end).  Those serve reports only: a user loaded
+        again is checked again.  A cached user's refusal stays, as its
+        roster does: it keeps the server from being promised that roster.
+        """
+        self.refused.pop(username, None)
+        self.refused[username] = why
+        if len(self.refused) <= MAX_REFUSED:
+            return
+        for other in self.refused:
+            if other not in self.cache and other != username:
+                del self.refused[other]
+                self.refusedForgotten += 1
+                return
 
     async def _resync(self, username: str) -> None:
         """
@@ -538,10 +588,9 @@ class RosterBackend(Service):
             return None
         try:
             stored = await (storedRead if storedRead is not None else self.sync.readStored(username, urgent))
-            stored = stored._replace(roster=alignGroups(stored.roster, roster))
             diff = diffRosters(stored.roster, roster)
-            if known is not None and (stored.notBoth or stored.roster.version != known):
-                self._countDrift(username, stored, roster, diff)
+            if known is not None and (stored.notBoth or not holdsVersion(stored.roster, roster, known)):
+                self._countDrift(username, stored, roster, known)
             if stored.notBoth:
                 diff = _withRewrites(diff, roster, stored.notBoth)
             if diff:

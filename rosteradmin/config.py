@@ -103,7 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reconcile-interval", float, 6 * 3600.0, "seconds between reconciliation passes, which read every server roster back and repair drift"),
     Setting("online-check-interval", float, 600.0, "seconds between checks of online users' server rosters against the cache (no web-app fetch), repairing and pushing what changed behind our back; each costs one privileged read per online user"),
     Setting("sync-latency-target", float, 0.05, "seconds of privileged reply latency background syncs may push the server to; their pace adapts to stay under it"),
-    Setting("cache-max-contacts", int, 1_000_000, "most contacts the roster cache holds, all users together (measured: 220 bytes each with 50 per user, 350 with 10, RSS 405 MB at the default); past it, offline users' rosters are dropped, least recently used first"),
+    Setting("cache-max-contacts", int, 1_000_000, "bound on the roster cache, in contacts: each cached user counts as its contacts plus 3, what a user costs even without contacts (measured in RSS: about 500 bytes a user, 300 a contact with 10 per user, 220 with 50; at the default, about 270 MB with 10 contacts per user); past it, offline users' rosters are dropped, least recently used first, and online users' stay (/healthz then says degraded)"),
     Setting("state", str, None, "SQLite file keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"),
     Setting("web-app-headers", dict, None, "extra HTTP headers sent to the web app (TOML table only)", cli=False),
     Setting("roster-sync", str, "privilege", "how rosters are written into the server: privilege (XEP-0356: Prosody) or ejabberd-api (ejabberd's mod_http_api, see contrib/ejabberd)"),

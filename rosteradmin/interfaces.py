@@ -145,6 +145,13 @@ class IRosterBackend(IServerObserver):
         Why work on rosters makes no progress, or None.
         """
 
+    def saturated() -> list[str]:
+        """
+        Why the memory kept of users is past or at a bound (the cache over
+        its bound because of online users, the refusals kept at theirs):
+        one line each, none when all is within bounds.
+        """
+
 
 class IRosterSync(Interface):
     """

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from twisted.web import server
 
+from rosteradmin.cache import USER_CHARGE
 from rosteradmin.devices import DeviceViews
 from rosteradmin.fullsync import SyncProgress
 from rosteradmin.interfaces import IConnectionStatus, IRosterBackend
@@ -86,6 +87,9 @@ class Metrics(Collector):
         yield CounterMetricFamily("rosteradmin_cache_misses", "Roster cache misses", cache.misses)
         yield GaugeMetricFamily("rosteradmin_cached_users", "Users whose roster is cached", len(cache))
         yield GaugeMetricFamily("rosteradmin_cached_contacts", "Contacts of all cached rosters", cache.contacts)
+        yield GaugeMetricFamily("rosteradmin_cache_charge",
+                                f"What the cached rosters count against --cache-max-contacts: their contacts, "
+                                f"plus {USER_CHARGE} per cached user", cache.charge)
         yield CounterMetricFamily("rosteradmin_cache_evictions",
                                   "Rosters of offline users dropped to stay within --cache-max-contacts",
                                   cache.evictions)

@@ -55,6 +55,9 @@ class Contact(NamedTuple):
     @ivar jid: The contact's bare JID, normalised as Prosody stores it.
     @ivar name: The display name, or C{None}.
     @ivar groups: The groups, in the web app's order, without duplicates.
+        They are a set (RFC 6121 §2.1.2.5; servers store them so): their
+        order is kept for serialising only, and no version or comparison
+        depends on it (L{diffRosters}).
     """
 
     jid: str
@@ -100,7 +103,8 @@ class Roster:
     @ivar contacts: The contacts, sorted by JID.
     @ivar version: A short digest of the contents, used as the XEP-0237
         roster version: equal rosters have equal versions, whatever the
-        order of their contacts (see L{diffSteps}).
+        order of their contacts and of each contact's groups (see
+        L{diffSteps}).
     """
 
     __slots__ = ("contacts", "version", "_queryXML")
@@ -121,10 +125,14 @@ class Roster:
         return iter(self.contacts)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Roster) and self.contacts == other.contacts
+        """
+        The same contacts, each with the same groups in any order.
+        """
+        return isinstance(other, Roster) and (
+            self.contacts == other.contacts or (self.version == other.version and not diffRosters(self, other)))
 
     def __hash__(self) -> int:
-        return hash(self.contacts)
+        return hash(self.version)
 
     def __repr__(self) -> str:
         return f"<Roster {len(self)} contacts ver={self.version}>"
@@ -166,10 +174,17 @@ class StoredRoster(NamedTuple):
 
 def _contactDigest(contact: Contact) -> int:
     """
-    A 128-bit digest of one contact's JID, name and groups.
+    A 128-bit digest of one contact's JID, name and groups, the groups as a
+    set: sorted.  One group, or groups listed sorted, digest as they did
+    when the order counted (L{holdsVersion}), so most versions stayed the
+    same when it stopped counting.
     """
-    data = repr(tuple(contact)).encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
+    groups = contact.groups if len(contact.groups) < 2 else tuple(sorted(contact.groups))
+    return _digest((contact.jid, contact.name, groups))
+
+
+def _digest(fields: tuple[str, str | None, tuple[str, ...]]) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(fields).encode("utf-8"), digest_size=16).digest(), "big")
 
 
 def _digestSum(contacts: Iterable[Contact]) -> int:
@@ -188,14 +203,33 @@ def _version(digestSum: int) -> str:
     return hashlib.blake2b(digestSum.to_bytes(16, "big"), digest_size=8).hexdigest()
 
 
+def holdsVersion(held: Roster, wanted: Roster, version: str) -> bool:
+    """
+    Whether C{held} (a server's stored roster) is the roster recorded with
+    C{version} when it was written.
+
+    Versions recorded before group order stopped counting digested each
+    contact's groups in the web app's order, and a state file keeps them
+    across the upgrade: C{held}, with its groups in the order of
+    C{wanted} (the web app's roster now), is compared with that digest
+    too.  So a roster the server holds as written is never counted as
+    drift; the first write after the upgrade records the new version.
+    """
+    if held.version == version:
+        return True
+    aligned = alignGroups(held, wanted)
+    orderedSum = sum(_digest((c.jid, c.name, c.groups)) for c in aligned.contacts) % _DIGEST_MODULUS
+    return _version(orderedSum) == version
+
+
 def alignGroups(held: Roster, wanted: Roster) -> Roster:
     """
     C{held} (a server's stored roster) with each contact's groups in the
     order C{wanted} gives them, where they are the same groups.  Servers
     keep a contact's groups as a set (Prosody stores a Lua table, read back
-    in any order), so the order they answer says nothing: without this, a
-    contact in two groups would look changed, and be rewritten and counted
-    as drift, at random.
+    in any order), so the order they answer says nothing: a version
+    recorded when the order counted digested the web app's order
+    (L{holdsVersion}).
     """
     order = wanted.byJID()
     aligned = []
@@ -223,9 +257,18 @@ def diffRosters(old: Roster | None, new: Roster) -> RosterDiff:
         return RosterDiff(new.contacts, ())
     before = old.byJID()
     after = new.byJID()
-    changed = tuple(c for c in new.contacts if before.get(c.jid) != c)
+    changed = tuple(c for c in new.contacts if not _sameContact(before.get(c.jid), c))
     removed = tuple(j for j in sorted(before) if j not in after)
     return RosterDiff(changed, removed)
+
+
+def _sameContact(old: Contact | None, new: Contact) -> bool:
+    """
+    Whether C{old} is C{new} as a roster item: the same name and the same
+    groups, in any order.
+    """
+    return old == new or (old is not None and old.name == new.name and len(old.groups) == len(new.groups)
+                          and set(old.groups) == set(new.groups))
 
 
 class RosterStep(NamedTuple):
@@ -328,13 +371,16 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-#: One shared tuple per distinct set of groups: rosters repeat a handful of
-#: group combinations millions of times.
-_groupTuples: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
+@lru_cache(maxsize=16384)
 def _internGroups(groups: tuple[str, ...]) -> tuple[str, ...]:
-    return _groupTuples.setdefault(groups, groups)
+    """
+    One shared tuple per distinct list of groups: rosters repeat a handful
+    of group combinations millions of times.  The first tuple seen is the
+    one returned for every equal one after it, as long as it is among the
+    most recently used (a web app's distinct combinations are many, and
+    the names a refresh is given unbounded).
+    """
+    return groups
 
 
 #: The most octets of a localpart or a domainpart (RFC 7622 §3.2, §3.3):

@@ -4,7 +4,7 @@ Tests for the roster cache: lookups, counting, replacement.
 
 from __future__ import annotations
 
-from rosteradmin.cache import RosterCache
+from rosteradmin.cache import USER_CHARGE, RosterCache
 from rosteradmin.roster import EMPTY_ROSTER, Contact, Roster
 
 BOB = Roster([Contact("bob@example.org", "Bob", ())])
@@ -121,3 +121,66 @@ def test_everyoneOnlineStaysOverTheBound() -> None:
     for user in ["a", "b", "c"]:
         cache.put(user, one)
     assert len(cache) == 3 and cache.evictions == 0
+
+
+def test_usersWithoutContactsCountAgainstTheBound() -> None:
+    """
+    A cached user costs memory even with no contacts (a refresh of names
+    the web app answers C{{}} for): each roster is charged its contacts
+    plus USER_CHARGE, so empty rosters are evicted too, least recently
+    used first.
+    """
+    cache = RosterCache(maxContacts=10 * USER_CHARGE)
+    for n in range(25):
+        cache.put(f"nobody{n}", EMPTY_ROSTER)
+    assert len(cache) == 10 and cache.evictions == 15
+    assert list(cache) == [f"nobody{n}" for n in range(15, 25)]
+    assert (cache.contacts, cache.charge) == (0, 10 * USER_CHARGE)
+
+
+def test_chargeIsContactsPlusUsers() -> None:
+    """
+    The charge follows puts, replacements and evictions: contacts plus
+    USER_CHARGE per cached user.
+    """
+    cache = RosterCache(maxContacts=2 + 2 * USER_CHARGE)
+    cache.put("alice", BOB)
+    cache.put("dave", CAROL)
+    assert (cache.contacts, cache.charge) == (2, 2 + 2 * USER_CHARGE)
+    cache.put("alice", EMPTY_ROSTER)
+    assert (cache.contacts, cache.charge) == (1, 1 + 2 * USER_CHARGE)
+    cache.put("erin", BOB)
+    assert sorted(cache) == ["alice", "erin"] and (cache.contacts, cache.charge) == (1, 1 + 2 * USER_CHARGE)
+
+
+def test_evictionsAreTold() -> None:
+    """
+    Each roster dropped for the bound is told to onEvict, and only those:
+    the backend forgets what it kept of those users.
+    """
+    cache = RosterCache(maxContacts=2 * USER_CHARGE)
+    evicted: list[str] = []
+    cache.onEvict = evicted.append
+    for user in ["a", "b", "c", "d"]:
+        cache.put(user, EMPTY_ROSTER)
+    cache.put("d", EMPTY_ROSTER)
+    assert evicted == ["a", "b"] and sorted(cache) == ["c", "d"]
+
+
+def test_overBoundOnlyWithOnlineUsers() -> None:
+    """
+    The cache says why it is over its bound when online users' rosters
+    keep it there; within the bound it says nothing.
+    """
+    online = {"a", "b"}
+    cache = RosterCache(maxContacts=USER_CHARGE, pinned=lambda u: u in online)
+    cache.put("a", EMPTY_ROSTER)
+    assert cache.overBound() is None
+    cache.put("b", EMPTY_ROSTER)
+    cache.put("c", EMPTY_ROSTER)
+    why = cache.overBound()
+    assert sorted(cache) == ["a", "b", "c"] and why is not None
+    assert "over its bound" in why and "online users" in why and f"{3 * USER_CHARGE:,}" in why
+    online.clear()
+    cache.put("d", EMPTY_ROSTER)
+    assert list(cache) == ["d"] and cache.overBound() is None

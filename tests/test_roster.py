@@ -5,6 +5,7 @@ and usernames.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -26,6 +27,8 @@ from rosteradmin.roster import (
     contactJID,
     _contactDomain,
     _nodeprep,
+    _internGroups,
+    holdsVersion,
     normaliseUsername,
     parseRoster,
 )
@@ -619,3 +622,79 @@ def test_alignGroups() -> None:
     assert aligned["carol@example.org"].groups == ("Work",)
     assert aligned["dave@example.org"].groups == ("B", "A")
     assert alignGroups(wanted, wanted) is wanted
+
+
+# Groups are a set
+
+
+def orderedVersion(roster: Roster) -> str:
+    """
+    The version as it was computed while group order counted (each
+    contact's fields digested as held): what state files written before
+    record.
+    """
+    total = sum(int.from_bytes(hashlib.blake2b(repr(tuple(c)).encode("utf-8"), digest_size=16).digest(), "big")
+                for c in roster.contacts) % (1 << 128)
+    return hashlib.blake2b(total.to_bytes(16, "big"), digest_size=8).hexdigest()
+
+
+def test_groupOrderChangesNoVersionAndNoDiff() -> None:
+    """
+    The web app listing a contact's groups in another order gives an equal
+    roster, with the same version, and no diff; the order it gave is kept
+    for serialising.
+    """
+    a = parse({"bob@example.org": {"name": "Bob", "groups": ["Work", "Friends"]}})
+    b = parse({"bob@example.org": {"name": "Bob", "groups": ["Friends", "Work"]}})
+    assert a.contacts != b.contacts and [c.groups for c in b] == [("Friends", "Work")]
+    assert a.version == b.version and a == b and hash(a) == hash(b)
+    assert not diffRosters(a, b) and not diffRosters(b, a)
+    c = parse({"bob@example.org": {"name": "Bob", "groups": ["Friends", "Home"]}})
+    assert a.version != c.version and a != c and diffRosters(a, c).changed == c.contacts
+
+
+def test_versionsWithoutOrderedGroupsUnchanged() -> None:
+    """
+    Where no contact has two groups out of sorted order, the version is
+    the one computed while group order counted: state files and clients
+    keep those versions across the upgrade.
+    """
+    roster = parse({"bob@example.org": {"name": "Bob", "groups": ["Friends", "Work"]},
+                    "carol@example.org": {"groups": ["Chess"]}, "dave@example.org": {}})
+    assert roster.version == orderedVersion(roster)
+    reordered = parse({"bob@example.org": {"name": "Bob", "groups": ["Work", "Friends"]}})
+    assert reordered.version != orderedVersion(reordered)
+
+
+def test_holdsVersionRecordedWithGroupOrder() -> None:
+    """
+    A stored roster holds a version recorded while group order counted
+    when, with its groups in the web app's order, it digests to it; a
+    stored roster that differs otherwise does not.
+    """
+    written = parse({"bob@example.org": {"name": "Bob", "groups": ["Work", "Friends"]}})
+    recorded = orderedVersion(written)
+    stored = Roster([Contact("bob@example.org", "Bob", ("Friends", "Work"))])
+    assert recorded != stored.version
+    assert holdsVersion(stored, written, recorded)
+    assert holdsVersion(stored, written, written.version)
+    renamed = parse({"bob@example.org": {"name": "Bobby", "groups": ["Work", "Friends"]}})
+    assert holdsVersion(stored, renamed, recorded)  # the web app changed, not the server
+    drifted = Roster([Contact("bob@example.org", "Bob", ("Friends",))])
+    assert not holdsVersion(drifted, written, recorded) and not holdsVersion(drifted, written, written.version)
+
+
+def test_groupInterningIsBounded() -> None:
+    """
+    Equal group lists share one tuple, but the tuples kept for sharing are
+    bounded: a web app's (or a refresh's) distinct group lists do not grow
+    it without end.
+    """
+    maxsize = _internGroups.cache_info().maxsize
+    assert maxsize is not None
+    for n in range(maxsize + 100):
+        parse({"bob@example.org": {"groups": [f"g{n}", "x"]}})
+    assert _internGroups.cache_info().currsize == maxsize
+    [first] = parse({"bob@example.org": {"groups": ["same", "x"]}})
+    [second] = parse({"bob@example.org": {"groups": ["same", "x"]}})
+    assert first.groups is second.groups
