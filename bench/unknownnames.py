@@ -1,5 +1,5 @@
 """
-Scenario 9 (B only), "unknown names": what a rosteradmin process holds
+Scenario 10 (B only), "unknown names": what a rosteradmin process holds
 after refreshes of names the web app does not know and answers C{{}} for,
 as an open refresh endpoint (no C{--refresh-authorization}) may be given.
 
