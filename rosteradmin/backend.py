@@ -561,6 +561,18 @@ class RosterBackend(Service):
         if refused is not None:
             raise refused
 
+    def _diffFromStored(self, username: str, stored: StoredRoster, roster: Roster, known: str | None) -> RosterDiff:
+        """
+        What to write to make the stored roster C{roster}: what differs,
+        and the contacts whose stored subscription is not C{both}.  What the
+        server holds beyond the version we recorded (C{known}) changed
+        behind our back: it is counted as drift.
+        """
+        diff = diffRosters(stored.roster, roster)
+        if known is not None and (stored.notBoth or not holdsVersion(stored.roster, roster, known)):
+            self._countDrift(username, stored, roster, known)
+        return _withRewrites(diff, roster, stored.notBoth) if stored.notBoth else diff
+
     async def _writeToServer(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None = None,
                              *, urgent: bool, report: bool = False, verify: bool = False) -> StoredRoster | None:
         """
@@ -588,11 +600,7 @@ class RosterBackend(Service):
             return None
         try:
             stored = await (storedRead if storedRead is not None else self.sync.readStored(username, urgent))
-            diff = diffRosters(stored.roster, roster)
-            if known is not None and (stored.notBoth or not holdsVersion(stored.roster, roster, known)):
-                self._countDrift(username, stored, roster, known)
-            if stored.notBoth:
-                diff = _withRewrites(diff, roster, stored.notBoth)
+            diff = self._diffFromStored(username, stored, roster, known)
             if diff:
                 # Until the write is done, what the server holds is not the
                 # recorded version: a crash meanwhile must not leave the
@@ -612,10 +620,9 @@ class RosterBackend(Service):
             return None
         self.unsynced.discard(username)
         self.state.recordServer(username, roster.version)
-        if stored is not None:
-            # Read back (and written) in this run: what it holds is known,
-            # not only recorded.
-            self.promises.verified(username, roster.version)
+        # Read back (and written) in this run: what it holds is known, not
+        # only recorded.
+        self.promises.verified(username, roster.version)
         if diff:
             self.log.info("synced {user} into the server: {changed} set, {removed} removed",
                           user=username, changed=len(diff.changed), removed=len(diff.removed))
