@@ -363,11 +363,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     out, err = out or sys.stdout, err or sys.stderr
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "sync" and args.cancel and (args.all or args.usernames):
-        args.commandParser.error("--cancel takes no --all and no usernames")
-    if args.command == "sync" and not args.cancel and args.all == bool(args.usernames):
-        args.commandParser.error("give --all or the usernames to sync, not both" if args.all
-                                 else "give --all or the usernames to sync")
+    if args.command == "sync":
+        _checkSyncArguments(args)
     try:
         base = _baseURL(args)
     except UsageError as e:
@@ -387,6 +384,26 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     except Unreachable as e:
         print(f"rosteradmin-ctl: {e}", file=err)
         return EXIT_UNREACHABLE
+    return _report(args, base, status, reply, out, err)
+
+
+def _checkSyncArguments(args: argparse.Namespace) -> None:
+    """
+    A sync names users, or C{--all}, or cancels: one of the three (a usage
+    error, exiting 2, otherwise).
+    """
+    if args.cancel and (args.all or args.usernames):
+        args.commandParser.error("--cancel takes no --all and no usernames")
+    if not args.cancel and args.all == bool(args.usernames):
+        args.commandParser.error("give --all or the usernames to sync, not both" if args.all
+                                 else "give --all or the usernames to sync")
+
+
+def _report(args: argparse.Namespace, base: str, status: int, reply: Any, out: TextIO, err: TextIO) -> int:
+    """
+    Print what the API answered a command, in words or as JSON; the exit
+    code.
+    """
     if args.json and reply is not NOT_JSON:
         print(json.dumps(reply), file=out)
     if not 200 <= status < 300:
