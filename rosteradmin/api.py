@@ -18,6 +18,7 @@ from http import HTTPStatus
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
+from twisted.words.protocols.jabber.jid import JID
 
 from rosteradmin.errors import KickFailed, NotConnected
 from rosteradmin.fullsync import FullSync
@@ -255,21 +256,7 @@ class KickResource(JsonResource):
 
     async def _kick(self, request: server.Request) -> tuple[int, JSON]:
         _requireAuthorization(self.log, "kick", request, self.authorization)
-        body = readJSON(request)
-        if not isinstance(body, dict):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "Request body must be a JSON object")
-        nick, muc, reason = body.get("nickname"), body.get("muc"), body.get("reason")
-        if not isinstance(nick, str) or not nick or not isinstance(muc, str) or not muc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "Missing nickname and/or MUC")
-        if reason is not None and not isinstance(reason, str):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "reason must be a string")
-        nick = _roomNickname(nick)
-        if reason is not None and (len(reason) > MAX_REASON_LENGTH or not carriesInXML(reason)):
-            raise ApiError(HTTPStatus.BAD_REQUEST,
-                           f"reason must be at most {MAX_REASON_LENGTH} characters of text XML can carry")
-        room = parseJID(muc)
-        if room is None or not room.user or room.resource is not None:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "muc must be the bare JID of a room")
+        nick, room, reason = _kickRequest(readJSON(request))
         if not self.status.connected:
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "Not connected to the XMPP server")
         try:
@@ -462,6 +449,29 @@ def _roomNickname(nick: str) -> str:
     if prepared is None:
         raise ApiError(HTTPStatus.BAD_REQUEST, "nickname is not a valid room nickname")
     return prepared
+
+
+def _kickRequest(body: JSON) -> tuple[str, JID, str | None]:
+    """
+    The nickname, room and reason of a kick request's body.
+
+    @raise ApiError: 400, saying what is wrong with it.
+    """
+    if not isinstance(body, dict):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Request body must be a JSON object")
+    nick, muc, reason = body.get("nickname"), body.get("muc"), body.get("reason")
+    if not isinstance(nick, str) or not nick or not isinstance(muc, str) or not muc:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Missing nickname and/or MUC")
+    if reason is not None and not isinstance(reason, str):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "reason must be a string")
+    nick = _roomNickname(nick)
+    if reason is not None and (len(reason) > MAX_REASON_LENGTH or not carriesInXML(reason)):
+        raise ApiError(HTTPStatus.BAD_REQUEST,
+                       f"reason must be at most {MAX_REASON_LENGTH} characters of text XML can carry")
+    room = parseJID(muc)
+    if room is None or not room.user or room.resource is not None:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "muc must be the bare JID of a room")
+    return nick, room, reason
 
 
 def _kickError(error: KickFailed) -> str:
