@@ -22,7 +22,7 @@ import math
 import os
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 from twisted.words.protocols.jabber.jid import JID
 
@@ -220,22 +220,29 @@ def _coerce(setting: Setting, value: Any) -> Any:
             return dict(value)
         raise ConfigError(f"{setting.key}: expected a table of strings")
     if setting.kind in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        if setting.kind is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{name}: expected a whole number, got {value!r}")
-        try:
-            number = setting.kind(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-        if isinstance(number, float) and not math.isfinite(number):
-            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
-        if number <= 0:
-            raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
-        return number
+        return _coerceNumber(name, setting.kind, value)
     if not isinstance(value, str):
         raise ConfigError(f"{name}: expected a string, got {value!r}")
     return value
+
+
+def _coerceNumber(name: str, kind: type, value: Any) -> int | float:
+    """
+    A positive, finite number of C{kind} (C{int} or C{float}).
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{name}: expected a whole number, got {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+    if number <= 0:
+        raise ConfigError(f"{name}: must be greater than 0, got {value!r}")
+    return cast(int | float, number)
 
 
 def _checkJID(optionName: str, value: str, bare: bool = True) -> str:
@@ -273,54 +280,80 @@ def buildConfig(
     fileValues: dict[str, Any] = {}
     if commandLine.get("config"):
         fileValues = loadTOML(commandLine["config"])
-
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        key = setting.key
-        candidates: list[tuple[Any, str]] = []
-        if setting.secret:
-            # Later entries win: file < environment < command line, and in
-            # each place a secret file counts like the secret itself.
-            if fileValues.get(key + "_file") is not None:
-                candidates.append((fileValues[key + "_file"], "file"))
-            if fileValues.get(key) is not None:
-                candidates.append((fileValues[key], "value"))
-            if environ.get(setting.environmentVariable):
-                candidates.append((environ[setting.environmentVariable], "value"))
-            if commandLine.get(key + "_file") is not None:
-                candidates.append((commandLine[key + "_file"], "file"))
-            if commandLine.get(key) is not None:
-                candidates.append((commandLine[key], "value"))
-        else:
-            if fileValues.get(key) is not None:
-                candidates.append((fileValues[key], "value"))
-            if commandLine.get(key) is not None:
-                candidates.append((commandLine[key], "value"))
-        if not candidates:
+        given = _given(setting, fileValues, environ, commandLine)
+        if given is None:
             continue
-        value, source = candidates[-1]
+        value, source = given
         if source == "file":
             if not isinstance(value, str):
                 raise ConfigError(f"--{setting.name}-file: expected a path")
             value = readFile(setting.name, value)
-        values[key] = _coerce(setting, value)
+        values[setting.key] = _coerce(setting, value)
+    for check in (_checkIdentity, _checkURLs, _checkKick, _checkServer):
+        check(values)
+    return Config(**values)
 
+
+def _given(setting: Setting, fileValues: Mapping[str, Any], environ: Mapping[str, str],
+           commandLine: Mapping[str, Any]) -> tuple[Any, str] | None:
+    """
+    The value a setting is given, and whether it is the value itself
+    (C{"value"}) or a file holding it (C{"file"}), or C{None}: later places
+    win (file < environment < command line), and in each place a secret
+    file counts like the secret itself.
+    """
+    key = setting.key
+    places: list[tuple[Mapping[str, Any], str, str]] = [(fileValues, key, "value"), (commandLine, key, "value")]
+    if setting.secret:
+        places = [(fileValues, key + "_file", "file"), (fileValues, key, "value"),
+                  (environ, setting.environmentVariable, "value"),
+                  (commandLine, key + "_file", "file"), (commandLine, key, "value")]
+    found = None
+    for place, name, source in places:
+        value = place.get(name)
+        # An empty environment variable is as good as none.
+        if value is not None and (place is not environ or value):
+            found = (value, source)
+    return found
+
+
+def _checkIdentity(values: dict[str, Any]) -> None:
+    """
+    The required settings are given; the component's JID and the users'
+    domain are domains, and differ.
+    """
     for required in ("jid", "secret", "domain", "roster_url"):
         if not values.get(required):
             raise ConfigError(f"--{SETTINGS_BY_KEY[required].name}: is required")
-
     values["jid"] = _checkJID("jid", values["jid"])
     values["domain"] = _checkJID("domain", values["domain"])
     if values["jid"] == values["domain"]:
         raise ConfigError("--jid: must differ from --domain (the component has its own subdomain)")
+
+
+def _checkURL(option: str, url: str | None) -> None:
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--{option}: must be an http:// or https:// URL, got {url!r}")
+
+
+def _checkURLs(values: dict[str, Any]) -> None:
+    """
+    The web app's URLs are HTTP(S); the roster URL has one C{%s}.
+    """
     url: str = values["roster_url"]
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--roster-url: must be an http:// or https:// URL, got {url!r}")
-    usersURL = values.get("users_url")
-    if usersURL is not None and not usersURL.startswith(("http://", "https://")):
-        raise ConfigError(f"--users-url: must be an http:// or https:// URL, got {usersURL!r}")
+    _checkURL("roster-url", url)
+    _checkURL("users-url", values.get("users_url"))
     if url.count("%s") != 1:
         raise ConfigError("--roster-url: must contain %s exactly once (the username goes there)")
+
+
+def _checkKick(values: dict[str, Any]) -> None:
+    """
+    Kicks need an authorization (unless disabled) and a nickname a room
+    takes.
+    """
     if not values.get("no_kick") and not values.get("kick_authorization"):
         raise ConfigError(
             "--kick-authorization: is required to serve POST /muc_kick "
@@ -331,6 +364,13 @@ def buildConfig(
         if nick is None:
             raise ConfigError(f"--kick-nick: {values['kick_nick']!r} cannot be a room nickname")
         values["kick_nick"] = nick
+
+
+def _checkServer(values: dict[str, Any]) -> None:
+    """
+    What is said of the XMPP server holds together: its stanza limit, its
+    port, and how rosters are written into it.
+    """
     if values.get("max_stanza_bytes", MIN_MAX_STANZA_BYTES) < MIN_MAX_STANZA_BYTES:
         raise ConfigError(f"--max-stanza-bytes: must be at least {MIN_MAX_STANZA_BYTES}, got {values['max_stanza_bytes']}")
     if values.get("roster_sync", "privilege") not in ROSTER_SYNCS:
@@ -338,8 +378,6 @@ def buildConfig(
     apiURL = values.get("ejabberd_api_url")
     if values.get("roster_sync") == "ejabberd-api" and apiURL is None:
         raise ConfigError("--ejabberd-api-url: is required with --roster-sync ejabberd-api")
-    if apiURL is not None and not apiURL.startswith(("http://", "https://")):
-        raise ConfigError(f"--ejabberd-api-url: must be an http:// or https:// URL, got {apiURL!r}")
+    _checkURL("ejabberd-api-url", apiURL)
     if "xmpp_port" in values and values["xmpp_port"] > 65535:
         raise ConfigError(f"--xmpp-port: {values['xmpp_port']} is not a port number")
-    return Config(**values)
