@@ -21,11 +21,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rosteradmin.cache import RosterCache
-from rosteradmin.errors import FetchFailed, InvalidUsername, NotConnected, RosterRefused, SyncFailed
+from rosteradmin.errors import FetchFailed, InvalidUsername, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync, RefreshSummary
 from rosteradmin.promises import Promises
-from rosteradmin.roster import Roster, RosterDiff, StoredRoster, diffRosters, holdsVersion, normaliseUsername
+from rosteradmin.refusals import Refusals
+from rosteradmin.roster import Roster, StoredRoster, normaliseUsername
+from rosteradmin.serverrosters import ServerRosters
 from rosteradmin.slicing import inSlices
 from rosteradmin.slots import KeyedLock, PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
@@ -35,9 +37,6 @@ T = TypeVar("T")
 
 #: Users re-synced into the server at once after a reconnection.
 RESYNC_CONCURRENCY = 8
-
-#: Most users whose refusal (L{RosterBackend.refused}) is kept.
-MAX_REFUSED = 10_000
 
 #: Users of one refresh worked on at once (fetches and writes have their
 #: own, smaller bounds; this one bounds the memory a huge refresh holds).
@@ -50,13 +49,8 @@ class RosterBackend(Service):
     Serves, refreshes and syncs rosters.
 
     @ivar sync: Writes into the server.
-    @ivar unsynced: Users whose cached roster the server may not hold yet
-        (written once the server is reachable and grants roster access).
-    @ivar refused: Why the web app's roster of a user cannot be stored in
-        the server or sent to its clients (over the server's stanza
-        limit), by username, until a roster that fits replaces it; past
-        L{MAX_REFUSED} users, the oldest uncached ones are forgotten.
-    @ivar refusedForgotten: Refused users forgotten past L{MAX_REFUSED}.
+    @ivar server: Makes what the server stores converge on what is served.
+    @ivar refusals: Rosters the server cannot carry, refused per user.
     """
 
     log = Logger()
@@ -81,16 +75,37 @@ class RosterBackend(Service):
         self.fetcher = fetcher
         self.sync = sync
         self.limit = limit if limit is not None else StanzaLimit()
-        self.refused: dict[str, str] = {}
-        self.refusedForgotten = 0
-        self.driftRepaired: Counter[str] = Counter()
-        self._writableWaiters: list[Deferred[None]] = []
-        self.unsynced: set[str] = set()
+        self.refusals = Refusals(self.limit, cache)
+        self.server = ServerRosters(cache, sync, self.state, self.promises)
         self.refreshes = 0
         self._locks: KeyedLock[str] = KeyedLock()
         # Callers waiting for a user's queued refresh that has not started.
         self._queuedRefreshes: dict[str, list[Deferred[None]]] = {}
         self._clientsWaiting: Counter[str] = Counter()
+
+    @property
+    def unsynced(self) -> set[str]:
+        return self.server.unsynced
+
+    @property
+    def refused(self) -> dict[str, str]:
+        return self.refusals.refused
+
+    @property
+    def driftRepaired(self) -> Counter[str]:
+        return self.server.driftRepaired
+
+    def writable(self) -> Deferred[None]:
+        return self.server.writable()
+
+    def saturated(self) -> list[str]:
+        """
+        Why the memory kept of users is past or at a bound: the cache over
+        its bound because of online users' rosters, or the refusals kept
+        at their bound.
+        """
+        reasons = [self.cache.overBound(), self.refusals.saturation()]
+        return [reason for reason in reasons if reason is not None]
 
     def stopService(self) -> Deferred[None]:
         """
@@ -203,7 +218,7 @@ class RosterBackend(Service):
         roster = self.cache.peek(username)
         if roster is None or not self.sync.canSync():
             return
-        stored = await self._writeToServer(username, roster, urgent=False, verify=True)
+        stored = await self.server.write(username, roster, urgent=False, verify=True)
         if stored is not None:
             # The clients hold the cached roster, but for the subscriptions
             # the server told them.
@@ -237,21 +252,6 @@ class RosterBackend(Service):
         reasons = [self.fetcher.stuck(), self.sync.stuck()]
         found = [r for r in reasons if r is not None]
         return "; ".join(found) if found else None
-
-    def saturated(self) -> list[str]:
-        """
-        Why the memory kept of users is past or at a bound: the cache over
-        its bound because of online users' rosters, or the refusals kept
-        at their bound.
-        """
-        reasons = []
-        cache = self.cache.overBound()
-        if cache is not None:
-            reasons.append(cache)
-        if len(self.refused) >= MAX_REFUSED:
-            reasons.append(f"refused users: {len(self.refused):,} kept, at the bound of {MAX_REFUSED:,}; "
-                           f"{self.refusedForgotten:,} forgotten so far (the web app serves oversized rosters)")
-        return reasons
 
     def refresh(self, usernames: list[str], verify: bool = False) -> Deferred[RefreshSummary]:
         """
@@ -351,24 +351,11 @@ class RosterBackend(Service):
         self._locked(username, run).addBoth(deliver)
         return joined
 
-    def writable(self) -> Deferred[None]:
-        """
-        Fires once the server takes roster writes: now, or when it next
-        grants roster access.
-        """
-        if self._canSync():
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._writableWaiters.append(d)
-        return d
-
     def connectionRestored(self) -> None:
         """
         Write the rosters that could not be written while disconnected.
         """
-        waiters, self._writableWaiters = self._writableWaiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        self.server.restored()
         revocation = self.promises.connected()
         if revocation is not None:
             self._background(revocation, "revoking the promised versions", "every user")
@@ -408,8 +395,8 @@ class RosterBackend(Service):
         if cached is not None:
             return cached
         roster, stored = await self._fetchWithStored(username)
-        self._admit(username, roster, stored)
-        held = await self._writeToServer(username, roster, stored, urgent=True)
+        self.refusals.admit(username, roster, stored)
+        held = await self.server.write(username, roster, stored, urgent=True)
         self.cache.put(username, roster)
         if held is not None and held.roster.contacts:
             # The server may have answered the user's clients from what it
@@ -439,86 +426,6 @@ class RosterBackend(Service):
             raise
         return roster, stored
 
-    def _countDrift(self, username: str, stored: StoredRoster, roster: Roster, known: str) -> None:
-        """
-        The server holds something else than we last wrote (a client's
-        subscription presence, an admin tool, a lost write): count what it
-        changed, by cause.  Measured against the roster we wrote, where the
-        cache still holds it (the roster of version C{known}), so that what
-        the web app changed since is not counted; else (after a restart or
-        an eviction) against the web app's roster C{roster}, all that is
-        being repaired.
-        """
-        wrote = self.cache.peek(username)
-        diff = diffRosters(stored.roster, wrote if wrote is not None and wrote.version == known else roster)
-        storedJIDs = stored.roster.byJID()
-        causes = Counter(
-            "missing" if contact.jid not in storedJIDs else "changed" for contact in diff.changed)
-        causes["extra"] += len(diff.removed)
-        causes["subscription"] += len(stored.notBoth)
-        causes = +causes
-        self.driftRepaired.update(causes)
-        self.log.warn("repairing drift in the server roster of {user}: {causes}", user=username,
-                      causes=", ".join(f"{count} {cause}" for cause, count in sorted(causes.items()))
-                      or "none left: it holds the web app's roster")
-
-    def _markUnsynced(self, username: str) -> Deferred[bool]:
-        """
-        The server may not hold C{username}'s cached roster: write it once
-        the server takes writes again, and after a restart too.
-
-        @return: Fires once the server no longer answers queries with the
-            version it stores (L{Promises.revoke}): a client
-            asking after the refresh reported its failure gets our answer.
-            While disconnected it fires at once; the promise then ends
-            with the write after the reconnection.
-        """
-        self.unsynced.add(username)
-        self.state.addPending((username,))
-        return self.promises.revoke(username)
-
-    def _admit(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None) -> None:
-        """
-        Check that the server can carry a fetched roster: an item too large
-        for one stanza refuses the roster (the previous one stays); a roster
-        too large for one answer is stored, and its user remembered.
-
-        @raise RosterRefused: An item cannot be stored.
-        """
-        refusal = self.limit.itemRefusal(roster)
-        if refusal is not None:
-            self._refuse(username, refusal)
-            if storedRead is not None:
-                storedRead.addErrback(lambda failure: None)  # nothing to sync
-            self.log.warn("roster of {user} refused: {why}", user=username, why=refusal)
-            raise RosterRefused(username, refusal)
-        tooLarge = self.limit.answerRefusal(roster)
-        if tooLarge is None:
-            self.refused.pop(username, None)
-        else:
-            self._refuse(username, tooLarge)
-            self.log.warn("roster of {user} is stored, but cannot be sent to its clients: {why}",
-                          user=username, why=tooLarge)
-
-    def _refuse(self, username: str, why: str) -> None:
-        """
-        Remember why a user's roster is refused, within L{MAX_REFUSED}
-        users: past it, the oldest refusals of uncached users go (a refresh
-        of many names the web app serves oversized rosters for must not
-        grow this without end).  Those serve reports only: a user loaded
-        again is checked again.  A cached user's refusal stays, as its
-        roster does: it keeps the server from being promised that roster.
-        """
-        self.refused.pop(username, None)
-        self.refused[username] = why
-        if len(self.refused) <= MAX_REFUSED:
-            return
-        for other in self.refused:
-            if other not in self.cache and other != username:
-                del self.refused[other]
-                self.refusedForgotten += 1
-                return
-
     async def _resync(self, username: str) -> None:
         """
         Write a roster refreshed while disconnected, and push the changes:
@@ -527,7 +434,7 @@ class RosterBackend(Service):
         """
         roster = self.cache.peek(username)
         if roster is not None and username in self.unsynced:
-            stored = await self._writeToServer(username, roster, urgent=False)
+            stored = await self.server.write(username, roster, urgent=False)
             if stored is not None:
                 self.sync.push(username, stored.roster, roster, stored.notBoth)
 
@@ -539,10 +446,10 @@ class RosterBackend(Service):
         """
         roster, storedRead = await self._fetchWithStored(username, urgent=username in self._clientsWaiting,
                                                          verify=verify)
-        self._admit(username, roster, storedRead)
+        self.refusals.admit(username, roster, storedRead)
         refused: SyncFailed | None = None
         try:
-            stored = await self._writeToServer(username, roster, storedRead,
+            stored = await self.server.write(username, roster, storedRead,
                                                urgent=username in self._clientsWaiting, report=True, verify=verify)
         except SyncFailed as e:
             stored, refused = None, e
@@ -560,79 +467,3 @@ class RosterBackend(Service):
                       outcome="ok" if refused is None else "not stored")
         if refused is not None:
             raise refused
-
-    def _diffFromStored(self, username: str, stored: StoredRoster, roster: Roster, known: str | None) -> RosterDiff:
-        """
-        What to write to make the stored roster C{roster}: what differs,
-        and the contacts whose stored subscription is not C{both}.  What the
-        server holds beyond the version we recorded (C{known}) changed
-        behind our back: it is counted as drift.
-        """
-        diff = diffRosters(stored.roster, roster)
-        if known is not None and (stored.notBoth or not holdsVersion(stored.roster, roster, known)):
-            self._countDrift(username, stored, roster, known)
-        return _withRewrites(diff, roster, stored.notBoth) if stored.notBoth else diff
-
-    async def _writeToServer(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None = None,
-                             *, urgent: bool, report: bool = False, verify: bool = False) -> StoredRoster | None:
-        """
-        Make the server's stored roster equal C{roster}.  On failure the
-        user is remembered as unsynced and written after reconnecting.
-
-        @param storedRead: The server's stored roster, if already asked for.
-        @param urgent: A client waits for it.
-        @param report: Raise L{SyncFailed} when the server refuses, or
-            cannot take writes at all (a refresh reports it); being
-            disconnected is never raised.
-        @param verify: Count what differs from what we last wrote as drift.
-        @return: What the server held before, if it was read.
-        """
-        known = self.state.serverVersion(username)
-        if storedRead is None and not verify and known == roster.version:
-            # The server holds this roster already (we wrote it): the
-            # cheap path, no privileged read or write.
-            self.unsynced.discard(username)
-            return None
-        if storedRead is None and not self.sync.canSync():
-            await self._markUnsynced(username)
-            if report and self.sync.syncRefusal is not None:
-                raise SyncFailed(self.sync.syncRefusal)
-            return None
-        try:
-            stored = await (storedRead if storedRead is not None else self.sync.readStored(username, urgent))
-            diff = self._diffFromStored(username, stored, roster, known)
-            if diff:
-                # Until the write is done, what the server holds is not the
-                # recorded version: a crash meanwhile must not leave the
-                # cheap path trusting it.
-                self.state.forgetServer(username)
-                self.promises.forget(username)
-                await self.sync.write(username, diff, urgent)
-        except (SyncFailed, NotConnected) as e:
-            self.log.warn("server roster of {user} not synced: {why}", user=username, why=str(e))
-            # Part of a write may have been stored: what the server holds
-            # is no longer known.
-            self.state.forgetServer(username)
-            self.promises.forget(username)
-            await self._markUnsynced(username)
-            if report and isinstance(e, SyncFailed):
-                raise
-            return None
-        self.unsynced.discard(username)
-        self.state.recordServer(username, roster.version)
-        # Read back (and written) in this run: what it holds is known, not
-        # only recorded.
-        self.promises.verified(username, roster.version)
-        if diff:
-            self.log.info("synced {user} into the server: {changed} set, {removed} removed",
-                          user=username, changed=len(diff.changed), removed=len(diff.removed))
-        return stored
-
-
-def _withRewrites(diff: RosterDiff, roster: Roster, notBoth: frozenset[str]) -> RosterDiff:
-    """
-    Add the contacts whose stored subscription is wrong to a diff.
-    """
-    already = {c.jid for c in diff.changed}
-    extra = tuple(c for c in roster.contacts if c.jid in notBoth and c.jid not in already)
-    return RosterDiff(diff.changed + extra, diff.removed)

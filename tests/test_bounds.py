@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from rosteradmin import backend as backendModule
+from rosteradmin import refusals as refusalsModule
 from rosteradmin.cache import USER_CHARGE
 from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp, makeConfig
 from tests.test_component import StoringServer
@@ -71,7 +71,7 @@ def test_refusalsAreBounded(monkeypatch: pytest.MonkeyPatch) -> None:
     at most MAX_REFUSED refusals, forgetting the oldest, and /healthz says
     "degraded" while the bound is reached.
     """
-    monkeypatch.setattr(backendModule, "MAX_REFUSED", 3)
+    monkeypatch.setattr(refusalsModule, "MAX_REFUSED", 3)
     huge = {"bob@example.org": {"groups": [f"g{n}" for n in range(40_000)]}}
     names = [f"big{n}" for n in range(10)]
     wire = wired(WebApp({name: huge for name in names}), 1000)
@@ -79,7 +79,7 @@ def test_refusalsAreBounded(monkeypatch: pytest.MonkeyPatch) -> None:
         d = wire.backend.refresh(names)
         wire.answerRequests(StoringServer())
     assert d.result.errors == 10
-    assert list(wire.backend.refused) == names[-3:] and wire.backend.refusedForgotten == 7
+    assert list(wire.backend.refused) == names[-3:] and wire.backend.refusals.forgotten == 7
     code, body = health(wire)
     assert (code, body["status"]) == (200, "degraded") and body["refused_users"] == 3
     assert any("refused users" in why and "7 forgotten" in why for why in body["saturated"])
