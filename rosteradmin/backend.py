@@ -15,20 +15,19 @@ from collections import Counter
 from typing import Any, Callable, Coroutine, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rosteradmin.cache import RosterCache
-from rosteradmin.errors import FetchFailed, InvalidUsername, SyncFailed
+from rosteradmin.errors import FetchFailed, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync, RefreshSummary
 from rosteradmin.promises import Promises
+from rosteradmin.refreshes import Refreshes
 from rosteradmin.refusals import Refusals
-from rosteradmin.roster import Roster, StoredRoster, normaliseUsername
+from rosteradmin.roster import Roster, StoredRoster
 from rosteradmin.serverrosters import ServerRosters
-from rosteradmin.slicing import inSlices
 from rosteradmin.slots import KeyedLock, PrioritySlots
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
@@ -37,10 +36,6 @@ T = TypeVar("T")
 
 #: Users re-synced into the server at once after a reconnection.
 RESYNC_CONCURRENCY = 8
-
-#: Users of one refresh worked on at once (fetches and writes have their
-#: own, smaller bounds; this one bounds the memory a huge refresh holds).
-REFRESH_WORKERS = 256
 
 
 @implementer(IRosterBackend)
@@ -77,10 +72,9 @@ class RosterBackend(Service):
         self.limit = limit if limit is not None else StanzaLimit()
         self.refusals = Refusals(self.limit, cache)
         self.server = ServerRosters(cache, sync, self.state, self.promises)
-        self.refreshes = 0
         self._locks: KeyedLock[str] = KeyedLock()
-        # Callers waiting for a user's queued refresh that has not started.
-        self._queuedRefreshes: dict[str, list[Deferred[None]]] = {}
+        self.refreshing = Refreshes(self.state, fetcher.clock, self._locked, self._refreshOne, self.refusals,
+                                    self.server)
         self._clientsWaiting: Counter[str] = Counter()
 
     @property
@@ -97,6 +91,17 @@ class RosterBackend(Service):
 
     def writable(self) -> Deferred[None]:
         return self.server.writable()
+
+    @property
+    def refreshes(self) -> int:
+        return self.refreshing.count
+
+    def refresh(self, usernames: list[str], verify: bool = False) -> Deferred[RefreshSummary]:
+        """
+        Re-fetch each distinct user, then update the cache and the server and
+        push the changes (L{Refreshes.refresh}).
+        """
+        return self.refreshing.refresh(usernames, verify)
 
     def saturated(self) -> list[str]:
         """
@@ -145,7 +150,7 @@ class RosterBackend(Service):
         roster = self.cache.get(username)
         if roster is not None:
             if username in self.unsynced and self._canSync():
-                self._background(self._locked(username, self._resync, username), "resync", username)
+                self._background(self._locked(username, self.server.resync, username), "resync", username)
             return succeed(roster)
         return self._loadForClient(username)
 
@@ -164,7 +169,7 @@ class RosterBackend(Service):
         we were away is stored and pushed.
         """
         if username not in self.cache:
-            self._background(self._coalescedRefresh(username), "catch-up", username)
+            self._background(self.refreshing.coalesced(username), "catch-up", username)
 
     def putBack(self, username: str, resource: str, jids: frozenset[str]) -> None:
         """
@@ -212,17 +217,7 @@ class RosterBackend(Service):
         for online users (no web-app fetch), whose presence goes wrong at
         once when the server's roster does.
         """
-        return self._locked(username, self._verifyServer, username)
-
-    async def _verifyServer(self, username: str) -> None:
-        roster = self.cache.peek(username)
-        if roster is None or not self.sync.canSync():
-            return
-        stored = await self.server.write(username, roster, urgent=False, verify=True)
-        if stored is not None:
-            # The clients hold the cached roster, but for the subscriptions
-            # the server told them.
-            self.sync.push(username, roster, roster, stored.notBoth)
+        return self._locked(username, self.server.verify, username)
 
     def _loadForClient(self, username: str) -> Deferred[Roster]:
         """
@@ -253,104 +248,6 @@ class RosterBackend(Service):
         found = [r for r in reasons if r is not None]
         return "; ".join(found) if found else None
 
-    def refresh(self, usernames: list[str], verify: bool = False) -> Deferred[RefreshSummary]:
-        """
-        Re-fetch each distinct user, then update the cache and the server and
-        push the changes.  A failed fetch changes nothing for that user.
-
-        @param verify: Read each server roster even when the state says it
-            is current, and repair (and count) what changed behind our back.
-        """
-        return ensureDeferred(self._refresh(usernames, verify))
-
-    async def _refresh(self, usernames: list[str], verify: bool) -> RefreshSummary:
-        summary = RefreshSummary()
-        distinct: dict[str, str] = {}
-        # A refresh may name 100,000 users: preparing them and recording
-        # them as pending is seconds of work, done in slices so that the
-        # reactor serves logins meanwhile.
-        async for part in inSlices(usernames, self.fetcher.clock):
-            prepared: list[str] = []
-            for given in part:
-                try:
-                    username = normaliseUsername(given)
-                except InvalidUsername as e:
-                    summary.failures[given] = str(e)
-                    continue
-                if username not in distinct:
-                    distinct[username] = given
-                    prepared.append(username)
-            self.state.addPending(prepared)
-        self.refreshes += 1
-
-        async def refreshOne(username: str, given: str) -> None:
-            try:
-                if verify:
-                    await self._locked(username, self._refreshOne, username, True)
-                else:
-                    await self._coalescedRefresh(username)
-            except FetchFailed as e:
-                summary.failures[given] = e.reason
-            except SyncFailed as e:
-                summary.failures[given] = f"fetched and served, but the server did not store it: {e}"
-            except Exception:
-                self.log.failure("refresh of {user} failed", user=username)
-                summary.failures[given] = "internal error"
-            else:
-                tooLarge = self.refused.get(username)
-                if tooLarge is not None:
-                    summary.failures[given] = f"stored in the server, but clients cannot be sent it: {tooLarge}"
-                else:
-                    summary.updated += 1
-            finally:
-                if username not in self.unsynced:
-                    # Finished and reported; an unsynced user stays pending
-                    # until its write succeeds.
-                    self.state.done(username)
-
-        # A fixed number of workers take users in turn: a refresh of 100,000
-        # users holds the work of a few hundred at a time, not of all.
-        pending = iter(distinct.items())
-
-        async def worker() -> None:
-            for username, given in pending:
-                await refreshOne(username, given)
-
-        await gatherResults([ensureDeferred(worker()) for _ in range(min(REFRESH_WORKERS, len(distinct)))])
-        return summary
-
-    def _coalescedRefresh(self, username: str) -> Deferred[None]:
-        """
-        Refresh one user, joining a refresh of that user that is queued and
-        has not fetched yet: it will fetch after this request arrived, so
-        its result answers this request too.  A refresh that is running
-        (it may have fetched before the request arrived) is not joined: the
-        request queues the next one.  So any number of concurrent refreshes
-        of one user cost at most two fetches.
-        """
-        joined: Deferred[None] = Deferred()
-        waiters = self._queuedRefreshes.get(username)
-        if waiters is not None:
-            waiters.append(joined)
-            return joined
-        waiters = self._queuedRefreshes[username] = [joined]
-
-        async def run() -> None:
-            # From now on, a new request cannot know whether this fetch
-            # saw its change: it queues the next refresh.
-            del self._queuedRefreshes[username]
-            await self._refreshOne(username)
-
-        def deliver(result: object) -> None:
-            for waiter in waiters:
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(None)
-
-        self._locked(username, run).addBoth(deliver)
-        return joined
-
     def connectionRestored(self) -> None:
         """
         Write the rosters that could not be written while disconnected.
@@ -367,7 +264,7 @@ class RosterBackend(Service):
         self.log.info("re-syncing {count} rosters into the server", count=len(pending))
         limit = PrioritySlots(RESYNC_CONCURRENCY)
         for username in pending:
-            self._background(limit.run(username, False, self._locked, username, self._resync, username),
+            self._background(limit.run(username, False, self._locked, username, self.server.resync, username),
                              "resync", username)
 
     def _canSync(self) -> bool:
@@ -425,18 +322,6 @@ class RosterBackend(Service):
                 stored.addErrback(lambda failure: None)  # nothing to sync
             raise
         return roster, stored
-
-    async def _resync(self, username: str) -> None:
-        """
-        Write a roster refreshed while disconnected, and push the changes:
-        the user's clients hold what the server held, as it stayed
-        unwritten.
-        """
-        roster = self.cache.peek(username)
-        if roster is not None and username in self.unsynced:
-            stored = await self.server.write(username, roster, urgent=False)
-            if stored is not None:
-                self.sync.push(username, stored.roster, roster, stored.notBoth)
 
     async def _refreshOne(self, username: str, verify: bool = False) -> None:
         """

@@ -70,6 +70,33 @@ class ServerRosters:
         for waiter in waiters:
             waiter.callback(None)
 
+    async def verify(self, username: str) -> None:
+        """
+        Read back the stored roster of a cached user and repair what
+        differs, pushing the repaired items (under the user's lock).
+        """
+        roster = self.cache.peek(username)
+        if roster is None or not self.sync.canSync():
+            return
+        stored = await self.write(username, roster, urgent=False, verify=True)
+        if stored is not None:
+            # The clients hold the cached roster, but for the subscriptions
+            # the server told them.
+            self.sync.push(username, roster, roster, stored.notBoth)
+
+    async def resync(self, username: str) -> None:
+        """
+        Write a roster refreshed while disconnected, and push the changes
+        (under the user's lock):
+        the user's clients hold what the server held, as it stayed
+        unwritten.
+        """
+        roster = self.cache.peek(username)
+        if roster is not None and username in self.unsynced:
+            stored = await self.write(username, roster, urgent=False)
+            if stored is not None:
+                self.sync.push(username, stored.roster, roster, stored.notBoth)
+
     async def write(self, username: str, roster: Roster, storedRead: Deferred[StoredRoster] | None = None,
                     *, urgent: bool, report: bool = False, verify: bool = False) -> StoredRoster | None:
         """
