@@ -14,8 +14,9 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from rosteradmin import state as state_module
-from rosteradmin.state import RETRY_MAX_DELAY, StateError, SyncState
+from rosteradmin import statefile as statefileModule
+from rosteradmin.state import StateError, SyncState
+from rosteradmin.statefile import RETRY_MAX_DELAY
 from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp, makeConfig
 from tests.test_component import envelope, rosterGet, serverAnswers
 
@@ -178,7 +179,7 @@ def test_lockedAtStartIsTransient(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     tables cannot be created) is refused as transient: systemd restarts
     that exit code.
     """
-    monkeypatch.setattr(state_module, "OPEN_TIMEOUT", 0.05)
+    monkeypatch.setattr(statefileModule, "OPEN_TIMEOUT", 0.05)
     path = str(tmp_path / "state.sqlite")
     holder = holdLock(path)
     with pytest.raises(StateError, match="database is locked") as caught:
@@ -424,12 +425,12 @@ def test_checkpointsKeepTheWALSmall(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     thread, the reactor's); the state's checkpoint thread keeps the WAL
     from growing with every commit.
     """
-    monkeypatch.setattr(state_module, "CHECKPOINT_COMMITS", 50)
+    monkeypatch.setattr(statefileModule, "CHECKPOINT_COMMITS", 50)
     path = str(tmp_path / "state.sqlite")
     state = SyncState(path)
     for n in range(2000):
         state.recordServer(f"user{n}", "v1")
-        checkpointer = state._checkpointer
+        checkpointer = state._file._checkpointer
         if checkpointer is not None:
             checkpointer.join()  # as a slow disk would, once in a while
     # Each commit appends at least a page (4 KiB): 2,000 would make 8 MB.
