@@ -55,10 +55,9 @@ class SyncState:
 
     def __init__(self, path: str = ":memory:", clock: IReactorTime | None = None) -> None:
         """
-        @param clock: Schedules retries of writes the file did not take;
-            the global reactor if not given.
-        @raise StateError: The file cannot be opened, or holds another
-            schema or another program's tables.
+        @param path: The file, as L{StateFile} opens it.
+        @param clock: Retries what the file does not take (L{StateFile}).
+        @raise StateError: L{StateFile} cannot open the file.
         """
         self._file = StateFile(path, clock)
         tables = self._file.tables
