@@ -32,6 +32,7 @@ pushed them again once the server replays their presence.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -164,6 +165,54 @@ class UnpushedContacts:
         self.state.doubtClients(username, target.version)
 
 
+class SetAside:
+    """
+    The views of available devices kept over a loss of our stream: the
+    server replays the available presences when we are back, and a device
+    replayed gets its view back; one not replayed within L{REPLAY_GRACE} of
+    the reconnection went offline meanwhile, and is given up.
+    """
+
+    def __init__(self, clock: IReactorTime, giveUp: Callable[[str, Device], None]) -> None:
+        """
+        @param giveUp: Called with each device not replayed.
+        """
+        self.clock = clock
+        self.giveUp = giveUp
+        self.devices: dict[str, dict[str, Device]] = {}
+        self._deadline: IDelayedCall | None = None
+
+    def keep(self, username: str, devices: dict[str, Device]) -> None:
+        if devices:
+            self.devices[username] = devices
+
+    def holds(self, username: str, device: Device | None = None) -> bool:
+        """
+        Whether a device of the user (this one, if given) is set aside.
+        """
+        kept = self.devices.get(username, {})
+        return bool(kept) if device is None else kept.get(device.jid) is device
+
+    def restore(self, username: str, resource: str) -> Device | None:
+        return self.devices.get(username, {}).pop(resource, None)
+
+    def reconnected(self) -> None:
+        self.stop()
+        self._deadline = self.clock.callLater(REPLAY_GRACE, self.giveUpAll)
+
+    def giveUpAll(self) -> None:
+        self._deadline = None
+        kept, self.devices = self.devices, {}
+        for username, devices in kept.items():
+            for device in devices.values():
+                self.giveUp(username, device)
+
+    def stop(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+
 class DeviceViews:
     """
     The users' interested resources, their views, and the pushes that
@@ -190,8 +239,7 @@ class DeviceViews:
         self._targets: dict[str, Roster] = {}
         # Views of available devices kept over a loss of our stream, until
         # the server replays their presence.
-        self._awaitingReplay: dict[str, dict[str, Device]] = {}
-        self._replayCall: IDelayedCall | None = None
+        self._setAside = SetAside(clock, self._notReplayed)
         self.givenUp = 0
 
     @property
@@ -265,26 +313,21 @@ class DeviceViews:
         now.  A device set aside at the loss and not replayed within
         L{REPLAY_GRACE} went offline meanwhile.
         """
-        if self._replayCall is not None and self._replayCall.active():
-            self._replayCall.cancel()
-        self._replayCall = self.clock.callLater(REPLAY_GRACE, self._notReplayed)
+        self._setAside.reconnected()
 
     def stop(self) -> None:
         """
         The service stops: no retry or replay deadline is left pending.
         """
-        calls = [self._replayCall] + [d.retry for devices in self._devices.values() for d in devices.values()]
-        for call in calls:
-            if call is not None and call.active():
-                call.cancel()
-
-    def _notReplayed(self) -> None:
-        self._replayCall = None
-        awaiting, self._awaitingReplay = self._awaitingReplay, {}
-        for username, devices in awaiting.items():
+        self._setAside.stop()
+        for devices in self._devices.values():
             for device in devices.values():
-                self._leave(username, device, "was not online after our reconnection")
-            self._forgetIfEmpty(username)
+                if device.retry is not None and device.retry.active():
+                    device.retry.cancel()
+
+    def _notReplayed(self, username: str, device: Device) -> None:
+        self._leave(username, device, "was not online after our reconnection")
+        self._forgetIfEmpty(username)
 
     def connectionLost(self) -> None:
         """
@@ -293,16 +336,14 @@ class DeviceViews:
         set aside.
         """
         self.wire.connectionLost()
-        if self._replayCall is not None and self._replayCall.active():
-            self._replayCall.cancel()
-        self._notReplayed()
+        self._setAside.stop()
+        self._setAside.giveUpAll()
         for username in list(self._devices):
             devices = self._devices[username]
             away = {jid: d for jid, d in devices.items() if d.available}
             for jid in away:
                 del devices[jid]
-            if away:
-                self._awaitingReplay[username] = away
+            self._setAside.keep(username, away)
             self._forgetIfEmpty(username)
 
     # Changes
@@ -319,7 +360,7 @@ class DeviceViews:
         @return: The number of pushes sent or queued now.
         """
         devices = self._devices.get(username, {})
-        if not devices and not self._awaitingReplay.get(username):
+        if not devices and not self._setAside.holds(username):
             return 0
         self._targets[username] = target
         sent = 0
@@ -339,7 +380,7 @@ class DeviceViews:
         pushes, the next process would find the server current and the
         devices not.
         """
-        if self._devices.get(username) or self._awaitingReplay.get(username):
+        if self._devices.get(username) or self._setAside.holds(username):
             self._unpushed.add(username, jids, "")
 
     def edited(self, username: str, resource: str, jids: frozenset[str]) -> int:
@@ -372,7 +413,7 @@ class DeviceViews:
         devices = self._devices.setdefault(username, {})
         device = devices.get(resource)
         if device is None:
-            device = self._awaitingReplay.get(username, {}).pop(resource, None)
+            device = self._setAside.restore(username, resource)
             if device is None:
                 device = Device(resource, available)
                 # Pushed before our restart, maybe not answered.
@@ -435,7 +476,7 @@ class DeviceViews:
         # DeferredList types every result as the value type; a failed
         # one (ok false) is the Failure.
         failed = [cast(Failure, r) for ok, r in results if not ok]
-        if self._awaitingReplay.get(username, {}).get(device.jid) is device:
+        if self._setAside.holds(username, device):
             device.dirty.update(jids)  # cut off by the loss of our stream
             device.failures = 0
             return
@@ -492,13 +533,13 @@ class DeviceViews:
         """
         target = self._targets.get(username)
         devices = self._devices.get(username, {})
-        if all(d.converged(target) for d in devices.values()) and not self._awaitingReplay.get(username):
+        if all(d.converged(target) for d in devices.values()) and not self._setAside.holds(username):
             self._unpushed.done(username)
 
     def _forgetIfEmpty(self, username: str) -> None:
         if not self._devices.get(username):
             self._devices.pop(username, None)
-            if not self._awaitingReplay.get(username):
+            if not self._setAside.holds(username):
                 self._targets.pop(username, None)
                 # Nobody online holds them: a device logging in later
                 # with a doubted version gets the whole roster.

@@ -255,9 +255,14 @@ class ComponentOnWire:
 
     def sent(self) -> list[domish.Element]:
         """
-        The stanzas written since the last call.
+        The stanzas written since the last call, once the work waiting for
+        a turn of the reactor (L{rosteradmin.slicing}: a slice of CPU work
+        that took longer than its budget on a loaded machine) has had it.
         """
         self.http.flush()
+        while any(call.getTime() <= self.clock.seconds() for call in self.clock.getDelayedCalls()):
+            self.clock.advance(0)
+            self.http.flush()
         data = self.transport.value()
         self.transport.clear()
         return parseStanzas(data)
