@@ -113,6 +113,16 @@ class Device:
             self.dirty = set()
         return diffSteps(base, target, rewrite)
 
+    def givenWhole(self, roster: Roster | None) -> None:
+        """
+        The device was answered a whole roster (or "current" for the one
+        it holds): it holds C{roster} (C{None}: one not known), and pushes
+        of a batch on their way may be applied after it.
+        """
+        self.held = roster
+        self.dirty.clear()
+        self.answered += 1
+
     def converged(self, target: Roster | None) -> bool:
         """
         Whether the device shows C{target}, as far as known.
@@ -278,9 +288,7 @@ class DeviceViews:
             return  # a bare JID cannot be pushed to
         device = self._device(username, resource, available=False)
         self._targets[username] = roster
-        device.held = roster
-        device.dirty.clear()
-        device.answered += 1
+        device.givenWhole(roster)
         device.failures = 0
         self._settle(username)
 
@@ -293,9 +301,7 @@ class DeviceViews:
         """
         device = self._device(username, resource, available=False)
         target = self._targets.get(username)
-        device.held = target if target is not None and target.version == version else None
-        device.dirty.clear()
-        device.answered += 1
+        device.givenWhole(target if target is not None and target.version == version else None)
 
     def unavailable(self, username: str, resource: str) -> None:
         """

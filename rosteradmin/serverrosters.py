@@ -87,9 +87,8 @@ class ServerRosters:
     async def resync(self, username: str) -> None:
         """
         Write a roster refreshed while disconnected, and push the changes
-        (under the user's lock):
-        the user's clients hold what the server held, as it stayed
-        unwritten.
+        (under the user's lock): the user's clients hold what the server
+        held, as it stayed unwritten.
         """
         roster = self.cache.peek(username)
         if roster is not None and username in self.unsynced:
