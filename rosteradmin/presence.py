@@ -73,9 +73,9 @@ class PresenceTracker(XMPPHandler):
         """
         listed = findChild(result, "sessions", (NS_SESSION_NOTICE,))
         for session in listed.elements(NS_SESSION_NOTICE, "session") if listed is not None else ():
-            sender = parseJID(session.getAttribute("jid"))
-            if sender is not None and sender.host == self.domain and sender.user and sender.resource:
-                self.devices.answeredByServer(sender.user, sender.full(), session.getAttribute("ver", ""))
+            sender = self._session(session.getAttribute("jid"))
+            if sender is not None:
+                self.devices.answeredByServer(*sender, session.getAttribute("ver", ""))
 
     def _ebSessions(self, failure: Failure) -> None:
         # A server without contrib's mod_rosteradmin_roster: such sessions
@@ -87,6 +87,16 @@ class PresenceTracker(XMPPHandler):
         self.online = {}
         self.devices.connectionLost()
 
+    def _session(self, value: str | None) -> tuple[str, str] | None:
+        """
+        The username and full JID of a session of one of the domain's
+        users, else C{None}.
+        """
+        sender = parseJID(value)
+        if sender is None or sender.host != self.domain or not sender.user or not sender.resource:
+            return None
+        return sender.user, sender.full()
+
     def _onSessionNotice(self, message: domish.Element) -> None:
         """
         A notice of contrib's mod_rosteradmin_roster about a user's
@@ -94,15 +104,15 @@ class PresenceTracker(XMPPHandler):
         pushes, though it may send no presence), or the session ended.
         Only the user's own server can send it from the user's full JID.
         """
-        sender = parseJID(message.getAttribute("from"))
-        if sender is None or sender.host != self.domain or not sender.user or not sender.resource:
+        sender = self._session(message.getAttribute("from"))
+        if sender is None:
             return
         markHandled(message)
         notice = findChild(message, "answered", (NS_SESSION_NOTICE,))
         if notice is not None:
-            self.devices.answeredByServer(sender.user, sender.full(), notice.getAttribute("ver", ""))
+            self.devices.answeredByServer(*sender, notice.getAttribute("ver", ""))
         elif findChild(message, "ended", (NS_SESSION_NOTICE,)) is not None:
-            self.devices.unavailable(sender.user, sender.full())
+            self.devices.unavailable(*sender)
 
     def isOnline(self, username: str) -> bool:
         """
@@ -122,11 +132,11 @@ class PresenceTracker(XMPPHandler):
         """
         if presence.handled:
             return
-        sender = parseJID(presence.getAttribute("from"))
-        if sender is None or sender.host != self.domain or not sender.user or not sender.resource:
+        sender = self._session(presence.getAttribute("from"))
+        if sender is None:
             return
         markHandled(presence)
-        username, full = sender.user, sender.full()
+        username, full = sender
         kind = presence.getAttribute("type")
         if kind is None:
             resources = self.online.setdefault(username, set())
