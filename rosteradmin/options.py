@@ -73,8 +73,9 @@ class Options(usage.Options):
         """
         Parse and validate the options.  Under twistd (our parent is its
         C{ServerOptions}), a usage error ends start-up with one line and
-        L{EX_CONFIG}: twistd itself would print its whole usage page before
-        the message and exit 1, which systemd restarts.
+        L{rosteradmin.startup.EX_CONFIG}: twistd itself would print its
+        whole usage page before the message and exit 1, which systemd
+        restarts.
 
         @raise usage.UsageError: A bad or missing option, when not run by
             twistd (the tac file, tests).
