@@ -7,7 +7,7 @@ C{ROSTERADMIN_SECRET}, C{ROSTERADMIN_KICK_AUTHORIZATION} and
 C{ROSTERADMIN_REFRESH_AUTHORIZATION} environment variables.
 
 A bad configuration ends start-up with one line and exit code
-C{tap.EX_CONFIG}, as with C{twistd rosteradmin}.
+C{rosteradmin.startup.EX_CONFIG}, as with C{twistd rosteradmin}.
 """
 
 import os
@@ -15,14 +15,16 @@ import os
 from twisted.application import service
 from twisted.python.usage import UsageError
 
-from rosteradmin import tap
+from rosteradmin.options import Options
+from rosteradmin.startup import refuseToStart
+from rosteradmin.tap import makeService
 
-options = tap.Options()
+options = Options()
 try:
     options.parseOptions(
         ["--config", os.environ.get("ROSTERADMIN_CONFIG", "/etc/rosteradmin/rosteradmin.toml")]
     )
 except UsageError as e:
-    tap.refuseToStart(str(e))
+    refuseToStart(str(e))
 application = service.Application("rosteradmin")
-tap.makeService(options).setServiceParent(application)
+makeService(options).setServiceParent(application)

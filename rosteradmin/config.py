@@ -1,11 +1,14 @@
 # -*- test-case-name: tests.test_config -*-
 """
-The configuration of rosteradmin: one table of settings, one frozen value.
+The configuration of rosteradmin: one frozen value whose fields declare the
+settings.
 
-Every setting is declared once in L{SETTINGS} with its type, default and help
-text.  The command line (L{rosteradmin.tap.Options}), the TOML file and the
-configuration reference in C{docs/configuration.md} are all derived from that
-table, so they cannot drift apart.
+Every setting is declared once, as a field of L{Config}: its annotation is
+its type, its default the value when nobody sets it, and its metadata
+(L{_about}) its help text and where else it may come from.  L{SETTINGS},
+the table the command line (L{rosteradmin.options.Options}), the TOML file
+and the configuration reference in C{docs/configuration.md} are derived
+from, is read from those fields, so none of them can drift apart.
 
 Values are merged in this order, later winning: defaults, the TOML file,
 environment variables (secrets only), the command line.  Secrets may also be
@@ -18,11 +21,13 @@ relative to the working directory, as usual.
 
 from __future__ import annotations
 
+import collections.abc
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, cast
+from dataclasses import MISSING, Field, dataclass, field, fields
+from types import NoneType, UnionType
+from typing import Any, Callable, Mapping, cast, get_args, get_origin, get_type_hints
 
 from twisted.words.protocols.jabber.jid import JID
 
@@ -37,10 +42,66 @@ class ConfigError(Exception):
     """
 
 
+def _about(help: str, secret: bool = False, cli: bool = True) -> dict[str, Any]:
+    """
+    The metadata of a L{Config} field that makes it a setting.
+
+    @param help: One line for C{--help} and the configuration reference.
+    @param secret: Also read from C{--NAME-file} and C{ROSTERADMIN_NAME}.
+    @param cli: Whether it is a command-line option (tables are TOML-only).
+    """
+    return {"help": help, "secret": secret, "cli": cli}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """
+    The validated configuration of one rosteradmin service, and the one
+    declaration of every setting, in the order C{--help} and the reference
+    list them.  A field without a default is a required setting.
+    """
+
+    jid: str = field(metadata=_about("JID of the component, e.g. roster.example.org (required)"))
+    secret: str = field(metadata=_about("component secret shared with the XMPP server (required)", secret=True))
+    xmpp_host: str = field(default="127.0.0.1", metadata=_about("host of the XMPP server's component port"))
+    xmpp_port: int = field(default=5347, metadata=_about("the XMPP server's component port (XEP-0114)"))
+    domain: str = field(metadata=_about("the user domain whose rosters are managed, e.g. example.org (required)"))
+    roster_url: str = field(metadata=_about("web app roster URL; %s is replaced by the URL-encoded username (required)"))
+    http: str = field(default="tcp:5280:interface=127.0.0.1", metadata=_about("Twisted endpoint string the HTTP API listens on"))
+    kick_authorization: str | None = field(default=None, metadata=_about("exact Authorization header value POST /muc_kick requires", secret=True))
+    no_kick: bool = field(default=False, metadata=_about("disable POST /muc_kick (then no kick authorization is needed)"))
+    refresh_authorization: str | None = field(default=None, metadata=_about("Authorization header value the refresh endpoints require (none: open)", secret=True))
+    fetch_timeout: float = field(default=10.0, metadata=_about("seconds one roster fetch from the web app may take, retries included"))
+    fetch_concurrency: int = field(default=64, metadata=_about("most roster fetches in flight at once"))
+    max_roster_bytes: int = field(default=16 * 1024 * 1024, metadata=_about("largest web app roster reply accepted, in bytes"))
+    max_body_bytes: int = field(default=1024 * 1024, metadata=_about("largest HTTP API request body accepted, in bytes (413 above)"))
+    iq_timeout: float = field(default=10.0, metadata=_about("seconds to wait for the XMPP server to answer one IQ"))
+    reconnect_max_delay: float = field(default=30.0, metadata=_about("longest pause between reconnection attempts, in seconds"))
+    keepalive_interval: float = field(default=60.0, metadata=_about("seconds between whitespace keepalives on the component stream"))
+    kick_nick: str = field(default="rosteradmin", metadata=_about("nickname the component joins a room under to kick from it"))
+    stay_in_rooms: bool = field(default=False, metadata=_about("stay in a room after kicking from it (default: leave)"))
+    max_stanza_bytes: int = field(default=512 * 1024, metadata=_about("largest stanza the XMPP server accepts from the component (Prosody's component_stanza_size_limit, default 512 KiB); bigger answers, writes and pushes are refused for that user"))
+    queries_per_user: int = field(default=8, metadata=_about("most roster queries of one user in flight at once; more get a wait error (resource-constraint)"))
+    query_rate: float = field(default=20.0, metadata=_about("roster queries per second one user may send, in bursts of two seconds' worth; more get a wait error"))
+    http_max_connections: int = field(default=256, metadata=_about("most HTTP API connections open at once; more are closed at once"))
+    http_timeout: float = field(default=30.0, metadata=_about("seconds an HTTP client may take to send a request's headers and body, or stay idle"))
+    users_url: str | None = field(default=None, metadata=_about("web app URL listing every username (a JSON array, paged by Link: rel=next): full syncs walk it"))
+    no_start_sync: bool = field(default=False, metadata=_about("do not run a full sync when the server first takes writes (with --users-url)"))
+    reconcile_interval: float = field(default=6 * 3600.0, metadata=_about("seconds between reconciliation passes, which read every server roster back and repair drift"))
+    online_check_interval: float = field(default=600.0, metadata=_about("seconds between checks of online users' server rosters against the cache (no web-app fetch), repairing and pushing what changed behind our back; each costs one privileged read per online user"))
+    sync_latency_target: float = field(default=0.05, metadata=_about("seconds of privileged reply latency background syncs may push the server to; their pace adapts to stay under it"))
+    cache_max_contacts: int = field(default=1_000_000, metadata=_about("bound on the roster cache, in contacts: each cached user counts as its contacts plus 3, what a user costs even without contacts (measured in RSS: about 500 bytes a user, 300 a contact with 10 per user, 220 with 50; at the default, about 270 MB with 10 contacts per user); past it, offline users' rosters are dropped, least recently used first, and online users' stay (/healthz then says degraded)"))
+    state: str | None = field(default=None, metadata=_about("SQLite file keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"))
+    web_app_headers: Mapping[str, str] = field(default_factory=dict, metadata=_about("extra HTTP headers sent to the web app (TOML table only)", cli=False))
+    roster_sync: str = field(default="privilege", metadata=_about("how rosters are written into the server: privilege (XEP-0356: Prosody) or ejabberd-api (ejabberd's mod_http_api, see contrib/ejabberd)"))
+    ejabberd_api_url: str | None = field(default=None, metadata=_about("base URL of ejabberd's mod_http_api, e.g. http://127.0.0.1:5281/api (required with --roster-sync ejabberd-api); each call times out after --iq-timeout"))
+    ejabberd_api_authorization: str | None = field(default=None, metadata=_about("Authorization header value sent to ejabberd's HTTP API, when its api_permissions want a credential (none: rely on loopback)", secret=True))
+
+
 @dataclass(frozen=True)
 class Setting:
     """
-    One configuration setting.
+    One configuration setting, as its L{Config} field declares it.
 
     @ivar name: The long command-line option (C{roster-url}); the TOML key is
         the same with underscores (C{roster_url}).
@@ -73,91 +134,40 @@ class Setting:
         return "ROSTERADMIN_" + self.key.upper()
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("jid", str, None, "JID of the component, e.g. roster.example.org (required)"),
-    Setting("secret", str, None, "component secret shared with the XMPP server (required)", secret=True),
-    Setting("xmpp-host", str, "127.0.0.1", "host of the XMPP server's component port"),
-    Setting("xmpp-port", int, 5347, "the XMPP server's component port (XEP-0114)"),
-    Setting("domain", str, None, "the user domain whose rosters are managed, e.g. example.org (required)"),
-    Setting("roster-url", str, None, "web app roster URL; %s is replaced by the URL-encoded username (required)"),
-    Setting("http", str, "tcp:5280:interface=127.0.0.1", "Twisted endpoint string the HTTP API listens on"),
-    Setting("kick-authorization", str, None, "exact Authorization header value POST /muc_kick requires", secret=True),
-    Setting("no-kick", bool, False, "disable POST /muc_kick (then no kick authorization is needed)"),
-    Setting("refresh-authorization", str, None, "Authorization header value the refresh endpoints require (none: open)", secret=True),
-    Setting("fetch-timeout", float, 10.0, "seconds one roster fetch from the web app may take, retries included"),
-    Setting("fetch-concurrency", int, 64, "most roster fetches in flight at once"),
-    Setting("max-roster-bytes", int, 16 * 1024 * 1024, "largest web app roster reply accepted, in bytes"),
-    Setting("max-body-bytes", int, 1024 * 1024, "largest HTTP API request body accepted, in bytes (413 above)"),
-    Setting("iq-timeout", float, 10.0, "seconds to wait for the XMPP server to answer one IQ"),
-    Setting("reconnect-max-delay", float, 30.0, "longest pause between reconnection attempts, in seconds"),
-    Setting("keepalive-interval", float, 60.0, "seconds between whitespace keepalives on the component stream"),
-    Setting("kick-nick", str, "rosteradmin", "nickname the component joins a room under to kick from it"),
-    Setting("stay-in-rooms", bool, False, "stay in a room after kicking from it (default: leave)"),
-    Setting("max-stanza-bytes", int, 512 * 1024, "largest stanza the XMPP server accepts from the component (Prosody's component_stanza_size_limit, default 512 KiB); bigger answers, writes and pushes are refused for that user"),
-    Setting("queries-per-user", int, 8, "most roster queries of one user in flight at once; more get a wait error (resource-constraint)"),
-    Setting("query-rate", float, 20.0, "roster queries per second one user may send, in bursts of two seconds' worth; more get a wait error"),
-    Setting("http-max-connections", int, 256, "most HTTP API connections open at once; more are closed at once"),
-    Setting("http-timeout", float, 30.0, "seconds an HTTP client may take to send a request's headers and body, or stay idle"),
-    Setting("users-url", str, None, "web app URL listing every username (a JSON array, paged by Link: rel=next): full syncs walk it"),
-    Setting("no-start-sync", bool, False, "do not run a full sync when the server first takes writes (with --users-url)"),
-    Setting("reconcile-interval", float, 6 * 3600.0, "seconds between reconciliation passes, which read every server roster back and repair drift"),
-    Setting("online-check-interval", float, 600.0, "seconds between checks of online users' server rosters against the cache (no web-app fetch), repairing and pushing what changed behind our back; each costs one privileged read per online user"),
-    Setting("sync-latency-target", float, 0.05, "seconds of privileged reply latency background syncs may push the server to; their pace adapts to stay under it"),
-    Setting("cache-max-contacts", int, 1_000_000, "bound on the roster cache, in contacts: each cached user counts as its contacts plus 3, what a user costs even without contacts (measured in RSS: about 500 bytes a user, 300 a contact with 10 per user, 220 with 50; at the default, about 270 MB with 10 contacts per user); past it, offline users' rosters are dropped, least recently used first, and online users' stay (/healthz then says degraded)"),
-    Setting("state", str, None, "SQLite file keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"),
-    Setting("web-app-headers", dict, None, "extra HTTP headers sent to the web app (TOML table only)", cli=False),
-    Setting("roster-sync", str, "privilege", "how rosters are written into the server: privilege (XEP-0356: Prosody) or ejabberd-api (ejabberd's mod_http_api, see contrib/ejabberd)"),
-    Setting("ejabberd-api-url", str, None, "base URL of ejabberd's mod_http_api, e.g. http://127.0.0.1:5281/api (required with --roster-sync ejabberd-api); each call times out after --iq-timeout"),
-    Setting("ejabberd-api-authorization", str, None, "Authorization header value sent to ejabberd's HTTP API, when its api_permissions want a credential (none: rely on loopback)", secret=True),
-)
+def _kind(annotation: Any) -> type:
+    """
+    The type a setting's values are read as, from its field's annotation:
+    C{str | None} is a C{str} that may be unset, a C{Mapping} a TOML table.
+
+    @raise TypeError: A type that neither TOML nor the command line gives.
+    """
+    if isinstance(annotation, UnionType):
+        [annotation] = [a for a in get_args(annotation) if a is not NoneType]
+    if get_origin(annotation) is collections.abc.Mapping:
+        return dict
+    if annotation not in (str, int, float, bool):
+        raise TypeError(f"a setting cannot be of type {annotation!r}")
+    return cast(type, annotation)
+
+
+def _setting(declared: Field[Any], annotation: Any) -> Setting:
+    """
+    The setting a L{Config} field declares; a required field, or one whose
+    default is built anew (a table), has no default to show.
+    """
+    default = None if declared.default is MISSING else declared.default
+    return Setting(declared.name.replace("_", "-"), _kind(annotation), default, declared.metadata["help"],
+                   secret=declared.metadata["secret"], cli=declared.metadata["cli"])
+
+
+_ANNOTATIONS = get_type_hints(Config)
+
+SETTINGS: tuple[Setting, ...] = tuple(_setting(f, _ANNOTATIONS[f.name]) for f in fields(Config))
 
 #: The values of C{roster-sync}.
 ROSTER_SYNCS = ("privilege", "ejabberd-api")
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
-
-
-@dataclass(frozen=True)
-class Config:
-    """
-    The validated configuration of one rosteradmin service.
-    """
-
-    jid: str
-    secret: str
-    domain: str
-    roster_url: str
-    xmpp_host: str = "127.0.0.1"
-    xmpp_port: int = 5347
-    http: str = "tcp:5280:interface=127.0.0.1"
-    kick_authorization: str | None = None
-    no_kick: bool = False
-    refresh_authorization: str | None = None
-    fetch_timeout: float = 10.0
-    fetch_concurrency: int = 64
-    max_roster_bytes: int = 16 * 1024 * 1024
-    max_body_bytes: int = 1024 * 1024
-    iq_timeout: float = 10.0
-    reconnect_max_delay: float = 30.0
-    keepalive_interval: float = 60.0
-    kick_nick: str = "rosteradmin"
-    stay_in_rooms: bool = False
-    max_stanza_bytes: int = 512 * 1024
-    queries_per_user: int = 8
-    query_rate: float = 20.0
-    http_max_connections: int = 256
-    http_timeout: float = 30.0
-    state: str | None = None
-    users_url: str | None = None
-    no_start_sync: bool = False
-    reconcile_interval: float = 6 * 3600.0
-    online_check_interval: float = 600.0
-    sync_latency_target: float = 0.05
-    cache_max_contacts: int = 1_000_000
-    web_app_headers: Mapping[str, str] = field(default_factory=dict)
-    roster_sync: str = "privilege"
-    ejabberd_api_url: str | None = None
-    ejabberd_api_authorization: str | None = None
 
 
 def loadTOML(path: str) -> dict[str, Any]:

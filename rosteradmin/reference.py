@@ -9,7 +9,7 @@ options themselves so the document cannot drift from the code:
 from __future__ import annotations
 
 from rosteradmin.config import SETTINGS
-from rosteradmin.tap import Options
+from rosteradmin.options import Options
 
 HEADER = """# Configuration reference
 

@@ -32,6 +32,7 @@ from twisted.web import server
 
 from rosteradmin import tap
 from rosteradmin.ctl import DEFAULT_URL
+from rosteradmin.options import Options
 from rosteradmin_demo.devchat import ChatPage, ConverseNotInstalled, localSettings
 from rosteradmin_demo.devprosody import LocalProsody, ProsodyNotAvailable
 from rosteradmin_demo.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
@@ -219,7 +220,7 @@ def main(argv: list[str]) -> None:
             prosody.stop()
             raise SystemExit(f"demo: the chat page cannot listen on port {e.port} (--chat-port): {e.socketError}")
     kickAuthorization = "Bearer " + secrets.token_urlsafe(12)
-    serviceOptions = tap.Options()
+    serviceOptions = Options()
     serviceOptions.parseOptions([
         "--jid", prosody.componentJID, "--secret", prosody.secret,
         "--xmpp-port", str(prosody.componentPort), "--domain", prosody.domain,

@@ -13,7 +13,9 @@ import pytest
 from twisted.python.usage import UsageError
 
 from rosteradmin.config import SETTINGS, SETTINGS_BY_KEY, Config, ConfigError, buildConfig, loadTOML
-from rosteradmin.tap import EX_CONFIG, Options, makeService
+from rosteradmin.options import Options
+from rosteradmin.startup import EX_CONFIG
+from rosteradmin.tap import makeService
 
 REQUIRED = {"jid": "roster.example.org", "secret": "s", "domain": "example.org",
             "roster_url": "http://app/%s", "no_kick": True}

@@ -21,7 +21,7 @@ import pytest
 
 from rosteradmin.config import buildConfig
 from rosteradmin_demo.devprosody import freePort
-from rosteradmin.tap import EX_CONFIG
+from rosteradmin.startup import EX_CONFIG
 
 ROOT = Path(__file__).parent.parent
 CONTRIB = ROOT / "contrib"

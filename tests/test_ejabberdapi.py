@@ -31,7 +31,8 @@ from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IServerObserver
 from rosteradmin.roster import Contact, Roster, RosterDiff
 from rosteradmin.slots import PER_USER_IN_FLIGHT
-from rosteradmin.tap import Options, makeService
+from rosteradmin.options import Options
+from rosteradmin.tap import makeService
 from tests.helpers import DOMAIN, ComponentOnWire, WebApp, makeConfig
 
 API = "http://127.0.0.1:5281/api"

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
 from rosteradmin.logs import JSONLinesObserver
-from rosteradmin.tap import Options
+from rosteradmin.options import Options
 
 
 def test_eventFieldsBecomeKeys() -> None:

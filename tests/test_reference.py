@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rosteradmin.reference import configurationReference
-from rosteradmin.tap import Options
+from rosteradmin.options import Options
 
 
 def test_configurationDocMatchesOptions() -> None:

@@ -19,8 +19,9 @@ from twisted.python import usage
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from rosteradmin import tap
+from rosteradmin import filelimit, startup, tap
 from rosteradmin.config import Config
+from rosteradmin.options import Options
 from rosteradmin.web import REFUSALS_LOG_INTERVAL, ConnectionLimiter, makeSite
 
 TIMEOUT = 30.0
@@ -218,7 +219,7 @@ def test_makeServiceWiresTheLimits() -> None:
     The HTTP service's cap and deadline are the configured ones, on the
     service's reactor, and the cap wraps the port's factory.
     """
-    options = tap.Options()
+    options = Options()
     options.parseOptions([
         "--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
         "--roster-url", "http://127.0.0.1:1/r/%s", "--no-kick",
@@ -260,7 +261,7 @@ def test_fileLimitRaisedToHard() -> None:
     """
     getrlimit, setrlimit, calls = fakeLimits(1024, 524288)
     with capturedLogs() as events:
-        assert tap.raiseFileLimit(getrlimit, setrlimit) == 524288
+        assert filelimit.raiseFileLimit(getrlimit, setrlimit) == 524288
     assert calls == [(524288, 524288)]
     assert [(e["log_level"].name, e["soft"], e["limit"]) for e in events] == [("info", 1024, 524288)]
 
@@ -272,7 +273,7 @@ def test_fileLimitAlreadyAtHard() -> None:
     """
     getrlimit, setrlimit, calls = fakeLimits(65536, 65536)
     with capturedLogs() as events:
-        assert tap.raiseFileLimit(getrlimit, setrlimit) == 65536
+        assert filelimit.raiseFileLimit(getrlimit, setrlimit) == 65536
     assert calls == []
     assert [(e["log_level"].name, e["limit"]) for e in events] == [("info", 65536)]
 
@@ -283,7 +284,7 @@ def test_fileLimitThatCannotBeRaised() -> None:
     """
     getrlimit, setrlimit, calls = fakeLimits(1024, resource.RLIM_INFINITY, refuse=True)
     with capturedLogs() as events:
-        assert tap.raiseFileLimit(getrlimit, setrlimit) == 1024
+        assert filelimit.raiseFileLimit(getrlimit, setrlimit) == 1024
     assert [(e["log_level"].name, e["limit"], e["hard"]) for e in events] == [
         ("warn", 1024, resource.RLIM_INFINITY)]
 
@@ -294,8 +295,8 @@ def test_startRaisesFileLimit(monkeypatch: pytest.MonkeyPatch) -> None:
     starts.
     """
     raised: list[str] = []
-    monkeypatch.setattr(tap, "raiseFileLimit", lambda: raised.append("raised") or 1024)
-    top = tap.SequentialService("tcp:0")
+    monkeypatch.setattr(startup, "raiseFileLimit", lambda: raised.append("raised") or 1024)
+    top = startup.SequentialService("tcp:0")
     top.startService()
     assert raised == ["raised"] and top.running
     top.stopService()
@@ -305,8 +306,8 @@ CONFIG = Config(jid="roster.example.org", secret="s", domain="example.org", rost
 
 
 @pytest.mark.parametrize("limit, cap, refused", [
-    (1024, 1024 - 64 - tap.FILE_RESERVE, False),
-    (1024, 1024 - 64 - tap.FILE_RESERVE + 1, True),
+    (1024, 1024 - 64 - filelimit.FILE_RESERVE, False),
+    (1024, 1024 - 64 - filelimit.FILE_RESERVE + 1, True),
     (1024, 256, False),
     (100, 1, True),
     (resource.RLIM_INFINITY, 10**9, False),
@@ -314,16 +315,16 @@ CONFIG = Config(jid="roster.example.org", secret="s", domain="example.org", rost
 def test_capMustLeaveFilesForTheRest(limit: int, cap: int, refused: bool) -> None:
     """
     An C{http-max-connections} that leaves fewer than the fetches and
-    L{tap.FILE_RESERVE} of the hard open file limit is refused, saying the
+    L{filelimit.FILE_RESERVE} of the hard open file limit is refused, saying the
     most allowed.
     """
     config = Config(**{**CONFIG.__dict__, "http_max_connections": cap})
     if not refused:
-        tap.checkFileLimit(config, limit)
+        filelimit.checkFileLimit(config, limit)
         return
     with pytest.raises(usage.UsageError) as raised:
-        tap.checkFileLimit(config, limit)
-    most = max(limit - 64 - tap.FILE_RESERVE, 0)
+        filelimit.checkFileLimit(config, limit)
+    most = max(limit - 64 - filelimit.FILE_RESERVE, 0)
     assert str(raised.value) == (
         f"--http-max-connections: {cap} leaves too few of the {limit} open files the process may have "
         f"(RLIMIT_NOFILE) for the XMPP stream and 64 web-app fetches; at most {most} here "
@@ -336,7 +337,7 @@ def test_optionsRefuseCapOverFileLimit() -> None:
     a one-line configuration error.
     """
     with pytest.raises(usage.UsageError, match=r"^--http-max-connections: 1000000000 leaves too few"):
-        tap.Options().parseOptions([
+        Options().parseOptions([
             "--jid", "roster.example.org", "--secret", "s", "--domain", "example.org",
             "--roster-url", "http://127.0.0.1:1/r/%s", "--no-kick", "--http-max-connections", "1000000000",
         ])

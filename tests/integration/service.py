@@ -1,5 +1,5 @@
 """
-rosteradmin started in-process the way twistd starts it (tap.Options and
+rosteradmin started in-process the way twistd starts it (Options and
 makeService), against a test Prosody and web app stub.
 """
 
@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 from rosteradmin.component import RosterComponent
 from rosteradmin.backend import RosterBackend
 from rosteradmin import tap
+from rosteradmin.options import Options
 from rosteradmin_demo.devprosody import freePort
 
 KICK_AUTHORIZATION = "Bearer kick-test-secret"
@@ -36,7 +37,7 @@ class RunningService:
             "--reconnect-max-delay", "1", "--iq-timeout", "5",
             *(extra or []),
         ]
-        options = tap.Options()
+        options = Options()
         options.parseOptions(self.argv)
         self.top: MultiService = tap.makeService(options)
         self.backend: RosterBackend = self.top.getServiceNamed("backend")

@@ -24,7 +24,7 @@ import treq
 from twisted.internet import defer, reactor
 from twisted.web.client import HTTPConnectionPool
 
-from rosteradmin.tap import EX_CONFIG
+from rosteradmin.startup import EX_CONFIG
 from tests.integration.harness import PASSWORD
 from tests.integration.service import RunningService
 from tests.integration.test_rosters import items

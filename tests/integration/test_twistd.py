@@ -18,7 +18,7 @@ from twisted.internet import reactor, threads
 from twisted.web.client import HTTPConnectionPool
 
 from rosteradmin_demo.devprosody import freePort
-from rosteradmin.tap import EX_CONFIG
+from rosteradmin.startup import EX_CONFIG
 from tests.integration.service import RunningService
 from tests.integration.test_rosters import items
 
