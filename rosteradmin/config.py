@@ -29,6 +29,7 @@ from twisted.words.protocols.jabber.jid import JID
 from rosteradmin.roster import JID_ERRORS
 from rosteradmin.stanzalimit import MIN_MAX_STANZA_BYTES
 from rosteradmin.stanzas import roomNickname
+from rosteradmin.state import isPostgreSQL
 
 
 class ConfigError(Exception):
@@ -104,7 +105,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("online-check-interval", float, 600.0, "seconds between checks of online users' server rosters against the cache (no web-app fetch), repairing and pushing what changed behind our back; each costs one privileged read per online user"),
     Setting("sync-latency-target", float, 0.05, "seconds of privileged reply latency background syncs may push the server to; their pace adapts to stay under it"),
     Setting("cache-max-contacts", int, 1_000_000, "bound on the roster cache, in contacts: each cached user counts as its contacts plus 3, what a user costs even without contacts (measured in RSS: about 500 bytes a user, 300 a contact with 10 per user, 220 with 50; at the default, about 270 MB with 10 contacts per user); past it, offline users' rosters are dropped, least recently used first, and online users' stay (/healthz then says degraded)"),
-    Setting("state", str, None, "SQLite file keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"),
+    Setting("state", str, None, "SQLite file, or PostgreSQL database as a postgresql://user@host:port/dbname URL (password in ~/.pgpass or PGPASSFILE; needs rosteradmin[postgresql]), keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"),
     Setting("web-app-headers", dict, None, "extra HTTP headers sent to the web app (TOML table only)", cli=False),
     Setting("roster-sync", str, "privilege", "how rosters are written into the server: privilege (XEP-0356: Prosody) or ejabberd-api (ejabberd's mod_http_api, see contrib/ejabberd)"),
     Setting("ejabberd-api-url", str, None, "base URL of ejabberd's mod_http_api, e.g. http://127.0.0.1:5281/api (required with --roster-sync ejabberd-api); each call times out after --iq-timeout"),
@@ -291,7 +292,7 @@ def buildConfig(
                 raise ConfigError(f"--{setting.name}-file: expected a path")
             value = readFile(setting.name, value)
         values[setting.key] = _coerce(setting, value)
-    for check in (_checkIdentity, _checkURLs, _checkKick, _checkServer):
+    for check in (_checkIdentity, _checkURLs, _checkKick, _checkServer, _checkState):
         check(values)
     return Config(**values)
 
@@ -381,3 +382,25 @@ def _checkServer(values: dict[str, Any]) -> None:
     _checkURL("ejabberd-api-url", apiURL)
     if "xmpp_port" in values and values["xmpp_port"] > 65535:
         raise ConfigError(f"--xmpp-port: {values['xmpp_port']} is not a port number")
+
+
+def _checkState(values: dict[str, Any]) -> None:
+    """
+    C{--state} names an SQLite file, or a PostgreSQL database by a URL
+    libpq reads, with its driver installed.  The URL is never echoed: it
+    may hold a password.
+    """
+    state = values.get("state")
+    if state is None or "://" not in state:
+        return
+    if not isPostgreSQL(state):
+        raise ConfigError(f"--state: expected a file or a postgresql:// URL, got a {state.partition(':')[0]}: URL")
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError("--state: a postgresql:// URL needs the psycopg driver: "
+                          "pip install 'rosteradmin[postgresql]'") from None
+    try:
+        psycopg.conninfo.conninfo_to_dict(state)
+    except psycopg.ProgrammingError as e:
+        raise ConfigError(f"--state: not a PostgreSQL URL libpq reads ({str(e).strip()})") from None
