@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_state -*-
 """
-What rosteradmin must remember across restarts, in SQLite.
+What rosteradmin must remember across restarts, in SQLite or PostgreSQL.
 
 The web app owns the rosters and the server stores them; rosteradmin holds
 only three facts of its own, and all must survive a crash:
@@ -19,12 +19,14 @@ only three facts of its own, and all must survive a crash:
 Losing the file loses no data: every user is then unknown, and the next
 full sync (or each user's next login) reads and rewrites the server's
 rosters.  So a file SQLite cannot read (corrupt, or not a database at all)
-is moved aside, loudly, and a new one started; only a file of another
+is moved aside, loudly, and a new one started; only a file of a newer
 schema version, one holding another program's tables, or a path that
-cannot be opened stops start-up.
+cannot be opened stops start-up (an older schema is upgraded).
 
-How the facts are stored, memory in front of a file that never makes the
-reactor wait, is L{rosteradmin.statefile}'s job.
+How the facts are stored, memory in front of a storage that never makes
+the reactor wait, is an L{IStateStorage}'s job: an SQLite file
+(L{rosteradmin.statefile}) or a PostgreSQL database
+(L{rosteradmin.statepg}), which L{openStorage} picks by C{--state}.
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ def openStorage(path: str, clock: IReactorTime | None = None) -> IStateStorage:
 class SyncState:
     """
     The server roster versions and the pending users, in memory and in one
-    SQLite file (or in memory only, when no file is named: nothing then
-    survives a restart).
+    storage (or in memory only, when none is named: nothing then survives
+    a restart).
 
     @ivar remembersServer: Whether the file held server roster versions
         when it was opened: what the server stores is known from an

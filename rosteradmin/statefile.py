@@ -2,7 +2,8 @@
 """
 The state file: rows in SQLite, read once at start and written without
 ever making the reactor wait (L{rosteradmin.state.SyncState} keeps the
-facts; this module, how they are stored).
+facts; this module, the default L{IStateStorage}, how they are stored;
+L{rosteradmin.statestorage}, the tables and their schema upgrades).
 
 The reactor never waits on the file.  Everything is read once, at start,
 into memory, which answers every question from then on.  Each change is
@@ -81,7 +82,7 @@ class StateFile:
         """
         @param clock: Schedules retries of writes the file did not take;
             the global reactor if not given.
-        @raise StateError: The file cannot be opened, or holds another
+        @raise StateError: The file cannot be opened, or holds a newer
             schema or another program's tables.
         """
         self.path = path
@@ -302,7 +303,7 @@ def _connect(path: str) -> sqlite3.Connection:
     database of our schema, and make its connection never wait for a lock.
 
     @raise _Unreadable: SQLite cannot read it as a database.
-    @raise StateError: It cannot be opened or created, holds another
+    @raise StateError: It cannot be opened or created, holds a newer
         schema, or is not ours.
     """
     try:

@@ -248,6 +248,9 @@ class PostgreSQLState:
         return len(self._writing.keys() | self._unsaved.keys())
 
     def change(self, table: str, key: str, row: Row | None) -> None:
+        """
+        Queue one change (L{changes}).
+        """
         self.changes({(table, key): row})
 
     def changes(self, changes: Changes) -> None:
