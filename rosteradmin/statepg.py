@@ -222,7 +222,8 @@ class PostgreSQLState:
                     prepare(cursor, POSTGRESQL, found)
                 tables = readTables(cursor)
                 row = cursor.execute("SELECT value FROM meta WHERE key = 'holder'").fetchone()
-                holder = f"{socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                holder = f"{socket.gethostname()} pid {os.getpid()} since {since}"
                 cursor.execute(POSTGRESQL.upsert("meta"), ("holder", holder))
         except psycopg.Error as e:
             raise StateError(f"{self.path}: {_reason(e)}", transient=_isTransient(e)) from None

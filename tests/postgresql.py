@@ -68,7 +68,8 @@ class PostgreSQLServer:
 
     def _run(self, program: str, *args: str) -> None:
         command = [*self._user, str(self.bin / program), *args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=WAIT + 30)
+        # In its own directory: the unprivileged user may not enter ours.
+        done = subprocess.run(command, capture_output=True, text=True, timeout=WAIT + 30, cwd=self.directory)
         if done.returncode != 0:
             log = self.directory / "log"
             tail = log.read_text()[-2000:] if log.exists() else ""

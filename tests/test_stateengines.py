@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +256,10 @@ async def test_closeWithUnsavedChanges(backing: Backing) -> None:
     await last.close()
 
 
-def upgradeTo2(monkeypatch: pytest.MonkeyPatch, step: Callable[[statestorage.Cursor, statestorage.Dialect], None]) -> None:
+Step = Callable[[statestorage.Cursor, statestorage.Dialect], None]
+
+
+def upgradeTo2(monkeypatch: pytest.MonkeyPatch, step: Step) -> None:
     """
     Make this code's schema version 2, reached from 1 by C{step}.
     """
