@@ -84,8 +84,11 @@ _DEFAULTS = {"application_name": "rosteradmin",
              "tcp_user_timeout": str(int(STATEMENT_TIMEOUT * 1000))}
 
 #: SQLSTATE classes of errors that may clear up by themselves: connection
-#: exceptions, insufficient resources, the server starting or stopping.
-_TRANSIENT = ("08", "53", "57P")
+#: exceptions, rolled-back transactions (deadlock, serialization),
+#: insufficient resources, a lock not available, a statement cancelled
+#: (our timeout: another process holds the schema lock) or the server
+#: starting or stopping.
+_TRANSIENT = ("08", "40", "53", "55P03", "57")
 
 #: What the server says, refusing a connection, of refusals that pass
 #: (in its default English): starting, stopping, recovering, full.
