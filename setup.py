@@ -24,7 +24,13 @@ setup(
         "prometheus_client>=0.20",
     ],
     extras_require={
+        # --state postgresql://...: an extra, not a requirement, since the
+        # default SQLite file needs none, and the binary wheel brings its
+        # own libpq and OpenSSL to every install that would never use them.
+        "postgresql": ["psycopg[binary]>=3.1"],
         "test": [
+            # tests/test_stateengines.py runs every storage, PostgreSQL too.
+            "psycopg[binary]>=3.1",
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6",

@@ -34,6 +34,7 @@ from twisted.words.protocols.jabber.jid import JID
 from rosteradmin.roster import JID_ERRORS
 from rosteradmin.stanzalimit import MIN_MAX_STANZA_BYTES
 from rosteradmin.stanzas import roomNickname
+from rosteradmin.state import isPostgreSQL
 
 
 class ConfigError(Exception):
@@ -91,7 +92,7 @@ class Config:
     online_check_interval: float = field(default=600.0, metadata=_about("seconds between checks of online users' server rosters against the cache (no web-app fetch), repairing and pushing what changed behind our back; each costs one privileged read per online user"))
     sync_latency_target: float = field(default=0.05, metadata=_about("seconds of privileged reply latency background syncs may push the server to; their pace adapts to stay under it"))
     cache_max_contacts: int = field(default=1_000_000, metadata=_about("bound on the roster cache, in contacts: each cached user counts as its contacts plus 3, what a user costs even without contacts (measured in RSS: about 500 bytes a user, 300 a contact with 10 per user, 220 with 50; at the default, about 270 MB with 10 contacts per user); past it, offline users' rosters are dropped, least recently used first, and online users' stay (/healthz then says degraded)"))
-    state: str | None = field(default=None, metadata=_about("SQLite file keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"))
+    state: str | None = field(default=None, metadata=_about("SQLite file, or PostgreSQL database as a postgresql://user@host:port/dbname URL (password in ~/.pgpass or PGPASSFILE; needs rosteradmin[postgresql]), keeping what the server was made to hold and unfinished refreshes across restarts (none: kept in memory only)"))
     web_app_headers: Mapping[str, str] = field(default_factory=dict, metadata=_about("extra HTTP headers sent to the web app (TOML table only)", cli=False))
     roster_sync: str = field(default="privilege", metadata=_about("how rosters are written into the server: privilege (XEP-0356: Prosody) or ejabberd-api (ejabberd's mod_http_api, see contrib/ejabberd)"))
     ejabberd_api_url: str | None = field(default=None, metadata=_about("base URL of ejabberd's mod_http_api, e.g. http://127.0.0.1:5281/api (required with --roster-sync ejabberd-api); each call times out after --iq-timeout"))
@@ -301,7 +302,7 @@ def buildConfig(
                 raise ConfigError(f"--{setting.name}-file: expected a path")
             value = readFile(setting.name, value)
         values[setting.key] = _coerce(setting, value)
-    for check in (_checkIdentity, _checkURLs, _checkKick, _checkServer):
+    for check in (_checkIdentity, _checkURLs, _checkKick, _checkServer, _checkState):
         check(values)
     return Config(**values)
 
@@ -391,3 +392,25 @@ def _checkServer(values: dict[str, Any]) -> None:
     _checkURL("ejabberd-api-url", apiURL)
     if "xmpp_port" in values and values["xmpp_port"] > 65535:
         raise ConfigError(f"--xmpp-port: {values['xmpp_port']} is not a port number")
+
+
+def _checkState(values: dict[str, Any]) -> None:
+    """
+    C{--state} names an SQLite file, or a PostgreSQL database by a URL
+    libpq reads, with its driver installed.  The URL is never echoed: it
+    may hold a password.
+    """
+    state = values.get("state")
+    if state is None or "://" not in state:
+        return
+    if not isPostgreSQL(state):
+        raise ConfigError(f"--state: expected a file or a postgresql:// URL, got a {state.partition(':')[0]}: URL")
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError("--state: a postgresql:// URL needs the psycopg driver: "
+                          "pip install 'rosteradmin[postgresql]'") from None
+    try:
+        psycopg.conninfo.conninfo_to_dict(state)
+    except psycopg.ProgrammingError as e:
+        raise ConfigError(f"--state: not a PostgreSQL URL libpq reads ({str(e).strip()})") from None

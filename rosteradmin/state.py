@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_state -*-
 """
-What rosteradmin must remember across restarts, in SQLite.
+What rosteradmin must remember across restarts, in SQLite or PostgreSQL.
 
 The web app owns the rosters and the server stores them; rosteradmin holds
 only three facts of its own, and all must survive a crash:
@@ -19,12 +19,14 @@ only three facts of its own, and all must survive a crash:
 Losing the file loses no data: every user is then unknown, and the next
 full sync (or each user's next login) reads and rewrites the server's
 rosters.  So a file SQLite cannot read (corrupt, or not a database at all)
-is moved aside, loudly, and a new one started; only a file of another
+is moved aside, loudly, and a new one started; only a file of a newer
 schema version, one holding another program's tables, or a path that
-cannot be opened stops start-up.
+cannot be opened stops start-up (an older schema is upgraded).
 
-How the facts are stored, memory in front of a file that never makes the
-reactor wait, is L{rosteradmin.statefile}'s job.
+How the facts are stored, memory in front of a storage that never makes
+the reactor wait, is an L{IStateStorage}'s job: an SQLite file
+(L{rosteradmin.statefile}) or a PostgreSQL database
+(L{rosteradmin.statepg}), which L{openStorage} picks by C{--state}.
 """
 
 from __future__ import annotations
@@ -32,19 +34,45 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from rosteradmin.statefile import SCHEMA_VERSION, Row, StateError, StateFile
+from rosteradmin.statefile import StateFile
+from rosteradmin.statestorage import IStateStorage, Row, StateError
 
-__all__ = ["StateError", "SyncState"]
+__all__ = ["StateError", "SyncState", "isPostgreSQL", "openStorage"]
+
+
+def isPostgreSQL(path: str) -> bool:
+    """
+    Whether C{--state} names a PostgreSQL database (a C{postgresql://}
+    URL) rather than an SQLite file.
+    """
+    return path.startswith(("postgresql://", "postgres://"))
+
+
+def openStorage(path: str, clock: IReactorTime | None = None) -> IStateStorage:
+    """
+    The storage C{--state} names: a PostgreSQL database for a
+    C{postgresql://} URL (L{rosteradmin.statepg}), else an SQLite file
+    (L{rosteradmin.statefile}; C{":memory:"}: none).
+
+    @raise StateError: It cannot be opened.
+    """
+    if isPostgreSQL(path):
+        # Imported here: the driver is an optional dependency.
+        from rosteradmin.statepg import PostgreSQLState
+
+        return PostgreSQLState(path, clock)
+    return StateFile(path, clock)
 
 
 class SyncState:
     """
     The server roster versions and the pending users, in memory and in one
-    SQLite file (or in memory only, when no file is named: nothing then
-    survives a restart).
+    storage (or in memory only, when none is named: nothing then survives
+    a restart).
 
     @ivar remembersServer: Whether the file held server roster versions
         when it was opened: what the server stores is known from an
@@ -55,11 +83,13 @@ class SyncState:
 
     def __init__(self, path: str = ":memory:", clock: IReactorTime | None = None) -> None:
         """
-        @param path: The file, as L{StateFile} opens it.
-        @param clock: Retries what the file does not take (L{StateFile}).
-        @raise StateError: L{StateFile} cannot open the file.
+        @param path: The file or database, as L{openStorage} opens it.
+        @param clock: Retries what the storage does not take (and, for
+            PostgreSQL, the reactor whose threads write).
+        @raise StateError: The storage cannot be opened.
         """
-        self._file = StateFile(path, clock)
+        # The storage (named _file when it could only be one).
+        self._file = openStorage(path, clock)
         tables = self._file.tables
         self._server: dict[str, str] = dict(tables["server_rosters"])
         self._pending: dict[str, float] = dict(tables["pending"])
@@ -69,9 +99,6 @@ class SyncState:
             username: (frozenset(jids.split("\n")) if jids else frozenset(), version, since)
             for username, jids, version, since in tables["unpushed"]}
         self._meta: dict[str, str] = dict(tables["meta"])
-        if "schema" not in self._meta:
-            self._meta["schema"] = str(SCHEMA_VERSION)
-            self._file.change("meta", "schema", ("schema", str(SCHEMA_VERSION)))
         if self._file.marked:
             self._distrust()
             if not self._file.unsaved:
@@ -124,11 +151,12 @@ class SyncState:
         """
         return self._file.unsaved
 
-    def close(self) -> None:
+    def close(self) -> Deferred[None]:
         """
-        Write what the file has not taken yet, and close it.
+        Write what the storage has not taken yet, and close it (a network
+        storage may take a moment: the result fires once it is closed).
         """
-        self._file.close()
+        return self._file.close()
 
     def serverVersion(self, username: str) -> str | None:
         """

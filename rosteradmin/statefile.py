@@ -2,7 +2,8 @@
 """
 The state file: rows in SQLite, read once at start and written without
 ever making the reactor wait (L{rosteradmin.state.SyncState} keeps the
-facts; this module, how they are stored).
+facts; this module, the default L{IStateStorage}, how they are stored;
+L{rosteradmin.statestorage}, the tables and their schema upgrades).
 
 The reactor never waits on the file.  Everything is read once, at start,
 into memory, which answers every question from then on.  Each change is
@@ -31,41 +32,14 @@ import threading
 import time
 from typing import Any, cast
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS server_rosters (
-    username TEXT PRIMARY KEY,
-    version TEXT NOT NULL,
-    written_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pending (
-    username TEXT PRIMARY KEY,
-    since REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS doubted_clients (
-    username TEXT PRIMARY KEY,
-    version TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS unpushed (
-    username TEXT PRIMARY KEY,
-    jids TEXT NOT NULL,
-    version TEXT NOT NULL,
-    since REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
-"""
-
-#: Each table's key column: a change is a row to put under its key, or
-#: C{None} to delete it.
-_KEYS = {"server_rosters": "username", "pending": "username", "doubted_clients": "username",
-         "unpushed": "username", "meta": "key"}
+from rosteradmin.statestorage import (
+    SQLITE, TABLES, IStateStorage, Changes, Row, StateError, apply, needsWriting, prepare, readTables, schemaVersion,
+)
 
 #: Seconds start-up waits for another process's lock on the file.
 OPEN_TIMEOUT = 5.0
@@ -88,22 +62,7 @@ _UNREADABLE = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
 #: What SQLite says while another connection holds the lock.
 _LOCKED = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
 
-Row = tuple[object, ...]
-
-
-class StateError(Exception):
-    """
-    The state file cannot be opened or is not rosteradmin's.
-
-    @ivar transient: Whether it may clear up by itself (another process
-        held the lock throughout start-up).
-    """
-
-    def __init__(self, message: str, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
+@implementer(IStateStorage)
 class StateFile:
     """
     The rows of rosteradmin's tables, in one SQLite file (or in no file at
@@ -123,7 +82,7 @@ class StateFile:
         """
         @param clock: Schedules retries of writes the file did not take;
             the global reactor if not given.
-        @raise StateError: The file cannot be opened, or holds another
+        @raise StateError: The file cannot be opened, or holds a newer
             schema or another program's tables.
         """
         self.path = path
@@ -186,27 +145,21 @@ class StateFile:
         """
         Every table's rows, once, at start: memory answers from then on.
         """
-        tables: dict[str, list[Any]] = {table: [] for table in _KEYS}
         if self._db is None:
-            return tables
-        columns = {"server_rosters": "username, version", "pending": "username, since",
-                   "doubted_clients": "username, version", "unpushed": "username, jids, version, since",
-                   "meta": "key, value"}
+            return {table: [] for table in TABLES}
         try:
-            for table, selected in columns.items():
-                tables[table] = list(self._db.execute(f"SELECT {selected} FROM {table}"))
+            return readTables(self._db.cursor())
         except sqlite3.Error as e:
             raise StateError(f"{self.path}: {e}") from None
-        return tables
 
-    def close(self) -> None:
+    def close(self) -> Deferred[None]:
         """
         Write what the file has not taken yet, waiting a little for its
-        lock (this runs at shutdown), and close it.
+        lock (this runs at shutdown), and close it: done when this returns.
         """
         self._stopRetrying()
         if self._db is None:
-            return
+            return succeed(None)
         if self._unsaved:
             self._db.execute(f"PRAGMA busy_timeout = {int(CLOSE_TIMEOUT * 1000)}")
             self._save()
@@ -217,6 +170,7 @@ class StateFile:
                            why=self._failure)
         self._db.close()
         self._db = None
+        return succeed(None)
 
     def _stopRetrying(self) -> None:
         if self._retry is not None and self._retry.active():
@@ -249,7 +203,7 @@ class StateFile:
         """
         self.changes({(table, key): row})
 
-    def changes(self, changes: dict[tuple[str, str], Row | None]) -> None:
+    def changes(self, changes: Changes) -> None:
         """
         Write changes in one transaction, or keep them with the others
         waiting: a later change of the same row replaces an earlier one.
@@ -269,7 +223,7 @@ class StateFile:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                _apply(self._db, self._unsaved)
+                apply(self._db.cursor(), SQLITE, self._unsaved)
                 self._db.execute("COMMIT")
             finally:
                 if self._db.in_transaction:
@@ -349,7 +303,7 @@ def _connect(path: str) -> sqlite3.Connection:
     database of our schema, and make its connection never wait for a lock.
 
     @raise _Unreadable: SQLite cannot read it as a database.
-    @raise StateError: It cannot be opened or created, holds another
+    @raise StateError: It cannot be opened or created, holds a newer
         schema, or is not ours.
     """
     try:
@@ -364,14 +318,8 @@ def _connect(path: str) -> sqlite3.Connection:
         check = [str(row[0]) for row in db.execute("PRAGMA quick_check")]
         if check != ["ok"]:
             raise _Unreadable("; ".join(check[:3]))
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "meta" not in tables:
-            raise StateError(f"{path}: not a rosteradmin state file (it holds the tables {', '.join(sorted(tables))})")
-        if "meta" in tables:
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is not None and row[0] != str(SCHEMA_VERSION):
-                raise StateError(f"{path}: schema version {row[0]}, this rosteradmin reads {SCHEMA_VERSION}")
-        db.executescript(_SCHEMA)
+        if needsWriting(schemaVersion(db.cursor(), SQLITE, path), path):
+            _prepare(db, path)
         db.execute("PRAGMA busy_timeout = 0")
     except sqlite3.Error as e:
         db.close()
@@ -384,17 +332,22 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
-def _apply(db: sqlite3.Connection, changes: dict[tuple[str, str], Row | None]) -> None:
+def _prepare(db: sqlite3.Connection, path: str) -> None:
     """
-    Put or delete each changed row, inside the caller's transaction.
+    Create or upgrade the file's schema, in one transaction that waits for
+    the lock (another process creating or upgrading it at the same time
+    is then seen to have done it).
     """
-    for table, keyColumn in _KEYS.items():
-        rows = [row for (changed, _), row in changes.items() if changed == table and row is not None]
-        deleted = [(key,) for (changed, key), row in changes.items() if changed == table and row is None]
-        if rows:
-            db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
-        if deleted:
-            db.executemany(f"DELETE FROM {table} WHERE {keyColumn} = ?", deleted)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        cursor = db.cursor()
+        found = schemaVersion(cursor, SQLITE, path)
+        if needsWriting(found, path):
+            prepare(cursor, SQLITE, found)
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
 
 
 def _checkpoint(path: str) -> None:

@@ -8,7 +8,8 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 [ -e /usr/lib/prosody/modules/mod_delegation.lua ] \
     || [ -e /usr/lib/prosody/modules/mod_delegation/mod_delegation.lua ] || missing+=(prosody-modules)
 # Packages only the tests need (scripts/test.sh sets ROSTERADMIN_TEST_PACKAGES), such as
-# ejabberd for tests/integration/test_ejabberd.py.
+# ejabberd for tests/integration/test_ejabberd.py, or postgresql for the PostgreSQL state
+# (tests/test_stateengines.py starts its own server with the package's initdb and pg_ctl).
 read -ra testPackages <<< "${ROSTERADMIN_TEST_PACKAGES:-}"
 for package in "${testPackages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

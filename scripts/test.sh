@@ -9,8 +9,9 @@
 # The exit status is non-zero if any run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# ejabberd and chromium are for tests/integration/test_ejabberd.py and test_converse.py only: the demo does not install them.
-export ROSTERADMIN_TEST_PACKAGES="ejabberd chromium"   # chromium (+ npm, Converse.js) for tests/integration/test_converse.py
+# ejabberd and chromium are for tests/integration/test_ejabberd.py and test_converse.py only, postgresql for
+# tests/test_stateengines.py (its driver comes with .[test]): the demo does not install them.
+export ROSTERADMIN_TEST_PACKAGES="ejabberd chromium postgresql"   # chromium (+ npm, Converse.js) for tests/integration/test_converse.py
 ROSTERADMIN_PIP_TARGET=".[test]" source scripts/setup.sh
 
 # Skipped tests fail the run: a green run must have run the real server.

@@ -551,3 +551,20 @@ def test_domainTrailingDotDropped() -> None:
     config = buildConfig({"jid": "roster.example.org.", "secret": "s", "domain": "example.org.",
                           "roster_url": "http://w/%s", "no_kick": True}, environ={})
     assert (config.domain, config.jid) == ("example.org", "roster.example.org")
+
+
+def test_stateTakesAFileOrAPostgreSQLURL() -> None:
+    """
+    C{--state} is an SQLite file or a C{postgresql://} URL; another
+    scheme, or a URL libpq cannot read, is refused without echoing the
+    URL, which may hold a password.
+    """
+    assert build(None, state="/var/lib/rosteradmin/state.sqlite").state == "/var/lib/rosteradmin/state.sqlite"
+    url = "postgresql://rosteradmin:s3cret@db.example.org:5432/rosteradmin"
+    assert build(None, state=url).state == url
+    assert build(None, state="postgres://db/rosteradmin").state == "postgres://db/rosteradmin"
+    with pytest.raises(ConfigError, match="^--state: expected a file or a postgresql:// URL, got a mysql: URL$"):
+        build(None, state="mysql://u:s3cret@db/x")
+    with pytest.raises(ConfigError, match="^--state: not a PostgreSQL URL libpq reads") as e:
+        build(None, state="postgresql://u:s3cret@db/x?bogus=1")
+    assert "s3cret" not in str(e.value)

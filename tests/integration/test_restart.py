@@ -94,19 +94,23 @@ async def refreshAndCheck(service: RunningService, webapp: Any, sessions: Sessio
         assert all(p.getAttribute("from") in (None, f"{user}@example.org") for p in client.pushes)
 
 
-@pytest.mark.parametrize("keepState", [False, True], ids=["no-state", "state-file"])
+@pytest.mark.parametrize("keepState", ["", "file", "postgresql"], ids=["no-state", "state-file", "state-postgresql"])
 @pytest.mark.parametrize("changedWhile", ["stopped", "restarted"])
 @pytest_twisted.ensureDeferred
-async def test_refreshAfterRestartReachesEveryOnlineClient(prosody: Any, webapp: Any, clients: Any,
-                                                            changedWhile: str, keepState: bool) -> None:
+async def test_refreshAfterRestartReachesEveryOnlineClient(request: pytest.FixtureRequest, prosody: Any, webapp: Any,
+                                                            clients: Any, changedWhile: str, keepState: str) -> None:
     """
     Ten users online, each with the web app's roster; rosteradmin stops and
-    a new one starts against the same Prosody (and state file, if any);
-    every roster changes (while it is stopped, or once it runs again) and a
-    refresh of all ten pushes the change to all ten clients, and so does a
-    second change and refresh.
+    a new one starts against the same Prosody (and state file or
+    PostgreSQL database, if any); every roster changes (while it is
+    stopped, or once it runs again) and a refresh of all ten pushes the
+    change to all ten clients, and so does a second change and refresh.
     """
-    args = ["--state", str(prosody.tempDir / "rosteradmin-state.sqlite")] if keepState else []
+    args = []
+    if keepState == "file":
+        args = ["--state", str(prosody.tempDir / "rosteradmin-state.sqlite")]
+    elif keepState == "postgresql":
+        args = ["--state", request.getfixturevalue("postgresql").newDatabase()]
     for user in EXTRA_USERS:
         prosody.addAccount(user, PASSWORD)
     for index, user in enumerate(ONLINE):

@@ -1,0 +1,389 @@
+# -*- test-case-name: tests.test_stateengines -*-
+"""
+The state in a PostgreSQL database (C{--state postgresql://...}), written
+without ever making the reactor wait on the network.
+
+The driver is psycopg 3: the maintained successor of psycopg2 (which only
+gets fixes now), typed, with its own libpq in the C{psycopg[binary]} wheel
+(Debian packages it too, as C{python3-psycopg}).  It is used blocking, from
+one thread of our own (a one-thread L{ThreadPool} through
+L{deferToThreadPool}), on one connection: that keeps batches in order,
+one transaction each, with nothing to coordinate.  Its asyncio mode would
+need Twisted's asyncio reactor, and the Twisted-native drivers (txpostgres
+over psycopg2's async mode) are unmaintained; L{twisted.enterprise.adbapi}
+spreads its work over a pool of threads, which would reorder batches.
+
+Start-up, in L{PostgreSQLState}'s constructor before the reactor runs,
+connects, creates or upgrades the schema
+(L{rosteradmin.statestorage.prepare}) under an advisory lock, and reads
+every table, all bounded by L{CONNECT_TIMEOUT} and L{STATEMENT_TIMEOUT};
+a server that does not answer is a transient L{StateError} (systemd
+restarts us), a refused login or a missing database a configuration one.
+From then on each batch of changes is queued in memory and written in the
+background, in order; while the server is down or refuses, the changes
+wait (a later change of a row replacing an earlier one), are retried with
+a backoff capped at L{RETRY_MAX_DELAY} on a new connection, and
+L{PostgreSQLState.problem} says why.
+
+What replaces the SQLite file's C{.unsaved} marker: the C{meta} row
+C{holder}, written in the start-up transaction and deleted in the same
+transaction as the last changes at a clean close.  A marker written only
+once a write fails, as the file's, cannot work here: the writes it would
+mark are the ones the server is not taking, and every change spends a
+moment in flight, so a crash (or a C{kill -9}) may lose changes whatever
+was written.  So the row says "a process may have changes of its own not
+written yet", from start to a close that wrote them all; a start that
+finds it (the previous process crashed, or closed with changes the
+server never took) is L{PostgreSQLState.marked}: it trusts no stored
+version and refreshes every user, as after an unsaved SQLite file.  The
+cost is that refresh after every crash, even one that lost nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from rosteradmin.statestorage import (
+    POSTGRESQL, IStateStorage, Changes, Row, StateError, apply, needsWriting, prepare, readTables, schemaVersion,
+)
+
+#: Seconds to wait for the server to accept a connection, and at shutdown.
+CONNECT_TIMEOUT = 5
+CLOSE_CONNECT_TIMEOUT = 2  # libpq's least
+
+#: Seconds one statement (the server's C{statement_timeout}, C{COMMIT}
+#: included) or unacknowledged data on the wire (C{tcp_user_timeout}) may
+#: take before the write is given up and retried.
+STATEMENT_TIMEOUT = 10.0
+
+#: Seconds between attempts to write changes the server did not take, at
+#: first and at most.
+RETRY_DELAY = 0.5
+RETRY_MAX_DELAY = 5.0
+
+#: The advisory lock held while the schema is created or upgraded, so
+#: that two processes starting at once do it once.
+SCHEMA_LOCK = 0x726F7374  # "rost"
+
+#: Connection parameters the URL may override.
+_DEFAULTS = {"application_name": "rosteradmin",
+             "keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2", "keepalives_count": "3",
+             "tcp_user_timeout": str(int(STATEMENT_TIMEOUT * 1000))}
+
+#: SQLSTATE classes of errors that may clear up by themselves: connection
+#: exceptions, rolled-back transactions (deadlock, serialization),
+#: insufficient resources, a lock not available, a statement cancelled
+#: (our timeout: another process holds the schema lock) or the server
+#: starting or stopping.
+_TRANSIENT = ("08", "40", "53", "55P03", "57")
+
+#: What the server says, refusing a connection, of refusals that pass
+#: (in its default English): starting, stopping, recovering, full.
+_PASSING = ("the database system is", "too many clients", "remaining connection slots")
+
+
+def redacted(url: str) -> str:
+    """
+    The URL without its password, to name the database in logs and errors.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")
+    if netloc[1]:
+        netloc = (netloc[0].partition(":")[0], "@", netloc[2])
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return urlunsplit(parts._replace(netloc="".join(netloc), query=query))
+
+
+def _reason(e: BaseException) -> str:
+    """
+    The first line of a driver error (libpq adds hints on further lines).
+    """
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _connect(url: str, name: str, connectTimeout: int | None = None) -> psycopg.Connection[Any]:
+    """
+    A connection whose every statement is bounded by L{STATEMENT_TIMEOUT}.
+
+    @param connectTimeout: Seconds to wait for it; L{CONNECT_TIMEOUT} if
+        not given.
+    @raise StateError: The server cannot be reached or refuses us.
+    """
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    defaults = {**_DEFAULTS, "connect_timeout": str(connectTimeout or CONNECT_TIMEOUT)}
+    try:
+        conninfo = psycopg.conninfo.make_conninfo(url, **{k: v for k, v in defaults.items() if k not in given})
+        db = psycopg.connect(conninfo, autocommit=True)
+        db.execute(f"SET statement_timeout = {int(STATEMENT_TIMEOUT * 1000)}")
+    except psycopg.Error as e:
+        raise StateError(f"{name}: {_reason(e)}", transient=_isTransient(e)) from None
+    return db
+
+
+def _isTransient(e: psycopg.Error) -> bool:
+    """
+    Whether an error may clear up by itself: one of L{_TRANSIENT}'s, or,
+    at connection time (libpq gives no SQLSTATE then), no answer from the
+    server or a refusal of L{_PASSING}'s; a refused login or a missing
+    database will not.
+    """
+    if e.sqlstate is not None:
+        return e.sqlstate.startswith(_TRANSIENT)
+    message = str(e)
+    return "FATAL:" not in message or any(passing in message for passing in _PASSING)
+
+
+def _transaction(db: psycopg.Connection[Any], batch: Changes, final: bool) -> None:
+    """
+    Write a batch in one transaction; the last one also deletes this
+    process's C{holder} row.
+    """
+    with db.transaction():
+        cursor = db.cursor()
+        apply(cursor, POSTGRESQL, batch)
+        if final:
+            cursor.execute("DELETE FROM meta WHERE key = 'holder'")
+
+
+@implementer(IStateStorage)
+class PostgreSQLState:
+    """
+    The rows of rosteradmin's tables, in a PostgreSQL database.
+
+    @ivar path: The database URL, without its password.
+    @ivar tables: Every table's rows as read at start.
+    @ivar marked: Whether a C{holder} row was found at start: the previous
+        process did not close cleanly.
+    @ivar movedAside: Always C{None}: a database is never moved aside.
+    """
+
+    log = Logger()
+    movedAside = None
+
+    def __init__(self, url: str, reactor: IReactorTime | None = None) -> None:
+        """
+        @param url: A C{postgresql://} URL, as libpq reads it (a password
+            is better kept in C{PGPASSFILE} or C{~/.pgpass} than here).
+        @param reactor: Schedules retries and runs the writing thread's
+            results; the global reactor if not given.
+        @raise StateError: The database cannot be reached, refuses us,
+            holds a newer schema or tables of another program.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = cast(IReactorTime, globalReactor)
+        self.path = redacted(url)
+        self._url = url
+        self._clock = reactor
+        self._reactor = cast(IReactorFromThreads, reactor)
+        self._unsaved: dict[tuple[str, str], Row | None] = {}
+        self._writing: Changes = {}
+        self._written: Deferred[None] | None = None
+        self._retry: IDelayedCall | None = None
+        self._retryDelay = RETRY_DELAY
+        self._failure: str | None = None
+        self._failingSince = 0.0
+        self._closed = False
+        self._db: psycopg.Connection[Any] | None = _connect(url, self.path)
+        try:
+            self.tables, holder = self._start(self._db)
+        except BaseException:
+            self._db.close()
+            raise
+        self.marked = holder is not None
+        if holder is not None:
+            self.log.warn("state database {path}: its previous holder ({holder}) did not close it cleanly; "
+                          "changes it made may be missing", path=self.path, holder=holder)
+        self._pool = ThreadPool(1, 1, "rosteradmin-state-postgresql")
+        self._pool.start()
+
+    def _start(self, db: psycopg.Connection[Any]) -> tuple[dict[str, list[Any]], str | None]:
+        """
+        Create or upgrade the schema, read every table and the previous
+        holder, and become the holder, in one transaction.
+        """
+        try:
+            with db.transaction():
+                cursor = db.cursor()
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                found = schemaVersion(cursor, POSTGRESQL, self.path)
+                if needsWriting(found, self.path):
+                    prepare(cursor, POSTGRESQL, found)
+                tables = readTables(cursor)
+                row = cursor.execute("SELECT value FROM meta WHERE key = 'holder'").fetchone()
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                holder = f"{socket.gethostname()} pid {os.getpid()} since {since}"
+                cursor.execute(POSTGRESQL.upsert("meta"), ("holder", holder))
+        except psycopg.Error as e:
+            raise StateError(f"{self.path}: {_reason(e)}", transient=_isTransient(e)) from None
+        return tables, None if row is None else str(row[0])
+
+    @property
+    def problem(self) -> str | None:
+        """
+        Why changes are waiting in memory for the server to take them, or
+        C{None} when everything is written.
+        """
+        if self._failure is None:
+            return None
+        since = time.strftime("%H:%M:%S", time.gmtime(self._failingSince))
+        return (f"cannot write {self.path} since {since} UTC: {self._failure}; "
+                f"{self.unsaved} changes kept in memory, retrying")
+
+    @property
+    def unsaved(self) -> int:
+        """
+        Changes not written yet: waiting, or in the transaction under way.
+        """
+        return len(self._writing.keys() | self._unsaved.keys())
+
+    def change(self, table: str, key: str, row: Row | None) -> None:
+        """
+        Queue one change (L{changes}).
+        """
+        self.changes({(table, key): row})
+
+    def changes(self, changes: Changes) -> None:
+        """
+        Queue changes; they are written in the background, in order.
+        """
+        if self._closed or not changes:
+            return
+        self._unsaved.update(changes)
+        self._flush()
+
+    def unmark(self) -> None:
+        """
+        Nothing to remove: this process's own C{holder} row replaced the
+        previous one at start.
+        """
+        self.marked = False
+
+    def _flush(self) -> None:
+        """
+        Write everything waiting in one transaction, unless one is under way
+        (its end writes what came meanwhile) or a retry is due.
+        """
+        if self._written is not None or self._retry is not None or not self._unsaved:
+            return
+        batch, self._unsaved = self._unsaved, {}
+        self._writing = batch
+        written = deferToThreadPool(self._reactor, self._pool, self._write, batch, final=False)
+        self._written = written.addCallbacks(self._wrote, self._notWritten, errbackArgs=(batch,))
+
+    def _write(self, batch: Changes, final: bool) -> None:
+        """
+        In the writing thread: write a batch in one transaction (the last
+        one, at close, also ends this process's hold), on a new connection
+        if there is none.  A connection found lost (the server restarted
+        since the last write) is replaced and the batch written again at
+        once: a batch puts and deletes rows to their final values, so
+        writing it twice (its first C{COMMIT} may have reached the server)
+        changes nothing.
+        """
+        timeout = CLOSE_CONNECT_TIMEOUT if final else None
+        fresh = self._db is None or self._db.closed
+        if self._db is None or self._db.closed:
+            self._db = None
+            self._db = _connect(self._url, self.path, timeout)
+        try:
+            _transaction(self._db, batch, final)
+        except psycopg.OperationalError:
+            if not self._db.broken:
+                raise
+            self._db.close()
+            if fresh:
+                raise
+            self._db = None
+            self._db = _connect(self._url, self.path, timeout)
+            _transaction(self._db, batch, final)
+
+    def _wrote(self, _: None) -> None:
+        self._written = None
+        self._writing = {}
+        if self._failure is not None:
+            self.log.info("state database {path} written again after {elapsed:.1f} s", path=self.path,
+                          elapsed=time.time() - self._failingSince)
+            self._failure = None
+            self._retryDelay = RETRY_DELAY
+        if not self._closed:
+            self._flush()
+
+    def _notWritten(self, failure: Failure, batch: Changes) -> None:
+        """
+        Keep the batch, under what came meanwhile, and try again later.
+        """
+        self._written = None
+        self._writing = {}
+        self._unsaved = {**batch, **self._unsaved}
+        if not failure.check(psycopg.Error, StateError):
+            self.log.failure("writing state database {path}", failure, path=self.path)
+        why = _reason(cast(BaseException, failure.value))
+        if self._failure is None:
+            self._failingSince = time.time()
+            self.log.error("cannot write state database {path}: {why}; keeping its changes in memory until it can",
+                           path=self.path, why=why)
+        self._failure = why
+        if not self._closed:
+            self._retry = self._clock.callLater(self._retryDelay, self._retrySave)
+            self._retryDelay = min(self._retryDelay * 2, RETRY_MAX_DELAY)
+
+    def _retrySave(self) -> None:
+        self._retry = None
+        self._flush()
+
+    def close(self) -> Deferred[None]:
+        """
+        Let the transaction under way end, write what waits with a last
+        chance (connecting within L{CLOSE_CONNECT_TIMEOUT}) and end this
+        process's hold in the same transaction, then close.  If the server
+        does not take it, the loss is logged and the C{holder} row stays:
+        the next start trusts no version.
+        """
+        return ensureDeferred(self._close())
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._written is not None:
+            await self._written
+        batch = self._unsaved
+        try:
+            await deferToThreadPool(self._reactor, self._pool, self._finish, batch)
+        except (psycopg.Error, StateError) as e:
+            self.log.error("state database {path}: {count} changes not written at shutdown ({why}); "
+                           "the next start refreshes every user", path=self.path, count=len(batch), why=_reason(e))
+        else:
+            self._unsaved = {}
+        finally:
+            self._pool.stop()
+
+    def _finish(self, batch: Changes) -> None:
+        """
+        In the writing thread: the last transaction, then the connection's
+        end.
+        """
+        try:
+            self._write(batch, final=True)
+        finally:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

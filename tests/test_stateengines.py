@@ -1,0 +1,440 @@
+"""
+The contract of L{rosteradmin.statestorage.IStateStorage}, run against
+both storages: an SQLite file (L{rosteradmin.statefile}) and a private
+PostgreSQL database (L{rosteradmin.statepg}, on the C{postgresql}
+fixture's server).  A storage that "refuses writes" is, for SQLite, a
+file whose lock another connection holds, and for PostgreSQL a stopped
+server.  Then the tests of what only one of them does.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.logger import capturedLogs, formatEvent
+
+from rosteradmin import statefile, statepg, statestorage
+from rosteradmin.state import SyncState, openStorage
+from rosteradmin.statestorage import IStateStorage, StateError
+from tests.postgresql import PostgreSQLServer
+
+
+class Backing:
+    """
+    Where a storage under test keeps its rows, and how to make it refuse
+    writes.
+
+    @ivar url: What C{--state} would say.
+    """
+
+    url: str
+
+    def sql(self, statement: str, parameters: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """
+        Run one statement on a connection of the test's own, committed.
+        """
+        raise NotImplementedError
+
+    def refuseWrites(self) -> None:
+        raise NotImplementedError
+
+    def allowWrites(self) -> None:
+        raise NotImplementedError
+
+    def open(self) -> IStateStorage:
+        return openStorage(self.url, reactor)
+
+
+class SQLiteBacking(Backing):
+    def __init__(self, path: Path) -> None:
+        self.url = str(path)
+        self._holder: sqlite3.Connection | None = None
+
+    def sql(self, statement: str, parameters: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(self.url, isolation_level=None)
+        try:
+            return list(db.execute(statement.replace("%s", "?"), parameters))
+        finally:
+            db.close()
+
+    def refuseWrites(self) -> None:
+        self._holder = sqlite3.connect(self.url, isolation_level=None)
+        self._holder.execute("BEGIN IMMEDIATE")
+
+    def allowWrites(self) -> None:
+        assert self._holder is not None
+        self._holder.rollback()
+        self._holder.close()
+
+
+class PostgreSQLBacking(Backing):
+    def __init__(self, server: PostgreSQLServer) -> None:
+        self.server = server
+        self.url = server.newDatabase()
+
+    def sql(self, statement: str, parameters: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as db:
+            cursor = db.execute(statement, parameters)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def refuseWrites(self) -> None:
+        self.server.stop()
+
+    def allowWrites(self) -> None:
+        self.server.start()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backing(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backing]:
+    """
+    Each storage in turn, new and empty, retrying every 0.1 s at most.
+    """
+    for module in (statefile, statepg):
+        monkeypatch.setattr(module, "RETRY_DELAY", 0.05)
+        monkeypatch.setattr(module, "RETRY_MAX_DELAY", 0.1)
+    if request.param == "sqlite":
+        yield SQLiteBacking(tmp_path / "state.sqlite")
+    else:
+        server: PostgreSQLServer = request.getfixturevalue("postgresql")
+        yield PostgreSQLBacking(server)
+        if not (server.directory / "data" / "postmaster.pid").exists():
+            server.start()  # a failed test left it stopped
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """
+    Let the reactor run until C{condition} holds.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+        await deferLater(reactor, 0.02)
+
+
+async def written(storage: IStateStorage) -> None:
+    await until(lambda: storage.unsaved == 0 and storage.problem is None, "written")
+
+
+EVERY_TABLE: dict[tuple[str, str], statestorage.Row | None] = {
+    ("server_rosters", "alice"): ("alice", "v1", 1.5),
+    ("pending", "bob"): ("bob", 2.25),
+    ("doubted_clients", "carol"): ("carol", "v3"),
+    ("unpushed", "dave"): ("dave", "a@example.org\nb@example.org", "v4", 3.0),
+    ("meta", "sync_running"): ("sync_running", "full"),
+}
+
+READ_BACK = {
+    "server_rosters": [("alice", "v1")],
+    "pending": [("bob", 2.25)],
+    "doubted_clients": [("carol", "v3")],
+    "unpushed": [("dave", "a@example.org\nb@example.org", "v4", 3.0)],
+    "meta": [("sync_running", "full")],
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_everyTableReadBackAfterRestart(backing: Backing) -> None:
+    """
+    A row of every table, written in one batch, is what a new storage on
+    the same database reads at start; the storage's own rows (the schema
+    version, PostgreSQL's holder) are not handed up.
+    """
+    storage = backing.open()
+    assert storage.tables == {table: [] for table in statestorage.TABLES} and not storage.marked
+    storage.changes(EVERY_TABLE)
+    await written(storage)
+    await storage.close()
+    again = backing.open()
+    assert again.tables == READ_BACK and not again.marked and again.movedAside is None
+    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [(str(statestorage.SCHEMA_VERSION),)]
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_laterChangeReplacesEarlier(backing: Backing) -> None:
+    """
+    Batches are written in order: a later change of a row wins over an
+    earlier one, a deletion included, whether each was written at once or
+    all waited together.
+    """
+    storage = backing.open()
+    storage.change("server_rosters", "alice", ("alice", "v1", 1.0))
+    storage.change("server_rosters", "bob", ("bob", "v1", 1.0))
+    storage.change("server_rosters", "alice", ("alice", "v2", 2.0))
+    storage.change("server_rosters", "bob", None)
+    storage.changes({("pending", "carol"): ("carol", 1.0), ("pending", "dave"): ("dave", 1.0)})
+    storage.change("pending", "carol", None)
+    await written(storage)
+    await storage.close()
+    again = backing.open()
+    assert again.tables["server_rosters"] == [("alice", "v2")] and again.tables["pending"] == [("dave", 1.0)]
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusedWritesKeptThenWrittenInOrder(backing: Backing) -> None:
+    """
+    While the storage refuses writes, changes return at once, are kept
+    and counted, and C{problem} says why, logged once; once it takes
+    writes again everything is written, the latest change of each row
+    winning, and the problem clears with a log line.
+    """
+    storage = backing.open()
+    storage.change("server_rosters", "carol", ("carol", "v0", 0.0))
+    await written(storage)
+    backing.refuseWrites()
+    try:
+        started = time.monotonic()
+        with capturedLogs() as events:
+            for n in range(50):
+                storage.change("pending", f"user{n}", (f"user{n}", float(n)))
+                storage.change("server_rosters", "alice", ("alice", f"v{n}", float(n)))
+            storage.change("server_rosters", "carol", None)
+            storage.change("pending", "user7", None)
+            elapsed = time.monotonic() - started
+            await until(lambda: storage.problem is not None, "a problem")
+            await deferLater(reactor, 0.3)  # a few retries, all refused
+        assert elapsed < 0.2, f"changes took {elapsed:.3f} s while writes were refused"
+        assert storage.unsaved >= 50 and storage.problem is not None
+        assert f"{storage.unsaved} changes kept in memory, retrying" in storage.problem
+        assert len([e for e in events if "cannot write state" in formatEvent(e)]) == 1
+    finally:
+        backing.allowWrites()
+    with capturedLogs() as events:
+        await written(storage)
+    assert any("written again after" in formatEvent(e) for e in events)
+    await storage.close()
+    again = backing.open()
+    assert again.tables["server_rosters"] == [("alice", "v49")]
+    assert sorted(again.tables["pending"]) == sorted((f"user{n}", float(n)) for n in range(50) if n != 7)
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_closeWithUnsavedChanges(backing: Backing) -> None:
+    """
+    Closing while the storage refuses writes ends at once, logs what is
+    lost and leaves the mark: the next start is C{marked}, and a
+    L{SyncState} on it trusts no stored version and makes every user it
+    knew pending.  A clean close after that leaves no mark.
+    """
+    state = SyncState(backing.url, reactor)
+    state.recordServer("alice", "v1")
+    state.recordServer("bob", "v1")
+    await until(lambda: state.unsaved == 0, "written")
+    backing.refuseWrites()
+    try:
+        with capturedLogs() as events:
+            state.forgetServer("alice")
+            started = time.monotonic()
+            await state.close()
+        assert time.monotonic() - started < statepg.CLOSE_CONNECT_TIMEOUT + 1
+        assert any("1 changes not written at shutdown" in formatEvent(e) for e in events)
+        assert state.unsaved == 1
+    finally:
+        backing.allowWrites()
+    with capturedLogs() as events:
+        again = SyncState(backing.url, reactor)
+    assert again.serverVersion("alice") is None and again.serverVersion("bob") is None
+    assert not again.remembersServer and again.pending() == ["alice", "bob"]
+    assert any("refreshing and reading back every user it knew (2)" in formatEvent(e) for e in events)
+    await until(lambda: again.unsaved == 0, "written")
+    await again.close()
+    last = backing.open()
+    assert not last.marked and sorted(row[0] for row in last.tables["pending"]) == ["alice", "bob"]
+    await last.close()
+
+
+Step = Callable[[statestorage.Cursor, statestorage.Dialect], None]
+
+
+def upgradeTo2(monkeypatch: pytest.MonkeyPatch, step: Step) -> None:
+    """
+    Make this code's schema version 2, reached from 1 by C{step}.
+    """
+    monkeypatch.setattr(statestorage, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(statestorage, "UPGRADES", {1: step})
+
+
+def addNotes(db: statestorage.Cursor, dialect: statestorage.Dialect) -> None:
+    db.execute("CREATE TABLE notes (username TEXT PRIMARY KEY, note TEXT NOT NULL)")
+    db.execute(f"INSERT INTO notes VALUES ({dialect.placeholder}, {dialect.placeholder})", ("alice", dialect.name))
+
+
+@pytest_twisted.ensureDeferred
+async def test_olderSchemaUpgradedOnce(backing: Backing, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A database of schema version 1, opened by code of version 2, gets the
+    upgrade step once, at start, keeping its rows; the version is
+    recorded.
+    """
+    storage = backing.open()
+    storage.changes(EVERY_TABLE)
+    await written(storage)
+    await storage.close()
+    upgradeTo2(monkeypatch, addNotes)
+    upgraded = backing.open()
+    assert upgraded.tables == READ_BACK
+    await upgraded.close()
+    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [("2",)]
+    kind = "sqlite" if isinstance(backing, SQLiteBacking) else "postgresql"
+    assert backing.sql("SELECT username, note FROM notes") == [("alice", kind)]
+    await backing.open().close()  # the step would fail if run again: the table exists
+    assert backing.sql("SELECT count(*) FROM notes") == [(1,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_failedUpgradeChangesNothing(backing: Backing, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    An upgrade step that fails half-way stops start-up and leaves the
+    database as it was: the step runs in the start's transaction.
+    """
+    await backing.open().close()
+
+    def halfway(db: statestorage.Cursor, dialect: statestorage.Dialect) -> None:
+        addNotes(db, dialect)
+        db.execute("SELECT * FROM no_such_table")
+
+    upgradeTo2(monkeypatch, halfway)
+    with pytest.raises(StateError, match="no_such_table"):
+        backing.open()
+    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [("1",)]
+    with pytest.raises(Exception, match="notes"):
+        backing.sql("SELECT * FROM notes")
+
+
+@pytest_twisted.ensureDeferred
+async def test_newerSchemaRefused(backing: Backing) -> None:
+    """
+    A database of a newer schema version is refused with its version,
+    not transient, and left untouched.
+    """
+    await backing.open().close()
+    backing.sql("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    before = backing.sql("SELECT key, value FROM meta ORDER BY key")
+    with pytest.raises(StateError, match="schema version 2, this rosteradmin reads 1") as caught:
+        backing.open()
+    assert not caught.value.transient
+    assert backing.sql("SELECT key, value FROM meta ORDER BY key") == before
+
+
+def test_sqliteFileOfTheFirstSchemaOpens(tmp_path: Path) -> None:
+    """
+    A file as the first rosteradmin wrote it (its DDL, C{INSERT OR
+    REPLACE}, the schema row written by the state, or missing when that
+    write failed) opens and reads at version 1.
+    """
+    for schemaRow in (True, False):
+        path = tmp_path / f"old-{schemaRow}.sqlite"
+        db = sqlite3.connect(path)
+        db.executescript("""
+            CREATE TABLE server_rosters (username TEXT PRIMARY KEY, version TEXT NOT NULL,
+                                         written_at REAL NOT NULL) WITHOUT ROWID;
+            CREATE TABLE pending (username TEXT PRIMARY KEY, since REAL NOT NULL) WITHOUT ROWID;
+            CREATE TABLE doubted_clients (username TEXT PRIMARY KEY, version TEXT NOT NULL) WITHOUT ROWID;
+            CREATE TABLE unpushed (username TEXT PRIMARY KEY, jids TEXT NOT NULL, version TEXT NOT NULL,
+                                   since REAL NOT NULL) WITHOUT ROWID;
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+            INSERT OR REPLACE INTO server_rosters VALUES ('alice', 'v1', 1.0);
+            INSERT OR REPLACE INTO pending VALUES ('bob', 2.0);
+        """)
+        if schemaRow:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', '1')")
+        db.commit()
+        db.close()
+        state = SyncState(str(path))
+        assert state.serverVersion("alice") == "v1" and state.pending() == ["bob"]
+        state.close()
+        assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [("1",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresqlCrashLeavesItsHold(postgresql: PostgreSQLServer) -> None:
+    """
+    A process that ends without closing (killed, with every change
+    written as far as it knows) leaves its C{holder} row: a write may
+    have been in flight, so the next start is C{marked}.  The holder is
+    named in the warning.
+    """
+    backing = PostgreSQLBacking(postgresql)
+    storage = backing.open()
+    storage.change("server_rosters", "alice", ("alice", "v1", 1.0))
+    await written(storage)
+    assert [row[0] for row in backing.sql("SELECT key FROM meta ORDER BY key")] == ["holder", "schema"]
+    backing.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'rosteradmin'")
+    with capturedLogs() as events:
+        again = backing.open()
+    assert again.marked and again.tables["server_rosters"] == [("alice", "v1")]
+    assert any(" pid " in formatEvent(e) and "did not close it cleanly" in formatEvent(e) for e in events)
+    await again.close()
+    last = backing.open()
+    assert not last.marked
+    await last.close()
+    with capturedLogs():
+        await storage.close()  # the killed process's thread, stopped here
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresqlStatementTimeout(postgresql: PostgreSQLServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A write stuck behind another session's lock is cancelled by the
+    statement timeout, kept and retried, and written once the lock goes.
+    """
+    import psycopg
+
+    monkeypatch.setattr(statepg, "STATEMENT_TIMEOUT", 0.3)
+    monkeypatch.setattr(statepg, "RETRY_MAX_DELAY", 0.1)
+    backing = PostgreSQLBacking(postgresql)
+    storage = backing.open()
+    holder = psycopg.connect(backing.url)
+    holder.execute("LOCK TABLE pending IN ACCESS EXCLUSIVE MODE")
+    try:
+        with capturedLogs():
+            storage.change("pending", "alice", ("alice", 1.0))
+            await until(lambda: storage.problem is not None, "a problem")
+        assert "statement timeout" in (storage.problem or "") and storage.unsaved == 1
+    finally:
+        holder.rollback()
+        holder.close()
+    with capturedLogs():
+        await written(storage)
+    await storage.close()
+    assert backing.sql("SELECT username FROM pending") == [("alice",)]
+
+
+def test_postgresqlConnectTimeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A server that accepts the connection and never answers is given up
+    after the connect timeout, as a transient error (systemd restarts).
+    """
+    monkeypatch.setattr(statepg, "CONNECT_TIMEOUT", 2)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        started = time.monotonic()
+        with pytest.raises(StateError, match="timeout") as caught:
+            openStorage(f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/db", reactor)
+    assert caught.value.transient and time.monotonic() - started < 4
+
+
+def test_postgresqlRefusalsNameTheDatabaseWithoutPassword(postgresql: PostgreSQLServer) -> None:
+    """
+    A database that does not exist is a configuration error (not
+    transient), and the URL named in it has no password.
+    """
+    url = postgresql.url("missing").replace("rosteradmin@", "rosteradmin:s3cret@") + "?password=s3cret"
+    with pytest.raises(StateError, match="missing") as caught:
+        openStorage(url, reactor)
+    assert not caught.value.transient and "s3cret" not in str(caught.value)
+    assert statepg.redacted(url) == postgresql.url("missing")
