@@ -223,6 +223,114 @@ class SetAside:
         self._deadline = None
 
 
+class Interest:
+    """
+    Which resources of each user are followed: each that sent available
+    presence or was answered its roster (by us, or by the server itself, as
+    the module's session notices tell), until it goes offline, gives way to
+    newer sessions that sent no presence, or is given up.  Over a loss of
+    our stream, the available ones are set aside (L{SetAside}).
+    """
+
+    def __init__(self, clock: IReactorTime, pushedBefore: Callable[[str], frozenset[str]],
+                 left: Callable[[str, Device, str], None]) -> None:
+        """
+        @param pushedBefore: A user's contacts pushed before our restart,
+            maybe not answered: dirty on a device new to us.
+        @param left: Called with each device no longer followed, once it
+            is no longer among the user's, and why.
+        """
+        self._pushedBefore = pushedBefore
+        self._left = left
+        self._devices: dict[str, dict[str, Device]] = {}
+        self._setAside = SetAside(clock, self._notReplayed)
+
+    def of(self, username: str) -> dict[str, Device]:
+        """
+        The user's followed devices by full JID (not to be changed).
+        """
+        return self._devices.get(username, {})
+
+    def everyDevice(self) -> list[Device]:
+        """
+        Every followed device, of every user (not those set aside).
+        """
+        return [device for devices in self._devices.values() for device in devices.values()]
+
+    def follows(self, username: str, device: Device) -> bool:
+        return self.of(username).get(device.jid) is device
+
+    def aside(self, username: str, device: Device | None = None) -> bool:
+        """
+        Whether a device of the user (this one, if given) is set aside.
+        """
+        return self._setAside.holds(username, device)
+
+    def anyOf(self, username: str) -> bool:
+        """
+        Whether a device of the user is followed or set aside.
+        """
+        return bool(self._devices.get(username)) or self._setAside.holds(username)
+
+    def device(self, username: str, resource: str, available: bool) -> Device:
+        """
+        The device of a resource, followed from now on.
+        """
+        devices = self._devices.setdefault(username, {})
+        device = devices.get(resource)
+        if device is None:
+            device = self._setAside.restore(username, resource)
+            if device is None:
+                device = Device(resource, available)
+                # Pushed before our restart, maybe not answered.
+                device.dirty.update(self._pushedBefore(username))
+            devices[resource] = device
+            if not available:
+                self._boundSilent(username, devices)
+        device.available = device.available or available
+        return device
+
+    def _boundSilent(self, username: str, devices: dict[str, Device]) -> None:
+        silent = [jid for jid, d in devices.items() if not d.available]
+        for jid in silent[:-MAX_SILENT_DEVICES]:
+            self._left(username, devices.pop(jid), "gave way to newer sessions that sent no presence")
+
+    def drop(self, username: str, device: Device, why: str) -> None:
+        """
+        The device is no longer followed.
+        """
+        devices = self._devices[username]
+        del devices[device.jid]
+        if not devices:
+            del self._devices[username]
+        self._left(username, device, why)
+
+    def _notReplayed(self, username: str, device: Device) -> None:
+        self._left(username, device, "was not online after our reconnection")
+
+    def connectionInitialized(self) -> None:
+        self._setAside.reconnected()
+
+    def connectionLost(self) -> None:
+        """
+        Devices set aside at an earlier loss are given up; the views of
+        the available ones are set aside until the server replays them.
+        """
+        self._setAside.stop()
+        self._setAside.giveUpAll()
+        for username in list(self._devices):
+            devices = self._devices[username]
+            away = {jid: d for jid, d in devices.items() if d.available}
+            for jid in away:
+                del devices[jid]
+            self._setAside.keep(username, away)
+            if not devices:
+                del self._devices[username]
+
+    def stop(self) -> None:
+        self._setAside.stop()
+
+
 class DeviceViews:
     """
     The users' interested resources, their views, and the pushes that
@@ -245,11 +353,8 @@ class DeviceViews:
         self.wire = PushSender(status, permissions)
         self.clock = clock
         self._unpushed = UnpushedContacts(state)
-        self._devices: dict[str, dict[str, Device]] = {}
+        self._interest = Interest(clock, self._unpushed.of, self._left)
         self._targets: dict[str, Roster] = {}
-        # Views of available devices kept over a loss of our stream, until
-        # the server replays their presence.
-        self._setAside = SetAside(clock, self._notReplayed)
         self.givenUp = 0
 
     @property
@@ -263,13 +368,13 @@ class DeviceViews:
         """
         How many interested resources are known.
         """
-        return sum(len(devices) for devices in self._devices.values())
+        return len(self._interest.everyDevice())
 
     def views(self, username: str) -> dict[str, Device]:
         """
         A user's devices by full JID (read-only: for health and tests).
         """
-        return dict(self._devices.get(username, {}))
+        return dict(self._interest.of(username))
 
     # Interest
 
@@ -277,7 +382,7 @@ class DeviceViews:
         """
         A resource sent available presence (or the server replayed it).
         """
-        self._converge(username, self._device(username, resource, available=True))
+        self._converge(username, self._interest.device(username, resource, available=True))
 
     def asked(self, username: str, resource: str, roster: Roster) -> None:
         """
@@ -286,7 +391,7 @@ class DeviceViews:
         """
         if "/" not in resource:
             return  # a bare JID cannot be pushed to
-        device = self._device(username, resource, available=False)
+        device = self._interest.device(username, resource, available=False)
         self._targets[username] = roster
         device.givenWhole(roster)
         device.failures = 0
@@ -299,7 +404,7 @@ class DeviceViews:
         resource asked while we were away: contrib's mod_rosteradmin_roster
         tells us.
         """
-        device = self._device(username, resource, available=False)
+        device = self._interest.device(username, resource, available=False)
         target = self._targets.get(username)
         device.givenWhole(target if target is not None and target.version == version else None)
 
@@ -307,11 +412,9 @@ class DeviceViews:
         """
         A resource went offline (or its session ended).
         """
-        devices = self._devices.get(username)
-        device = devices.pop(resource, None) if devices is not None else None
+        device = self._interest.of(username).get(resource)
         if device is not None:
-            self._leave(username, device, "went offline")
-            self._forgetIfEmpty(username)
+            self._interest.drop(username, device, "went offline")
 
     def connectionInitialized(self) -> None:
         """
@@ -319,21 +422,7 @@ class DeviceViews:
         now.  A device set aside at the loss and not replayed within
         L{REPLAY_GRACE} went offline meanwhile.
         """
-        self._setAside.reconnected()
-
-    def stop(self) -> None:
-        """
-        The service stops: no retry or replay deadline is left pending.
-        """
-        self._setAside.stop()
-        for devices in self._devices.values():
-            for device in devices.values():
-                if device.retry is not None and device.retry.active():
-                    device.retry.cancel()
-
-    def _notReplayed(self, username: str, device: Device) -> None:
-        self._leave(username, device, "was not online after our reconnection")
-        self._forgetIfEmpty(username)
+        self._interest.connectionInitialized()
 
     def connectionLost(self) -> None:
         """
@@ -342,15 +431,16 @@ class DeviceViews:
         set aside.
         """
         self.wire.connectionLost()
-        self._setAside.stop()
-        self._setAside.giveUpAll()
-        for username in list(self._devices):
-            devices = self._devices[username]
-            away = {jid: d for jid, d in devices.items() if d.available}
-            for jid in away:
-                del devices[jid]
-            self._setAside.keep(username, away)
-            self._forgetIfEmpty(username)
+        self._interest.connectionLost()
+
+    def stop(self) -> None:
+        """
+        The service stops: no retry or replay deadline is left pending.
+        """
+        self._interest.stop()
+        for device in self._interest.everyDevice():
+            if device.retry is not None and device.retry.active():
+                device.retry.cancel()
 
     # Changes
 
@@ -365,12 +455,11 @@ class DeviceViews:
             told the clients another subscription.
         @return: The number of pushes sent or queued now.
         """
-        devices = self._devices.get(username, {})
-        if not devices and not self._setAside.holds(username):
+        if not self._interest.anyOf(username):
             return 0
         self._targets[username] = target
         sent = 0
-        for device in list(devices.values()):
+        for device in list(self._interest.of(username).values()):
             if device.held is None:
                 device.held = clientsHad if clientsHad is not None else target
             device.dirty.update(rewrite)
@@ -386,7 +475,7 @@ class DeviceViews:
         pushes, the next process would find the server current and the
         devices not.
         """
-        if self._devices.get(username) or self._setAside.holds(username):
+        if self._interest.anyOf(username):
             self._unpushed.add(username, jids, "")
 
     def edited(self, username: str, resource: str, jids: frozenset[str]) -> int:
@@ -397,8 +486,7 @@ class DeviceViews:
 
         @return: The number of pushes sent or queued now.
         """
-        devices = self._devices.get(username)
-        device = devices.get(resource) if devices is not None else None
+        device = self._interest.of(username).get(resource)
         target = self._targets.get(username)
         if device is None or target is None:
             return 0  # it holds nothing of ours to put back
@@ -411,29 +499,6 @@ class DeviceViews:
         return self._converge(username, device)
 
     # Convergence
-
-    def _device(self, username: str, resource: str, available: bool) -> Device:
-        """
-        The device of a resource, known from now on.
-        """
-        devices = self._devices.setdefault(username, {})
-        device = devices.get(resource)
-        if device is None:
-            device = self._setAside.restore(username, resource)
-            if device is None:
-                device = Device(resource, available)
-                # Pushed before our restart, maybe not answered.
-                device.dirty.update(self._unpushed.of(username))
-            devices[resource] = device
-            if not available:
-                self._boundSilent(username, devices)
-        device.available = device.available or available
-        return device
-
-    def _boundSilent(self, username: str, devices: dict[str, Device]) -> None:
-        silent = [jid for jid, d in devices.items() if not d.available]
-        for jid in silent[:-MAX_SILENT_DEVICES]:
-            self._leave(username, devices.pop(jid), "gave way to newer sessions that sent no presence")
 
     def _converge(self, username: str, device: Device) -> int:
         """
@@ -482,11 +547,11 @@ class DeviceViews:
         # DeferredList types every result as the value type; a failed
         # one (ok false) is the Failure.
         failed = [cast(Failure, r) for ok, r in results if not ok]
-        if self._setAside.holds(username, device):
+        if self._interest.aside(username, device):
             device.dirty.update(jids)  # cut off by the loss of our stream
             device.failures = 0
             return
-        if self._devices.get(username, {}).get(device.jid) is not device:
+        if not self._interest.follows(username, device):
             if failed or device.answered != answered:
                 self._unpushed.doubt(username, target)
             return  # it left meanwhile
@@ -497,9 +562,8 @@ class DeviceViews:
             device.failures += 1
             why = failed[0].getErrorMessage()
             if device.failures >= MAX_FAILURES:
-                del self._devices[username][device.jid]
-                self._leave(username, device, f"did not take its roster pushes {device.failures} times ({why})")
-                self._forgetIfEmpty(username)
+                self._interest.drop(username, device,
+                                    f"did not take its roster pushes {device.failures} times ({why})")
                 return
             delay = RETRY_DELAY * 2 ** (device.failures - 1)
             self.log.info("roster pushes to {resource} failed ({why}); again in {delay:.0f} s",
@@ -514,13 +578,24 @@ class DeviceViews:
 
     def _retry(self, username: str, device: Device) -> None:
         device.retry = None
-        if self._devices.get(username, {}).get(device.jid) is device:
+        if self._interest.follows(username, device):
             self._converge(username, device)
 
-    def _leave(self, username: str, device: Device, why: str) -> None:
+    def _settle(self, username: str) -> None:
+        """
+        Once every device of the user holds the target, its unanswered
+        pushes are forgotten.
+        """
+        target = self._targets.get(username)
+        devices = self._interest.of(username).values()
+        if all(d.converged(target) for d in devices) and not self._interest.aside(username):
+            self._unpushed.done(username)
+
+    def _left(self, username: str, device: Device, why: str) -> None:
         """
         A device is no longer followed: if it may hold a version whose
-        contents it lacks, doubt that version.
+        contents it lacks, doubt that version.  Once no device of the user
+        is, its target and unanswered pushes are forgotten.
         """
         if device.retry is not None and device.retry.active():
             device.retry.cancel()
@@ -531,22 +606,8 @@ class DeviceViews:
             self._unpushed.doubt(username, target)
             self.log.info("{resource} {why} before its roster pushes were answered: its next roster query "
                           "is answered in full", resource=device.jid, why=why)
-
-    def _settle(self, username: str) -> None:
-        """
-        Once every device of the user holds the target, its unanswered
-        pushes are forgotten.
-        """
-        target = self._targets.get(username)
-        devices = self._devices.get(username, {})
-        if all(d.converged(target) for d in devices.values()) and not self._setAside.holds(username):
+        if not self._interest.anyOf(username):
+            self._targets.pop(username, None)
+            # Nobody online holds them: a device logging in later
+            # with a doubted version gets the whole roster.
             self._unpushed.done(username)
-
-    def _forgetIfEmpty(self, username: str) -> None:
-        if not self._devices.get(username):
-            self._devices.pop(username, None)
-            if not self._setAside.holds(username):
-                self._targets.pop(username, None)
-                # Nobody online holds them: a device logging in later
-                # with a doubted version gets the whole roster.
-                self._unpushed.done(username)

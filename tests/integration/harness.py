@@ -164,6 +164,8 @@ class WebAppStub(Resource):
     @ivar delays: Seconds to wait before answering, per username; a request
         whose client goes away meanwhile is dropped.
     @ivar lastHeaders: The headers of the latest request, per username.
+    @ivar held: The requests held unanswered (L{holdAfter}), with their
+        usernames, while their clients stay connected.
     @ivar url: The roster URL template (C{%s} for the username), once the
         C{webapp} fixture listens.
     @ivar port: The listening port, replaced by tests that stop and start it.
@@ -179,6 +181,8 @@ class WebAppStub(Resource):
         self.failures: dict[str, tuple[int, bytes]] = {}
         self.delays: dict[str, float] = {}
         self.lastHeaders: dict[str, Headers] = {}
+        self.held: list[tuple[server.Request, str]] = []
+        self._toAnswer: int | None = None
         self.url = ""
         self.port: IListeningPort | None = None
         self.portNumber = 0
@@ -189,12 +193,36 @@ class WebAppStub(Resource):
         username = unquote_to_bytes(request.postpath[1]).decode("utf-8", "replace")
         self.requests[username] += 1
         self.lastHeaders[username] = request.requestHeaders.copy()
+        if self._toAnswer == 0:
+            self.held.append((request, username))
+            request.notifyFinish().addErrback(lambda _: self.held.remove((request, username)))
+            return server.NOT_DONE_YET
+        if self._toAnswer is not None:
+            self._toAnswer -= 1
         delay = self.delays.get(username)
         if delay is None:
             return self._answer(request, username)
         call = reactor.callLater(delay, self._answerLater, request, username)
         request.notifyFinish().addErrback(lambda _: call.cancel() if call.active() else None)
         return server.NOT_DONE_YET
+
+    def holdAfter(self, count: int) -> None:
+        """
+        Answer C{count} more roster requests, then hold every further one
+        until L{release}: a test knows by construction how far a process
+        working through many users can get.
+        """
+        self._toAnswer = count
+
+    def release(self) -> None:
+        """
+        Answer the held requests whose clients are still connected, and
+        hold no more.
+        """
+        self._toAnswer = None
+        held, self.held = self.held, []
+        for request, username in held:
+            self._answerLater(request, username)
 
     def _answerLater(self, request: server.Request, username: str) -> None:
         request.write(self._answer(request, username))

@@ -25,7 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,6 +282,14 @@ BULK_USERS = [f"u{i:04d}" for i in range(1000)]
 OLD_ROSTER = {"alice@example.org": {"name": "Alice"}}
 NEW_ROSTER = {"alice@example.org": {"name": "Alice Liddell", "groups": ["Team"]}, "erin@example.org": {"name": "Erin"}}
 
+#: Roster requests the web app answers in a refresh that is killed
+#: (L{killMidWay}); it holds the rest until the kill.
+ANSWERED = 500
+
+#: Users stored new by which that refresh is killed: well below
+#: L{ANSWERED}, so that writes are on their way as the kill lands.
+KILL_AT = 100
+
 
 class Rosteradmin:
     """
@@ -291,7 +299,10 @@ class Rosteradmin:
     """
 
     def __init__(self, prosody: ProsodyServer, webapp: WebAppStub, directory: Path, name: str,
-                 state: Path) -> None:
+                 state: Path, settings: str = "") -> None:
+        """
+        @param settings: More lines of the TOML file.
+        """
         self.httpPort = freePort()
         self.baseURL = f"http://127.0.0.1:{self.httpPort}"
         self.log = directory / f"{name}.log"
@@ -306,7 +317,7 @@ roster_url = "{webapp.url}"
 http = "tcp:{self.httpPort}:interface=127.0.0.1"
 no_kick = true
 state = "{state}"
-""")
+{settings}""")
         command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                    "-n", "--pidfile=", "rosteradmin", "--config", str(config)]
         with open(self.log, "w") as output:
@@ -402,6 +413,11 @@ async def bulkSetUp(prosody: ProsodyServer, webapp: UsersWebApp, tmp_path: Path,
     The 1,000 accounts with L{OLD_ROSTER} stored in the server, a first
     rosteradmin healthy, then the web app changed to L{NEW_ROSTER}.
 
+    The web app then answers only L{ANSWERED} more roster requests and
+    holds the rest until L{killMidWay} kills the process, whose fetches
+    may wait that long (one that timed out would end its user's refresh,
+    and the user would no longer be pending).
+
     @param before: C{"prefilled"}: the old rosters are written into
         Prosody's storage, the state file is empty; C{"refreshed"}: a first
         refresh through the process stored them, and the state knows them.
@@ -413,7 +429,7 @@ async def bulkSetUp(prosody: ProsodyServer, webapp: UsersWebApp, tmp_path: Path,
         if before == "prefilled":
             preFill(prosody, user, OLD_ROSTER)
     state = tmp_path / "rosteradmin-state.sqlite"
-    first = Rosteradmin(prosody, webapp, tmp_path, "first", state)
+    first = Rosteradmin(prosody, webapp, tmp_path, "first", state, settings="fetch_timeout = 600.0\n")
     await first.healthy()
     if before == "refreshed":
         started = time.monotonic()
@@ -425,6 +441,7 @@ async def bulkSetUp(prosody: ProsodyServer, webapp: UsersWebApp, tmp_path: Path,
     assert stateCounts(state) == (0, 1000 if before == "refreshed" else 0)
     for user in BULK_USERS:
         webapp.rosters[user] = NEW_ROSTER
+    webapp.holdAfter(ANSWERED)
     return first, state
 
 
@@ -436,6 +453,7 @@ class Killed:
 
     @ivar after: Seconds from the request to the kill.
     @ivar atKill: Users stored new when the kill was decided.
+    @ivar held: Roster requests the web app held when the kill was decided.
     @ivar storedNew: Users stored new once the server settled.
     @ivar pending: Users pending in the state file.
     @ivar known: Users whose server version the state file knows.
@@ -445,6 +463,7 @@ class Killed:
 
     after: float
     atKill: int
+    held: int
     storedNew: int
     pending: int
     known: int
@@ -453,36 +472,40 @@ class Killed:
 
 
 async def killMidWay(first: Rosteradmin, prosody: ProsodyServer, webapp: UsersWebApp, state: Path,
-                     started: float, finished: Callable[[], bool]) -> Killed:
+                     started: float) -> Killed:
     """
-    C{kill -9} the process once at least 100 users are stored new, then
-    wait until the server's storage stops changing (it still stores the
-    writes it had received).
-
-    @param finished: Whether the refresh has finished (then too late).
+    C{kill -9} the process once at least L{KILL_AT} users are stored new.
+    The web app answers only L{ANSWERED} roster requests (L{bulkSetUp})
+    and holds the rest, so the kill is mid-way by construction, whatever
+    the machine's speed: at most those users can be written.  Then let the
+    held requests go and wait until the server's storage stops changing
+    (it still stores the writes it had received).
     """
     fetchedBefore = sum(webapp.requests.values())
     atKill = 0
-    while time.monotonic() - started < 60 and not finished():
-        atKill = await storedCount(prosody, NEW_ROSTER)  # about 0.15 s of parsing
-        if atKill >= 100:
-            break
+    while atKill < KILL_AT and time.monotonic() - started < 60:
         await RunningService.sleep(0.1)
+        atKill = await storedCount(prosody, NEW_ROSTER)  # about 0.15 s of parsing
+    held = len(webapp.held)
     first.kill()
     after = time.monotonic() - started
+    assert atKill >= KILL_AT, f"only {atKill} users stored new within 60 s"
     settled, previous = time.monotonic(), -1
     storedNew = await storedCount(prosody, NEW_ROSTER)
     while storedNew != previous and time.monotonic() - settled < 15:
         await RunningService.sleep(0.5)
         previous, storedNew = storedNew, await storedCount(prosody, NEW_ROSTER)
+    webapp.release()
     old = await storedCount(prosody, OLD_ROSTER)
     pending, known = stateCounts(state)
-    killed = Killed(after, atKill, storedNew, pending, known, 1000 - storedNew - old,
+    killed = Killed(after, atKill, held, storedNew, pending, known, 1000 - storedNew - old,
                     sum(webapp.requests.values()) - fetchedBefore)
-    print(f"\nkill -9 {after:.2f} s into the refresh, with {atKill} users stored new; once the server settled: "
-          f"{storedNew} stored new, {killed.partial} half-written, {old} old; state: {pending} pending, "
-          f"{known} known; {killed.fetched} web-app fetches before the kill")
+    print(f"\nkill -9 {after:.2f} s into the refresh, with {atKill} users stored new and {held} roster requests "
+          f"held; once the server settled: {storedNew} stored new, {killed.partial} half-written, {old} old; "
+          f"state: {pending} pending, {known} known; {killed.fetched} web-app fetches before the kill")
     assert 0 < storedNew < 1000, storedNew
+    # Mid-way: only users the web app answered can have been written.
+    assert atKill <= storedNew <= ANSWERED, storedNew
     return killed
 
 
@@ -540,7 +563,7 @@ async def test_killDuringBulkRefreshResumes(prosody: ProsodyServer, webapp: User
         started = time.monotonic()
         outcome: list[object] = []
         first.refresh(BULK_USERS).addBoth(outcome.append)
-        killed = await killMidWay(first, prosody, webapp, state, started, lambda: bool(outcome))
+        killed = await killMidWay(first, prosody, webapp, state, started)
         await RunningService.sleep(0.2)
         assert len(outcome) == 1 and isinstance(outcome[0], Failure), f"the refresh was answered: {outcome}"
         print(f"the refresh request: {outcome[0].type.__name__}")
@@ -575,7 +598,7 @@ async def test_killDuringBulkSyncResumes(prosody: ProsodyServer, webapp: UsersWe
                                    pool=HTTPConnectionPool(reactor, persistent=False))
         body = json.loads(await response.text())
         assert (response.code, body["status"]) == (202, "started"), body
-        await killMidWay(first, prosody, webapp, state, started, lambda: False)
+        await killMidWay(first, prosody, webapp, state, started)
         second = Rosteradmin(prosody, webapp, tmp_path, "second", state)
         await converge(prosody, webapp, second, state, NEW_ROSTER, BULK_USERS, timeout=20)
         second.stop()
@@ -598,9 +621,8 @@ async def test_killMidWriteThenRevertConverges(prosody: ProsodyServer, webapp: U
     second: Rosteradmin | None = None
     try:
         started = time.monotonic()
-        outcome: list[object] = []
-        first.refresh(BULK_USERS).addBoth(outcome.append)
-        await killMidWay(first, prosody, webapp, state, started, lambda: bool(outcome))
+        first.refresh(BULK_USERS).addErrback(lambda _: None)  # cut by the kill
+        await killMidWay(first, prosody, webapp, state, started)
         db = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
         pendingUsers = [row[0] for row in db.execute("SELECT username FROM pending ORDER BY username")]
         db.close()
