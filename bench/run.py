@@ -5,10 +5,12 @@ Run every benchmark scenario and print one table.
     python -m bench.run --scenario targets [--runs 3] [--tap]        # 1, 1v, 2, 2c, 2s only
     python -m bench.run --scenario targets --runs 1 --profile 2s.txt --profile-scenario 2s
     python -m bench.run --scenario large-roster [--runs 1]           # 5 and 5L only
-    python -m bench.run --scenario large-first-sync [--sync-contacts 3000] [--runs 1]
+    python -m bench.run --scenario large-first-sync [--sync-contacts 3000] [--sync-one-per-item] [--runs 1]
     python -m bench.run --scenario full-sync [--full-sync-users 10000] [--runs 1]
     python -m bench.run --scenario refresh-memory [--memory-users 100000] [--memory-caps 1000000,200000]
     python -m bench.run --scenario reactor-stall [--stall-users 1500000] [--stall-contacts 20000] [--runs 1]
+    python -m bench.run --scenario flood [--runs 1]                  # 11: one client floods roster gets
+    python -m bench.run --scenario slow-http [--runs 1]              # 12: 1,500 slow HTTP connections
 
 Each scenario runs the same users and rosters against (A) Prosody
 answering roster gets itself from its storage and (B) Prosody delegating
@@ -78,6 +80,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import fullsync
+from bench.flood import OTHERS, oneClientFlood
+from bench import slowhttp
 from bench.reactorstall import reactorStall
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
 from bench.procstat import cpuSeconds
@@ -617,9 +621,12 @@ async def largeFirstSyncRuns(workdir: Path, args: argparse.Namespace, contacts: 
     whose storage holds no roster for the big user.
     """
     users = usersNeeded(contacts, args.sync_idle, args.sync_timeout, 0.2)
+    include = Path(args.prosody_b_config).resolve() if args.prosody_b_config else None
+    if args.sync_one_per_item:
+        include = onePerItemConfig(workdir, include)
     results = []
     for run in range(args.runs):
-        setup = Setup(workdir / f"first-sync-{run}", "B", users, SMALL_ROSTER, args.delay)
+        setup = Setup(workdir / f"first-sync-{run}", "B", users, SMALL_ROSTER, args.delay, include=include)
         prepareStorage(setup.prosody.dataPath)
         setup.start()
         try:
@@ -698,6 +705,45 @@ async def reactorStallRuns(workdir: Path, args: argparse.Namespace) -> list[dict
     return results
 
 
+async def floodRuns(tmp: Path, args: argparse.Namespace,
+                    results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """
+    Scenario 11 (L{bench.flood}): in each run, A and then B on a new
+    Prosody each; B's delegates every roster get, so that the flood
+    reaches rosteradmin's per-user gate.
+    """
+    include = delegateAllConfig(tmp, Path(args.prosody_b_config).resolve() if args.prosody_b_config else None)
+    name = f"11 one client floods roster gets ({OTHERS} others)"
+    for run in range(args.runs):
+        for mode in ("A", "B"):
+            # 50 distinct contacts each: more users than contacts.
+            setup = Setup(tmp / f"flood-{run}", mode, 60, 50, args.delay, include=include if mode == "B" else None)
+            setup.start()
+            try:
+                LOADS.append((f"flood run {run + 1} {mode}", os.getloadavg()[0]))
+                results[name][mode].append(await oneClientFlood(setup, mode))
+            finally:
+                setup.stop()
+
+
+async def slowHTTPRuns(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """
+    Scenario 12 (B only, L{bench.slowhttp}): each run on a new Prosody and
+    rosteradmin.
+    """
+    results = []
+    for run in range(args.runs):
+        setup = Setup(tmp / f"slow-http-{run}", "B", slowhttp.usersNeeded(), SMALL_ROSTER, args.delay)
+        setup.extraConfig["http_max_connections"] = slowhttp.CAP
+        setup.start()
+        try:
+            LOADS.append((f"slow-http run {run + 1}", os.getloadavg()[0]))
+            results.append(await slowhttp.slowClients(setup))
+        finally:
+            setup.stop()
+    return results
+
+
 def memory(users: int, contacts: int) -> dict[str, Any]:
     """
     Scenario 4, in a fresh process: RSS per cached contact.
@@ -752,6 +798,11 @@ async def main(args: argparse.Namespace) -> None:
         if args.scenario == "refresh-memory":
             for cap, runs in (await refreshMemoryRuns(Path(tmp), args)).items():
                 results[f"8 refresh memory ({args.memory_users} x 10, cache max {cap:,})"]["B"] = runs
+        if args.scenario == "flood":
+            await floodRuns(Path(tmp), args, results)
+        if args.scenario == "slow-http":
+            results[f"12 slow HTTP clients ({slowhttp.SLOW:,} open, cap {slowhttp.CAP:,})"]["B"] = (
+                await slowHTTPRuns(Path(tmp), args))
         if args.scenario == "reactor-stall":
             results[f"9 reactor stall ({args.stall_users:,} users, {args.stall_contacts:,} contacts)"]["B"] = (
                 await reactorStallRuns(Path(tmp), args))
@@ -850,6 +901,24 @@ VirtualHost "{DOMAIN}"
     return path
 
 
+def onePerItemConfig(tmp: Path, include: Path | None) -> Path:
+    """
+    B's Prosody configuration (contrib's, or C{include}) without contrib's
+    mod_rosteradmin_roster: rosteradmin writes one item per privileged set
+    (mod_privilege alone), and Prosody saves the whole roster on each, the
+    costliest path (C{--sync-one-per-item}, scenario 6).
+    """
+    base = include if include is not None else ROOT / "contrib" / "prosody" / "rosteradmin.cfg.lua"
+    path = tmp / "prosody-b-one-per-item.cfg.lua"
+    path.write_text(f"""-- Generated by bench/run.py --sync-one-per-item.
+plugin_paths = {{ "/usr/lib/prosody/modules", "{base.parent}", "{ROOT / 'contrib' / 'prosody'}" }}
+Include "{base}"
+VirtualHost "{DOMAIN}"
+    modules_disabled = {{ "rosteradmin_roster" }}
+""")
+    return path
+
+
 async def largeRosterScenarios(tmp: Path, args: argparse.Namespace,
                                results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     """
@@ -927,7 +996,7 @@ def printResults(results: dict[str, dict[str, list[dict[str, Any]]]], rows: list
         a = summarise(results[scenario]["A"]) if results[scenario]["A"] else {}
         b = summarise(results[scenario]["B"])
         for metric in b:
-            if not metric.endswith(PHASES):
+            if not inPhases(metric, b):
                 rows.append((scenario, metric, a.get(metric, "-"), b[metric]))
         for metric in ("gets/s", "rosters/s", "p50", "p99", "login+roster p99", "full get ms"):
             if metric in a and metric in b:
@@ -962,22 +1031,32 @@ PHASES = (" idle", " during")
 NATIVE_P99 = "native probe: message rtt p99"
 
 
+def inPhases(metric: str, table: dict[str, str]) -> bool:
+    """
+    Whether L{printPhases} prints C{metric}: an idle or during one, or an
+    "after" one (scenario 11) of a metric also measured idle.
+    """
+    return metric.endswith(PHASES) or (metric.endswith(" after") and metric[:-len(" after")] + " idle" in table)
+
+
 def printPhases(scenario: str, table: dict[str, str], tableA: dict[str, str] | None = None) -> None:
     """
-    A scenario's two-phase metrics as one row each: idle, then during; B
-    only, or A and B where A has them too (the storm probes).
+    A scenario's phased metrics as one row each: idle, during, and after
+    where measured; B only, or A and B where A has them too (the storm
+    probes, scenario 11).
     """
     names = list(dict.fromkeys(m[:-len(" idle")] for m in table if m.endswith(" idle")))
     if not names:
         return
+    phases = ("idle", "during") + (("after",) if any(n + " after" in table for n in names) else ())
     print()
     if tableA and any(m.endswith(" idle") for m in tableA):
-        rows: list[tuple[str, ...]] = [(scenario, "A idle", "A during", "B idle", "B during")]
-        rows += [(name, tableA.get(name + " idle", "-"), tableA.get(name + " during", "-"), table[name + " idle"],
-                  table.get(name + " during", "-")) for name in names]
+        rows: list[tuple[str, ...]] = [(scenario,) + tuple(f"{mode} {phase}" for mode in "AB" for phase in phases)]
+        rows += [(name,) + tuple(t.get(f"{name} {phase}", "-") for t in (tableA, table) for phase in phases)
+                 for name in names]
     else:
-        rows = [(f"{scenario}, B", "idle", "during")]
-        rows += [(name, table[name + " idle"], table.get(name + " during", "-")) for name in names]
+        rows = [(f"{scenario}, B",) + phases]
+        rows += [(name,) + tuple(table.get(f"{name} {phase}", "-") for phase in phases) for name in names]
     printTable(rows)
 
 
@@ -993,12 +1072,13 @@ if __name__ == "__main__":
     parser.add_argument("--storm-idle", type=float, default=10.0,
                         help="seconds of the storm probe's idle baseline before 2c and 2s (0: no storm probe)")
     parser.add_argument("--scenario", choices=("all", "targets", "large-roster", "large-first-sync", "full-sync", "refresh-memory",
-                                               "reactor-stall"),
+                                               "reactor-stall", "flood", "slow-http"),
                         default="all",
                         help="run scenarios 1 to 6; or only 1, 1v, 2, 2c and 2s (targets); or only 5 and 5L (large-roster);"
                              " or only scenario 6"
                              " (bench/firstsync.py), 7 (bench/fullsync.py), 8 (bench/refreshmemory.py)"
-                             " or 9 (bench/reactorstall.py); 7 to 9 run only when named")
+                             " or 9 (bench/reactorstall.py), 11 (flood: bench/flood.py) or 12 (slow-http:"
+                             " bench/slowhttp.py); 7 to 12 run only when named")
     parser.add_argument("--storm-sizes", type=lambda v: [int(c) for c in v.split(",")], default=[1000],
                         help="users of each login storm (scenarios 2, 2c, 2s), comma-separated")
     parser.add_argument("--prosody-b-config", help="B's Prosody configuration instead of contrib's (experiments)")
@@ -1010,6 +1090,9 @@ if __name__ == "__main__":
                              " (profiling: it costs the load client CPU and adds a hop)")
     parser.add_argument("--sync-contacts", type=int, default=None,
                         help="contacts of the big user in scenario 6 (default 3,000; 300 with --quick)")
+    parser.add_argument("--sync-one-per-item", action="store_true",
+                        help="scenario 6 without contrib's mod_rosteradmin_roster in B's Prosody: one privileged set,"
+                             " and one save of the whole roster, per contact")
     parser.add_argument("--sync-idle", type=float, default=30.0,
                         help="seconds of probes before the sync in scenario 6 (the idle baseline)")
     parser.add_argument("--sync-timeout", type=float, default=900.0,

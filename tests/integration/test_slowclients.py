@@ -118,8 +118,11 @@ async def test_slowClientsCannotStarveTheService(webapp: Any, service: RunningSe
     """
     With 1,500 idle and slow connections open, an uncached user logs in and
     gets the web app's roster and /healthz answers 200; connections over
-    the cap are closed at once and logged once; every slow connection is
-    closed by the server at the deadline, and /healthz answers again.
+    the cap are closed at once (before the deadline closes any slow one)
+    and logged once; every slow connection is closed by the server at the
+    deadline, and /healthz answers again.  (How long those answers take
+    against a service with no slow connections is a target of the
+    benchmarks, scenario 12.)
     """
     limiter = service.top.getServiceNamed("http").connections
     slow: list[SlowClient] = []
@@ -150,6 +153,7 @@ async def test_slowClientsCannotStarveTheService(webapp: Any, service: RunningSe
             await RunningService.waitUntil(lambda: sum(c.closed is not None for c in flood) == limiter.refused, 5,
                                            "refused flood connections closed")
             refusedAtOnce = [c.lifetime for c in flood if c.closed is not None]
+            refusedClosedBy = max(c.closed for c in flood if c.closed is not None)
             # The cap is full: /healthz too is closed at once, until the
             # deadline frees the slots.
             with pytest.raises(ResponseNeverReceived):
@@ -174,7 +178,10 @@ async def test_slowClientsCannotStarveTheService(webapp: Any, service: RunningSe
           f"after at most {max(refusedAtOnce):.3f} s; {len(accepted)} accepted connections closed by the server "
           f"after {min(lifetimes):.2f}-{max(lifetimes):.2f} s (median {statistics.median(lifetimes):.2f} s, "
           f"--http-timeout {DEADLINE}); {len(refusals)} refusal log lines for {limiter.refused} refusals")
-    assert len(refusedAtOnce) == FLOOD - (CAP - SLOW) and max(refusedAtOnce) < 1.0
+    assert len(refusedAtOnce) == FLOOD - (CAP - SLOW)
+    # Refused at once, not at the deadline: every refused connection was
+    # closed before the deadline closed the first slow one (opened earlier).
+    assert refusedClosedBy < min(c.closed for c in slow if c.closed is not None)
     assert len(accepted) == CAP
     # Lifetimes are stamped by the clients, in this process: a garbage
     # collection pause (up to 0.24 s measured in full-suite runs) between the
