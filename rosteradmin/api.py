@@ -12,7 +12,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from twisted.logger import Logger
@@ -24,6 +25,7 @@ from rosteradmin.errors import KickFailed, NotConnected
 from rosteradmin.fullsync import FullSync
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend
 from rosteradmin.metrics import Metrics, MetricsResource
+from rosteradmin.snapshot import ServiceSnapshot, SyncSnapshot
 from rosteradmin.stanzas import parseJID, roomNickname
 from rosteradmin.web import (JSON, ApiError, Drain, JsonResource, authorizationProblem, methodNotAllowed, readJSON,
                              writeJSON)
@@ -31,10 +33,6 @@ from rosteradmin.xmltext import carriesInXML
 
 #: The longest kick reason passed on to the room, in characters.
 MAX_REASON_LENGTH = 1024
-
-#: What /healthz shows of the current or last sync (GET /roster_admin/sync
-#: shows it all).
-HEALTH_SYNC_FIELDS = frozenset({"kind", "running", "listed", "listing_done", "synced", "failed", "error"})
 
 #: Most refused or parked users /healthz names (the counts are complete).
 MAX_LISTED_USERS = 20
@@ -215,6 +213,23 @@ class SyncResource(AdminResource):
         return HTTPStatus.OK, {"status": "cancelled", "sync": progress.toJSON()}
 
 
+@dataclass(frozen=True)
+class KickRoute:
+    """
+    What C{POST /muc_kick} needs, given when kicking is enabled.
+
+    @ivar status: Whether we are connected: a kick is refused at once
+        while we are not.
+    @ivar authorization: The C{Authorization} a kick must carry.
+    @ivar outcomes: Counts kicks by HTTP status; the metrics read it.
+    """
+
+    kicker: IRoomKicker
+    status: IConnectionStatus
+    authorization: str
+    outcomes: Counter[str]
+
+
 class KickResource(JsonResource):
     """
     C{POST /muc_kick}: kick an occupant out of a room::
@@ -228,16 +243,12 @@ class KickResource(JsonResource):
 
     allowedMethods = (b"POST",)
 
-    def __init__(self, drain: Drain, kicker: IRoomKicker, status: IConnectionStatus, authorization: str,
-                 outcomes: Counter[str]) -> None:
-        """
-        @param outcomes: Counts kicks by HTTP status; the metrics read it.
-        """
+    def __init__(self, drain: Drain, route: KickRoute) -> None:
         super().__init__(drain)
-        self.kicker = kicker
-        self.status = status
-        self.authorization = authorization
-        self.outcomes = outcomes
+        self.kicker = route.kicker
+        self.status = route.status
+        self.authorization = route.authorization
+        self.outcomes = route.outcomes
 
     def render_POST(self, request: server.Request) -> int:
         return self.respond(request, self._post)
@@ -287,64 +298,68 @@ class HealthResource(JsonResource):
 
     allowedMethods = (b"GET", b"HEAD")
 
-    def __init__(self, drain: Drain, backend: IRosterBackend, status: IConnectionStatus, fullSync: FullSync,
-                 delegationProblem: Callable[[], str | None] = lambda: None) -> None:
+    def __init__(self, drain: Drain, snapshots: Callable[[], ServiceSnapshot]) -> None:
         """
-        @param delegationProblem: Why clients' roster queries do not reach
-            us (the server did not delegate them), or C{None}.
+        @param snapshots: Takes the figures to show (L{rosteradmin.snapshot.Snapshots}).
         """
         super().__init__(drain)
-        self.backend = backend
-        self.status = status
-        self.fullSync = fullSync
-        self.delegationProblem = delegationProblem
+        self.snapshots = snapshots
 
     def render_GET(self, request: server.Request) -> int:
         return self.respond(request, self._get)
 
     async def _get(self, request: server.Request) -> tuple[int, JSON]:
-        connected = bool(self.status.connected)
-        stuck = self.backend.stuck()
-        sync = self.backend.sync
-        parked = dict(sync.parked)
-        syncRefusal = sync.syncRefusal
-        delegationProblem = self.delegationProblem() if connected else None
-        stateProblem = self.backend.state.problem
+        snapshot = self.snapshots()
+        backend, stream = snapshot.backend, snapshot.stream
+        connected = stream.connected
+        stuck = backend.stuck
+        delegationProblem = stream.delegationMissing if connected else None
         # Connected and moving, but misconfigured, unable to save its state,
         # or holding more of its users than its bounds: rosteradmin works
         # only in part.  200 still (a restart would not help), and the
         # status says so.
-        saturated = self.backend.saturated()
-        degraded = (syncRefusal is not None or delegationProblem is not None or stateProblem is not None
-                    or bool(saturated))
+        degraded = (backend.syncRefusal is not None or delegationProblem is not None
+                    or backend.stateProblem is not None or bool(backend.saturated))
         body = {
             "status": ("unavailable" if not connected else "stuck" if stuck is not None
                        else "degraded" if degraded else "ok"),
             "connected": connected,
-            "cached_users": len(self.backend.cache),
-            "fetches_in_flight": self.backend.fetcher.inFlight,
-            "unsynced_users": len(self.backend.unsynced),
-            "last_error": self.status.lastError,
-            "roster_sync_error": syncRefusal,
+            "cached_users": backend.cachedUsers,
+            "fetches_in_flight": backend.fetchesInFlight,
+            "unsynced_users": backend.unsyncedUsers,
+            "last_error": stream.lastError,
+            "roster_sync_error": backend.syncRefusal,
             "delegation_error": delegationProblem,
-            "state_error": stateProblem,
+            "state_error": backend.stateProblem,
             "stuck": stuck,
-            "saturated": saturated,
-            "refused_users": len(self.backend.refused),
-            "refused": dict(itertools.islice(sorted(self.backend.refused.items()), MAX_LISTED_USERS)),
-            "parked_users": dict(itertools.islice(sorted(parked.items()), MAX_LISTED_USERS)),
-            "pending_users": self.backend.state.pendingCount(),
-            "sync": self._syncSummary(),
+            "saturated": list(backend.saturated),
+            "refused_users": len(backend.refused),
+            "refused": _firstListed(backend.refused),
+            "parked_users": _firstListed(backend.parked),
+            "pending_users": backend.pendingUsers,
+            "sync": _syncSummary(snapshot.sync),
         }
         healthy = connected and stuck is None
         return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
 
 
-    def _syncSummary(self) -> JSON | None:
-        current = self.fullSync.current
-        if current is None:
-            return None
-        return {key: value for key, value in current.toJSON().items() if key in HEALTH_SYNC_FIELDS}
+def _firstListed(reasons: Mapping[str, str]) -> dict[str, str]:
+    """
+    The first L{MAX_LISTED_USERS} users by name, with why: the counts are
+    complete, the lists need not be.
+    """
+    return dict(itertools.islice(sorted(reasons.items()), MAX_LISTED_USERS))
+
+
+def _syncSummary(sync: SyncSnapshot | None) -> JSON | None:
+    """
+    What C{/healthz} shows of the current or last sync
+    (C{GET /roster_admin/sync} shows it all).
+    """
+    if sync is None:
+        return None
+    return {"kind": sync.kind, "running": sync.running, "listed": sync.listed, "listing_done": sync.listingDone,
+            "synced": sync.synced, "failed": sync.failed, "error": sync.error}
 
 
 class NotFoundResource(JsonResource):
@@ -385,37 +400,25 @@ class ApiRoot(Resource):
         return server.NOT_DONE_YET
 
 
-def buildRoot(
-    backend: IRosterBackend,
-    status: IConnectionStatus,
-    kicker: IRoomKicker | None,
-    refreshAuthorization: str | None,
-    kickAuthorization: str | None,
-    kickOutcomes: Counter[str],
-    metrics: Metrics,
-    fullSync: FullSync,
-    drain: Drain,
-    delegationProblem: Callable[[], str | None] = lambda: None,
-) -> Resource:
+def buildRoot(drain: Drain, backend: IRosterBackend, fullSync: FullSync, refreshAuthorization: str | None,
+              kick: KickRoute | None, snapshots: Callable[[], ServiceSnapshot], metrics: Metrics) -> Resource:
     """
     The resource tree of the API.
 
-    @param kicker: None when kicking is disabled (C{--no-kick}).
-    @param kickOutcomes: Where the kick resource counts its outcomes (the
-        metrics read them).
-    @param metrics: The metrics to serve.
     @param drain: The requests in flight, shared with the HTTP service.
-    @param delegationProblem: For C{/healthz}: why clients' roster queries
-        do not reach us, or C{None}.
+    @param refreshAuthorization: What the C{/roster_admin} routes require.
+    @param kick: None when kicking is disabled (C{--no-kick}).
+    @param snapshots: What C{/healthz} shows.
+    @param metrics: The metrics to serve.
     """
     root = ApiRoot(drain)
     admin = ApiRoot(drain)
     root.putChild(b"roster_admin", admin)
     admin.putChild(b"refresh", RefreshResource(drain, backend, refreshAuthorization))
     admin.putChild(b"sync", SyncResource(drain, fullSync, refreshAuthorization))
-    if kicker is not None and kickAuthorization is not None:
-        root.putChild(b"muc_kick", KickResource(drain, kicker, status, kickAuthorization, kickOutcomes))
-    root.putChild(b"healthz", HealthResource(drain, backend, status, fullSync, delegationProblem))
+    if kick is not None:
+        root.putChild(b"muc_kick", KickResource(drain, kick))
+    root.putChild(b"healthz", HealthResource(drain, snapshots))
     root.putChild(b"metrics", MetricsResource(metrics))
     return root
 

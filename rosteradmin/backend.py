@@ -29,6 +29,7 @@ from rosteradmin.refusals import Refusals
 from rosteradmin.roster import Roster, StoredRoster
 from rosteradmin.serverrosters import ServerRosters
 from rosteradmin.slots import KeyedLock, PrioritySlots
+from rosteradmin.snapshot import BackendSnapshot
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
 
@@ -81,20 +82,8 @@ class RosterBackend(Service):
     def unsynced(self) -> set[str]:
         return self.server.unsynced
 
-    @property
-    def refused(self) -> dict[str, str]:
-        return self.refusals.refused
-
-    @property
-    def driftRepaired(self) -> Counter[str]:
-        return self.server.driftRepaired
-
     def writable(self) -> Deferred[None]:
         return self.server.writable()
-
-    @property
-    def refreshes(self) -> int:
-        return self.refreshing.count
 
     def refresh(self, usernames: list[str], verify: bool = False) -> Deferred[RefreshSummary]:
         """
@@ -103,14 +92,26 @@ class RosterBackend(Service):
         """
         return self.refreshing.refresh(usernames, verify)
 
-    def saturated(self) -> list[str]:
+    def snapshot(self) -> BackendSnapshot:
         """
-        Why the memory kept of users is past or at a bound: the cache over
-        its bound because of online users' rosters, or the refusals kept
-        at their bound.
+        The figures C{/healthz} and C{/metrics} show of the rosters, read
+        at once.  Work is stuck when fetches or privileged requests are
+        queued and none moves; memory is saturated when the cache is over
+        its bound because of online users' rosters, or the refusals are
+        kept at their bound.
         """
-        reasons = [self.cache.overBound(), self.refusals.saturation()]
-        return [reason for reason in reasons if reason is not None]
+        cache, fetcher, state = self.cache, self.fetcher, self.state
+        stuck = [reason for reason in (fetcher.stuck(), self.sync.stuck()) if reason is not None]
+        saturated = [reason for reason in (cache.overBound(), self.refusals.saturation()) if reason is not None]
+        return BackendSnapshot(
+            cachedUsers=len(cache), cachedContacts=cache.contacts, cacheCharge=cache.charge, cacheHits=cache.hits,
+            cacheMisses=cache.misses, cacheEvictions=cache.evictions,
+            fetchesInFlight=fetcher.inFlight, fetchFailures=fetcher.failures, refreshes=self.refreshing.count,
+            unsyncedUsers=len(self.unsynced), refused=dict(self.refusals.refused),
+            stanzasRefused=dict(self.limit.refused), parked=dict(self.sync.parked), promised=self.promises.count,
+            driftRepaired=dict(self.server.driftRepaired), pendingUsers=state.pendingCount(),
+            stateUnsaved=state.unsaved, stateProblem=state.problem, syncRefusal=self.sync.syncRefusal,
+            stuck="; ".join(stuck) if stuck else None, saturated=tuple(saturated))
 
     def stopService(self) -> Deferred[None]:
         """
@@ -196,10 +197,6 @@ class RosterBackend(Service):
         """
         return self.promises.clientsMayDiffer(username, version)
 
-    @property
-    def promised(self) -> int:
-        return self.promises.count
-
     def answered(self, username: str, resource: str, roster: Roster) -> None:
         """
         A client was answered C{roster}: it holds it from now on
@@ -208,7 +205,7 @@ class RosterBackend(Service):
         """
         self.sync.answered(username, resource, roster)
         self.promises.answered(username, roster.version,
-                               synced=username not in self.unsynced and username not in self.refused)
+                               synced=username not in self.unsynced and username not in self.refusals.refused)
 
     def verifyServer(self, username: str) -> Deferred[None]:
         """
@@ -238,15 +235,6 @@ class RosterBackend(Service):
             return result
 
         return self._locked(username, self._load, username).addBoth(clientDone)
-
-    def stuck(self) -> str | None:
-        """
-        Why work on rosters makes no progress (fetches or privileged
-        requests queued and none moving), or C{None}.
-        """
-        reasons = [self.fetcher.stuck(), self.sync.stuck()]
-        found = [r for r in reasons if r is not None]
-        return "; ".join(found) if found else None
 
     def connectionRestored(self) -> None:
         """

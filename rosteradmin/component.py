@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
@@ -42,6 +43,7 @@ from rosteradmin.permissions import PermissionTracker
 from rosteradmin.presence import PresenceTracker
 from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.rosterserver import RosterServer
+from rosteradmin.snapshot import StreamSnapshot
 
 
 @implementer(IPushProducer)
@@ -255,12 +257,47 @@ class ReportingEndpoint:
         return d.addErrback(failed)
 
 
+@dataclass(frozen=True)
+class Handlers:
+    """
+    The component's XMPP handlers, each built and given its collaborators
+    by the composition root (L{rosteradmin.tap.wireParts}).
+
+    @ivar status: Whether we are connected (the L{IConnectionStatus}).
+    @ivar grants: What the server lets us do.
+    @ivar presence: The users' online resources.
+    @ivar privileges: Privileged reads, writes and pushes (with the
+        permissions and the online users).
+    @ivar rosterServer: Answers roster queries.
+    @ivar delegation: Unwraps and answers delegated requests.
+    @ivar kicker: Kicks room occupants (the L{IRoomKicker}).
+    @ivar disco: Answers service discovery and pings.
+    """
+
+    status: ConnectionMonitor
+    grants: PermissionTracker
+    presence: PresenceTracker
+    privileges: PrivilegeHandler
+    rosterServer: RosterServer
+    delegation: DelegationHandler
+    kicker: RoomKicker
+    disco: DiscoHandler
+
+    def inOrder(self) -> tuple[XMPPHandler, ...]:
+        """
+        The handlers in the order they join the stream, and are told of
+        it: the status first, so that those told after it see the stream
+        connected.
+        """
+        return (self.status, self.grants, self.presence, self.privileges, self.rosterServer, self.delegation,
+                self.kicker, self.disco)
+
+
 class RosterComponent(component.Component):
     """
-    The wokkel component with rosteradmin's handlers, each built and given
-    its collaborators by the composition root (L{rosteradmin.tap.wireParts}),
-    connected and reconnected by a L{ClientService}.  Nothing connects until
-    the service starts.
+    The wokkel component with rosteradmin's handlers, connected and
+    reconnected by a L{ClientService}.  Nothing connects until the service
+    starts.
 
     @ivar status: Whether we are connected (the L{IConnectionStatus}).
     @ivar privileges: Privileged reads, writes and pushes (with the
@@ -272,10 +309,8 @@ class RosterComponent(component.Component):
     @ivar connection: Keeps the stream connected.
     """
 
-    def __init__(self, config: Config, clock: IReactorTime, endpoint: IStreamClientEndpoint,
-                 status: ConnectionMonitor, grants: PermissionTracker, presence: PresenceTracker,
-                 privileges: PrivilegeHandler, rosterServer: RosterServer, delegation: DelegationHandler,
-                 kicker: RoomKicker, disco: DiscoHandler, verbose: bool = False) -> None:
+    def __init__(self, config: Config, clock: IReactorTime, endpoint: IStreamClientEndpoint, handlers: Handlers,
+                 verbose: bool = False) -> None:
         """
         @param endpoint: Connects to the server's component port.
         @param verbose: Log every stanza sent and received.
@@ -288,12 +323,12 @@ class RosterComponent(component.Component):
         self.logTraffic = verbose
         # Twisted's "Starting factory" would repeat each attempt.
         self.factory.noisy = False
-        self.status = status
-        self.privileges = privileges
-        self.rosterServer = rosterServer
-        self.delegation = delegation
-        self.kicker = kicker
-        for handler in (status, grants, presence, privileges, rosterServer, delegation, kicker, disco):
+        self.status = status = handlers.status
+        self.privileges = handlers.privileges
+        self.rosterServer = handlers.rosterServer
+        self.delegation = handlers.delegation
+        self.kicker = handlers.kicker
+        for handler in handlers.inOrder():
             handler.setHandlerParent(self)
         self.backoff = HandshakeBackoff(config.reconnect_max_delay)
         self.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, lambda stream: self.backoff.reset())
@@ -312,3 +347,16 @@ class RosterComponent(component.Component):
         self.privileges.stopRetrying()
         service.Service.stopService(self)
         return self.connection.stopService()
+
+    def snapshot(self) -> StreamSnapshot:
+        """
+        What C{/healthz} and C{/metrics} show of the XMPP side, read at
+        once.
+        """
+        devices = self.privileges.devices
+        return StreamSnapshot(
+            connected=bool(self.status.connected), lastError=self.status.lastError,
+            queriesAnswered=self.rosterServer.answered, queriesRefused=self.rosterServer.gate.refusedCount,
+            onlineResources=sum(len(resources) for resources in self.privileges.online.values()),
+            delegationMissing=self.delegation.missing, interestedResources=devices.resources(),
+            rosterPushes=devices.pushes, devicesGivenUp=devices.givenUp)

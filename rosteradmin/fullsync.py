@@ -39,6 +39,7 @@ from twisted.logger import Logger
 
 from rosteradmin.backend import RosterBackend
 from rosteradmin.slicing import inSlices
+from rosteradmin.snapshot import SyncSnapshot
 from rosteradmin.users import UserLister, UsersListEndless, UsersUnavailable
 
 #: Users refreshed at once in a full sync: a page of the users list is cut
@@ -202,6 +203,18 @@ class FullSync(Service):
             if self._waiting is not None:
                 self._waiting.cancel()
         return progress
+
+    def snapshot(self) -> SyncSnapshot | None:
+        """
+        What C{/healthz} and C{/metrics} show of the current or last pass:
+        its counts, not its failures (C{GET /roster_admin/sync} shows
+        those); C{None} before the first.
+        """
+        current = self.current
+        if current is None:
+            return None
+        return SyncSnapshot(current.kind, current.running, current.listed, current.listingDone, current.synced,
+                            current.failed, current.error)
 
     def _join(self, progress: SyncProgress, usernames: list[str]) -> None:
         self.log.info("{count} users join the running {kind} sync", count=len(usernames), kind=progress.kind)

@@ -10,7 +10,6 @@ part's module imports another's to name a type.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,11 +17,8 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from rosteradmin.cache import RosterCache
-    from rosteradmin.fetcher import RosterFetcher
     from rosteradmin.roster import Roster, RosterDiff, StoredRoster
-    from rosteradmin.stanzalimit import StanzaLimit
-    from rosteradmin.state import SyncState
+    from rosteradmin.snapshot import BackendSnapshot
 
 # Interface methods take no self (zope.interface); the mypy_zope plugin
 # checks each @implementer class against these signatures, and the
@@ -78,16 +74,6 @@ class IRosterBackend(IServerObserver):
     The rosters: cached, fetched from the web app, written into the server.
     """
 
-    cache: RosterCache = Attribute("The L{rosteradmin.cache.RosterCache}.")
-    fetcher: RosterFetcher = Attribute("The L{rosteradmin.fetcher.RosterFetcher}.")
-    sync: IRosterSync = Attribute("Writes into the server (the L{IRosterSync}).")
-    state: SyncState = Attribute(
-        "What the server holds and who is pending, kept across restarts (L{rosteradmin.state.SyncState}).")
-    refreshes: int = Attribute("How many refresh requests were handled.")
-    promised: int = Attribute("How many roster versions the server took as promises (L{rosteradmin.promises}).")
-    driftRepaired: Counter[str] = Attribute(
-        "Server roster items repaired because they differed from what was written, by cause.")
-
     def getRoster(username: str) -> Deferred[Roster]:
         """
         The roster of a user: cached, or fetched (and synced into the server)
@@ -136,20 +122,12 @@ class IRosterBackend(IServerObserver):
         next queries itself (L{IRosterSync.promiseCurrent}).
         """
 
-    limit: StanzaLimit = Attribute("The L{rosteradmin.stanzalimit.StanzaLimit} of the server.")
-    refused: dict[str, str] = Attribute("Why each refused user's roster cannot be stored or sent, by username.")
-    unsynced: set[str] = Attribute("Users whose cached roster the server may not hold yet.")
-
-    def stuck() -> str | None:
+    def snapshot() -> BackendSnapshot:
         """
-        Why work on rosters makes no progress, or None.
-        """
-
-    def saturated() -> list[str]:
-        """
-        Why the memory kept of users is past or at a bound (the cache over
-        its bound because of online users, the refusals kept at theirs):
-        one line each, none when all is within bounds.
+        What C{/healthz} and C{/metrics} show of the rosters (the cache,
+        the fetches, the writes, the state, why work is stuck or memory
+        saturated), read at once: the edges see these figures, not the
+        parts that keep them.
         """
 
 

@@ -3,8 +3,9 @@
 Prometheus metrics (C{GET /metrics}).
 
 The counters already kept by the parts (cache hits, queries answered, fetch
-failures, kick outcomes) are read when scraped, by a collector, so the hot
-paths pay nothing for metrics.  Only fetch latency, a histogram, is observed
+failures, kick outcomes) are read when scraped, by a collector, as one
+L{rosteradmin.snapshot.ServiceSnapshot}, so the hot paths pay nothing for
+metrics.  Only fetch latency, a histogram, is observed
 as it happens.  Each service has its own registry, so several services in one
 process (the tests) do not collide.
 """
@@ -19,9 +20,7 @@ from prometheus_client.registry import Collector
 from twisted.web import server
 
 from rosteradmin.cache import USER_CHARGE
-from rosteradmin.devices import DeviceViews
-from rosteradmin.fullsync import SyncProgress
-from rosteradmin.interfaces import IConnectionStatus, IRosterBackend
+from rosteradmin.snapshot import ServiceSnapshot
 from rosteradmin.web import JsonLeaf
 
 
@@ -53,117 +52,99 @@ class FetchLatency:
 
 class Metrics(Collector):
     """
-    The registry of one service, and the collector of its live counters.
+    The registry of one service, and the collector of its live counters:
+    each scrape reads one L{ServiceSnapshot}.
     """
 
-    def __init__(self, backend: IRosterBackend, status: IConnectionStatus, fetchLatency: FetchLatency,
-                 answered: Callable[[], int], kicks: Mapping[str, int],
-                 onlineResources: Callable[[], int], queriesRefused: Callable[[], int],
-                 currentSync: Callable[[], SyncProgress | None],
-                 onlineChecked: Callable[[], int] = lambda: 0, devices: DeviceViews | None = None) -> None:
+    def __init__(self, snapshots: Callable[[], ServiceSnapshot], fetchLatency: FetchLatency) -> None:
         """
-        @param kicks: Kicks by HTTP status, as the kick resource counts them.
-        @param devices: What the users' devices are pushed, if followed.
-        @param onlineChecked: How many server rosters of online users the
-            online check has read back (L{rosteradmin.onlinecheck}).
+        @param snapshots: Takes the figures to show (L{rosteradmin.snapshot.Snapshots}).
         """
-        self.onlineChecked = onlineChecked
-        self.devices = devices
-        self.backend = backend
-        self.queriesRefused = queriesRefused
-        self.currentSync = currentSync
-        self.status = status
-        self.answered = answered
-        self.onlineResources = onlineResources
-        self.kicks = kicks
+        self.snapshots = snapshots
         self.registry = CollectorRegistry()
         self.registry.register(fetchLatency.histogram)
         self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        cache = self.backend.cache
-        yield CounterMetricFamily("rosteradmin_roster_queries", "Roster queries answered", self.answered())
-        yield CounterMetricFamily("rosteradmin_cache_hits", "Roster cache hits", cache.hits)
-        yield CounterMetricFamily("rosteradmin_cache_misses", "Roster cache misses", cache.misses)
-        yield GaugeMetricFamily("rosteradmin_cached_users", "Users whose roster is cached", len(cache))
-        yield GaugeMetricFamily("rosteradmin_cached_contacts", "Contacts of all cached rosters", cache.contacts)
+        snapshot = self.snapshots()
+        backend, stream = snapshot.backend, snapshot.stream
+        yield CounterMetricFamily("rosteradmin_roster_queries", "Roster queries answered", stream.queriesAnswered)
+        yield CounterMetricFamily("rosteradmin_cache_hits", "Roster cache hits", backend.cacheHits)
+        yield CounterMetricFamily("rosteradmin_cache_misses", "Roster cache misses", backend.cacheMisses)
+        yield GaugeMetricFamily("rosteradmin_cached_users", "Users whose roster is cached", backend.cachedUsers)
+        yield GaugeMetricFamily("rosteradmin_cached_contacts", "Contacts of all cached rosters", backend.cachedContacts)
         yield GaugeMetricFamily("rosteradmin_cache_charge",
                                 f"What the cached rosters count against --cache-max-contacts: their contacts, "
-                                f"plus {USER_CHARGE} per cached user", cache.charge)
+                                f"plus {USER_CHARGE} per cached user", backend.cacheCharge)
         yield CounterMetricFamily("rosteradmin_cache_evictions",
                                   "Rosters of offline users dropped to stay within --cache-max-contacts",
-                                  cache.evictions)
-        yield GaugeMetricFamily("rosteradmin_fetches_in_flight", "Roster fetches running",
-                                self.backend.fetcher.inFlight)
-        yield CounterMetricFamily("rosteradmin_fetch_failures", "Failed roster fetches",
-                                  self.backend.fetcher.failures)
-        yield CounterMetricFamily("rosteradmin_refreshes", "Refresh requests handled", self.backend.refreshes)
+                                  backend.cacheEvictions)
+        yield GaugeMetricFamily("rosteradmin_fetches_in_flight", "Roster fetches running", backend.fetchesInFlight)
+        yield CounterMetricFamily("rosteradmin_fetch_failures", "Failed roster fetches", backend.fetchFailures)
+        yield CounterMetricFamily("rosteradmin_refreshes", "Refresh requests handled", backend.refreshes)
         yield GaugeMetricFamily("rosteradmin_unsynced_users", "Users whose server roster awaits a write",
-                                len(self.backend.unsynced))
+                                backend.unsyncedUsers)
         yield GaugeMetricFamily("rosteradmin_refused_users",
                                 "Users whose web-app roster is over the server's stanza limit",
-                                len(self.backend.refused))
-        stanzas = CounterMetricFamily("rosteradmin_stanzas_refused",
-                                      "Stanzas not sent because they were over the server's stanza limit",
-                                      labels=["what"])
-        for what, count in sorted(self.backend.limit.refused.items()):
-            stanzas.add_metric([what], count)
-        yield stanzas
+                                len(backend.refused))
+        yield _labelled(CounterMetricFamily("rosteradmin_stanzas_refused",
+                                            "Stanzas not sent because they were over the server's stanza limit",
+                                            labels=["what"]), backend.stanzasRefused)
         yield CounterMetricFamily("rosteradmin_queries_refused",
                                   "Roster queries refused because their user sent too many at once",
-                                  self.queriesRefused())
+                                  stream.queriesRefused)
         yield GaugeMetricFamily("rosteradmin_parked_users",
                                 "Users whose roster writes are held back after coinciding with stream losses",
-                                len(self.backend.sync.parked))
+                                len(backend.parked))
         yield CounterMetricFamily("rosteradmin_versions_promised",
                                   "Roster versions given to the server, which answers queries with them itself "
                                   "(contrib's mod_rosteradmin_roster): those queries are not counted here",
-                                  self.backend.promised)
+                                  backend.promised)
         yield GaugeMetricFamily("rosteradmin_stuck", "1 while fetches or privileged requests make no progress",
-                                0 if self.backend.stuck() is None else 1)
-        drift = CounterMetricFamily("rosteradmin_drift_repaired",
-                                    "Server roster items repaired because they differed from what rosteradmin wrote",
-                                    labels=["cause"])
-        for cause, count in sorted(self.backend.driftRepaired.items()):
-            drift.add_metric([cause], count)
-        yield drift
+                                0 if backend.stuck is None else 1)
+        yield _labelled(CounterMetricFamily("rosteradmin_drift_repaired",
+                                            "Server roster items repaired because they differed from what "
+                                            "rosteradmin wrote", labels=["cause"]), backend.driftRepaired)
         yield GaugeMetricFamily("rosteradmin_pending_users",
                                 "Users whose server roster may be behind the web app (kept across restarts)",
-                                self.backend.state.pendingCount())
+                                backend.pendingUsers)
         yield GaugeMetricFamily("rosteradmin_state_unsaved",
                                 "Changes of the state kept in memory because the --state file does not take "
-                                "writes (locked, full, read-only)", self.backend.state.unsaved)
-        current = self.currentSync()
+                                "writes (locked, full, read-only)", backend.stateUnsaved)
+        sync = snapshot.sync
         syncUsers = GaugeMetricFamily("rosteradmin_sync_users", "Users of the current or last full sync, by state",
                                       labels=["state"])
-        for state, count in (("listed", current.listed if current else 0),
-                             ("synced", current.synced if current else 0),
-                             ("failed", current.failed if current else 0)):
+        for state, count in (("listed", sync.listed if sync else 0), ("synced", sync.synced if sync else 0),
+                             ("failed", sync.failed if sync else 0)):
             syncUsers.add_metric([state], count)
         yield syncUsers
         yield GaugeMetricFamily("rosteradmin_sync_running", "1 while a full sync or reconciliation runs",
-                                1 if current is not None and current.running else 0)
-        kicks = CounterMetricFamily("rosteradmin_kicks", "Kick requests by HTTP status", labels=["status"])
-        for status, count in sorted(self.kicks.items()):
-            kicks.add_metric([status], count)
-        yield kicks
+                                1 if sync is not None and sync.running else 0)
+        yield _labelled(CounterMetricFamily("rosteradmin_kicks", "Kick requests by HTTP status", labels=["status"]),
+                        snapshot.kicks)
         yield CounterMetricFamily("rosteradmin_online_checked",
                                   "Server rosters of online users read back by the online check",
-                                  self.onlineChecked())
+                                  snapshot.onlineChecked)
         yield GaugeMetricFamily("rosteradmin_connected", "1 while connected to the XMPP server",
-                                1 if self.status.connected else 0)
-        yield GaugeMetricFamily("rosteradmin_online_resources",
-                                "Clients known online (from presence)",
-                                self.onlineResources())
-        if self.devices is not None:
-            yield GaugeMetricFamily("rosteradmin_interested_resources",
-                                    "Clients pushed roster changes (they sent presence or asked for their roster)",
-                                    self.devices.resources())
-            yield CounterMetricFamily("rosteradmin_roster_pushes", "Roster pushes sent to clients",
-                                      self.devices.pushes)
-            yield CounterMetricFamily("rosteradmin_devices_given_up",
-                                      "Clients given up with roster pushes unanswered (answered in full next time)",
-                                      self.devices.givenUp)
+                                1 if stream.connected else 0)
+        yield GaugeMetricFamily("rosteradmin_online_resources", "Clients known online (from presence)",
+                                stream.onlineResources)
+        yield GaugeMetricFamily("rosteradmin_interested_resources",
+                                "Clients pushed roster changes (they sent presence or asked for their roster)",
+                                stream.interestedResources)
+        yield CounterMetricFamily("rosteradmin_roster_pushes", "Roster pushes sent to clients", stream.rosterPushes)
+        yield CounterMetricFamily("rosteradmin_devices_given_up",
+                                  "Clients given up with roster pushes unanswered (answered in full next time)",
+                                  stream.devicesGivenUp)
+
+
+def _labelled(family: CounterMetricFamily, counts: Mapping[str, int]) -> Metric:
+    """
+    A counter of one label: a sample per label value, in their order.
+    """
+    for label, count in sorted(counts.items()):
+        family.add_metric([label], count)
+    return family
 
 
 class MetricsResource(JsonLeaf):

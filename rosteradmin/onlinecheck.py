@@ -27,7 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rosteradmin.interfaces import IRosterBackend
+from rosteradmin.backend import RosterBackend
 from rosteradmin.slots import PrioritySlots
 
 #: Users checked at once: their reads go through the privileged requests'
@@ -45,9 +45,11 @@ class OnlineCheck(Service):
 
     log = Logger()
 
-    def __init__(self, backend: IRosterBackend, onlineUsers: Callable[[], Iterable[str]],
+    def __init__(self, backend: RosterBackend, onlineUsers: Callable[[], Iterable[str]],
                  clock: IReactorTime, interval: float) -> None:
         """
+        @param backend: The backend, and whether its sync takes writes now
+            (like the full sync, this runs beside it, not at an edge).
         @param onlineUsers: The usernames with an online resource now.
         """
         self.backend = backend

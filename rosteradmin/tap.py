@@ -20,10 +20,10 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
-from rosteradmin.api import buildRoot
+from rosteradmin.api import KickRoute, buildRoot
 from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
-from rosteradmin.component import ConnectionMonitor, RosterComponent
+from rosteradmin.component import ConnectionMonitor, Handlers, RosterComponent
 from rosteradmin.config import Config
 from rosteradmin.delegation import DelegationHandler
 from rosteradmin.devices import DeviceViews
@@ -44,6 +44,7 @@ from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin.rosterserver import RosterServer
 from rosteradmin.slots import MAX_SYNC_IN_FLIGHT
+from rosteradmin.snapshot import Snapshots
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.startup import EX_CONFIG, SequentialService, refuseToStart
 from rosteradmin.state import StateError, SyncState
@@ -144,31 +145,30 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     delegation = DelegationHandler(config.domain, config.jid, {NS_ROSTER: rosterServer.answerDelegated}, limit,
                                    clock, config.iq_timeout)
     kicker = RoomKicker(config.jid, status, clock, config.iq_timeout, config.kick_nick, config.stay_in_rooms)
-    component = RosterComponent(config, clock, xmppServer, status, grants, presence, privileges, rosterServer,
-                                delegation, kicker, DiscoHandler(config.jid), verbose=verbose)
+    handlers = Handlers(status, grants, presence, privileges, rosterServer, delegation, kicker,
+                        DiscoHandler(config.jid))
+    component = RosterComponent(config, clock, xmppServer, handlers, verbose=verbose)
     return Parts(backend, component, fetchLatency)
 
 
 def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
             onlineCheck: OnlineCheck | None = None) -> Resource:
     """
-    The HTTP API's resource tree, with metrics over the backend and the
-    component.
+    The HTTP API's resource tree, with health and metrics read from one
+    snapshot of the backend, the component and the full sync.
 
     @param drain: Counts the requests in flight, for the HTTP service.
     @param onlineCheck: Whose counts the metrics show, if it runs.
     """
     comp = parts.component
     kickOutcomes: Counter[str] = Counter()
-    metrics = Metrics(parts.backend, comp.status, parts.fetchLatency, lambda: comp.rosterServer.answered,
-                      kickOutcomes, lambda: sum(len(resources) for resources in comp.privileges.online.values()),
-                      lambda: comp.rosterServer.gate.refusedCount, lambda: fullSync.current,
-                      lambda: onlineCheck.checked if onlineCheck is not None else 0, comp.privileges.devices)
-    return buildRoot(
-        parts.backend, comp.status, None if config.no_kick else comp.kicker,
-        config.refresh_authorization, config.kick_authorization, kickOutcomes, metrics, fullSync, drain,
-        lambda: comp.delegation.missing,
-    )
+    kick = None
+    if not config.no_kick and config.kick_authorization is not None:
+        kick = KickRoute(comp.kicker, comp.status, config.kick_authorization, kickOutcomes)
+    snapshots = Snapshots(parts.backend.snapshot, comp.snapshot, fullSync.snapshot, kickOutcomes,
+                          lambda: onlineCheck.checked if onlineCheck is not None else 0)
+    return buildRoot(drain, parts.backend, fullSync, config.refresh_authorization, kick, snapshots,
+                     Metrics(snapshots, parts.fetchLatency))
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:

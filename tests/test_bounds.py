@@ -79,7 +79,7 @@ def test_refusalsAreBounded(monkeypatch: pytest.MonkeyPatch) -> None:
         d = wire.backend.refresh(names)
         wire.answerRequests(StoringServer())
     assert d.result.errors == 10
-    assert list(wire.backend.refused) == names[-3:] and wire.backend.refusals.forgotten == 7
+    assert list(wire.backend.snapshot().refused) == names[-3:] and wire.backend.refusals.forgotten == 7
     code, body = health(wire)
     assert (code, body["status"]) == (200, "degraded") and body["refused_users"] == 3
     assert any("refused users" in why and "7 forgotten" in why for why in body["saturated"])
@@ -115,7 +115,7 @@ def test_webAppGroupOrderIsNoChange() -> None:
     after = wire.backend.cache.peek("alice")
     assert d.result.updated == 1 and sent == []
     assert after == before and after is not None and after.version == before.version
-    assert sum(wire.backend.driftRepaired.values()) == 0
+    assert sum(wire.backend.snapshot().driftRepaired.values()) == 0
     assert not [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
 
 
@@ -132,7 +132,7 @@ def test_renameWithGroupsReorderedIsNoDrift() -> None:
         wire.answerRequests(server)
     assert d.result.updated == 1
     assert "name='Carol K'" in server.items["alice@example.org"]["carol@example.org"]
-    assert sum(wire.backend.driftRepaired.values()) == 0
+    assert sum(wire.backend.snapshot().driftRepaired.values()) == 0
     warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
     assert not [w for w in warnings if "drift" in w], warnings
 
@@ -157,4 +157,4 @@ def test_driftCountsOnlyWhatTheServerChanged() -> None:
     assert d.result.updated == 1
     assert sorted(server.items["alice@example.org"]) == ["bob@example.org", "carol@example.org"]
     assert "name='Carol K'" in server.items["alice@example.org"]["carol@example.org"]
-    assert dict(wire.backend.driftRepaired) == {"extra": 1}
+    assert dict(wire.backend.snapshot().driftRepaired) == {"extra": 1}

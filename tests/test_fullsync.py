@@ -86,7 +86,7 @@ def test_reconcileRepairsAndCountsDrift() -> None:
     assert sorted(i["jid"] for s in sets for i in s.query.elements()) == [  # type: ignore[attr-defined]
         "bob@example.org", "carol@example.org", "mallory@example.org"]
     assert fullSync.current is not None and fullSync.current.kind == "reconcile"
-    assert dict(wire.backend.driftRepaired) == {"missing": 1, "extra": 1, "subscription": 1}
+    assert dict(wire.backend.snapshot().driftRepaired) == {"missing": 1, "extra": 1, "subscription": 1}
     fullSync.stopService()
 
 

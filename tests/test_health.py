@@ -4,12 +4,15 @@ Tests for what /healthz says about wedged work, refused and parked users.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import capturedLogs
 
 from rosteradmin.api import HealthResource
 from rosteradmin.fullsync import FullSync
 from rosteradmin.slots import PrioritySlots
+from rosteradmin.snapshot import Snapshots
 from rosteradmin.web import Drain
 from tests.helpers import PERMISSIONS_2, ComponentOnWire, WebApp
 from tests.test_component import envelope, ownRosterSet, serverAnswers
@@ -30,8 +33,9 @@ def test_stalledOnlyWithWorkWaitingAndNoProgress() -> None:
 
 
 def health(wire: ComponentOnWire) -> tuple[int, dict[str, object]]:
-    resource = HealthResource(Drain(), wire.backend, wire.component.status,
-                              FullSync(wire.backend, None, wire.clock, False, 60))
+    fullSync = FullSync(wire.backend, None, wire.clock, False, 60)
+    resource = HealthResource(Drain(), Snapshots(wire.backend.snapshot, wire.component.snapshot, fullSync.snapshot,
+                                                 Counter()))
     result: tuple[int, dict[str, object]] = ensureDeferred(resource._get(None)).result
     return result
 
@@ -77,14 +81,6 @@ DELEGATION_2 = (f"<message from='example.org' to='roster.example.org'><delegatio
                 f"<delegated namespace='jabber:iq:roster'/></delegation></message>")
 
 
-def delegationHealth(wire: ComponentOnWire) -> tuple[int, dict[str, object]]:
-    resource = HealthResource(Drain(), wire.backend, wire.component.status,
-                              FullSync(wire.backend, None, wire.clock, False, 60),
-                              lambda: wire.component.delegation.missing)
-    result: tuple[int, dict[str, object]] = ensureDeferred(resource._get(None)).result
-    return result
-
-
 def test_healthzSaysWhenDelegationNeverArrives() -> None:
     """
     The server grants privileges but delegates nothing (ejabberd 24.12
@@ -94,17 +90,17 @@ def test_healthzSaysWhenDelegationNeverArrives() -> None:
     """
     wire = ComponentOnWire(WebApp())
     wire.handshake(PERMISSIONS_2)
-    assert delegationHealth(wire)[1]["status"] == "ok"
+    assert health(wire)[1]["status"] == "ok"
     with capturedLogs():
         wire.clock.advance(wire.config.iq_timeout)
-    code, body = delegationHealth(wire)
+    code, body = health(wire)
     assert (code, body["status"]) == (200, "degraded")
     assert "jabber:iq:roster" in str(body["delegation_error"]) and body["roster_sync_error"] is None
 
     delegated = ComponentOnWire(WebApp())
     delegated.handshake(PERMISSIONS_2 + DELEGATION_2)
     delegated.clock.advance(delegated.config.iq_timeout)
-    code, body = delegationHealth(delegated)
+    code, body = health(delegated)
     assert (code, body["status"], body["delegation_error"]) == (200, "ok", None)
 
 
@@ -117,7 +113,7 @@ def test_healthzDegradedWhenWritesCannotWork() -> None:
     wire.handshake(PERMISSIONS_2 + DELEGATION_2)
     with capturedLogs():
         wire.receive(envelope(ownRosterSet(), version=1))
-    code, body = delegationHealth(wire)
+    code, body = health(wire)
     assert (code, body["status"]) == (200, "degraded") and "mod_delegation" in str(body["roster_sync_error"])
 
 
@@ -129,7 +125,7 @@ def test_rosterAccessTooSmallIsSaid() -> None:
     """
     wire = ComponentOnWire(WebApp({"alice": {"bob@example.org": {"name": "Bob"}}}))
     wire.handshake(PERMISSIONS_2.replace("type='both'", "type='get'", 1) + DELEGATION_2)
-    code, body = delegationHealth(wire)
+    code, body = health(wire)
     assert (code, body["status"]) == (200, "degraded")
     assert "'get'" in str(body["roster_sync_error"]) and "privileged_entities" in str(body["roster_sync_error"])
     with capturedLogs():

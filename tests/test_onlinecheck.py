@@ -37,7 +37,7 @@ def test_driftOfOnlineUserRepairedAndPushed() -> None:
     assert serverReads(sent) == 1
     assert "subscription='both'" in stored["bob@example.org"]
     assert ("bob@example.org", "both", "Bob") in pushes(sent)
-    assert wire.backend.driftRepaired["subscription"] == 1
+    assert wire.backend.snapshot().driftRepaired.get("subscription", 0) == 1
     assert wire.webApp.requests == fetches
     assert (check.passes, check.checked) == (1, 1)
     check.stopService()
@@ -56,7 +56,7 @@ def test_rightRosterOnlyRead() -> None:
     assert d is not None and d.called
     assert serverReads(sent) == 1 and pushes(sent) == []
     assert [s for s in sent if s.getAttribute("type") == "set"] == []
-    assert sum(wire.backend.driftRepaired.values()) == 0
+    assert sum(wire.backend.snapshot().driftRepaired.values()) == 0
 
 
 def test_onePassAtATime() -> None:
@@ -111,7 +111,7 @@ def test_groupOrderOfTheServerIsNoDrift() -> None:
     sent = wire.answerRequests(server)
     assert d.called and serverReads(sent) == 1
     assert [s for s in sent if s.getAttribute("type") == "set"] == []
-    assert sum(wire.backend.driftRepaired.values()) == 0
+    assert sum(wire.backend.snapshot().driftRepaired.values()) == 0
 
 
 def test_checkedUsersInMetrics() -> None:

@@ -67,7 +67,7 @@ def test_versioningClientsVersionIsPromisedOnce() -> None:
     wire.receive(envelope(rosterGet(ver=version)))
     again = wire.answerRequests(bulkServer)
     assert [a.firstChildElement() for a in answers(again)] == [None] and promises(again) == []
-    assert wire.backend.promised == 1
+    assert wire.backend.snapshot().promised == 1
 
 
 def test_clientWithoutVersionsIsPromisedToo() -> None:

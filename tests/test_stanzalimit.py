@@ -66,7 +66,7 @@ def test_rosterTooLargeForOneAnswerGetsAnError() -> None:
     assert inner["type"] == "error" and inner.error.firstChildElement().name == "resource-constraint"
     assert "400 contacts" in str(inner.error.text)
     assert len([s for s in sent if s["type"] == "set"]) == 400
-    assert "alice" in wire.backend.refused
+    assert "alice" in wire.backend.snapshot().refused
     assert 0 < wire.transport.largestWrite <= LIMIT
 
 
@@ -85,7 +85,7 @@ def test_oversizedItemRefusedForItsUserOnly() -> None:
     assert summary.updated == 1 and list(summary.failures) == ["alice"]
     assert "cannot be stored" in summary.failures["alice"]
     assert {s["to"] for s in sent if s["type"] == "set"} == {"carol@example.org"}
-    assert wire.backend.refused == {"alice": summary.failures["alice"]}
+    assert wire.backend.snapshot().refused == {"alice": summary.failures["alice"]}
     assert 0 < wire.transport.largestWrite <= LIMIT
 
 
@@ -99,11 +99,11 @@ def test_refusalClearedByARosterThatFits() -> None:
     with capturedLogs():
         wire.backend.refresh(["alice"])
         wire.answerRequests(serverAnswers())
-    assert "alice" in wire.backend.refused
+    assert "alice" in wire.backend.snapshot().refused
     webApp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}}
     refresh = wire.backend.refresh(["alice"])
     wire.answerRequests(serverAnswers())
-    assert refresh.result.updated == 1 and wire.backend.refused == {}
+    assert refresh.result.updated == 1 and wire.backend.snapshot().refused == {}
 
 
 def test_wrapperBoundCoversTheLargestJIDs() -> None:

@@ -217,7 +217,7 @@ async def test_oversizedItemDoesNotCutOthersOff(prosody: ProsodyServer, webapp: 
 
     assert code == 200 and body["updated"] == 1 and set(body["failures"]) == {"alice"}, body
     assert "cannot be stored" in body["failures"]["alice"]
-    assert "cannot be stored" in service.backend.refused["alice"]
+    assert "cannot be stored" in service.backend.snapshot().refused["alice"]
     assert all(r["type"] == "result" for r in replies)
     bobNow = {"alice@example.org": ("Alice", "both", []), "dave@example.org": ("Dave", "both", [])}
     assert items(replies[-1]) == bobNow  # bob's last get
@@ -279,7 +279,7 @@ async def test_rosterTooLargeForOneAnswer(prosody: ProsodyServer, webapp: WebApp
     print(f"bob's get meanwhile: {bobReply['type']} after {bobSeconds:.2f} s")
     assert aliceReply["type"] == "error" and errorType(aliceReply) == ("resource-constraint", "cancel")
     assert "8000 contacts" in errorText(aliceReply)
-    assert "8000 contacts" in service.backend.refused["alice"]
+    assert "8000 contacts" in service.backend.snapshot().refused["alice"]
     assert items(bobReply) == {"alice@example.org": ("Alice", "both", [])}
     assert '["version"] = 1;' in prosody.storedRoster("alice")  # pre-filled: nothing was written
 
@@ -290,7 +290,7 @@ async def test_rosterTooLargeForOneAnswer(prosody: ProsodyServer, webapp: WebApp
     carolSeconds, carolReply = await timed(lambda: carol.rosterGet(timeout=25))
     print(f"carol's roster of {fits} contacts: {carolReply['type']} after {carolSeconds:.2f} s")
     assert carolReply["type"] == "result" and len(items(carolReply)) == fits
-    assert "carol" not in service.backend.refused
+    assert "carol" not in service.backend.snapshot().refused
 
     assert service.component.status.connected and service.component.status.connections == 1
     assert streamTrouble(prosody) == []
@@ -429,7 +429,7 @@ async def test_concurrentRefreshesCoalesce(prosody: ProsodyServer, webapp: WebAp
 
     started = time.monotonic()
     posted = defer.gatherResults([defer.ensureDeferred(refresh(service, users)) for _ in range(200)])
-    await RunningService.waitUntil(lambda: service.backend.refreshes == 200, 10, "200 refreshes received")
+    await RunningService.waitUntil(lambda: service.backend.snapshot().refreshes == 200, 10, "200 refreshes received")
     arrived = time.monotonic() - started
     finishedBeforeLast = len(service.backend.cache)
     replies = await posted
@@ -495,6 +495,6 @@ async def test_streamDropDuringBulkSync(prosody: ProsodyServer, webapp: WebAppSt
     unstored = [u for u in users if prosody.storedRoster(u).count('"both"') != 2]
     assert unstored == []
     assert service.component.privileges.parked == {}
-    assert service.backend.fetcher.inFlight == 0 and service.backend.stuck() is None
+    assert service.backend.fetcher.inFlight == 0 and service.backend.snapshot().stuck is None
     assert service.component.status.connected and service.component.status.connections == 2
     assert (await bob.rosterGet())["type"] == "result"

@@ -42,10 +42,10 @@ async def promised(service: RunningService, client: Any) -> str:
     Log a client in; return the version it was given, promised to the
     server with the answer (it goes first on the component stream).
     """
-    promises = service.backend.promised
+    promises = service.backend.snapshot().promised
     first = await client.rosterGet(ver="")
     assert first.query is not None
-    assert service.backend.promised == promises + 1
+    assert service.backend.snapshot().promised == promises + 1
     return str(first.query["ver"])
 
 
@@ -144,12 +144,12 @@ async def test_changedRosterIsNotCurrent(service: RunningService, webapp: WebApp
     old = await promised(service, alice)
     webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}, "carol@example.org": {"name": "Carol"}}
     await service.backend.refresh(["alice"])
-    answered, promises = service.component.rosterServer.answered, service.backend.promised
+    answered, promises = service.component.rosterServer.answered, service.backend.snapshot().promised
     reply = await alice.rosterGet(ver=old)
     assert contacts(reply) == {"bob@example.org", "carol@example.org"}
     assert service.component.rosterServer.answered == answered + 1
     new = str(reply.query["ver"])
-    assert new != old and service.backend.promised == promises + 1
+    assert new != old and service.backend.snapshot().promised == promises + 1
     assert isEmptyResult(await alice.rosterGet(ver=new))
     assert service.component.rosterServer.answered == answered + 1
 

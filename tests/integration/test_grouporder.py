@@ -77,7 +77,7 @@ async def test_groupOrderOfTheWebAppIsNoDrift(xmppServer: ProsodyServer, webapp:
     await RunningService.sleep(3 * CHECK_INTERVAL)
 
     assert await driftLines(service) == []
-    assert dict(service.backend.driftRepaired) == {}
+    assert dict(service.backend.snapshot().driftRepaired) == {}
     assert "Carol K" in xmppServer.storedRoster("alice")
     pushed = [groups(p) for p in pushes[pushesBefore:]]
     assert pushed == [{"carol@example.org": ("Carol K", frozenset({"Chess", "Work", "Family"}))}]

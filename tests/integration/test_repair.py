@@ -63,7 +63,7 @@ async def test_unsubscribedIsRepairedAndPushed(xmppServer: ProsodyServer, servic
     await RunningService.waitUntil(
         lambda: '"both"' in xmppServer.storedRoster("alice") and '"both"' in xmppServer.storedRoster("bob"),
         INTERVAL + 10, "the reconciliation pass repairing both rosters")
-    repaired = dict(service.backend.driftRepaired)
+    repaired = dict(service.backend.snapshot().driftRepaired)
     print(f"repaired: {repaired}; alice stores {xmppServer.storedRoster('alice').strip()!r}")
     assert repaired.get("subscription", 0) >= 2
     await RunningService.waitUntil(
@@ -97,8 +97,8 @@ async def test_onlineUsersRepairedWithoutPass(xmppServer: ProsodyServer, service
     await RunningService.waitUntil(
         lambda: '"both"' in xmppServer.storedRoster("alice") and '"both"' in xmppServer.storedRoster("bob"),
         INTERVAL + 5, "the online check repairing both rosters")
-    print(f"repaired: {dict(service.backend.driftRepaired)}; bob stores {xmppServer.storedRoster('bob').strip()!r}")
-    assert service.backend.driftRepaired["subscription"] >= 2
+    print(f"repaired: {dict(service.backend.snapshot().driftRepaired)}; bob stores {xmppServer.storedRoster('bob').strip()!r}")
+    assert service.backend.snapshot().driftRepaired.get("subscription", 0) >= 2
     await RunningService.waitUntil(
         lambda: any(p.query.item.getAttribute("jid") == "bob@example.org"
                     and p.query.item.getAttribute("subscription") == "both" for p in alice.pushes[pushesBefore[0]:]),
