@@ -73,7 +73,8 @@ class RosterBackend(Service):
         self.server = ServerRosters(cache, sync, self.state, self.promises)
         self._locks: KeyedLock[str] = KeyedLock()
         self.refreshing = Refreshes(self.state, fetcher.clock, self._locked, self._refreshOne, self.refusals)
-        self.converging = Convergence(self.state, self.server, self.refreshing, self._locked, sync.canSync)
+        self.converging = Convergence(self.state, self.server, self.refreshing, self._locked, sync.canSync,
+                                      self._background)
         self._clientsWaiting: Counter[str] = Counter()
 
     @property
@@ -139,7 +140,7 @@ class RosterBackend(Service):
         Load a user's roster before the client asks for it.
         """
         if username not in self.cache:
-            self.converging.background(self._loadForClient(username), "warm", username)
+            self._background(self._loadForClient(username), "warm", username)
 
     def catchUp(self, username: str) -> None:
         """
@@ -164,7 +165,7 @@ class RosterBackend(Service):
         """
         roster = self.cache.peek(username)
         holds = roster.version if roster is not None and jids else None
-        self.converging.background(self.promises.clientEdited(username, holds), "revoking the promised version", username)
+        self._background(self.promises.clientEdited(username, holds), "revoking the promised version", username)
         if holds is not None:
             self.sync.putBack(username, resource, jids)
 
@@ -236,7 +237,7 @@ class RosterBackend(Service):
         self.server.restored()
         revocation = self.promises.connected()
         if revocation is not None:
-            self.converging.background(revocation, "revoking the promised versions", "every user")
+            self._background(revocation, "revoking the promised versions", "every user")
         self.converging.writesRestored()
 
     def userWritable(self, username: str) -> None:
@@ -244,6 +245,13 @@ class RosterBackend(Service):
         Re-sync this user alone, if unsynced: its writes were parked.
         """
         self.converging.resync([username])
+
+    def _background(self, d: Deferred[Any], what: str, username: str) -> None:
+        """
+        Let work run on its own, logging how it failed.
+        """
+        d.addErrback(lambda f: self.log.warn("{what} of {user} failed: {why}",
+                                             what=what, user=username, why=f.getErrorMessage()))
 
     def _locked(self, username: str, work: Callable[..., Coroutine[Deferred[Any], Any, T]],
                 *args: object) -> Deferred[T]:

@@ -45,19 +45,22 @@ class Convergence:
     log = Logger()
 
     def __init__(self, state: SyncState, server: ServerRosters, refreshing: Refreshes, locked: Locked,
-                 canSync: Callable[[], bool]) -> None:
+                 canSync: Callable[[], bool], background: Callable[[Deferred[Any], str, str], None]) -> None:
         """
         @param state: Who is pending or unsynced.
         @param server: Writes a user's cached roster (L{ServerRosters.resync}).
         @param refreshing: Refreshes users (fetch, write, push).
         @param locked: Runs a coroutine function under a user's lock.
         @param canSync: Whether the server takes writes now.
+        @param background: Lets work on a user run on its own, logging how
+            it failed (what, whose).
         """
         self.state = state
         self.server = server
         self.refreshing = refreshing
         self.locked = locked
         self.canSync = canSync
+        self.background = background
         self.resyncing: set[str] = set()
         self._resyncs: AtMost[str] = AtMost(RESYNC_CONCURRENCY)
         self._resumePending = True
@@ -101,13 +104,6 @@ class Convergence:
         it that is queued (L{Refreshes.coalesced}).
         """
         self.background(self.refreshing.coalesced(username), "catch-up", username)
-
-    def background(self, d: Deferred[Any], what: str, username: str) -> None:
-        """
-        Let work run on its own, logging how it failed.
-        """
-        d.addErrback(lambda f: self.log.warn("{what} of {user} failed: {why}",
-                                             what=what, user=username, why=f.getErrorMessage()))
 
     def _resyncOne(self, username: str) -> Deferred[None]:
         d = self.locked(username, self.server.resync, username)
