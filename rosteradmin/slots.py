@@ -13,10 +13,10 @@ A pass over many users (a refresh, a re-sync, a check of online users) is
 bounded once more, outside the slots and the locks (L{AtMost}): what it
 holds alive at once, not what reaches the web app or the server.
 
-Both start waiting work from a loop, never from inside the completion of
-the work before it: when the stream to the server drops, thousands of
-queued writes fail synchronously one after the other, and starting each
-from its predecessor's callback (as C{DeferredLock} and
+All three start waiting work from a loop, never from inside the
+completion of the work before it: when the stream to the server drops,
+thousands of queued writes fail synchronously one after the other, and
+starting each from its predecessor's callback (as C{DeferredLock} and
 C{DeferredSemaphore} do) overflows the stack, leaves slots counted as held
 and strands the rest of the queue.
 """
