@@ -3,8 +3,8 @@
 Refreshes of many users at once: the usernames prepared in slices and
 recorded as pending, a bounded number of users worked on at once
 (L{rosteradmin.slots.AtMost}), and concurrent refreshes of one user
-coalesced; each user's own refresh is
-the backend's (L{rosteradmin.backend.RosterBackend}).
+coalesced; each user's own refresh is the backend's
+(L{rosteradmin.backend.RosterBackend}).
 """
 
 from __future__ import annotations
