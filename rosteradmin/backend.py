@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from rosteradmin.cache import RosterCache
+from rosteradmin.convergence import Convergence
 from rosteradmin.errors import FetchFailed, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync, RefreshSummary
@@ -28,15 +29,12 @@ from rosteradmin.refreshes import Refreshes
 from rosteradmin.refusals import Refusals
 from rosteradmin.roster import Roster, StoredRoster
 from rosteradmin.serverrosters import ServerRosters
-from rosteradmin.slots import KeyedLock, PrioritySlots
+from rosteradmin.slots import KeyedLock
 from rosteradmin.snapshot import BackendSnapshot
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
 
 T = TypeVar("T")
-
-#: Users re-synced into the server at once after a reconnection.
-RESYNC_CONCURRENCY = 8
 
 
 @implementer(IRosterBackend)
@@ -47,6 +45,8 @@ class RosterBackend(Service):
     @ivar sync: Writes into the server.
     @ivar server: Makes what the server stores converge on what is served.
     @ivar refusals: Rosters the server cannot carry, refused per user.
+    @ivar converging: Brings the server back to what is served after it
+        fell behind.
     """
 
     log = Logger()
@@ -62,7 +62,6 @@ class RosterBackend(Service):
             restarts; by default in memory only.
         """
         self.state = state if state is not None else SyncState()
-        self._resumePending = True
         self.promises = Promises(sync, self.state)
         self.cache = cache
         # Only a cached user's clients are answered without a fetch: what
@@ -74,13 +73,14 @@ class RosterBackend(Service):
         self.refusals = Refusals(self.limit, cache)
         self.server = ServerRosters(cache, sync, self.state, self.promises)
         self._locks: KeyedLock[str] = KeyedLock()
-        self.refreshing = Refreshes(self.state, fetcher.clock, self._locked, self._refreshOne, self.refusals,
-                                    self.server)
+        self.refreshing = Refreshes(self.state, fetcher.clock, self._locked, self._refreshOne, self.refusals)
+        self.converging = Convergence(self.state, self.server, self.refreshing, self._locked, sync.canSync,
+                                      self._background)
         self._clientsWaiting: Counter[str] = Counter()
 
     @property
     def unsynced(self) -> set[str]:
-        return self.server.unsynced
+        return self.state.unsynced
 
     def writable(self) -> Deferred[None]:
         return self.server.writable()
@@ -121,24 +121,6 @@ class RosterBackend(Service):
         super().stopService()
         return self.fetcher.close().addCallback(lambda _: self.state.close())
 
-    def _resume(self) -> None:
-        """
-        Finish, once after start, the refreshes and writes a previous run
-        accepted and did not finish (it crashed or was stopped meanwhile):
-        the web app need not ask again.
-        """
-        self._resumePending = False
-        pending = self.state.pending()
-        if not pending:
-            return
-        self.log.info("resuming {count} unfinished refreshes and writes from {path}",
-                      count=len(pending), path=self.state.path)
-        d = self.refresh(pending)
-        d.addCallback(lambda summary: self.log.info(
-            "resumed refreshes: {updated} updated, {errors} errors", updated=summary.updated,
-            errors=summary.errors))
-        self._background(d, "resume", f"{len(pending)} users")
-
     def getRoster(self, username: str) -> Deferred[Roster]:
         """
         A user's roster: from the cache, or fetched and written into the
@@ -150,8 +132,7 @@ class RosterBackend(Service):
         """
         roster = self.cache.get(username)
         if roster is not None:
-            if username in self.unsynced and self._canSync():
-                self._background(self._locked(username, self.server.resync, username), "resync", username)
+            self.converging.resync([username], first=True)
             return succeed(roster)
         return self._loadForClient(username)
 
@@ -170,7 +151,7 @@ class RosterBackend(Service):
         we were away is stored and pushed.
         """
         if username not in self.cache:
-            self._background(self.refreshing.coalesced(username), "catch-up", username)
+            self.converging.catchUp(username)
 
     def putBack(self, username: str, resource: str, jids: frozenset[str]) -> None:
         """
@@ -236,34 +217,22 @@ class RosterBackend(Service):
 
         return self._locked(username, self._load, username).addBoth(clientDone)
 
-    def connectionRestored(self) -> None:
+    def writesRestored(self) -> None:
         """
-        Write the rosters that could not be written while disconnected.
+        Write the rosters that could not be written while the server took
+        no writes (L{Convergence.writesRestored}).
         """
         self.server.restored()
         revocation = self.promises.connected()
         if revocation is not None:
             self._background(revocation, "revoking the promised versions", "every user")
-        if self._resumePending and self._canSync():
-            self._resume()
-        if not self.unsynced or not self._canSync():
-            return
-        pending = sorted(self.unsynced)
-        self.log.info("re-syncing {count} rosters into the server", count=len(pending))
-        limit = PrioritySlots(RESYNC_CONCURRENCY)
-        for username in pending:
-            self._background(limit.run(username, False, self._locked, username, self.server.resync, username),
-                             "resync", username)
+        self.converging.writesRestored()
 
-    def _canSync(self) -> bool:
-        return self.sync.canSync()
-
-    def _locked(self, username: str, work: Callable[..., Coroutine[Deferred[Any], Any, T]],
-                *args: object) -> Deferred[T]:
+    def userWritable(self, username: str) -> None:
         """
-        Run C{work} while holding the user's lock.
+        Re-sync this user alone, if unsynced: its writes were parked.
         """
-        return self._locks.run(username, lambda: ensureDeferred(work(*args)))
+        self.converging.resync([username])
 
     def _background(self, d: Deferred[Any], what: str, username: str) -> None:
         """
@@ -271,6 +240,13 @@ class RosterBackend(Service):
         """
         d.addErrback(lambda f: self.log.warn("{what} of {user} failed: {why}",
                                              what=what, user=username, why=f.getErrorMessage()))
+
+    def _locked(self, username: str, work: Callable[..., Coroutine[Deferred[Any], Any, T]],
+                *args: object) -> Deferred[T]:
+        """
+        Run C{work} while holding the user's lock.
+        """
+        return self._locks.run(username, lambda: ensureDeferred(work(*args)))
 
     async def _load(self, username: str) -> Roster:
         """

@@ -323,7 +323,7 @@ class EjabberdAPISync(Service):
             self.log.info("ejabberd's HTTP API at {url} answers{again}: roster writes are on", url=self.url,
                           again=" again" if again else "")
             if self.observer is not None:
-                self.observer.connectionRestored()
+                self.observer.writesRestored()
         return answer
 
     def _failed(self, failure: Failure, command: str, arguments: dict[str, Any]) -> None:

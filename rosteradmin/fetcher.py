@@ -4,9 +4,11 @@ Fetching rosters from the web app with treq.
 
 One C{GET roster_url} per user, URL-encoded username in place of C{%s}.
 Every fetch has a deadline (retries included), the number in flight is
-bounded, replies are size-capped and validated, and concurrent requests for
-the same user share one fetch.  Fetches a client waits on go before
-background ones (refreshes), so a bulk refresh never makes a login wait.
+bounded, and replies are size-capped and validated.  Fetches a client waits
+on go before background ones (refreshes), so a bulk refresh never makes a
+login wait.  Two fetches of one user are never asked for at once: the
+backend fetches under the user's lock, and a client's load waiting behind
+another finds the roster cached.
 """
 
 from __future__ import annotations
@@ -99,7 +101,6 @@ class RosterFetcher:
         # A quarter of the slots stays free for fetches a client waits on,
         # so a login never queues behind a refresh's hanging fetches.
         self._slots = PrioritySlots(concurrency, reserved=concurrency // 4, now=clock.seconds)
-        self._waiters: dict[str, list[Deferred[Roster]]] = {}
 
     def close(self) -> Deferred[None]:
         """
@@ -117,8 +118,8 @@ class RosterFetcher:
 
     def fetch(self, username: str, urgent: bool = True) -> Deferred[Roster]:
         """
-        Fetch a user's roster.  Requests for a user whose fetch is under way
-        or waiting share it.
+        Fetch a user's roster (under the user's lock: see the module
+        docstring).
 
         @param username: A nodeprepped username.
         @param urgent: A client waits for it (a roster query), rather than
@@ -126,17 +127,7 @@ class RosterFetcher:
         @return: A Deferred firing with the L{Roster}, or failing with
             L{FetchFailed} (L{UserUnknown} when the web app answers 404).
         """
-        d: Deferred[Roster] = Deferred()
-        waiters = self._waiters.get(username)
-        if waiters is not None:
-            waiters.append(d)
-            if urgent:
-                self.hurry(username)
-            return d
-        self._waiters[username] = [d]
-        shared = self._slots.run(username, urgent, self._fetchWithDeadline, username)
-        shared.addBoth(self._deliver, username)
-        return d
+        return self._slots.run(username, urgent, self._fetchWithDeadline, username)
 
     def stuck(self) -> str | None:
         """
@@ -152,16 +143,6 @@ class RosterFetcher:
         it waits for a slot, it goes before the other background ones.
         """
         self._slots.promote(username)
-
-    def _deliver(self, result: Roster | Failure, username: str) -> None:
-        """
-        Hand one fetch's outcome to everybody who asked for it.
-        """
-        for d in self._waiters.pop(username):
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
 
     def _fetchWithDeadline(self, username: str) -> Deferred[Roster]:
         """

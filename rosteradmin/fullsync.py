@@ -42,8 +42,12 @@ from rosteradmin.slicing import inSlices
 from rosteradmin.snapshot import SyncSnapshot
 from rosteradmin.users import UserLister, UsersListEndless, UsersUnavailable
 
-#: Users refreshed at once in a full sync: a page of the users list is cut
-#: into batches of this size.
+#: Users of one batch of a full sync: a page of the users list (which may
+#: hold a million names) is cut into batches of this size, each one
+#: refresh.  Not a bound on work at once, which is the refresh's
+#: (L{rosteradmin.refreshes.REFRESH_WORKERS}): the unit of what a pass
+#: records as pending (a crash leaves one batch to resume, not a page), of
+#: its progress and of its cancellation (the batch under way finishes).
 BATCH_SIZE = 500
 
 #: Failures kept to show in the progress (the counts are complete).

@@ -45,10 +45,17 @@ class IServerObserver(Interface):
         background, so that a change made meanwhile is stored and pushed.
         """
 
-    def connectionRestored() -> None:
+    def writesRestored() -> None:
         """
-        The server takes roster writes (again): write what could not be
-        written.
+        The server takes roster writes (again): a new connection granted
+        roster access, or the server's API answers again.  Write what could
+        not be written.
+        """
+
+    def userWritable(username: str) -> None:
+        """
+        This user's writes may be tried again (they were parked, while the
+        server took everyone else's): write its roster if it could not be.
         """
 
 

@@ -18,20 +18,20 @@ background priority, and nothing of the web app.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rosteradmin.backend import RosterBackend
-from rosteradmin.slots import PrioritySlots
+from rosteradmin.slots import AtMost
 
-#: Users checked at once: their reads go through the privileged requests'
-#: own bound and pacing; this keeps the rest of a pass from holding locks.
+#: Users checked at once (L{AtMost}): their reads go through the privileged
+#: requests' own bound and pacing; this keeps the rest of a pass from
+#: holding locks.
 CHECKS_AT_ONCE = 16
 
 
@@ -60,7 +60,7 @@ class OnlineCheck(Service):
         self.checked = 0
         self._loop: LoopingCall | None = None
         self._checking = False
-        self._slots = PrioritySlots(CHECKS_AT_ONCE)
+        self._atMost: AtMost[str] = AtMost(CHECKS_AT_ONCE)
 
     def startService(self) -> None:
         super().startService()
@@ -87,20 +87,25 @@ class OnlineCheck(Service):
         if not usernames:
             return None
         self._checking = True
-        # A slot before the user's lock: a queued check holds no lock, so a
-        # refresh of that user does not wait for the whole pass.
-        checks = [self._slots.run(username, False, self.backend.verifyServer, username) for username in usernames]
-        return DeferredList(checks, consumeErrors=True).addCallback(self._done, usernames)
+        failures: dict[str, Failure] = {}
 
-    def _done(self, results: list[tuple[bool, None]], usernames: list[str]) -> None:
+        def verify(username: str) -> Deferred[None]:
+            def failed(failure: Failure) -> None:
+                failures[username] = failure
+
+            return self.backend.verifyServer(username).addErrback(failed)
+
+        # The bound before the user's lock: a check waiting for its turn
+        # holds no lock, so a refresh of that user does not wait for the
+        # whole pass.
+        return self._atMost.run(usernames, verify).addCallback(lambda _: self._done(usernames, failures))
+
+    def _done(self, usernames: list[str], failures: dict[str, Failure]) -> None:
         self._checking = False
         self.passes += 1
         self.checked += len(usernames)
-        # DeferredList types every result as the value type; a failed one
-        # (ok false) is the Failure.
-        failures = [(username, cast(Failure, result)) for username, (ok, result) in zip(usernames, results) if not ok]
         if failures:
-            username, failure = failures[0]
+            username, failure = next(iter(failures.items()))
             self.log.warn("checked the server rosters of {count} online users; {failed} checks failed, "
                           "{user}'s: {why}", count=len(usernames), failed=len(failures), user=username,
                           why=failure.getErrorMessage())

@@ -169,4 +169,4 @@ class PermissionTracker(XMPPHandler):
             iq=sorted(self.permissions.iqNamespaces), version=self.permissions.namespace,
         )
         if self.canSync():
-            self.observer.connectionRestored()
+            self.observer.writesRestored()

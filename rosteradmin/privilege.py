@@ -174,11 +174,11 @@ class PrivilegeHandler(XMPPHandler):
 
     def _unparked(self, username: str) -> None:
         """
-        A parked user's writes may be tried again: the backend re-syncs the
-        users the server has not stored.
+        A parked user's writes may be tried again: the backend re-syncs
+        that user, if the server has not stored its roster.
         """
         if self.canSync():
-            self.observer.connectionRestored()
+            self.observer.userWritable(username)
 
     def connectionLost(self, reason: Failure) -> None:
         self.parking.connectionLost()

@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_api,tests.test_component,tests.test_fetcher -*-
 """
 Refreshes of many users at once: the usernames prepared in slices and
-recorded as pending, a fixed number of workers taking the users in turn,
-and concurrent refreshes of one user coalesced; each user's own refresh is
-the backend's (L{rosteradmin.backend.RosterBackend}).
+recorded as pending, a bounded number of users worked on at once
+(L{rosteradmin.slots.AtMost}), and concurrent refreshes of one user
+coalesced; each user's own refresh is the backend's
+(L{rosteradmin.backend.RosterBackend}).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -20,14 +21,15 @@ from rosteradmin.errors import FetchFailed, InvalidUsername, SyncFailed
 from rosteradmin.interfaces import RefreshSummary
 from rosteradmin.refusals import Refusals
 from rosteradmin.roster import normaliseUsername
-from rosteradmin.serverrosters import ServerRosters
 from rosteradmin.slicing import inSlices
+from rosteradmin.slots import AtMost
 from rosteradmin.state import SyncState
 
 T = TypeVar("T")
 
 #: Users of one refresh worked on at once (fetches and writes have their
-#: own, smaller bounds; this one bounds the memory a huge refresh holds).
+#: own, smaller bounds; this one bounds the memory a huge refresh holds,
+#: L{AtMost}).
 REFRESH_WORKERS = 256
 
 #: Runs work on a user under that user's lock.
@@ -44,8 +46,7 @@ class Refreshes:
     log = Logger()
 
     def __init__(self, state: SyncState, clock: IReactorTime, locked: Locked,
-                 refreshOne: Callable[[str, bool], Coroutine[Deferred[Any], Any, None]], refusals: Refusals,
-                 server: ServerRosters) -> None:
+                 refreshOne: Callable[[str, bool], Coroutine[Deferred[Any], Any, None]], refusals: Refusals) -> None:
         """
         @param state: Where the users of a refresh are pending until done.
         @param clock: Gives the reactor its turns between slices.
@@ -53,14 +54,12 @@ class Refreshes:
         @param refreshOne: Refreshes one user (verifying what the server
             stores if told), under its lock.
         @param refusals: Whose roster was refused, for the summary.
-        @param server: Who is left unsynced (and so pending).
         """
         self.state = state
         self.clock = clock
         self.locked = locked
         self.refreshOne = refreshOne
         self.refusals = refusals
-        self.server = server
         self.count = 0
         # Callers waiting for a user's queued refresh that has not started.
         self._queued: dict[str, list[Deferred[None]]] = {}
@@ -95,7 +94,8 @@ class Refreshes:
             self.state.addPending(prepared)
         self.count += 1
 
-        async def refreshOne(username: str, given: str) -> None:
+        async def refreshOne(username: str) -> None:
+            given = distinct[username]
             try:
                 if verify:
                     await self.locked(username, self.refreshOne, username, True)
@@ -115,20 +115,13 @@ class Refreshes:
                 else:
                     summary.updated += 1
             finally:
-                if username not in self.server.unsynced:
-                    # Finished and reported; an unsynced user stays pending
-                    # until its write succeeds.
-                    self.state.done(username)
+                # Finished and reported; an unsynced user stays pending
+                # until its write succeeds.
+                self.state.done(username)
 
-        # A fixed number of workers take users in turn: a refresh of 100,000
-        # users holds the work of a few hundred at a time, not of all.
-        pending = iter(distinct.items())
-
-        async def worker() -> None:
-            for username, given in pending:
-                await refreshOne(username, given)
-
-        await gatherResults([ensureDeferred(worker()) for _ in range(min(REFRESH_WORKERS, len(distinct)))])
+        # A refresh of 100,000 users holds the work of a few hundred at a
+        # time, not of all.
+        await AtMost[str](REFRESH_WORKERS).run(distinct, lambda username: ensureDeferred(refreshOne(username)))
         return summary
 
     def coalesced(self, username: str) -> Deferred[None]:

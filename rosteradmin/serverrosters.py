@@ -6,9 +6,8 @@ Each write makes a user's stored roster equal the roster served: the
 state's record of what the server holds spares a read where it is current
 (the cheap path); otherwise the stored roster is read, diffed and the
 difference written, and what the server changed behind our back is counted
-as drift.  A user whose write could not be done is remembered as unsynced
-(and pending in the state) until it is, after the next connection or at
-its next load.
+as drift.  A user whose write could not be done is unsynced (and pending)
+in the state until it is, after the next connection or at its next load.
 """
 
 from __future__ import annotations
@@ -28,10 +27,9 @@ from rosteradmin.state import SyncState
 
 class ServerRosters:
     """
-    Writes served rosters into the server, and remembers who is behind.
+    Writes served rosters into the server, and tells the state who is
+    behind (L{SyncState.unsynced}).
 
-    @ivar unsynced: Users whose served roster the server may not hold yet
-        (written once the server is reachable and grants roster access).
     @ivar driftRepaired: Stored roster items repaired because the server
         changed them behind our back, by cause.
     """
@@ -47,7 +45,6 @@ class ServerRosters:
         self.sync = sync
         self.state = state
         self.promises = promises
-        self.unsynced: set[str] = set()
         self.driftRepaired: Counter[str] = Counter()
         self._writableWaiters: list[Deferred[None]] = []
 
@@ -91,7 +88,7 @@ class ServerRosters:
         held, as it stayed unwritten.
         """
         roster = self.cache.peek(username)
-        if roster is not None and username in self.unsynced:
+        if roster is not None and username in self.state.unsynced:
             stored = await self.write(username, roster, urgent=False)
             if stored is not None:
                 self.sync.push(username, stored.roster, roster, stored.notBoth)
@@ -114,7 +111,7 @@ class ServerRosters:
         if storedRead is None and not verify and known == roster.version:
             # The server holds this roster already (we wrote it): the
             # cheap path, no privileged read or write.
-            self.unsynced.discard(username)
+            self.state.caughtUp(username)
             return None
         if storedRead is None and not self.sync.canSync():
             await self.markUnsynced(username)
@@ -141,7 +138,6 @@ class ServerRosters:
             if report and isinstance(e, SyncFailed):
                 raise
             return None
-        self.unsynced.discard(username)
         self.state.recordServer(username, roster.version)
         # Read back (and written) in this run: what it holds is known, not
         # only recorded.
@@ -197,8 +193,7 @@ class ServerRosters:
             While disconnected it fires at once; the promise then ends
             with the write after the reconnection.
         """
-        self.unsynced.add(username)
-        self.state.addPending((username,))
+        self.state.markUnsynced(username)
         return self.promises.revoke(username)
 
 

@@ -9,11 +9,14 @@ who logs in meanwhile must not wait behind them, so work is either urgent
 first.  Background work that a client starts waiting on is made urgent.
 
 Work for one key (a user, a room) can also be serialised (L{KeyedLock}).
+A pass over many users (a refresh, a re-sync, a check of online users) is
+bounded once more, outside the slots and the locks (L{AtMost}): what it
+holds alive at once, not what reaches the web app or the server.
 
-Both start waiting work from a loop, never from inside the completion of
-the work before it: when the stream to the server drops, thousands of
-queued writes fail synchronously one after the other, and starting each
-from its predecessor's callback (as C{DeferredLock} and
+All three start waiting work from a loop, never from inside the
+completion of the work before it: when the stream to the server drops,
+thousands of queued writes fail synchronously one after the other, and
+starting each from its predecessor's callback (as C{DeferredLock} and
 C{DeferredSemaphore} do) overflows the stack, leaves slots counted as held
 and strands the rest of the queue.
 """
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Generic, Hashable, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
@@ -285,6 +290,99 @@ class KeyedLock(Generic[K]):
             self._queues.pop(key, None)
         _deliver(queued, result)
         self._drain()
+
+
+class _Pass(Generic[K]):
+    """
+    One call of L{AtMost.run}: its keys not taken yet, its work, its pieces
+    running, and the Deferred fired once all are done.
+    """
+
+    __slots__ = ("keys", "work", "running", "taken", "done")
+
+    def __init__(self, keys: Iterable[K], work: Callable[[K], Deferred[Any]]) -> None:
+        self.keys: Iterator[K] = iter(keys)
+        self.work = work
+        self.running = 0
+        self.taken = False
+        self.done: Deferred[None] = Deferred()
+
+    def finishIfDone(self) -> None:
+        if self.taken and not self.running and not self.done.called:
+            self.done.callback(None)
+
+
+class AtMost(Generic[K]):
+    """
+    Work on many keys (users) with at most C{limit} pieces alive at once,
+    over every call: the outer bound of the passes over users.
+
+    It is not a bound on requests: fetches, privileged requests and their
+    pacing have their own (L{PrioritySlots}), and so has each user's work
+    (L{KeyedLock}).  It bounds what a pass holds at once: the coroutines
+    and Deferreds of 100,000 users started together would all wait in
+    those queues, each user's lock held while its request waits for a
+    slot (so that user's refresh waits behind the whole pass).  Keys are
+    taken from a call's iterable only as pieces finish, so a pass over a
+    generator never holds all of it either.
+
+    Calls take turns in the order they came: a call made while another
+    runs waits until the keys of the first are all taken.
+
+    @ivar running: Pieces of work running now, over all calls.
+    """
+
+    log = Logger()
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self._passes: deque[_Pass[K]] = deque()
+        self._drain = _Drain(self._startOne)
+
+    def run(self, keys: Iterable[K], work: Callable[[K], Deferred[Any]], first: bool = False) -> Deferred[None]:
+        """
+        Run C{work(key)} for each key, within the bound.  C{work} handles
+        its own failures: one it lets through is logged as a bug.
+
+        @param first: Go before the calls already waiting (work a client
+            started).
+        @return: Fires once this call's work is all done.
+        """
+        queued: _Pass[K] = _Pass(keys, work)
+        if first:
+            self._passes.appendleft(queued)
+        else:
+            self._passes.append(queued)
+        self._drain()
+        return queued.done
+
+    def _startOne(self) -> bool:
+        while self.running < self.limit and self._passes:
+            queued = self._passes[0]
+            key = next(queued.keys, _END)
+            if key is _END:
+                self._passes.popleft()
+                queued.taken = True
+                queued.finishIfDone()
+                continue
+            self.running += 1
+            queued.running += 1
+            d = maybeDeferred(queued.work, key)
+            d.addErrback(lambda f: self.log.failure("unhandled failure of bounded work", f))
+            d.addBoth(self._finished, queued)
+            return True
+        return False
+
+    def _finished(self, result: object, queued: _Pass[K]) -> None:
+        self.running -= 1
+        queued.running -= 1
+        queued.finishIfDone()
+        self._drain()
+
+
+#: The end of a call's keys.
+_END: Any = object()
 
 
 def _deliver(queued: _Work, result: object) -> None:

@@ -10,7 +10,9 @@ only three facts of its own, and all must survive a crash:
   privileged read or write, the cheap path;
 - the users whose server roster may be behind the web app: refreshes
   accepted and not finished, and writes that failed.  After a crash, or a
-  restart, they are finished without the web app asking again;
+  restart, they are finished without the web app asking again.  Those
+  whose write failed in this run (the unsynced) are also known apart, in
+  memory: their cached roster is written once the server takes writes;
 - the contacts whose roster pushes some online device of their user has
   not answered yet (L{rosteradmin.devices}): after a crash mid-refresh the
   server is current, so nothing else would push them again to the devices
@@ -77,6 +79,8 @@ class SyncState:
     @ivar remembersServer: Whether the file held server roster versions
         when it was opened: what the server stores is known from an
         earlier run.
+    @ivar unsynced: The pending users whose write failed in this run: the
+        server may not hold their cached roster (L{markUnsynced}).
     """
 
     log = Logger()
@@ -99,6 +103,7 @@ class SyncState:
             username: (frozenset(jids.split("\n")) if jids else frozenset(), version, since)
             for username, jids, version, since in tables["unpushed"]}
         self._meta: dict[str, str] = dict(tables["meta"])
+        self.unsynced: set[str] = set()
         if self._file.marked:
             self._distrust()
             if not self._file.unsaved:
@@ -172,6 +177,7 @@ class SyncState:
         """
         self._server[username] = version
         self._pending.pop(username, None)
+        self.unsynced.discard(username)
         self._file.changes({("server_rosters", username): (username, version, time.time()),
                        ("pending", username): None})
 
@@ -220,12 +226,28 @@ class SyncState:
                 added["pending", username] = (username, now)
         self._file.changes(added)
 
+    def markUnsynced(self, username: str) -> None:
+        """
+        A write of C{username}'s roster could not be done: it stays pending
+        until one is (L{recordServer}), after a restart too.
+        """
+        self.unsynced.add(username)
+        self.addPending((username,))
+
+    def caughtUp(self, username: str) -> None:
+        """
+        The server is known to hold C{username}'s cached roster (the
+        version it was last made to hold): it is no longer unsynced.
+        """
+        self.unsynced.discard(username)
+
     def done(self, username: str) -> None:
         """
-        C{username} is no longer pending (its refresh finished, for better
-        or worse, and was reported).
+        C{username}'s refresh finished, for better or worse, and was
+        reported: it is no longer pending, unless unsynced (then until its
+        write is done).
         """
-        if self._pending.pop(username, None) is not None:
+        if username not in self.unsynced and self._pending.pop(username, None) is not None:
             self._file.change("pending", username, None)
 
     def pending(self) -> list[str]:

@@ -116,8 +116,11 @@ class Observer:
     def catchUp(self, username: str) -> None:
         pass
 
-    def connectionRestored(self) -> None:
+    def writesRestored(self) -> None:
         self.restored += 1
+
+    def userWritable(self, username: str) -> None:
+        pass
 
 
 def apiSync(api: Resource, **kwargs: Any) -> tuple[EjabberdAPISync, Clock]:

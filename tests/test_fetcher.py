@@ -424,11 +424,14 @@ def test_observeFetch() -> None:
 
 def test_concurrentFetchesShareOne() -> None:
     """
-    Concurrent fetches of one user make one request and all get the roster.
+    Concurrent loads of one user make one request and all get the roster:
+    the backend fetches under the user's lock, and the loads waiting behind
+    the first find its roster cached.
     """
     webApp = HeldWebApp({"alice": BOB})
     f, http, _ = fetcher(webApp)
-    first, second, third = f.fetch("alice"), f.fetch("alice"), f.fetch("alice")
+    backend = RosterBackend(RosterCache(), f, offlineSync())
+    first, second, third = backend.getRoster("alice"), backend.getRoster("alice"), backend.getRoster("alice")
     http.flush()
     assert webApp.seen == ["alice"]
     assert notFired(first) and notFired(second)
@@ -440,19 +443,23 @@ def test_concurrentFetchesShareOne() -> None:
     assert webApp.seen == ["alice"]
 
 
-def test_concurrentFetchesShareFailure() -> None:
+def test_failedLoadIsNotShared() -> None:
     """
-    Concurrent fetches of one user share a failure too, counted once.
+    A client's load waiting behind one that failed asks the web app again
+    (the failure is not shared): the web app may answer this time.
     """
-    webApp = HeldWebApp()
+    webApp = HeldWebApp({"alice": BOB})
     f, http, _ = fetcher(webApp)
-    first, second = f.fetch("alice"), f.fetch("alice")
+    backend = RosterBackend(RosterCache(), f, offlineSync())
+    first, second = backend.getRoster("alice"), backend.getRoster("alice")
     http.flush()
     webApp.answer(status=500, body=b"boom")
     http.flush()
     assert "HTTP 500" in fetchFailure(first).reason
-    assert "HTTP 500" in fetchFailure(second).reason
-    assert webApp.seen == ["alice"] and f.failures == 1
+    assert webApp.seen == ["alice", "alice"] and f.failures == 1
+    webApp.answer()
+    http.flush()
+    assert len(result(second)) == 1
 
 
 def test_laterFetchAsksAgain() -> None:
@@ -492,12 +499,13 @@ def test_usersNotShared() -> None:
 
 def test_cancelledWaiterLeavesOthers() -> None:
     """
-    Cancelling one caller's Deferred does not stop the shared fetch or the
-    other callers' result.
+    Cancelling one client's load does not stop the fetch or the other
+    clients' result.
     """
     webApp = HeldWebApp({"alice": BOB})
     f, http, _ = fetcher(webApp)
-    first, second = f.fetch("alice"), f.fetch("alice")
+    backend = RosterBackend(RosterCache(), f, offlineSync())
+    first, second = backend.getRoster("alice"), backend.getRoster("alice")
     http.flush()
     first.cancel()
     assert result(first).check(Exception)
@@ -566,13 +574,14 @@ def test_failuresFreeTheirSlot() -> None:
 
 def test_sharedFetchesTakeOneSlot() -> None:
     """
-    Many callers for one user take a single slot of the bound.
+    Many clients' loads of one user take a single slot of the bound.
     """
     webApp = HeldWebApp()
     f, http, _ = fetcher(webApp, concurrency=2)
+    backend = RosterBackend(RosterCache(), f, offlineSync())
     for _ in range(5):
-        f.fetch("alice")
-    f.fetch("bob")
+        backend.getRoster("alice")
+    backend.getRoster("bob")
     http.flush()
     assert sorted(webApp.seen) == ["alice", "bob"] and f.inFlight == 2
 
@@ -597,20 +606,23 @@ def test_clientFetchesGoBeforeBackgroundOnes() -> None:
 
 def test_clientJoiningABackgroundFetchHurriesIt() -> None:
     """
-    A client asking for a user whose background fetch waits for a slot
-    shares that fetch, which then goes before the other background ones.
+    A client asking for a user whose background fetch (a refresh's) waits
+    for a slot gets that fetch's roster, and the fetch then goes before
+    the other background ones.
     """
     webApp = HeldWebApp({"r3": BOB})
     f, http, _ = fetcher(webApp, concurrency=1)
-    refreshes = [f.fetch(u, urgent=False) for u in ["r1", "r2", "r3"]]
-    login = f.fetch("r3")
+    backend = RosterBackend(RosterCache(), f, offlineSync())
+    refresh = backend.refresh(["r1", "r2", "r3"])
+    login = backend.getRoster("r3")
     http.flush()
     for _ in range(3):
         webApp.answer()
         http.flush()
     assert webApp.seen == ["r1", "r3", "r2"]
     roster = result(login)
-    assert roster is result(refreshes[2]) and len(roster) == 1
+    assert result(refresh).updated == 3
+    assert isinstance(roster, Roster) and len(roster) == 1 and roster is backend.cache.peek("r3")
 
 
 def test_loginDuringBulkRefreshIsNotQueuedBehindIt() -> None:

@@ -136,7 +136,10 @@ class _Observer:
         self.warm = warm
         self.catchUp = catchUp
 
-    def connectionRestored(self) -> None:
+    def writesRestored(self) -> None:
+        pass
+
+    def userWritable(self, username: str) -> None:
         pass
 
 

@@ -1,6 +1,7 @@
 """
 Tests for L{rosteradmin.slots.PrioritySlots}: the bound, the order, and
-urgent work first.
+urgent work first; and for L{rosteradmin.slots.AtMost}, the outer bound of
+passes over users.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from rosteradmin.slots import KeyedLock, PrioritySlots
+from rosteradmin.slots import AtMost, KeyedLock, PrioritySlots
 
 
 class Work:
@@ -262,3 +264,79 @@ def test_perKeyBound() -> None:
     assert work.started[-1] == "bob0"
     work.finish("alice0")
     assert work.started[-1] == "alice2" and slots.running == 3
+
+
+# AtMost
+
+
+def test_atMostBoundsEveryCallTogether() -> None:
+    """
+    Two calls share one bound: the second waits until the first's keys are
+    all taken, and each call fires once its own work is done.
+    """
+    work, bound = Work(), AtMost[str](2)
+    fired: list[str] = []
+    bound.run(["a", "b", "c"], work).addCallback(lambda _: fired.append("first"))
+    bound.run(["d"], work).addCallback(lambda _: fired.append("second"))
+    assert work.started == ["a", "b"] and bound.running == 2
+    work.finish("a")
+    assert work.started == ["a", "b", "c"]
+    work.finish("b")
+    assert work.started == ["a", "b", "c", "d"] and fired == []
+    work.finish("d")
+    assert fired == ["second"]
+    work.finish("c")
+    assert fired == ["second", "first"] and bound.running == 0
+
+
+def test_atMostTakesKeysAsItGoes() -> None:
+    """
+    Keys are taken from the iterable only as work finishes: a pass over a
+    generator never holds more than the bound.
+    """
+    taken: list[int] = []
+
+    def keys() -> Any:
+        for n in range(1000):
+            taken.append(n)
+            yield str(n)
+
+    work, bound = Work(), AtMost[str](3)
+    bound.run(keys(), work)
+    assert len(taken) == 3 and work.open == 3
+
+
+def test_atMostFirstGoesBeforeWaitingCalls() -> None:
+    """
+    A call made C{first} starts before the keys of calls already waiting.
+    """
+    work, bound = Work(), AtMost[str](1)
+    bound.run(["a", "b"], work)
+    bound.run(["c"], work)
+    bound.run(["client"], work, first=True)
+    work.finish("a")
+    assert work.started == ["a", "client"]
+
+
+def test_atMostSynchronousWorkDoesNotRecurse() -> None:
+    """
+    Work that finishes at once (a user with nothing to write) starts the
+    next from a loop, not from its completion: 100,000 of them neither
+    overflow the stack nor leave pieces counted as running.
+    """
+    bound = AtMost[str](8)
+    done = bound.run((str(n) for n in range(100_000)), lambda key: succeed(None))
+    assert done.called and bound.running == 0
+
+
+def test_atMostEmptyAndFailingWork() -> None:
+    """
+    A call with no keys fires at once; work that fails is logged as a bug
+    and frees its place.
+    """
+    bound = AtMost[str](1)
+    assert bound.run([], Work()).called
+    with capturedLogs() as events:
+        done = bound.run(["a", "b"], lambda key: fail(RuntimeError(key)))
+    assert done.called and bound.running == 0
+    assert len([e for e in events if "log_failure" in e]) == 2
