@@ -32,6 +32,8 @@ setup(
             # tests/test_stateengines.py runs every storage, PostgreSQL too.
             "psycopg[binary]>=3.1",
             "pytest>=8",
+            # tests/test_shape.py: class sizes and cyclomatic complexity.
+            "radon>=6",
             "pytest-twisted>=1.14",
             "hypothesis>=6",
             "schemathesis>=4",
