@@ -338,9 +338,18 @@ class HealthResource(JsonResource):
             "parked_users": _firstListed(backend.parked),
             "pending_users": backend.pendingUsers,
             "sync": _syncSummary(snapshot.sync),
+            "role": snapshot.role,
+            "since": isoTime(snapshot.roleSince),
         }
         healthy = connected and stuck is None
         return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
+
+
+def isoTime(when: float) -> str:
+    """
+    A UNIX time as C{/healthz} shows it: ISO 8601 in UTC, to the second.
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _firstListed(reasons: Mapping[str, str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from twisted.web import server
 
 from rosteradmin.cache import USER_CHARGE
-from rosteradmin.snapshot import ServiceSnapshot
+from rosteradmin.snapshot import Role, ServiceSnapshot
 from rosteradmin.web import JsonLeaf
 
 
@@ -50,6 +50,16 @@ class FetchLatency:
         self.histogram.labels(outcome).observe(seconds)
 
 
+def roleMetrics(role: str, since: float) -> Iterator[Metric]:
+    """
+    Whether this process leads, and since when (a standby shows them too).
+    """
+    yield GaugeMetricFamily("rosteradmin_leader", "1 while this process leads (holds the component connection), "
+                            "0 on a standby", 1 if role == "leader" else 0)
+    yield GaugeMetricFamily("rosteradmin_role_since_seconds", "When this process became leader or standby "
+                            "(UNIX time)", since)
+
+
 class Metrics(Collector):
     """
     The registry of one service, and the collector of its live counters:
@@ -68,6 +78,7 @@ class Metrics(Collector):
     def collect(self) -> Iterator[Metric]:
         snapshot = self.snapshots()
         backend, stream = snapshot.backend, snapshot.stream
+        yield from roleMetrics(snapshot.role, snapshot.roleSince)
         yield CounterMetricFamily("rosteradmin_roster_queries", "Roster queries answered", stream.queriesAnswered)
         yield CounterMetricFamily("rosteradmin_cache_hits", "Roster cache hits", backend.cacheHits)
         yield CounterMetricFamily("rosteradmin_cache_misses", "Roster cache misses", backend.cacheMisses)
@@ -147,6 +158,23 @@ def _labelled(family: CounterMetricFamily, counts: Mapping[str, int]) -> Metric:
     return family
 
 
+class RoleMetrics(Collector):
+    """
+    The registry of a standby, which has nothing to count but its role.
+    """
+
+    def __init__(self, role: Role) -> None:
+        """
+        @param role: This process's leadership.
+        """
+        self.role = role
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from roleMetrics(self.role.role, self.role.since)
+
+
 class MetricsResource(JsonLeaf):
     """
     C{GET /metrics} in the Prometheus text format.
@@ -158,7 +186,7 @@ class MetricsResource(JsonLeaf):
 
     allowedMethods = (b"GET", b"HEAD")
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics | RoleMetrics) -> None:
         super().__init__()
         self.metrics = metrics
 

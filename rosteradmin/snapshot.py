@@ -14,8 +14,10 @@ under it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,9 @@ class ServiceSnapshot:
     @ivar kicks: Kick requests by HTTP status.
     @ivar onlineChecked: Server rosters of online users the online check
         has read back.
+    @ivar role: This process's role, C{"leader"} (always, on an SQLite
+        state) or C{"standby"} (L{rosteradmin.leadership}).
+    @ivar roleSince: When (UNIX time) it took that role.
     """
 
     backend: BackendSnapshot
@@ -127,6 +132,21 @@ class ServiceSnapshot:
     sync: SyncSnapshot | None
     kicks: Mapping[str, int]
     onlineChecked: int
+    role: str = "leader"
+    roleSince: float = 0.0
+
+
+class Role(Protocol):
+    """
+    What the snapshots show of leadership
+    (L{rosteradmin.leadership.Leadership}).
+    """
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def since(self) -> float: ...
 
 
 class Snapshots:
@@ -138,12 +158,15 @@ class Snapshots:
 
     def __init__(self, backend: Callable[[], BackendSnapshot], stream: Callable[[], StreamSnapshot],
                  sync: Callable[[], SyncSnapshot | None], kicks: Mapping[str, int],
-                 onlineChecked: Callable[[], int] = lambda: 0) -> None:
+                 onlineChecked: Callable[[], int] = lambda: 0, role: Role | None = None) -> None:
         """
         @param kicks: Kicks by HTTP status, as the kick resource counts them.
         @param onlineChecked: How many server rosters the online check has
             read back, if it runs.
+        @param role: This process's leadership; by default it leads since
+            the snapshots were made.
         """
+        self._role = role if role is not None else _Leader(time.time())
         self._backend = backend
         self._stream = stream
         self._sync = sync
@@ -155,4 +178,14 @@ class Snapshots:
         Read every part's figures now.
         """
         return ServiceSnapshot(self._backend(), self._stream(), self._sync(), dict(self._kicks),
-                               self._onlineChecked())
+                               self._onlineChecked(), self._role.role, self._role.since)
+
+
+@dataclass(frozen=True)
+class _Leader:
+    """
+    The role of a process that leads throughout.
+    """
+
+    since: float
+    role: str = "leader"

@@ -78,6 +78,9 @@ RETRY_MAX_DELAY = 5.0
 #: that two processes starting at once do it once.
 SCHEMA_LOCK = 0x726F7374  # "rost"
 
+#: The advisory lock the leader holds (L{rosteradmin.leadership}).
+LEADER_LOCK = 0x726F73746C656164  # "rostlead"
+
 #: Connection parameters the URL may override.
 _DEFAULTS = {"application_name": "rosteradmin",
              "keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2", "keepalives_count": "3",
@@ -146,13 +149,28 @@ def _isTransient(e: psycopg.Error) -> bool:
     return "FATAL:" not in message or any(passing in message for passing in _PASSING)
 
 
-def _transaction(db: psycopg.Connection[Any], batch: Changes, final: bool) -> None:
+class Superseded(StateError):
     """
-    Write a batch in one transaction; the last one also deletes this
-    process's C{holder} row.
+    Another process holds the state now (its C{holder} row replaced ours):
+    this one's changes must not be written over what it reads.
+    """
+
+
+def _transaction(db: psycopg.Connection[Any], batch: Changes, final: bool, holder: str) -> None:
+    """
+    Write a batch in one transaction, if this process still holds the
+    state; the last one also deletes this process's C{holder} row.
+
+    @param holder: This process's C{holder} row.
+    @raise Superseded: Another process's row replaced it.
     """
     with db.transaction():
         cursor = db.cursor()
+        # The row lock makes a new holder's start wait for this transaction,
+        # and this one see the new holder once it has started.
+        row = cursor.execute("SELECT value FROM meta WHERE key = 'holder' FOR SHARE").fetchone()
+        if row is None or row[0] != holder:
+            raise Superseded(f"another process holds the state now ({row[0] if row else 'none'})")
         apply(cursor, POSTGRESQL, batch)
         if final:
             cursor.execute("DELETE FROM meta WHERE key = 'holder'")
@@ -198,6 +216,9 @@ class PostgreSQLState:
         self._failure: str | None = None
         self._failingSince = 0.0
         self._closed = False
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._holder = f"{socket.gethostname()} pid {os.getpid()} since {since} #{id(self):x}"
+        self._superseded = False
         self._db: psycopg.Connection[Any] | None = _connect(url, self.path)
         try:
             self.tables, holder = self._start(self._db)
@@ -225,9 +246,7 @@ class PostgreSQLState:
                     prepare(cursor, POSTGRESQL, found)
                 tables = readTables(cursor)
                 row = cursor.execute("SELECT value FROM meta WHERE key = 'holder'").fetchone()
-                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                holder = f"{socket.gethostname()} pid {os.getpid()} since {since}"
-                cursor.execute(POSTGRESQL.upsert("meta"), ("holder", holder))
+                cursor.execute(POSTGRESQL.upsert("meta"), ("holder", self._holder))
         except psycopg.Error as e:
             raise StateError(f"{self.path}: {_reason(e)}", transient=_isTransient(e)) from None
         return tables, None if row is None else str(row[0])
@@ -261,7 +280,7 @@ class PostgreSQLState:
         """
         Queue changes; they are written in the background, in order.
         """
-        if self._closed or not changes:
+        if self._closed or self._superseded or not changes:
             return
         self._unsaved.update(changes)
         self._flush()
@@ -301,7 +320,7 @@ class PostgreSQLState:
             self._db = None
             self._db = _connect(self._url, self.path, timeout)
         try:
-            _transaction(self._db, batch, final)
+            _transaction(self._db, batch, final, self._holder)
         except psycopg.OperationalError:
             if not self._db.broken:
                 raise
@@ -310,7 +329,7 @@ class PostgreSQLState:
                 raise
             self._db = None
             self._db = _connect(self._url, self.path, timeout)
-            _transaction(self._db, batch, final)
+            _transaction(self._db, batch, final, self._holder)
 
     def _wrote(self, _: None) -> None:
         self._written = None
@@ -329,6 +348,9 @@ class PostgreSQLState:
         """
         self._written = None
         self._writing = {}
+        if failure.check(Superseded):
+            self._supersede(_reason(cast(BaseException, failure.value)), len(batch.keys() | self._unsaved.keys()))
+            return
         self._unsaved = {**batch, **self._unsaved}
         if not failure.check(psycopg.Error, StateError):
             self.log.failure("writing state database {path}", failure, path=self.path)
@@ -341,6 +363,17 @@ class PostgreSQLState:
         if not self._closed:
             self._retry = self._clock.callLater(self._retryDelay, self._retrySave)
             self._retryDelay = min(self._retryDelay * 2, RETRY_MAX_DELAY)
+
+    def _supersede(self, why: str, count: int) -> None:
+        """
+        Another process took the state over (a new leader): write nothing
+        more, ever; it read the state and writes it now.
+        """
+        self.log.error("state database {path}: {why}; this process's {count} unwritten changes are dropped",
+                       path=self.path, why=why, count=count)
+        self._superseded = True
+        self._unsaved = {}
+        self._failure = why
 
     def _retrySave(self) -> None:
         self._retry = None
@@ -366,6 +399,9 @@ class PostgreSQLState:
         if self._written is not None:
             await self._written
         batch = self._unsaved
+        if self._superseded:
+            self._pool.stop()
+            return
         try:
             await deferToThreadPool(self._reactor, self._pool, self._finish, batch)
         except (psycopg.Error, StateError) as e:
@@ -387,3 +423,96 @@ class PostgreSQLState:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+class PostgreSQLLock:
+    """
+    The leader's advisory lock (L{LEADER_LOCK}) on a session of its own, for
+    L{rosteradmin.leadership.Leadership}: its own connection, apart from
+    the one writing the state (whose retries must not delay a heartbeat),
+    used from its own thread, every statement and unacknowledged write on
+    the wire bounded by the heartbeat's timeout.
+
+    @ivar path: The database URL, without its password.
+    """
+
+    log = Logger()
+
+    def __init__(self, url: str, timeout: float, reactor: IReactorTime | None = None) -> None:
+        """
+        Connect once, so that a URL the server refuses stops start-up as
+        the state's would.
+
+        @param timeout: Seconds a statement (or data on the wire) may take.
+        @raise StateError: The database cannot be reached or refuses us.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = cast(IReactorTime, globalReactor)
+        self.path = redacted(url)
+        self._url = url
+        self._timeout = timeout
+        self._reactor = cast(IReactorFromThreads, reactor)
+        self._db: psycopg.Connection[Any] | None = self._connect()
+        self._pool = ThreadPool(1, 1, "rosteradmin-leadership")
+        self._pool.start()
+        cast(Any, reactor).addSystemEventTrigger("after", "shutdown", self._pool.stop)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        milliseconds = str(int(self._timeout * 1000))
+        url = psycopg.conninfo.make_conninfo(self._url, **{
+            k: v for k, v in {"application_name": "rosteradmin leadership", "tcp_user_timeout": milliseconds,
+                              "keepalives_idle": "1", "keepalives_interval": "1"}.items()
+            if k not in psycopg.conninfo.conninfo_to_dict(self._url)})
+        db = _connect(url, self.path, CLOSE_CONNECT_TIMEOUT)
+        db.execute(f"SET statement_timeout = {milliseconds}")
+        return db
+
+    def _run(self, f: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._pool, f)
+
+    def acquire(self) -> Deferred[bool]:
+        """
+        Try to take the lock, on a new session if there is none.
+        """
+        return self._run(self._acquire)
+
+    def _acquire(self) -> bool:
+        if self._db is None or self._db.closed:
+            self._db = None
+            self._db = self._connect()
+        try:
+            row = self._db.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+        except psycopg.Error as e:
+            self._db.close()
+            raise StateError(f"{self.path}: {_reason(e)}", transient=True) from None
+        return bool(row and row[0])
+
+    def check(self) -> Deferred[bool]:
+        """
+        Whether this session still holds the lock (a lost session raises).
+        """
+        return self._run(self._check)
+
+    def _check(self) -> bool:
+        if self._db is None or self._db.closed:
+            return False
+        try:
+            row = self._db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                   "AND pid = pg_backend_pid()").fetchone()
+        except psycopg.Error as e:
+            self._db.close()
+            raise StateError(_reason(e)) from None
+        return bool(row and row[0])
+
+    def release(self) -> Deferred[None]:
+        """
+        End the session, which lets the lock go.
+        """
+        return self._run(self._release)
+
+    def _release(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -16,9 +16,12 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.threads import deferToThread
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from rosteradmin.api import KickRoute, buildRoot
 from rosteradmin.backend import RosterBackend
@@ -34,6 +37,7 @@ from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.fullsync import FullSync
 from rosteradmin.httpclient import makeHTTPClient
 from rosteradmin.interfaces import IRosterSync
+from rosteradmin.leadership import AlwaysLeader, Leadership, LeaderOnly, Term, Timings
 from rosteradmin.metrics import FetchLatency, Metrics
 from rosteradmin.muc import RoomKicker
 from rosteradmin.onlinecheck import OnlineCheck
@@ -44,10 +48,11 @@ from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin.rosterserver import RosterServer
 from rosteradmin.slots import MAX_SYNC_IN_FLIGHT
-from rosteradmin.snapshot import Snapshots
+from rosteradmin.snapshot import Role, Snapshots
+from rosteradmin.standby import standbyRoot
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.startup import EX_CONFIG, SequentialService, refuseToStart
-from rosteradmin.state import StateError, SyncState
+from rosteradmin.state import StateError, SyncState, isPostgreSQL, openStorage
 from rosteradmin.users import UserLister
 from rosteradmin.web import Drain, DrainingService, makeSite
 
@@ -152,13 +157,14 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
 
 
 def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
-            onlineCheck: OnlineCheck | None = None) -> Resource:
+            onlineCheck: OnlineCheck | None = None, role: Role | None = None) -> Resource:
     """
     The HTTP API's resource tree, with health and metrics read from one
     snapshot of the backend, the component and the full sync.
 
     @param drain: Counts the requests in flight, for the HTTP service.
     @param onlineCheck: Whose counts the metrics show, if it runs.
+    @param role: This process's leadership, which health and metrics show.
     """
     comp = parts.component
     kickOutcomes: Counter[str] = Counter()
@@ -166,46 +172,35 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
     if not config.no_kick and config.kick_authorization is not None:
         kick = KickRoute(comp.kicker, comp.status, config.kick_authorization, kickOutcomes)
     snapshots = Snapshots(parts.backend.snapshot, comp.snapshot, fullSync.snapshot, kickOutcomes,
-                          lambda: onlineCheck.checked if onlineCheck is not None else 0)
+                          lambda: onlineCheck.checked if onlineCheck is not None else 0, role)
     return buildRoot(drain, parts.backend, fullSync, config.refresh_authorization, kick, snapshots,
                      Metrics(snapshots, parts.fetchLatency))
 
 
-def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+def leaderTerm(config: Config, reactor: Any, state: SyncState, drain: Drain, role: Role,
+               verbose: bool = False) -> Term:
     """
-    The whole service tree: C{backend} (cache, fetcher, sync),
-    C{roster-sync} (ejabberd's API only), C{component} (the XMPP side),
-    C{sync} (full syncs), C{online-check} and C{http} (the API), sharing
-    the backend.
+    What the leader runs, wired over one state: C{backend} (cache, fetcher,
+    sync), C{roster-sync} (ejabberd's API only), C{component} (the XMPP
+    side), C{sync} (full syncs) and C{online-check}, and the API's
+    resources over them.  Every part is new: a process leading again
+    builds them anew (L{rosteradmin.leadership.LeaderOnly}).
     """
-    if reactor is None:
-        from twisted.internet import reactor as globalReactor
-
-        reactor = globalReactor
-    config = options.config
-    top = SequentialService(config.http)
-
-    try:
-        state = SyncState(config.state, reactor) if config.state is not None else SyncState(clock=reactor)
-    except StateError as e:
-        # Another process holding the file's lock throughout start-up may
-        # let go; another schema or an unusable path will not.
-        refuseToStart(f"--state: {e}", 1 if e.transient else EX_CONFIG)
     # The web app's, for the fetcher (which closes the pool) and the users
     # lister: every fetch in flight may reuse a kept-alive connection.
     http, pool = makeHTTPClient(reactor, config.fetch_timeout, config.fetch_concurrency)
     xmppServer = endpoints.HostnameEndpoint(reactor, config.xmpp_host, config.xmpp_port)
-    parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=bool(options["verbose"]))
+    parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=verbose)
     backend = parts.backend
     backend.setName("backend")
-    backend.setServiceParent(top)
+    services: list[service.IService] = [backend]
     syncService = service.IService(backend.sync, None)
     if syncService is not None:
         # ejabberd's API: it probes the API at start and while it refuses.
         syncService.setName("roster-sync")
-        syncService.setServiceParent(top)
+        services.append(syncService)
     parts.component.setName("component")
-    parts.component.setServiceParent(top)
+    services.append(parts.component)
 
     lister = None
     if config.users_url is not None:
@@ -213,14 +208,85 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                             maxBytes=config.max_roster_bytes, headers=config.web_app_headers)
     fullSync = FullSync(backend, lister, reactor, not config.no_start_sync, config.reconcile_interval)
     fullSync.setName("sync")
-    fullSync.setServiceParent(top)
     privileges = parts.component.privileges
     onlineCheck = OnlineCheck(backend, lambda: privileges.online, reactor, config.online_check_interval)
     onlineCheck.setName("online-check")
-    onlineCheck.setServiceParent(top)
+    services += [fullSync, onlineCheck]
+    return Term(services, makeAPI(config, parts, fullSync, drain, onlineCheck, role), parts.component.abandon,
+                state.close)
 
+
+def _openState(config: Config, reactor: Any) -> SyncState:
+    """
+    The state C{--state} names, opened before the reactor runs; start-up
+    ends if it cannot be.
+    """
+    try:
+        return SyncState(config.state, reactor) if config.state is not None else SyncState(clock=reactor)
+    except StateError as e:
+        # Another process holding the file's lock throughout start-up may
+        # let go; another schema or an unusable path will not.
+        refuseToStart(f"--state: {e}", 1 if e.transient else EX_CONFIG)
+
+
+def _leaderOnly(config: Config, reactor: Any, drain: Drain, site: Site, verbose: bool) -> tuple[Leadership, LeaderOnly]:
+    """
+    The leadership over a PostgreSQL state (its lock's session opened now:
+    start-up ends if the database refuses us) and, under it, the parts
+    only the leader runs, the state opened afresh each time it leads.
+    """
+    # Imported here: the driver is an optional dependency.
+    from rosteradmin.statepg import PostgreSQLLock
+
+    assert config.state is not None
+    url = config.state
+    try:
+        lock = PostgreSQLLock(url, Timings().timeout, reactor)
+    except StateError as e:
+        refuseToStart(f"--state: {e}", 1 if e.transient else EX_CONFIG)
+    leadership = Leadership(lock, reactor)
+
+    async def begin() -> Term:
+        # Its reading waits on the network: not in the reactor's thread.
+        storage = await deferToThread(openStorage, url, reactor)
+        state = SyncState(url, reactor, storage=storage)
+        return leaderTerm(config, reactor, state, drain, leadership, verbose)
+
+    kick = not config.no_kick and config.kick_authorization is not None
+    leader = LeaderOnly(leadership, lambda: ensureDeferred(begin()), site, standbyRoot(drain, leadership, kick))
+    leadership.setName("leadership")
+    leader.setName("leader")
+    return leadership, leader
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """
+    The whole service tree.  With one process (an SQLite state, or none):
+    L{leaderTerm}'s parts, then C{http} (the API).  With a PostgreSQL
+    state, several processes may share it and one leads
+    (L{rosteradmin.leadership}): C{leadership}, holding C{leader} (the same
+    parts, while this process leads), then C{http}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    config = options.config
+    verbose = bool(options["verbose"])
+    top = SequentialService(config.http)
     drain = Drain()
-    site = makeSite(makeAPI(config, parts, fullSync, drain, onlineCheck), config.max_body_bytes, config.http_timeout, reactor)
+    site = makeSite(Resource(), config.max_body_bytes, config.http_timeout, reactor)
+    if config.state is not None and isPostgreSQL(config.state):
+        # Stopped in the reverse order: the parts (closing the state) before
+        # the lock is let go.
+        for child in _leaderOnly(config, reactor, drain, site, verbose):
+            child.setServiceParent(top)
+    else:
+        term = leaderTerm(config, reactor, _openState(config, reactor), drain, AlwaysLeader(), verbose)
+        for part in term.services:
+            part.setServiceParent(top)
+        site.resource = term.root
+
     # Requests in flight may wait for a fetch and an XMPP round trip.
     drainTimeout = config.fetch_timeout + config.iq_timeout
     web = DrainingService(endpoints.serverFromString(reactor, config.http), site, drain, reactor, drainTimeout,
