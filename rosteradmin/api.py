@@ -450,13 +450,23 @@ class RequestsResource(JsonResource):
             self.log.error("cannot read a recorded request: {why}", why=str(e) or type(e).__name__)
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "The shared state cannot be read: try again") from None
         if found is None or found.kind not in self.authorizations:
-            if all(authorizationProblem(request, expected) is not None for expected in self.authorizations.values()):
-                _requireAuthorization(self.log, "request lookup", request, next(iter(self.authorizations.values())))
+            self._requireEitherAuthorization(request)
             raise ApiError(HTTPStatus.NOT_FOUND, "No such request")
         _requireAuthorization(self.log, found.kind, request, self.authorizations[found.kind])
         if found.outcome is not None:
             return found.outcome.code, found.outcome.body
         return HTTPStatus.ACCEPTED, pendingBody(found)
+
+    def _requireEitherAuthorization(self, request: server.Request) -> None:
+        """
+        Refuse a request holding none of the secrets: a caller that may
+        look at no request learns nothing of which ids exist.
+
+        @raise ApiError: 401.
+        """
+        secrets = list(self.authorizations.values())
+        if all(authorizationProblem(request, expected) is not None for expected in secrets):
+            _requireAuthorization(self.log, "request lookup", request, secrets[0])
 
 
 class HealthResource(JsonResource):

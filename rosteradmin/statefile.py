@@ -192,6 +192,7 @@ class StateFile:
         if self._closed:
             return fail(StateError(f"{self.path}: closed"))
         db = self._db if self._db is not None else self._memoryDatabase()
+        before = db.total_changes
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -204,6 +205,8 @@ class StateFile:
             return fail(StateError(f"{self.path}: {e}", transient=e.sqlite_errorname in _LOCKED))
         except Exception:
             return fail()
+        if db is self._db and db.total_changes != before:
+            self._committed()
         return succeed(result)
 
     def _memoryDatabase(self) -> sqlite3.Connection:
@@ -283,6 +286,12 @@ class StateFile:
                           elapsed=time.time() - self._failingSince)
             self._failure = None
             self._retryDelay = RETRY_DELAY
+        self._committed()
+
+    def _committed(self) -> None:
+        """
+        Count a commit that wrote, and checkpoint after enough of them.
+        """
         self._commits += 1
         if self._commits >= CHECKPOINT_COMMITS:
             self._checkpoint()

@@ -259,3 +259,22 @@ def test_newTermAppliesAnInterruptedRequestAgain(tmp_path: Path) -> None:
     code, looked = api.request("GET", location, headers={"Authorization": "s3"})
     assert code == 200 and looked["updated"] == 1
     second.stopService()
+
+
+def test_leaderAppliesNothingWhileItsStreamIsDown(tmp_path: Path) -> None:
+    """
+    The leader claims no recorded request while its XMPP stream is down:
+    they wait, and are applied at the next look once it is up.
+    """
+    wire = ComponentOnWire(WebApp({"alice": ALICE_ROSTER}), state=SyncState(str(tmp_path / "state.sqlite")))
+    api = Api(wire, refreshAuthorization="s3")
+    api.leading = False
+    _, body, location = post(api, "/roster_admin/refresh", ["alice"])
+    applier = leader(api)
+    assert rows(tmp_path)[0][3] == ACCEPTED and wire.webApp.requests.get("alice", 0) == 0
+    wire.handshake(PERMISSIONS_2)
+    wire.clock.advance(applier.interval)
+    wire.answerRequests(serverAnswers())
+    assert rows(tmp_path)[0][3] == DONE
+    assert api.request("GET", location, headers={"Authorization": "s3"})[0] == 200
+    applier.stopService()
