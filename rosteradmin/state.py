@@ -135,6 +135,14 @@ class SyncState:
         return self._file.path
 
     @property
+    def storage(self) -> IStateStorage:
+        """
+        The storage, for what keeps tables of its own in it (the
+        intake, L{rosteradmin.intake}).
+        """
+        return self._file
+
+    @property
     def movedAside(self) -> str | None:
         """
         Where an unreadable file found at start was moved, or C{None}.

@@ -30,16 +30,20 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from rosteradmin.statestorage import (
-    SQLITE, TABLES, IStateStorage, Changes, Row, StateError, apply, needsWriting, prepare, readTables, schemaVersion,
+    SQLITE, TABLES, Cursor, Dialect, IStateStorage, Changes, Row, StateError, apply, needsWriting, prepare,
+    readTables, schemaVersion,
 )
+
+T = TypeVar("T")
 
 #: Seconds start-up waits for another process's lock on the file.
 OPEN_TIMEOUT = 5.0
@@ -100,6 +104,8 @@ class StateFile:
         self._checkpointer: threading.Thread | None = None
         self.movedAside: str | None = None
         self._db: sqlite3.Connection | None = None
+        self._closed = False
+        self._memory: sqlite3.Connection | None = None
         if path != ":memory:":
             self._db = self._open()
         self.tables = self._read()
@@ -158,6 +164,7 @@ class StateFile:
         lock (this runs at shutdown), and close it: done when this returns.
         """
         self._stopRetrying()
+        self._closed = True
         if self._db is None:
             return succeed(None)
         if self._unsaved:
@@ -171,6 +178,46 @@ class StateFile:
         self._db.close()
         self._db = None
         return succeed(None)
+
+    def transact(self, work: Callable[[Cursor, Dialect], T], timeout: float) -> Deferred[T]:
+        """
+        Run C{work} in one transaction now, on the reactor's thread, and
+        return its result committed (C{synchronous=NORMAL}: a commit
+        survives the process being killed), or a failure.  It never
+        waits for the lock, so C{timeout} is moot: a file another process
+        holds fails at once.  Without a file (C{":memory:"}) the
+        transaction runs in a database in memory, created on first use:
+        nothing survives the process, as with the rest of such a state.
+        """
+        if self._closed:
+            return fail(StateError(f"{self.path}: closed"))
+        db = self._db if self._db is not None else self._memoryDatabase()
+        before = db.total_changes
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db.cursor(), SQLITE)
+                db.execute("COMMIT")
+            finally:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            return fail(StateError(f"{self.path}: {e}", transient=e.sqlite_errorname in _LOCKED))
+        except Exception:
+            return fail()
+        if db is self._db and db.total_changes != before:
+            self._committed()
+        return succeed(result)
+
+    def _memoryDatabase(self) -> sqlite3.Connection:
+        """
+        The database in memory that L{transact} writes when there is no
+        file, with the latest schema.
+        """
+        if self._memory is None:
+            self._memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            prepare(self._memory.cursor(), SQLITE, None)
+        return self._memory
 
     def _stopRetrying(self) -> None:
         if self._retry is not None and self._retry.active():
@@ -239,6 +286,12 @@ class StateFile:
                           elapsed=time.time() - self._failingSince)
             self._failure = None
             self._retryDelay = RETRY_DELAY
+        self._committed()
+
+    def _committed(self) -> None:
+        """
+        Count a commit that wrote, and checkpoint after enough of them.
+        """
         self._commits += 1
         if self._commits >= CHECKPOINT_COMMITS:
             self._checkpoint()

@@ -44,11 +44,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -57,8 +58,11 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from rosteradmin.statestorage import (
-    POSTGRESQL, IStateStorage, Changes, Row, StateError, apply, needsWriting, prepare, readTables, schemaVersion,
+    POSTGRESQL, Cursor, Dialect, IStateStorage, Changes, Row, StateError, apply, needsWriting, prepare,
+    readTables, schemaVersion,
 )
+
+T = TypeVar("T")
 
 #: Seconds to wait for the server to accept a connection, and at shutdown.
 CONNECT_TIMEOUT = 5
@@ -311,6 +315,36 @@ class PostgreSQLState:
             self._db = None
             self._db = _connect(self._url, self.path, timeout)
             _transaction(self._db, batch, final)
+
+    def transact(self, work: Callable[[Cursor, Dialect], T], timeout: float) -> Deferred[T]:
+        """
+        Run C{work} in one transaction in the writing thread, after the
+        batches queued before it, and fire with its result once
+        committed; or fail, after C{timeout} seconds at most (the thread
+        may still commit it later: a caller that gave up must not assume
+        it was not written).  A connection found broken is closed for the
+        next use to replace; the work is not run again, since it need not
+        be idempotent.
+        """
+        if self._closed:
+            return fail(StateError(f"{self.path}: closed"))
+        done = deferToThreadPool(self._reactor, self._pool, self._transact, work)
+        return done.addTimeout(timeout, self._clock)
+
+    def _transact(self, work: Callable[[Cursor, Dialect], T]) -> T:
+        """
+        In the writing thread: L{transact}'s transaction.
+        """
+        if self._db is None or self._db.closed:
+            self._db = None
+            self._db = _connect(self._url, self.path)
+        try:
+            with self._db.transaction():
+                return work(self._db.cursor(), POSTGRESQL)
+        except psycopg.Error as e:
+            if self._db.broken:
+                self._db.close()
+            raise StateError(f"{self.path}: {_reason(e)}", transient=_isTransient(e)) from None
 
     def _wrote(self, _: None) -> None:
         self._written = None

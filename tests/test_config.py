@@ -427,7 +427,7 @@ def test_optionsBuildTheServiceTree() -> None:
                           "--roster-url", "http://app/%s", "--kick-authorization", "k",
                           "--http", "tcp:0:interface=127.0.0.1"])
     top = makeService(options)
-    assert [s.name for s in top] == ["backend", "component", "sync", "online-check", "http"]
+    assert [s.name for s in top] == ["backend", "component", "sync", "online-check", "requests", "http"]
     assert not top.running
 
 

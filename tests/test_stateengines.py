@@ -259,12 +259,17 @@ async def test_closeWithUnsavedChanges(backing: Backing) -> None:
 Step = Callable[[statestorage.Cursor, statestorage.Dialect], None]
 
 
-def upgradeTo2(monkeypatch: pytest.MonkeyPatch, step: Step) -> None:
+#: The schema version the code under test writes, before L{upgradeOnce}.
+CURRENT = statestorage.SCHEMA_VERSION
+
+
+def upgradeOnce(monkeypatch: pytest.MonkeyPatch, step: Step) -> None:
     """
-    Make this code's schema version 2, reached from 1 by C{step}.
+    Make this code's schema one version newer (C{CURRENT + 1}), reached
+    from C{CURRENT} by C{step}.
     """
-    monkeypatch.setattr(statestorage, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(statestorage, "UPGRADES", {1: step})
+    monkeypatch.setattr(statestorage, "SCHEMA_VERSION", CURRENT + 1)
+    monkeypatch.setattr(statestorage, "UPGRADES", {**statestorage.UPGRADES, CURRENT: step})
 
 
 def addNotes(db: statestorage.Cursor, dialect: statestorage.Dialect) -> None:
@@ -275,19 +280,19 @@ def addNotes(db: statestorage.Cursor, dialect: statestorage.Dialect) -> None:
 @pytest_twisted.ensureDeferred
 async def test_olderSchemaUpgradedOnce(backing: Backing, monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    A database of schema version 1, opened by code of version 2, gets the
-    upgrade step once, at start, keeping its rows; the version is
+    A database of the current schema version, opened by code one version
+    newer, gets the upgrade step once, at start, keeping its rows; the version is
     recorded.
     """
     storage = backing.open()
     storage.changes(EVERY_TABLE)
     await written(storage)
     await storage.close()
-    upgradeTo2(monkeypatch, addNotes)
+    upgradeOnce(monkeypatch, addNotes)
     upgraded = backing.open()
     assert upgraded.tables == READ_BACK
     await upgraded.close()
-    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [("2",)]
+    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [(str(CURRENT + 1),)]
     kind = "sqlite" if isinstance(backing, SQLiteBacking) else "postgresql"
     assert backing.sql("SELECT username, note FROM notes") == [("alice", kind)]
     await backing.open().close()  # the step would fail if run again: the table exists
@@ -306,10 +311,10 @@ async def test_failedUpgradeChangesNothing(backing: Backing, monkeypatch: pytest
         addNotes(db, dialect)
         db.execute("SELECT * FROM no_such_table")
 
-    upgradeTo2(monkeypatch, halfway)
+    upgradeOnce(monkeypatch, halfway)
     with pytest.raises(StateError, match="no_such_table"):
         backing.open()
-    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [("1",)]
+    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [(str(CURRENT),)]
     with pytest.raises(Exception, match="notes"):
         backing.sql("SELECT * FROM notes")
 
@@ -321,9 +326,9 @@ async def test_newerSchemaRefused(backing: Backing) -> None:
     not transient, and left untouched.
     """
     await backing.open().close()
-    backing.sql("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    backing.sql(f"UPDATE meta SET value = '{CURRENT + 1}' WHERE key = 'schema'")
     before = backing.sql("SELECT key, value FROM meta ORDER BY key")
-    with pytest.raises(StateError, match="schema version 2, this rosteradmin reads 1") as caught:
+    with pytest.raises(StateError, match=f"schema version {CURRENT + 1}, this rosteradmin reads {CURRENT}") as caught:
         backing.open()
     assert not caught.value.transient
     assert backing.sql("SELECT key, value FROM meta ORDER BY key") == before
@@ -333,7 +338,8 @@ def test_sqliteFileOfTheFirstSchemaOpens(tmp_path: Path) -> None:
     """
     A file as the first rosteradmin wrote it (its DDL, C{INSERT OR
     REPLACE}, the schema row written by the state, or missing when that
-    write failed) opens and reads at version 1.
+    write failed) opens and reads, upgraded from version 1 to the current
+    one.
     """
     for schemaRow in (True, False):
         path = tmp_path / f"old-{schemaRow}.sqlite"
@@ -356,7 +362,8 @@ def test_sqliteFileOfTheFirstSchemaOpens(tmp_path: Path) -> None:
         state = SyncState(str(path))
         assert state.serverVersion("alice") == "v1" and state.pending() == ["bob"]
         state.close()
-        assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [("1",)]
+        assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [
+            (str(CURRENT),)]
 
 
 @pytest_twisted.ensureDeferred

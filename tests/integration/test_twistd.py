@@ -138,12 +138,13 @@ def test_kickAuthorizationRequired() -> None:
     assert "--kick-authorization: is required" in output.strip().splitlines()[-1]
 
 
-async def startTwistd(prosody: Any, webapp: Any, tmp_path: Path,
-                      settings: str = "") -> tuple[subprocess.Popen[str], str]:
+async def startTwistd(prosody: Any, webapp: Any, tmp_path: Path, settings: str = "",
+                      env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """
     twistd with a TOML config and the secret in a file, once healthy.
 
     @param settings: More TOML lines for the config.
+    @param env: More environment variables for the process.
     """
     httpPort = freePort()
     (tmp_path / "secret").write_text(prosody.secret + "\n")
@@ -158,7 +159,7 @@ http = "tcp:{httpPort}:interface=127.0.0.1"
 no_kick = true
 {settings}
 """)
-    process = twistd("--config", str(config))
+    process = twistd("--config", str(config), env=env)
     base = f"http://127.0.0.1:{httpPort}"
     for _ in range(200):
         try:
