@@ -318,7 +318,7 @@ def _connect(path: str) -> sqlite3.Connection:
         check = [str(row[0]) for row in db.execute("PRAGMA quick_check")]
         if check != ["ok"]:
             raise _Unreadable("; ".join(check[:3]))
-        if needsWriting(schemaVersion(db.cursor(), SQLITE, path), path):
+        if needsWriting(db.cursor(), SQLITE, schemaVersion(db.cursor(), SQLITE, path), path):
             _prepare(db, path)
         db.execute("PRAGMA busy_timeout = 0")
     except sqlite3.Error as e:
@@ -342,7 +342,7 @@ def _prepare(db: sqlite3.Connection, path: str) -> None:
     try:
         cursor = db.cursor()
         found = schemaVersion(cursor, SQLITE, path)
-        if needsWriting(found, path):
+        if needsWriting(cursor, SQLITE, found, path):
             prepare(cursor, SQLITE, found)
         db.execute("COMMIT")
     finally:

@@ -221,7 +221,7 @@ class PostgreSQLState:
                 cursor = db.cursor()
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 found = schemaVersion(cursor, POSTGRESQL, self.path)
-                if needsWriting(found, self.path):
+                if needsWriting(cursor, POSTGRESQL, found, self.path):
                     prepare(cursor, POSTGRESQL, found)
                 tables = readTables(cursor)
                 row = cursor.execute("SELECT value FROM meta WHERE key = 'holder'").fetchone()

@@ -8,8 +8,9 @@ L{rosteradmin.statepg} for PostgreSQL).
 
 The database records the version of its schema (the C{meta} row
 C{schema}).  At start a storage calls L{prepare}: a new database gets the
-first schema and then every upgrade, an older one the upgrades it lacks,
-in the start's transaction (so a failed upgrade leaves it as it was); a
+first schema and then every upgrade, an older one the upgrades it lacks
+(and any table of the first schema it lacks: earlier releases added two
+while recording version 1), in the start's transaction (so a failed upgrade leaves it as it was); a
 newer one is refused, untouched, since this code would misread it.  A
 change of schema is therefore one function added to L{UPGRADES} (taking
 version I{n} to I{n + 1}, in the SQL of both dialects) and
@@ -171,19 +172,29 @@ POSTGRESQL = Dialect("postgresql", "%s", "DOUBLE PRECISION", "",
                      "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
 
 
-def _createFirst(db: Cursor, dialect: Dialect) -> None:
+def _first(dialect: Dialect) -> dict[str, str]:
     """
-    Schema version 1, as rosteradmin first wrote it: never changed, the
-    upgrades start from it.
+    The tables of schema version 1 and their columns' definitions: never
+    changed, the upgrades start from them.
     """
     real = dialect.real
-    for table, columns in {
+    return {
         "server_rosters": f"username TEXT PRIMARY KEY, version TEXT NOT NULL, written_at {real} NOT NULL",
         "pending": f"username TEXT PRIMARY KEY, since {real} NOT NULL",
         "doubted_clients": "username TEXT PRIMARY KEY, version TEXT NOT NULL",
         "unpushed": f"username TEXT PRIMARY KEY, jids TEXT NOT NULL, version TEXT NOT NULL, since {real} NOT NULL",
         "meta": "key TEXT PRIMARY KEY, value TEXT NOT NULL",
-    }.items():
+    }
+
+
+def _createFirst(db: Cursor, dialect: Dialect) -> None:
+    """
+    Create each table of schema version 1 that is missing.  Earlier
+    releases added C{doubted_clients} and then C{unpushed} while recording
+    version 1, as C{CREATE TABLE IF NOT EXISTS} at every start: a database
+    they wrote may hold only the first three, whatever version it records.
+    """
+    for table, columns in _first(dialect).items():
         db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns}){dialect.tableSuffix}")
 
 
@@ -210,7 +221,7 @@ def schemaVersion(db: Cursor, dialect: Dialect, name: str) -> int | None:
     """
     tables = {row[0] for row in db.execute(dialect.tablesQuery).fetchall()}
     if "meta" not in tables:
-        if dialect is SQLITE and tables:
+        if dialect.name == "sqlite" and tables:
             raise StateError(f"{name}: not a rosteradmin state file (it holds the tables {', '.join(sorted(tables))})")
         ours = tables & set(TABLES)
         if ours:
@@ -226,32 +237,35 @@ def schemaVersion(db: Cursor, dialect: Dialect, name: str) -> int | None:
         raise StateError(f"{name}: schema version {row[0]}, this rosteradmin reads {SCHEMA_VERSION}") from None
 
 
-def needsWriting(found: int | None, name: str) -> bool:
+def needsWriting(db: Cursor, dialect: Dialect, found: int | None, name: str) -> bool:
     """
     Whether a database of schema C{found} (L{schemaVersion}) must be
-    created, upgraded or have its version recorded.
+    created, upgraded, have its version recorded, or get the tables of
+    version 1 that an earlier release did not create (L{_createFirst}).
 
     @raise StateError: The version is newer than this code's, or older
         than any upgrade reaches.
     """
-    if found == SCHEMA_VERSION:
-        return False
     start = 1 if found in (None, UNRECORDED) else found
+    assert start is not None
     if not 1 <= start <= SCHEMA_VERSION or any(step not in UPGRADES for step in range(start, SCHEMA_VERSION)):
         raise StateError(f"{name}: schema version {found}, this rosteradmin reads {SCHEMA_VERSION}")
-    return True
+    if found != SCHEMA_VERSION:
+        return True
+    tables = {row[0] for row in db.execute(dialect.tablesQuery).fetchall()}
+    return not tables >= _first(dialect).keys()
 
 
 def prepare(db: Cursor, dialect: Dialect, found: int | None) -> None:
     """
-    Create or upgrade the schema from C{found} (L{schemaVersion}) to
-    L{SCHEMA_VERSION} and record it, inside the caller's transaction.
+    Create the missing tables of version 1, upgrade the schema from
+    C{found} (L{schemaVersion}) to L{SCHEMA_VERSION} and record it, inside
+    the caller's transaction.
     """
-    if found in (None, UNRECORDED):
-        _createFirst(db, dialect)
-        found = 1
-    assert found is not None
-    for step in range(found, SCHEMA_VERSION):
+    _createFirst(db, dialect)
+    start = 1 if found in (None, UNRECORDED) else found
+    assert start is not None
+    for step in range(start, SCHEMA_VERSION):
         UPGRADES[step](db, dialect)
     db.execute(dialect.upsert("meta"), ("schema", str(SCHEMA_VERSION)))
 

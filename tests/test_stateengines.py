@@ -329,23 +329,40 @@ async def test_newerSchemaRefused(backing: Backing) -> None:
     assert backing.sql("SELECT key, value FROM meta ORDER BY key") == before
 
 
-def test_sqliteFileOfTheFirstSchemaOpens(tmp_path: Path) -> None:
+#: The tables of the first schema as each earlier release created them,
+#: all recording schema version 1: the first (rosters, pending users and
+#: meta), then with the doubted clients, then with the unpushed contacts.
+EARLIER_RELEASES = {
+    "first": """
+        CREATE TABLE IF NOT EXISTS server_rosters (username TEXT PRIMARY KEY, version TEXT NOT NULL,
+                                                   written_at REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS pending (username TEXT PRIMARY KEY, since REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    """,
+    "doubted": """
+        CREATE TABLE IF NOT EXISTS doubted_clients (username TEXT PRIMARY KEY, version TEXT NOT NULL) WITHOUT ROWID;
+    """,
+    "unpushed": """
+        CREATE TABLE IF NOT EXISTS unpushed (username TEXT PRIMARY KEY, jids TEXT NOT NULL, version TEXT NOT NULL,
+                                             since REAL NOT NULL) WITHOUT ROWID;
+    """,
+}
+
+
+@pytest.mark.parametrize("release", ["first", "doubted", "unpushed"])
+def test_sqliteFileOfTheFirstSchemaOpens(tmp_path: Path, release: str) -> None:
     """
-    A file as the first rosteradmin wrote it (its DDL, C{INSERT OR
+    A file as each earlier release wrote it (its tables, C{INSERT OR
     REPLACE}, the schema row written by the state, or missing when that
-    write failed) opens and reads at version 1.
+    write failed) opens and reads at version 1: the tables added since,
+    while the version stayed 1, are created at start, and written.
     """
+    releases = list(EARLIER_RELEASES)
+    ddl = "".join(EARLIER_RELEASES[name] for name in releases[:releases.index(release) + 1])
     for schemaRow in (True, False):
         path = tmp_path / f"old-{schemaRow}.sqlite"
         db = sqlite3.connect(path)
-        db.executescript("""
-            CREATE TABLE server_rosters (username TEXT PRIMARY KEY, version TEXT NOT NULL,
-                                         written_at REAL NOT NULL) WITHOUT ROWID;
-            CREATE TABLE pending (username TEXT PRIMARY KEY, since REAL NOT NULL) WITHOUT ROWID;
-            CREATE TABLE doubted_clients (username TEXT PRIMARY KEY, version TEXT NOT NULL) WITHOUT ROWID;
-            CREATE TABLE unpushed (username TEXT PRIMARY KEY, jids TEXT NOT NULL, version TEXT NOT NULL,
-                                   since REAL NOT NULL) WITHOUT ROWID;
-            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        db.executescript(ddl + """
             INSERT OR REPLACE INTO server_rosters VALUES ('alice', 'v1', 1.0);
             INSERT OR REPLACE INTO pending VALUES ('bob', 2.0);
         """)
@@ -355,8 +372,12 @@ def test_sqliteFileOfTheFirstSchemaOpens(tmp_path: Path) -> None:
         db.close()
         state = SyncState(str(path))
         assert state.serverVersion("alice") == "v1" and state.pending() == ["bob"]
+        state.doubtClients("carol", "v3")
+        assert state.unsaved == 0
         state.close()
         assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [("1",)]
+        assert sqlite3.connect(path).execute("SELECT * FROM doubted_clients").fetchall() == [("carol", "v3")]
+        assert sqlite3.connect(path).execute("SELECT count(*) FROM unpushed").fetchall() == [(0,)]
 
 
 @pytest_twisted.ensureDeferred
