@@ -20,11 +20,14 @@ schema holds.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 #: The schema this code reads and writes.
@@ -117,6 +120,95 @@ class IStateStorage(Interface):
         it, and close; a loss is logged, and the next start is L{marked}.
         Fires once closed.
         """
+
+
+class Retries:
+    """
+    A storage's writes that fail: why (L{problem}), logged once when they
+    start failing and once when they succeed again, and retried with a
+    backoff that doubles up to a cap.
+
+    @ivar failure: Why the last write failed, or C{None} once one
+        succeeded.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, noun: str, path: str, first: float, most: float) -> None:
+        """
+        @param noun: What the storage is, in log lines (C{"state file"}).
+        @param path: The storage as named to the user.
+        @param first: Seconds before the first retry.
+        @param most: Seconds between retries at most.
+        """
+        self._clock = clock
+        self._noun = noun
+        self._path = path
+        self._first = first
+        self._most = most
+        self._delay = first
+        self._call: IDelayedCall | None = None
+        self._since = 0.0
+        self.failure: str | None = None
+
+    @property
+    def scheduled(self) -> bool:
+        """
+        Whether a retry is due: writing before it would fail again.
+        """
+        return self._call is not None
+
+    def failed(self, why: str, retry: Callable[[], None] | None) -> bool:
+        """
+        A write failed: log it if it is the first since writes succeeded,
+        and call C{retry} after the backoff (unless C{None}: no retry).
+
+        @return: Whether writes were succeeding until this one.
+        """
+        first = self.failure is None
+        if first:
+            self._since = time.time()
+            self.log.error("cannot write {noun} {path}: {why}; keeping its changes in memory until it can",
+                           noun=self._noun, path=self._path, why=why)
+        self.failure = why
+        if retry is not None:
+            self._call = self._clock.callLater(self._delay, self._retry, retry)
+            self._delay = min(self._delay * 2, self._most)
+        return first
+
+    def _retry(self, retry: Callable[[], None]) -> None:
+        self._call = None
+        retry()
+
+    def succeeded(self) -> None:
+        """
+        A write succeeded: the failures, if any, are over.
+        """
+        if self.failure is None:
+            return
+        self.log.info("{noun} {path} written again after {elapsed:.1f} s", noun=self._noun, path=self._path,
+                      elapsed=time.time() - self._since)
+        self.failure = None
+        self._delay = self._first
+
+    def cancel(self) -> None:
+        """
+        Call no retry that is due.
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def problem(self, waiting: int) -> str | None:
+        """
+        Why C{waiting} changes are kept in memory, or C{None} while writes
+        succeed.
+        """
+        if self.failure is None:
+            return None
+        since = time.strftime("%H:%M:%S", time.gmtime(self._since))
+        return (f"cannot write {self._path} since {since} UTC: {self.failure}; "
+                f"{waiting} changes kept in memory, retrying")
 
 
 class Cursor(Protocol):

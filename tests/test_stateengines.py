@@ -9,6 +9,8 @@ server.  Then the tests of what only one of them does.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sqlite3
 import time
@@ -122,8 +124,16 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 15.0)
         await deferLater(reactor, 0.02)
 
 
+def idle(storage: IStateStorage) -> bool:
+    """
+    Whether no write is under way or waiting: C{unsaved} counts neither
+    while writes succeed, and PostgreSQL's take a moment in flight.
+    """
+    return not getattr(storage, "_written", None) and not getattr(storage, "_unsaved", None)
+
+
 async def written(storage: IStateStorage) -> None:
-    await until(lambda: storage.unsaved == 0 and storage.problem is None, "written")
+    await until(lambda: storage.unsaved == 0 and storage.problem is None and idle(storage), "written")
 
 
 EVERY_TABLE: dict[tuple[str, str], statestorage.Row | None] = {
@@ -232,7 +242,7 @@ async def test_closeWithUnsavedChanges(backing: Backing) -> None:
     state = SyncState(backing.url, reactor)
     state.recordServer("alice", "v1")
     state.recordServer("bob", "v1")
-    await until(lambda: state.unsaved == 0, "written")
+    await until(lambda: state.unsaved == 0 and idle(state._storage), "written")
     backing.refuseWrites()
     try:
         with capturedLogs() as events:
@@ -249,7 +259,7 @@ async def test_closeWithUnsavedChanges(backing: Backing) -> None:
     assert again.serverVersion("alice") is None and again.serverVersion("bob") is None
     assert not again.remembersServer and again.pending() == ["alice", "bob"]
     assert any("refreshing and reading back every user it knew (2)" in formatEvent(e) for e in events)
-    await until(lambda: again.unsaved == 0, "written")
+    await until(lambda: again.unsaved == 0 and idle(again._storage), "written")
     await again.close()
     last = backing.open()
     assert not last.marked and sorted(row[0] for row in last.tables["pending"]) == ["alice", "bob"]
@@ -459,3 +469,113 @@ def test_postgresqlRefusalsNameTheDatabaseWithoutPassword(postgresql: PostgreSQL
         openStorage(url, reactor)
     assert not caught.value.transient and "s3cret" not in str(caught.value)
     assert statepg.redacted(url) == postgresql.url("missing")
+
+
+def backendPids(backing: PostgreSQLBacking) -> list[int]:
+    """
+    The server processes of the storages' connections.
+    """
+    return [row[0] for row in backing.sql("SELECT pid FROM pg_stat_activity "
+                                          "WHERE application_name = 'rosteradmin' AND datname = current_database()")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresqlCloseBoundedWithAWriteInFlight(postgresql: PostgreSQLServer) -> None:
+    """
+    Closing while a write waits on a server that stopped answering (its
+    processes frozen: the kernel still acknowledges every packet, so no
+    socket timeout fires) ends within a few seconds: the write is
+    interrupted, the loss logged, and the next start is marked.
+    """
+    backing = PostgreSQLBacking(postgresql)
+    storage = backing.open()
+    storage.change("pending", "alice", ("alice", 1.0))
+    await written(storage)
+    postmaster = int((postgresql.directory / "data" / "postmaster.pid").read_text().split()[0])
+    frozen = [*backendPids(backing), postmaster]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with capturedLogs() as events:
+            storage.change("pending", "bob", ("bob", 2.0))
+            await deferLater(reactor, 0.2)  # the write is sent, and waits for an answer
+            started = time.monotonic()
+            closed = storage.close()
+            await until(lambda: closed.called, "closed", timeout=10)
+        assert time.monotonic() - started < 5
+        assert any("1 changes not written at shutdown" in formatEvent(e) for e in events)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    again = backing.open()
+    assert again.marked
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresqlCleanCloseLeavesAnotherHolder(postgresql: PostgreSQLServer) -> None:
+    """
+    Of two processes on one database, the one that closes cleanly ends
+    only its own hold: the other's C{holder} row, which replaced its own
+    when the other started, stays, so a crash of the other still marks
+    the next start.
+    """
+    backing = PostgreSQLBacking(postgresql)
+    first = backing.open()
+    other = "db2.example.org pid 4242 since 2026-01-01T00:00:00Z"
+    backing.sql("UPDATE meta SET value = %s WHERE key = 'holder'", (other,))
+    await first.close()
+    assert backing.sql("SELECT value FROM meta WHERE key = 'holder'") == [(other,)]
+    with capturedLogs():
+        again = backing.open()
+    assert again.marked
+    await again.close()
+
+
+def test_postgresqlFailedSetUpClosesTheConnection(postgresql: PostgreSQLServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A connection whose set-up fails (the server refuses its statement
+    timeout) is closed, not left open behind the error.
+    """
+    monkeypatch.setattr(statepg, "STATEMENT_TIMEOUT", -1.0)
+    backing = PostgreSQLBacking(postgresql)
+    with pytest.raises(StateError, match="statement_timeout") as caught:
+        backing.open()
+    assert not caught.value.transient
+    assert backendPids(backing) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresqlUnsavedOnlyWhileWritesFail(postgresql: PostgreSQLServer) -> None:
+    """
+    A change in flight while the server takes writes is not unsaved (an
+    alert on C{rosteradmin_state_unsaved > 0} would fire on every
+    change): like the file's, the count is what waits while writes fail.
+    """
+    backing = PostgreSQLBacking(postgresql)
+    storage = backing.open()
+    storage.change("pending", "alice", ("alice", 1.0))
+    assert storage.unsaved == 0 and storage.problem is None
+    await written(storage)
+    await storage.close()
+
+
+@pytest.mark.parametrize("query", ["sslmode=bogus", "port=abc", "connect_timeout=soon", "target_session_attrs=any-of"])
+def test_postgresqlBadOptionIsAConfigurationError(query: str) -> None:
+    """
+    A URL libpq reads but whose options it refuses is a configuration
+    error, not a transient one: restarting cannot fix it.
+    """
+    with pytest.raises(StateError) as caught:
+        openStorage(f"postgresql://nobody:s3cret@127.0.0.1:1/db?{query}", reactor)
+    assert not caught.value.transient and "s3cret" not in str(caught.value)
+
+
+def test_redactedDropsEveryPassword() -> None:
+    """
+    Every password of the URL is left out: the user's, and any option
+    naming one (the client key's C{sslpassword}).
+    """
+    url = "postgresql://u:s3cret@h/db?sslpassword=k3y&password=s3cret&sslmode=require&PassWordX=p"
+    assert statepg.redacted(url) == "postgresql://u@h/db?sslmode=require"
