@@ -430,7 +430,7 @@ def test_checkpointsKeepTheWALSmall(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     state = SyncState(path)
     for n in range(2000):
         state.recordServer(f"user{n}", "v1")
-        checkpointer = state._file._checkpointer
+        checkpointer = state._storage._checkpointer
         if checkpointer is not None:
             checkpointer.join()  # as a slow disk would, once in a while
     # Each commit appends at least a page (4 KiB): 2,000 would make 8 MB.

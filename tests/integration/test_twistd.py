@@ -21,6 +21,7 @@ from rosteradmin_demo.devprosody import freePort
 from rosteradmin.startup import EX_CONFIG
 from tests.integration.service import RunningService
 from tests.integration.test_rosters import items
+from tests.postgresql import PostgreSQLServer
 
 ROOT = Path(__file__).parents[2]
 
@@ -242,4 +243,26 @@ def test_httpPortInUseIsOneClearLine() -> None:
     assert process.returncode == 1
     assert output.strip().splitlines()[-1].endswith(
         f"rosteradmin: --http: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use")
+
+
+def test_httpPortInUseWithPostgreSQLStateExits(postgresql: PostgreSQLServer) -> None:
+    """
+    With a PostgreSQL state, opened (its writing thread started) before the
+    HTTP API's port is found taken, the process still exits 1 at once: no
+    thread of the state keeps it alive without its service.
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = twistd(*REQUIRED, "--http", f"tcp:{port}:interface=127.0.0.1", "--xmpp-port", "1",
+                         "--state", postgresql.newDatabase())
+        try:
+            output, _ = process.communicate(timeout=15)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 1
+    assert output.strip().splitlines()[-1].endswith(f"cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use")
     assert "Traceback" not in output and "Starting factory" not in output
