@@ -350,7 +350,7 @@ class LeaderOnly(service.MultiService):
     The parts only the leader runs (the component, the backend and the
     state's memory, the full sync, the online check), started when the
     process starts leading and stopped when it stops; meanwhile the HTTP
-    API serves a standby's resources (L{rosteradmin.standby}).
+    API serves a standby's resources (L{rosteradmin.tap.standbyRoot}).
 
     Stepping down closes the component stream first, synchronously, then
     stops the rest, last started first, and drops it: leading again builds

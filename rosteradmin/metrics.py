@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from twisted.web import server
 
 from rosteradmin.cache import USER_CHARGE
-from rosteradmin.snapshot import Role, ServiceSnapshot
+from rosteradmin.snapshot import ServiceSnapshot
 from rosteradmin.web import JsonLeaf
 
 
@@ -120,8 +120,9 @@ class Metrics(Collector):
                                 "Users whose server roster may be behind the web app (kept across restarts)",
                                 backend.pendingUsers)
         yield GaugeMetricFamily("rosteradmin_state_unsaved",
-                                "Changes of the state kept in memory because the --state file does not take "
-                                "writes (locked, full, read-only)", backend.stateUnsaved)
+                                "Changes of the state kept in memory because the --state storage does not take "
+                                "writes (a file locked, full or read-only; a database down or refusing); "
+                                "0 while writes succeed", backend.stateUnsaved)
         sync = snapshot.sync
         syncUsers = GaugeMetricFamily("rosteradmin_sync_users", "Users of the current or last full sync, by state",
                                       labels=["state"])
@@ -158,23 +159,6 @@ def _labelled(family: CounterMetricFamily, counts: Mapping[str, int]) -> Metric:
     return family
 
 
-class RoleMetrics(Collector):
-    """
-    The registry of a standby, which has nothing to count but its role.
-    """
-
-    def __init__(self, role: Role) -> None:
-        """
-        @param role: This process's leadership.
-        """
-        self.role = role
-        self.registry = CollectorRegistry()
-        self.registry.register(self)
-
-    def collect(self) -> Iterator[Metric]:
-        yield from roleMetrics(self.role.role, self.role.since)
-
-
 class MetricsResource(JsonLeaf):
     """
     C{GET /metrics} in the Prometheus text format.
@@ -186,7 +170,7 @@ class MetricsResource(JsonLeaf):
 
     allowedMethods = (b"GET", b"HEAD")
 
-    def __init__(self, metrics: Metrics | RoleMetrics) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         super().__init__()
         self.metrics = metrics
 

@@ -125,6 +125,8 @@ class ServiceSnapshot:
     @ivar role: This process's role, C{"leader"} (always, on an SQLite
         state) or C{"standby"} (L{rosteradmin.leadership}).
     @ivar roleSince: When (UNIX time) it took that role.
+    @ivar roleProblem: Why leadership cannot be taken or confirmed (the
+        state's database cannot be reached), or C{None}.
     """
 
     backend: BackendSnapshot
@@ -134,6 +136,7 @@ class ServiceSnapshot:
     onlineChecked: int
     role: str = "leader"
     roleSince: float = 0.0
+    roleProblem: str | None = None
 
 
 class Role(Protocol):
@@ -147,6 +150,9 @@ class Role(Protocol):
 
     @property
     def since(self) -> float: ...
+
+    @property
+    def problem(self) -> str | None: ...
 
 
 class Snapshots:
@@ -178,7 +184,7 @@ class Snapshots:
         Read every part's figures now.
         """
         return ServiceSnapshot(self._backend(), self._stream(), self._sync(), dict(self._kicks),
-                               self._onlineChecked(), self._role.role, self._role.since)
+                               self._onlineChecked(), self._role.role, self._role.since, self._role.problem)
 
 
 @dataclass(frozen=True)
@@ -189,3 +195,4 @@ class _Leader:
 
     since: float
     role: str = "leader"
+    problem: str | None = None

@@ -6,24 +6,35 @@ twistd's C{ServiceMaker} (C{twisted/plugins/rosteradmin_plugin.py}) reads
 L{Options} (L{rosteradmin.options}) and L{makeService} from this module.
 How start-up ends when it cannot succeed, and the top service, are
 L{rosteradmin.startup}'s; the open file limit is L{rosteradmin.filelimit}'s.
+
+One process on an SQLite state (or none) always leads: its parts
+(L{leaderTerm}) start with it.  On a PostgreSQL state several processes
+may share the state and one leads (L{rosteradmin.leadership}): each
+builds the leader's parts afresh every time it starts leading, over the
+state opened then, and meanwhile serves the API of a standby
+(L{standbyRoot}), whose refreshes, syncs and kicks are recorded for the
+leader (L{rosteradmin.handoff}).  What the leader does with the requests
+standbys recorded is L{rosteradmin.applier}'s.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import endpoints
-from twisted.internet.defer import ensureDeferred
-from twisted.internet.threads import deferToThread
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.threads import deferToThread
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from rosteradmin.api import KickRoute, buildRoot
+from rosteradmin.api import KickRoute, LeaderCalls, buildRoot
+from rosteradmin.applier import RequestApplier
 from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.component import ConnectionMonitor, Handlers, RosterComponent
@@ -35,9 +46,11 @@ from rosteradmin.ejabberdapi import EjabberdAPISync
 from rosteradmin.fairness import QueryGate
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.fullsync import FullSync
+from rosteradmin.handoff import Handoff
 from rosteradmin.httpclient import makeHTTPClient
+from rosteradmin.intake import Intake, Transactions
 from rosteradmin.interfaces import IRosterSync
-from rosteradmin.leadership import AlwaysLeader, Leadership, LeaderOnly, Term, Timings
+from rosteradmin.leadership import AlwaysLeader, LeaderOnly, Leadership, Term, Timings
 from rosteradmin.metrics import FetchLatency, Metrics
 from rosteradmin.muc import RoomKicker
 from rosteradmin.onlinecheck import OnlineCheck
@@ -49,7 +62,6 @@ from rosteradmin.roster import NS_ROSTER
 from rosteradmin.rosterserver import RosterServer
 from rosteradmin.slots import MAX_SYNC_IN_FLIGHT
 from rosteradmin.snapshot import Role, Snapshots
-from rosteradmin.standby import standbyRoot
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.startup import EX_CONFIG, SequentialService, refuseToStart
 from rosteradmin.state import StateError, SyncState, isPostgreSQL, openStorage
@@ -156,15 +168,29 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     return Parts(backend, component, fetchLatency)
 
 
-def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
-            onlineCheck: OnlineCheck | None = None, role: Role | None = None) -> Resource:
+def makeApplier(config: Config, parts: Parts, fullSync: FullSync, intake: Intake, clock: Any) -> RequestApplier:
+    """
+    The service that applies, while this instance leads, the requests
+    standbys recorded, through the calls the API makes here, once the
+    XMPP stream is up.
+    """
+    comp = parts.component
+    kick = None if config.no_kick or config.kick_authorization is None else (comp.kicker, comp.status)
+    calls = LeaderCalls(parts.backend, fullSync, kick)
+    return RequestApplier(intake, calls.apply, clock, lambda: comp.status.connected)
+
+
+def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain, onlineCheck: OnlineCheck | None = None,
+            handoff: Handoff | None = None, role: Role | None = None) -> Resource:
     """
     The HTTP API's resource tree, with health and metrics read from one
     snapshot of the backend, the component and the full sync.
 
     @param drain: Counts the requests in flight, for the HTTP service.
     @param onlineCheck: Whose counts the metrics show, if it runs.
-    @param role: This process's leadership, which health and metrics show.
+    @param handoff: Takes the requests while this instance does not lead.
+    @param role: This process's leadership, which health and metrics show;
+        by default it leads from now on.
     """
     comp = parts.component
     kickOutcomes: Counter[str] = Counter()
@@ -174,23 +200,60 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
     snapshots = Snapshots(parts.backend.snapshot, comp.snapshot, fullSync.snapshot, kickOutcomes,
                           lambda: onlineCheck.checked if onlineCheck is not None else 0, role)
     return buildRoot(drain, parts.backend, fullSync, config.refresh_authorization, kick, snapshots,
-                     Metrics(snapshots, parts.fetchLatency))
+                     Metrics(snapshots, parts.fetchLatency), handoff)
 
 
-def leaderTerm(config: Config, reactor: Any, state: SyncState, drain: Drain, role: Role,
-               verbose: bool = False) -> Term:
+@dataclass(frozen=True)
+class Shared:
     """
-    What the leader runs, wired over one state: C{backend} (cache, fetcher,
+    What every part of a process shares, whether it leads or not.
+
+    @ivar drain: Counts the requests in flight, for the HTTP service.
+    @ivar intake: The requests standbys record and the leader applies.
+    @ivar role: Whether this process leads.
+    """
+
+    config: Config
+    reactor: Any
+    drain: Drain
+    intake: Intake
+    role: Role
+    verbose: bool
+
+    def parts(self, state: SyncState) -> tuple[Parts, FullSync]:
+        """
+        The backend, the XMPP side and the full sync, over C{state}, not
+        started.
+        """
+        config, reactor = self.config, self.reactor
+        # The web app's, for the fetcher (which closes the pool) and the
+        # users lister: every fetch in flight may reuse a kept-alive
+        # connection.
+        http, pool = makeHTTPClient(reactor, config.fetch_timeout, config.fetch_concurrency)
+        xmppServer = endpoints.HostnameEndpoint(reactor, config.xmpp_host, config.xmpp_port)
+        parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=self.verbose)
+        lister = None
+        if config.users_url is not None:
+            lister = UserLister(config.users_url, reactor, http=http, timeout=config.fetch_timeout,
+                                maxBytes=config.max_roster_bytes, headers=config.web_app_headers)
+        fullSync = FullSync(parts.backend, lister, reactor, not config.no_start_sync, config.reconcile_interval)
+        return parts, fullSync
+
+
+def leaderTerm(shared: Shared, state: SyncState, leading: Callable[[], bool]) -> Term:
+    """
+    What the leader runs, over one state: C{backend} (cache, fetcher,
     sync), C{roster-sync} (ejabberd's API only), C{component} (the XMPP
-    side), C{sync} (full syncs) and C{online-check}, and the API's
-    resources over them.  Every part is new: a process leading again
-    builds them anew (L{rosteradmin.leadership.LeaderOnly}).
+    side), C{sync} (full syncs), C{online-check} and C{requests} (applies
+    what standbys recorded), and the API's resources over them.  Every
+    part is new: a process leading again builds them anew
+    (L{rosteradmin.leadership.LeaderOnly}).
+
+    @param leading: Whether this process still leads, asked by the API
+        on every request.
     """
-    # The web app's, for the fetcher (which closes the pool) and the users
-    # lister: every fetch in flight may reuse a kept-alive connection.
-    http, pool = makeHTTPClient(reactor, config.fetch_timeout, config.fetch_concurrency)
-    xmppServer = endpoints.HostnameEndpoint(reactor, config.xmpp_host, config.xmpp_port)
-    parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=verbose)
+    config, reactor = shared.config, shared.reactor
+    parts, fullSync = shared.parts(state)
     backend = parts.backend
     backend.setName("backend")
     services: list[service.IService] = [backend]
@@ -200,72 +263,113 @@ def leaderTerm(config: Config, reactor: Any, state: SyncState, drain: Drain, rol
         syncService.setName("roster-sync")
         services.append(syncService)
     parts.component.setName("component")
-    services.append(parts.component)
-
-    lister = None
-    if config.users_url is not None:
-        lister = UserLister(config.users_url, reactor, http=http, timeout=config.fetch_timeout,
-                            maxBytes=config.max_roster_bytes, headers=config.web_app_headers)
-    fullSync = FullSync(backend, lister, reactor, not config.no_start_sync, config.reconcile_interval)
     fullSync.setName("sync")
     privileges = parts.component.privileges
     onlineCheck = OnlineCheck(backend, lambda: privileges.online, reactor, config.online_check_interval)
     onlineCheck.setName("online-check")
-    services += [fullSync, onlineCheck]
-    return Term(services, makeAPI(config, parts, fullSync, drain, onlineCheck, role), parts.component.abandon,
-                state.close)
+    applier = makeApplier(config, parts, fullSync, shared.intake, reactor)
+    applier.setName("requests")
+    services += [parts.component, fullSync, onlineCheck, applier]
+    handoff = Handoff(shared.intake, leading, reactor)
+    root = makeAPI(config, parts, fullSync, shared.drain, onlineCheck, handoff, shared.role)
+    return Term(services, root, parts.component.abandon, state.close)
 
 
-def _openState(config: Config, reactor: Any) -> SyncState:
+def standbyRoot(shared: Shared) -> Resource:
     """
-    The state C{--state} names, opened before the reactor runs; start-up
-    ends if it cannot be.
+    The API of a process that does not lead: the leader's tree, over
+    parts of its own that never start (a state in memory, no stream),
+    which hands every refresh, sync and kick over to the leader; its
+    C{/healthz} and C{/metrics} say it stands by.
+    """
+    parts, fullSync = shared.parts(SyncState(clock=shared.reactor))
+    handoff = Handoff(shared.intake, lambda: False, shared.reactor)
+    return makeAPI(shared.config, parts, fullSync, shared.drain, None, handoff, shared.role)
+
+
+def _refuse(e: StateError) -> None:
+    """
+    End start-up for a state that cannot be opened: another process
+    holding the file's lock throughout start-up, or a database that does
+    not answer, may let go; another schema or an unusable path will not.
+    """
+    refuseToStart(f"--state: {e}", 1 if e.transient else EX_CONFIG)
+
+
+class _Closing(service.Service):
+    """
+    Closes something when the service tree stops.
+    """
+
+    def __init__(self, close: Callable[[], Deferred[None]]) -> None:
+        self.close = close
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.close()
+
+
+def _single(top: service.MultiService, config: Config, reactor: Any, drain: Drain, verbose: bool) -> Resource:
+    """
+    The parts of the only process (an SQLite state, or none), which
+    always leads, under C{top}; the API's tree.
     """
     try:
-        return SyncState(config.state, reactor) if config.state is not None else SyncState(clock=reactor)
+        state = SyncState(config.state, reactor) if config.state is not None else SyncState(clock=reactor)
     except StateError as e:
-        # Another process holding the file's lock throughout start-up may
-        # let go; another schema or an unusable path will not.
-        refuseToStart(f"--state: {e}", 1 if e.transient else EX_CONFIG)
+        _refuse(e)
+    shared = Shared(config, reactor, drain, Intake(state.storage), AlwaysLeader(), verbose)
+    term = leaderTerm(shared, state, lambda: True)
+    for part in term.services:
+        part.setServiceParent(top)
+    return term.root
 
 
-def _leaderOnly(config: Config, reactor: Any, drain: Drain, site: Site, verbose: bool) -> tuple[Leadership, LeaderOnly]:
+def _shared(top: service.MultiService, config: Config, url: str, reactor: Any, drain: Drain, verbose: bool,
+            site: Site) -> None:
     """
-    The leadership over a PostgreSQL state (its lock's session opened now:
-    start-up ends if the database refuses us) and, under it, the parts
-    only the leader runs, the state opened afresh each time it leads.
+    The processes sharing a PostgreSQL state (L{rosteradmin.leadership}),
+    under C{top}: C{intake} (closes the intake's connection), C{leadership}
+    (the lock's session; both opened now: start-up ends if the database
+    refuses us), then C{leader},
+    which holds the leader's parts while this process leads, the state
+    opened afresh each time.
     """
     # Imported here: the driver is an optional dependency.
-    from rosteradmin.statepg import PostgreSQLLock
+    from rosteradmin.statepg import PostgreSQLLock, PostgreSQLRequests
 
-    assert config.state is not None
-    url = config.state
     try:
+        requests = PostgreSQLRequests(url, reactor)
         lock = PostgreSQLLock(url, Timings().timeout, reactor)
     except StateError as e:
-        refuseToStart(f"--state: {e}", 1 if e.transient else EX_CONFIG)
+        _refuse(e)
+    closing = _Closing(requests.close)
+    closing.setName("intake")
+    closing.setServiceParent(top)
     leadership = Leadership(lock, reactor)
+    shared = Shared(config, reactor, drain, Intake(requests), leadership, verbose)
 
     async def begin() -> Term:
         # Its reading waits on the network: not in the reactor's thread.
         storage = await deferToThread(openStorage, url, reactor)
-        state = SyncState(url, reactor, storage=storage)
-        return leaderTerm(config, reactor, state, drain, leadership, verbose)
+        return leaderTerm(shared, SyncState(url, reactor, storage=storage), lambda: leadership.leading)
 
-    kick = not config.no_kick and config.kick_authorization is not None
-    leader = LeaderOnly(leadership, lambda: ensureDeferred(begin()), site, standbyRoot(drain, leadership, kick))
+    leader = LeaderOnly(leadership, lambda: ensureDeferred(begin()), site, standbyRoot(shared))
     leadership.setName("leadership")
+    leadership.setServiceParent(top)
     leader.setName("leader")
-    return leadership, leader
+    leader.setServiceParent(top)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """
-    The whole service tree.  With one process (an SQLite state, or none):
+    The whole service tree.  One process (an SQLite state, or none):
     L{leaderTerm}'s parts, then C{http} (the API).  With a PostgreSQL
     state, several processes may share it and one leads
-    (L{rosteradmin.leadership}): C{leadership}, holding C{leader} (the same
-    parts, while this process leads), then C{http}.
+    (L{rosteradmin.leadership}): C{leadership}, then C{leader} (the same
+    parts, while this process leads), then C{http}.  Stopped in the
+    reverse order: the API drains, the parts stop (the state closes),
+    then the lock is let go.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
@@ -277,16 +381,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     drain = Drain()
     site = makeSite(Resource(), config.max_body_bytes, config.http_timeout, reactor)
     if config.state is not None and isPostgreSQL(config.state):
-        # Stopped in the reverse order: the parts (closing the state) before
-        # the lock is let go.
-        for child in _leaderOnly(config, reactor, drain, site, verbose):
-            child.setServiceParent(top)
+        _shared(top, config, config.state, reactor, drain, verbose, site)
     else:
-        term = leaderTerm(config, reactor, _openState(config, reactor), drain, AlwaysLeader(), verbose)
-        for part in term.services:
-            part.setServiceParent(top)
-        site.resource = term.root
-
+        site.resource = _single(top, config, reactor, drain, verbose)
     # Requests in flight may wait for a fetch and an XMPP round trip.
     drainTimeout = config.fetch_timeout + config.iq_timeout
     web = DrainingService(endpoints.serverFromString(reactor, config.http), site, drain, reactor, drainTimeout,

@@ -463,14 +463,13 @@ async def test_postgresqlSupersededHolderWritesNothing(postgresql: PostgreSQLSer
 @pytest_twisted.ensureDeferred
 async def test_makeServiceOnPostgreSQL(postgresql: PostgreSQLServer) -> None:
     """
-    On a PostgreSQL state the service tree is C{leadership}, C{leader}
-    and C{http}: a standby's API until the process leads, then (the state
-    opened in a thread) the leader's parts under C{leader} and its API; a
-    second tree on the same database stays a standby.
+    On a PostgreSQL state the service tree is C{intake}, C{leadership},
+    C{leader} and C{http}: a standby's API until the process leads, then
+    (the state opened in a thread) the leader's parts under C{leader} and
+    its API; a second tree on the same database stays a standby.
     """
     from rosteradmin import tap
     from rosteradmin.options import Options
-    from rosteradmin.standby import StandbyHealthResource
 
     def tree() -> service.MultiService:
         options = Options()
@@ -481,9 +480,8 @@ async def test_makeServiceOnPostgreSQL(postgresql: PostgreSQLServer) -> None:
 
     url = postgresql.newDatabase()
     first, second = tree(), tree()
-    assert [s.name for s in first] == ["leadership", "leader", "http"]
-    site = first.getServiceNamed("http").site
-    assert isinstance(site.resource.children[b"healthz"], StandbyHealthResource)
+    assert [s.name for s in first] == ["intake", "leadership", "leader", "http"]
+    standbyRoots = {top: top.getServiceNamed("http").site.resource for top in (first, second)}
     with capturedLogs():
         for top in (first, second):
             for name in ("leadership", "leader"):
@@ -495,10 +493,11 @@ async def test_makeServiceOnPostgreSQL(postgresql: PostgreSQLServer) -> None:
             leaders = [top for top in (first, second) if "backend" in top.getServiceNamed("leader").namedServices]
         assert len(leaders) == 1
         leader = leaders[0].getServiceNamed("leader")
-        assert [s.name for s in leader] == ["backend", "component", "sync", "online-check"]
-        assert not isinstance(leaders[0].getServiceNamed("http").site.resource.children[b"healthz"],
-                              StandbyHealthResource)
+        assert [s.name for s in leader] == ["backend", "component", "sync", "online-check", "requests"]
         for top in (first, second):
-            for name in ("leader", "leadership"):
+            root = top.getServiceNamed("http").site.resource
+            assert (root is standbyRoots[top]) == (top not in leaders)
+        for top in (first, second):
+            for name in ("leader", "leadership", "intake"):
                 await top.getServiceNamed(name).stopService()
     assert list(leader) == []
