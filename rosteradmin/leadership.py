@@ -376,9 +376,13 @@ class LeaderOnly(service.MultiService):
         self._term: Term | None = None
         self._count = 0
         self._stopping: Deferred[None] | None = None
+        # The service is stopping: no term starts any more.
+        self._closing = False
         leadership.observe(self._gained, self._lost)
 
     def _gained(self) -> None:
+        if self._closing:
+            return
         count = self._count = self._count + 1
         self.begin().addCallbacks(self._begun, self._notBegun, callbackArgs=(count,))
 
@@ -392,7 +396,7 @@ class LeaderOnly(service.MultiService):
         self.leadership.stepDown(f"cannot open the state: {failure.getErrorMessage()}")
 
     def _begun(self, term: Term, count: int) -> Deferred[None] | None:
-        if count != self._count or not self.running:
+        if count != self._count or not self.running or self._closing:
             return term.discard()
         if self._stopping is not None:
             # The last term's parts are still stopping (their state closing).
@@ -401,7 +405,7 @@ class LeaderOnly(service.MultiService):
         return None
 
     def _start(self, term: Term, count: int) -> Deferred[None] | None:
-        if count != self._count or not self.running:
+        if count != self._count or not self.running or self._closing:
             return term.discard()
         self._term = term
         for part in term.services:
@@ -419,16 +423,22 @@ class LeaderOnly(service.MultiService):
             stopping.addCallback(lambda _: setattr(self, "_stopping", None))
 
     async def _stopParts(self) -> None:
+        # While this service runs, a part leaving it is stopped.
         for part in reversed(list(self)):
             await maybeDeferred(part.disownServiceParent)
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop the parts of the term under way, last started first.
+        Stop the parts of the term under way, last started first (their
+        stream closed cleanly and their state written: a clean hand-over).
         """
-        service.Service.stopService(self)
+        self._closing = True
         self._count += 1
         self._term = None
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
         if self._stopping is not None:
-            return self._stopping.addCallback(lambda _: ensureDeferred(self._stopParts()))
-        return ensureDeferred(self._stopParts())
+            await self._stopping
+        await self._stopParts()
+        service.Service.stopService(self)

@@ -334,6 +334,33 @@ def test_leaderOnlyFollowsTheRole() -> None:
     assert [p.running for p in terms[0].services] == [False, False]
 
 
+def test_leaderOnlyStopsThePartsOfItsTerm() -> None:
+    """
+    Stopping the service (SIGTERM) stops the leader's parts, last started
+    first, without abandoning the stream: a clean stop closes it and
+    writes the state; a hold gained meanwhile starts nothing.
+    """
+    leadership, lock, clock, _ = started()
+    log: list[str] = []
+    begun: list[Term] = []
+
+    def begin() -> Deferred[Term]:
+        begun.append(Term([Part("backend", log), Part("component", log)], Resource(),
+                          lambda: log.append("abandon"), lambda: succeed(None)))
+        return succeed(begun[-1])
+
+    parts = LeaderOnly(leadership, begin, Site(Resource()), Resource())
+    parts.startService()
+    lock.answer("acquire", True)
+    hold(lock, clock, TIMINGS.takeover)
+    stopped = parts.stopService()
+    assert log == ["start backend", "start component", "stop component", "stop backend"]
+    assert [p.running for p in begun[0].services] == [False, False] and list(parts) == []
+    assert stopped.called and not parts.running
+    parts._gained()
+    assert len(begun) == 1
+
+
 def test_leaderOnlyDiscardsATermLostWhileOpening() -> None:
     """
     A term whose state is still opening when the hold is lost is never
