@@ -1,32 +1,42 @@
 """
 Failover during work: two real C{twistd rosteradmin} processes on one
-private PostgreSQL state and one real Prosody, the leader killed
-(C{kill -9}) in the middle of a refresh of 1,000 users.  The standby
-leads within L{TAKEOVER_TARGET} seconds and finishes the refresh with no
-new request: every roster Prosody stores is then the web app's, and the
-state has nothing pending.
+private PostgreSQL state and one real Prosody.
+
+- The leader killed (C{kill -9}) in the middle of a refresh of 1,000
+  users: the standby leads within L{TAKEOVER_TARGET} seconds and
+  finishes the refresh with no new request: every roster Prosody stores
+  is then the web app's, and the state has nothing pending.
+- The leader stopped (SIGTERM) while clients ask for their rosters: the
+  standby leads, and no roster get fails meanwhile (Prosody answers the
+  users rosteradmin promised from its store).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+import treq
+from twisted.internet import defer, reactor, threads
 from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool
 
-from tests.integration.harness import PASSWORD, ProsodyServer
+from tests.integration.harness import PASSWORD, ProsodyServer, XMPPTestClient
 from tests.integration.service import RunningService
 from tests.integration.test_blastradius import preFill
 from tests.integration.test_convergence import (
-    ANSWERED, BULK_USERS, KILL_AT, NEW_ROSTER, OLD_ROSTER, UsersWebApp, expected, stored, storedCount,
+    ANSWERED, BULK_USERS, KILL_AT, NEW_ROSTER, OLD_ROSTER, TRIAD, Rosteradmin, UsersWebApp, expected, stored,
+    storedCount,
     webapp as webapp,  # this module's web app: UsersWebApp
 )
 from tests.integration.test_leadership import Pair, leaderAndStandby, waitForRole
+from tests.integration.test_rosters import items
 from tests.postgresql import PostgreSQLServer
 
 pytestmark = pytest.mark.integration
@@ -119,3 +129,79 @@ async def test_killLeaderDuringBulkRefresh(bulkPair: Pair, prosody: ProsodyServe
     assert takeover < TAKEOVER_TARGET
     output = standby.stop()
     assert "unfinished refreshes and writes" in output
+
+
+async def promised(process: Rosteradmin) -> int:
+    """
+    How many versions the process has promised Prosody (C{/metrics}).
+    """
+    response = await treq.get(process.baseURL + "/metrics", pool=HTTPConnectionPool(reactor, persistent=False))
+    match = re.search(r"^rosteradmin_versions_promised_total (\S+)$", await response.text(), re.M)
+    return int(float(match.group(1))) if match else 0
+
+
+async def askRepeatedly(client: XMPPTestClient, user: str, until: list[bool],
+                        outcomes: list[tuple[float, str, bool]]) -> None:
+    """
+    Ask for C{user}'s roster every 0.1 s until C{until} holds a value,
+    recording each answer's time and whether it was the web app's roster.
+    """
+    want = set(TRIAD[user])
+    while not until:
+        reply = await client.rosterGet(timeout=3)
+        good = reply["type"] == "result" and set(items(reply)) == want
+        outcomes.append((time.monotonic(), user, good))
+        await RunningService.sleep(0.1)
+
+
+@pytest.fixture
+def pair(prosody: ProsodyServer, webapp: UsersWebApp, tmp_path: Path,
+         postgresql: PostgreSQLServer) -> Iterator[Pair]:
+    """
+    The three users of L{TRIAD} in the web app, and an empty PostgreSQL
+    state for two processes.
+    """
+    webapp.rosters.update(TRIAD)
+    both = Pair(prosody, webapp, tmp_path, postgresql.newDatabase())
+    yield both
+    both.stopAll()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigtermHandsOverWithNoRosterGetFailing(pair: Pair, clients: Any) -> None:
+    """
+    Three users online, each asking for their roster every 0.1 s; the
+    leader, which promised their versions, stopped with SIGTERM: the
+    standby leads within L{TAKEOVER_TARGET} seconds, and every roster get
+    before, during and after the hand-over is answered with the web app's
+    roster.
+    """
+    pair.start()
+    pair.start()
+    leader, standby = await leaderAndStandby(pair)
+    sessions = {user: await clients(user) for user in TRIAD}
+    for user, client in sessions.items():
+        assert set(items(await client.rosterGet())) == set(TRIAD[user])
+    deadline = time.monotonic() + 15
+    while await promised(leader) < len(TRIAD) and time.monotonic() < deadline:
+        await RunningService.sleep(0.1)
+    assert await promised(leader) >= len(TRIAD)
+
+    until: list[bool] = []
+    outcomes: list[tuple[float, str, bool]] = []
+    asking = [askRepeatedly(client, user, until, outcomes) for user, client in sessions.items()]
+    running = [defer.ensureDeferred(a) for a in asking]
+    await RunningService.sleep(1)
+    stoppedAt = time.monotonic()
+    await threads.deferToThread(leader.stop)
+    handover = await waitForRole(standby, "leader") - stoppedAt
+    await RunningService.sleep(1)
+    until.append(True)
+    for d in running:
+        await d
+    during = [good for at, _, good in outcomes if stoppedAt <= at <= stoppedAt + handover]
+    failed = [(round(at - stoppedAt, 2), user) for at, user, good in outcomes if not good]
+    print(f"\nSIGTERM of the leader: the standby led after {handover:.2f} s; {len(outcomes)} roster gets, "
+          f"{len(during)} of them during the hand-over, {len(failed)} failed")
+    assert failed == []
+    assert handover < TAKEOVER_TARGET
