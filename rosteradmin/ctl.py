@@ -304,7 +304,7 @@ def _role(reply: dict[str, Any]) -> str:
 def _health(reply: dict[str, Any]) -> str:
     if reply.get("role") == "standby":
         return _role(reply) + "the leader holds the XMPP connection" + (
-            f"; state error: {reply['state_error']}" if reply.get("state_error") else "")
+            f"; cannot lead: {reply['leadership_error']}" if reply.get("leadership_error") else "")
     return (_role(reply) + f"{'connected' if reply['connected'] else 'NOT connected'}; "
             f"{reply['cached_users']} cached users, {reply['fetches_in_flight']} fetches in flight, "
             f"{reply['unsynced_users']} unsynced"

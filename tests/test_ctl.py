@@ -201,9 +201,15 @@ async def test_healthShowsTheRole(api: ApiStub) -> None:
                          "0 unsynced\n", "")
     api.reply("health", 200, {"status": "standby", "role": "standby", "since": "2026-12-07T06:41:00Z",
                               "connected": False, "cached_users": 0, "fetches_in_flight": 0, "unsynced_users": 0,
-                              "last_error": None, "state_error": None})
+                              "last_error": None, "leadership_error": None})
     run = await ctl("--url", api.url, "health")
     assert run == Run(0, "standby since 2026-12-07T06:41:00Z; the leader holds the XMPP connection\n", "")
+    api.reply("health", 503, {"status": "unavailable", "role": "standby", "since": "2026-12-07T06:41:00Z",
+                              "connected": False, "cached_users": 0, "fetches_in_flight": 0, "unsynced_users": 0,
+                              "last_error": None, "leadership_error": "connection refused"})
+    run = await ctl("--url", api.url, "health")
+    assert run == Run(1, "", "rosteradmin-ctl: health failed: HTTP 503: standby since 2026-12-07T06:41:00Z; "
+                             "the leader holds the XMPP connection; cannot lead: connection refused\n")
 
 
 @pytest_twisted.ensureDeferred
