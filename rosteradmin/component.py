@@ -99,8 +99,10 @@ class ConnectionMonitor(XMPPHandler):
         self.connections = 0
         self.backpressure: ReadOnlyWhileDrained | None = None
         self._keepalive: LoopingCall | None = None
-        # Conflicts in a row (another instance connected).
+        # Conflicts in a row (another instance connected), and whether
+        # the current stream ends with one.
         self._conflicts = 0
+        self._conflict = False
 
     def connectionMade(self) -> None:
         self.xmlstream.addObserver(xmlstream.STREAM_ERROR_EVENT, self._onStreamError)
@@ -124,6 +126,8 @@ class ConnectionMonitor(XMPPHandler):
         self._keepalive = None
         if self.connected and not self.parent.running:
             self.log.info("disconnected from the XMPP server: the service is stopping")
+        elif self._conflict:
+            self.log.info("disconnected from the XMPP server: another connection holds our JID")
         elif self.connected:
             self.log.error("lost the XMPP server connection: {why}", why=reason.getErrorMessage())
             if self.lastError is None:
@@ -133,6 +137,9 @@ class ConnectionMonitor(XMPPHandler):
             self.lastError = f"connection closed before the handshake: {reason.getErrorMessage()}"
             self.log.error("the XMPP server closed the connection before the handshake: {why}",
                            why=reason.getErrorMessage())
+        if not self._conflict:
+            self._conflicts = 0
+        self._conflict = False
         self.connected = False
 
     def connectFailed(self, address: str, reason: Failure, retryIn: float) -> None:
@@ -152,7 +159,6 @@ class ConnectionMonitor(XMPPHandler):
         if condition == "conflict":
             self._conflicted()
             return
-        self._conflicts = 0
         hint = {
             "not-authorized": " (is --secret the component_secret of the server?)",
             "host-unknown": " (does the server define a Component for --jid?)",
@@ -162,9 +168,11 @@ class ConnectionMonitor(XMPPHandler):
     def _conflicted(self) -> None:
         """
         Another connection holds our JID: another instance leads, or two
-        instances do not share one state.  Said once, until the stream
-        ends otherwise; the component waits the longest between attempts.
+        instances do not share one state.  Said once (at info while it
+        goes on), until a stream ends otherwise; the component waits the
+        longest between attempts (L{HandshakeBackoff.conflicted}).
         """
+        self._conflict = True
         self._conflicts += 1
         if self._conflicts == 1:
             self.log.error("the XMPP server closed the stream: conflict: another rosteradmin instance holds the "
