@@ -136,6 +136,21 @@ class RosterBackend(Service):
             return succeed(roster)
         return self._loadForClient(username)
 
+    def rosterStored(self, username: str) -> Deferred[None]:
+        """
+        The server is about to load the user's roster for a login, and
+        waits until it stores the web app's (contrib's
+        mod_rosteradmin_roster): at once if the state records what it
+        stores and the user is not unsynced, else once the roster is
+        fetched and written (L{getRoster}).  A refresh on its way is not
+        waited for: it pushes its change when done.
+
+        @raise FetchFailed: The roster is not cached and cannot be fetched.
+        """
+        if self.state.serverVersion(username) is not None and username not in self.unsynced:
+            return succeed(None)
+        return self.getRoster(username).addCallback(lambda _: None)
+
     def warm(self, username: str) -> None:
         """
         Load a user's roster before the client asks for it.
