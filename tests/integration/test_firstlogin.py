@@ -21,6 +21,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.integration.harness import ProsodyServer, WebAppStub, XMPPTestClient
+from tests.integration.test_blastradius import contactsOf
 from tests.integration.service import RunningService
 from tests.integration.test_convergence import TRIAD, Rosteradmin, expected, held, receives, seconds, stored
 
@@ -159,3 +160,24 @@ async def test_rosteradminHungLoginWaitsTheDeadline(prosody: ProsodyServer, weba
         process.stop()
     finally:
         process.ensureGone()
+
+
+@pytest_twisted.ensureDeferred
+async def test_largeUnsyncedLoginStallsNoOther(prosody: ProsodyServer, webapp: WebAppStub, service: RunningService,
+                                               clients: Any) -> None:
+    """
+    alice, unsynced with 8,000 contacts, and carol, unsynced with one,
+    log in at once: carol's login is bound first, and alice's only once
+    her 8,000 contacts are stored.
+    """
+    webapp.rosters.update({"alice": contactsOf(8000), "carol": {"alice@example.org": {"name": "Alice"}}})
+    aliceLogin = defer.ensureDeferred(timedLogin(clients, "alice"))
+    await RunningService.sleep(0.05)  # alice's load goes first
+    _, carolSeconds = await timedLogin(clients, "carol")
+    aliceFirst = aliceLogin.called
+    _, aliceSeconds = await aliceLogin
+    print(f"\nalice's login (8,000 contacts stored at bind) took {aliceSeconds:.3f} s; carol's, meanwhile, "
+          f"{carolSeconds:.3f} s")
+    assert not aliceFirst, "carol's login waited behind alice's"
+    assert prosody.storedRoster("alice").count('"both"') == 8000
+    assert stored(prosody, "carol") == {"alice@example.org": ("Alice", "both", [])}
