@@ -5,6 +5,15 @@ The HTTP API: roster refresh, MUC kick, health and metrics.
 Each resource parses, calls the backend or the kicker, and maps domain
 errors to status codes; the routes and codes are documented in
 C{docs/openapi.json}, which a test checks against this tree.
+
+A refresh, a sync or a kick reaching an instance that does not lead is
+parsed and authorized the same way, then handed to the leader
+(L{rosteradmin.handoff}); C{GET /roster_admin/requests/<id>}
+(L{RequestsResource}) tells how it went.  What the leader does with one,
+directly or recorded, is one function per route (L{refreshOutcome},
+L{syncOutcome}, L{cancelOutcome}, L{kickOutcome}), which both its own
+resources and L{LeaderCalls} (for L{rosteradmin.applier}) call: the web
+app gets the same reply either way.
 """
 
 from __future__ import annotations
@@ -23,12 +32,14 @@ from twisted.words.protocols.jabber.jid import JID
 
 from rosteradmin.errors import KickFailed, NotConnected
 from rosteradmin.fullsync import FullSync
+from rosteradmin.handoff import Handoff, pendingBody
+from rosteradmin.intake import Intake
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend
 from rosteradmin.metrics import Metrics, MetricsResource
 from rosteradmin.snapshot import ServiceSnapshot, SyncSnapshot
 from rosteradmin.stanzas import parseJID, roomNickname
-from rosteradmin.web import (JSON, ApiError, Drain, JsonResource, authorizationProblem, methodNotAllowed, readJSON,
-                             writeJSON)
+from rosteradmin.web import (JSON, ApiError, Drain, JsonLeaf, JsonResource, authorizationProblem, methodNotAllowed,
+                             readJSON, writeJSON)
 from rosteradmin.xmltext import carriesInXML
 
 #: The longest kick reason passed on to the room, in characters.
@@ -59,9 +70,22 @@ class AdminResource(JsonResource):
 
     what = "refresh"
 
-    def __init__(self, drain: Drain, authorization: str | None) -> None:
+    def __init__(self, drain: Drain, authorization: str | None, handoff: Handoff | None = None) -> None:
+        """
+        @param handoff: Takes the requests while this instance does not
+            lead; C{None}: it always leads.
+        """
         super().__init__(drain)
         self.authorization = authorization
+        self.handoff = handoff
+
+    def standby(self) -> Handoff | None:
+        """
+        Where to hand a request over, while this instance does not lead.
+        """
+        if self.handoff is not None and not self.handoff.leading():
+            return self.handoff
+        return None
 
     @staticmethod
     def errorBody(message: str) -> JSON:
@@ -84,8 +108,9 @@ class RefreshResource(AdminResource):
     allowedMethods = (b"GET", b"POST")
     hasSubpaths = True
 
-    def __init__(self, drain: Drain, backend: IRosterBackend, authorization: str | None) -> None:
-        super().__init__(drain, authorization)
+    def __init__(self, drain: Drain, backend: IRosterBackend, authorization: str | None,
+                 handoff: Handoff | None = None) -> None:
+        super().__init__(drain, authorization, handoff)
         self.backend = backend
 
     def render(self, request: server.Request) -> bytes | int:
@@ -106,20 +131,20 @@ class RefreshResource(AdminResource):
         postpath = request.postpath or []  # None only before traversal
         if len(postpath) != 1:
             raise ApiError(HTTPStatus.NOT_FOUND, "No such resource")
-        return await self._refresh([self._username(postpath[0])])
+        return await self._refresh(request, [self._username(postpath[0])])
 
     async def _post(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)
         if request.postpath and request.postpath != [b""]:
             if len(request.postpath) != 1:
                 raise ApiError(HTTPStatus.NOT_FOUND, "No such resource")
-            return await self._refresh([self._username(request.postpath[0])])
+            return await self._refresh(request, [self._username(request.postpath[0])])
         usernames = readJSON(request)
         if not isinstance(usernames, list):
             raise ApiError(HTTPStatus.BAD_REQUEST, "Request body must be a JSON array of usernames")
         if not all(isinstance(u, str) for u in usernames):
             raise ApiError(HTTPStatus.BAD_REQUEST, "Every username must be a string")
-        return await self._refresh(usernames)
+        return await self._refresh(request, usernames)
 
     @staticmethod
     def _username(segment: bytes) -> str:
@@ -129,18 +154,28 @@ class RefreshResource(AdminResource):
         except UnicodeDecodeError:
             raise ApiError(HTTPStatus.BAD_REQUEST, "Username is not valid UTF-8") from None
 
-    async def _refresh(self, usernames: list[str]) -> tuple[int, JSON]:
+    async def _refresh(self, request: server.Request, usernames: list[str]) -> tuple[int, JSON]:
         if not usernames:
             return HTTPStatus.OK, _summary("ok", "nothing to refresh", 0, {})
-        started = time.monotonic()
-        summary = await self.backend.refresh(usernames)
-        self.log.info("refresh of {count} users: {updated} updated, {errors} errors in {elapsed:.3f} s",
-                      count=len(usernames), updated=summary.updated, errors=summary.errors,
-                      elapsed=time.monotonic() - started, outcome="ok" if summary.updated else "failed")
-        if summary.updated == 0:
-            return HTTPStatus.INTERNAL_SERVER_ERROR, _summary(
-                "error", "roster update failed for every user", 0, summary.failures)
-        return HTTPStatus.OK, _summary("ok", "roster update complete", summary.updated, summary.failures)
+        standby = self.standby()
+        if standby is not None:
+            return await standby.submit(request, "refresh", {"usernames": usernames})
+        return await refreshOutcome(self.log, self.backend, usernames)
+
+
+async def refreshOutcome(log: Logger, backend: IRosterBackend, usernames: list[str]) -> tuple[int, JSON]:
+    """
+    Refresh these users, and the reply that says how it went.
+    """
+    started = time.monotonic()
+    summary = await backend.refresh(usernames)
+    log.info("refresh of {count} users: {updated} updated, {errors} errors in {elapsed:.3f} s",
+             count=len(usernames), updated=summary.updated, errors=summary.errors,
+             elapsed=time.monotonic() - started, outcome="ok" if summary.updated else "failed")
+    if summary.updated == 0:
+        return HTTPStatus.INTERNAL_SERVER_ERROR, _summary(
+            "error", "roster update failed for every user", 0, summary.failures)
+    return HTTPStatus.OK, _summary("ok", "roster update complete", summary.updated, summary.failures)
 
 
 class SyncResource(AdminResource):
@@ -166,8 +201,9 @@ class SyncResource(AdminResource):
     allowedMethods = (b"DELETE", b"GET", b"HEAD", b"POST")
     what = "sync"
 
-    def __init__(self, drain: Drain, fullSync: FullSync, authorization: str | None) -> None:
-        super().__init__(drain, authorization)
+    def __init__(self, drain: Drain, fullSync: FullSync, authorization: str | None,
+                 handoff: Handoff | None = None) -> None:
+        super().__init__(drain, authorization, handoff)
         self.fullSync = fullSync
 
     def render_GET(self, request: server.Request) -> int:
@@ -196,21 +232,46 @@ class SyncResource(AdminResource):
             usernames = body
         else:
             raise ApiError(HTTPStatus.BAD_REQUEST, 'Request body must be {"all": true} or a JSON array of usernames')
-        if usernames is None:
-            already = self.fullSync.current is not None and self.fullSync.current.running
-            progress = self.fullSync.start("full")
-            return HTTPStatus.ACCEPTED, {"status": "running" if already else "started", "sync": progress.toJSON()}
-        progress, joined = await self.fullSync.accept(usernames)
-        return HTTPStatus.ACCEPTED, {"status": "joined" if joined else "started", "sync": progress.toJSON()}
+        standby = self.standby()
+        if standby is not None:
+            return await standby.submit(request, "sync", {"all": True} if usernames is None else {"usernames": usernames})
+        return await syncOutcome(self.fullSync, usernames)
 
     async def _delete(self, request: server.Request) -> tuple[int, JSON]:
         self._checkAuthorization(request)
-        progress = self.fullSync.cancel()
-        if progress is None:
-            raise ApiError(HTTPStatus.CONFLICT, "No sync is running")
-        if progress.running:
-            return HTTPStatus.ACCEPTED, {"status": "cancelling", "sync": progress.toJSON()}
-        return HTTPStatus.OK, {"status": "cancelled", "sync": progress.toJSON()}
+        standby = self.standby()
+        if standby is not None:
+            return await standby.submit(request, "sync", {"cancel": True})
+        return cancelOutcome(self.fullSync)
+
+
+async def syncOutcome(fullSync: FullSync, usernames: list[str] | None) -> tuple[int, JSON]:
+    """
+    Start a full sync (C{usernames} C{None}), or sync these users, joining
+    the pass that runs; the reply shows its progress.
+    """
+    if usernames is None:
+        if fullSync.lister is None:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "No --users-url is configured: name the users to sync")
+        already = fullSync.current is not None and fullSync.current.running
+        progress = fullSync.start("full")
+        return HTTPStatus.ACCEPTED, {"status": "running" if already else "started", "sync": progress.toJSON()}
+    progress, joined = await fullSync.accept(usernames)
+    return HTTPStatus.ACCEPTED, {"status": "joined" if joined else "started", "sync": progress.toJSON()}
+
+
+def cancelOutcome(fullSync: FullSync) -> tuple[int, JSON]:
+    """
+    Cancel the running pass.
+
+    @raise ApiError: 409, none runs.
+    """
+    progress = fullSync.cancel()
+    if progress is None:
+        raise ApiError(HTTPStatus.CONFLICT, "No sync is running")
+    if progress.running:
+        return HTTPStatus.ACCEPTED, {"status": "cancelling", "sync": progress.toJSON()}
+    return HTTPStatus.OK, {"status": "cancelled", "sync": progress.toJSON()}
 
 
 @dataclass(frozen=True)
@@ -243,12 +304,17 @@ class KickResource(JsonResource):
 
     allowedMethods = (b"POST",)
 
-    def __init__(self, drain: Drain, route: KickRoute) -> None:
+    def __init__(self, drain: Drain, route: KickRoute, handoff: Handoff | None = None) -> None:
+        """
+        @param handoff: Takes the kicks while this instance does not lead;
+            C{None}: it always leads.
+        """
         super().__init__(drain)
         self.kicker = route.kicker
         self.status = route.status
         self.authorization = route.authorization
         self.outcomes = route.outcomes
+        self.handoff = handoff
 
     def render_POST(self, request: server.Request) -> int:
         return self.respond(request, self._post)
@@ -262,24 +328,145 @@ class KickResource(JsonResource):
         except Exception:
             self.outcomes[str(int(HTTPStatus.INTERNAL_SERVER_ERROR))] += 1
             raise
-        self.outcomes["200"] += 1
+        self.outcomes[str(int(result[0]))] += 1
         return result
 
     async def _kick(self, request: server.Request) -> tuple[int, JSON]:
         _requireAuthorization(self.log, "kick", request, self.authorization)
         nick, room, reason = _kickRequest(readJSON(request))
-        if not self.status.connected:
-            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "Not connected to the XMPP server")
+        if self.handoff is not None and not self.handoff.leading():
+            # Only the leader holds the XMPP stream: whether this one is
+            # connected says nothing.
+            return await self.handoff.submit(request, "kick", {"nickname": nick, "muc": room.userhost(),
+                                                               "reason": reason})
+        return await kickOutcome(self.log, self.kicker, self.status, nick, room, reason)
+
+
+async def kickOutcome(log: Logger, kicker: IRoomKicker, status: IConnectionStatus, nick: str, room: JID,
+                      reason: str | None) -> tuple[int, JSON]:
+    """
+    Kick C{nick} out of C{room}, and the reply that says so.
+
+    @raise ApiError: Not connected, or the room refused (L{KICK_STATUS}).
+    """
+    if not status.connected:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "Not connected to the XMPP server")
+    try:
+        await kicker.kick(room.userhost(), nick, reason)
+    except NotConnected:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "Not connected to the XMPP server") from None
+    except KickFailed as e:
+        log.warn("kick {nick} from {room} → {condition}", nick=nick, room=room.userhost(),
+                 condition=e.condition, outcome=e.condition)
+        raise ApiError(KICK_STATUS.get(e.condition, HTTPStatus.BAD_GATEWAY), _kickError(e)) from None
+    log.info("kick {nick} from {room} → done", nick=nick, room=room.userhost(), outcome="ok")
+    return HTTPStatus.OK, {"status": "ok", "message": f"{nick} kicked from {room.userhost()}"}
+
+
+@dataclass(frozen=True)
+class LeaderCalls:
+    """
+    What the leader does with a request a standby recorded
+    (L{rosteradmin.applier}): the same call as its own route's, and the
+    reply that route would have given, errors included.
+
+    @ivar kick: The kicker and the stream's status; C{None} when kicking
+        is disabled here (C{--no-kick}): a recorded kick is then a 404, as
+        the route would be.
+    """
+
+    backend: IRosterBackend
+    fullSync: FullSync
+    kick: tuple[IRoomKicker, IConnectionStatus] | None
+    log = Logger()
+
+    async def apply(self, kind: str, body: JSON) -> tuple[int, JSON]:
+        """
+        Apply a recorded request of this kind and body.
+        """
+        errorBody = JsonLeaf.errorBody if kind == "kick" else AdminResource.errorBody
         try:
-            await self.kicker.kick(room.userhost(), nick, reason)
-        except NotConnected:
-            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "Not connected to the XMPP server") from None
-        except KickFailed as e:
-            self.log.warn("kick {nick} from {room} → {condition}", nick=nick, room=room.userhost(),
-                          condition=e.condition, outcome=e.condition)
-            raise ApiError(KICK_STATUS.get(e.condition, HTTPStatus.BAD_GATEWAY), _kickError(e)) from None
-        self.log.info("kick {nick} from {room} → done", nick=nick, room=room.userhost(), outcome="ok")
-        return HTTPStatus.OK, {"status": "ok", "message": f"{nick} kicked from {room.userhost()}"}
+            return await self._call(kind, body)
+        except ApiError as e:
+            return e.code, errorBody(e.message)
+
+    async def _call(self, kind: str, body: JSON) -> tuple[int, JSON]:
+        if kind == "refresh":
+            return await refreshOutcome(self.log, self.backend, body["usernames"])
+        if kind == "sync":
+            if body.get("cancel"):
+                return cancelOutcome(self.fullSync)
+            return await syncOutcome(self.fullSync, body.get("usernames"))
+        if self.kick is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, "No such resource")
+        kicker, status = self.kick
+        room = JID(body["muc"])
+        return await kickOutcome(self.log, kicker, status, body["nickname"], room, body["reason"])
+
+
+class RequestsResource(JsonResource):
+    """
+    C{GET /roster_admin/requests/<id>}: a request a standby recorded for
+    the leader (L{rosteradmin.handoff}).  While the leader has not applied
+    it, C{202} and what is known of it; once applied, the leader's reply
+    to it, its status code included, as if the web app had reached the
+    leader::
+
+        GET /roster_admin/requests/q3Jx0nV2c5b1aQ7d
+        202 {"status": "accepted", "request": "q3Jx0nV2c5b1aQ7d", "kind": "refresh",
+             "applying": false, "attempts": 0, ...}
+        200 {"status": "ok", "message": "roster update complete", "updated": 2, ...}
+
+    Each request takes its own route's authorization (a kick's is the
+    kick secret); an unknown id (never recorded, or done and forgotten
+    after L{rosteradmin.applier.RETENTION}) is a 404 to a caller holding
+    either secret.
+    """
+
+    allowedMethods = (b"GET",)
+    hasSubpaths = True
+
+    def __init__(self, drain: Drain, intake: Intake, authorizations: Mapping[str, str | None]) -> None:
+        """
+        @param authorizations: The C{Authorization} each kind requires, by
+            kind; a kind not listed (kicks with C{--no-kick}) is unknown.
+        """
+        super().__init__(drain)
+        self.intake = intake
+        self.authorizations = authorizations
+
+    errorBody = staticmethod(AdminResource.errorBody)
+
+    def render_GET(self, request: server.Request) -> int:
+        return self.respond(request, self._get)
+
+    async def _get(self, request: server.Request) -> tuple[int, JSON]:
+        postpath = request.postpath or []
+        if len(postpath) != 1 or not postpath[0]:
+            raise ApiError(HTTPStatus.NOT_FOUND, "No such resource")
+        try:
+            found = await self.intake.get(postpath[0].decode("ascii", "replace"))
+        except Exception as e:
+            self.log.error("cannot read a recorded request: {why}", why=str(e) or type(e).__name__)
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "The shared state cannot be read: try again") from None
+        if found is None or found.kind not in self.authorizations:
+            self._requireEitherAuthorization(request)
+            raise ApiError(HTTPStatus.NOT_FOUND, "No such request")
+        _requireAuthorization(self.log, found.kind, request, self.authorizations[found.kind])
+        if found.outcome is not None:
+            return found.outcome.code, found.outcome.body
+        return HTTPStatus.ACCEPTED, pendingBody(found)
+
+    def _requireEitherAuthorization(self, request: server.Request) -> None:
+        """
+        Refuse a request holding none of the secrets: a caller that may
+        look at no request learns nothing of which ids exist.
+
+        @raise ApiError: 401.
+        """
+        secrets = list(self.authorizations.values())
+        if all(authorizationProblem(request, expected) is not None for expected in secrets):
+            _requireAuthorization(self.log, "request lookup", request, secrets[0])
 
 
 class HealthResource(JsonResource):
@@ -401,7 +588,8 @@ class ApiRoot(Resource):
 
 
 def buildRoot(drain: Drain, backend: IRosterBackend, fullSync: FullSync, refreshAuthorization: str | None,
-              kick: KickRoute | None, snapshots: Callable[[], ServiceSnapshot], metrics: Metrics) -> Resource:
+              kick: KickRoute | None, snapshots: Callable[[], ServiceSnapshot], metrics: Metrics,
+              handoff: Handoff | None = None) -> Resource:
     """
     The resource tree of the API.
 
@@ -410,14 +598,22 @@ def buildRoot(drain: Drain, backend: IRosterBackend, fullSync: FullSync, refresh
     @param kick: None when kicking is disabled (C{--no-kick}).
     @param snapshots: What C{/healthz} shows.
     @param metrics: The metrics to serve.
+    @param handoff: Takes refreshes, syncs and kicks while this instance
+        does not lead, and C{/roster_admin/requests} tells how they went;
+        C{None}: it always leads, and that route does not exist.
     """
     root = ApiRoot(drain)
     admin = ApiRoot(drain)
     root.putChild(b"roster_admin", admin)
-    admin.putChild(b"refresh", RefreshResource(drain, backend, refreshAuthorization))
-    admin.putChild(b"sync", SyncResource(drain, fullSync, refreshAuthorization))
+    admin.putChild(b"refresh", RefreshResource(drain, backend, refreshAuthorization, handoff))
+    admin.putChild(b"sync", SyncResource(drain, fullSync, refreshAuthorization, handoff))
+    if handoff is not None:
+        authorizations = {"refresh": refreshAuthorization, "sync": refreshAuthorization}
+        if kick is not None:
+            authorizations["kick"] = kick.authorization
+        admin.putChild(b"requests", RequestsResource(drain, handoff.intake, authorizations))
     if kick is not None:
-        root.putChild(b"muc_kick", KickResource(drain, kick))
+        root.putChild(b"muc_kick", KickResource(drain, kick, handoff))
     root.putChild(b"healthz", HealthResource(drain, snapshots))
     root.putChild(b"metrics", MetricsResource(metrics))
     return root

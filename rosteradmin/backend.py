@@ -11,12 +11,12 @@ another for the same user); different users proceed in parallel.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Callable, Coroutine, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rosteradmin.cache import RosterCache
@@ -76,7 +76,8 @@ class RosterBackend(Service):
         self.refreshing = Refreshes(self.state, fetcher.clock, self._locked, self._refreshOne, self.refusals)
         self.converging = Convergence(self.state, self.server, self.refreshing, self._locked, sync.canSync,
                                       self._background)
-        self._clientsWaiting: Counter[str] = Counter()
+        # Users whose roster clients wait for, with their Deferreds.
+        self._clientLoads: dict[str, list[Deferred[Roster]]] = {}
 
     @property
     def unsynced(self) -> set[str]:
@@ -203,6 +204,9 @@ class RosterBackend(Service):
         self.promises.answered(username, roster.version,
                                synced=username not in self.unsynced and username not in self.refusals.refused)
 
+    def canSync(self) -> bool:
+        return self.sync.canSync()
+
     def verifyServer(self, username: str) -> Deferred[None]:
         """
         Read back the server roster of a cached user and repair what
@@ -214,23 +218,36 @@ class RosterBackend(Service):
 
     def _loadForClient(self, username: str) -> Deferred[Roster]:
         """
-        Load a roster a client waits for.  A bulk refresh may be loading it
-        already (holding the user's lock) behind thousands of others: while
-        the client waits, that refresh's fetch, reads and writes for this
-        user are urgent, so the client waits for one user's work, not for
-        the whole refresh.
+        Load a roster clients wait for, once for all of them: a client
+        asking while another's load of the user is under way gets its
+        outcome, a failure too, so a second device logging in while the
+        web app hangs waits for one fetch deadline, not for two in turn.
+
+        A bulk refresh may be loading the user already (holding the
+        user's lock) behind thousands of others: while clients wait, that
+        refresh's fetch, reads and writes for this user are urgent, so
+        they wait for one user's work, not for the whole refresh.
         """
-        self._clientsWaiting[username] += 1
+        mine: Deferred[Roster] = Deferred()
+        waiting = self._clientLoads.get(username)
+        if waiting is not None:
+            waiting.append(mine)
+            return mine
+        self._clientLoads[username] = [mine]
         self.fetcher.hurry(username)
         self.sync.hurry(username)
 
-        def clientDone(result: T) -> T:
-            self._clientsWaiting[username] -= 1
-            if not self._clientsWaiting[username]:
-                del self._clientsWaiting[username]
-            return result
+        def deliver(outcome: Roster | Failure) -> None:
+            for d in self._clientLoads.pop(username):
+                if d.called:  # cancelled by its client
+                    continue
+                if isinstance(outcome, Failure):
+                    d.errback(outcome)
+                else:
+                    d.callback(outcome)
 
-        return self._locked(username, self._load, username).addBoth(clientDone)
+        self._locked(username, self._load, username).addBoth(deliver)
+        return mine
 
     def writesRestored(self) -> None:
         """
@@ -308,13 +325,13 @@ class RosterBackend(Service):
             refused to store it (it is written again on the user's next
             login or after reconnecting).
         """
-        roster, storedRead = await self._fetchWithStored(username, urgent=username in self._clientsWaiting,
+        roster, storedRead = await self._fetchWithStored(username, urgent=username in self._clientLoads,
                                                          verify=verify)
         self.refusals.admit(username, roster, storedRead)
         refused: SyncFailed | None = None
         try:
             stored = await self.server.write(username, roster, storedRead,
-                                               urgent=username in self._clientsWaiting, report=True, verify=verify)
+                                               urgent=username in self._clientLoads, report=True, verify=verify)
         except SyncFailed as e:
             stored, refused = None, e
         previous = self.cache.put(username, roster)

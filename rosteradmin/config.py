@@ -397,8 +397,10 @@ def _checkServer(values: dict[str, Any]) -> None:
 def _checkState(values: dict[str, Any]) -> None:
     """
     C{--state} names an SQLite file, or a PostgreSQL database by a URL
-    libpq reads, with its driver installed.  The URL is never echoed: it
-    may hold a password.
+    libpq reads and whose options it would use (it checks some only when
+    connecting, which would make a typo look like an unreachable server),
+    with its driver installed.  The URL is never echoed, nor any part of
+    it: it may hold a password.
     """
     state = values.get("state")
     if state is None or "://" not in state:
@@ -410,7 +412,13 @@ def _checkState(values: dict[str, Any]) -> None:
     except ImportError:
         raise ConfigError("--state: a postgresql:// URL needs the psycopg driver: "
                           "pip install 'rosteradmin[postgresql]'") from None
+    from rosteradmin.statepg import unusableOption
+
     try:
-        psycopg.conninfo.conninfo_to_dict(state)
-    except psycopg.ProgrammingError as e:
-        raise ConfigError(f"--state: not a PostgreSQL URL libpq reads ({str(e).strip()})") from None
+        unusable = unusableOption(state)
+    except psycopg.ProgrammingError:
+        # libpq's reason quotes the part of the URL it cannot read.
+        raise ConfigError("--state: not a PostgreSQL URL libpq reads (a character to percent-encode, "
+                          "a space, or an unknown option)") from None
+    if unusable is not None:
+        raise ConfigError(f"--state: the PostgreSQL URL cannot be used: {unusable}")

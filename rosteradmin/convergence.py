@@ -13,7 +13,9 @@ client asks for its roster, and a user online before this connection
 
 Re-syncs share one bound over every event (L{AtMost}), and a user whose
 re-sync is queued or running is not queued again: two restorations in a
-row neither double the work at once nor write anyone twice.
+row neither double the work at once nor write anyone twice.  A user whose
+client asks for the roster goes first, even if a pass queued it already:
+that entry then finds the user written (or writing) and does nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from rosteradmin.refreshes import Locked, Refreshes
@@ -40,6 +42,7 @@ class Convergence:
     Re-syncs, resumes and catches up users, in the background.
 
     @ivar resyncing: Users whose re-sync is queued or running.
+    @ivar started: Users whose re-sync is running.
     """
 
     log = Logger()
@@ -62,6 +65,7 @@ class Convergence:
         self.canSync = canSync
         self.background = background
         self.resyncing: set[str] = set()
+        self.started: set[str] = set()
         self._resyncs: AtMost[str] = AtMost(RESYNC_CONCURRENCY)
         self._resumePending = True
 
@@ -82,15 +86,16 @@ class Convergence:
         """
         Write the cached rosters of these users that are unsynced, and
         push the changes, within the bound; a user already queued keeps
-        its place.
+        its place, unless C{first}.
 
-        @param first: Before the users already queued (a client asked for
-            the roster).
+        @param first: Before the users already queued, these included (a
+            client asked for the roster).
         """
         if not self.canSync():
             return
+        skipped = self.started if first else self.resyncing
         new = [username for username in usernames
-               if username in self.state.unsynced and username not in self.resyncing]
+               if username in self.state.unsynced and username not in skipped]
         if not new:
             return
         if not first:
@@ -106,9 +111,18 @@ class Convergence:
         self.background(self.refreshing.coalesced(username), "catch-up", username)
 
     def _resyncOne(self, username: str) -> Deferred[None]:
+        if username in self.started:
+            # Queued twice (a client's turn went first): that one runs.
+            return succeed(None)
+        self.started.add(username)
+
+        def finished(_: object) -> None:
+            self.started.discard(username)
+            self.resyncing.discard(username)
+
         d = self.locked(username, self.server.resync, username)
         self.background(d, "resync", username)
-        return d.addBoth(lambda _: self.resyncing.discard(username))
+        return d.addBoth(finished)
 
     def _resume(self) -> None:
         """

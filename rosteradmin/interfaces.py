@@ -124,6 +124,11 @@ class IRosterBackend(IServerObserver):
         server changed the roster behind us): answer it in full.
         """
 
+    def canSync() -> bool:
+        """
+        Whether the server takes roster writes now (L{IRosterSync.canSync}).
+        """
+
     def verifyServer(username: str) -> Deferred[None]:
         """
         Read back the server roster of a cached user and repair, with

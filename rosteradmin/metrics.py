@@ -109,8 +109,9 @@ class Metrics(Collector):
                                 "Users whose server roster may be behind the web app (kept across restarts)",
                                 backend.pendingUsers)
         yield GaugeMetricFamily("rosteradmin_state_unsaved",
-                                "Changes of the state kept in memory because the --state file does not take "
-                                "writes (locked, full, read-only)", backend.stateUnsaved)
+                                "Changes of the state kept in memory because the --state storage does not take "
+                                "writes (a file locked, full or read-only; a database down or refusing); "
+                                "0 while writes succeed", backend.stateUnsaved)
         sync = snapshot.sync
         syncUsers = GaugeMetricFamily("rosteradmin_sync_users", "Users of the current or last full sync, by state",
                                       labels=["state"])

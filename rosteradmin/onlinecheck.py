@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rosteradmin.backend import RosterBackend
+from rosteradmin.interfaces import IRosterBackend
 from rosteradmin.slots import AtMost
 
 #: Users checked at once (L{AtMost}): their reads go through the privileged
@@ -45,11 +45,11 @@ class OnlineCheck(Service):
 
     log = Logger()
 
-    def __init__(self, backend: RosterBackend, onlineUsers: Callable[[], Iterable[str]],
+    def __init__(self, backend: IRosterBackend, onlineUsers: Callable[[], Iterable[str]],
                  clock: IReactorTime, interval: float) -> None:
         """
-        @param backend: The backend, and whether its sync takes writes now
-            (like the full sync, this runs beside it, not at an edge).
+        @param backend: Verifies each online user's server roster, when
+            the server takes writes.
         @param onlineUsers: The usernames with an online resource now.
         """
         self.backend = backend
@@ -81,7 +81,7 @@ class OnlineCheck(Service):
 
         @return: The pass, or C{None} when none was started.
         """
-        if self._checking or not self.backend.sync.canSync():
+        if self._checking or not self.backend.canSync():
             return None
         usernames = sorted(self.onlineUsers())
         if not usernames:

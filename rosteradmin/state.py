@@ -92,9 +92,8 @@ class SyncState:
             PostgreSQL, the reactor whose threads write).
         @raise StateError: The storage cannot be opened.
         """
-        # The storage (named _file when it could only be one).
-        self._file = openStorage(path, clock)
-        tables = self._file.tables
+        self._storage = openStorage(path, clock)
+        tables = self._storage.tables
         self._server: dict[str, str] = dict(tables["server_rosters"])
         self._pending: dict[str, float] = dict(tables["pending"])
         self._doubted: dict[str, str] = dict(tables["doubted_clients"])
@@ -104,21 +103,22 @@ class SyncState:
             for username, jids, version, since in tables["unpushed"]}
         self._meta: dict[str, str] = dict(tables["meta"])
         self.unsynced: set[str] = set()
-        if self._file.marked:
+        if self._storage.marked:
             self._distrust()
-            if not self._file.unsaved:
-                self._file.unmark()  # nothing to forget: nothing was missing
+            if not self._storage.unsaved:
+                self._storage.unmark()  # nothing to forget: nothing was missing
         self.remembersServer = bool(self._server)
 
     def _distrust(self) -> None:
         """
-        The previous run ended with changes the file never took: a version
-        it recorded may be older than what the server holds since, and
-        users it made pending may be missing.  Forget every version and
-        make every user it knew pending: they are all read back and
-        rewritten once the server takes writes.
+        The previous run may have ended with changes the storage never
+        took (they failed, or, for PostgreSQL, it did not close cleanly):
+        a version it recorded may be older than what the server holds
+        since, and users it made pending may be missing.  Forget every
+        version and make every user it knew pending: they are all read
+        back and rewritten once the server takes writes.
         """
-        self.log.warn("state file {path}: the previous run ended with changes it could not write; "
+        self.log.warn("state {path}: the previous run may have ended with changes not written to it; "
                       "refreshing and reading back every user it knew ({count})", path=self.path,
                       count=len(self._server))
         now = time.time()
@@ -128,18 +128,26 @@ class SyncState:
             changes["pending", username] = (username, since)
             changes["server_rosters", username] = None
         self._server.clear()
-        self._file.changes(changes)  # in one transaction: no version outlives its user's pending mark
+        self._storage.changes(changes)  # in one transaction: no version outlives its user's pending mark
 
     @property
     def path(self) -> str:
-        return self._file.path
+        return self._storage.path
+
+    @property
+    def storage(self) -> IStateStorage:
+        """
+        The storage, for what keeps tables of its own in it (the
+        intake, L{rosteradmin.intake}).
+        """
+        return self._storage
 
     @property
     def movedAside(self) -> str | None:
         """
         Where an unreadable file found at start was moved, or C{None}.
         """
-        return self._file.movedAside
+        return self._storage.movedAside
 
     @property
     def problem(self) -> str | None:
@@ -147,21 +155,21 @@ class SyncState:
         Why changes are waiting in memory for the file to take them, or
         C{None} when everything is written.
         """
-        return self._file.problem
+        return self._storage.problem
 
     @property
     def unsaved(self) -> int:
         """
         Changes not written to the file yet.
         """
-        return self._file.unsaved
+        return self._storage.unsaved
 
     def close(self) -> Deferred[None]:
         """
         Write what the storage has not taken yet, and close it (a network
         storage may take a moment: the result fires once it is closed).
         """
-        return self._file.close()
+        return self._storage.close()
 
     def serverVersion(self, username: str) -> str | None:
         """
@@ -178,7 +186,7 @@ class SyncState:
         self._server[username] = version
         self._pending.pop(username, None)
         self.unsynced.discard(username)
-        self._file.changes({("server_rosters", username): (username, version, time.time()),
+        self._storage.changes({("server_rosters", username): (username, version, time.time()),
                        ("pending", username): None})
 
     def forgetServer(self, username: str) -> None:
@@ -187,7 +195,7 @@ class SyncState:
         failed half-way, or drift was seen).
         """
         if self._server.pop(username, None) is not None:
-            self._file.change("server_rosters", username, None)
+            self._storage.change("server_rosters", username, None)
 
     def doubtClients(self, username: str, version: str) -> None:
         """
@@ -199,7 +207,7 @@ class SyncState:
         """
         if self._doubted.get(username) != version:
             self._doubted[username] = version
-            self._file.change("doubted_clients", username, (username, version))
+            self._storage.change("doubted_clients", username, (username, version))
 
     def clientsDoubted(self, username: str, version: str) -> bool:
         """
@@ -210,7 +218,7 @@ class SyncState:
             # The roster has changed since: a client holding the doubted
             # version is answered in full anyway.
             del self._doubted[username]
-            self._file.change("doubted_clients", username, None)
+            self._storage.change("doubted_clients", username, None)
         return doubted == version
 
     def addPending(self, usernames: Iterable[str]) -> None:
@@ -224,7 +232,7 @@ class SyncState:
             if username not in self._pending:
                 self._pending[username] = now
                 added["pending", username] = (username, now)
-        self._file.changes(added)
+        self._storage.changes(added)
 
     def markUnsynced(self, username: str) -> None:
         """
@@ -248,7 +256,7 @@ class SyncState:
         write is done).
         """
         if username not in self.unsynced and self._pending.pop(username, None) is not None:
-            self._file.change("pending", username, None)
+            self._storage.change("pending", username, None)
 
     def pending(self) -> list[str]:
         """
@@ -272,10 +280,10 @@ class SyncState:
         """
         if kind is None:
             if self._meta.pop("sync_running", None) is not None:
-                self._file.change("meta", "sync_running", None)
+                self._storage.change("meta", "sync_running", None)
         else:
             self._meta["sync_running"] = kind
-            self._file.change("meta", "sync_running", ("sync_running", kind))
+            self._storage.change("meta", "sync_running", ("sync_running", kind))
 
     def knownUsers(self) -> list[str]:
         """
@@ -300,7 +308,7 @@ class SyncState:
         version = version or heldVersion
         if (merged, version) != (held, heldVersion) or username not in self._unpushed:
             self._unpushed[username] = (merged, version, since)
-            self._file.change("unpushed", username, (username, "\n".join(sorted(merged)), version, since))
+            self._storage.change("unpushed", username, (username, "\n".join(sorted(merged)), version, since))
 
     def unpushed(self, username: str) -> frozenset[str]:
         """
@@ -323,4 +331,4 @@ class SyncState:
         left online.
         """
         if self._unpushed.pop(username, None) is not None:
-            self._file.change("unpushed", username, None)
+            self._storage.change("unpushed", username, None)

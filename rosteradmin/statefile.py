@@ -30,16 +30,20 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from rosteradmin.statestorage import (
-    SQLITE, TABLES, IStateStorage, Changes, Row, StateError, apply, needsWriting, prepare, readTables, schemaVersion,
+    SQLITE, TABLES, Cursor, Dialect, IStateStorage, Changes, Retries, Row, StateError, apply, needsWriting,
+    prepare, readTables, schemaVersion,
 )
+
+T = TypeVar("T")
 
 #: Seconds start-up waits for another process's lock on the file.
 OPEN_TIMEOUT = 5.0
@@ -90,16 +94,14 @@ class StateFile:
             from twisted.internet import reactor
 
             clock = cast(IReactorTime, reactor)
-        self._clock = clock
         self._unsaved: dict[tuple[str, str], Row | None] = {}
-        self._retry: IDelayedCall | None = None
-        self._retryDelay = RETRY_DELAY
-        self._failure: str | None = None
-        self._failingSince = 0.0
+        self._retries = Retries(clock, "state file", path, RETRY_DELAY, RETRY_MAX_DELAY)
         self._commits = 0
         self._checkpointer: threading.Thread | None = None
         self.movedAside: str | None = None
         self._db: sqlite3.Connection | None = None
+        self._closed = False
+        self._memory: sqlite3.Connection | None = None
         if path != ":memory:":
             self._db = self._open()
         self.tables = self._read()
@@ -157,25 +159,61 @@ class StateFile:
         Write what the file has not taken yet, waiting a little for its
         lock (this runs at shutdown), and close it: done when this returns.
         """
-        self._stopRetrying()
+        self._retries.cancel()
+        self._closed = True
         if self._db is None:
             return succeed(None)
         if self._unsaved:
             self._db.execute(f"PRAGMA busy_timeout = {int(CLOSE_TIMEOUT * 1000)}")
             self._save()
-            self._stopRetrying()
+            self._retries.cancel()
         if self._unsaved:
             self.log.error("state file {path}: {count} changes not written at shutdown ({why}); "
                            "the next start refreshes every user", path=self.path, count=len(self._unsaved),
-                           why=self._failure)
+                           why=self._retries.failure)
         self._db.close()
         self._db = None
         return succeed(None)
 
-    def _stopRetrying(self) -> None:
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+    def transact(self, work: Callable[[Cursor, Dialect], T], timeout: float) -> Deferred[T]:
+        """
+        Run C{work} in one transaction now, on the reactor's thread, and
+        return its result committed (C{synchronous=NORMAL}: a commit
+        survives the process being killed), or a failure.  It never
+        waits for the lock, so C{timeout} is moot: a file another process
+        holds fails at once.  Without a file (C{":memory:"}) the
+        transaction runs in a database in memory, created on first use:
+        nothing survives the process, as with the rest of such a state.
+        """
+        if self._closed:
+            return fail(StateError(f"{self.path}: closed"))
+        db = self._db if self._db is not None else self._memoryDatabase()
+        before = db.total_changes
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db.cursor(), SQLITE)
+                db.execute("COMMIT")
+            finally:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            return fail(StateError(f"{self.path}: {e}", transient=e.sqlite_errorname in _LOCKED))
+        except Exception:
+            return fail()
+        if db is self._db and db.total_changes != before:
+            self._committed()
+        return succeed(result)
+
+    def _memoryDatabase(self) -> sqlite3.Connection:
+        """
+        The database in memory that L{transact} writes when there is no
+        file, with the latest schema.
+        """
+        if self._memory is None:
+            self._memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            prepare(self._memory.cursor(), SQLITE, None)
+        return self._memory
 
     @property
     def problem(self) -> str | None:
@@ -183,11 +221,7 @@ class StateFile:
         Why changes are waiting in memory for the file to take them, or
         C{None} when everything is written.
         """
-        if self._failure is None:
-            return None
-        since = time.strftime("%H:%M:%S", time.gmtime(self._failingSince))
-        return (f"cannot write {self.path} since {since} UTC: {self._failure}; "
-                f"{len(self._unsaved)} changes kept in memory, retrying")
+        return self._retries.problem(len(self._unsaved))
 
     @property
     def unsaved(self) -> int:
@@ -211,7 +245,7 @@ class StateFile:
         if self._db is None or not changes:
             return
         self._unsaved.update(changes)
-        if self._retry is None:
+        if not self._retries.scheduled:
             self._save()
 
     def _save(self) -> None:
@@ -229,29 +263,22 @@ class StateFile:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
         except sqlite3.Error as e:
-            self._failed(str(e))
+            if self._retries.failed(str(e), self._retrySave):
+                self._mark()
             return
         self._unsaved.clear()
         if self.marked:
             self.unmark()
-        if self._failure is not None:
-            self.log.info("state file {path} written again after {elapsed:.1f} s", path=self.path,
-                          elapsed=time.time() - self._failingSince)
-            self._failure = None
-            self._retryDelay = RETRY_DELAY
+        self._retries.succeeded()
+        self._committed()
+
+    def _committed(self) -> None:
+        """
+        Count a commit that wrote, and checkpoint after enough of them.
+        """
         self._commits += 1
         if self._commits >= CHECKPOINT_COMMITS:
             self._checkpoint()
-
-    def _failed(self, why: str) -> None:
-        if self._failure is None:
-            self._failingSince = time.time()
-            self.log.error("cannot write state file {path}: {why}; keeping its changes in memory until it can",
-                           path=self.path, why=why)
-            self._mark()
-        self._failure = why
-        self._retry = self._clock.callLater(self._retryDelay, self._retrySave)
-        self._retryDelay = min(self._retryDelay * 2, RETRY_MAX_DELAY)
 
     def _mark(self) -> None:
         try:
@@ -274,7 +301,6 @@ class StateFile:
         self.marked = False
 
     def _retrySave(self) -> None:
-        self._retry = None
         if self._unsaved and self._db is not None:
             self._save()
 
@@ -318,7 +344,7 @@ def _connect(path: str) -> sqlite3.Connection:
         check = [str(row[0]) for row in db.execute("PRAGMA quick_check")]
         if check != ["ok"]:
             raise _Unreadable("; ".join(check[:3]))
-        if needsWriting(schemaVersion(db.cursor(), SQLITE, path), path):
+        if needsWriting(db.cursor(), SQLITE, schemaVersion(db.cursor(), SQLITE, path), path):
             _prepare(db, path)
         db.execute("PRAGMA busy_timeout = 0")
     except sqlite3.Error as e:
@@ -342,7 +368,7 @@ def _prepare(db: sqlite3.Connection, path: str) -> None:
     try:
         cursor = db.cursor()
         found = schemaVersion(cursor, SQLITE, path)
-        if needsWriting(found, path):
+        if needsWriting(cursor, SQLITE, found, path):
             prepare(cursor, SQLITE, found)
         db.execute("COMMIT")
     finally:

@@ -8,26 +8,38 @@ L{rosteradmin.statepg} for PostgreSQL).
 
 The database records the version of its schema (the C{meta} row
 C{schema}).  At start a storage calls L{prepare}: a new database gets the
-first schema and then every upgrade, an older one the upgrades it lacks,
-in the start's transaction (so a failed upgrade leaves it as it was); a
+first schema and then every upgrade, an older one the upgrades it lacks
+(and any table of the first schema it lacks: earlier releases added two
+while recording version 1), in the start's transaction (so a failed upgrade leaves it as it was); a
 newer one is refused, untouched, since this code would misread it.  A
 change of schema is therefore one function added to L{UPGRADES} (taking
 version I{n} to I{n + 1}, in the SQL of both dialects) and
 L{SCHEMA_VERSION} raised by one; L{TABLES} then names what the latest
-schema holds.
+schema holds for the state, read at start.
+
+One table is not read at start: C{requests} (schema version 2), the
+durable intake of API requests a standby accepted for the leader to
+apply (L{rosteradmin.intake} reads and writes it, each time through
+L{IStateStorage.transact}: its rows must be committed before the API
+answers, which the write-behind of L{IStateStorage.changes} cannot say).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 #: The schema this code reads and writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+T = TypeVar("T")
 
 #: A row of one of L{TABLES}, its columns in their order.
 Row = tuple[object, ...]
@@ -44,6 +56,10 @@ TABLES: Mapping[str, Sequence[str]] = {
     "unpushed": ("username", "jids", "version", "since"),
     "meta": ("key", "value"),
 }
+
+#: The table of accepted API requests (L{rosteradmin.intake}), not read
+#: at start.
+INTAKE_TABLE = "requests"
 
 #: Columns not handed to L{rosteradmin.state.SyncState} at start.
 _UNREAD = {"server_rosters": {"written_at"}}
@@ -104,6 +120,20 @@ class IStateStorage(Interface):
         Returns at once; what cannot be written yet is kept and retried.
         """
 
+    def transact(work: Callable[[Cursor, Dialect], T], timeout: float) -> Deferred[T]:
+        """
+        Run C{work} in one transaction of its own and fire with what it
+        returned once committed, or fail (with the driver's error, a
+        L{StateError}, or L{twisted.internet.defer.TimeoutError} after
+        C{timeout} seconds): unlike L{changes}, what it writes is durable
+        when the result fires.  Ordered after the L{changes} batches made
+        before it only as far as the storage's own order goes (PostgreSQL:
+        the same thread; SQLite: at once, on the caller's thread).
+
+        @param work: Runs the transaction's statements; in the storage's
+            thread for PostgreSQL, so it must touch nothing else.
+        """
+
     def unmark() -> None:
         """
         The caller has acted on L{marked} (trusts no stored version) and
@@ -116,6 +146,95 @@ class IStateStorage(Interface):
         it, and close; a loss is logged, and the next start is L{marked}.
         Fires once closed.
         """
+
+
+class Retries:
+    """
+    A storage's writes that fail: why (L{problem}), logged once when they
+    start failing and once when they succeed again, and retried with a
+    backoff that doubles up to a cap.
+
+    @ivar failure: Why the last write failed, or C{None} once one
+        succeeded.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, noun: str, path: str, first: float, most: float) -> None:
+        """
+        @param noun: What the storage is, in log lines (C{"state file"}).
+        @param path: The storage as named to the user.
+        @param first: Seconds before the first retry.
+        @param most: Seconds between retries at most.
+        """
+        self._clock = clock
+        self._noun = noun
+        self._path = path
+        self._first = first
+        self._most = most
+        self._delay = first
+        self._call: IDelayedCall | None = None
+        self._since = 0.0
+        self.failure: str | None = None
+
+    @property
+    def scheduled(self) -> bool:
+        """
+        Whether a retry is due: writing before it would fail again.
+        """
+        return self._call is not None
+
+    def failed(self, why: str, retry: Callable[[], None] | None) -> bool:
+        """
+        A write failed: log it if it is the first since writes succeeded,
+        and call C{retry} after the backoff (unless C{None}: no retry).
+
+        @return: Whether writes were succeeding until this one.
+        """
+        first = self.failure is None
+        if first:
+            self._since = time.time()
+            self.log.error("cannot write {noun} {path}: {why}; keeping its changes in memory until it can",
+                           noun=self._noun, path=self._path, why=why)
+        self.failure = why
+        if retry is not None:
+            self._call = self._clock.callLater(self._delay, self._retry, retry)
+            self._delay = min(self._delay * 2, self._most)
+        return first
+
+    def _retry(self, retry: Callable[[], None]) -> None:
+        self._call = None
+        retry()
+
+    def succeeded(self) -> None:
+        """
+        A write succeeded: the failures, if any, are over.
+        """
+        if self.failure is None:
+            return
+        self.log.info("{noun} {path} written again after {elapsed:.1f} s", noun=self._noun, path=self._path,
+                      elapsed=time.time() - self._since)
+        self.failure = None
+        self._delay = self._first
+
+    def cancel(self) -> None:
+        """
+        Call no retry that is due.
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def problem(self, waiting: int) -> str | None:
+        """
+        Why C{waiting} changes are kept in memory, or C{None} while writes
+        succeed.
+        """
+        if self.failure is None:
+            return None
+        since = time.strftime("%H:%M:%S", time.gmtime(self._since))
+        return (f"cannot write {self._path} since {since} UTC: {self.failure}; "
+                f"{waiting} changes kept in memory, retrying")
 
 
 class Cursor(Protocol):
@@ -171,26 +290,50 @@ POSTGRESQL = Dialect("postgresql", "%s", "DOUBLE PRECISION", "",
                      "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
 
 
-def _createFirst(db: Cursor, dialect: Dialect) -> None:
+def _first(dialect: Dialect) -> dict[str, str]:
     """
-    Schema version 1, as rosteradmin first wrote it: never changed, the
-    upgrades start from it.
+    The tables of schema version 1 and their columns' definitions: never
+    changed, the upgrades start from them.
     """
     real = dialect.real
-    for table, columns in {
+    return {
         "server_rosters": f"username TEXT PRIMARY KEY, version TEXT NOT NULL, written_at {real} NOT NULL",
         "pending": f"username TEXT PRIMARY KEY, since {real} NOT NULL",
         "doubted_clients": "username TEXT PRIMARY KEY, version TEXT NOT NULL",
         "unpushed": f"username TEXT PRIMARY KEY, jids TEXT NOT NULL, version TEXT NOT NULL, since {real} NOT NULL",
         "meta": "key TEXT PRIMARY KEY, value TEXT NOT NULL",
-    }.items():
+    }
+
+
+def _createFirst(db: Cursor, dialect: Dialect) -> None:
+    """
+    Create each table of schema version 1 that is missing.  Earlier
+    releases added C{doubted_clients} and then C{unpushed} while recording
+    version 1, as C{CREATE TABLE IF NOT EXISTS} at every start: a database
+    they wrote may hold only the first three, whatever version it records.
+    """
+    for table, columns in _first(dialect).items():
         db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns}){dialect.tableSuffix}")
 
 
+def _addRequests(db: Cursor, dialect: Dialect) -> None:
+    """
+    Version 2: the C{requests} table (L{rosteradmin.intake}).  C{seq},
+    given by the database, orders the requests as they were committed
+    (both engines count up, whichever instance inserts); C{id} is what
+    the API hands out, random so that it cannot be guessed.
+    """
+    seq = ("seq INTEGER PRIMARY KEY AUTOINCREMENT" if dialect.name == "sqlite"
+           else "seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+    db.execute(f"CREATE TABLE IF NOT EXISTS requests ({seq}, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, "
+               f"body TEXT NOT NULL, accepted_at {dialect.real} NOT NULL, status TEXT NOT NULL, "
+               f"attempts INTEGER NOT NULL DEFAULT 0, claimed_by TEXT, outcome TEXT, finished_at {dialect.real})")
+    db.execute("CREATE INDEX IF NOT EXISTS requests_status ON requests (status, seq)")
+
+
 #: Upgrade steps: the one under I{n} takes a database of schema version
-#: I{n} to I{n + 1}, inside the start's transaction.  Empty while
-#: version 1 is the latest.
-UPGRADES: dict[int, Callable[[Cursor, Dialect], None]] = {}
+#: I{n} to I{n + 1}, inside the start's transaction.
+UPGRADES: dict[int, Callable[[Cursor, Dialect], None]] = {1: _addRequests}
 
 
 #: What L{schemaVersion} says of a database with our tables but no
@@ -210,9 +353,9 @@ def schemaVersion(db: Cursor, dialect: Dialect, name: str) -> int | None:
     """
     tables = {row[0] for row in db.execute(dialect.tablesQuery).fetchall()}
     if "meta" not in tables:
-        if dialect is SQLITE and tables:
+        if dialect.name == "sqlite" and tables:
             raise StateError(f"{name}: not a rosteradmin state file (it holds the tables {', '.join(sorted(tables))})")
-        ours = tables & set(TABLES)
+        ours = tables & (set(TABLES) | {INTAKE_TABLE})
         if ours:
             raise StateError(f"{name}: not a rosteradmin state database (it holds the tables "
                              f"{', '.join(sorted(ours))} without rosteradmin's meta table)")
@@ -226,32 +369,35 @@ def schemaVersion(db: Cursor, dialect: Dialect, name: str) -> int | None:
         raise StateError(f"{name}: schema version {row[0]}, this rosteradmin reads {SCHEMA_VERSION}") from None
 
 
-def needsWriting(found: int | None, name: str) -> bool:
+def needsWriting(db: Cursor, dialect: Dialect, found: int | None, name: str) -> bool:
     """
     Whether a database of schema C{found} (L{schemaVersion}) must be
-    created, upgraded or have its version recorded.
+    created, upgraded, have its version recorded, or get the tables of
+    version 1 that an earlier release did not create (L{_createFirst}).
 
     @raise StateError: The version is newer than this code's, or older
         than any upgrade reaches.
     """
-    if found == SCHEMA_VERSION:
-        return False
     start = 1 if found in (None, UNRECORDED) else found
+    assert start is not None
     if not 1 <= start <= SCHEMA_VERSION or any(step not in UPGRADES for step in range(start, SCHEMA_VERSION)):
         raise StateError(f"{name}: schema version {found}, this rosteradmin reads {SCHEMA_VERSION}")
-    return True
+    if found != SCHEMA_VERSION:
+        return True
+    tables = {row[0] for row in db.execute(dialect.tablesQuery).fetchall()}
+    return not tables >= _first(dialect).keys()
 
 
 def prepare(db: Cursor, dialect: Dialect, found: int | None) -> None:
     """
-    Create or upgrade the schema from C{found} (L{schemaVersion}) to
-    L{SCHEMA_VERSION} and record it, inside the caller's transaction.
+    Create the missing tables of version 1, upgrade the schema from
+    C{found} (L{schemaVersion}) to L{SCHEMA_VERSION} and record it, inside
+    the caller's transaction.
     """
-    if found in (None, UNRECORDED):
-        _createFirst(db, dialect)
-        found = 1
-    assert found is not None
-    for step in range(found, SCHEMA_VERSION):
+    _createFirst(db, dialect)
+    start = 1 if found in (None, UNRECORDED) else found
+    assert start is not None
+    for step in range(start, SCHEMA_VERSION):
         UPGRADES[step](db, dialect)
     db.execute(dialect.upsert("meta"), ("schema", str(SCHEMA_VERSION)))
 

@@ -6,11 +6,20 @@ twistd's C{ServiceMaker} (C{twisted/plugins/rosteradmin_plugin.py}) reads
 L{Options} (L{rosteradmin.options}) and L{makeService} from this module.
 How start-up ends when it cannot succeed, and the top service, are
 L{rosteradmin.startup}'s; the open file limit is L{rosteradmin.filelimit}'s.
+
+Whether this instance leads (holds the XMPP stream and does the roster
+work, another instance on the same PostgreSQL state standing by) is
+asked of L{leadership}, a stand-in until instances elect a leader: it
+always leads, so a single instance behaves as it always did.  What a
+standby's API does is L{rosteradmin.handoff}'s; what the leader does with
+the requests standbys recorded, L{rosteradmin.applier}'s.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +29,8 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
-from rosteradmin.api import KickRoute, buildRoot
+from rosteradmin.api import KickRoute, LeaderCalls, buildRoot
+from rosteradmin.applier import RequestApplier
 from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.component import ConnectionMonitor, Handlers, RosterComponent
@@ -32,7 +42,9 @@ from rosteradmin.ejabberdapi import EjabberdAPISync
 from rosteradmin.fairness import QueryGate
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.fullsync import FullSync
+from rosteradmin.handoff import Handoff
 from rosteradmin.httpclient import makeHTTPClient
+from rosteradmin.intake import Intake
 from rosteradmin.interfaces import IRosterSync
 from rosteradmin.metrics import FetchLatency, Metrics
 from rosteradmin.muc import RoomKicker
@@ -151,14 +163,44 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     return Parts(backend, component, fetchLatency)
 
 
+#: The test-only environment variable that makes L{leadership}'s
+#: stand-in answer "not leading" (C{1}), so that tests can run a standby
+#: before instances elect a leader.
+STANDBY_FOR_TESTS = "ROSTERADMIN_TEST_STANDBY"
+
+
+def leadership() -> Callable[[], bool]:
+    """
+    Whether this instance leads, asked on every API request: a stand-in
+    until instances elect a leader, which always leads (a single
+    instance, on SQLite or PostgreSQL alone, behaves as it always did),
+    unless the tests set L{STANDBY_FOR_TESTS}.
+    """
+    standby = os.environ.get(STANDBY_FOR_TESTS) == "1"
+    return lambda: not standby
+
+
+def makeApplier(config: Config, parts: Parts, fullSync: FullSync, intake: Intake, clock: Any) -> RequestApplier:
+    """
+    The service that applies, while this instance leads, the requests
+    standbys recorded, through the calls the API makes here, once the
+    XMPP stream is up.
+    """
+    comp = parts.component
+    kick = None if config.no_kick or config.kick_authorization is None else (comp.kicker, comp.status)
+    calls = LeaderCalls(parts.backend, fullSync, kick)
+    return RequestApplier(intake, calls.apply, clock, lambda: comp.status.connected)
+
+
 def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
-            onlineCheck: OnlineCheck | None = None) -> Resource:
+            onlineCheck: OnlineCheck | None = None, handoff: Handoff | None = None) -> Resource:
     """
     The HTTP API's resource tree, with health and metrics read from one
     snapshot of the backend, the component and the full sync.
 
     @param drain: Counts the requests in flight, for the HTTP service.
     @param onlineCheck: Whose counts the metrics show, if it runs.
+    @param handoff: Takes the requests while this instance does not lead.
     """
     comp = parts.component
     kickOutcomes: Counter[str] = Counter()
@@ -168,15 +210,16 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
     snapshots = Snapshots(parts.backend.snapshot, comp.snapshot, fullSync.snapshot, kickOutcomes,
                           lambda: onlineCheck.checked if onlineCheck is not None else 0)
     return buildRoot(drain, parts.backend, fullSync, config.refresh_authorization, kick, snapshots,
-                     Metrics(snapshots, parts.fetchLatency))
+                     Metrics(snapshots, parts.fetchLatency), handoff)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """
     The whole service tree: C{backend} (cache, fetcher, sync),
     C{roster-sync} (ejabberd's API only), C{component} (the XMPP side),
-    C{sync} (full syncs), C{online-check} and C{http} (the API), sharing
-    the backend.
+    C{sync} (full syncs), C{online-check}, C{requests} (applies what
+    standbys recorded, while leading) and C{http} (the API), sharing the
+    backend.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
@@ -219,8 +262,18 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     onlineCheck.setName("online-check")
     onlineCheck.setServiceParent(top)
 
+    leading = leadership()
+    intake = Intake(state.storage)
+    applier = makeApplier(config, parts, fullSync, intake, reactor)
+    applier.setName("requests")
+    if leading():
+        # Until instances elect a leader, it leads from start to stop.
+        applier.setServiceParent(top)
+
     drain = Drain()
-    site = makeSite(makeAPI(config, parts, fullSync, drain, onlineCheck), config.max_body_bytes, config.http_timeout, reactor)
+    handoff = Handoff(intake, leading, reactor)
+    site = makeSite(makeAPI(config, parts, fullSync, drain, onlineCheck, handoff), config.max_body_bytes,
+                    config.http_timeout, reactor)
     # Requests in flight may wait for a fetch and an XMPP round trip.
     drainTimeout = config.fetch_timeout + config.iq_timeout
     web = DrainingService(endpoints.serverFromString(reactor, config.http), site, drain, reactor, drainTimeout,

@@ -16,6 +16,8 @@ from twisted.words.xish import domish
 
 from rosteradmin import slicing
 from rosteradmin.fullsync import FullSync
+from rosteradmin.handoff import Handoff
+from rosteradmin.intake import Intake
 from rosteradmin.tap import makeAPI
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin import web
@@ -33,15 +35,25 @@ ROOM = "room@conference.example.org"
 class Api:
     """
     The API of one service, driven through StubTreq.
+
+    @ivar leading: Whether the service leads (L{rosteradmin.handoff}):
+        it does unless a test says otherwise.
     """
 
-    def __init__(self, wire: ComponentOnWire, refreshAuthorization: str | None = None) -> None:
+    def __init__(self, wire: ComponentOnWire, refreshAuthorization: str | None = None,
+                 replyWait: float = 0.0) -> None:
+        """
+        @param replyWait: Seconds a standby waits for the leader's outcome.
+        """
         self.wire = wire
-        config = replace(wire.config, refresh_authorization=refreshAuthorization,
-                         kick_authorization=KICK_AUTH, no_kick=False)
+        self.config = replace(wire.config, refresh_authorization=refreshAuthorization,
+                              kick_authorization=KICK_AUTH, no_kick=False)
         self.fullSync = FullSync(wire.backend, None, wire.clock, False, 3600)
         self.drain = Drain()
-        self.http = StubTreq(makeAPI(config, wire.parts, self.fullSync, self.drain))
+        self.leading = True
+        self.intake = Intake(wire.backend.state.storage)
+        self.handoff = Handoff(self.intake, lambda: self.leading, wire.clock, replyWait)
+        self.http = StubTreq(makeAPI(self.config, wire.parts, self.fullSync, self.drain, handoff=self.handoff))
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                 headers: dict[Any, Any] | None = None, server: Any = None) -> tuple[int, Any]:

@@ -427,7 +427,7 @@ def test_optionsBuildTheServiceTree() -> None:
                           "--roster-url", "http://app/%s", "--kick-authorization", "k",
                           "--http", "tcp:0:interface=127.0.0.1"])
     top = makeService(options)
-    assert [s.name for s in top] == ["backend", "component", "sync", "online-check", "http"]
+    assert [s.name for s in top] == ["backend", "component", "sync", "online-check", "requests", "http"]
     assert not top.running
 
 
@@ -568,3 +568,23 @@ def test_stateTakesAFileOrAPostgreSQLURL() -> None:
     with pytest.raises(ConfigError, match="^--state: not a PostgreSQL URL libpq reads") as e:
         build(None, state="postgresql://u:s3cret@db/x?bogus=1")
     assert "s3cret" not in str(e.value)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:sec%zzret@db/x",
+    "postgresql://u:sec ret@db/x",
+    "postgresql://u:secret@db/x?sslmode=secret",
+    "postgresql://u:secret@db:secret/x",
+    "postgresql://u:secret@db/x?connect_timeout=secret",
+    "postgresql://u:secret@db/x?target_session_attrs=secret",
+])
+def test_stateURLErrorsNeverEchoIt(url: str) -> None:
+    """
+    A C{postgresql://} URL that libpq cannot read, or whose options it
+    would refuse when connecting (an unknown C{sslmode}, a port that is
+    not a number), is a configuration error, which never repeats any part
+    of the URL: the password may be anywhere in it.
+    """
+    with pytest.raises(ConfigError, match="^--state: ") as e:
+        build(None, state=url)
+    assert not any(token in str(e.value) for token in ("secret", "sec ret", "sec%zzret"))

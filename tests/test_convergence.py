@@ -117,3 +117,30 @@ def test_unparkingResyncsThatUserOnly() -> None:
     assert privileges.parked == {}
     assert rosterRequests(sent, "get") == ["alice"] and rosterRequests(sent, "set") == ["alice"]
     assert wire.backend.unsynced == {"bob"}
+
+
+def test_clientsUserGoesFirstThoughQueued() -> None:
+    """
+    A restoration queued every unsynced user behind the bound; a client of
+    the last of them asks for its roster: that user is the next re-synced
+    (when a place frees), not after the whole pass, and only once.
+    """
+    names = [f"user{n:02}" for n in range(3 * RESYNC_CONCURRENCY)]
+    wire = unsyncedUsers(names)
+    with capturedLogs():
+        wire.receive(PERMISSIONS_2)
+        inFlight = [s for s in wire.sent() if rosterRequests([s], "get")]
+        assert rosterRequests(inFlight, "get") == names[:RESYNC_CONCURRENCY]
+        wire.backend.getRoster(names[-1])
+        assert wire.sent() == []
+        answer = refused(inFlight[0])
+        assert answer is not None
+        wire.receive(answer)
+        assert rosterRequests(wire.sent(), "get") == [names[-1]]
+        for stanza in inFlight[1:]:
+            answer = refused(stanza)
+            assert answer is not None
+            wire.receive(answer)
+        rounds = answerInRounds(wire, refused)
+    gets = [names[-1]] + [get for sent in rounds for get in rosterRequests(sent, "get")]
+    assert Counter(gets) == Counter(names[RESYNC_CONCURRENCY:])

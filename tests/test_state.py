@@ -138,10 +138,10 @@ def test_otherSchemaRefused(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     SyncState(str(path)).close()
     db = sqlite3.connect(path, isolation_level=None)
-    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
     db.close()
     before = path.read_bytes()
-    with pytest.raises(StateError, match="state.sqlite: schema version 2, this rosteradmin reads 1") as caught:
+    with pytest.raises(StateError, match="state.sqlite: schema version 3, this rosteradmin reads 2") as caught:
         SyncState(str(path))
     assert not caught.value.transient and path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if "unreadable" in p.name] == []
@@ -430,7 +430,7 @@ def test_checkpointsKeepTheWALSmall(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     state = SyncState(path)
     for n in range(2000):
         state.recordServer(f"user{n}", "v1")
-        checkpointer = state._file._checkpointer
+        checkpointer = state._storage._checkpointer
         if checkpointer is not None:
             checkpointer.join()  # as a slow disk would, once in a while
     # Each commit appends at least a page (4 KiB): 2,000 would make 8 MB.

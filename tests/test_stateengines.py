@@ -9,6 +9,8 @@ server.  Then the tests of what only one of them does.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sqlite3
 import time
@@ -122,8 +124,16 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 15.0)
         await deferLater(reactor, 0.02)
 
 
+def idle(storage: IStateStorage) -> bool:
+    """
+    Whether no write is under way or waiting: C{unsaved} counts neither
+    while writes succeed, and PostgreSQL's take a moment in flight.
+    """
+    return not getattr(storage, "_written", None) and not getattr(storage, "_unsaved", None)
+
+
 async def written(storage: IStateStorage) -> None:
-    await until(lambda: storage.unsaved == 0 and storage.problem is None, "written")
+    await until(lambda: storage.unsaved == 0 and storage.problem is None and idle(storage), "written")
 
 
 EVERY_TABLE: dict[tuple[str, str], statestorage.Row | None] = {
@@ -232,7 +242,7 @@ async def test_closeWithUnsavedChanges(backing: Backing) -> None:
     state = SyncState(backing.url, reactor)
     state.recordServer("alice", "v1")
     state.recordServer("bob", "v1")
-    await until(lambda: state.unsaved == 0, "written")
+    await until(lambda: state.unsaved == 0 and idle(state._storage), "written")
     backing.refuseWrites()
     try:
         with capturedLogs() as events:
@@ -249,7 +259,7 @@ async def test_closeWithUnsavedChanges(backing: Backing) -> None:
     assert again.serverVersion("alice") is None and again.serverVersion("bob") is None
     assert not again.remembersServer and again.pending() == ["alice", "bob"]
     assert any("refreshing and reading back every user it knew (2)" in formatEvent(e) for e in events)
-    await until(lambda: again.unsaved == 0, "written")
+    await until(lambda: again.unsaved == 0 and idle(again._storage), "written")
     await again.close()
     last = backing.open()
     assert not last.marked and sorted(row[0] for row in last.tables["pending"]) == ["alice", "bob"]
@@ -259,12 +269,17 @@ async def test_closeWithUnsavedChanges(backing: Backing) -> None:
 Step = Callable[[statestorage.Cursor, statestorage.Dialect], None]
 
 
-def upgradeTo2(monkeypatch: pytest.MonkeyPatch, step: Step) -> None:
+#: The schema version the code under test writes, before L{upgradeOnce}.
+CURRENT = statestorage.SCHEMA_VERSION
+
+
+def upgradeOnce(monkeypatch: pytest.MonkeyPatch, step: Step) -> None:
     """
-    Make this code's schema version 2, reached from 1 by C{step}.
+    Make this code's schema one version newer (C{CURRENT + 1}), reached
+    from C{CURRENT} by C{step}.
     """
-    monkeypatch.setattr(statestorage, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(statestorage, "UPGRADES", {1: step})
+    monkeypatch.setattr(statestorage, "SCHEMA_VERSION", CURRENT + 1)
+    monkeypatch.setattr(statestorage, "UPGRADES", {**statestorage.UPGRADES, CURRENT: step})
 
 
 def addNotes(db: statestorage.Cursor, dialect: statestorage.Dialect) -> None:
@@ -275,19 +290,19 @@ def addNotes(db: statestorage.Cursor, dialect: statestorage.Dialect) -> None:
 @pytest_twisted.ensureDeferred
 async def test_olderSchemaUpgradedOnce(backing: Backing, monkeypatch: pytest.MonkeyPatch) -> None:
     """
-    A database of schema version 1, opened by code of version 2, gets the
-    upgrade step once, at start, keeping its rows; the version is
+    A database of the current schema version, opened by code one version
+    newer, gets the upgrade step once, at start, keeping its rows; the version is
     recorded.
     """
     storage = backing.open()
     storage.changes(EVERY_TABLE)
     await written(storage)
     await storage.close()
-    upgradeTo2(monkeypatch, addNotes)
+    upgradeOnce(monkeypatch, addNotes)
     upgraded = backing.open()
     assert upgraded.tables == READ_BACK
     await upgraded.close()
-    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [("2",)]
+    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [(str(CURRENT + 1),)]
     kind = "sqlite" if isinstance(backing, SQLiteBacking) else "postgresql"
     assert backing.sql("SELECT username, note FROM notes") == [("alice", kind)]
     await backing.open().close()  # the step would fail if run again: the table exists
@@ -306,10 +321,10 @@ async def test_failedUpgradeChangesNothing(backing: Backing, monkeypatch: pytest
         addNotes(db, dialect)
         db.execute("SELECT * FROM no_such_table")
 
-    upgradeTo2(monkeypatch, halfway)
+    upgradeOnce(monkeypatch, halfway)
     with pytest.raises(StateError, match="no_such_table"):
         backing.open()
-    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [("1",)]
+    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [(str(CURRENT),)]
     with pytest.raises(Exception, match="notes"):
         backing.sql("SELECT * FROM notes")
 
@@ -321,31 +336,49 @@ async def test_newerSchemaRefused(backing: Backing) -> None:
     not transient, and left untouched.
     """
     await backing.open().close()
-    backing.sql("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    backing.sql(f"UPDATE meta SET value = '{CURRENT + 1}' WHERE key = 'schema'")
     before = backing.sql("SELECT key, value FROM meta ORDER BY key")
-    with pytest.raises(StateError, match="schema version 2, this rosteradmin reads 1") as caught:
+    with pytest.raises(StateError, match=f"schema version {CURRENT + 1}, this rosteradmin reads {CURRENT}") as caught:
         backing.open()
     assert not caught.value.transient
     assert backing.sql("SELECT key, value FROM meta ORDER BY key") == before
 
 
-def test_sqliteFileOfTheFirstSchemaOpens(tmp_path: Path) -> None:
+#: The tables of the first schema as each earlier release created them,
+#: all recording schema version 1: the first (rosters, pending users and
+#: meta), then with the doubted clients, then with the unpushed contacts.
+EARLIER_RELEASES = {
+    "first": """
+        CREATE TABLE IF NOT EXISTS server_rosters (username TEXT PRIMARY KEY, version TEXT NOT NULL,
+                                                   written_at REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS pending (username TEXT PRIMARY KEY, since REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    """,
+    "doubted": """
+        CREATE TABLE IF NOT EXISTS doubted_clients (username TEXT PRIMARY KEY, version TEXT NOT NULL) WITHOUT ROWID;
+    """,
+    "unpushed": """
+        CREATE TABLE IF NOT EXISTS unpushed (username TEXT PRIMARY KEY, jids TEXT NOT NULL, version TEXT NOT NULL,
+                                             since REAL NOT NULL) WITHOUT ROWID;
+    """,
+}
+
+
+@pytest.mark.parametrize("release", ["first", "doubted", "unpushed"])
+def test_sqliteFileOfTheFirstSchemaOpens(tmp_path: Path, release: str) -> None:
     """
-    A file as the first rosteradmin wrote it (its DDL, C{INSERT OR
+    A file as each earlier release wrote it (its tables, C{INSERT OR
     REPLACE}, the schema row written by the state, or missing when that
-    write failed) opens and reads at version 1.
+    write failed) opens and reads, upgraded from version 1 to the current
+    one: the tables added while the version stayed 1 are created at
+    start, and written.
     """
+    releases = list(EARLIER_RELEASES)
+    ddl = "".join(EARLIER_RELEASES[name] for name in releases[:releases.index(release) + 1])
     for schemaRow in (True, False):
         path = tmp_path / f"old-{schemaRow}.sqlite"
         db = sqlite3.connect(path)
-        db.executescript("""
-            CREATE TABLE server_rosters (username TEXT PRIMARY KEY, version TEXT NOT NULL,
-                                         written_at REAL NOT NULL) WITHOUT ROWID;
-            CREATE TABLE pending (username TEXT PRIMARY KEY, since REAL NOT NULL) WITHOUT ROWID;
-            CREATE TABLE doubted_clients (username TEXT PRIMARY KEY, version TEXT NOT NULL) WITHOUT ROWID;
-            CREATE TABLE unpushed (username TEXT PRIMARY KEY, jids TEXT NOT NULL, version TEXT NOT NULL,
-                                   since REAL NOT NULL) WITHOUT ROWID;
-            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        db.executescript(ddl + """
             INSERT OR REPLACE INTO server_rosters VALUES ('alice', 'v1', 1.0);
             INSERT OR REPLACE INTO pending VALUES ('bob', 2.0);
         """)
@@ -355,8 +388,13 @@ def test_sqliteFileOfTheFirstSchemaOpens(tmp_path: Path) -> None:
         db.close()
         state = SyncState(str(path))
         assert state.serverVersion("alice") == "v1" and state.pending() == ["bob"]
+        state.doubtClients("carol", "v3")
+        assert state.unsaved == 0
         state.close()
-        assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [("1",)]
+        assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [
+            (str(CURRENT),)]
+        assert sqlite3.connect(path).execute("SELECT * FROM doubted_clients").fetchall() == [("carol", "v3")]
+        assert sqlite3.connect(path).execute("SELECT count(*) FROM unpushed").fetchall() == [(0,)]
 
 
 @pytest_twisted.ensureDeferred
@@ -438,3 +476,113 @@ def test_postgresqlRefusalsNameTheDatabaseWithoutPassword(postgresql: PostgreSQL
         openStorage(url, reactor)
     assert not caught.value.transient and "s3cret" not in str(caught.value)
     assert statepg.redacted(url) == postgresql.url("missing")
+
+
+def backendPids(backing: PostgreSQLBacking) -> list[int]:
+    """
+    The server processes of the storages' connections.
+    """
+    return [row[0] for row in backing.sql("SELECT pid FROM pg_stat_activity "
+                                          "WHERE application_name = 'rosteradmin' AND datname = current_database()")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresqlCloseBoundedWithAWriteInFlight(postgresql: PostgreSQLServer) -> None:
+    """
+    Closing while a write waits on a server that stopped answering (its
+    processes frozen: the kernel still acknowledges every packet, so no
+    socket timeout fires) ends within a few seconds: the write is
+    interrupted, the loss logged, and the next start is marked.
+    """
+    backing = PostgreSQLBacking(postgresql)
+    storage = backing.open()
+    storage.change("pending", "alice", ("alice", 1.0))
+    await written(storage)
+    postmaster = int((postgresql.directory / "data" / "postmaster.pid").read_text().split()[0])
+    frozen = [*backendPids(backing), postmaster]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with capturedLogs() as events:
+            storage.change("pending", "bob", ("bob", 2.0))
+            await deferLater(reactor, 0.2)  # the write is sent, and waits for an answer
+            started = time.monotonic()
+            closed = storage.close()
+            await until(lambda: closed.called, "closed", timeout=10)
+        assert time.monotonic() - started < 5
+        assert any("1 changes not written at shutdown" in formatEvent(e) for e in events)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    again = backing.open()
+    assert again.marked
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresqlCleanCloseLeavesAnotherHolder(postgresql: PostgreSQLServer) -> None:
+    """
+    Of two processes on one database, the one that closes cleanly ends
+    only its own hold: the other's C{holder} row, which replaced its own
+    when the other started, stays, so a crash of the other still marks
+    the next start.
+    """
+    backing = PostgreSQLBacking(postgresql)
+    first = backing.open()
+    other = "db2.example.org pid 4242 since 2026-01-01T00:00:00Z"
+    backing.sql("UPDATE meta SET value = %s WHERE key = 'holder'", (other,))
+    await first.close()
+    assert backing.sql("SELECT value FROM meta WHERE key = 'holder'") == [(other,)]
+    with capturedLogs():
+        again = backing.open()
+    assert again.marked
+    await again.close()
+
+
+def test_postgresqlFailedSetUpClosesTheConnection(postgresql: PostgreSQLServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A connection whose set-up fails (the server refuses its statement
+    timeout) is closed, not left open behind the error.
+    """
+    monkeypatch.setattr(statepg, "STATEMENT_TIMEOUT", -1.0)
+    backing = PostgreSQLBacking(postgresql)
+    with pytest.raises(StateError, match="statement_timeout") as caught:
+        backing.open()
+    assert not caught.value.transient
+    assert backendPids(backing) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresqlUnsavedOnlyWhileWritesFail(postgresql: PostgreSQLServer) -> None:
+    """
+    A change in flight while the server takes writes is not unsaved (an
+    alert on C{rosteradmin_state_unsaved > 0} would fire on every
+    change): like the file's, the count is what waits while writes fail.
+    """
+    backing = PostgreSQLBacking(postgresql)
+    storage = backing.open()
+    storage.change("pending", "alice", ("alice", 1.0))
+    assert storage.unsaved == 0 and storage.problem is None
+    await written(storage)
+    await storage.close()
+
+
+@pytest.mark.parametrize("query", ["sslmode=bogus", "port=abc", "connect_timeout=soon", "target_session_attrs=any-of"])
+def test_postgresqlBadOptionIsAConfigurationError(query: str) -> None:
+    """
+    A URL libpq reads but whose options it refuses is a configuration
+    error, not a transient one: restarting cannot fix it.
+    """
+    with pytest.raises(StateError) as caught:
+        openStorage(f"postgresql://nobody:s3cret@127.0.0.1:1/db?{query}", reactor)
+    assert not caught.value.transient and "s3cret" not in str(caught.value)
+
+
+def test_redactedDropsEveryPassword() -> None:
+    """
+    Every password of the URL is left out: the user's, and any option
+    naming one (the client key's C{sslpassword}).
+    """
+    url = "postgresql://u:s3cret@h/db?sslpassword=k3y&password=s3cret&sslmode=require&PassWordX=p"
+    assert statepg.redacted(url) == "postgresql://u@h/db?sslmode=require"

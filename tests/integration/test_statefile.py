@@ -222,13 +222,13 @@ def test_otherSchemaStopsStartWithOneLine(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     db = sqlite3.connect(path)
     db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                     "INSERT INTO meta VALUES ('schema', '2');")
+                     "INSERT INTO meta VALUES ('schema', '3');")
     db.commit()
     db.close()
     process = twistd(*REQUIRED, "--state", str(path))
     output, _ = process.communicate(timeout=30)
     assert (process.returncode, output.splitlines()) == (
-        EX_CONFIG, [f"rosteradmin: --state: {path}: schema version 2, this rosteradmin reads 1"])
+        EX_CONFIG, [f"rosteradmin: --state: {path}: schema version 3, this rosteradmin reads 2"])
 
 
 def test_uncreatableStateFileStopsStartWithOneLine(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from rosteradmin_demo.devprosody import freePort
 from rosteradmin.startup import EX_CONFIG
 from tests.integration.service import RunningService
 from tests.integration.test_rosters import items
+from tests.postgresql import PostgreSQLServer
 
 ROOT = Path(__file__).parents[2]
 
@@ -138,12 +139,13 @@ def test_kickAuthorizationRequired() -> None:
     assert "--kick-authorization: is required" in output.strip().splitlines()[-1]
 
 
-async def startTwistd(prosody: Any, webapp: Any, tmp_path: Path,
-                      settings: str = "") -> tuple[subprocess.Popen[str], str]:
+async def startTwistd(prosody: Any, webapp: Any, tmp_path: Path, settings: str = "",
+                      env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """
     twistd with a TOML config and the secret in a file, once healthy.
 
     @param settings: More TOML lines for the config.
+    @param env: More environment variables for the process.
     """
     httpPort = freePort()
     (tmp_path / "secret").write_text(prosody.secret + "\n")
@@ -158,7 +160,7 @@ http = "tcp:{httpPort}:interface=127.0.0.1"
 no_kick = true
 {settings}
 """)
-    process = twistd("--config", str(config))
+    process = twistd("--config", str(config), env=env)
     base = f"http://127.0.0.1:{httpPort}"
     for _ in range(200):
         try:
@@ -241,4 +243,26 @@ def test_httpPortInUseIsOneClearLine() -> None:
     assert process.returncode == 1
     assert output.strip().splitlines()[-1].endswith(
         f"rosteradmin: --http: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use")
+
+
+def test_httpPortInUseWithPostgreSQLStateExits(postgresql: PostgreSQLServer) -> None:
+    """
+    With a PostgreSQL state, opened (its writing thread started) before the
+    HTTP API's port is found taken, the process still exits 1 at once: no
+    thread of the state keeps it alive without its service.
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = twistd(*REQUIRED, "--http", f"tcp:{port}:interface=127.0.0.1", "--xmpp-port", "1",
+                         "--state", postgresql.newDatabase())
+        try:
+            output, _ = process.communicate(timeout=15)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 1
+    assert output.strip().splitlines()[-1].endswith(f"cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use")
     assert "Traceback" not in output and "Starting factory" not in output
