@@ -32,6 +32,10 @@ setup(
             # tests/test_stateengines.py runs every storage, PostgreSQL too.
             "psycopg[binary]>=3.1",
             "pytest>=8",
+            # tests/test_docs.py reads the documents as GitHub renders them
+            # (CommonMark, tables) and the YAML configuration they show.
+            "markdown-it-py>=3",
+            "pyyaml>=6",
             # tests/test_shape.py: class sizes and cyclomatic complexity.
             "radon>=6",
             "pytest-twisted>=1.14",
