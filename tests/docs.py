@@ -35,9 +35,10 @@ SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 def documents(root: Path = ROOT) -> list[Path]:
     """
-    The documents users read: the C{*.md} files at the top and in C{docs/}.
+    The documents users read: the C{*.md} files at the top, in C{docs/} and
+    in C{newsfragments/} (the next release's notes).
     """
-    return sorted(root.glob("*.md")) + sorted((root / "docs").glob("*.md"))
+    return [path for folder in (root, root / "docs", root / "newsfragments") for path in sorted(folder.glob("*.md"))]
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ FOREIGN = {
     "ignore-scripts": "npm ci",
     "no-sandbox": "chromium",
     "remote-debugging-pipe": "chromium",
+    "content": "towncrier create",
+    "draft": "towncrier build",
+    "yes": "towncrier build",
     "option": "a placeholder in an error message (docs/troubleshooting.md)",
     "bogus": "a misspelt option, in an error message (docs/troubleshooting.md)",
 }
