@@ -7,11 +7,13 @@ tests/test_reference.py.)
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
 import yaml
 
+from rosteradmin.roster import parseRoster
 from tests.docs import ROOT, anchors, codeBlocks, contains, documents, linkProblems, luaExcerptProblem, slug
 
 #: For each language of configuration the documents show, the file of
@@ -129,6 +131,19 @@ def test_configurationBlocksAreTested() -> None:
     for path, test in TESTED_CONFIGS.values():
         assert Path(path).name in (ROOT / test).read_text(), (path, test)
     assert [problem for document in documents() for problem in configurationProblems(document)] == []
+
+
+def test_jsonExamplesParse() -> None:
+    """
+    Every JSON block of the documents is JSON, and the README's roster
+    example (the first) is a roster the web app may answer.
+    """
+    blocks = {document: [b.text for b in codeBlocks(document.read_text()) if b.language == "json"]
+              for document in documents()}
+    assert [json.loads(text) for texts in blocks.values() for text in texts]
+    roster = parseRoster(blocks[ROOT / "README.md"][0].encode(), "alice@example.org")
+    assert [(c.jid, c.name, c.groups) for c in roster.contacts] == [
+        ("marie@example.org", "Marie", ()), ("michael@example.org", "Michael", ("Work",))]
 
 
 def test_driftedConfigurationIsFound(tmp_path: Path) -> None:
