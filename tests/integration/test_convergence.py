@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.integration.test_convergence -*-
 """
-Convergence (issue 12, "must show"), on a real Prosody: the server holds
+Convergence, on a real Prosody: the server holds
 every user's web-app roster before anyone logs in, and keeps converging to
 it across a crash.
 
