@@ -862,7 +862,7 @@ async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
                            results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     """
     Scenarios 1 to 5; with C{--scenario targets}, only 1, 1v, 2, 2c and 2s
-    (the ones issue 15's targets name).
+    (the ones docs/benchmarks.md's targets name).
     """
     targets = args.scenario == "targets"
     storm = [int(n * scale) for n in args.storm_sizes]
