@@ -6,11 +6,25 @@ Twisted, so no C{__init__.py} there); listing C{twisted.plugins} installs it,
 and C{twistd --help} then lists C{rosteradmin}.
 """
 
+import re
+
 from setuptools import find_packages, setup
+
+
+def version() -> str:
+    """
+    The release, from C{rosteradmin/__init__.py}, its one source: read, not
+    imported, so that building runs none of the package's code.
+    """
+    with open("rosteradmin/__init__.py", encoding="utf-8") as init:
+        match = re.search(r'^__version__ = "([^"]+)"$', init.read(), re.MULTILINE)
+    assert match is not None, "rosteradmin/__init__.py sets no __version__"
+    return match.group(1)
+
 
 setup(
     name="rosteradmin",
-    version="0.1.0",
+    version=version(),
     description="Web-app-owned rosters for an XMPP server, as an XEP-0114 component",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -32,6 +46,12 @@ setup(
             # tests/test_stateengines.py runs every storage, PostgreSQL too.
             "psycopg[binary]>=3.1",
             "pytest>=8",
+            # tests/test_docs.py reads the documents as GitHub renders them
+            # (CommonMark, tables) and the YAML configuration they show.
+            "markdown-it-py>=3",
+            "pyyaml>=6",
+            # tests/test_release.py builds the changelog (docs/releasing.md).
+            "towncrier>=24.7",
             # tests/test_shape.py: class sizes and cyclomatic complexity.
             "radon>=6",
             "pytest-twisted>=1.14",

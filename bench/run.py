@@ -11,7 +11,8 @@ Run every benchmark scenario and print one table.
     python -m bench.run --scenario reactor-stall [--stall-users 1500000] [--stall-contacts 20000] [--runs 1]
     python -m bench.run --scenario flood [--runs 1]                  # 11: one client floods roster gets
     python -m bench.run --scenario slow-http [--runs 1]              # 12: 1,500 slow HTTP connections
-    python -m bench.run --scenario takeover [--kills 10] [--runs 1]  # 13: kill -9 of the leader of two
+    python -m bench.run --scenario login-cost [--runs 3]             # 13: what the wait at login costs
+    python -m bench.run --scenario takeover [--kills 10] [--runs 1]  # 14: kill -9 of the leader of two
 
 Each scenario runs the same users and rosters against (A) Prosody
 answering roster gets itself from its storage and (B) Prosody delegating
@@ -82,7 +83,7 @@ from typing import Any
 
 from bench import fullsync
 from bench.flood import OTHERS, oneClientFlood
-from bench import slowhttp, takeover
+from bench import logincost, slowhttp, takeover
 from bench.reactorstall import reactorStall
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
 from bench.procstat import cpuSeconds
@@ -352,11 +353,17 @@ def prepareStorm(setup: Setup, users: int, variant: str) -> dict[str, Any]:
     starts from.
     """
     statePath = setup.dir / "state.sqlite"
-    if setup.mode == "B":
-        if variant == "cold":
+    if variant == "cold":
+        if setup.mode == "B":
             for i in range(users):
                 rosterPath(setup.prosody.dataPath, username(i)).unlink(missing_ok=True)
             statePath.unlink(missing_ok=True)
+        # Prosody keeps the rosters it loaded for users not online (the
+        # privileged reads of the storm before, now made before each bind)
+        # in its roster cache, which would go on answering the deleted
+        # rosters; A restarts too, so that both start 2c on a new Prosody.
+        setup.prosody.restart()
+    if setup.mode == "B":
         if variant == "nostate":
             setup.extraConfig.pop("state", None)
         else:
@@ -740,6 +747,32 @@ async def floodRuns(tmp: Path, args: argparse.Namespace,
                 setup.stop()
 
 
+async def loginCostRuns(tmp: Path, args: argparse.Namespace,
+                        results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """
+    Scenario 13 (L{bench.logincost}): in each run, A and then B on a new
+    Prosody each; A's native logins are the baseline of every B variant.
+    """
+    users = args.login_cost_users
+    for run in range(args.runs):
+        native: dict[str, Any] = {}
+        for mode in ("A", "B"):
+            setup = Setup(tmp / f"login-cost-{run}", mode, 3 * users, 50, args.delay)
+            setup.extraConfig["state"] = str(setup.dir / "state.sqlite")
+            setup.start()
+            try:
+                LOADS.append((f"login-cost run {run + 1} {mode}", os.getloadavg()[0]))
+                measured = await logincost.loginCost(setup, users, PASSWORD)
+            finally:
+                setup.stop()
+            if mode == "A":
+                native = measured["native"]
+                continue
+            for variant, result in measured.items():
+                results[logincost.NAMES[variant]]["A"].append(native)
+                results[logincost.NAMES[variant]]["B"].append(result)
+
+
 async def slowHTTPRuns(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """
     Scenario 12 (B only, L{bench.slowhttp}): each run on a new Prosody and
@@ -760,7 +793,7 @@ async def slowHTTPRuns(tmp: Path, args: argparse.Namespace) -> list[dict[str, An
 
 async def takeoverRuns(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """
-    Scenario 13 (B only, L{bench.takeover}): each run on a new Prosody and
+    Scenario 14 (B only, L{bench.takeover}): each run on a new Prosody and
     database, with two rosteradmin processes.
     """
     # The tests' private cluster, reused rather than copied.
@@ -839,11 +872,13 @@ async def main(args: argparse.Namespace) -> None:
                 results[f"8 refresh memory ({args.memory_users} x 10, cache max {cap:,})"]["B"] = runs
         if args.scenario == "flood":
             await floodRuns(Path(tmp), args, results)
+        if args.scenario == "login-cost":
+            await loginCostRuns(Path(tmp), args, results)
         if args.scenario == "slow-http":
             results[f"12 slow HTTP clients ({slowhttp.SLOW:,} open, cap {slowhttp.CAP:,})"]["B"] = (
                 await slowHTTPRuns(Path(tmp), args))
         if args.scenario == "takeover":
-            results[f"13 takeover ({args.kills} kills of the leader, {takeover.PROBE_USERS} clients asking)"]["B"] = (
+            results[f"14 takeover ({args.kills} kills of the leader, {takeover.PROBE_USERS} clients asking)"]["B"] = (
                 await takeoverRuns(Path(tmp), args))
         if args.scenario == "reactor-stall":
             results[f"9 reactor stall ({args.stall_users:,} users, {args.stall_contacts:,} contacts)"]["B"] = (
@@ -869,7 +904,7 @@ async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
                            results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     """
     Scenarios 1 to 5; with C{--scenario targets}, only 1, 1v, 2, 2c and 2s
-    (the ones issue 15's targets name).
+    (the ones docs/benchmarks.md's targets name).
     """
     targets = args.scenario == "targets"
     storm = [int(n * scale) for n in args.storm_sizes]
@@ -1114,16 +1149,18 @@ if __name__ == "__main__":
     parser.add_argument("--storm-idle", type=float, default=10.0,
                         help="seconds of the storm probe's idle baseline before 2c and 2s (0: no storm probe)")
     parser.add_argument("--scenario", choices=("all", "targets", "large-roster", "large-first-sync", "full-sync", "refresh-memory",
-                                               "reactor-stall", "flood", "slow-http", "takeover"),
+                                               "reactor-stall", "flood", "slow-http", "login-cost", "takeover"),
                         default="all",
                         help="run scenarios 1 to 6; or only 1, 1v, 2, 2c and 2s (targets); or only 5 and 5L (large-roster);"
                              " or only scenario 6"
                              " (bench/firstsync.py), 7 (bench/fullsync.py), 8 (bench/refreshmemory.py)"
                              " or 9 (bench/reactorstall.py), 11 (flood: bench/flood.py) or 12 (slow-http:"
-                             " bench/slowhttp.py) or 13 (takeover: bench/takeover.py, with PostgreSQL);"
-                             " 7 to 13 run only when named")
+                             " bench/slowhttp.py), 13 (login-cost: bench/logincost.py) or 14 (takeover:"
+                             " bench/takeover.py, with PostgreSQL); 7 to 14 run only when named")
+    parser.add_argument("--login-cost-users", type=int, default=200,
+                        help="users of each variant of scenario 13, logged in one at a time")
     parser.add_argument("--kills", type=int, default=takeover.KILLS,
-                        help="kills of the leader per run of scenario 13")
+                        help="kills of the leader per run of scenario 14")
     parser.add_argument("--storm-sizes", type=lambda v: [int(c) for c in v.split(",")], default=[1000],
                         help="users of each login storm (scenarios 2, 2c, 2s), comma-separated")
     parser.add_argument("--prosody-b-config", help="B's Prosody configuration instead of contrib's (experiments)")

@@ -1,5 +1,5 @@
 """
-Scenario 13 (B only), "takeover": how long a standby takes to lead once
+Scenario 14 (B only), "takeover": how long a standby takes to lead once
 the leader dies, and what clients see meanwhile.
 
     python -m bench.run --scenario takeover [--kills 10] [--runs 1]

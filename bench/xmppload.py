@@ -36,6 +36,9 @@ class LoadClient:
         self.username = username
         self.domain = domain
         self.pushes = 0
+        #: The bind iq's round trip, once logged in: where the server's
+        #: wait for rosteradmin's roster lands (bench.logincost).
+        self.bindSeconds = 0.0
         self.echo = echo
         self._pending: dict[str, asyncio.Future[ET.Element]] = {}
         self._stanzas: asyncio.Queue[ET.Element] = asyncio.Queue()
@@ -56,7 +59,9 @@ class LoadClient:
         self._startStream()
         await self._next("features")
         self._task = asyncio.ensure_future(self._dispatch())
+        began = time.perf_counter()
         await self.iq("set", "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>load</resource></bind>")
+        self.bindSeconds = time.perf_counter() - began
 
     def _startStream(self) -> None:
         self._parser = ET.XMLPullParser(events=("start", "end"))

@@ -6,4 +6,7 @@ rosters fetched over HTTP, writes them into the server (XEP-0355, XEP-0356),
 and serves an HTTP API to refresh rosters and kick room occupants.
 """
 
-__version__ = "0.1.0"
+#: The release, in one place: setup.py reads it, and C{twistd rosteradmin
+#: --version}, C{rosteradmin-ctl --version} and C{/metrics} show it.  A
+#: release changes it (docs/releasing.md).
+__version__ = "0.9.0"

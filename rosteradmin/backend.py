@@ -16,7 +16,6 @@ from typing import Any, Callable, Coroutine, TypeVar
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rosteradmin.cache import RosterCache
@@ -29,7 +28,7 @@ from rosteradmin.refreshes import Refreshes
 from rosteradmin.refusals import Refusals
 from rosteradmin.roster import Roster, StoredRoster
 from rosteradmin.serverrosters import ServerRosters
-from rosteradmin.slots import KeyedLock
+from rosteradmin.slots import KeyedLock, Shared
 from rosteradmin.snapshot import BackendSnapshot
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
@@ -76,8 +75,8 @@ class RosterBackend(Service):
         self.refreshing = Refreshes(self.state, fetcher.clock, self._locked, self._refreshOne, self.refusals)
         self.converging = Convergence(self.state, self.server, self.refreshing, self._locked, sync.canSync,
                                       self._background)
-        # Users whose roster clients wait for, with their Deferreds.
-        self._clientLoads: dict[str, list[Deferred[Roster]]] = {}
+        # Users whose roster clients wait for.
+        self._clientLoads: Shared[str, Roster] = Shared()
 
     @property
     def unsynced(self) -> set[str]:
@@ -136,6 +135,21 @@ class RosterBackend(Service):
             self.converging.resync([username], first=True)
             return succeed(roster)
         return self._loadForClient(username)
+
+    def rosterStored(self, username: str) -> Deferred[None]:
+        """
+        The server is about to load the user's roster for a login, and
+        waits until it stores the web app's (contrib's
+        mod_rosteradmin_roster): at once if the state records what it
+        stores and the user is not unsynced, else once the roster is
+        fetched and written (L{getRoster}).  A refresh on its way is not
+        waited for: it pushes its change when done.
+
+        @raise FetchFailed: The roster is not cached and cannot be fetched.
+        """
+        if self.state.serverVersion(username) is not None and username not in self.unsynced:
+            return succeed(None)
+        return self.getRoster(username).addCallback(lambda _: None)
 
     def warm(self, username: str) -> None:
         """
@@ -213,26 +227,12 @@ class RosterBackend(Service):
         refresh's fetch, reads and writes for this user are urgent, so
         they wait for one user's work, not for the whole refresh.
         """
-        mine: Deferred[Roster] = Deferred()
-        waiting = self._clientLoads.get(username)
-        if waiting is not None:
-            waiting.append(mine)
-            return mine
-        self._clientLoads[username] = [mine]
-        self.fetcher.hurry(username)
-        self.sync.hurry(username)
+        def load() -> Deferred[Roster]:
+            self.fetcher.hurry(username)
+            self.sync.hurry(username)
+            return self._locked(username, self._load, username)
 
-        def deliver(outcome: Roster | Failure) -> None:
-            for d in self._clientLoads.pop(username):
-                if d.called:  # cancelled by its client
-                    continue
-                if isinstance(outcome, Failure):
-                    d.errback(outcome)
-                else:
-                    d.callback(outcome)
-
-        self._locked(username, self._load, username).addBoth(deliver)
-        return mine
+        return self._clientLoads.run(username, load)
 
     def writesRestored(self) -> None:
         """

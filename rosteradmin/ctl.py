@@ -50,6 +50,8 @@ from http import HTTPStatus
 from typing import Any, TextIO
 from urllib import error, parse, request
 
+from rosteradmin import __version__
+
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 #: Ctrl-C while following a sync (128 + SIGINT, as shells report it).
@@ -114,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=_timeout, default=60.0, help="seconds to wait for the reply")
     parser.add_argument("--json", action="store_true",
                         help="print the API's JSON reply on stdout as is (messages still go to stderr)")
+    parser.add_argument("--version", action="version", version=f"rosteradmin-ctl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     refresh = commands.add_parser("refresh", help="re-fetch and apply the rosters of these users")
     refresh.add_argument("usernames", nargs="+")

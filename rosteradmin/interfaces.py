@@ -90,6 +90,15 @@ class IRosterBackend(IServerObserver):
             failing with L{rosteradmin.errors.FetchFailed}.
         """
 
+    def rosterStored(username: str) -> Deferred[None]:
+        """
+        The server waits to load the user's roster for a login: fire once
+        it stores the web app's roster (at once when it is known to).
+
+        @return: Deferred firing with C{None}, or failing with
+            L{rosteradmin.errors.FetchFailed}.
+        """
+
     def refresh(usernames: list[str], verify: bool = False) -> Deferred[RefreshSummary]:
         """
         Re-fetch, diff, cache, sync and push the rosters of these users.

@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.web import server
 
+from rosteradmin import __version__
 from rosteradmin.cache import USER_CHARGE
 from rosteradmin.snapshot import ServiceSnapshot
 from rosteradmin.web import JsonLeaf
@@ -78,6 +79,7 @@ class Metrics(Collector):
     def collect(self) -> Iterator[Metric]:
         snapshot = self.snapshots()
         backend, stream = snapshot.backend, snapshot.stream
+        yield InfoMetricFamily("rosteradmin_build", "The release running", value={"version": __version__})
         yield from roleMetrics(snapshot.role, snapshot.roleSince)
         yield CounterMetricFamily("rosteradmin_roster_queries", "Roster queries answered", stream.queriesAnswered)
         yield CounterMetricFamily("rosteradmin_cache_hits", "Roster cache hits", backend.cacheHits)

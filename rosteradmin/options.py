@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import getopt
 import resource
+import sys
 from typing import Any
 
+from twisted import copyright
 from twisted.internet import endpoints
 from twisted.python import usage
 
+from rosteradmin import __version__
 from rosteradmin.config import SETTINGS, Config, ConfigError, buildConfig
 from rosteradmin.filelimit import checkFileLimit
 from rosteradmin.startup import refuseToStart
@@ -89,6 +92,13 @@ class Options(usage.Options):
                 # An unknown option, or a value missing or given to a flag.
                 refuseToStart(f"{e}; `twistd rosteradmin --help` lists the options")
             refuseToStart(str(e))
+
+    def opt_version(self) -> None:
+        """
+        Show rosteradmin's version (and Twisted's) and exit.
+        """
+        print(f"rosteradmin {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
 
     def parseArgs(self, *args: str) -> None:
         """

@@ -8,6 +8,8 @@ options themselves so the document cannot drift from the code:
 
 from __future__ import annotations
 
+import inspect
+
 from rosteradmin.config import SETTINGS
 from rosteradmin.options import Options
 
@@ -34,6 +36,19 @@ Options of the command line only:
 """
 
 
+def _methodOptions() -> list[tuple[str, str]]:
+    """
+    The options methods of L{Options} handle (C{opt_help}, C{opt_version}),
+    with the first line of their docstrings, worded as the other options'.
+    """
+    options = []
+    for name in sorted(dir(Options)):
+        if name.startswith("opt_"):
+            doc = (inspect.getdoc(getattr(Options, name)) or "").split("\n")[0].rstrip(".")
+            options.append((name[len("opt_"):].replace("_", "-"), doc[:1].lower() + doc[1:]))
+    return options
+
+
 def configurationReference() -> str:
     rows = []
     for setting in SETTINGS:
@@ -46,6 +61,7 @@ def configurationReference() -> str:
     known = {s.name for s in SETTINGS} | {f"{s.name}-file" for s in SETTINGS if s.secret}
     extras = [f"| `--{name}` | {doc} |" for name, _, _, doc, *rest in Options.optParameters if name not in known]
     extras += [f"| `--{name}` | {doc} |" for name, _, doc in Options.optFlags if name not in known]
+    extras += [f"| `--{name}` | {doc} |" for name, doc in _methodOptions()]
     return HEADER + "\n".join(rows) + "\n" + FOOTER + "\n".join(extras) + "\n"
 
 

@@ -7,6 +7,12 @@ L{rosteradmin.delegation}) or, on servers without delegation, addressed to
 the component's own JID.  Either way: only users of the managed domain are
 served, each only their own roster; roster sets are refused, because the web
 application owns the rosters; XEP-0237 versions spare unchanged rosters.
+
+The server's own query comes first: contrib's mod_rosteradmin_roster asks,
+before a login loads the user's roster, that its store hold the web app's
+(C{<load user='...'/>}), and holds the login until answered, so that the
+client's initial presence reaches the contacts even for a user no sync has
+reached yet.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from rosteradmin.errors import FetchFailed, RosterRefused, StanzaTooLarge, UserU
 from rosteradmin.fairness import QueryGate
 from rosteradmin.interfaces import IRosterBackend
 from rosteradmin.roster import NS_ROSTER
+from rosteradmin.rosterwrites import NS_BULK_ROSTER
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.stanzas import errorReply, errorXML, iqXML, markHandled, parseJID
 
@@ -46,6 +53,9 @@ def setItems(iq: domish.Element) -> frozenset[str]:
 
 
 DIRECT_QUERY = f"/iq[@type='get' or @type='set']/query[@xmlns='{NS_ROSTER}']"
+
+#: The server's request to store a user's roster before a login loads it.
+LOAD_QUERY = f"/iq[@type='get']/query[@xmlns='{NS_BULK_ROSTER}']/load"
 
 SET_REFUSED_TEXT = "The roster is managed by the web application and cannot be changed here."
 
@@ -97,6 +107,46 @@ class RosterServer(XMPPHandler):
 
     def connectionMade(self) -> None:
         self.xmlstream.addObserver(DIRECT_QUERY, self._onDirectQuery)
+        self.xmlstream.addObserver(LOAD_QUERY, self._onLoad)
+
+    def _onLoad(self, iq: domish.Element) -> None:
+        """
+        The server waits to load a user's roster for a login: answer once
+        it stores the web app's (L{IRosterBackend.rosterStored}); an error
+        lets the login go on with what it stores.  Only the managed domain
+        itself asks, each user within the user's query bounds.
+        """
+        if iq.getAttribute("from") != self.domain:
+            return
+        markHandled(iq)
+        load = iq.query.load if iq.query is not None else None
+        user = parseJID(f"{load.getAttribute('user', '')}@{self.domain}") if load is not None else None
+        if user is None or not user.user or user.host != self.domain:
+            self.send(errorReply(iq, "bad-request", "modify", self.componentJID))
+            return
+        if not self.gate.admit(user.user):
+            self.send(errorReply(iq, "resource-constraint", "wait", self.componentJID, TOO_MANY_TEXT))
+            return
+        ensureDeferred(self._load(iq, user.user))
+
+    async def _load(self, iq: domish.Element, username: str) -> None:
+        """
+        Answer an admitted load once the server stores the roster, or with
+        why it cannot.
+        """
+        started = time.monotonic()
+        try:
+            await self.backend.rosterStored(username)
+            reply = iqXML("result", iq.getAttribute("id", ""), self.domain, sender=self.componentJID)
+        except Exception:
+            condition, errorType, text = self._refusal(Failure())
+            reply = errorReply(iq, condition, errorType, self.componentJID, text)
+        finally:
+            self.gate.done(username)
+        self.log.debug("roster load of {user} for a login answered in {elapsed:.3f}s",
+                       user=username, elapsed=time.monotonic() - started)
+        if self.xmlstream is not None:
+            self.send(reply)
 
     def answerDelegated(self, inner: domish.Element) -> Deferred[str]:
         """

@@ -8,7 +8,8 @@ who logs in meanwhile must not wait behind them, so work is either urgent
 (a client waits on it) or background (refreshes), and urgent work starts
 first.  Background work that a client starts waiting on is made urgent.
 
-Work for one key (a user, a room) can also be serialised (L{KeyedLock}).
+Work for one key (a user, a room) can also be serialised (L{KeyedLock}),
+or run once for all who ask while it runs (L{Shared}).
 A pass over many users (a refresh, a re-sync, a check of online users) is
 bounded once more, outside the slots and the locks (L{AtMost}): what it
 holds alive at once, not what reaches the web app or the server.
@@ -290,6 +291,46 @@ class KeyedLock(Generic[K]):
             self._queues.pop(key, None)
         _deliver(queued, result)
         self._drain()
+
+
+class Shared(Generic[K, T]):
+    """
+    One run of work per key for everyone who asks while it runs: each
+    asker gets the outcome, a failure too, so a second device logging in
+    while the web app hangs waits for one deadline, not for two in turn.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[K, list[Deferred[T]]] = {}
+
+    def __contains__(self, key: K) -> bool:
+        """
+        Whether work for C{key} runs.
+        """
+        return key in self._waiting
+
+    def run(self, key: K, work: Callable[[], Deferred[T]]) -> Deferred[T]:
+        """
+        Run C{work()} unless it runs for C{key} already; either way, a
+        Deferred of its outcome, which the asker may cancel alone.
+        """
+        mine: Deferred[T] = Deferred()
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.append(mine)
+            return mine
+        self._waiting[key] = [mine]
+        work().addBoth(self._deliver, key)
+        return mine
+
+    def _deliver(self, outcome: T | Failure, key: K) -> None:
+        for d in self._waiting.pop(key):
+            if d.called:  # cancelled by its asker
+                continue
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
 
 
 class _Pass(Generic[K]):

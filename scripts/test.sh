@@ -3,9 +3,11 @@
 # real-Prosody integration tests included, on the host's Prosody 0.12; then
 # the integration tests again on Prosody 13, from the Debian 13 root that
 # scripts/debian13.sh builds once and caches (ROSTERADMIN_PROSODY=13); then
-# the ejabberd 24.12 tests, from the same root (ROSTERADMIN_EJABBERD=24.12).
+# the ejabberd 24.12 tests, from the same root (ROSTERADMIN_EJABBERD=24.12);
+# then the same ejabberd tests on 26.07, from a copy of that root with
+# ejabberd from trixie-backports (scripts/ejabberd-backports.sh).
 # Usage: bash scripts/test.sh [pytest args]   (the same args for every run;
-# the second and third add -m integration, which replaces an -m of yours)
+# the second to fourth add -m integration, which replaces an -m of yours)
 # The exit status is non-zero if any run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +21,13 @@ export ROSTERADMIN_FORBID_SKIPS=1
 .venv/bin/mypy  # mypy.ini; a type error fails the run before any test
 
 # A root that cannot be built does not stop the first run; in the second
-# and third, every Prosody and ejabberd test then fails saying so.
+# to fourth, every Prosody and ejabberd test then fails saying so.
 if ! bash scripts/debian13.sh >/dev/null; then
-    echo "test.sh: no Debian 13 root: the Prosody 13 and ejabberd 24.12 runs will fail" >&2
+    echo "test.sh: no Debian 13 root: the Prosody 13 and ejabberd runs will fail" >&2
+fi
+backports="${ROSTERADMIN_EJABBERD_BACKPORTS_ROOT:-/var/cache/rosteradmin/trixie-backports}"
+if ! bash scripts/ejabberd-backports.sh >/dev/null; then
+    echo "test.sh: no trixie-backports root: the ejabberd 26.07 run will fail" >&2
 fi
 
 logs=$(mktemp -d)
@@ -57,6 +63,9 @@ run second "Prosody 13 (Debian 13 root), integration tests" \
 # Only tests/integration/test_ejabberd24.py: every other test is deselected.
 run third "ejabberd 24.12 (Debian 13 root), its integration tests" \
     env ROSTERADMIN_EJABBERD=24.12 .venv/bin/python -m pytest "$@" -m integration
+run fourth "ejabberd 26.07 (Debian 13 root, trixie-backports), its integration tests" \
+    env ROSTERADMIN_EJABBERD=26.07 ROSTERADMIN_DEBIAN13_ROOT="$backports" \
+    .venv/bin/python -m pytest "$@" -m integration
 
 printf '%s\n' "${summaries[@]}"
 exit "$failed"

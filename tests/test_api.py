@@ -14,7 +14,7 @@ from treq.testing import StubTreq
 from twisted.logger import capturedLogs
 from twisted.words.xish import domish
 
-from rosteradmin import slicing
+from rosteradmin import __version__, slicing
 from rosteradmin.fullsync import FullSync
 from rosteradmin.handoff import Handoff
 from rosteradmin.intake import Intake
@@ -529,7 +529,8 @@ def test_healthz() -> None:
 
 def test_metrics() -> None:
     """
-    /metrics serves Prometheus text with the live counters.
+    /metrics serves Prometheus text with the live counters, and the release
+    running.
     """
     api = makeApi(burst="")
     api.wire.receive(f"<iq type='get' from='alice@example.org/r' to='{COMPONENT}' id='q'>"
@@ -544,6 +545,7 @@ def test_metrics() -> None:
     assert 'rosteradmin_fetch_seconds_count{outcome="ok"} 1.0' in text
     assert "rosteradmin_connected 1.0" in text
     assert "rosteradmin_online_resources 1.0" in text
+    assert f'rosteradmin_build_info{{version="{__version__}"}} 1.0' in text
 
 
 def test_unknownPathAndMethod() -> None:

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from rosteradmin.slots import AtMost, KeyedLock, PrioritySlots
+from rosteradmin.slots import AtMost, KeyedLock, PrioritySlots, Shared
 
 
 class Work:
@@ -340,3 +340,39 @@ def test_atMostEmptyAndFailingWork() -> None:
         done = bound.run(["a", "b"], lambda key: fail(RuntimeError(key)))
     assert done.called and bound.running == 0
     assert len([e for e in events if "log_failure" in e]) == 2
+
+
+def test_sharedRunsOnceForAllWhoAsk() -> None:
+    """
+    Askers while a key's work runs get its outcome without running it
+    again; another key runs on its own; once done, the next ask runs anew.
+    """
+    work = Work()
+    shared: Shared[str, str] = Shared()
+    first, second = shared.run("alice", lambda: work("alice")), shared.run("alice", lambda: work("alice"))
+    other = shared.run("bob", lambda: work("bob"))
+    assert work.started == ["alice", "bob"] and "alice" in shared
+    work.finish("alice")
+    assert [first.result, second.result] == ["alice", "alice"] and "alice" not in shared
+    work.finish("bob")
+    assert other.result == "bob"
+    shared.run("alice", lambda: work("alice"))
+    assert work.started == ["alice", "bob", "alice"]
+
+
+def test_sharedFailureReachesEveryAskerButTheCancelled() -> None:
+    """
+    A failure reaches every asker; one who cancelled is not called again,
+    and the others still get the outcome.
+    """
+    running: Deferred[str] = Deferred()
+    shared: Shared[str, str] = Shared()
+    first, cancelled, third = (shared.run("alice", lambda: running) for _ in range(3))
+    cancelled.addErrback(lambda f: f.trap("twisted.internet.defer.CancelledError"))
+    cancelled.cancel()
+    running.errback(RuntimeError("web app down"))
+    for d in (first, third):
+        failure = d.result
+        assert isinstance(failure, Failure) and failure.check(RuntimeError)
+        d.addErrback(lambda f: None)
+    assert "alice" not in shared

@@ -55,6 +55,28 @@
 -- with every such session, <session jid='...' ver='...'/> each (ver: the
 -- version this module answered it, if it did), at most 10,000.
 --
+-- A login waits for the user's roster (the seed mod_http_roster_admin
+-- gave): when a client binds a resource and rosteradmin has not vouched
+-- for the user's stored roster in this Prosody run (no write, promise or
+-- load of it since Prosody started), the module asks rosteradmin, before
+-- Prosody loads the roster,
+--   <iq type='get' from='example.org' to='roster.example.org' id='...'>
+--     <query xmlns='urn:x-rosteradmin:roster:0'><load user='alice'/></query></iq>
+-- and holds the bind until the result: rosteradmin answers it once the
+-- stored roster is the web app's (fetched and written for a user it has
+-- not synced; at once for one it has).  The client's stanzas after the
+-- bind (its initial presence) wait in the socket meanwhile, so that
+-- presence goes out to the contacts the web app lists, and probes them.
+-- Only that session waits: the bind runs in the session's async runner.
+-- The wait ends after rosteradmin_load_timeout seconds (default 5), or at
+-- once on an error (rosteradmin disconnected: Prosody bounces it; the fetch
+-- failed): the login then goes on with the roster stored, as without this
+-- module, and the roster get that follows is answered as ever.  Logins of
+-- one user share one request; at most rosteradmin_loads_in_flight (default
+-- 200) are asked at once, and a login beyond that goes on without asking.
+-- Before rosteradmin's first connection since Prosody started, nothing is
+-- asked.  rosteradmin_load_rosters = false turns it off.
+--
 -- Load it on the VirtualHost whose rosters rosteradmin manages, next to
 -- mod_privilege:
 --     modules_enabled = { "privilege"; "delegation"; "rosteradmin_roster"; ... }
@@ -73,6 +95,10 @@ local st = require "util.stanza";
 local jid = require "util.jid";
 local cache = require "util.cache";
 local throttle = require "util.throttle";
+local async = require "util.async";
+local new_id = require "util.id".short;
+local promise = require "util.promise";
+local time_now = require "util.time".now;
 local rostermanager = require "core.rostermanager";
 local usermanager = require "core.usermanager";
 
@@ -87,8 +113,12 @@ local answer_rosters = module:get_option_boolean("rosteradmin_answer_rosters", t
 local current = {};
 
 -- The privileged entity's JID, once it wrote or asked: where session
--- notices go.
+-- notices and roster loads go.
 local entity;
+
+-- username -> true: rosteradmin wrote, promised or loaded the stored roster
+-- in this Prosody run, so a login need not wait for it.
+local vouched = {};
 
 local max_listed_sessions = 10000;
 
@@ -116,7 +146,8 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 	if query.attr.ver == "" and not query.tags[1] and origin.type == "component" then
 		-- Ending a promise only makes Prosody delegate again: rosteradmin
 		-- may do it after losing its roster privileges.
-		current[(jid.split(stanza.attr.to))] = nil;
+		local username = (jid.split(stanza.attr.to));
+		current[username], vouched[username] = nil, nil;
 		origin.send(st.reply(stanza));
 		return true;
 	end
@@ -161,13 +192,14 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 		end
 		if not rostermanager.save_roster(username, host, roster) then
 			for contact, entry in pairs(previous) do roster[contact] = entry or nil; end
-			current[username] = nil;
+			current[username], vouched[username] = nil, nil;
 			origin.send(st.error_reply(stanza, "wait", "internal-server-error", "Unable to save roster"));
 			return true;
 		end
 		module:log("debug", "%d roster items written for %s in one save", #changes, owner);
 	end
 	local ver = query.attr.ver;
+	vouched[username] = ver ~= "" or nil;
 	if ver == "" or not answer_rosters then
 		current[username] = nil;
 	elseif ver then
@@ -302,14 +334,71 @@ module:hook("iq-set/host/" .. xmlns .. ":query", function(event)
 		origin.send(st.error_reply(stanza, "modify", "bad-request", "Only ver='' is taken by the host"));
 		return true;
 	end
-	current = {};
+	current, vouched = {}, {};
 	origin.send(st.reply(stanza));
 	return true;
 end);
 
 module:hook_global("user-deleted", function(event)
-	if event.host == module.host then current[event.username] = nil; end
+	if event.host == module.host then current[event.username], vouched[event.username] = nil, nil; end
 end);
+
+-- A login's roster load (see the top of this file).
+local load_rosters = module:get_option_boolean("rosteradmin_load_rosters", true);
+local load_timeout = module:get_option_number("rosteradmin_load_timeout", 5);
+-- Below module:send_iq's 256 tracked iqs, which it would evict oldest first.
+local max_loads = math.min(module:get_option_number("rosteradmin_loads_in_flight", 200), 250);
+local loading = {};  -- username -> the promise of its load in flight
+local in_flight = 0;
+
+local function load(username)
+	local pending = loading[username];
+	if pending then return pending; end
+	if in_flight >= max_loads then return nil; end
+	in_flight = in_flight + 1;
+	local iq = st.iq({ type = "get"; from = module.host; to = entity; id = new_id() })
+		:tag("query", { xmlns = xmlns }):tag("load", { user = username }):up():up();
+	pending = module:send_iq(iq, nil, load_timeout):next(function (event)
+		-- A bounce while rosteradmin is disconnected arrives as a reply.
+		if event.stanza.attr.type ~= "result" then
+			local _, condition, text = event.stanza:get_error();
+			return promise.reject(tostring(condition) .. (text and (": " .. text) or ""));
+		end
+		vouched[username] = true;
+		return true;
+	end):finally(function ()
+		loading[username] = nil;
+		in_flight = in_flight - 1;
+	end);
+	loading[username] = pending;
+	return pending;
+end
+
+-- Before resource bind loads the roster (sessionmanager.bind_resource, the
+-- same on Prosody 0.12 and 13), in the bind iq's async runner; the lowest
+-- priority, so that a module refusing the bind refuses it first.
+module:hook("pre-resource-bind", function (event)
+	local session = event.session;
+	local username = session.username;
+	if not load_rosters or not entity or vouched[username] or current[username] or not async.ready() then
+		return;
+	end
+	local started = time_now();
+	local pending = load(username);
+	if not pending then
+		session.log("warn", "Not waiting for rosteradmin's roster: %d loads in flight", in_flight);
+		return;
+	end
+	local ok, err = async.wait_for(pending);
+	local took = time_now() - started;
+	if ok then
+		session.log("debug", "rosteradmin loaded the roster in %.3f s", took);
+	else
+		local why = type(err) == "table" and (err.text or err.condition) or err;
+		session.log("warn", "Roster not loaded by rosteradmin (%s) after %.3f s: binding with the stored roster",
+			tostring(why), took);
+	end
+end, -1000);
 
 -- The first iq the privileged entity sends to this host (a delegated answer,
 -- a write) sets its stream's read size, once per connection.

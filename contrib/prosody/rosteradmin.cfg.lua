@@ -42,7 +42,11 @@ VirtualHost "example.org"
     -- answers a user's roster gets from the stored roster once rosteradmin
     -- has said that it holds what rosteradmin answers (set
     -- rosteradmin_answer_rosters = false to delegate every query), at most
-    -- rosteradmin_roster_get_rate (default 20) gets a second per user.
+    -- rosteradmin_roster_get_rate (default 20) gets a second per user.  It
+    -- also holds a login until rosteradmin has stored the roster of a user it
+    -- has not written since Prosody started, so her first presence reaches
+    -- her contacts: at most rosteradmin_load_timeout seconds (default 5);
+    -- rosteradmin_load_rosters = false turns that off.
     modules_enabled = { "privilege"; "delegation"; "rosteradmin_subscriptions"; "rosteradmin_roster" }
 
     -- XEP-0356: what rosteradmin may do with this host's users.

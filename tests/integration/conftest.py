@@ -23,6 +23,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from tests.integration.ejabberd import EJABBERD_VERSIONS
 from tests.integration.harness import (
     PROSODY, ClientFactory, ProsodyServer, WebAppStub, XMPPTestClient, connectClient, listenWebApp, startedOrFail,
 )
@@ -40,13 +41,16 @@ HOST_ONLY = frozenset({
     "tests/integration/test_harness.py::test_missingProsodyExplainsSetup",
 })
 
-#: The tests of Debian 13's ejabberd 24.12, from the Debian 13 root:
-#: C{ROSTERADMIN_EJABBERD=24.12} runs them alone (scripts/test.sh's third
-#: run), and the Prosody runs leave them out.
+#: The tests of Debian 13's ejabberd, from a Debian 13 root:
+#: C{ROSTERADMIN_EJABBERD=24.12} (trixie's) or C{26.07} (trixie-backports',
+#: whose root C{ROSTERADMIN_DEBIAN13_ROOT} names) runs them alone
+#: (scripts/test.sh's third and fourth runs), and the Prosody runs leave
+#: them out.
 EJABBERD24 = frozenset({"tests/integration/test_ejabberd24.py"})
 EJABBERD = os.environ.get("ROSTERADMIN_EJABBERD") or ""
-if EJABBERD not in ("", "24.12"):
-    raise RuntimeError(f"ROSTERADMIN_EJABBERD={EJABBERD!r}: use 24.12 (Debian 13's ejabberd), or leave it unset")
+if EJABBERD not in ("", *EJABBERD_VERSIONS):
+    raise RuntimeError(f"ROSTERADMIN_EJABBERD={EJABBERD!r}: use one of {', '.join(EJABBERD_VERSIONS)}"
+                       " (Debian 13's ejabberd, from trixie or trixie-backports), or leave it unset")
 
 
 def _listed(item: pytest.Item, names: frozenset[str]) -> bool:
@@ -58,13 +62,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     Mark every test under C{tests/integration} C{integration}, so that
     C{-m "not integration"} runs the fast suite alone; on Prosody 13,
     deselect L{HOST_ONLY}; deselect L{EJABBERD24} unless
-    C{ROSTERADMIN_EJABBERD=24.12}, and then everything else (reported as
-    deselected, not skipped).
+    C{ROSTERADMIN_EJABBERD} names a version, and then everything else
+    (reported as deselected, not skipped).
     """
     for item in items:
         if "integration" in item.nodeid.split("/")[:-1]:
             item.add_marker(pytest.mark.integration)
-    if EJABBERD == "24.12":
+    if EJABBERD:
         left = [item for item in items if not _listed(item, EJABBERD24)]
     else:
         left = [item for item in items

@@ -34,6 +34,9 @@ from rosteradmin_demo.devprosody import freePort
 from tests.integration.debianroot import DebianRoot
 
 EJABBERDCTL = "/usr/sbin/ejabberdctl"
+#: The Debian 13 ejabberds the tests run (C{ROSTERADMIN_EJABBERD}): trixie's,
+#: and trixie-backports' (scripts/ejabberd-backports.sh builds its root).
+EJABBERD_VERSIONS = ("24.12", "26.07")
 #: The system user the Debian package runs ejabberd as.
 EJABBERD_USER = "ejabberd"
 
@@ -129,6 +132,10 @@ class LocalEjabberd:
             the end of its logs.
         """
         self._user = self._findUser()
+        wanted = os.environ.get("ROSTERADMIN_EJABBERD")
+        if self.root is not None and wanted and not self.version().startswith(wanted + "-"):
+            raise EjabberdNotAvailable(f"ROSTERADMIN_EJABBERD={wanted}, but {self.root.path} holds ejabberd "
+                                       f"{self.version()}: set ROSTERADMIN_DEBIAN13_ROOT to its root")
         # Not under pytest's tmp_path: /tmp/pytest-of-root is 0700, closed
         # to the ejabberd user.  With a root, in its /tmp: ejabberd sees
         # its directory at the path inside the root.
@@ -193,6 +200,21 @@ class LocalEjabberd:
             return int((self.directory / "ejabberd.pid").read_text().strip())
         except (OSError, ValueError):
             return None
+
+    def version(self) -> str:
+        """
+        The Debian version of the ejabberd that runs (C{24.12-1},
+        C{26.07-1~bpo13+1}): what a test expects can depend on it.
+        """
+        argv = ["dpkg-query", "-W", "-f=${Version}", "ejabberd"]
+        command = argv if self.root is None else self.root.command(argv)
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+    def release(self) -> str:
+        """
+        The upstream release of the ejabberd that runs (C{24.12}).
+        """
+        return self.version().split(":")[-1].split("-")[0]
 
     @property
     def running(self) -> bool:

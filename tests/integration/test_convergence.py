@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.integration.test_convergence -*-
 """
-Convergence (issue 12, "must show"), on a real Prosody: the server holds
+Convergence, on a real Prosody: the server holds
 every user's web-app roster before anyone logs in, and keeps converging to
 it across a crash.
 
@@ -13,7 +13,7 @@ it across a crash.
   C{POST /roster_admin/sync} of a list, and a kill mid-write followed by
   the web app going back to the recorded roster.
 - A user not synced yet whose client sends presence first: what stock
-  Prosody then routes, and what it does not.
+  Prosody (no roster load at login) then routes, and what it does not.
 """
 
 from __future__ import annotations
@@ -637,6 +637,7 @@ async def test_killMidWriteThenRevertConverges(prosody: ProsodyServer, webapp: U
             second.ensureGone()
 
 
+@pytest.mark.parametrize("prosody", ["rosteradmin_load_rosters = false"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_firstLoginUnsynced(prosody: ProsodyServer, webapp: UsersWebApp, service: RunningService,
                                   clients: Any) -> None:
@@ -652,6 +653,9 @@ async def test_firstLoginUnsynced(prosody: ProsodyServer, webapp: UsersWebApp, s
     presence was broadcast and probed from the empty roster, so bob does
     not see her and she does not see bob until one of them sends presence
     again, and a presence update sends no probes (RFC 6121 4.2.2, 4.4.2).
+    Stock: contrib's mod_rosteradmin_roster does not hold her login for
+    her roster here (C{rosteradmin_load_rosters = false};
+    L{tests.integration.test_firstlogin} shows what it does).
     """
     webapp.rosters.update(TRIAD)
     bob = await clients("bob")

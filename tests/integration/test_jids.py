@@ -115,7 +115,7 @@ def ours(key: str) -> str | None:
 
 def sampleKeys() -> list[str]:
     """
-    Contact keys worth comparing: the cases named in issue 17, every
+    Contact keys worth comparing: the cases a review found mishandled, every
     character of the Basic Multilingual Plane in a localpart and in a
     domain label, and random keys from characters stringprep treats
     specially (dots, case, combining marks, bidi, width, mapped to nothing).

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.integration.test_restart -*-
 """
-rosteradmin restarts while Prosody and its clients stay up (issue 12,
-item 5): a refresh after the restart reaches every online client.
+rosteradmin restarts while Prosody and its clients stay up:
+a refresh after the restart reaches every online client.
 
 On connecting, the new rosteradmin gets the current presence of every
 session from C{mod_privilege}, and learns who is online.  It must not take

@@ -1,6 +1,6 @@
 """
-The HTTP API under 1,500 idle and slow connections on a real Prosody
-(issue 17): the XMPP side and /healthz keep working, connections over the
+The HTTP API under 1,500 idle and slow connections on a real Prosody:
+the XMPP side and /healthz keep working, connections over the
 cap are closed at once, and the rest are closed at the request deadline,
 however slowly they keep sending.
 """

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.integration.test_statefile -*-
 """
-The C{--state} file under a real C{twistd -n rosteradmin} and Prosody
-(issue 22): another process holding its lock must not stall the service
+The C{--state} file under a real C{twistd -n rosteradmin} and Prosody:
+another process holding its lock must not stall the service
 or lose a refresh's users, and a file SQLite cannot read must not keep the
 service down.
 """
