@@ -26,13 +26,14 @@ from twisted.web.client import HTTPConnectionPool
 
 from rosteradmin.delegation import NS_DELEGATION_1
 from rosteradmin.ejabberdapi import EjabberdAPISync
+from rosteradmin.ejabberdsessions import EjabberdSessions
 from rosteradmin.roster import NS_ROSTER
 from tests.integration.debianroot import STAMP, DebianRoot, debian13Root
 from tests.integration.ejabberd import EjabberdNotAvailable, LocalEjabberd
 from tests.integration.harness import PASSWORD, ClientFactory, WebAppStub, XMPPTestClient, startedOrFail
 from tests.integration.service import KICK_AUTHORIZATION, RunningService
 from tests.integration.test_http import call
-from tests.integration.test_rosters import items
+from tests.integration.test_rosters import condition, items
 
 pytestmark = pytest.mark.integration
 
@@ -62,8 +63,16 @@ def xmppServer(ejabberd24: LocalEjabberd) -> LocalEjabberd:
 
 
 @pytest.fixture
-def serviceArgs(ejabberd24: LocalEjabberd) -> list[str]:
-    return ["--roster-sync", "ejabberd-api", "--ejabberd-api-url", ejabberd24.apiURL]
+def extraArgs() -> list[str]:
+    """
+    More of rosteradmin's arguments, for a test to parametrize.
+    """
+    return []
+
+
+@pytest.fixture
+def serviceArgs(ejabberd24: LocalEjabberd, extraArgs: list[str]) -> list[str]:
+    return ["--roster-sync", "ejabberd-api", "--ejabberd-api-url", ejabberd24.apiURL, *extraArgs]
 
 
 @pytest.fixture
@@ -114,6 +123,51 @@ async def storedRoster(server: LocalEjabberd, user: str) -> dict[str, tuple[str,
     return {c["jid"]: (c["nick"], c["subscription"], c["groups"]) for c in json.loads(await response.text())}
 
 
+async def apiCall(server: LocalEjabberd, command: str, arguments: dict[str, Any]) -> Any:
+    """
+    Call ejabberd's API as an admin tool would, behind rosteradmin's back.
+    """
+    response = await treq.post(f"{server.apiURL}/{command}", json=arguments,
+                               pool=HTTPConnectionPool(reactor, persistent=False))
+    assert response.code == 200, await response.text()
+    return json.loads(await response.text())
+
+
+def sessionsOf(running: RunningService) -> EjabberdSessions:
+    sessions = running.top.getServiceNamed("sessions")
+    assert isinstance(sessions, EjabberdSessions)
+    return sessions
+
+
+async def listedOnline(running: RunningService, online: dict[str, set[str]]) -> None:
+    """
+    Read ejabberd's session list now until it names exactly these
+    sessions (a login is listed once bound).
+    """
+    sessions = sessionsOf(running)
+
+    async def listed() -> bool:
+        await sessions.poll()
+        return sessions.online == online
+
+    for _ in range(50):
+        if await listed():
+            return
+        await RunningService.sleep(0.1)
+    raise AssertionError(f"ejabberd lists {sessions.online} online (problem: {sessions.problem}), not {online}")
+
+
+def pushed(client: XMPPTestClient, start: int) -> dict[str, tuple[str | None, str, list[str]]]:
+    """
+    The items of the roster pushes a client got since C{start}, the last
+    push of each contact winning.
+    """
+    found: dict[str, tuple[str | None, str, list[str]]] = {}
+    for push in client.pushes[start:]:
+        found.update(items(push))
+    return found
+
+
 def transcript(client: XMPPTestClient, title: str) -> None:
     """
     Print a client's side of a test (shown with -s).
@@ -136,6 +190,8 @@ async def test_webAppRosterWithPresence(ejabberd24: LocalEjabberd, service: Runn
     then; bob's presence reaches her once he logs in, and hers him.
     """
     assert service.component.delegation.delegated == {NS_ROSTER: NS_DELEGATION_1}
+    code, body = await call(service, "GET", "/healthz")
+    assert (code, body["status"], body["delegated"]) == (200, "ok", True)
     alice = await clients("alice")
     result = await alice.rosterGet(ver="")
     assert result["type"] == "result"
@@ -262,12 +318,147 @@ async def test_privilegeModeSaysDelegationNeverArrives(webapp: WebAppStub, roste
                                 "the missing delegation noticed")
         code, body = await call(running, "GET", "/healthz")
         print(f"\nhealthz, ejabberd 24.12 with mod_privilege: {code} {body['status']}: {body['delegation_error']}")
-        assert (code, body["status"]) == (200, "degraded")
+        assert (code, body["status"], body["delegated"]) == (200, "degraded", False)
         assert NS_ROSTER in body["delegation_error"] and "mod_privilege" in body["delegation_error"]
         assert running.component.delegation.delegated == {}
     finally:
         await running.stop()
         privileged.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_onlineUsersCaughtUpAfterRestart(ejabberd24: LocalEjabberd, webapp: WebAppStub,
+                                              rosters: dict[str, Any], clients: ClientFactory) -> None:
+    """
+    Without mod_privilege no presence tells rosteradmin who is online:
+    ejabberd's session list (connected_users_vhost) does.  alice and bob
+    are listed; rosteradmin stops, the web app adds dave to alice's roster
+    meanwhile (no refresh reaches anyone), and the next rosteradmin's
+    first read of the sessions catches alice up: ejabberd pushes dave to
+    her client, with both, and stores him.
+    """
+    first = await startService(ejabberd24, webapp, rosters, ["--roster-sync", "ejabberd-api",
+                                                             "--ejabberd-api-url", ejabberd24.apiURL])
+    try:
+        alice, bob = await clients("alice"), await clients("bob")
+        for client in (alice, bob):
+            await client.rosterGet(ver="")
+            client.sendPresence()
+        await listedOnline(first, {"alice": {alice.jid.full()}, "bob": {bob.jid.full()}})
+    finally:
+        await first.stop()
+    webapp.rosters["alice"] = {**rosters["alice"], "dave@example.org": {"name": "Dave"}}
+    before = len(alice.pushes)
+    second = await startService(ejabberd24, webapp, {}, ["--roster-sync", "ejabberd-api",
+                                                         "--ejabberd-api-url", ejabberd24.apiURL])
+    try:
+        await alice.waitForPushes(before + 1)
+        assert pushed(alice, before) == {"dave@example.org": ("Dave", "both", [])}
+        assert sessionsOf(second).online == {"alice": {alice.jid.full()}, "bob": {bob.jid.full()}}
+        assert (await storedRoster(ejabberd24, "alice"))["dave@example.org"] == ("Dave", "both", [])
+        transcript(alice, "caught up after rosteradmin's restart")
+    finally:
+        await second.stop()
+
+
+@pytest.mark.parametrize("extraArgs", [["--cache-max-contacts", "6"]])
+@pytest_twisted.ensureDeferred
+async def test_onlineUsersRosterStaysCached(ejabberd24: LocalEjabberd, service: RunningService,
+                                            clients: ClientFactory) -> None:
+    """
+    With a cache bound that holds one roster (alice's two contacts count
+    5, bob's and carol's one 4 each), alice, listed online by ejabberd,
+    keeps her roster cached while bob's and carol's are loaded; bob,
+    offline, is dropped for carol.
+    """
+    alice = await clients("alice")
+    await alice.rosterGet(ver="")
+    await listedOnline(service, {"alice": {alice.jid.full()}})
+    for user in ("bob", "carol"):
+        code, body = await call(service, "POST", "/roster_admin/refresh", [user])
+        assert (code, body["updated"]) == (200, 1)
+    cache = service.backend.cache
+    assert cache.peek("alice") is not None and cache.peek("bob") is None and cache.peek("carol") is not None
+    assert cache.evictions >= 1
+
+
+@pytest.mark.parametrize("extraArgs", [["--online-check-interval", "2"]])
+@pytest_twisted.ensureDeferred
+async def test_onlineCheckRepairsWhatAnAdminChanged(ejabberd24: LocalEjabberd, service: RunningService,
+                                                    webapp: WebAppStub, clients: ClientFactory) -> None:
+    """
+    An admin tool deletes bob from alice's stored roster behind
+    rosteradmin's back (ejabberd pushes the removal to her client).
+    alice is listed online, so the online check reads her stored roster
+    back within its interval, without a web-app fetch, and writes bob
+    again: ejabberd pushes him to her with both.
+    """
+    alice = await clients("alice")
+    await alice.rosterGet(ver="")
+    alice.sendPresence()
+    await listedOnline(service, {"alice": {alice.jid.full()}})
+    fetches = dict(webapp.requests)
+    before = len(alice.pushes)
+    assert await apiCall(ejabberd24, "delete_rosteritem", {"localuser": "alice", "localhost": "example.org",
+                                                           "user": "bob", "host": "example.org"}) == 0
+    await alice.waitForPushes(before + 2, timeout=10)
+    assert [items(p) for p in alice.pushes[before:before + 2]] == [
+        {"bob@example.org": (None, "remove", [])}, {"bob@example.org": ("Bob", "both", ["Friends"])}]
+    assert (await storedRoster(ejabberd24, "alice"))["bob@example.org"] == ("Bob", "both", ["Friends"])
+    assert service.backend.snapshot().driftRepaired
+    assert dict(webapp.requests) == fetches
+    transcript(alice, "an admin's removal repaired by the online check")
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusedSetsPutBack(ejabberd24: LocalEjabberd, service: RunningService,
+                                  clients: ClientFactory) -> None:
+    """
+    alice's client adds mallory and renames bob; both sets are refused
+    (not-allowed), and her client is pushed the roster's items back: a
+    removal of mallory, bob as the web app has him.  ejabberd stores
+    nothing of her edits.
+    """
+    alice = await clients("alice")
+    await alice.rosterGet(ver="")
+    before = len(alice.pushes)
+    added = await alice.rosterSet("mallory@example.org", name="Mallory")
+    assert added["type"] == "error" and condition(added) == "not-allowed"
+    await alice.waitForPushes(before + 1)
+    renamed = await alice.rosterSet("bob@example.org", name="Robert")
+    assert renamed["type"] == "error" and condition(renamed) == "not-allowed"
+    await alice.waitForPushes(before + 2)
+    assert pushed(alice, before) == {"mallory@example.org": (None, "remove", []),
+                                     "bob@example.org": ("Bob", "both", ["Friends"])}
+    assert (await storedRoster(ejabberd24, "alice")) == {
+        "bob@example.org": ("Bob", "both", ["Friends"]), "carol@example.org": ("Carol", "both", [])}
+    transcript(alice, "refused sets put back")
+
+
+@pytest_twisted.ensureDeferred
+async def test_kickRefusalsMapped(service: RunningService, clients: ClientFactory) -> None:
+    """
+    ejabberd's refusals get the README's statuses: a room that does not
+    exist 404 (item-not-found), a nickname the room does not hold 404
+    (ejabberd says not-acceptable), the room's owner 403 (not-allowed,
+    also once rosteradmin has joined); nobody is kicked.
+    """
+    bob = await clients("bob")
+    assert (await bob.joinRoom(ROOM, "Bob")).getAttribute("type") is None
+    alice = await clients("alice")
+    assert (await alice.joinRoom(ROOM, "Alice")).getAttribute("type") is None
+    outcomes = {}
+    for what, nick, room in [("no room", "Alice", "nosuchroom@conference.example.org"),
+                             ("no nick", "Nobody", ROOM), ("owner", "Bob", ROOM)]:
+        outcomes[what] = await call(service, "POST", "/muc_kick", {"nickname": nick, "muc": room},
+                                    headers={"Authorization": KICK_AUTHORIZATION})
+    print(f"\nkick outcomes on ejabberd 24.12: {outcomes}")
+    assert outcomes["no room"] == (404, {"error": "Room or nickname not found"})
+    assert outcomes["no nick"] == (404, {"error": "Room or nickname not found"})
+    assert outcomes["owner"][0] == 403
+    gone = [p for c in (alice, bob) for p in c.presences
+            if p.getAttribute("type") == "unavailable" and p.getAttribute("from") in (f"{ROOM}/Alice", f"{ROOM}/Bob")]
+    assert gone == []
 
 
 def test_unbuiltRootExplainsSetup(tmp_path: Path) -> None:
