@@ -57,6 +57,10 @@ PROBE_INTERVAL = 30.0
 #: Largest API reply read: a roster of 100,000 contacts fits.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
+#: Most contacts of one user waiting to be put back (L{PutBacks}): far
+#: more than a client edits at once, far fewer than a flood of made-up ones.
+MAX_PUT_BACK = 1000
+
 #: Subscription requests pending, in C{get_roster}'s C{pending}: none.
 NOT_PENDING = ("none", "undefined", "")
 
@@ -174,6 +178,45 @@ class CommandPoster:
         return answer
 
 
+class PutBacks:
+    """
+    The refused roster sets to put back, one pass of writes per user at a
+    time: what a client sends while a pass is written merges into the
+    next, so a client flooding refused sets queues at most
+    L{MAX_PUT_BACK} contacts, not writes for every item of every set.
+    """
+
+    def __init__(self, write: Callable[[str, frozenset[str], Roster], Deferred[None]]) -> None:
+        """
+        @param write: Writes one pass (never fails).
+        """
+        self.write = write
+        self._writing: set[str] = set()
+        self._next: dict[str, tuple[frozenset[str], Roster]] = {}
+
+    def add(self, username: str, jids: frozenset[str], roster: Roster) -> None:
+        """
+        Put these contacts back as C{roster} has them: now, or after the
+        user's pass under way, with the latest roster given.
+        """
+        if username not in self._writing:
+            self._start(username, frozenset(sorted(jids)[:MAX_PUT_BACK]), roster)
+            return
+        waiting, _ = self._next.get(username, (frozenset(), roster))
+        room = max(MAX_PUT_BACK - len(waiting), 0)
+        self._next[username] = (waiting | frozenset(sorted(jids - waiting)[:room]), roster)
+
+    def _start(self, username: str, jids: frozenset[str], roster: Roster) -> None:
+        self._writing.add(username)
+        self.write(username, jids, roster).addBoth(self._done, username)
+
+    def _done(self, result: object, username: str) -> None:
+        self._writing.discard(username)
+        waiting = self._next.pop(username, None)
+        if waiting is not None:
+            self._start(username, *waiting)
+
+
 @implementer(IRosterSync)
 class EjabberdAPISync(Service):
     """
@@ -231,6 +274,7 @@ class EjabberdAPISync(Service):
         self.pacer = LatencyPacer(self._slots, clock, latencyTarget)
         self.poster = CommandPoster(self.url, clock, http, timeout, self.headers)
         self.poster.observeLatency = self.pacer.observe
+        self._putBacks = PutBacks(self._putBack)
 
     def observe(self, observer: IServerObserver) -> None:
         """
@@ -343,19 +387,25 @@ class EjabberdAPISync(Service):
     def putBack(self, username: str, resource: str, jids: frozenset[str], roster: Roster) -> None:
         """
         Write the roster's items for these contacts again, and delete
-        those it does not list: ejabberd pushes every item written through
-        the API to all the user's clients, unchanged or not
+        those it does not list (L{PutBacks}): ejabberd pushes every item
+        written through the API to all the user's clients, unchanged or not
         (C{set_item_and_notify_clients}), so the refusing client shows them
-        again (the others are pushed what they show already).  Background
-        writes, counted per user as any others.
+        again (the others are pushed what they show already).
+        """
+        self._putBacks.add(username, jids, roster)
+
+    def _putBack(self, username: str, jids: frozenset[str], roster: Roster) -> Deferred[None]:
+        """
+        One pass of a user's put-backs: background writes, counted per
+        user as any others.
         """
         contacts = roster.byJID()
         calls = [self._slots.run(username, False, self._call, *(
             self._addItem(username, contacts[jid]) if jid in contacts else self._deleteItem(username, jid)))
             for jid in sorted(jids)]
         d = DeferredList(calls, consumeErrors=True).addCallback(self._checkWrites, username)
-        d.addErrback(lambda failure: self.log.warn("putting back {user}'s refused roster edit failed: {why}",
-                                                    user=username, why=failure.getErrorMessage()))
+        return d.addErrback(lambda failure: self.log.warn("putting back {user}'s refused roster edit failed: {why}",
+                                                           user=username, why=failure.getErrorMessage()))
 
     def promiseCurrent(self, username: str, version: str) -> None:
         """

@@ -25,7 +25,7 @@ from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.config import ConfigError, buildConfig
 from rosteradmin_demo.devprosody import freePort
-from rosteradmin.ejabberdapi import PROBE_INTERVAL, PROBE_USER, EjabberdAPISync
+from rosteradmin.ejabberdapi import MAX_PUT_BACK, PROBE_INTERVAL, PROBE_USER, EjabberdAPISync
 from rosteradmin.errors import SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IServerObserver
@@ -341,6 +341,39 @@ def test_putBackRewritesTheRefusedItems() -> None:
                                "nick": "Bob", "groups": ["Friends", "A;B"], "subs": "both"}),
         ("delete_rosteritem", {"localuser": "alice", "localhost": DOMAIN, "user": "mallory", "host": DOMAIN})]
     assert api.rosters["alice"]["bob@example.org"]["subscription"] == "both"
+
+
+def test_putBackFloodIsCoalesced() -> None:
+    """
+    While one pass of alice's put-backs is written, 100 more refused sets
+    (bob renamed again and again, 2,000 made-up contacts) merge into one
+    next pass of at most MAX_PUT_BACK contacts, written with the latest
+    roster once the first is answered; then nothing is left.
+    """
+    api = FakeAPI()
+    sync, _ = apiSync(api)
+    api.hold = True
+    sync.putBack("alice", "alice@example.org/a", frozenset({"bob@example.org"}), Roster([BOB]))
+    sync.poster.http.flush()
+    assert len(api.held) == 1
+    for n in range(100):
+        made = frozenset(f"m{n}x{k}@example.org" for k in range(20))
+        sync.putBack("alice", "alice@example.org/a", made | {"bob@example.org"}, Roster([BOB, CAROL]))
+    sync.poster.http.flush()
+    assert len(api.held) == 1
+    api.hold = True
+    api.release()
+    api.hold = True
+    sync.poster.http.flush()
+    while api.held:
+        api.release()
+        api.hold = True
+        sync.poster.http.flush()
+    written = api.calls[1:]
+    assert len(written) == MAX_PUT_BACK
+    assert ("add_rosteritem/v1", {"localuser": "alice", "localhost": DOMAIN, "user": "bob", "host": DOMAIN,
+                                  "nick": "Bob", "groups": ["Friends", "A;B"], "subs": "both"}) in written
+    assert not sync._putBacks._next and not sync._putBacks._writing
 
 
 def test_askLeavesWritesOn() -> None:
