@@ -39,6 +39,9 @@ pytestmark = pytest.mark.integration
 
 #: The ejabberd configuration operators are told to include; the tests run exactly it.
 CONTRIB_EJABBERD = Path(__file__).resolve().parents[2] / "contrib" / "ejabberd" / "rosteradmin.yml"
+#: contrib's module that stops subscription presences, installed as operators are told.
+SUBSCRIPTIONS_MODULE = CONTRIB_EJABBERD.parent / "mod_rosteradmin_subscriptions"
+SUBSCRIPTION_TYPES = ["subscribe", "subscribed", "unsubscribe", "unsubscribed"]
 ROOM = "room@conference.example.org"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 
@@ -47,11 +50,12 @@ NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 def ejabberd24() -> Iterator[LocalEjabberd]:
     """
     A started ejabberd 24.12 with the accounts alice, bob, carol and dave
-    (password C{pw}), shared by the module's tests.  When it cannot run,
-    every test fails: a green run must have run it.
+    (password C{pw}), contrib's configuration and subscription module,
+    shared by the module's tests.  When it cannot run, every test fails: a
+    green run must have run it.
     """
     server = LocalEjabberd({user: PASSWORD for user in ("alice", "bob", "carol", "dave")},
-                           root=debian13Root(), include=CONTRIB_EJABBERD)
+                           root=debian13Root(), include=CONTRIB_EJABBERD, contribModules=(SUBSCRIPTIONS_MODULE,))
     startedOrFail(server)
     yield server
     server.stop()
@@ -459,6 +463,95 @@ async def test_kickRefusalsMapped(service: RunningService, clients: ClientFactor
     gone = [p for c in (alice, bob) for p in c.presences
             if p.getAttribute("type") == "unavailable" and p.getAttribute("from") in (f"{ROOM}/Alice", f"{ROOM}/Bob")]
     assert gone == []
+
+
+async def online(clients: ClientFactory, user: str) -> XMPPTestClient:
+    """
+    A session that has its roster and has sent its initial presence.
+    """
+    client = await clients(user)
+    await client.rosterGet()
+    client.sendPresence()
+    return client
+
+
+def policyViolation(sender: str) -> Any:
+    return lambda p: (p.getAttribute("type") == "error" and p.getAttribute("from", "").startswith(sender)
+                      and p.error is not None and p.error.firstChildElement().name == "policy-violation")
+
+
+@pytest.mark.parametrize("kind", SUBSCRIPTION_TYPES)
+@pytest_twisted.ensureDeferred
+async def test_clientSubscriptionPresenceStopped(kind: str, ejabberd24: LocalEjabberd, service: RunningService,
+                                                  clients: ClientFactory) -> None:
+    """
+    With contrib's mod_rosteradmin_subscriptions, a client's subscription
+    presence to a contact is refused with policy-violation and a text;
+    neither stored roster changes, the contact gets nothing, and presence
+    keeps flowing both ways.
+    """
+    alice, bob = await online(clients, "alice"), await online(clients, "bob")
+    await alice.waitForPresence(available("bob@example.org"))
+    before = await storedRoster(ejabberd24, "alice"), await storedRoster(ejabberd24, "bob")
+    alice.sendPresence(to="bob@example.org", type=kind)
+    refusal = await alice.waitForPresence(policyViolation("bob@example.org"))
+    print(f"\n{kind}: refused with {refusal.toXml()}")
+    assert "managed by its web application" in str(refusal.error.text)
+    await RunningService.sleep(0.3)
+    assert (await storedRoster(ejabberd24, "alice"), await storedRoster(ejabberd24, "bob")) == before
+    assert before[0]["bob@example.org"][1] == before[1]["alice@example.org"][1] == "both"
+    assert not [p for p in bob.presences if p.getAttribute("type") == kind]
+    seen = len(alice.presences)
+    bob.sendPresence(show="away")
+    await alice.waitForPresence(lambda p: alice.presences.index(p) >= seen and p.show is not None)
+    seenByBob = len(bob.presences)
+    alice.sendPresence(show="dnd")
+    await bob.waitForPresence(lambda p: bob.presences.index(p) >= seenByBob and p.show is not None)
+
+
+@pytest.mark.parametrize("kind", SUBSCRIPTION_TYPES)
+@pytest_twisted.ensureDeferred
+async def test_inboundSubscriptionPresenceStopped(kind: str, ejabberd24: LocalEjabberd, service: RunningService,
+                                                   clients: ClientFactory) -> None:
+    """
+    A subscription presence to alice from another domain (a component of
+    the server, as one from another server arrives) is dropped before it
+    reaches her or her stored roster; the sender gets policy-violation.
+    """
+    alice = await online(clients, "alice")
+    before = await storedRoster(ejabberd24, "alice")
+    errors: list[Any] = []
+    xs = service.component.xmlstream
+    xs.addObserver("/presence[@type='error']", errors.append)
+    xs.send(f"<presence from='stranger@{ejabberd24.componentJID}' to='alice@example.org' type='{kind}'/>")
+    await RunningService.waitUntil(lambda: errors, 5, "the server's error for our subscription presence")
+    xs.removeObserver("/presence[@type='error']", errors.append)
+    print(f"\n{kind} to alice: {errors[0].toXml()}")
+    assert errors[0].error.firstChildElement().name == "policy-violation"
+    await RunningService.sleep(0.3)
+    assert await storedRoster(ejabberd24, "alice") == before
+    assert not [p for p in alice.presences if p.getAttribute("type") == kind]
+
+
+@pytest_twisted.ensureDeferred
+async def test_serverSubscriptionPresenceStoppedSilently(ejabberd24: LocalEjabberd, webapp: WebAppStub,
+                                                         service: RunningService, clients: ClientFactory) -> None:
+    """
+    A refresh drops carol from alice's roster: deleting her through the
+    API, ejabberd sends carol unsubscribe and unsubscribed from alice.  The
+    module drops them silently: carol's stored roster keeps alice with
+    both (the web app still lists her there), and nobody gets an error.
+    """
+    alice, carol = await online(clients, "alice"), await online(clients, "carol")
+    assert (await storedRoster(ejabberd24, "carol"))["alice@example.org"][1] == "both"
+    webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob", "groups": ["Friends"]}}
+    code, body = await call(service, "POST", "/roster_admin/refresh", ["alice"])
+    assert (code, body["updated"]) == (200, 1)
+    await RunningService.sleep(0.5)
+    assert "carol@example.org" not in await storedRoster(ejabberd24, "alice")
+    assert (await storedRoster(ejabberd24, "carol"))["alice@example.org"] == ("Alice", "both", [])
+    assert not [p for c in (alice, carol) for p in c.presences
+                if p.getAttribute("type") in ("error", *SUBSCRIPTION_TYPES)]
 
 
 def test_unbuiltRootExplainsSetup(tmp_path: Path) -> None:
