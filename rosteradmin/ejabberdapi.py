@@ -11,7 +11,9 @@ commands do what we need over HTTP: C{get_roster} to diff against,
 C{add_rosteritem} with C{both} and C{delete_rosteritem}.  Both writes go
 through ejabberd's own roster code, which pushes the change to the user's
 online clients and sends the presence the new subscription calls for, so
-nothing is pushed from here (docs/protocol.md, measured on 24.12).
+nothing is pushed from here (docs/protocol.md, measured on 24.12).  It
+pushes an unchanged item too: a client's refused roster set is put back
+by writing its contacts again (L{PutBacks}).
 
 Requests have the bounds of privileged ones (L{PrioritySlots}, urgent
 first, a few per user, background paced by latency) and a deadline each.
