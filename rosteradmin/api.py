@@ -51,6 +51,10 @@ MAX_LISTED_USERS = 20
 #: How each kick failure condition reaches the HTTP caller.
 KICK_STATUS = {
     "item-not-found": HTTPStatus.NOT_FOUND,
+    # ejabberd's answer for a nickname the room does not hold ("Nickname
+    # ... does not exist in the room"); in a kick, nothing else earns it
+    # there or on Prosody.
+    "not-acceptable": HTTPStatus.NOT_FOUND,
     "not-allowed": HTTPStatus.FORBIDDEN,
     "forbidden": HTTPStatus.FORBIDDEN,
     "registration-required": HTTPStatus.FORBIDDEN,
@@ -473,7 +477,7 @@ class HealthResource(JsonResource):
     """
     C{GET /healthz}: 200 while connected to the XMPP server, else 503::
 
-        200 {"status": "ok", "connected": true, "cached_users": 3,
+        200 {"status": "ok", "connected": true, "delegated": true, "cached_users": 3,
              "fetches_in_flight": 0, "unsynced_users": 0, "last_error": null,
              "roster_sync_error": null, "state_error": null}
 
@@ -511,6 +515,7 @@ class HealthResource(JsonResource):
             "status": ("unavailable" if not connected else "stuck" if stuck is not None
                        else "degraded" if degraded else "ok"),
             "connected": connected,
+            "delegated": connected and stream.delegated,
             "cached_users": backend.cachedUsers,
             "fetches_in_flight": backend.fetchesInFlight,
             "unsynced_users": backend.unsyncedUsers,
@@ -676,5 +681,6 @@ def _kickRequest(body: JSON) -> tuple[str, JID, str | None]:
 def _kickError(error: KickFailed) -> str:
     return {
         "item-not-found": "Room or nickname not found",
+        "not-acceptable": "Room or nickname not found",
         "timeout": "The room did not answer in time",
     }.get(error.condition, f"Kick refused: {error.condition}" + (f" ({error.text})" if error.text else ""))

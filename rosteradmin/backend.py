@@ -182,8 +182,8 @@ class RosterBackend(Service):
         roster = self.cache.peek(username)
         holds = roster.version if roster is not None and jids else None
         self._background(self.promises.clientEdited(username, holds), "revoking the promised version", username)
-        if holds is not None:
-            self.sync.putBack(username, resource, jids)
+        if roster is not None and holds is not None:
+            self.sync.putBack(username, resource, jids, roster)
 
     def clientsMayDiffer(self, username: str, version: str) -> bool:
         """

@@ -358,5 +358,5 @@ class RosterComponent(component.Component):
             connected=bool(self.status.connected), lastError=self.status.lastError,
             queriesAnswered=self.rosterServer.answered, queriesRefused=self.rosterServer.gate.refusedCount,
             onlineResources=sum(len(resources) for resources in self.privileges.online.values()),
-            delegationMissing=self.delegation.missing, interestedResources=devices.resources(),
-            rosterPushes=devices.pushes, devicesGivenUp=devices.givenUp)
+            delegated=self.delegation.inPlace, delegationMissing=self.delegation.missing,
+            interestedResources=devices.resources(), rosterPushes=devices.pushes, devicesGivenUp=devices.givenUp)

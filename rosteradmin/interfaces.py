@@ -226,10 +226,13 @@ class IRosterSync(Interface):
         holds it, and wants pushes from now on.
         """
 
-    def putBack(username: str, resource: str, jids: frozenset[str]) -> None:
+    def putBack(username: str, resource: str, jids: frozenset[str], roster: Roster) -> None:
         """
         This client's roster set naming these contacts was refused, and it
         may show its edit: push it the roster's items for them.
+
+        @param roster: The user's roster (the cache's), for a sync that
+            does not know what each client holds.
         """
 
     def promiseCurrent(username: str, version: str) -> Deferred[bool] | None:
@@ -253,6 +256,21 @@ class IRosterSync(Interface):
         @return: Fires (never fails) with C{True} once the server has
             taken it, or at once when there is nothing to revoke; with
             C{False} when it could not be sent or was not answered.
+        """
+
+
+class IOnlineUsers(Interface):
+    """
+    Who is online on the server: the users whose rosters stay cached and
+    whose server rosters the online check reads back.  From the presences
+    the server shares (XEP-0356), or from ejabberd's session list.
+    """
+
+    online: dict[str, set[str]] = Attribute("Online full JIDs by username.")
+
+    def isOnline(username: str) -> bool:
+        """
+        Whether a user has a session online.
         """
 
 

@@ -77,6 +77,8 @@ class StreamSnapshot:
     @ivar queriesRefused: Roster queries refused to users who sent too many
         at once.
     @ivar onlineResources: Clients known online, from presence.
+    @ivar delegated: Whether the server delegates clients' roster queries
+        to us now.
     @ivar delegationMissing: Why clients' roster queries do not reach us
         (the server did not delegate them), or C{None}.
     @ivar interestedResources: Clients pushed roster changes.
@@ -88,6 +90,7 @@ class StreamSnapshot:
     queriesAnswered: int
     queriesRefused: int
     onlineResources: int
+    delegated: bool
     delegationMissing: str | None
     interestedResources: int
     rosterPushes: int

@@ -39,13 +39,14 @@ from rosteradmin.delegation import DelegationHandler
 from rosteradmin.devices import DeviceViews
 from rosteradmin.disco import DiscoHandler
 from rosteradmin.ejabberdapi import EjabberdAPISync
+from rosteradmin.ejabberdsessions import EjabberdSessions
 from rosteradmin.fairness import QueryGate
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.fullsync import FullSync
 from rosteradmin.handoff import Handoff
 from rosteradmin.httpclient import makeHTTPClient
 from rosteradmin.intake import Intake
-from rosteradmin.interfaces import IRosterSync
+from rosteradmin.interfaces import IOnlineUsers, IRosterSync
 from rosteradmin.metrics import FetchLatency, Metrics
 from rosteradmin.muc import RoomKicker
 from rosteradmin.onlinecheck import OnlineCheck
@@ -72,11 +73,14 @@ class Parts:
 
     @ivar fetchLatency: The fetch histogram the fetcher reports to, for the
         metrics.
+    @ivar online: Who is online: the presence tracker, or with ejabberd's
+        API, its session list (a service of its own).
     """
 
     backend: RosterBackend
     component: RosterComponent
     fetchLatency: FetchLatency
+    online: IOnlineUsers
 
 
 def chooseRosterSync(config: Config, privileges: PrivilegeHandler, clock: Any) -> IRosterSync:
@@ -140,15 +144,21 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     privileges = PrivilegeHandler(config.domain, status, grants, presence, devices, clock, config.iq_timeout,
                                   limit, config.sync_latency_target)
     devices.wire.sendThrough(privileges.pushRequest)
-    # An online user's roster is what its clients hold: it stays cached.
-    cache = RosterCache(config.cache_max_contacts, pinned=presence.isOnline)
     sync = chooseRosterSync(config, privileges, clock)
+    # Without mod_privilege no presence reaches us: ejabberd's API lists
+    # the sessions instead.
+    online: IOnlineUsers = (EjabberdSessions(sync.poster, config.domain, clock) if isinstance(sync, EjabberdAPISync)
+                            else presence)
+    # An online user's roster is what its clients hold: it stays cached.
+    cache = RosterCache(config.cache_max_contacts, pinned=online.isOnline)
     backend = RosterBackend(cache, fetcher, sync, limit=limit, state=state)
     # The XMPP side tells the backend of the server's users and of roster
     # access whichever sync writes: who comes online, what the server
     # grants, when a parked user may be written again; the sync (that
     # handler again, or ejabberd's API) says when writes work.
     presence.observer = backend
+    if isinstance(online, EjabberdSessions):
+        online.observer = backend
     grants.observer = backend
     privileges.observe(backend)
     sync.observe(backend)
@@ -160,7 +170,7 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     handlers = Handlers(status, grants, presence, privileges, rosterServer, delegation, kicker,
                         DiscoHandler(config.jid))
     component = RosterComponent(config, clock, xmppServer, handlers, verbose=verbose)
-    return Parts(backend, component, fetchLatency)
+    return Parts(backend, component, fetchLatency, online)
 
 
 #: The test-only environment variable that makes L{leadership}'s
@@ -217,7 +227,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """
     The whole service tree: C{backend} (cache, fetcher, sync),
     C{roster-sync} (ejabberd's API only), C{component} (the XMPP side),
-    C{sync} (full syncs), C{online-check}, C{requests} (applies what
+    C{sessions} (ejabberd's session list, with its API only), C{sync}
+    (full syncs), C{online-check}, C{requests} (applies what
     standbys recorded, while leading) and C{http} (the API), sharing the
     backend.
     """
@@ -249,6 +260,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         syncService.setServiceParent(top)
     parts.component.setName("component")
     parts.component.setServiceParent(top)
+    sessions = service.IService(parts.online, None)
+    if sessions is not None:
+        # ejabberd's session list: read at start (the users to catch up)
+        # and every few seconds.
+        sessions.setName("sessions")
+        sessions.setServiceParent(top)
 
     lister = None
     if config.users_url is not None:
@@ -257,8 +274,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     fullSync = FullSync(backend, lister, reactor, not config.no_start_sync, config.reconcile_interval)
     fullSync.setName("sync")
     fullSync.setServiceParent(top)
-    privileges = parts.component.privileges
-    onlineCheck = OnlineCheck(backend, lambda: privileges.online, reactor, config.online_check_interval)
+    online = parts.online
+    onlineCheck = OnlineCheck(backend, lambda: online.online, reactor, config.online_check_interval)
     onlineCheck.setName("online-check")
     onlineCheck.setServiceParent(top)
 

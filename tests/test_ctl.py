@@ -190,6 +190,26 @@ async def test_healthSuccess(api: ApiStub) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_healthSaysWhenNotDelegated(api: ApiStub) -> None:
+    """
+    Connected without the server's delegation, health says so (with the
+    error, once there is one); delegated, it says nothing more.
+    """
+    api.reply("health", 200, {**HEALTH_OK, "delegated": False, "delegation_error": None})
+    run = await ctl("--url", api.url, "health")
+    assert run == Run(0, "connected; 3 cached users, 1 fetches in flight, 0 unsynced; "
+                         "roster queries NOT delegated to rosteradmin\n", "")
+    api.reply("health", 200, {**HEALTH_OK, "status": "degraded", "delegated": False,
+                              "delegation_error": "the server delegated no jabber:iq:roster"})
+    run = await ctl("--url", api.url, "health")
+    assert run.out.endswith("; roster queries NOT delegated to rosteradmin "
+                            "(the server delegated no jabber:iq:roster)\n")
+    api.reply("health", 200, {**HEALTH_OK, "delegated": True})
+    run = await ctl("--url", api.url, "health")
+    assert run.out == "connected; 3 cached users, 1 fetches in flight, 0 unsynced\n"
+
+
+@pytest_twisted.ensureDeferred
 async def test_kickSuccess(api: ApiStub) -> None:
     """
     kick posts the room, nickname and reason with the Authorization value
