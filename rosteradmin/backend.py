@@ -24,13 +24,14 @@ from rosteradmin.convergence import Convergence
 from rosteradmin.errors import FetchFailed, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync, RefreshSummary
+from rosteradmin.lookup import UserLookup
 from rosteradmin.promises import Promises
 from rosteradmin.refreshes import Refreshes
 from rosteradmin.refusals import Refusals
 from rosteradmin.roster import Roster, StoredRoster
 from rosteradmin.serverrosters import ServerRosters
 from rosteradmin.slots import KeyedLock
-from rosteradmin.snapshot import BackendSnapshot
+from rosteradmin.snapshot import BackendSnapshot, UserReading
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
 
@@ -76,6 +77,7 @@ class RosterBackend(Service):
         self.refreshing = Refreshes(self.state, fetcher.clock, self._locked, self._refreshOne, self.refusals)
         self.converging = Convergence(self.state, self.server, self.refreshing, self._locked, sync.canSync,
                                       self._background)
+        self.lookup = UserLookup(cache, fetcher, sync, self.state, self.promises, self.refusals, self._locked)
         # Users whose roster clients wait for, with their Deferreds.
         self._clientLoads: dict[str, list[Deferred[Roster]]] = {}
 
@@ -113,6 +115,10 @@ class RosterBackend(Service):
             driftRepaired=dict(self.server.driftRepaired), pendingUsers=state.pendingCount(),
             stateUnsaved=state.unsaved, stateProblem=state.problem, syncRefusal=self.sync.syncRefusal,
             stuck="; ".join(stuck) if stuck else None, saturated=tuple(saturated))
+
+    def readUser(self, username: str, deadline: float) -> Deferred[UserReading]:
+        """One user's rosters read now, and what is held of it (L{UserLookup.read})."""
+        return self.lookup.read(username, deadline)
 
     def stopService(self) -> Deferred[None]:
         """

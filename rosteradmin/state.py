@@ -267,6 +267,20 @@ class SyncState:
     def pendingCount(self) -> int:
         return len(self._pending)
 
+    def pendingSince(self, username: str) -> float | None:
+        """
+        Since when C{username} is pending (seconds since the epoch), or
+        C{None} when it is not.
+        """
+        return self._pending.get(username)
+
+    def doubtedVersion(self, username: str) -> str | None:
+        """
+        The version L{doubtClients} was last told of for C{username}, or
+        C{None}; unlike L{clientsDoubted}, forgets nothing.
+        """
+        return self._doubted.get(username)
+
     def interruptedSync(self) -> str | None:
         """
         The kind of full sync or reconciliation pass that was running when
