@@ -164,7 +164,8 @@ class Inspection:
             return "nothing known to be wrong"
         where = "the web app, the cache and the server" if self.held.cached is not None else "the web app and the server"
         notCached = "" if self.held.cached is not None else "; not cached: the user's next login fetches it"
-        return f"nothing is wrong: {where} hold the same roster ({len(roster)} contacts, version {roster.version}){notCached}"
+        contacts = f"{len(roster)} contact{'' if len(roster) == 1 else 's'}"
+        return f"nothing is wrong: {where} hold the same roster ({contacts}, version {roster.version}){notCached}"
 
     def _readingFindings(self) -> list[str]:
         reading, held = self.reading, self.held
