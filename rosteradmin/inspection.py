@@ -208,7 +208,7 @@ class Inspection:
                 found.append("the web app changed the roster since rosteradmin last fetched it "
                              f"({_summary(cached, webApp)}):"
                              f" the user's clients show the old one until a refresh (POST /roster_admin/refresh/"
-                             f"{self.username}){self._byReconciliation('does it')}")
+                             f"{self.username}){self._byReconciliation('does')}")
         server, served = self.server, self.served
         if server is not None and served is not None:
             notBoth = server.notBoth & {c.jid for c in served.contacts}
@@ -229,11 +229,30 @@ class Inspection:
         if held.pendingSince is not None:
             return ("a refresh of the user is pending (accepted, not finished); it is finished once the server takes "
                     "roster writes, or now by a refresh")
-        fix = "presence follows the server's roster; a refresh repairs it now"
-        if (self.onlineCheckIn is not None and self.resources.online and self.resources.presenceShared
-                and held.cached is not None):
-            return f"{fix}, the online check in {_duration(self.onlineCheckIn)}"
-        return fix + self._byReconciliation("repairs it")
+        return "presence follows the server's roster; " + self._driftFix()
+
+    def _driftFix(self) -> str:
+        """
+        What will repair what the server changed behind rosteradmin's
+        back, and when.  A refresh reads the server's roster back only
+        where the state does not record it as holding the web app's
+        roster: otherwise only the passes that verify (the online check,
+        for an online user; the reconciliation) see the drift.
+        """
+        webApp, held = self.webApp, self.held
+        refreshes = webApp is not None and held.serverVersion != webApp.version
+        checked = (self.onlineCheckIn is not None and bool(self.resources.online) and self.resources.presenceShared
+                   and held.cached is not None)
+        if refreshes:
+            scheduled = (f", the online check in {_duration(self.onlineCheckIn)}" if checked and self.onlineCheckIn
+                         is not None else self._byReconciliation("does"))
+            return f"a refresh repairs it now{scheduled}"
+        notRefresh = " (a refresh does not: the state records the server as holding the web app's roster)"
+        if checked and self.onlineCheckIn is not None:
+            return f"the online check repairs it in {_duration(self.onlineCheckIn)}{notRefresh}"
+        if self.reconciliationIn is not None:
+            return f"the next reconciliation pass repairs it in {_duration(self.reconciliationIn)}{notRefresh}"
+        return f"nothing scheduled repairs it{notRefresh}"
 
     def _byReconciliation(self, does: str) -> str:
         if self.reconciliationIn is None:
@@ -379,7 +398,7 @@ def _timestamp(seconds: float | None) -> str | None:
 
 def _duration(seconds: float) -> str:
     """
-    A delay in words: C{"40 s"}, C{"12 min"}, C{"5 h 12 min"}.
+    A delay in words: C{"40 s"}, C{"12 min"}, C{"6 h"}, C{"5 h 12 min"}.
     """
     seconds = round(seconds)
     if seconds < 60:
@@ -387,4 +406,5 @@ def _duration(seconds: float) -> str:
     minutes = seconds // 60
     if minutes < 60:
         return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

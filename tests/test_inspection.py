@@ -92,7 +92,8 @@ def test_serverDriftAndWhatRepairsIt() -> None:
     """
     A server roster changed behind rosteradmin's back (an item removed, a
     subscription changed) is shown against the cache and the web app, and
-    the verdict says the online check repairs it, and when.
+    the verdict says the online check repairs it, and when, and that a
+    refresh does not (the state records the server as current).
     """
     api, server = loggedIn()
     stored = server.items["alice@example.org"]
@@ -111,14 +112,16 @@ def test_serverDriftAndWhatRepairsIt() -> None:
     assert body["server"]["not_both"] == ["bob@example.org"] and body["server"]["holds_recorded"] is False
     assert inspection.verdict() == (
         "the server does not store the roster served (1 to add, 1 with a subscription other than both): "
-        "presence follows the server's roster; a refresh repairs it now, the online check in 42 s")
+        "presence follows the server's roster; the online check repairs it in 42 s (a refresh does not: the state "
+        "records the server as holding the web app's roster)")
     assert body["schedule"] == {"reconciliation_in": 5 * 3600 + 720.0, "online_check_in": 42.0}
 
 
 def test_serverDriftOfAnOfflineUserRepairedByReconciliation() -> None:
     """
     For a user not online, the verdict names the next reconciliation pass
-    instead of the online check.
+    instead of the online check; without any scheduled pass, the verdict
+    says nothing is.
     """
     api, server = loggedIn()
     api.wire.receive("<presence type='unavailable' from='alice@example.org/phone'/>")
@@ -128,8 +131,30 @@ def test_serverDriftOfAnOfflineUserRepairedByReconciliation() -> None:
     d = inspector.inspect("alice")
     api.wire.answerRequests(server)
     assert Api.result(d).verdict() == (
+        "the server does not store the roster served (1 to add): presence follows the server's roster; the next "
+        "reconciliation pass repairs it in 5 h 12 min (a refresh does not: the state records the server as holding "
+        "the web app's roster)")
+    d = Inspector(api.wire.backend, api.wire.component.resources, 20.0).inspect("alice")
+    api.wire.answerRequests(server)
+    assert Api.result(d).verdict().endswith("roster; nothing scheduled repairs it (a refresh does not: the state "
+                                            "records the server as holding the web app's roster)")
+
+
+def test_serverDriftWithAWebAppChangeRepairedByARefresh() -> None:
+    """
+    Where the web app's roster is not the one the state records the server
+    holds, a refresh reads the server back: the verdict names it first.
+    """
+    api, server = loggedIn()
+    del server.items["alice@example.org"]["carol@example.org"]
+    api.wire.webApp.rosters["alice"] = {**ALICE_ROSTER, "dave@example.org": {}}
+    inspector = Inspector(api.wire.backend, api.wire.component.resources, 20.0,
+                          Schedule(lambda: 3600.0, lambda: 42.0))
+    d = inspector.inspect("alice")
+    api.wire.answerRequests(server)
+    assert Api.result(d).findings()[1] == (
         "the server does not store the roster served (1 to add): presence follows the server's roster; a refresh "
-        "repairs it now, which the next reconciliation pass repairs it in 5 h 12 min")
+        "repairs it now, the online check in 42 s")
 
 
 def test_webAppDownStillAnswers() -> None:
@@ -277,4 +302,4 @@ def test_duration() -> None:
     Delays read as seconds, minutes, or hours and minutes.
     """
     assert [_duration(s) for s in (0.4, 59, 60, 3599, 3600, 18720)] == ["0 s", "59 s", "1 min", "59 min",
-                                                                          "1 h 0 min", "5 h 12 min"]
+                                                                          "1 h", "5 h 12 min"]
