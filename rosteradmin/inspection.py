@@ -377,6 +377,7 @@ def _resourcesJSON(resources: ResourcesSnapshot, cached: Roster | None) -> JSONO
 def _heldJSON(held: UserSnapshot) -> JSONObject:
     return {
         "recorded_version": held.serverVersion,
+        "synced_at": _timestamp(held.syncedAt),
         "pending_since": _timestamp(held.pendingSince),
         "unsynced": held.unsynced,
         "refused": held.refused,

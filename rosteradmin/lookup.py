@@ -51,14 +51,17 @@ class UserLookup:
         self.refusals = refusals
         self.locked = locked
 
-    def held(self, username: str) -> UserSnapshot:
+    def held(self, username: str, syncedAt: float | None = None) -> UserSnapshot:
         """
         What is held of the user now: its cache entry, what the state,
         the promises and the sync keep of it.
+
+        @param syncedAt: When the storage recorded the server's version,
+            if read.
         """
         state = self.state
         return UserSnapshot(
-            cached=self.cache.peek(username), serverVersion=state.serverVersion(username),
+            cached=self.cache.peek(username), serverVersion=state.serverVersion(username), syncedAt=syncedAt,
             pendingSince=state.pendingSince(username), unsynced=username in state.unsynced,
             refused=self.refusals.refused.get(username), parked=self.sync.parked.get(username),
             verified=self.promises.verifiedVersion(username), promised=self.promises.promisedVersion(username),
@@ -77,12 +80,12 @@ class UserLookup:
             them, the reading says the rosters were not read, with what is
             held then.
         """
-        locked: Deferred[UserReading] = self.locked(username, self._read, username)
+        locked: Deferred[UserReading] = self.locked(username, self._read, username, deadline)
         notRead = f"no answer within {deadline:g} s"
         return _within(locked, deadline, self.fetcher.clock,
                        lambda: UserReading(None, notRead, False, None, notRead, self.held(username), inTime=False))
 
-    async def _read(self, username: str) -> UserReading:
+    async def _read(self, username: str, deadline: float) -> UserReading:
         reading = self.sync.readStored(username, True) if self.sync.canSync() else None
         webApp, webAppProblem, unknown = None, None, False
         try:
@@ -97,7 +100,9 @@ class UserLookup:
                 server = await reading
             except (SyncFailed, NotConnected) as e:
                 serverProblem = str(e) or type(e).__name__
-        return UserReading(webApp, webAppProblem, unknown, server, serverProblem, self.held(username), inTime=True)
+        syncedAt = await self.state.writtenAt(username, deadline).addErrback(lambda failure: None)
+        return UserReading(webApp, webAppProblem, unknown, server, serverProblem, self.held(username, syncedAt),
+                           inTime=True)
 
 
 def _within(d: Deferred[T], seconds: float, clock: IReactorTime, late: Callable[[], T]) -> Deferred[T]:

@@ -176,6 +176,9 @@ class UserSnapshot:
         when not cached (the next login fetches it).
     @ivar serverVersion: The version of the roster the state records the
         server was last made to hold, or C{None} when unknown.
+    @ivar syncedAt: When the state's storage recorded that version (the
+        server's roster last read back or written), in seconds since the
+        epoch, or C{None} when not known.
     @ivar pendingSince: When the user became pending (its server roster
         may be behind: a refresh accepted and not finished, a write that
         failed), in seconds since the epoch, or C{None}.
@@ -200,6 +203,7 @@ class UserSnapshot:
 
     cached: Roster | None
     serverVersion: str | None
+    syncedAt: float | None
     pendingSince: float | None
     unsynced: bool
     refused: str | None

@@ -6,12 +6,16 @@ StringTransport), and the verdict's words.
 
 from __future__ import annotations
 
+import calendar
+import time
+from pathlib import Path
 from typing import Any
 
 from twisted.words.xish import domish
 
 from rosteradmin.inspection import Inspector, Schedule, _duration
-from tests.helpers import COMPONENT, ComponentOnWire, WebApp
+from rosteradmin.state import SyncState
+from tests.helpers import COMPONENT, PERMISSIONS_2, ComponentOnWire, WebApp
 from tests.test_api import Api, makeApi
 from tests.test_component import ALICE_ROSTER, StoringServer
 
@@ -59,6 +63,24 @@ def test_agreementSaysNothingIsWrong() -> None:
     assert body["resources"]["presence_shared"] is True
     assert body["state"]["recorded_version"] == version and body["state"]["unsynced"] is False
     assert body["state"]["pending_since"] is None and body["leading"] is True
+
+
+def test_lastSyncedFromTheStateFile(tmp_path: Path) -> None:
+    """
+    With a state file, the state section says when the server's roster was
+    last synced (read back or written), as the file recorded it.
+    """
+    api = Api(ComponentOnWire(WebApp({"alice": ALICE_ROSTER}), state=SyncState(str(tmp_path / "state.sqlite"))))
+    api.wire.handshake(PERMISSIONS_2)
+    server = StoringServer()
+    before = time.time()
+    api.wire.receive("<presence from='alice@example.org/phone'/>")
+    api.wire.answerRequests(server)
+    code, body = inspect(api, server)
+    assert code == 200
+    synced = calendar.timegm(time.strptime(body["state"]["synced_at"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert int(before) <= synced <= time.time()
+    api.wire.backend.state.close()
 
 
 def test_webAppChangeWithoutRefresh() -> None:
