@@ -195,7 +195,7 @@ class Inspection:
         held, found = self.held, []
         if held.refused is not None:
             found.append(f"the web app's roster is refused: {held.refused} (raise the server's stanza limit and "
-                         "--max-stanza-bytes together, or shorten the roster)")
+                         "--max-stanza-bytes together, or have the web app serve a smaller one)")
         if held.parked is not None:
             found.append(f"the user's roster writes are held back: {held.parked}; they are tried again then")
         return found

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import capturedLogs
 from twisted.words.xish import domish
 
 from rosteradmin.inspection import Inspector, Schedule, _duration
 from rosteradmin.state import SyncState
-from tests.helpers import COMPONENT, PERMISSIONS_2, ComponentOnWire, WebApp
+from tests.helpers import COMPONENT, PERMISSIONS_2, ComponentOnWire, WebApp, makeConfig
 from tests.test_api import Api, makeApi
 from tests.test_component import ALICE_ROSTER, StoringServer
 
@@ -325,3 +326,21 @@ def test_duration() -> None:
     """
     assert [_duration(s) for s in (0.4, 59, 60, 3599, 3600, 18720)] == ["0 s", "59 s", "1 min", "59 min",
                                                                           "1 h", "5 h 12 min"]
+
+
+def test_refusedRoster() -> None:
+    """
+    A roster too large for one answer under the server's stanza limit is
+    named in the state section and the verdict, with its fix.
+    """
+    roster = {f"user{n}@example.org": {"name": f"User {n}", "groups": ["Friends"]} for n in range(400)}
+    wire = ComponentOnWire(WebApp({"alice": roster}), makeConfig(max_stanza_bytes=16 * 1024))
+    wire.handshake(PERMISSIONS_2)
+    api, server = Api(wire), StoringServer()
+    with capturedLogs():
+        api.request("POST", "/roster_admin/refresh/alice", server=server)
+        code, body = inspect(api, server)
+    assert code == 200 and "400 contacts" in body["state"]["refused"]
+    assert body["verdict"] == (f"the web app's roster is refused: {body['state']['refused']} (raise the server's "
+                               "stanza limit and --max-stanza-bytes together, or have the web app serve a smaller "
+                               "one)")
