@@ -369,7 +369,8 @@ def _clients(resources: Any) -> list[str]:
 
 
 #: What the state section's entries are called, in the order shown.
-STATE_LABELS = {"synced_at": "server roster last synced", "pending_since": "pending since", "unsynced": "write failed (unsynced)", "refused": "refused",
+STATE_LABELS = {"synced_at": "server roster last synced", "pending_since": "pending since",
+                "unsynced": "write failed (unsynced)", "refused": "refused",
                 "parked": "writes parked", "verified_version": "verified version",
                 "promised_version": "promised version", "doubted_version": "clients doubted at version",
                 "unpushed": "unpushed contacts", "server_refusal": "the server refuses writes"}

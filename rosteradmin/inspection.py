@@ -162,10 +162,11 @@ class Inspection:
         server, roster = self.server, self.served
         if roster is None or server is None:
             return "nothing known to be wrong"
-        where = "the web app, the cache and the server" if self.held.cached is not None else "the web app and the server"
-        notCached = "" if self.held.cached is not None else "; not cached: the user's next login fetches it"
-        contacts = f"{len(roster)} contact{'' if len(roster) == 1 else 's'}"
-        return f"nothing is wrong: {where} hold the same roster ({contacts}, version {roster.version}){notCached}"
+        cached = self.held.cached is not None
+        where = "the web app, the cache and the server" if cached else "the web app and the server"
+        notCached = "" if cached else "; not cached: the user's next login fetches it"
+        return (f"nothing is wrong: {where} hold the same roster ({_contacts(len(roster))}, version "
+                f"{roster.version}){notCached}")
 
     def _readingFindings(self) -> list[str]:
         reading, held = self.reading, self.held
@@ -176,8 +177,8 @@ class Inspection:
         found = []
         stored = reading.server.roster if reading.server is not None else None
         if reading.webAppUnknown and (held.cached is not None or stored):
-            holds = (f"the server stores {len(stored)} contacts" if stored
-                     else f"the cache holds {len(held.cached or ())} contacts")
+            holds = (f"the server stores {_contacts(len(stored))}" if stored
+                     else f"the cache holds {_contacts(len(held.cached or ()))}")
             found.append(f"{reading.webAppProblem}, yet {holds}: rosteradmin "
                          "leaves the roster of a user the web app does not know as it is; have the web app answer "
                          "{} for the user, then refresh it")
@@ -187,8 +188,9 @@ class Inspection:
             found.append(f"the web app's roster could not be fetched ({reading.webAppProblem}): the user's clients "
                          f"are served {serves} until it answers, and a refresh then brings it")
         if reading.serverProblem is not None:
-            found.append(f"the server's stored roster could not be read ({reading.serverProblem}): rosteradmin "
-                         "writes it once the server takes roster writes again")
+            then = ("inspect again" if held.canSync
+                    else "rosteradmin writes what it lacks once the server takes roster writes again")
+            found.append(f"the server's stored roster could not be read ({reading.serverProblem}): {then}")
         return found
 
     def _heldFindings(self) -> list[str]:
@@ -239,17 +241,18 @@ class Inspection:
         roster: otherwise only the passes that verify (the online check,
         for an online user; the reconciliation) see the drift.
         """
-        webApp, held = self.webApp, self.held
-        refreshes = webApp is not None and held.serverVersion != webApp.version
-        checked = (self.onlineCheckIn is not None and bool(self.resources.online) and self.resources.presenceShared
-                   and held.cached is not None)
-        if refreshes:
-            scheduled = (f", the online check in {_duration(self.onlineCheckIn)}" if checked and self.onlineCheckIn
-                         is not None else self._byReconciliation("does"))
+        webApp, held, resources = self.webApp, self.held, self.resources
+        # The online check compares an online user's cached roster with
+        # what the server stores, where the server shares presences.
+        checkIn = (self.onlineCheckIn if resources.online and resources.presenceShared and held.cached is not None
+                   else None)
+        if webApp is not None and held.serverVersion != webApp.version:
+            scheduled = (f", the online check in {_duration(checkIn)}" if checkIn is not None
+                         else self._byReconciliation("does"))
             return f"a refresh repairs it now{scheduled}"
         notRefresh = " (a refresh does not: the state records the server as holding the web app's roster)"
-        if checked and self.onlineCheckIn is not None:
-            return f"the online check repairs it in {_duration(self.onlineCheckIn)}{notRefresh}"
+        if checkIn is not None:
+            return f"the online check repairs it in {_duration(checkIn)}{notRefresh}"
         if self.reconciliationIn is not None:
             return f"the next reconciliation pass repairs it in {_duration(self.reconciliationIn)}{notRefresh}"
         return f"nothing scheduled repairs it{notRefresh}"
@@ -389,6 +392,10 @@ def _heldJSON(held: UserSnapshot) -> JSONObject:
         "server_takes_writes": held.canSync,
         "server_refusal": held.syncRefusal,
     }
+
+
+def _contacts(count: int) -> str:
+    return f"{count} contact" if count == 1 else f"{count} contacts"
 
 
 def _timestamp(seconds: float | None) -> str | None:

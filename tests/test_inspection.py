@@ -191,8 +191,8 @@ def test_webAppDownStillAnswers() -> None:
     code, body = inspect(api, server)
     assert code == 200
     assert body["web_app"] == {"status": "failed", "error": "web app answered HTTP 500: 'down'"}
-    assert body["verdict"].startswith("the web app's roster could not be fetched (web app answered HTTP 500: 'down'): the "
-                                      "user's clients are served the cached roster until it answers")
+    assert body["verdict"].startswith("the web app's roster could not be fetched (web app answered HTTP 500: "
+                                      "'down'): the user's clients are served the cached roster until it answers")
     assert body["differences"]["cache_to_web_app"] is None
     assert body["differences"]["server_to_cache"] == {"added": [], "removed": [], "changed": []}
 
