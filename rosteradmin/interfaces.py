@@ -18,7 +18,7 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from rosteradmin.roster import Roster, RosterDiff, StoredRoster
-    from rosteradmin.snapshot import BackendSnapshot
+    from rosteradmin.snapshot import BackendSnapshot, UserReading
 
 # Interface methods take no self (zope.interface); the mypy_zope plugin
 # checks each @implementer class against these signatures, and the
@@ -149,6 +149,20 @@ class IRosterBackend(IServerObserver):
         the fetches, the writes, the state, why work is stuck or memory
         saturated), read at once: the edges see these figures, not the
         parts that keep them.
+        """
+
+    def readUser(username: str, deadline: float) -> Deferred[UserReading]:
+        """
+        One user's rosters, read now: the web app's (fetched) and the
+        server's (read back), neither cached nor written, with what is
+        held of the user at that moment (its cache entry, what the state,
+        the promises and the sync keep of it): the edges see these
+        values, not the parts that keep them.
+
+        @param deadline: Seconds to wait for the rosters: past them, the
+            reading says they were not read, with what is held then.
+        @return: Deferred firing with a L{rosteradmin.snapshot.UserReading}
+            (a failed fetch or read is in it, not a failure).
         """
 
 

@@ -45,6 +45,7 @@ from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.fullsync import FullSync
 from rosteradmin.handoff import Handoff
 from rosteradmin.httpclient import makeHTTPClient
+from rosteradmin.inspection import Inspector, Schedule
 from rosteradmin.intake import Intake
 from rosteradmin.interfaces import IOnlineUsers, IRosterSync
 from rosteradmin.metrics import FetchLatency, Metrics
@@ -206,7 +207,9 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
             onlineCheck: OnlineCheck | None = None, handoff: Handoff | None = None) -> Resource:
     """
     The HTTP API's resource tree, with health and metrics read from one
-    snapshot of the backend, the component and the full sync.
+    snapshot of the backend, the component and the full sync, and one
+    user's picture from the backend, the component and when the repairing
+    passes run next.
 
     @param drain: Counts the requests in flight, for the HTTP service.
     @param onlineCheck: Whose counts the metrics show, if it runs.
@@ -219,8 +222,13 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
         kick = KickRoute(comp.kicker, comp.status, config.kick_authorization, kickOutcomes)
     snapshots = Snapshots(parts.backend.snapshot, comp.snapshot, fullSync.snapshot, kickOutcomes,
                           lambda: onlineCheck.checked if onlineCheck is not None else 0)
+    # The fetch and the server's read run together: their two deadlines
+    # added leave time to wait for the user's lock too.
+    inspector = Inspector(parts.backend, comp.resources, config.fetch_timeout + config.iq_timeout,
+                          Schedule(fullSync.nextReconciliation,
+                                   onlineCheck.nextCheck if onlineCheck is not None else lambda: None))
     return buildRoot(drain, parts.backend, fullSync, config.refresh_authorization, kick, snapshots,
-                     Metrics(snapshots, parts.fetchLatency), handoff)
+                     Metrics(snapshots, parts.fetchLatency), inspector, handoff)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,47 @@ async def test_kickAnsweredWith307(service: RunningService, clients: ClientFacto
     reason = [e for item in x.elements() if item.name == "item" for e in item.elements() if e.name == "reason"]
     assert [str(r) for r in reason] == ["spam"]
     transcript(alice, "kicked")
+
+
+@pytest_twisted.ensureDeferred
+async def test_inspectShowsAnAdminToolsDrift(ejabberd24: LocalEjabberd, webapp: WebAppStub,
+                                              service: RunningService) -> None:
+    """
+    dave's roster is synced into ejabberd, then an admin removes carol from
+    it with ejabberd's own API: GET /roster_admin/users/dave reads the
+    stored roster through the API (get_roster), shows carol missing
+    against the cache and the web app, and says the next reconciliation
+    pass repairs it, and when; after that pass, all agree.
+    """
+    webapp.rosters["dave"] = {"bob@example.org": {"name": "Bob"}, "carol@example.org": {"name": "Carol"}}
+    code, _ = await call(service, "POST", "/roster_admin/refresh/dave")
+    assert code == 200
+    assert set(await storedRoster(ejabberd24, "dave")) == {"bob@example.org", "carol@example.org"}
+    response = await treq.post(f"{ejabberd24.apiURL}/delete_rosteritem",
+                               json={"localuser": "dave", "localhost": ejabberd24.domain, "user": "carol",
+                                     "host": ejabberd24.domain},
+                               pool=HTTPConnectionPool(reactor, persistent=False))
+    assert response.code == 200
+    assert set(await storedRoster(ejabberd24, "dave")) == {"bob@example.org"}
+
+    code, body = await call(service, "GET", "/roster_admin/users/dave")
+    print(f"\ninspect dave on ejabberd 24.12: {body['verdict']}")
+    assert code == 200 and body["status"] == "problem"
+    assert body["server"]["status"] == "read" and body["server"]["roster"]["count"] == 1
+    carol = {"jid": "carol@example.org", "name": "Carol", "groups": []}
+    assert body["differences"]["server_to_cache"] == {"added": [carol], "removed": [], "changed": []}
+    assert body["differences"]["server_to_web_app"] == {"added": [carol], "removed": [], "changed": []}
+    assert re.fullmatch(
+        r"the server does not store the roster served \(1 to add\): presence follows the server's roster; the next "
+        r"reconciliation pass repairs it in (6 h|5 h 59 min) \(a refresh does not: the state records the server as "
+        r"holding the web app's roster\)", body["verdict"]), body["verdict"]
+
+    service.top.getServiceNamed("sync").start("reconcile")
+    await RunningService.waitUntil(lambda: service.top.getServiceNamed("sync").current.finishedAt is not None, 10,
+                                   "the reconciliation pass")
+    code, body = await call(service, "GET", "/roster_admin/users/dave")
+    assert code == 200 and body["status"] == "ok", body["verdict"]
+    assert set(await storedRoster(ejabberd24, "dave")) == {"bob@example.org", "carol@example.org"}
 
 
 @pytest_twisted.ensureDeferred
