@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_api -*-
 """
-The HTTP API: roster refresh, MUC kick, health and metrics.
+The HTTP API: roster refresh, one user's picture, MUC kick, health and
+metrics.
 
 Each resource parses, calls the backend or the kicker, and maps domain
 errors to status codes; the routes and codes are documented in
@@ -30,9 +31,10 @@ from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.words.protocols.jabber.jid import JID
 
-from rosteradmin.errors import KickFailed, NotConnected
+from rosteradmin.errors import InvalidUsername, KickFailed, NotConnected
 from rosteradmin.fullsync import FullSync
 from rosteradmin.handoff import Handoff, pendingBody
+from rosteradmin.inspection import Inspector
 from rosteradmin.intake import Intake
 from rosteradmin.interfaces import IConnectionStatus, IRoomKicker, IRosterBackend
 from rosteradmin.metrics import Metrics, MetricsResource
@@ -51,6 +53,10 @@ MAX_LISTED_USERS = 20
 #: How each kick failure condition reaches the HTTP caller.
 KICK_STATUS = {
     "item-not-found": HTTPStatus.NOT_FOUND,
+    # ejabberd's answer for a nickname the room does not hold ("Nickname
+    # ... does not exist in the room"); in a kick, nothing else earns it
+    # there or on Prosody.
+    "not-acceptable": HTTPStatus.NOT_FOUND,
     "not-allowed": HTTPStatus.FORBIDDEN,
     "forbidden": HTTPStatus.FORBIDDEN,
     "registration-required": HTTPStatus.FORBIDDEN,
@@ -148,11 +154,7 @@ class RefreshResource(AdminResource):
 
     @staticmethod
     def _username(segment: bytes) -> str:
-        # twisted.web has already percent-decoded the segment.
-        try:
-            return segment.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "Username is not valid UTF-8") from None
+        return _segmentUsername(segment)
 
     async def _refresh(self, request: server.Request, usernames: list[str]) -> tuple[int, JSON]:
         if not usernames:
@@ -161,6 +163,67 @@ class RefreshResource(AdminResource):
         if standby is not None:
             return await standby.submit(request, "refresh", {"usernames": usernames})
         return await refreshOutcome(self.log, self.backend, usernames)
+
+
+def _segmentUsername(segment: bytes) -> str:
+    """
+    The username a path segment names.
+
+    @raise ApiError: 400, it is not UTF-8.
+    """
+    # twisted.web has already percent-decoded the segment.
+    try:
+        return segment.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Username is not valid UTF-8") from None
+
+
+class UsersResource(AdminResource):
+    """
+    C{GET /roster_admin/users/<username>}: everything known of one user
+    (L{rosteradmin.inspection}), with a verdict::
+
+        GET /roster_admin/users/alice
+        200 {"username": "alice", "status": "problem",
+             "verdict": "the web app changed the roster since rosteradmin last fetched it (1 to add): ...",
+             "findings": [...], "web_app": {"status": "fetched", "roster": {...}},
+             "cache": {"status": "cached", "roster": {...}}, "server": {"status": "read", ...},
+             "resources": {...}, "state": {...}, "differences": {...}, "schedule": {...}, "leading": true}
+
+    The web app or the server not answering is a section that says so,
+    still 200; a username that cannot be one, or that nobody knows (the
+    web app answers 404 and nothing is held of it), is a 400.  On an
+    instance that does not lead, the picture is that instance's own.
+    """
+
+    allowedMethods = (b"GET",)
+    hasSubpaths = True
+    what = "inspection"
+
+    def __init__(self, drain: Drain, inspector: Inspector, authorization: str | None,
+                 handoff: Handoff | None = None) -> None:
+        super().__init__(drain, authorization, handoff)
+        self.inspector = inspector
+
+    def render_GET(self, request: server.Request) -> int:
+        return self.respond(request, self._get)
+
+    async def _get(self, request: server.Request) -> tuple[int, JSON]:
+        self._checkAuthorization(request)
+        postpath = request.postpath or []
+        if len(postpath) != 1 or not postpath[0]:
+            raise ApiError(HTTPStatus.NOT_FOUND, "No such resource: GET /roster_admin/users/<username>")
+        try:
+            inspection = await self.inspector.inspect(_segmentUsername(postpath[0]))
+        except InvalidUsername as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from None
+        if inspection.unknown:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown user {inspection.username!r}: the web app does not "
+                           "know it, and neither rosteradmin nor the server holds anything of it")
+        body = inspection.toJSON()
+        body["leading"] = self.standby() is None
+        self.log.info("inspected {user}: {verdict}", user=inspection.username, verdict=body["verdict"])
+        return HTTPStatus.OK, body
 
 
 async def refreshOutcome(log: Logger, backend: IRosterBackend, usernames: list[str]) -> tuple[int, JSON]:
@@ -473,7 +536,7 @@ class HealthResource(JsonResource):
     """
     C{GET /healthz}: 200 while connected to the XMPP server, else 503::
 
-        200 {"status": "ok", "connected": true, "cached_users": 3,
+        200 {"status": "ok", "connected": true, "delegated": true, "cached_users": 3,
              "fetches_in_flight": 0, "unsynced_users": 0, "last_error": null,
              "roster_sync_error": null, "state_error": null}
 
@@ -523,6 +586,7 @@ class HealthResource(JsonResource):
         body = {
             "status": status,
             "connected": connected,
+            "delegated": connected and stream.delegated,
             "cached_users": backend.cachedUsers,
             "fetches_in_flight": backend.fetchesInFlight,
             "unsynced_users": backend.unsyncedUsers,
@@ -611,7 +675,7 @@ class ApiRoot(Resource):
 
 def buildRoot(drain: Drain, backend: IRosterBackend, fullSync: FullSync, refreshAuthorization: str | None,
               kick: KickRoute | None, snapshots: Callable[[], ServiceSnapshot], metrics: Metrics,
-              handoff: Handoff | None = None) -> Resource:
+              inspector: Inspector, handoff: Handoff | None = None) -> Resource:
     """
     The resource tree of the API.
 
@@ -620,6 +684,7 @@ def buildRoot(drain: Drain, backend: IRosterBackend, fullSync: FullSync, refresh
     @param kick: None when kicking is disabled (C{--no-kick}).
     @param snapshots: What C{/healthz} shows.
     @param metrics: The metrics to serve.
+    @param inspector: Tells everything known of one user.
     @param handoff: Takes refreshes, syncs and kicks while this instance
         does not lead, and C{/roster_admin/requests} tells how they went;
         C{None}: it always leads, and that route does not exist.
@@ -629,6 +694,7 @@ def buildRoot(drain: Drain, backend: IRosterBackend, fullSync: FullSync, refresh
     root.putChild(b"roster_admin", admin)
     admin.putChild(b"refresh", RefreshResource(drain, backend, refreshAuthorization, handoff))
     admin.putChild(b"sync", SyncResource(drain, fullSync, refreshAuthorization, handoff))
+    admin.putChild(b"users", UsersResource(drain, inspector, refreshAuthorization, handoff))
     if handoff is not None:
         authorizations = {"refresh": refreshAuthorization, "sync": refreshAuthorization}
         if kick is not None:
@@ -698,5 +764,6 @@ def _kickRequest(body: JSON) -> tuple[str, JID, str | None]:
 def _kickError(error: KickFailed) -> str:
     return {
         "item-not-found": "Room or nickname not found",
+        "not-acceptable": "Room or nickname not found",
         "timeout": "The room did not answer in time",
     }.get(error.condition, f"Kick refused: {error.condition}" + (f" ({error.text})" if error.text else ""))

@@ -23,13 +23,14 @@ from rosteradmin.convergence import Convergence
 from rosteradmin.errors import FetchFailed, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IRosterBackend, IRosterSync, RefreshSummary
+from rosteradmin.lookup import UserLookup
 from rosteradmin.promises import Promises
 from rosteradmin.refreshes import Refreshes
 from rosteradmin.refusals import Refusals
 from rosteradmin.roster import Roster, StoredRoster
 from rosteradmin.serverrosters import ServerRosters
 from rosteradmin.slots import KeyedLock, Shared
-from rosteradmin.snapshot import BackendSnapshot
+from rosteradmin.snapshot import BackendSnapshot, UserReading
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.state import SyncState
 
@@ -75,6 +76,7 @@ class RosterBackend(Service):
         self.refreshing = Refreshes(self.state, fetcher.clock, self._locked, self._refreshOne, self.refusals)
         self.converging = Convergence(self.state, self.server, self.refreshing, self._locked, sync.canSync,
                                       self._background)
+        self.lookup = UserLookup(cache, fetcher, sync, self.state, self.promises, self.refusals, self._locked)
         # Users whose roster clients wait for.
         self._clientLoads: Shared[str, Roster] = Shared()
 
@@ -112,6 +114,10 @@ class RosterBackend(Service):
             driftRepaired=dict(self.server.driftRepaired), pendingUsers=state.pendingCount(),
             stateUnsaved=state.unsaved, stateProblem=state.problem, syncRefusal=self.sync.syncRefusal,
             stuck="; ".join(stuck) if stuck else None, saturated=tuple(saturated))
+
+    def readUser(self, username: str, deadline: float) -> Deferred[UserReading]:
+        """One user's rosters read now, and what is held of it (L{UserLookup.read})."""
+        return self.lookup.read(username, deadline)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -182,8 +188,8 @@ class RosterBackend(Service):
         roster = self.cache.peek(username)
         holds = roster.version if roster is not None and jids else None
         self._background(self.promises.clientEdited(username, holds), "revoking the promised version", username)
-        if holds is not None:
-            self.sync.putBack(username, resource, jids)
+        if roster is not None and holds is not None:
+            self.sync.putBack(username, resource, jids, roster)
 
     def clientsMayDiffer(self, username: str, version: str) -> bool:
         """
@@ -217,10 +223,8 @@ class RosterBackend(Service):
 
     def _loadForClient(self, username: str) -> Deferred[Roster]:
         """
-        Load a roster clients wait for, once for all of them: a client
-        asking while another's load of the user is under way gets its
-        outcome, a failure too, so a second device logging in while the
-        web app hangs waits for one fetch deadline, not for two in turn.
+        Load a roster clients wait for, once for all of them, its failure
+        too (L{Shared}).
 
         A bulk refresh may be loading the user already (holding the
         user's lock) behind thousands of others: while clients wait, that

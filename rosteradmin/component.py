@@ -43,7 +43,7 @@ from rosteradmin.permissions import PermissionTracker
 from rosteradmin.presence import PresenceTracker
 from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.rosterserver import RosterServer
-from rosteradmin.snapshot import StreamSnapshot
+from rosteradmin.snapshot import ResourcesSnapshot, StreamSnapshot
 
 
 @implementer(IPushProducer)
@@ -417,5 +417,16 @@ class RosterComponent(component.Component):
             connected=bool(self.status.connected), lastError=self.status.lastError,
             queriesAnswered=self.rosterServer.answered, queriesRefused=self.rosterServer.gate.refusedCount,
             onlineResources=sum(len(resources) for resources in self.privileges.online.values()),
-            delegationMissing=self.delegation.missing, interestedResources=devices.resources(),
-            rosterPushes=devices.pushes, devicesGivenUp=devices.givenUp)
+            delegated=self.delegation.inPlace, delegationMissing=self.delegation.missing,
+            interestedResources=devices.resources(), rosterPushes=devices.pushes, devicesGivenUp=devices.givenUp)
+
+    def resources(self, username: str) -> ResourcesSnapshot:
+        """
+        A user's online resources and pushed clients, as the XMPP side
+        knows them now.
+        """
+        privileges = self.privileges
+        return ResourcesSnapshot(
+            presenceShared=bool(self.status.connected) and privileges.permissions.seesPresence,
+            online=tuple(sorted(privileges.online.get(username, ()))),
+            devices=privileges.devices.describe(username))

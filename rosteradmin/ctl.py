@@ -7,6 +7,7 @@ C{rosteradmin-ctl}: the HTTP API from a shell.
     rosteradmin-ctl sync --cancel
     rosteradmin-ctl kick room@conference.example.org Bob --reason spam
     rosteradmin-ctl health
+    rosteradmin-ctl inspect alice
 
 The API's address comes from C{--url} or C{ROSTERADMIN_URL} (default
 C{http://127.0.0.1:5280}); the C{Authorization} value from
@@ -17,6 +18,13 @@ A success is summed up on stdout; everything else is one message on stderr
 (a failed refresh or sync adds a line per user). With C{--json} the
 service's JSON reply, success or error, goes to stdout as is, and messages
 still go to stderr.
+
+C{inspect USER} shows everything known of one user
+(C{GET /roster_admin/users/<username>}): the verdict first, then the web
+app's roster, the cache, the server's stored roster, the online clients,
+what the state holds, and the differences between the three rosters.  It
+exits 0 whenever the service answered with the user's picture, whatever
+the verdict (C{--json} gives it to scripts).
 
 C{sync} starts a sync pass (C{POST /roster_admin/sync}) and follows it
 (C{GET /roster_admin/sync} every C{--interval}) until it ends: a progress
@@ -125,6 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     kick.add_argument("nickname")
     kick.add_argument("--reason")
     commands.add_parser("health", help="is the service connected to the XMPP server?")
+    inspect = commands.add_parser(
+        "inspect", help="everything known of one user: the web app's roster, the cache, the server's stored roster, "
+                        "the online clients, what the state holds, the differences and a verdict")
+    inspect.add_argument("username")
     sync = commands.add_parser(
         "sync", help="write the web app's rosters of every user (--all) or of these users into the server, "
                      "and follow the progress until done")
@@ -250,6 +262,11 @@ SHAPES: dict[str, list[tuple[str, Any, str]]] = {
         ("errors", _isCount, "a count"),
     ],
     "kick": [("message", lambda v: isinstance(v, str), "a string")],
+    "inspect": [
+        ("username", lambda v: isinstance(v, str), "a string"),
+        ("verdict", lambda v: isinstance(v, str), "a string"),
+        ("findings", lambda v: isinstance(v, list), "a list"),
+    ],
     "health": [
         ("connected", lambda v: isinstance(v, bool), "true or false"),
         ("cached_users", _isCount, "a count"),
@@ -308,9 +325,13 @@ def _health(reply: dict[str, Any]) -> str:
     if reply.get("role") == "standby":
         return _role(reply) + "the leader holds the XMPP connection" + (
             f"; cannot lead: {reply['leadership_error']}" if reply.get("leadership_error") else "")
+    # A service of an earlier release sends no "delegated": say nothing.
+    undelegated = reply["connected"] and reply.get("delegated") is False
     return (_role(reply) + f"{'connected' if reply['connected'] else 'NOT connected'}; "
             f"{reply['cached_users']} cached users, {reply['fetches_in_flight']} fetches in flight, "
             f"{reply['unsynced_users']} unsynced"
+            + ("; roster queries NOT delegated to rosteradmin" if undelegated else "")
+            + (f" ({reply['delegation_error']})" if undelegated and reply.get("delegation_error") else "")
             + (f"; last error: {reply['last_error']}" if reply.get("last_error") else ""))
 
 
@@ -323,7 +344,110 @@ def _describe(command: str, reply: dict[str, Any]) -> str:
                           *_failures(reply)])
     if command == "health":
         return _health(reply)
+    if command == "inspect":
+        return inspectionText(reply)
     return str(reply["message"])
+
+
+def _section(name: str, section: Any) -> str:
+    """
+    One roster section of an inspection: what it holds, or why not.
+    """
+    if not isinstance(section, dict):
+        return f"{name:<9} not shown"
+    roster = section.get("roster")
+    if isinstance(roster, dict):
+        count = roster.get("count", "?")
+        line = f"{name:<9} {count} contact{'' if count == 1 else 's'}, version {roster.get('version', '?')}"
+    else:
+        line = f"{name:<9} {str(section.get('status', '?')).replace('_', ' ')}"
+    if section.get("error"):
+        line += f": {section['error']}"
+    if section.get("not_both"):
+        line += f"; subscription not both: {', '.join(section['not_both'])}"
+    if "recorded_version" in section:
+        line += f"; the state records version {section['recorded_version'] or 'none'}"
+    return line
+
+
+def _clients(resources: Any) -> list[str]:
+    """
+    The online resources and pushed clients of an inspection.
+    """
+    if not isinstance(resources, dict):
+        return []
+    online = resources.get("online") or []
+    lines = [f"online    {', '.join(online) if online else 'none'}"
+             + ("" if resources.get("presence_shared") else " (the server shares no presence: not known)")]
+    for client in resources.get("clients") or []:
+        state = "current" if client.get("current") else f"holds {client.get('holds_version') or 'unknown'}"
+        if client.get("sending"):
+            state += ", pushes unanswered"
+        if client.get("failures"):
+            state += f", {client['failures']} failed batches"
+        lines.append(f"client    {client.get('jid')}: {state}")
+    return lines
+
+
+#: What the state section's entries are called, in the order shown.
+STATE_LABELS = {"synced_at": "server roster last synced", "pending_since": "pending since",
+                "unsynced": "write failed (unsynced)", "refused": "refused",
+                "parked": "writes parked", "verified_version": "verified version",
+                "promised_version": "promised version", "doubted_version": "clients doubted at version",
+                "unpushed": "unpushed contacts", "server_refusal": "the server refuses writes"}
+
+
+def _state(state: Any) -> str:
+    """
+    What the state and the promises hold of the user, one line.
+    """
+    if not isinstance(state, dict):
+        return "state     not shown"
+    shown = []
+    for key, label in STATE_LABELS.items():
+        value = state.get(key)
+        if value is True:
+            shown.append(label)
+        elif isinstance(value, list) and value:
+            shown.append(f"{label}: {', '.join(value)}")
+        elif isinstance(value, str):
+            shown.append(f"{label}: {value}")
+    return "state     " + ("; ".join(shown) if shown else "nothing pending")
+
+
+#: Each difference of an inspection, with what it is called.
+DIFFERENCE_LABELS = {"cache_to_web_app": "cache → web app", "server_to_web_app": "server → web app",
+                     "server_to_cache": "server → cache"}
+
+
+def _difference(label: str, diff: Any) -> str | None:
+    """
+    One difference, as C{+} added, C{-} removed, C{~} changed and C{!} a
+    subscription other than both; C{None} when it is not known.
+    """
+    if not isinstance(diff, dict):
+        return None
+    marks = [f"+{item.get('jid')}" for item in diff.get("added") or []]
+    marks += [f"-{jid}" for jid in diff.get("removed") or []]
+    marks += [f"~{item.get('jid')}" for item in diff.get("changed") or []]
+    marks += [f"!{jid}" for jid in diff.get("subscription") or []]
+    return f"  {label}: {' '.join(marks) if marks else 'the same'}"
+
+
+def inspectionText(reply: dict[str, Any]) -> str:
+    """
+    A user's picture (C{GET /roster_admin/users/<username>}), for people:
+    the verdict, then each place, then the differences.
+    """
+    lines = [f"{reply['username']}: {reply['verdict']}", _section("web app", reply.get("web_app")),
+             _section("cache", reply.get("cache")), _section("server", reply.get("server")),
+             *_clients(reply.get("resources")), _state(reply.get("state"))]
+    differences = reply.get("differences")
+    if isinstance(differences, dict):
+        shown = [_difference(label, differences.get(key)) for key, label in DIFFERENCE_LABELS.items()]
+        lines += ["differences (+ to add, - to remove, ~ to change, ! subscription not both):",
+                  *[line for line in shown if line is not None]]
+    return "\n".join(lines)
 
 
 def _phrase(status: int) -> str:
@@ -363,6 +487,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     if args.command == "sync":
         # The service would count a name given twice twice in "listed".
         return "POST", SYNC_PATH, {"all": True} if args.all else list(dict.fromkeys(args.usernames))
+    if args.command == "inspect":
+        return "GET", "/roster_admin/users/" + parse.quote(args.username, safe=""), None
     if args.command == "kick":
         body = {"nickname": args.nickname, "muc": args.room}
         if args.reason:

@@ -210,6 +210,14 @@ class DelegationHandler(XMPPHandler):
         self.ownRequestsReturned = 0
         self.missing = None
 
+    @property
+    def inPlace(self) -> bool:
+        """
+        Whether the server delegates to us every namespace we answer, on
+        this connection (before its advertisement arrives, it does not).
+        """
+        return set(self.answerers) <= set(self.delegated)
+
     def _checkDelegated(self) -> None:
         """
         Say, once per connection, that the server delegates less than we
@@ -250,7 +258,7 @@ class DelegationHandler(XMPPHandler):
             "server delegates {namespaces} ({version})",
             namespaces=sorted(self.delegated), version=delegation.uri,
         )
-        if self.missing is not None and set(self.answerers) <= set(self.delegated):
+        if self.missing is not None and self.inPlace:
             self.missing = None
             self.log.info("the server's delegation arrived late: clients' roster queries reach us now")
 

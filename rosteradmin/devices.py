@@ -46,6 +46,7 @@ from rosteradmin.interfaces import IConnectionStatus
 from rosteradmin.permissions import PermissionTracker
 from rosteradmin.pushes import PushSender
 from rosteradmin.roster import Contact, Roster, RosterStep, diffSteps
+from rosteradmin.snapshot import DeviceSnapshot
 from rosteradmin.state import SyncState
 
 #: Failed batches in a row after which a device is given up.
@@ -375,6 +376,15 @@ class DeviceViews:
         A user's devices by full JID (read-only: for health and tests).
         """
         return dict(self._interest.of(username))
+
+    def describe(self, username: str) -> tuple[DeviceSnapshot, ...]:
+        """
+        A user's devices and what each shows, as values, by full JID.
+        """
+        return tuple(
+            DeviceSnapshot(jid, device.available, device.held.version if device.held is not None else None,
+                           frozenset(device.dirty), device.sending, device.failures)
+            for jid, device in sorted(self._interest.of(username).items()))
 
     # Interest
 

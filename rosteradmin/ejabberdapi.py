@@ -11,7 +11,9 @@ commands do what we need over HTTP: C{get_roster} to diff against,
 C{add_rosteritem} with C{both} and C{delete_rosteritem}.  Both writes go
 through ejabberd's own roster code, which pushes the change to the user's
 online clients and sends the presence the new subscription calls for, so
-nothing is pushed from here (docs/protocol.md, measured on 24.12).
+nothing is pushed from here (docs/protocol.md, measured on 24.12).  It
+pushes an unchanged item too: a client's refused roster set is put back
+by writing its contacts again (L{PutBacks}).
 
 Requests have the bounds of privileged ones (L{PrioritySlots}, urgent
 first, a few per user, background paced by latency) and a deadline each.
@@ -23,6 +25,7 @@ refreshes report; the API is probed again until it answers.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 import treq
@@ -55,6 +58,10 @@ PROBE_INTERVAL = 30.0
 
 #: Largest API reply read: a roster of 100,000 contacts fits.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
+
+#: Most contacts of one user waiting to be put back (L{PutBacks}): far
+#: more than a client edits at once, far fewer than a flood of made-up ones.
+MAX_PUT_BACK = 1000
 
 #: Subscription requests pending, in C{get_roster}'s C{pending}: none.
 NOT_PENDING = ("none", "undefined", "")
@@ -90,6 +97,126 @@ def parseAPIRoster(reply: object) -> StoredRoster:
         if item.get("subscription") != "both" or item.get("pending", "none") not in NOT_PENDING:
             notBoth.add(bare)
     return StoredRoster(Roster(contacts), frozenset(notBoth))
+
+
+class CommandPoster:
+    """
+    Posts commands to C{mod_http_api}, each within the deadline, and reads
+    what the reply means: the one client and credential of the roster
+    writes (L{EjabberdAPISync}) and of the session list
+    (L{rosteradmin.ejabberdsessions}).
+
+    @ivar observeLatency: Told each answered call's latency, in seconds.
+    """
+
+    def __init__(self, url: str, clock: IReactorTime, http: Any, timeout: float,
+                 headers: dict[str, list[str]]) -> None:
+        """
+        @param url: The API's base URL; a command is posted to
+            C{<url>/<command>}.
+        @param headers: Sent with every call (JSON, the credential).
+        """
+        self.url = url
+        self.clock = clock
+        self.http = http
+        self.timeout = timeout
+        self.headers = headers
+        self.observeLatency: Callable[[float], None] = lambda seconds: None
+
+    def post(self, command: str, arguments: dict[str, Any]) -> Deferred[Any]:
+        """
+        Post one command.
+
+        @return: Deferred firing with the decoded JSON answer; failing with
+            L{_APIRefused} (the API refuses such calls), L{SyncFailed} (this
+            one failed), L{TimeoutError} (the deadline) or the connection's
+            failure.
+        """
+        d = ensureDeferred(self._post(command, arguments))
+        # Cancelled by the deadline, treq fails with ResponseFailed: say it
+        # was the deadline.
+        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=lambda result, timeout: Failure(TimeoutError(timeout)))
+        return d
+
+    def ask(self, command: str, arguments: dict[str, Any]) -> Deferred[Any]:
+        """
+        Post a command that writes nothing (such as the session list):
+        whatever its failure, it fails with L{SyncFailed} naming the
+        command and why, which says nothing of the roster commands.
+        """
+        def failed(failure: Failure) -> None:
+            if failure.check(TimeoutError, CancelledError):
+                raise SyncFailed(f"ejabberd's HTTP API call {command} had no answer within {self.timeout:g}s")
+            raise SyncFailed(f"ejabberd's HTTP API call {command} failed: {failure.getErrorMessage()}")
+
+        return self.post(command, arguments).addErrback(failed)
+
+    async def _post(self, command: str, arguments: dict[str, Any]) -> Any:
+        sent = self.clock.seconds()
+        data = json.dumps(arguments).encode("utf-8")
+        try:
+            response = await self.http.post(f"{self.url}/{command}", data=data, headers=self.headers)
+        except ResponseFailed as e:
+            if any(reason.check(CancelledError, netError.ConnectionAborted) for reason in e.reasons):
+                raise  # our deadline
+            # A kept-alive connection ejabberd had just closed: Twisted's
+            # pool retries no POST, and every command is idempotent, so
+            # once more on a new connection.
+            response = await self.http.post(f"{self.url}/{command}", data=data, headers=self.headers)
+        body = await readCapped(response, MAX_REPLY_BYTES)
+        self.observeLatency(self.clock.seconds() - sent)
+        code = response.code
+        if code in (401, 403) or (code == 404 and _errorCode(body) == 40):
+            raise _APIRefused(f"HTTP {code}: {_message(body)}")
+        if code != 200:
+            raise SyncFailed(f"HTTP {code}: {_message(body)}")
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise SyncFailed(f"HTTP 200 with a body that is not JSON: {preview(body)}") from None
+        # Commands with a result code answer 0 for done, 1 for not done.
+        if answer == 1:
+            raise SyncFailed("ejabberd answered 1: not done (see ejabberd's log)")
+        return answer
+
+
+class PutBacks:
+    """
+    The refused roster sets to put back, one pass of writes per user at a
+    time: what a client sends while a pass is written merges into the
+    next, so a client flooding refused sets queues at most
+    L{MAX_PUT_BACK} contacts, not writes for every item of every set.
+    """
+
+    def __init__(self, write: Callable[[str, frozenset[str], Roster], Deferred[None]]) -> None:
+        """
+        @param write: Writes one pass (never fails).
+        """
+        self.write = write
+        self._writing: set[str] = set()
+        self._next: dict[str, tuple[frozenset[str], Roster]] = {}
+
+    def add(self, username: str, jids: frozenset[str], roster: Roster) -> None:
+        """
+        Put these contacts back as C{roster} has them: now, or after the
+        user's pass under way, with the latest roster given.
+        """
+        if username not in self._writing:
+            self._start(username, frozenset(sorted(jids)[:MAX_PUT_BACK]), roster)
+            return
+        waiting, _ = self._next.get(username, (frozenset(), roster))
+        room = max(MAX_PUT_BACK - len(waiting), 0)
+        self._next[username] = (waiting | frozenset(sorted(jids - waiting)[:room]), roster)
+
+    def _start(self, username: str, jids: frozenset[str], roster: Roster) -> None:
+        self._writing.add(username)
+        self.write(username, jids, roster).addBoth(self._done, username)
+
+    def _done(self, result: object, username: str) -> None:
+        self._writing.discard(username)
+        waiting = self._next.pop(username, None)
+        if waiting is not None:
+            self._start(username, *waiting)
 
 
 @implementer(IRosterSync)
@@ -133,7 +260,6 @@ class EjabberdAPISync(Service):
         self.url = url.rstrip("/")
         self.domain = domain
         self.clock = clock
-        self.http = http
         self.timeout = timeout
         self.headers = {"Content-Type": ["application/json"], "Accept": ["application/json"]}
         if authorization is not None:
@@ -148,6 +274,9 @@ class EjabberdAPISync(Service):
         self._slots = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS, perKey=PER_USER_IN_FLIGHT,
                                     now=clock.seconds)
         self.pacer = LatencyPacer(self._slots, clock, latencyTarget)
+        self.poster = CommandPoster(self.url, clock, http, timeout, self.headers)
+        self.poster.observeLatency = self.pacer.observe
+        self._putBacks = PutBacks(self._putBack)
 
     def observe(self, observer: IServerObserver) -> None:
         """
@@ -257,11 +386,28 @@ class EjabberdAPISync(Service):
         Nothing to follow: ejabberd pushes to its clients itself.
         """
 
-    def putBack(self, username: str, resource: str, jids: frozenset[str]) -> None:
+    def putBack(self, username: str, resource: str, jids: frozenset[str], roster: Roster) -> None:
         """
-        Nothing to put back from here: ejabberd's clients are pushed by
-        ejabberd alone.
+        Write the roster's items for these contacts again, and delete
+        those it does not list (L{PutBacks}): ejabberd pushes every item
+        written through the API to all the user's clients, unchanged or not
+        (C{set_item_and_notify_clients}), so the refusing client shows them
+        again (the others are pushed what they show already).
         """
+        self._putBacks.add(username, jids, roster)
+
+    def _putBack(self, username: str, jids: frozenset[str], roster: Roster) -> Deferred[None]:
+        """
+        One pass of a user's put-backs: background writes, counted per
+        user as any others.
+        """
+        contacts = roster.byJID()
+        calls = [self._slots.run(username, False, self._call, *(
+            self._addItem(username, contacts[jid]) if jid in contacts else self._deleteItem(username, jid)))
+            for jid in sorted(jids)]
+        d = DeferredList(calls, consumeErrors=True).addCallback(self._checkWrites, username)
+        return d.addErrback(lambda failure: self.log.warn("putting back {user}'s refused roster edit failed: {why}",
+                                                           user=username, why=failure.getErrorMessage()))
 
     def promiseCurrent(self, username: str, version: str) -> None:
         """
@@ -282,39 +428,8 @@ class EjabberdAPISync(Service):
         @return: Deferred firing with the decoded JSON answer, or failing
             with L{SyncFailed} (which names the command and why).
         """
-        d = ensureDeferred(self._post(command, arguments))
-        # Cancelled by the deadline, treq fails with ResponseFailed: say it
-        # was the deadline.
-        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=lambda result, timeout: Failure(TimeoutError(timeout)))
+        d = self.poster.post(command, arguments)
         return d.addCallbacks(self._answered, self._failed, errbackArgs=(command, arguments))
-
-    async def _post(self, command: str, arguments: dict[str, Any]) -> Any:
-        sent = self.clock.seconds()
-        data = json.dumps(arguments).encode("utf-8")
-        try:
-            response = await self.http.post(f"{self.url}/{command}", data=data, headers=self.headers)
-        except ResponseFailed as e:
-            if any(reason.check(CancelledError, netError.ConnectionAborted) for reason in e.reasons):
-                raise  # our deadline
-            # A kept-alive connection ejabberd had just closed: Twisted's
-            # pool retries no POST, and every command is idempotent, so
-            # once more on a new connection.
-            response = await self.http.post(f"{self.url}/{command}", data=data, headers=self.headers)
-        body = await readCapped(response, MAX_REPLY_BYTES)
-        self.pacer.observe(self.clock.seconds() - sent)
-        code = response.code
-        if code in (401, 403) or (code == 404 and _errorCode(body) == 40):
-            raise _APIRefused(f"HTTP {code}: {_message(body)}")
-        if code != 200:
-            raise SyncFailed(f"HTTP {code}: {_message(body)}")
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            raise SyncFailed(f"HTTP 200 with a body that is not JSON: {preview(body)}") from None
-        # Commands with a result code answer 0 for done, 1 for not done.
-        if answer == 1:
-            raise SyncFailed("ejabberd answered 1: not done (see ejabberd's log)")
-        return answer
 
     def _answered(self, answer: Any) -> Any:
         if not self._answering or self._refusal is not None:

@@ -147,6 +147,16 @@ class FullSync(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 
+    def nextReconciliation(self) -> float | None:
+        """
+        Seconds until the next reconciliation pass (it refreshes every user and reads each server roster back), or C{None} when none is
+        scheduled (the service is not running).
+        """
+        loop = self._loop
+        if loop is None or not loop.running or loop.call is None:
+            return None
+        return max(0.0, loop.call.getTime() - self.clock.seconds())
+
     async def accept(self, usernames: list[str]) -> tuple[SyncProgress, bool]:
         """
         Sync these users: record them as pending (so that they are synced

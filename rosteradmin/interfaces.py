@@ -18,7 +18,7 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from rosteradmin.roster import Roster, RosterDiff, StoredRoster
-    from rosteradmin.snapshot import BackendSnapshot
+    from rosteradmin.snapshot import BackendSnapshot, UserReading
 
 # Interface methods take no self (zope.interface); the mypy_zope plugin
 # checks each @implementer class against these signatures, and the
@@ -151,6 +151,20 @@ class IRosterBackend(IServerObserver):
         parts that keep them.
         """
 
+    def readUser(username: str, deadline: float) -> Deferred[UserReading]:
+        """
+        One user's rosters, read now: the web app's (fetched) and the
+        server's (read back), neither cached nor written, with what is
+        held of the user at that moment (its cache entry, what the state,
+        the promises and the sync keep of it): the edges see these
+        values, not the parts that keep them.
+
+        @param deadline: Seconds to wait for the rosters: past them, the
+            reading says they were not read, with what is held then.
+        @return: Deferred firing with a L{rosteradmin.snapshot.UserReading}
+            (a failed fetch or read is in it, not a failure).
+        """
+
 
 class IRosterSync(Interface):
     """
@@ -226,10 +240,13 @@ class IRosterSync(Interface):
         holds it, and wants pushes from now on.
         """
 
-    def putBack(username: str, resource: str, jids: frozenset[str]) -> None:
+    def putBack(username: str, resource: str, jids: frozenset[str], roster: Roster) -> None:
         """
         This client's roster set naming these contacts was refused, and it
         may show its edit: push it the roster's items for them.
+
+        @param roster: The user's roster (the cache's), for a sync that
+            does not know what each client holds.
         """
 
     def promiseCurrent(username: str, version: str) -> Deferred[bool] | None:
@@ -253,6 +270,21 @@ class IRosterSync(Interface):
         @return: Fires (never fails) with C{True} once the server has
             taken it, or at once when there is nothing to revoke; with
             C{False} when it could not be sent or was not answered.
+        """
+
+
+class IOnlineUsers(Interface):
+    """
+    Who is online on the server: the users whose rosters stay cached and
+    whose server rosters the online check reads back.  From the presences
+    the server shares (XEP-0356), or from ejabberd's session list.
+    """
+
+    online: dict[str, set[str]] = Attribute("Online full JIDs by username.")
+
+    def isOnline(username: str) -> bool:
+        """
+        Whether a user has a session online.
         """
 
 

@@ -73,6 +73,16 @@ class OnlineCheck(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
 
+    def nextCheck(self) -> float | None:
+        """
+        Seconds until the next check of the online users' server rosters, or C{None} when none is
+        scheduled (the service is not running).
+        """
+        loop = self._loop
+        if loop is None or not loop.running or loop.call is None:
+            return None
+        return max(0.0, loop.call.getTime() - self.clock.seconds())
+
     def check(self) -> Deferred[None] | None:
         """
         Check every online user once, unless the previous pass still runs

@@ -14,9 +14,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
+from zope.interface import implementer
 
 from rosteradmin.devices import DeviceViews
-from rosteradmin.interfaces import IServerObserver
+from rosteradmin.interfaces import IOnlineUsers, IServerObserver
 from rosteradmin.stanzas import IQRequest, findChild, markHandled, parseJID, sendRequest
 
 NS_DELAY = "urn:xmpp:delay"
@@ -30,6 +31,7 @@ NS_DELAY = "urn:xmpp:delay"
 NS_SESSION_NOTICE = "urn:x-rosteradmin:session:0"
 
 
+@implementer(IOnlineUsers)
 class PresenceTracker(XMPPHandler):
     """
     Tracks users' online resources and reports a user's first one.

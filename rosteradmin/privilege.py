@@ -255,7 +255,8 @@ class PrivilegeHandler(XMPPHandler):
     def answered(self, username: str, resource: str, roster: Roster) -> None:
         self.devices.asked(username, resource, roster)
 
-    def putBack(self, username: str, resource: str, jids: frozenset[str]) -> None:
+    def putBack(self, username: str, resource: str, jids: frozenset[str], roster: Roster) -> None:
+        # The device views know what this client holds.
         if username not in self.parked:
             self.devices.edited(username, resource, jids)
 

@@ -87,6 +87,19 @@ class Promises:
         self._verified.pop(username, None)
         self._sent.pop(username, None)
 
+    def verifiedVersion(self, username: str) -> str | None:
+        """
+        The version the user's stored roster was read back or written with
+        in this run, while still known, or C{None}.
+        """
+        return self._verified.get(username)
+
+    def promisedVersion(self, username: str) -> str | None:
+        """
+        The version promised for the user on this connection, or C{None}.
+        """
+        return self._sent.get(username)
+
     def answered(self, username: str, version: str, synced: bool) -> None:
         """
         A client was answered the roster of C{version}: promise it if the

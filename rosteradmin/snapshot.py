@@ -1,6 +1,8 @@
-# -*- test-case-name: tests.test_api,tests.test_health -*-
+# -*- test-case-name: tests.test_api,tests.test_health,tests.test_inspection -*-
 """
-What C{/healthz} and C{/metrics} show, as one value taken at one moment.
+What C{/healthz} and C{/metrics} show, as one value taken at one moment;
+and what the parts hold of one user, for C{GET /roster_admin/users/<username>}
+(L{rosteradmin.inspection}).
 
 The two edges read a L{ServiceSnapshot}, never the parts behind it: each
 part gives its own figures as a frozen value (the backend a
@@ -10,6 +12,10 @@ reaches into the cache, the fetcher, the sync or the state, and the
 constructors of the edges take one callable instead of a collaborator per
 figure.  The values are copies: what a request renders does not change
 under it.
+
+One user's values (L{UserSnapshot}, L{UserReading}, L{ResourcesSnapshot})
+are frozen copies in the same way: the inspection reads them, never the
+cache, the state, the promises or the devices behind them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+from rosteradmin.roster import Roster, StoredRoster
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,8 @@ class StreamSnapshot:
     @ivar queriesRefused: Roster queries refused to users who sent too many
         at once.
     @ivar onlineResources: Clients known online, from presence.
+    @ivar delegated: Whether the server delegates clients' roster queries
+        to us now.
     @ivar delegationMissing: Why clients' roster queries do not reach us
         (the server did not delegate them), or C{None}.
     @ivar interestedResources: Clients pushed roster changes.
@@ -90,6 +100,7 @@ class StreamSnapshot:
     queriesAnswered: int
     queriesRefused: int
     onlineResources: int
+    delegated: bool
     delegationMissing: str | None
     interestedResources: int
     rosterPushes: int
@@ -185,6 +196,123 @@ class Snapshots:
         """
         return ServiceSnapshot(self._backend(), self._stream(), self._sync(), dict(self._kicks),
                                self._onlineChecked(), self._role.role, self._role.since, self._role.problem)
+
+
+@dataclass(frozen=True)
+class UserSnapshot:
+    """
+    What the backend holds of one user, read at once
+    (L{rosteradmin.lookup.UserLookup.held}).
+
+    @ivar cached: The roster served to the user's clients, or C{None}
+        when not cached (the next login fetches it).
+    @ivar serverVersion: The version of the roster the state records the
+        server was last made to hold, or C{None} when unknown.
+    @ivar syncedAt: When the state's storage recorded that version (the
+        server's roster last read back or written), in seconds since the
+        epoch, or C{None} when not known.
+    @ivar pendingSince: When the user became pending (its server roster
+        may be behind: a refresh accepted and not finished, a write that
+        failed), in seconds since the epoch, or C{None}.
+    @ivar unsynced: A write of the cached roster failed in this run: it is
+        written once the server takes writes.
+    @ivar refused: Why the web app's roster is refused (too large for the
+        server's stanza limit), or C{None}.
+    @ivar parked: Why the user's writes are held back after coinciding
+        with stream losses, or C{None}.
+    @ivar verified: The version the server's stored roster was read back
+        or written with in this run, or C{None}.
+    @ivar promised: The version promised to the server on this
+        connection (it answers the user's roster gets itself while it
+        holds), or C{None}.
+    @ivar doubted: The version under which a client may show something
+        else (a refused edit): it is answered in full, or C{None}.
+    @ivar unpushed: Contacts whose pushes some device of the user has not
+        taken yet.
+    @ivar canSync: Whether the server takes roster reads and writes now.
+    @ivar syncRefusal: Why it does not, though connected, or C{None}.
+    """
+
+    cached: Roster | None
+    serverVersion: str | None
+    syncedAt: float | None
+    pendingSince: float | None
+    unsynced: bool
+    refused: str | None
+    parked: str | None
+    verified: str | None
+    promised: str | None
+    doubted: str | None
+    unpushed: frozenset[str]
+    canSync: bool
+    syncRefusal: str | None
+
+
+@dataclass(frozen=True)
+class UserReading:
+    """
+    One user's rosters read now, under the user's lock (no write of the
+    user's in flight), and what the backend held of the user then
+    (L{rosteradmin.lookup.UserLookup.read}).
+
+    @ivar webApp: The web app's roster, or C{None} when the fetch failed.
+    @ivar webAppProblem: Why the fetch failed, or C{None}.
+    @ivar webAppUnknown: The web app answered 404: it does not know the
+        user.
+    @ivar server: What the server stores, or C{None} when not read.
+    @ivar serverProblem: Why it was not read, or C{None}.
+    @ivar inTime: The rosters were read within the deadline (else
+        neither is known, and C{held} is what was held then).
+    """
+
+    webApp: Roster | None
+    webAppProblem: str | None
+    webAppUnknown: bool
+    server: StoredRoster | None
+    serverProblem: str | None
+    held: UserSnapshot
+    inTime: bool
+
+
+@dataclass(frozen=True)
+class DeviceSnapshot:
+    """
+    One client of a user that is pushed roster changes, and what it shows
+    (L{rosteradmin.devices.DeviceViews.describe}).
+
+    @ivar jid: Its full JID.
+    @ivar available: It sent available presence (else it only asked for
+        its roster).
+    @ivar holds: The version of the roster it holds but for C{dirty}, or
+        C{None} when not known.
+    @ivar dirty: Contacts whose state on it is unknown: they are pushed.
+    @ivar sending: A batch of pushes to it is unanswered.
+    @ivar failures: Its failed batches in a row.
+    """
+
+    jid: str
+    available: bool
+    holds: str | None
+    dirty: frozenset[str]
+    sending: bool
+    failures: int
+
+
+@dataclass(frozen=True)
+class ResourcesSnapshot:
+    """
+    A user's online resources as the XMPP side knows them
+    (L{rosteradmin.component.RosterComponent.resources}).
+
+    @ivar presenceShared: The server shares its users' presences with us
+        (XEP-0356 C{presence}): without it, who is online is not known.
+    @ivar online: The full JIDs online, from presence.
+    @ivar devices: The clients pushed roster changes.
+    """
+
+    presenceShared: bool
+    online: tuple[str, ...]
+    devices: tuple[DeviceSnapshot, ...]
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from rosteradmin.statefile import StateFile
-from rosteradmin.statestorage import IStateStorage, Row, StateError
+from rosteradmin.statestorage import Cursor, Dialect, IStateStorage, Row, StateError
 
 __all__ = ["StateError", "SyncState", "isPostgreSQL", "openStorage"]
 
@@ -270,6 +270,38 @@ class SyncState:
 
     def pendingCount(self) -> int:
         return len(self._pending)
+
+    def pendingSince(self, username: str) -> float | None:
+        """
+        Since when C{username} is pending (seconds since the epoch), or
+        C{None} when it is not.
+        """
+        return self._pending.get(username)
+
+    def writtenAt(self, username: str, timeout: float) -> Deferred[float | None]:
+        """
+        When the storage last recorded the version of C{username}'s server
+        roster (seconds since the epoch), read from the storage: the time
+        is not kept in memory, and is the one of the last change the
+        storage took.  C{None} when it holds none (or, without a file,
+        ever).
+
+        @param timeout: Seconds the storage may take (PostgreSQL).
+        """
+
+        def select(db: Cursor, dialect: Dialect) -> float | None:
+            row = db.execute(f"SELECT written_at FROM server_rosters WHERE username = {dialect.placeholder}",
+                             (username,)).fetchone()
+            return None if row is None else float(row[0])
+
+        return self._storage.transact(select, timeout)
+
+    def doubtedVersion(self, username: str) -> str | None:
+        """
+        The version L{doubtClients} was last told of for C{username}, or
+        C{None}; unlike L{clientsDoubted}, forgets nothing.
+        """
+        return self._doubted.get(username)
 
     def interruptedSync(self) -> str | None:
         """

@@ -43,13 +43,15 @@ from rosteradmin.delegation import DelegationHandler
 from rosteradmin.devices import DeviceViews
 from rosteradmin.disco import DiscoHandler
 from rosteradmin.ejabberdapi import EjabberdAPISync
+from rosteradmin.ejabberdsessions import EjabberdSessions
 from rosteradmin.fairness import QueryGate
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.fullsync import FullSync
 from rosteradmin.handoff import Handoff
 from rosteradmin.httpclient import makeHTTPClient
-from rosteradmin.intake import Intake, Transactions
-from rosteradmin.interfaces import IRosterSync
+from rosteradmin.inspection import Inspector, Schedule
+from rosteradmin.intake import Intake
+from rosteradmin.interfaces import IOnlineUsers, IRosterSync
 from rosteradmin.leadership import AlwaysLeader, LeaderOnly, Leadership, Term, Timings
 from rosteradmin.metrics import FetchLatency, Metrics
 from rosteradmin.muc import RoomKicker
@@ -77,11 +79,14 @@ class Parts:
 
     @ivar fetchLatency: The fetch histogram the fetcher reports to, for the
         metrics.
+    @ivar online: Who is online: the presence tracker, or with ejabberd's
+        API, its session list (a service of its own).
     """
 
     backend: RosterBackend
     component: RosterComponent
     fetchLatency: FetchLatency
+    online: IOnlineUsers
 
 
 def chooseRosterSync(config: Config, privileges: PrivilegeHandler, clock: Any) -> IRosterSync:
@@ -145,15 +150,21 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     privileges = PrivilegeHandler(config.domain, status, grants, presence, devices, clock, config.iq_timeout,
                                   limit, config.sync_latency_target)
     devices.wire.sendThrough(privileges.pushRequest)
-    # An online user's roster is what its clients hold: it stays cached.
-    cache = RosterCache(config.cache_max_contacts, pinned=presence.isOnline)
     sync = chooseRosterSync(config, privileges, clock)
+    # Without mod_privilege no presence reaches us: ejabberd's API lists
+    # the sessions instead.
+    online: IOnlineUsers = (EjabberdSessions(sync.poster, config.domain, clock) if isinstance(sync, EjabberdAPISync)
+                            else presence)
+    # An online user's roster is what its clients hold: it stays cached.
+    cache = RosterCache(config.cache_max_contacts, pinned=online.isOnline)
     backend = RosterBackend(cache, fetcher, sync, limit=limit, state=state)
     # The XMPP side tells the backend of the server's users and of roster
     # access whichever sync writes: who comes online, what the server
     # grants, when a parked user may be written again; the sync (that
     # handler again, or ejabberd's API) says when writes work.
     presence.observer = backend
+    if isinstance(online, EjabberdSessions):
+        online.observer = backend
     grants.observer = backend
     privileges.observe(backend)
     sync.observe(backend)
@@ -165,7 +176,7 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     handlers = Handlers(status, grants, presence, privileges, rosterServer, delegation, kicker,
                         DiscoHandler(config.jid))
     component = RosterComponent(config, clock, xmppServer, handlers, verbose=verbose)
-    return Parts(backend, component, fetchLatency)
+    return Parts(backend, component, fetchLatency, online)
 
 
 def makeApplier(config: Config, parts: Parts, fullSync: FullSync, intake: Intake, clock: Any) -> RequestApplier:
@@ -184,7 +195,9 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain, onli
             handoff: Handoff | None = None, role: Role | None = None) -> Resource:
     """
     The HTTP API's resource tree, with health and metrics read from one
-    snapshot of the backend, the component and the full sync.
+    snapshot of the backend, the component and the full sync, and one
+    user's picture from the backend, the component and when the repairing
+    passes run next.
 
     @param drain: Counts the requests in flight, for the HTTP service.
     @param onlineCheck: Whose counts the metrics show, if it runs.
@@ -199,8 +212,13 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain, onli
         kick = KickRoute(comp.kicker, comp.status, config.kick_authorization, kickOutcomes)
     snapshots = Snapshots(parts.backend.snapshot, comp.snapshot, fullSync.snapshot, kickOutcomes,
                           lambda: onlineCheck.checked if onlineCheck is not None else 0, role)
+    # The fetch and the server's read run together: their two deadlines
+    # added leave time to wait for the user's lock too.
+    inspector = Inspector(parts.backend, comp.resources, config.fetch_timeout + config.iq_timeout,
+                          Schedule(fullSync.nextReconciliation,
+                                   onlineCheck.nextCheck if onlineCheck is not None else lambda: None))
     return buildRoot(drain, parts.backend, fullSync, config.refresh_authorization, kick, snapshots,
-                     Metrics(snapshots, parts.fetchLatency), handoff)
+                     Metrics(snapshots, parts.fetchLatency), inspector, handoff)
 
 
 @dataclass(frozen=True)
@@ -244,7 +262,8 @@ def leaderTerm(shared: Shared, state: SyncState, leading: Callable[[], bool]) ->
     """
     What the leader runs, over one state: C{backend} (cache, fetcher,
     sync), C{roster-sync} (ejabberd's API only), C{component} (the XMPP
-    side), C{sync} (full syncs), C{online-check} and C{requests} (applies
+    side), C{sessions} (ejabberd's session list, with its API only),
+    C{sync} (full syncs), C{online-check} and C{requests} (applies
     what standbys recorded), and the API's resources over them.  Every
     part is new: a process leading again builds them anew
     (L{rosteradmin.leadership.LeaderOnly}).
@@ -263,13 +282,20 @@ def leaderTerm(shared: Shared, state: SyncState, leading: Callable[[], bool]) ->
         syncService.setName("roster-sync")
         services.append(syncService)
     parts.component.setName("component")
+    services.append(parts.component)
+    sessions = service.IService(parts.online, None)
+    if sessions is not None:
+        # ejabberd's session list: read at start (the users to catch up)
+        # and every few seconds.
+        sessions.setName("sessions")
+        services.append(sessions)
     fullSync.setName("sync")
-    privileges = parts.component.privileges
-    onlineCheck = OnlineCheck(backend, lambda: privileges.online, reactor, config.online_check_interval)
+    online = parts.online
+    onlineCheck = OnlineCheck(backend, lambda: online.online, reactor, config.online_check_interval)
     onlineCheck.setName("online-check")
     applier = makeApplier(config, parts, fullSync, shared.intake, reactor)
     applier.setName("requests")
-    services += [parts.component, fullSync, onlineCheck, applier]
+    services += [fullSync, onlineCheck, applier]
     handoff = Handoff(shared.intake, leading, reactor)
     root = makeAPI(config, parts, fullSync, shared.drain, onlineCheck, handoff, shared.role)
     return Term(services, root, parts.component.abandon, state.close)

@@ -213,6 +213,26 @@ async def test_healthShowsTheRole(api: ApiStub) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_healthSaysWhenNotDelegated(api: ApiStub) -> None:
+    """
+    Connected without the server's delegation, health says so (with the
+    error, once there is one); delegated, it says nothing more.
+    """
+    api.reply("health", 200, {**HEALTH_OK, "delegated": False, "delegation_error": None})
+    run = await ctl("--url", api.url, "health")
+    assert run == Run(0, "connected; 3 cached users, 1 fetches in flight, 0 unsynced; "
+                         "roster queries NOT delegated to rosteradmin\n", "")
+    api.reply("health", 200, {**HEALTH_OK, "status": "degraded", "delegated": False,
+                              "delegation_error": "the server delegated no jabber:iq:roster"})
+    run = await ctl("--url", api.url, "health")
+    assert run.out.endswith("; roster queries NOT delegated to rosteradmin "
+                            "(the server delegated no jabber:iq:roster)\n")
+    api.reply("health", 200, {**HEALTH_OK, "delegated": True})
+    run = await ctl("--url", api.url, "health")
+    assert run.out == "connected; 3 cached users, 1 fetches in flight, 0 unsynced\n"
+
+
+@pytest_twisted.ensureDeferred
 async def test_kickSuccess(api: ApiStub) -> None:
     """
     kick posts the room, nickname and reason with the Authorization value
@@ -935,3 +955,75 @@ async def test_syncCancelTakesNoUsers(api: ApiStub) -> None:
     run = await ctl("--url", api.url, "sync", "--cancel", "alice")
     assert (run.code, lastLine(run.err)) == (2, "rosteradmin-ctl sync: error: --cancel takes no --all and no usernames")
     assert api.requests == []
+
+
+# inspect
+
+INSPECTION = {
+    "username": "alice", "status": "problem", "leading": True,
+    "verdict": "the web app changed the roster since rosteradmin last fetched it (1 to add): the user's clients "
+               "show the old one until a refresh (POST /roster_admin/refresh/alice)",
+    "findings": ["the web app changed the roster since rosteradmin last fetched it (1 to add): ..."],
+    "web_app": {"status": "fetched", "roster": {"version": "v2", "count": 2, "contacts": {}}},
+    "cache": {"status": "cached", "roster": {"version": "v1", "count": 1, "contacts": {}}},
+    "server": {"status": "read", "roster": {"version": "v1", "count": 1, "contacts": {}}, "not_both": [],
+               "recorded_version": "v1", "holds_recorded": True},
+    "resources": {"presence_shared": True, "online": ["alice@example.org/phone"],
+                  "clients": [{"jid": "alice@example.org/phone", "available": True, "holds_version": "v1",
+                               "current": True, "dirty": [], "sending": False, "failures": 0}]},
+    "state": {"recorded_version": "v1", "pending_since": None, "unsynced": False, "refused": None, "parked": None,
+              "verified_version": "v1", "promised_version": None, "doubted_version": None, "unpushed": [],
+              "server_takes_writes": True, "server_refusal": None},
+    "differences": {"cache_to_web_app": {"added": [{"jid": "dave@example.org", "name": None, "groups": []}],
+                                         "removed": [], "changed": []},
+                    "server_to_web_app": {"added": [{"jid": "dave@example.org", "name": None, "groups": []}],
+                                          "removed": [], "changed": []},
+                    "server_to_cache": {"added": [], "removed": [], "changed": []}},
+    "schedule": {"reconciliation_in": None, "online_check_in": None},
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_inspectPrintsTheVerdictFirst(api: ApiStub) -> None:
+    """
+    inspect GETs the user's route, the username percent-encoded, and
+    prints the verdict, each place and the differences, exiting 0
+    whatever the verdict.
+    """
+    api.replies["/roster_admin/users/alice"] = (200, json.dumps(INSPECTION).encode())
+    run = await ctl("--url", api.url, "--authorization", "s3", "inspect", "alice")
+    assert run.code == 0 and run.err == ""
+    assert api.requests == [("GET", "/roster_admin/users/alice", "s3", b"")]
+    assert run.out == (
+        f"alice: {INSPECTION['verdict']}\n"
+        "web app   2 contacts, version v2\n"
+        "cache     1 contact, version v1\n"
+        "server    1 contact, version v1; the state records version v1\n"
+        "online    alice@example.org/phone\n"
+        "client    alice@example.org/phone: current\n"
+        "state     verified version: v1\n"
+        "differences (+ to add, - to remove, ~ to change, ! subscription not both):\n"
+        "  cache → web app: +dave@example.org\n"
+        "  server → web app: +dave@example.org\n"
+        "  server → cache: the same\n")
+    await ctl("--url", api.url, "inspect", "a b/c")
+    assert api.requests[-1][1] == "/roster_admin/users/a%20b%2Fc"
+
+
+@pytest_twisted.ensureDeferred
+async def test_inspectJSONAndErrors(api: ApiStub) -> None:
+    """
+    With --json the picture goes to stdout as is; an unknown user's 400 is
+    one message on stderr and exit 1.
+    """
+    api.replies["/roster_admin/users/alice"] = (200, json.dumps(INSPECTION).encode())
+    run = await ctl("--url", api.url, "--json", "inspect", "alice")
+    assert run.code == 0 and json.loads(run.out) == INSPECTION
+    api.replies["/roster_admin/users/zoe"] = (400, json.dumps(
+        {"status": "error", "message": "unknown user 'zoe': the web app does not know it"}).encode())
+    run = await ctl("--url", api.url, "inspect", "zoe")
+    assert run.code == 1 and run.out == ""
+    assert run.err == "rosteradmin-ctl: inspect failed: HTTP 400: unknown user 'zoe': the web app does not know it\n"
+    api.replies["/roster_admin/users/bob"] = (200, b'{"username": "bob"}')
+    run = await ctl("--url", api.url, "inspect", "bob")
+    assert run.code == 1 and "'verdict' is missing or not a string" in run.err

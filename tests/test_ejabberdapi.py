@@ -25,7 +25,7 @@ from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.config import ConfigError, buildConfig
 from rosteradmin_demo.devprosody import freePort
-from rosteradmin.ejabberdapi import PROBE_INTERVAL, PROBE_USER, EjabberdAPISync
+from rosteradmin.ejabberdapi import MAX_PUT_BACK, PROBE_INTERVAL, PROBE_USER, EjabberdAPISync
 from rosteradmin.errors import SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IServerObserver
@@ -41,9 +41,11 @@ API = "http://127.0.0.1:5281/api"
 class FakeAPI(Resource):
     """
     ejabberd's C{/api} for the three roster commands, over rosters in
-    memory, answering as ejabberd 24.12 does (measured).
+    memory, and the session list, answering as ejabberd 24.12 does
+    (measured).
 
     @ivar rosters: Each user's items by contact JID, as get_roster lists them.
+    @ivar sessions: The full JIDs connected_users_vhost lists.
     @ivar calls: Each call's command (with its version) and arguments.
     @ivar refuse: A status and error message to answer every call with.
     @ivar hold: Leave calls unanswered (in C{held}).
@@ -54,6 +56,7 @@ class FakeAPI(Resource):
     def __init__(self) -> None:
         super().__init__()
         self.rosters: dict[str, dict[str, dict[str, Any]]] = {}
+        self.sessions: list[str] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.headers: list[dict[bytes, list[bytes]]] = []
         self.refuse: tuple[int, str] | None = None
@@ -83,6 +86,8 @@ class FakeAPI(Resource):
     def answer(self, command: str, arguments: dict[str, Any]) -> bytes:
         if command == "get_roster":
             return json.dumps(list(self.rosters.get(arguments["user"], {}).values())).encode()
+        if command == "connected_users_vhost":
+            return json.dumps(self.sessions).encode()
         jid = f"{arguments['user']}@{arguments['host']}"
         roster = self.rosters.setdefault(arguments["localuser"], {})
         if command == "add_rosteritem/v1":
@@ -220,7 +225,7 @@ def test_oneUsersWritesAreBounded() -> None:
     assert ("get_roster", {"user": "bob", "host": DOMAIN}) in [(c, a) for _, c, a in api.held]
     while api.held:
         api.release()
-        sync.http.flush()
+        sync.poster.http.flush()
         api.hold = True
     result(written)
     assert result(read).roster == Roster([])
@@ -318,6 +323,74 @@ def test_pushIsLeftToEjabberd() -> None:
     assert sync.push("alice", Roster([]), Roster([BOB]), frozenset()) == 0
 
 
+def test_putBackRewritesTheRefusedItems() -> None:
+    """
+    A refused roster set naming bob (listed) and mallory (not listed) is
+    put back by writing bob again as the roster has him, with both, and
+    deleting mallory: ejabberd pushes both writes to the user's clients.
+    """
+    api = FakeAPI()
+    api.rosters["alice"] = {"bob@example.org": {"jid": "bob@example.org", "nick": "Bobby", "subscription": "to",
+                                                "pending": "undefined", "groups": []}}
+    sync, _ = apiSync(api)
+    sync.putBack("alice", "alice@example.org/phone", frozenset({"bob@example.org", "mallory@example.org"}),
+                 Roster([BOB, CAROL]))
+    sync.poster.http.flush()
+    assert sorted(api.calls) == [
+        ("add_rosteritem/v1", {"localuser": "alice", "localhost": DOMAIN, "user": "bob", "host": DOMAIN,
+                               "nick": "Bob", "groups": ["Friends", "A;B"], "subs": "both"}),
+        ("delete_rosteritem", {"localuser": "alice", "localhost": DOMAIN, "user": "mallory", "host": DOMAIN})]
+    assert api.rosters["alice"]["bob@example.org"]["subscription"] == "both"
+
+
+def test_putBackFloodIsCoalesced() -> None:
+    """
+    While one pass of alice's put-backs is written, 100 more refused sets
+    (bob renamed again and again, 2,000 made-up contacts) merge into one
+    next pass of at most MAX_PUT_BACK contacts, written with the latest
+    roster once the first is answered; then nothing is left.
+    """
+    api = FakeAPI()
+    sync, _ = apiSync(api)
+    api.hold = True
+    sync.putBack("alice", "alice@example.org/a", frozenset({"bob@example.org"}), Roster([BOB]))
+    sync.poster.http.flush()
+    assert len(api.held) == 1
+    for n in range(100):
+        made = frozenset(f"m{n}x{k}@example.org" for k in range(20))
+        sync.putBack("alice", "alice@example.org/a", made | {"bob@example.org"}, Roster([BOB, CAROL]))
+    sync.poster.http.flush()
+    assert len(api.held) == 1
+    api.hold = True
+    api.release()
+    api.hold = True
+    sync.poster.http.flush()
+    while api.held:
+        api.release()
+        api.hold = True
+        sync.poster.http.flush()
+    written = api.calls[1:]
+    assert len(written) == MAX_PUT_BACK
+    assert ("add_rosteritem/v1", {"localuser": "alice", "localhost": DOMAIN, "user": "bob", "host": DOMAIN,
+                                  "nick": "Bob", "groups": ["Friends", "A;B"], "subs": "both"}) in written
+    assert not sync._putBacks._next and not sync._putBacks._writing
+
+
+def test_askLeavesWritesOn() -> None:
+    """
+    A command refused outside the roster writes (a session list the API's
+    permissions leave out) fails with the refusal, and writes stay on.
+    """
+    api = FakeAPI()
+    sync, _ = apiSync(api)
+    result(sync.readStored("alice", True))
+    api.refuse = (403, "You are not authorized to call this command.")
+    error = failure(sync.poster.ask("connected_users_vhost", {"host": DOMAIN}))
+    assert error.check(SyncFailed)
+    assert "connected_users_vhost failed: HTTP 403: You are not authorized" in error.getErrorMessage()
+    assert sync.canSync() and sync.syncRefusal is None
+
+
 def test_loginWritesBeforeAnswering() -> None:
     """
     Through the backend, a login's roster is stored in ejabberd (with
@@ -333,7 +406,7 @@ def test_loginWritesBeforeAnswering() -> None:
     while api.held:
         assert not d.called
         api.release()
-        sync.http.flush()
+        sync.poster.http.flush()
         api.hold = True
     assert result(d) == Roster([BOB])
     assert api.rosters["alice"]["bob@example.org"]["subscription"] == "both"

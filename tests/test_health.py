@@ -104,6 +104,25 @@ def test_healthzSaysWhenDelegationNeverArrives() -> None:
     assert (code, body["status"], body["delegation_error"]) == (200, "ok", None)
 
 
+def test_healthzSaysWhetherDelegationIsInPlace() -> None:
+    """
+    /healthz's C{delegated} is false from the handshake until the server's
+    delegation arrives (no error yet: it may still come), true once it
+    has, and false again on a new connection until it arrives again.
+    """
+    wire = ComponentOnWire(WebApp())
+    wire.handshake(PERMISSIONS_2)
+    code, body = health(wire)
+    assert (code, body["status"], body["delegated"], body["delegation_error"]) == (200, "ok", False, None)
+    wire.receive(DELEGATION_2)
+    assert health(wire)[1]["delegated"] is True
+    with capturedLogs():
+        wire.reconnect(PERMISSIONS_2)
+    assert health(wire)[1]["delegated"] is False
+    wire.receive(DELEGATION_2)
+    assert health(wire)[1]["delegated"] is True
+
+
 def test_healthzDegradedWhenWritesCannotWork() -> None:
     """
     The server delegates our own roster writes back to us (ejabberd

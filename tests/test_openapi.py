@@ -129,6 +129,15 @@ def cancel(whileRefreshing: bool) -> Scenario:
     return run
 
 REQ = "/roster_admin/requests/{id}"
+USER = "/roster_admin/users/{username}"
+
+
+def inspect(username: str, auth: str = "s3") -> Scenario:
+    def run() -> tuple[int, Any]:
+        api = makeApi(refreshAuthorization="s3")
+        return api.request("GET", f"/roster_admin/users/{username}", headers={"Authorization": auth},
+                           server=serverAnswers())
+    return run
 
 
 def standby(path: str, method: str, body: Any = None, auth: str = "s3") -> Scenario:
@@ -216,6 +225,10 @@ SCENARIOS: dict[tuple[str, str, int], Scenario] = {
     (REQ, "GET", 401): lookup(auth="wrong"),
     (REQ, "GET", 404): lookup(known=False),
     (REQ, "GET", 503): stopping(REQ.replace("{id}", "any"), "GET"),
+    (USER, "GET", 200): inspect("alice"),
+    (USER, "GET", 400): inspect("bad@name"),
+    (USER, "GET", 401): inspect("alice", auth="wrong"),
+    (USER, "GET", 503): stopping(USER.replace("{username}", "alice"), "GET"),
 }
 
 #: Responses that need a real Site on a real socket (the body cap lives in

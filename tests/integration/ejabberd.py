@@ -98,7 +98,8 @@ class LocalEjabberd:
     componentJID = "roster.example.org"
     secret = "ejabberd-test-secret"
 
-    def __init__(self, accounts: dict[str, str], root: Path | None = None, include: Path | None = None) -> None:
+    def __init__(self, accounts: dict[str, str], root: Path | None = None, include: Path | None = None,
+                 contribModules: tuple[Path, ...] = ()) -> None:
         """
         @param accounts: The accounts to create once it runs, username to
             password.
@@ -108,10 +109,17 @@ class LocalEjabberd:
             rules, API permissions, modules) to include instead of the
             privileged setup written here; an HTTP listener for mod_http_api
             is added.
+        @param contribModules: Source directories of contrib modules (each
+            named after its module, with its C{.spec}, C{src/} and
+            C{conf/}) to install once it runs, as an operator does: copied
+            into C{~/.ejabberd-modules/sources}, then C{ejabberdctl
+            module_install}, which compiles the module and loads it with
+            the configuration in its C{conf/}.
         """
         self.accounts = dict(accounts)
         self.root = None if root is None else DebianRoot(root)
         self.include = include
+        self.contribModules = contribModules
         self.c2sPort = freePort()
         self.componentPort = freePort()
         self.distPort = freePort()
@@ -158,6 +166,8 @@ class LocalEjabberd:
                     raise EjabberdNotAvailable(f"ejabberd did not open its ports within {timeout:g}s")
                 time.sleep(0.1)
             self._register(max(deadline - time.monotonic(), 10.0))
+            for module in self.contribModules:
+                self._install(module.name, max(deadline - time.monotonic(), 10.0))
         except EjabberdNotAvailable as e:
             tail = self.logTail()
             self.stop()
@@ -307,6 +317,25 @@ class LocalEjabberd:
         if problems:
             raise EjabberdNotAvailable("\n".join(problems))
 
+    def _install(self, module: str, timeout: float) -> None:
+        """
+        Install a contrib module from its sources, and check that it runs.
+        """
+        call = self._popen(self._ctl("module_install", module))
+        try:
+            output, _ = call.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            call.kill()
+            call.communicate()
+            raise EjabberdNotAvailable(f"`ejabberdctl module_install {module}` took over {timeout:g}s") from None
+        text = output.decode(errors="replace").strip()
+        if call.returncode != 0:
+            raise EjabberdNotAvailable(f"`ejabberdctl module_install {module}` failed ({call.returncode}): {text}")
+        check = self._popen(self._ctl("modules_installed"))
+        listed, _ = check.communicate(timeout=timeout)
+        if module not in listed.decode(errors="replace"):
+            raise EjabberdNotAvailable(f"{module} is not installed after `ejabberdctl module_install`: {text}")
+
     def _ctl(self, *arguments: str) -> list[str]:
         assert self.directory is not None
         directory = self._inside(self.directory)
@@ -323,6 +352,9 @@ class LocalEjabberd:
         assert self.directory is not None
         for name in ("spool", "log", "home"):
             (self.directory / name).mkdir()
+        for module in self.contribModules:
+            # ejabberd's contrib modules live in ~/.ejabberd-modules.
+            shutil.copytree(module, self.directory / "home" / ".ejabberd-modules" / "sources" / module.name)
         directory = self._inside(self.directory)
         # ERL_OPTIONS reaches the server and every ejabberdctl call alike;
         # the cookie keeps other nodes on this machine out.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,22 @@ from twisted.web.client import HTTPConnectionPool
 
 from rosteradmin.delegation import NS_DELEGATION_1
 from rosteradmin.ejabberdapi import EjabberdAPISync
+from rosteradmin.ejabberdsessions import EjabberdSessions
 from rosteradmin.roster import NS_ROSTER
 from tests.integration.debianroot import STAMP, DebianRoot, debian13Root
 from tests.integration.ejabberd import EjabberdNotAvailable, LocalEjabberd
 from tests.integration.harness import PASSWORD, ClientFactory, WebAppStub, XMPPTestClient, startedOrFail
 from tests.integration.service import KICK_AUTHORIZATION, RunningService
 from tests.integration.test_http import call
-from tests.integration.test_rosters import items
+from tests.integration.test_rosters import condition, items
 
 pytestmark = pytest.mark.integration
 
 #: The ejabberd configuration operators are told to include; the tests run exactly it.
 CONTRIB_EJABBERD = Path(__file__).resolve().parents[2] / "contrib" / "ejabberd" / "rosteradmin.yml"
+#: contrib's module that stops subscription presences, installed as operators are told.
+SUBSCRIPTIONS_MODULE = CONTRIB_EJABBERD.parent / "mod_rosteradmin_subscriptions"
+SUBSCRIPTION_TYPES = ["subscribe", "subscribed", "unsubscribe", "unsubscribed"]
 ROOM = "room@conference.example.org"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 
@@ -46,11 +51,12 @@ NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 def ejabberd24() -> Iterator[LocalEjabberd]:
     """
     A started ejabberd with the accounts alice, bob, carol and dave
-    (password C{pw}), shared by the module's tests.  When it cannot run,
-    every test fails: a green run must have run it.
+    (password C{pw}), contrib's configuration and subscription module,
+    shared by the module's tests.  When it cannot run, every test fails: a
+    green run must have run it.
     """
     server = LocalEjabberd({user: PASSWORD for user in ("alice", "bob", "carol", "dave")},
-                           root=debian13Root(), include=CONTRIB_EJABBERD)
+                           root=debian13Root(), include=CONTRIB_EJABBERD, contribModules=(SUBSCRIPTIONS_MODULE,))
     startedOrFail(server)
     yield server
     server.stop()
@@ -62,8 +68,16 @@ def xmppServer(ejabberd24: LocalEjabberd) -> LocalEjabberd:
 
 
 @pytest.fixture
-def serviceArgs(ejabberd24: LocalEjabberd) -> list[str]:
-    return ["--roster-sync", "ejabberd-api", "--ejabberd-api-url", ejabberd24.apiURL]
+def extraArgs() -> list[str]:
+    """
+    More of rosteradmin's arguments, for a test to parametrize.
+    """
+    return []
+
+
+@pytest.fixture
+def serviceArgs(ejabberd24: LocalEjabberd, extraArgs: list[str]) -> list[str]:
+    return ["--roster-sync", "ejabberd-api", "--ejabberd-api-url", ejabberd24.apiURL, *extraArgs]
 
 
 @pytest.fixture
@@ -114,6 +128,51 @@ async def storedRoster(server: LocalEjabberd, user: str) -> dict[str, tuple[str,
     return {c["jid"]: (c["nick"], c["subscription"], c["groups"]) for c in json.loads(await response.text())}
 
 
+async def apiCall(server: LocalEjabberd, command: str, arguments: dict[str, Any]) -> Any:
+    """
+    Call ejabberd's API as an admin tool would, behind rosteradmin's back.
+    """
+    response = await treq.post(f"{server.apiURL}/{command}", json=arguments,
+                               pool=HTTPConnectionPool(reactor, persistent=False))
+    assert response.code == 200, await response.text()
+    return json.loads(await response.text())
+
+
+def sessionsOf(running: RunningService) -> EjabberdSessions:
+    sessions = running.top.getServiceNamed("sessions")
+    assert isinstance(sessions, EjabberdSessions)
+    return sessions
+
+
+async def listedOnline(running: RunningService, online: dict[str, set[str]]) -> None:
+    """
+    Read ejabberd's session list now until it names exactly these
+    sessions (a login is listed once bound).
+    """
+    sessions = sessionsOf(running)
+
+    async def listed() -> bool:
+        await sessions.poll()
+        return sessions.online == online
+
+    for _ in range(50):
+        if await listed():
+            return
+        await RunningService.sleep(0.1)
+    raise AssertionError(f"ejabberd lists {sessions.online} online (problem: {sessions.problem}), not {online}")
+
+
+def pushed(client: XMPPTestClient, start: int) -> dict[str, tuple[str | None, str, list[str]]]:
+    """
+    The items of the roster pushes a client got since C{start}, the last
+    push of each contact winning.
+    """
+    found: dict[str, tuple[str | None, str, list[str]]] = {}
+    for push in client.pushes[start:]:
+        found.update(items(push))
+    return found
+
+
 def transcript(client: XMPPTestClient, title: str) -> None:
     """
     Print a client's side of a test (shown with -s).
@@ -136,6 +195,8 @@ async def test_webAppRosterWithPresence(ejabberd24: LocalEjabberd, service: Runn
     then; bob's presence reaches her once he logs in, and hers him.
     """
     assert service.component.delegation.delegated == {NS_ROSTER: NS_DELEGATION_1}
+    code, body = await call(service, "GET", "/healthz")
+    assert (code, body["status"], body["delegated"]) == (200, "ok", True)
     alice = await clients("alice")
     result = await alice.rosterGet(ver="")
     assert result["type"] == "result"
@@ -215,6 +276,47 @@ async def test_kickAnsweredWith307(service: RunningService, clients: ClientFacto
 
 
 @pytest_twisted.ensureDeferred
+async def test_inspectShowsAnAdminToolsDrift(ejabberd24: LocalEjabberd, webapp: WebAppStub,
+                                              service: RunningService) -> None:
+    """
+    dave's roster is synced into ejabberd, then an admin removes carol from
+    it with ejabberd's own API: GET /roster_admin/users/dave reads the
+    stored roster through the API (get_roster), shows carol missing
+    against the cache and the web app, and says the next reconciliation
+    pass repairs it, and when; after that pass, all agree.
+    """
+    webapp.rosters["dave"] = {"bob@example.org": {"name": "Bob"}, "carol@example.org": {"name": "Carol"}}
+    code, _ = await call(service, "POST", "/roster_admin/refresh/dave")
+    assert code == 200
+    assert set(await storedRoster(ejabberd24, "dave")) == {"bob@example.org", "carol@example.org"}
+    response = await treq.post(f"{ejabberd24.apiURL}/delete_rosteritem",
+                               json={"localuser": "dave", "localhost": ejabberd24.domain, "user": "carol",
+                                     "host": ejabberd24.domain},
+                               pool=HTTPConnectionPool(reactor, persistent=False))
+    assert response.code == 200
+    assert set(await storedRoster(ejabberd24, "dave")) == {"bob@example.org"}
+
+    code, body = await call(service, "GET", "/roster_admin/users/dave")
+    print(f"\ninspect dave on ejabberd 24.12: {body['verdict']}")
+    assert code == 200 and body["status"] == "problem"
+    assert body["server"]["status"] == "read" and body["server"]["roster"]["count"] == 1
+    carol = {"jid": "carol@example.org", "name": "Carol", "groups": []}
+    assert body["differences"]["server_to_cache"] == {"added": [carol], "removed": [], "changed": []}
+    assert body["differences"]["server_to_web_app"] == {"added": [carol], "removed": [], "changed": []}
+    assert re.fullmatch(
+        r"the server does not store the roster served \(1 to add\): presence follows the server's roster; the next "
+        r"reconciliation pass repairs it in (6 h|5 h 59 min) \(a refresh does not: the state records the server as "
+        r"holding the web app's roster\)", body["verdict"]), body["verdict"]
+
+    service.top.getServiceNamed("sync").start("reconcile")
+    await RunningService.waitUntil(lambda: service.top.getServiceNamed("sync").current.finishedAt is not None, 10,
+                                   "the reconciliation pass")
+    code, body = await call(service, "GET", "/roster_admin/users/dave")
+    assert code == 200 and body["status"] == "ok", body["verdict"]
+    assert set(await storedRoster(ejabberd24, "dave")) == {"bob@example.org", "carol@example.org"}
+
+
+@pytest_twisted.ensureDeferred
 async def test_refusedAPIIsReported(ejabberd24: LocalEjabberd, webapp: WebAppStub, rosters: dict[str, Any],
                                     clients: ClientFactory) -> None:
     """
@@ -269,7 +371,7 @@ async def test_privilegeModeSaysWhyItCannotWork(webapp: WebAppStub, rosters: dic
             code, body = await call(running, "GET", "/healthz")
             print(f"\nhealthz, ejabberd {release} with mod_privilege: {code} {body['status']}: "
                   f"{body['delegation_error']}")
-            assert (code, body["status"]) == (200, "degraded")
+            assert (code, body["status"], body["delegated"]) == (200, "degraded", False)
             assert NS_ROSTER in body["delegation_error"] and "mod_privilege" in body["delegation_error"]
             assert running.component.delegation.delegated == {}
             return
@@ -281,11 +383,235 @@ async def test_privilegeModeSaysWhyItCannotWork(webapp: WebAppStub, rosters: dic
         code, body = await call(running, "GET", "/healthz")
         print(f"\nhealthz, ejabberd {release} with mod_privilege: {code} {body['status']}: "
               f"{body['roster_sync_error']}")
-        assert (code, body["status"], body["delegation_error"]) == (200, "degraded", None)
+        assert (code, body["status"], body["delegation_error"], body["delegated"]) == (200, "degraded", None, True)
         assert "own roster requests back" in body["roster_sync_error"]
     finally:
         await running.stop()
         privileged.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_onlineUsersCaughtUpAfterRestart(ejabberd24: LocalEjabberd, webapp: WebAppStub,
+                                              rosters: dict[str, Any], clients: ClientFactory) -> None:
+    """
+    Without mod_privilege no presence tells rosteradmin who is online:
+    ejabberd's session list (connected_users_vhost) does.  alice and bob
+    are listed; rosteradmin stops, the web app adds dave to alice's roster
+    meanwhile (no refresh reaches anyone), and the next rosteradmin's
+    first read of the sessions catches alice up: ejabberd pushes dave to
+    her client, with both, and stores him.
+    """
+    first = await startService(ejabberd24, webapp, rosters, ["--roster-sync", "ejabberd-api",
+                                                             "--ejabberd-api-url", ejabberd24.apiURL])
+    try:
+        alice, bob = await clients("alice"), await clients("bob")
+        for client in (alice, bob):
+            await client.rosterGet(ver="")
+            client.sendPresence()
+        await listedOnline(first, {"alice": {alice.jid.full()}, "bob": {bob.jid.full()}})
+    finally:
+        await first.stop()
+    webapp.rosters["alice"] = {**rosters["alice"], "dave@example.org": {"name": "Dave"}}
+    before = len(alice.pushes)
+    second = await startService(ejabberd24, webapp, {}, ["--roster-sync", "ejabberd-api",
+                                                         "--ejabberd-api-url", ejabberd24.apiURL])
+    try:
+        await alice.waitForPushes(before + 1)
+        assert pushed(alice, before) == {"dave@example.org": ("Dave", "both", [])}
+        assert sessionsOf(second).online == {"alice": {alice.jid.full()}, "bob": {bob.jid.full()}}
+        assert (await storedRoster(ejabberd24, "alice"))["dave@example.org"] == ("Dave", "both", [])
+        transcript(alice, "caught up after rosteradmin's restart")
+    finally:
+        await second.stop()
+
+
+@pytest.mark.parametrize("extraArgs", [["--cache-max-contacts", "6"]])
+@pytest_twisted.ensureDeferred
+async def test_onlineUsersRosterStaysCached(ejabberd24: LocalEjabberd, service: RunningService,
+                                            clients: ClientFactory) -> None:
+    """
+    With a cache bound that holds one roster (alice's two contacts count
+    5, bob's and carol's one 4 each), alice, listed online by ejabberd,
+    keeps her roster cached while bob's and carol's are loaded; bob,
+    offline, is dropped for carol.
+    """
+    alice = await clients("alice")
+    await alice.rosterGet(ver="")
+    await listedOnline(service, {"alice": {alice.jid.full()}})
+    for user in ("bob", "carol"):
+        code, body = await call(service, "POST", "/roster_admin/refresh", [user])
+        assert (code, body["updated"]) == (200, 1)
+    cache = service.backend.cache
+    assert cache.peek("alice") is not None and cache.peek("bob") is None and cache.peek("carol") is not None
+    assert cache.evictions >= 1
+
+
+@pytest.mark.parametrize("extraArgs", [["--online-check-interval", "2"]])
+@pytest_twisted.ensureDeferred
+async def test_onlineCheckRepairsWhatAnAdminChanged(ejabberd24: LocalEjabberd, service: RunningService,
+                                                    webapp: WebAppStub, clients: ClientFactory) -> None:
+    """
+    An admin tool deletes bob from alice's stored roster behind
+    rosteradmin's back (ejabberd pushes the removal to her client).
+    alice is listed online, so the online check reads her stored roster
+    back within its interval, without a web-app fetch, and writes bob
+    again: ejabberd pushes him to her with both.
+    """
+    alice = await clients("alice")
+    await alice.rosterGet(ver="")
+    alice.sendPresence()
+    await listedOnline(service, {"alice": {alice.jid.full()}})
+    fetches = dict(webapp.requests)
+    before = len(alice.pushes)
+    assert await apiCall(ejabberd24, "delete_rosteritem", {"localuser": "alice", "localhost": "example.org",
+                                                           "user": "bob", "host": "example.org"}) == 0
+    await alice.waitForPushes(before + 2, timeout=10)
+    assert [items(p) for p in alice.pushes[before:before + 2]] == [
+        {"bob@example.org": (None, "remove", [])}, {"bob@example.org": ("Bob", "both", ["Friends"])}]
+    assert (await storedRoster(ejabberd24, "alice"))["bob@example.org"] == ("Bob", "both", ["Friends"])
+    assert service.backend.snapshot().driftRepaired
+    assert dict(webapp.requests) == fetches
+    transcript(alice, "an admin's removal repaired by the online check")
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusedSetsPutBack(ejabberd24: LocalEjabberd, service: RunningService,
+                                  clients: ClientFactory) -> None:
+    """
+    alice's client adds mallory and renames bob; both sets are refused
+    (not-allowed), and her client is pushed the roster's items back: a
+    removal of mallory, bob as the web app has him.  ejabberd stores
+    nothing of her edits.
+    """
+    alice = await clients("alice")
+    await alice.rosterGet(ver="")
+    before = len(alice.pushes)
+    added = await alice.rosterSet("mallory@example.org", name="Mallory")
+    assert added["type"] == "error" and condition(added) == "not-allowed"
+    await alice.waitForPushes(before + 1)
+    renamed = await alice.rosterSet("bob@example.org", name="Robert")
+    assert renamed["type"] == "error" and condition(renamed) == "not-allowed"
+    await alice.waitForPushes(before + 2)
+    assert pushed(alice, before) == {"mallory@example.org": (None, "remove", []),
+                                     "bob@example.org": ("Bob", "both", ["Friends"])}
+    assert (await storedRoster(ejabberd24, "alice")) == {
+        "bob@example.org": ("Bob", "both", ["Friends"]), "carol@example.org": ("Carol", "both", [])}
+    transcript(alice, "refused sets put back")
+
+
+@pytest_twisted.ensureDeferred
+async def test_kickRefusalsMapped(service: RunningService, clients: ClientFactory) -> None:
+    """
+    ejabberd's refusals get the README's statuses: a room that does not
+    exist 404 (item-not-found), a nickname the room does not hold 404
+    (ejabberd says not-acceptable), the room's owner 403 (not-allowed,
+    also once rosteradmin has joined); nobody is kicked.
+    """
+    bob = await clients("bob")
+    assert (await bob.joinRoom(ROOM, "Bob")).getAttribute("type") is None
+    alice = await clients("alice")
+    assert (await alice.joinRoom(ROOM, "Alice")).getAttribute("type") is None
+    outcomes = {}
+    for what, nick, room in [("no room", "Alice", "nosuchroom@conference.example.org"),
+                             ("no nick", "Nobody", ROOM), ("owner", "Bob", ROOM)]:
+        outcomes[what] = await call(service, "POST", "/muc_kick", {"nickname": nick, "muc": room},
+                                    headers={"Authorization": KICK_AUTHORIZATION})
+    print(f"\nkick outcomes on ejabberd 24.12: {outcomes}")
+    assert outcomes["no room"] == (404, {"error": "Room or nickname not found"})
+    assert outcomes["no nick"] == (404, {"error": "Room or nickname not found"})
+    assert outcomes["owner"][0] == 403
+    gone = [p for c in (alice, bob) for p in c.presences
+            if p.getAttribute("type") == "unavailable" and p.getAttribute("from") in (f"{ROOM}/Alice", f"{ROOM}/Bob")]
+    assert gone == []
+
+
+async def online(clients: ClientFactory, user: str) -> XMPPTestClient:
+    """
+    A session that has its roster and has sent its initial presence.
+    """
+    client = await clients(user)
+    await client.rosterGet()
+    client.sendPresence()
+    return client
+
+
+def policyViolation(sender: str) -> Any:
+    return lambda p: (p.getAttribute("type") == "error" and p.getAttribute("from", "").startswith(sender)
+                      and p.error is not None and p.error.firstChildElement().name == "policy-violation")
+
+
+@pytest.mark.parametrize("kind", SUBSCRIPTION_TYPES)
+@pytest_twisted.ensureDeferred
+async def test_clientSubscriptionPresenceStopped(kind: str, ejabberd24: LocalEjabberd, service: RunningService,
+                                                  clients: ClientFactory) -> None:
+    """
+    With contrib's mod_rosteradmin_subscriptions, a client's subscription
+    presence to a contact is refused with policy-violation and a text;
+    neither stored roster changes, the contact gets nothing, and presence
+    keeps flowing both ways.
+    """
+    alice, bob = await online(clients, "alice"), await online(clients, "bob")
+    await alice.waitForPresence(available("bob@example.org"))
+    before = await storedRoster(ejabberd24, "alice"), await storedRoster(ejabberd24, "bob")
+    alice.sendPresence(to="bob@example.org", type=kind)
+    refusal = await alice.waitForPresence(policyViolation("bob@example.org"))
+    print(f"\n{kind}: refused with {refusal.toXml()}")
+    assert "managed by its web application" in str(refusal.error.text)
+    await RunningService.sleep(0.3)
+    assert (await storedRoster(ejabberd24, "alice"), await storedRoster(ejabberd24, "bob")) == before
+    assert before[0]["bob@example.org"][1] == before[1]["alice@example.org"][1] == "both"
+    assert not [p for p in bob.presences if p.getAttribute("type") == kind]
+    seen = len(alice.presences)
+    bob.sendPresence(show="away")
+    await alice.waitForPresence(lambda p: alice.presences.index(p) >= seen and p.show is not None)
+    seenByBob = len(bob.presences)
+    alice.sendPresence(show="dnd")
+    await bob.waitForPresence(lambda p: bob.presences.index(p) >= seenByBob and p.show is not None)
+
+
+@pytest.mark.parametrize("kind", SUBSCRIPTION_TYPES)
+@pytest_twisted.ensureDeferred
+async def test_inboundSubscriptionPresenceStopped(kind: str, ejabberd24: LocalEjabberd, service: RunningService,
+                                                   clients: ClientFactory) -> None:
+    """
+    A subscription presence to alice from another domain (a component of
+    the server, as one from another server arrives) is dropped before it
+    reaches her or her stored roster; the sender gets policy-violation.
+    """
+    alice = await online(clients, "alice")
+    before = await storedRoster(ejabberd24, "alice")
+    errors: list[Any] = []
+    xs = service.component.xmlstream
+    xs.addObserver("/presence[@type='error']", errors.append)
+    xs.send(f"<presence from='stranger@{ejabberd24.componentJID}' to='alice@example.org' type='{kind}'/>")
+    await RunningService.waitUntil(lambda: errors, 5, "the server's error for our subscription presence")
+    xs.removeObserver("/presence[@type='error']", errors.append)
+    print(f"\n{kind} to alice: {errors[0].toXml()}")
+    assert errors[0].error.firstChildElement().name == "policy-violation"
+    await RunningService.sleep(0.3)
+    assert await storedRoster(ejabberd24, "alice") == before
+    assert not [p for p in alice.presences if p.getAttribute("type") == kind]
+
+
+@pytest_twisted.ensureDeferred
+async def test_serverSubscriptionPresenceStoppedSilently(ejabberd24: LocalEjabberd, webapp: WebAppStub,
+                                                         service: RunningService, clients: ClientFactory) -> None:
+    """
+    A refresh drops carol from alice's roster: deleting her through the
+    API, ejabberd sends carol unsubscribe and unsubscribed from alice.  The
+    module drops them silently: carol's stored roster keeps alice with
+    both (the web app still lists her there), and nobody gets an error.
+    """
+    alice, carol = await online(clients, "alice"), await online(clients, "carol")
+    assert (await storedRoster(ejabberd24, "carol"))["alice@example.org"][1] == "both"
+    webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob", "groups": ["Friends"]}}
+    code, body = await call(service, "POST", "/roster_admin/refresh", ["alice"])
+    assert (code, body["updated"]) == (200, 1)
+    await RunningService.sleep(0.5)
+    assert "carol@example.org" not in await storedRoster(ejabberd24, "alice")
+    assert (await storedRoster(ejabberd24, "carol"))["alice@example.org"] == ("Alice", "both", [])
+    assert not [p for c in (alice, carol) for p in c.presences
+                if p.getAttribute("type") in ("error", *SUBSCRIPTION_TYPES)]
 
 
 def test_unbuiltRootExplainsSetup(tmp_path: Path) -> None:
