@@ -37,7 +37,7 @@ from zope.interface import implementer
 from rosteradmin.config import Config
 from rosteradmin.delegation import DelegationHandler
 from rosteradmin.disco import DiscoHandler
-from rosteradmin.interfaces import IConnectionStatus
+from rosteradmin.interfaces import IConnectionStatus, IOnlineUsers
 from rosteradmin.muc import RoomKicker
 from rosteradmin.permissions import PermissionTracker
 from rosteradmin.presence import PresenceTracker
@@ -352,10 +352,13 @@ class RosterComponent(component.Component):
     """
 
     def __init__(self, config: Config, clock: IReactorTime, endpoint: IStreamClientEndpoint, handlers: Handlers,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, online: IOnlineUsers | None = None) -> None:
         """
         @param endpoint: Connects to the server's component port.
         @param verbose: Log every stanza sent and received.
+        @param online: Who is online, as C{/healthz}, C{/metrics} and
+            C{inspect} show it: by default the presences the server shares;
+            ejabberd's session list where the server shares none.
         """
         super().__init__(config.xmpp_host, config.xmpp_port, config.jid, config.secret)
         # wokkel's Component gives its StreamManager no reactor; this one
@@ -370,6 +373,7 @@ class RosterComponent(component.Component):
         self.rosterServer = handlers.rosterServer
         self.delegation = handlers.delegation
         self.kicker = handlers.kicker
+        self.online: IOnlineUsers = online if online is not None else handlers.presence
         for handler in handlers.inOrder():
             handler.setHandlerParent(self)
         self.backoff = HandshakeBackoff(config.reconnect_max_delay)
@@ -416,7 +420,7 @@ class RosterComponent(component.Component):
         return StreamSnapshot(
             connected=bool(self.status.connected), lastError=self.status.lastError,
             queriesAnswered=self.rosterServer.answered, queriesRefused=self.rosterServer.gate.refusedCount,
-            onlineResources=sum(len(resources) for resources in self.privileges.online.values()),
+            onlineResources=sum(len(resources) for resources in self.online.online.values()),
             delegated=self.delegation.inPlace, delegationMissing=self.delegation.missing,
             interestedResources=devices.resources(), rosterPushes=devices.pushes, devicesGivenUp=devices.givenUp)
 
@@ -428,5 +432,5 @@ class RosterComponent(component.Component):
         privileges = self.privileges
         return ResourcesSnapshot(
             presenceShared=bool(self.status.connected) and privileges.permissions.seesPresence,
-            online=tuple(sorted(privileges.online.get(username, ()))),
+            online=tuple(sorted(self.online.online.get(username, ()))),
             devices=privileges.devices.describe(username))

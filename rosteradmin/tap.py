@@ -175,7 +175,7 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     kicker = RoomKicker(config.jid, status, clock, config.iq_timeout, config.kick_nick, config.stay_in_rooms)
     handlers = Handlers(status, grants, presence, privileges, rosterServer, delegation, kicker,
                         DiscoHandler(config.jid))
-    component = RosterComponent(config, clock, xmppServer, handlers, verbose=verbose)
+    component = RosterComponent(config, clock, xmppServer, handlers, verbose=verbose, online=online)
     return Parts(backend, component, fetchLatency, online)
 
 

@@ -433,11 +433,14 @@ async def test_onlineUsersRosterStaysCached(ejabberd24: LocalEjabberd, service: 
     With a cache bound that holds one roster (alice's two contacts count
     5, bob's and carol's one 4 each), alice, listed online by ejabberd,
     keeps her roster cached while bob's and carol's are loaded; bob,
-    offline, is dropped for carol.
+    offline, is dropped for carol.  /metrics and inspect show her online
+    resource from the same session list.
     """
     alice = await clients("alice")
     await alice.rosterGet(ver="")
     await listedOnline(service, {"alice": {alice.jid.full()}})
+    assert service.component.snapshot().onlineResources == 1
+    assert service.component.resources("alice").online == (alice.jid.full(),)
     for user in ("bob", "carol"):
         code, body = await call(service, "POST", "/roster_admin/refresh", [user])
         assert (code, body["updated"]) == (200, 1)
