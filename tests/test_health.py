@@ -189,3 +189,23 @@ def test_healthzSaysTheRole() -> None:
     standing.problem = "connection refused"
     code, body = standby()
     assert (code, body["status"], body["leadership_error"]) == (503, "unavailable", "connection refused")
+
+
+def test_metricsSayTheRole() -> None:
+    """
+    C{/metrics} shows C{rosteradmin_leader} (1 or 0) and since when.
+    """
+    from prometheus_client import generate_latest
+
+    from rosteradmin.metrics import FetchLatency, Metrics
+
+    wire = ComponentOnWire()
+    fullSync = FullSync(wire.backend, None, wire.clock, False, 60)
+    for standing, leader in ((Standing("leader", 1796625600.0), 1.0), (Standing("standby", 1796625601.0), 0.0)):
+        snapshots = Snapshots(wire.backend.snapshot, wire.component.snapshot, fullSync.snapshot, Counter(),
+                              role=standing)
+        text = generate_latest(Metrics(snapshots, FetchLatency()).registry).decode()
+        values = dict(line.split(" ", 1) for line in text.splitlines() if line.startswith("rosteradmin_role_since")
+                      or line.startswith("rosteradmin_leader "))
+        assert float(values["rosteradmin_leader"]) == leader
+        assert float(values["rosteradmin_role_since_seconds"]) == standing.since
