@@ -12,6 +12,7 @@ Run every benchmark scenario and print one table.
     python -m bench.run --scenario flood [--runs 1]                  # 11: one client floods roster gets
     python -m bench.run --scenario slow-http [--runs 1]              # 12: 1,500 slow HTTP connections
     python -m bench.run --scenario login-cost [--runs 3]             # 13: what the wait at login costs
+    python -m bench.run --scenario takeover [--kills 10] [--runs 1]  # 14: kill -9 of the leader of two
 
 Each scenario runs the same users and rosters against (A) Prosody
 answering roster gets itself from its storage and (B) Prosody delegating
@@ -82,7 +83,7 @@ from typing import Any
 
 from bench import fullsync
 from bench.flood import OTHERS, oneClientFlood
-from bench import logincost, slowhttp
+from bench import logincost, slowhttp, takeover
 from bench.reactorstall import reactorStall
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
 from bench.procstat import cpuSeconds
@@ -138,7 +139,11 @@ class Setup:
         #: Log rosteradmin's reactor stalls to this file (L{bench.stallprobe}).
         self.stallLog: Path | None = None
 
-    def start(self) -> None:
+    def start(self, component: bool = True) -> None:
+        """
+        @param component: For B, start a rosteradmin too (not: the
+            scenario starts its own, L{launchComponent}).
+        """
         self.prosody.start()
         if self.wantTap:
             self.tap = ThreadedTap(self.prosody.componentPort)
@@ -147,31 +152,11 @@ class Setup:
                 [sys.executable, "-m", "bench.webapp", str(self.webappPort), str(self.users),
                  str(self.contacts), str(self.delay)], cwd=ROOT)
             _waitForPort(self.webappPort)
-            self.startComponent()
+            if component:
+                self.startComponent()
 
     def startComponent(self) -> None:
-        config = self.dir / "rosteradmin.toml"
-        config.write_text(f"""
-jid = "{self.prosody.componentJID}"
-secret = "{self.prosody.secret}"
-domain = "{DOMAIN}"
-xmpp_port = {self.tap.port if self.tap is not None else self.prosody.componentPort}
-roster_url = "http://127.0.0.1:{self.webappPort}/rosters/%s"
-http = "tcp:{self.httpPort}:interface=127.0.0.1"
-no_kick = true
-iq_timeout = 60
-fetch_timeout = 60
-""" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in self.extraConfig.items()))
-        log = open(self.dir / "rosteradmin.log", "ab")
-        launcher, env = "from twisted.scripts.twistd import run; run()", {**os.environ, "PYTHONPATH": str(ROOT)}
-        if self.gcLog is not None:
-            launcher, env["BENCH_GC_LOG"] = "import bench.gclog; " + launcher, str(self.gcLog)
-        if self.stallLog is not None:
-            launcher, env["BENCH_STALL_LOG"] = "import bench.stallprobe; " + launcher, str(self.stallLog)
-        self.component = subprocess.Popen(
-            [sys.executable, "-c", launcher, "-n", "--pidfile=",
-             "--logger", "bench.run.quietLogger", "rosteradmin", "--config", str(config)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.component = self.launchComponent("rosteradmin", self.httpPort, self.extraConfig)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -182,6 +167,35 @@ fetch_timeout = 60
                 pass
             time.sleep(0.1)
         raise RuntimeError("rosteradmin did not connect; see " + str(self.dir / "rosteradmin.log"))
+
+    def launchComponent(self, name: str, httpPort: int, extraConfig: dict[str, Any]) -> subprocess.Popen[bytes]:
+        """
+        Start a rosteradmin process on this Prosody and web app, its
+        configuration in C{<name>.toml} and its output in C{<name>.log};
+        not waiting for it.
+        """
+        config = self.dir / f"{name}.toml"
+        config.write_text(f"""
+jid = "{self.prosody.componentJID}"
+secret = "{self.prosody.secret}"
+domain = "{DOMAIN}"
+xmpp_port = {self.tap.port if self.tap is not None else self.prosody.componentPort}
+roster_url = "http://127.0.0.1:{self.webappPort}/rosters/%s"
+http = "tcp:{httpPort}:interface=127.0.0.1"
+no_kick = true
+iq_timeout = 60
+fetch_timeout = 60
+""" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in extraConfig.items()))
+        log = open(self.dir / f"{name}.log", "ab")
+        launcher, env = "from twisted.scripts.twistd import run; run()", {**os.environ, "PYTHONPATH": str(ROOT)}
+        if self.gcLog is not None:
+            launcher, env["BENCH_GC_LOG"] = "import bench.gclog; " + launcher, str(self.gcLog)
+        if self.stallLog is not None:
+            launcher, env["BENCH_STALL_LOG"] = "import bench.stallprobe; " + launcher, str(self.stallLog)
+        return subprocess.Popen(
+            [sys.executable, "-c", launcher, "-n", "--pidfile=",
+             "--logger", "bench.run.quietLogger", "rosteradmin", "--config", str(config)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def restartComponent(self) -> None:
         self.stopComponent()
@@ -777,6 +791,31 @@ async def slowHTTPRuns(tmp: Path, args: argparse.Namespace) -> list[dict[str, An
     return results
 
 
+async def takeoverRuns(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """
+    Scenario 14 (B only, L{bench.takeover}): each run on a new Prosody and
+    database, with two rosteradmin processes.
+    """
+    # The tests' private cluster, reused rather than copied.
+    from tests.postgresql import PostgreSQLServer
+
+    server = PostgreSQLServer()
+    server.start()
+    results = []
+    try:
+        for run in range(args.runs):
+            setup = Setup(tmp / f"takeover-{run}", "B", takeover.USERS, SMALL_ROSTER, args.delay)
+            setup.start(component=False)
+            try:
+                LOADS.append((f"takeover run {run + 1}", os.getloadavg()[0]))
+                results.append(await takeover.takeovers(setup, server.newDatabase(), args.kills, PASSWORD))
+            finally:
+                setup.stop()
+    finally:
+        server.remove()
+    return results
+
+
 def memory(users: int, contacts: int) -> dict[str, Any]:
     """
     Scenario 4, in a fresh process: RSS per cached contact.
@@ -838,6 +877,9 @@ async def main(args: argparse.Namespace) -> None:
         if args.scenario == "slow-http":
             results[f"12 slow HTTP clients ({slowhttp.SLOW:,} open, cap {slowhttp.CAP:,})"]["B"] = (
                 await slowHTTPRuns(Path(tmp), args))
+        if args.scenario == "takeover":
+            results[f"14 takeover ({args.kills} kills of the leader, {takeover.PROBE_USERS} clients asking)"]["B"] = (
+                await takeoverRuns(Path(tmp), args))
         if args.scenario == "reactor-stall":
             results[f"9 reactor stall ({args.stall_users:,} users, {args.stall_contacts:,} contacts)"]["B"] = (
                 await reactorStallRuns(Path(tmp), args))
@@ -1107,15 +1149,18 @@ if __name__ == "__main__":
     parser.add_argument("--storm-idle", type=float, default=10.0,
                         help="seconds of the storm probe's idle baseline before 2c and 2s (0: no storm probe)")
     parser.add_argument("--scenario", choices=("all", "targets", "large-roster", "large-first-sync", "full-sync", "refresh-memory",
-                                               "reactor-stall", "flood", "slow-http", "login-cost"),
+                                               "reactor-stall", "flood", "slow-http", "login-cost", "takeover"),
                         default="all",
                         help="run scenarios 1 to 6; or only 1, 1v, 2, 2c and 2s (targets); or only 5 and 5L (large-roster);"
                              " or only scenario 6"
                              " (bench/firstsync.py), 7 (bench/fullsync.py), 8 (bench/refreshmemory.py)"
                              " or 9 (bench/reactorstall.py), 11 (flood: bench/flood.py) or 12 (slow-http:"
-                             " bench/slowhttp.py) or 13 (login-cost: bench/logincost.py); 7 to 13 run only when named")
+                             " bench/slowhttp.py), 13 (login-cost: bench/logincost.py) or 14 (takeover:"
+                             " bench/takeover.py, with PostgreSQL); 7 to 14 run only when named")
     parser.add_argument("--login-cost-users", type=int, default=200,
                         help="users of each variant of scenario 13, logged in one at a time")
+    parser.add_argument("--kills", type=int, default=takeover.KILLS,
+                        help="kills of the leader per run of scenario 14")
     parser.add_argument("--storm-sizes", type=lambda v: [int(c) for c in v.split(",")], default=[1000],
                         help="users of each login storm (scenarios 2, 2c, 2s), comma-separated")
     parser.add_argument("--prosody-b-config", help="B's Prosody configuration instead of contrib's (experiments)")

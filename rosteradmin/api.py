@@ -544,6 +544,12 @@ class HealthResource(JsonResource):
     not delegate roster queries, or the state file does not take writes
     (C{state_error} says why: rosters are still served and written, but a
     crash would lose what the file has not taken).
+
+    C{role} says whether this process leads (C{"leader"}) or stands by
+    (C{"standby"}, another process sharing its PostgreSQL state leads),
+    and C{since} since when.  A standby is not connected by design: it
+    answers 200, C{"status": "standby"}, while it could take over, and 503
+    when the state's database cannot be reached (C{leadership_error}).
     """
 
     allowedMethods = (b"GET", b"HEAD")
@@ -570,9 +576,15 @@ class HealthResource(JsonResource):
         # status says so.
         degraded = (backend.syncRefusal is not None or delegationProblem is not None
                     or backend.stateProblem is not None or bool(backend.saturated))
+        standby = snapshot.role == "standby"
+        if standby:
+            # Not connected by design: healthy while it could take over.
+            status = "standby" if snapshot.roleProblem is None else "unavailable"
+        else:
+            status = ("unavailable" if not connected else "stuck" if stuck is not None
+                      else "degraded" if degraded else "ok")
         body = {
-            "status": ("unavailable" if not connected else "stuck" if stuck is not None
-                       else "degraded" if degraded else "ok"),
+            "status": status,
             "connected": connected,
             "delegated": connected and stream.delegated,
             "cached_users": backend.cachedUsers,
@@ -589,9 +601,19 @@ class HealthResource(JsonResource):
             "parked_users": _firstListed(backend.parked),
             "pending_users": backend.pendingUsers,
             "sync": _syncSummary(snapshot.sync),
+            "role": snapshot.role,
+            "since": isoTime(snapshot.roleSince),
+            "leadership_error": snapshot.roleProblem,
         }
-        healthy = connected and stuck is None
+        healthy = status == "standby" if standby else connected and stuck is None
         return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
+
+
+def isoTime(when: float) -> str:
+    """
+    A UNIX time as C{/healthz} shows it: ISO 8601 in UTC, to the second.
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _firstListed(reasons: Mapping[str, str]) -> dict[str, str]:

@@ -99,6 +99,10 @@ class ConnectionMonitor(XMPPHandler):
         self.connections = 0
         self.backpressure: ReadOnlyWhileDrained | None = None
         self._keepalive: LoopingCall | None = None
+        # Conflicts in a row (another instance connected), and whether
+        # the current stream ends with one.
+        self._conflicts = 0
+        self._conflict = False
 
     def connectionMade(self) -> None:
         self.xmlstream.addObserver(xmlstream.STREAM_ERROR_EVENT, self._onStreamError)
@@ -122,6 +126,8 @@ class ConnectionMonitor(XMPPHandler):
         self._keepalive = None
         if self.connected and not self.parent.running:
             self.log.info("disconnected from the XMPP server: the service is stopping")
+        elif self._conflict:
+            self.log.info("disconnected from the XMPP server: another connection holds our JID")
         elif self.connected:
             self.log.error("lost the XMPP server connection: {why}", why=reason.getErrorMessage())
             if self.lastError is None:
@@ -131,6 +137,9 @@ class ConnectionMonitor(XMPPHandler):
             self.lastError = f"connection closed before the handshake: {reason.getErrorMessage()}"
             self.log.error("the XMPP server closed the connection before the handshake: {why}",
                            why=reason.getErrorMessage())
+        if not self._conflict:
+            self._conflicts = 0
+        self._conflict = False
         self.connected = False
 
     def connectFailed(self, address: str, reason: Failure, retryIn: float) -> None:
@@ -147,12 +156,32 @@ class ConnectionMonitor(XMPPHandler):
         error = reason.value
         condition = error.condition if isinstance(error, StreamError) else str(error)
         self.lastError = f"stream error: {condition}"
+        if condition == "conflict":
+            self._conflicted()
+            return
         hint = {
             "not-authorized": " (is --secret the component_secret of the server?)",
-            "conflict": " (is another rosteradmin connected with the same --jid?)",
             "host-unknown": " (does the server define a Component for --jid?)",
         }.get(condition, "")
         self.log.error("the XMPP server closed the stream: {condition}{hint}", condition=condition, hint=hint)
+
+    def _conflicted(self) -> None:
+        """
+        Another connection holds our JID: another instance leads, or two
+        instances do not share one state.  Said once (at info while it
+        goes on), until a stream ends otherwise; the component waits the
+        longest between attempts (L{HandshakeBackoff.conflicted}).
+        """
+        self._conflict = True
+        self._conflicts += 1
+        if self._conflicts == 1:
+            self.log.error("the XMPP server closed the stream: conflict: another rosteradmin instance holds the "
+                           "component connection for this --jid; not connecting again for "
+                           "--reconnect-max-delay (instances sharing a PostgreSQL --state never do this: do they "
+                           "share one?)")
+        else:
+            self.log.info("the XMPP server closed the stream again: conflict ({count} in a row)",
+                          count=self._conflicts)
 
     def _sendKeepalive(self) -> None:
         if self.xmlstream is not None:
@@ -169,6 +198,9 @@ BACKOFF_INITIAL_DELAY = 1.0
 #: At most this many seconds are added to each wait at random, so that
 #: components restarted together do not reconnect in step.
 BACKOFF_JITTER = 0.25
+
+#: The failures a conflict counts as: enough to wait the longest.
+CONFLICT_FAILURES = 20
 
 
 class HandshakeBackoff:
@@ -208,6 +240,16 @@ class HandshakeBackoff:
         """
         self.failures = 0
         self.nextDelay = self._policy(0)
+
+    def conflicted(self) -> None:
+        """
+        The server closed the stream, after its handshake, for another
+        connection holding our JID (Prosody's C{<conflict/>}): another
+        instance is connected, which will not change in a second.  Wait
+        the longest, as if the handshake had never completed.
+        """
+        self.failures = max(self.failures, CONFLICT_FAILURES)
+        self.nextDelay = self._policy(self.failures)
 
     def __call__(self, attempt: int) -> float:
         """
@@ -336,6 +378,8 @@ class RosterComponent(component.Component):
             handler.setHandlerParent(self)
         self.backoff = HandshakeBackoff(config.reconnect_max_delay)
         self.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, lambda stream: self.backoff.reset())
+        # After the handshake's reset: the conflict comes once it completed.
+        self.factory.addBootstrap(xmlstream.STREAM_ERROR_EVENT, self._onStreamError)
         address = f"{config.xmpp_host}:{config.xmpp_port}"
         self.connection = ClientService(ReportingEndpoint(endpoint, address, self.backoff, status.connectFailed),
                                         self.factory, retryPolicy=self.backoff, clock=clock)
@@ -351,6 +395,21 @@ class RosterComponent(component.Component):
         self.privileges.stopRetrying()
         service.Service.stopService(self)
         return self.connection.stopService()
+
+    def abandon(self) -> None:
+        """
+        Close the stream at once, without waiting for what it has not
+        sent, and connect no more: this process stopped leading, and
+        another will connect soon (L{rosteradmin.leadership}).
+        """
+        stream = self.xmlstream
+        self.connection.stopService()
+        if stream is not None and stream.transport is not None:
+            stream.transport.abortConnection()
+
+    def _onStreamError(self, reason: Failure) -> None:
+        if isinstance(reason.value, StreamError) and reason.value.condition == "conflict":
+            self.backoff.conflicted()
 
     def snapshot(self) -> StreamSnapshot:
         """

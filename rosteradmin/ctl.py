@@ -310,10 +310,24 @@ def _failures(reply: dict[str, Any]) -> list[str]:
     return [f"  {user}: {why}" for user, why in sorted((reply.get("failures") or {}).items())]
 
 
+def _role(reply: dict[str, Any]) -> str:
+    """
+    Whether the service leads or stands by, and since when, if it says
+    (with a PostgreSQL state several instances share it, one leads).
+    """
+    role, since = reply.get("role"), reply.get("since")
+    if not isinstance(role, str):
+        return ""
+    return role + (f" since {since}" if isinstance(since, str) else "") + "; "
+
+
 def _health(reply: dict[str, Any]) -> str:
+    if reply.get("role") == "standby":
+        return _role(reply) + "the leader holds the XMPP connection" + (
+            f"; cannot lead: {reply['leadership_error']}" if reply.get("leadership_error") else "")
     # A service of an earlier release sends no "delegated": say nothing.
     undelegated = reply["connected"] and reply.get("delegated") is False
-    return (f"{'connected' if reply['connected'] else 'NOT connected'}; "
+    return (_role(reply) + f"{'connected' if reply['connected'] else 'NOT connected'}; "
             f"{reply['cached_users']} cached users, {reply['fetches_in_flight']} fetches in flight, "
             f"{reply['unsynced_users']} unsynced"
             + ("; roster queries NOT delegated to rosteradmin" if undelegated else "")

@@ -29,11 +29,14 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 
-from rosteradmin.statestorage import Cursor, Dialect, IStateStorage
+from rosteradmin.statestorage import Cursor, Dialect
+
+T = TypeVar("T")
 
 #: Seconds an intake transaction may take (the API answers 503 past it).
 WRITE_TIMEOUT = 5.0
@@ -87,6 +90,19 @@ class Request:
         return cls(str(id), str(kind), json.loads(body), float(acceptedAt), str(status), int(attempts), done)
 
 
+class Transactions(Protocol):
+    """
+    What the intake needs of a storage: its transactions.  The state's
+    own storage
+    (L{IStateStorage<rosteradmin.statestorage.IStateStorage>}) for a
+    single process; with a PostgreSQL state, a connection of the
+    process's own (L{rosteradmin.statepg.PostgreSQLRequests}), since a
+    standby does not open the state.
+    """
+
+    def transact(self, work: Callable[[Cursor, Dialect], T], timeout: float) -> Deferred[T]: ...
+
+
 class Intake:
     """
     The C{requests} table of one storage, each call one committed
@@ -94,7 +110,7 @@ class Intake:
     L{rosteradmin.statestorage.StateError}, or a timeout).
     """
 
-    def __init__(self, storage: IStateStorage, timeout: float = WRITE_TIMEOUT) -> None:
+    def __init__(self, storage: Transactions, timeout: float = WRITE_TIMEOUT) -> None:
         """
         @param timeout: Seconds each transaction may take.
         """

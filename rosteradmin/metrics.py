@@ -51,6 +51,16 @@ class FetchLatency:
         self.histogram.labels(outcome).observe(seconds)
 
 
+def roleMetrics(role: str, since: float) -> Iterator[Metric]:
+    """
+    Whether this process leads, and since when (a standby shows them too).
+    """
+    yield GaugeMetricFamily("rosteradmin_leader", "1 while this process leads (holds the component connection), "
+                            "0 on a standby", 1 if role == "leader" else 0)
+    yield GaugeMetricFamily("rosteradmin_role_since_seconds", "When this process became leader or standby "
+                            "(UNIX time)", since)
+
+
 class Metrics(Collector):
     """
     The registry of one service, and the collector of its live counters:
@@ -70,6 +80,7 @@ class Metrics(Collector):
         snapshot = self.snapshots()
         backend, stream = snapshot.backend, snapshot.stream
         yield InfoMetricFamily("rosteradmin_build", "The release running", value={"version": __version__})
+        yield from roleMetrics(snapshot.role, snapshot.roleSince)
         yield CounterMetricFamily("rosteradmin_roster_queries", "Roster queries answered", stream.queriesAnswered)
         yield CounterMetricFamily("rosteradmin_cache_hits", "Roster cache hits", backend.cacheHits)
         yield CounterMetricFamily("rosteradmin_cache_misses", "Roster cache misses", backend.cacheMisses)

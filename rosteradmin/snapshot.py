@@ -20,8 +20,10 @@ cache, the state, the promises or the devices behind them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from rosteradmin.roster import Roster, StoredRoster
 
@@ -131,6 +133,11 @@ class ServiceSnapshot:
     @ivar kicks: Kick requests by HTTP status.
     @ivar onlineChecked: Server rosters of online users the online check
         has read back.
+    @ivar role: This process's role, C{"leader"} (always, on an SQLite
+        state) or C{"standby"} (L{rosteradmin.leadership}).
+    @ivar roleSince: When (UNIX time) it took that role.
+    @ivar roleProblem: Why leadership cannot be taken or confirmed (the
+        state's database cannot be reached), or C{None}.
     """
 
     backend: BackendSnapshot
@@ -138,6 +145,25 @@ class ServiceSnapshot:
     sync: SyncSnapshot | None
     kicks: Mapping[str, int]
     onlineChecked: int
+    role: str = "leader"
+    roleSince: float = 0.0
+    roleProblem: str | None = None
+
+
+class Role(Protocol):
+    """
+    What the snapshots show of leadership
+    (L{rosteradmin.leadership.Leadership}).
+    """
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def since(self) -> float: ...
+
+    @property
+    def problem(self) -> str | None: ...
 
 
 class Snapshots:
@@ -149,12 +175,15 @@ class Snapshots:
 
     def __init__(self, backend: Callable[[], BackendSnapshot], stream: Callable[[], StreamSnapshot],
                  sync: Callable[[], SyncSnapshot | None], kicks: Mapping[str, int],
-                 onlineChecked: Callable[[], int] = lambda: 0) -> None:
+                 onlineChecked: Callable[[], int] = lambda: 0, role: Role | None = None) -> None:
         """
         @param kicks: Kicks by HTTP status, as the kick resource counts them.
         @param onlineChecked: How many server rosters the online check has
             read back, if it runs.
+        @param role: This process's leadership; by default it leads since
+            the snapshots were made.
         """
+        self._role = role if role is not None else _Leader(time.time())
         self._backend = backend
         self._stream = stream
         self._sync = sync
@@ -166,7 +195,7 @@ class Snapshots:
         Read every part's figures now.
         """
         return ServiceSnapshot(self._backend(), self._stream(), self._sync(), dict(self._kicks),
-                               self._onlineChecked())
+                               self._onlineChecked(), self._role.role, self._role.since, self._role.problem)
 
 
 @dataclass(frozen=True)
@@ -284,3 +313,14 @@ class ResourcesSnapshot:
     presenceShared: bool
     online: tuple[str, ...]
     devices: tuple[DeviceSnapshot, ...]
+
+
+@dataclass(frozen=True)
+class _Leader:
+    """
+    The role of a process that leads throughout.
+    """
+
+    since: float
+    role: str = "leader"
+    problem: str | None = None

@@ -85,14 +85,18 @@ class SyncState:
 
     log = Logger()
 
-    def __init__(self, path: str = ":memory:", clock: IReactorTime | None = None) -> None:
+    def __init__(self, path: str = ":memory:", clock: IReactorTime | None = None,
+                 storage: IStateStorage | None = None) -> None:
         """
         @param path: The file or database, as L{openStorage} opens it.
         @param clock: Retries what the storage does not take (and, for
             PostgreSQL, the reactor whose threads write).
+        @param storage: The storage, already opened (by L{openStorage}, in
+            a thread: a new leader opens it while the reactor runs);
+            C{path} is then unused.
         @raise StateError: The storage cannot be opened.
         """
-        self._storage = openStorage(path, clock)
+        self._storage = storage if storage is not None else openStorage(path, clock)
         tables = self._storage.tables
         self._server: dict[str, str] = dict(tables["server_rosters"])
         self._pending: dict[str, float] = dict(tables["pending"])

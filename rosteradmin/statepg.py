@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 import threading
 import time
@@ -53,6 +54,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -89,6 +91,9 @@ RETRY_MAX_DELAY = 5.0
 #: The advisory lock held while the schema is created or upgraded, so
 #: that two processes starting at once do it once.
 SCHEMA_LOCK = 0x726F7374  # "rost"
+
+#: The advisory lock the leader holds (L{rosteradmin.leadership}).
+LEADER_LOCK = 0x726F73746C656164  # "rostlead"
 
 #: Connection parameters the URL may override.
 _DEFAULTS = {"application_name": "rosteradmin",
@@ -203,16 +208,67 @@ def _isTransient(e: psycopg.Error) -> bool:
     return "FATAL:" not in message or any(passing in message for passing in _PASSING)
 
 
-def _transaction(db: psycopg.Connection[Any], batch: Changes, holder: str | None) -> None:
+class Superseded(StateError):
     """
-    Write a batch in one transaction; the last one also deletes this
-    process's C{holder} row (not another's that replaced it).
+    Another process holds the state now (its C{holder} row replaced ours:
+    a new leader started): this one's changes must not be written over
+    what that one read and writes.
+    """
+
+
+def _transaction(db: psycopg.Connection[Any], batch: Changes, holder: str, final: bool) -> None:
+    """
+    Write a batch in one transaction, if this process still holds the
+    state; the last one (C{final}) also deletes this process's C{holder}
+    row.
+
+    @raise Superseded: Another process's row replaced ours.
     """
     with db.transaction():
         cursor = db.cursor()
+        # The row lock makes a new holder's start wait for this transaction,
+        # and this one see the new holder once that start committed.
+        row = cursor.execute("SELECT value FROM meta WHERE key = 'holder' FOR SHARE").fetchone()
+        if row is None or row[0] != holder:
+            raise Superseded(f"another process holds the state now ({row[0] if row else 'nobody'})")
         apply(cursor, POSTGRESQL, batch)
-        if holder is not None:
+        if final:
             cursor.execute("DELETE FROM meta WHERE key = 'holder' AND value = %s", (holder,))
+
+
+def _prepareSchema(cursor: Cursor, path: str) -> None:
+    """
+    In a transaction: create or upgrade the schema, once however many
+    processes start at once (the first takes L{SCHEMA_LOCK}, the others
+    wait for it and find the schema current).
+    """
+    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+    found = schemaVersion(cursor, POSTGRESQL, path)
+    if needsWriting(cursor, POSTGRESQL, found, path):
+        prepare(cursor, POSTGRESQL, found)
+
+
+def _hold(db: psycopg.Connection[Any], path: str) -> tuple[dict[str, list[Any]], str, str | None]:
+    """
+    Create or upgrade the schema, read every table and the previous
+    holder, and become the holder, in one transaction.
+
+    @return: The tables, the new C{holder} row and the previous one's, if
+        any.
+    """
+    try:
+        with db.transaction():
+            cursor = db.cursor()
+            _prepareSchema(cursor, path)
+            tables = readTables(cursor)
+            row = cursor.execute("SELECT value FROM meta WHERE key = 'holder'").fetchone()
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            # Unique to this opening: a process leading again opens the state again.
+            holder = f"{socket.gethostname()} pid {os.getpid()} since {since} #{secrets.token_hex(4)}"
+            cursor.execute(POSTGRESQL.upsert("meta"), ("holder", holder))
+    except psycopg.Error as e:
+        raise StateError(f"{path}: {_reason(e)}", transient=_isTransient(e)) from None
+    return tables, holder, None if row is None else str(row[0])
 
 
 class _DaemonThread(threading.Thread):
@@ -264,13 +320,15 @@ class PostgreSQLState:
         self._written: Deferred[None] | None = None
         self._retries = Retries(reactor, "state database", self.path, RETRY_DELAY, RETRY_MAX_DELAY)
         self._closed = False
+        # Why another process holds the state: nothing more is written.
+        self._superseded: str | None = None
         # Guards _db and _cut between the writing thread and a close
         # that cuts the connection from the reactor's (_cutConnection).
         self._lock = threading.Lock()
         self._cut = False
         self._db: psycopg.Connection[Any] | None = _connect(url, self.path)
         try:
-            self.tables, self._holder, previous = self._start(self._db)
+            self.tables, self._holder, previous = _hold(self._db, self.path)
         except BaseException:
             self._db.close()
             raise
@@ -282,36 +340,14 @@ class PostgreSQLState:
         self._pool.threadFactory = _DaemonThread
         self._pool.start()
 
-    def _start(self, db: psycopg.Connection[Any]) -> tuple[dict[str, list[Any]], str, str | None]:
-        """
-        Create or upgrade the schema, read every table and the previous
-        holder, and become the holder, in one transaction.
-
-        @return: The tables, this process's C{holder} row and the
-            previous one's, if any.
-        """
-        try:
-            with db.transaction():
-                cursor = db.cursor()
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                found = schemaVersion(cursor, POSTGRESQL, self.path)
-                if needsWriting(cursor, POSTGRESQL, found, self.path):
-                    prepare(cursor, POSTGRESQL, found)
-                tables = readTables(cursor)
-                row = cursor.execute("SELECT value FROM meta WHERE key = 'holder'").fetchone()
-                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                holder = f"{socket.gethostname()} pid {os.getpid()} since {since}"
-                cursor.execute(POSTGRESQL.upsert("meta"), ("holder", holder))
-        except psycopg.Error as e:
-            raise StateError(f"{self.path}: {_reason(e)}", transient=_isTransient(e)) from None
-        return tables, holder, None if row is None else str(row[0])
-
     @property
     def problem(self) -> str | None:
         """
         Why changes are waiting in memory for the server to take them, or
         C{None} when everything is written.
         """
+        if self._superseded is not None:
+            return f"{self.path}: {self._superseded}: this process writes it no more"
         return self._retries.problem(self.unsaved)
 
     @property
@@ -336,7 +372,7 @@ class PostgreSQLState:
         """
         Queue changes; they are written in the background, in order.
         """
-        if self._closed or not changes:
+        if self._closed or self._superseded is not None or not changes:
             return
         self._unsaved.update(changes)
         self._flush()
@@ -376,19 +412,19 @@ class PostgreSQLState:
         writing it twice (its first C{COMMIT} may have reached the server)
         changes nothing.
         """
-        holder = self._holder if final else None
+        holder = self._holder
         fresh = self._db is None or self._db.closed
         db = self._reconnect() if fresh else self._db
         assert db is not None
         try:
-            _transaction(db, batch, holder)
+            _transaction(db, batch, holder, final)
         except psycopg.OperationalError:
             if not db.broken:
                 raise
             self._disconnect()
             if fresh:
                 raise
-            _transaction(self._reconnect(), batch, holder)
+            _transaction(self._reconnect(), batch, holder, final)
 
     def _reconnect(self) -> psycopg.Connection[Any]:
         """
@@ -474,14 +510,29 @@ class PostgreSQLState:
 
     def _notWritten(self, failure: Failure, batch: Changes) -> None:
         """
-        Keep the batch, under what came meanwhile, and try again later.
+        Keep the batch, under what came meanwhile, and try again later;
+        unless another process holds the state now.
         """
         self._written = None
         self._writing = {}
+        if failure.check(Superseded):
+            self._supersede(_reason(cast(BaseException, failure.value)), len(batch.keys() | self._unsaved.keys()))
+            return
         self._unsaved = {**batch, **self._unsaved}
         if not failure.check(psycopg.Error, StateError):
             self.log.failure("writing state database {path}", failure, path=self.path)
         self._retries.failed(_reason(cast(BaseException, failure.value)), None if self._closed else self._flush)
+
+    def _supersede(self, why: str, count: int) -> None:
+        """
+        Another process took the state over (a new leader, this one having
+        stepped down or been cut off): write nothing more, ever, since it
+        read the state and writes it now.
+        """
+        self.log.error("state database {path}: {why}; this process's {count} unwritten changes are dropped",
+                       path=self.path, why=why, count=count)
+        self._superseded = why
+        self._unsaved = {}
 
     def close(self) -> Deferred[None]:
         """
@@ -504,6 +555,9 @@ class PostgreSQLState:
             if self._written is not None:
                 await self._written
             batch = self._unsaved
+            if self._superseded is not None:
+                await self._inThread(self._disconnect)
+                return
             try:
                 await self._inThread(self._finish, batch)
             except (psycopg.Error, StateError) as e:
@@ -527,3 +581,184 @@ class PostgreSQLState:
             self._write(batch, final=True)
         finally:
             self._disconnect()
+
+
+class PostgreSQLRequests:
+    """
+    A process's transactions on the shared state for the intake
+    (L{rosteradmin.intake}), whether it leads or stands by: a connection
+    and a thread of their own.  Not the leader's L{PostgreSQLState}, which
+    a standby must not open (it would become the state's holder, and the
+    leader's writes would stop), and which a leader opens anew at each
+    term; not the leadership lock's session (L{PostgreSQLLock}), whose
+    heartbeats must not wait behind a request.
+
+    @ivar path: The database URL, without its password.
+    """
+
+    def __init__(self, url: str, reactor: IReactorTime) -> None:
+        """
+        Connect, and create or upgrade the schema: a standby may be the
+        first process to start on a new database.
+
+        @raise StateError: The database cannot be reached, refuses us,
+            or holds a newer schema or another program's tables.
+        """
+        self.path = redacted(url)
+        self._url = url
+        self._reactor = reactor
+        self._closed = False
+        self._db: psycopg.Connection[Any] | None = _connect(url, self.path)
+        try:
+            with self._db.transaction():
+                _prepareSchema(self._db.cursor(), self.path)
+        except psycopg.Error as e:
+            self._db.close()
+            raise StateError(f"{self.path}: {_reason(e)}", transient=_isTransient(e)) from None
+        except BaseException:
+            self._db.close()
+            raise
+        self._pool = ThreadPool(1, 1, "rosteradmin-requests-postgresql")
+        self._pool.threadFactory = _DaemonThread
+        self._pool.start()
+
+    def transact(self, work: Callable[[Cursor, Dialect], T], timeout: float) -> Deferred[T]:
+        """
+        Run C{work} in one transaction, on a new connection if the last
+        one broke, and fire with its result once committed; or fail,
+        after C{timeout} seconds at most (as
+        L{IStateStorage.transact<rosteradmin.statestorage.IStateStorage.transact>}).
+        """
+        if self._closed:
+            return fail(StateError(f"{self.path}: closed"))
+        done = deferToThreadPool(cast(IReactorFromThreads, self._reactor), self._pool, self._transact, work)
+        return done.addTimeout(timeout, self._reactor)
+
+    def _transact(self, work: Callable[[Cursor, Dialect], T]) -> T:
+        if self._db is None or self._db.closed:
+            self._db = None
+            self._db = _connect(self._url, self.path)
+        db = self._db
+        try:
+            with db.transaction():
+                return work(db.cursor(), POSTGRESQL)
+        except psycopg.Error as e:
+            if db.broken:
+                db.close()
+            raise StateError(f"{self.path}: {_reason(e)}", transient=_isTransient(e)) from None
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the connection once the transaction under way ends, within
+        L{CLOSE_TIMEOUT}; past it the thread (a daemon) is left to the exit.
+        """
+        return ensureDeferred(self._close())
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        closing = deferToThreadPool(cast(IReactorFromThreads, self._reactor), self._pool, self._disconnect)
+        try:
+            await closing.addTimeout(CLOSE_TIMEOUT, self._reactor)
+        except DeferredTimeoutError:
+            return
+        self._pool.stop()
+
+    def _disconnect(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+class PostgreSQLLock:
+    """
+    The leader's advisory lock (L{LEADER_LOCK}) on a session of its own,
+    for L{rosteradmin.leadership.Leadership}: its own connection, apart
+    from those writing the state (whose retries must not delay a
+    heartbeat), used from its own thread, every statement and
+    unacknowledged write on the wire bounded by the heartbeat's timeout,
+    and the server told to look at the connection every second (TCP
+    keepalives), so that a host gone silent loses the lock within seconds.
+
+    @ivar path: The database URL, without its password.
+    """
+
+    def __init__(self, url: str, timeout: float, reactor: IReactorTime) -> None:
+        """
+        Connect once, so that a URL the server refuses stops start-up as
+        the state's would.
+
+        @param timeout: Seconds a statement (or data on the wire) may take.
+        @raise StateError: The database cannot be reached or refuses us.
+        """
+        self.path = redacted(url)
+        self._url = url
+        self._timeout = timeout
+        self._reactor = reactor
+        self._db: psycopg.Connection[Any] | None = self._connect()
+        self._pool = ThreadPool(1, 1, "rosteradmin-leadership")
+        self._pool.threadFactory = _DaemonThread
+        self._pool.start()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        milliseconds = int(self._timeout * 1000)
+        given = psycopg.conninfo.conninfo_to_dict(self._url)
+        mine = {"application_name": "rosteradmin leadership", "tcp_user_timeout": str(milliseconds),
+                "keepalives_idle": "1", "keepalives_interval": "1"}
+        url = psycopg.conninfo.make_conninfo(self._url, **{k: v for k, v in mine.items() if k not in given})
+        db = _connect(url, self.path, CLOSE_CONNECT_TIMEOUT)
+        try:
+            db.execute(f"SET statement_timeout = {milliseconds}")
+        except psycopg.Error as e:
+            db.close()
+            raise StateError(f"{self.path}: {_reason(e)}", transient=True) from None
+        return db
+
+    def _run(self, f: Callable[[], T]) -> Deferred[T]:
+        return deferToThreadPool(cast(IReactorFromThreads, self._reactor), self._pool, f)
+
+    def acquire(self) -> Deferred[bool]:
+        """
+        Try to take the lock, on a new session if there is none.
+        """
+        return self._run(self._acquire)
+
+    def _acquire(self) -> bool:
+        if self._db is None or self._db.closed:
+            self._db = None
+            self._db = self._connect()
+        try:
+            row = self._db.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+        except psycopg.Error as e:
+            self._db.close()
+            raise StateError(f"{self.path}: {_reason(e)}", transient=True) from None
+        return bool(row and row[0])
+
+    def check(self) -> Deferred[bool]:
+        """
+        Whether this session still holds the lock (a lost session fails).
+        """
+        return self._run(self._check)
+
+    def _check(self) -> bool:
+        if self._db is None or self._db.closed:
+            return False
+        try:
+            row = self._db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                   "AND pid = pg_backend_pid()").fetchone()
+        except psycopg.Error as e:
+            self._db.close()
+            raise StateError(_reason(e)) from None
+        return bool(row and row[0])
+
+    def release(self) -> Deferred[None]:
+        """
+        End the session, which lets the lock go.
+        """
+        return self._run(self._release)
+
+    def _release(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

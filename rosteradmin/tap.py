@@ -7,17 +7,18 @@ L{Options} (L{rosteradmin.options}) and L{makeService} from this module.
 How start-up ends when it cannot succeed, and the top service, are
 L{rosteradmin.startup}'s; the open file limit is L{rosteradmin.filelimit}'s.
 
-Whether this instance leads (holds the XMPP stream and does the roster
-work, another instance on the same PostgreSQL state standing by) is
-asked of L{leadership}, a stand-in until instances elect a leader: it
-always leads, so a single instance behaves as it always did.  What a
-standby's API does is L{rosteradmin.handoff}'s; what the leader does with
-the requests standbys recorded, L{rosteradmin.applier}'s.
+One process on an SQLite state (or none) always leads: its parts
+(L{leaderTerm}) start with it.  On a PostgreSQL state several processes
+may share the state and one leads (L{rosteradmin.leadership}): each
+builds the leader's parts afresh every time it starts leading, over the
+state opened then, and meanwhile serves the API of a standby
+(L{standbyRoot}), whose refreshes, syncs and kicks are recorded for the
+leader (L{rosteradmin.handoff}).  What the leader does with the requests
+standbys recorded is L{rosteradmin.applier}'s.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +26,12 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.threads import deferToThread
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from rosteradmin.api import KickRoute, LeaderCalls, buildRoot
 from rosteradmin.applier import RequestApplier
@@ -48,6 +52,7 @@ from rosteradmin.httpclient import makeHTTPClient
 from rosteradmin.inspection import Inspector, Schedule
 from rosteradmin.intake import Intake
 from rosteradmin.interfaces import IOnlineUsers, IRosterSync
+from rosteradmin.leadership import AlwaysLeader, LeaderOnly, Leadership, Term, Timings
 from rosteradmin.metrics import FetchLatency, Metrics
 from rosteradmin.muc import RoomKicker
 from rosteradmin.onlinecheck import OnlineCheck
@@ -58,10 +63,10 @@ from rosteradmin.privilege import PrivilegeHandler
 from rosteradmin.roster import NS_ROSTER
 from rosteradmin.rosterserver import RosterServer
 from rosteradmin.slots import MAX_SYNC_IN_FLIGHT
-from rosteradmin.snapshot import Snapshots
+from rosteradmin.snapshot import Role, Snapshots
 from rosteradmin.stanzalimit import StanzaLimit
 from rosteradmin.startup import EX_CONFIG, SequentialService, refuseToStart
-from rosteradmin.state import StateError, SyncState
+from rosteradmin.state import StateError, SyncState, isPostgreSQL, openStorage
 from rosteradmin.users import UserLister
 from rosteradmin.web import Drain, DrainingService, makeSite
 
@@ -174,23 +179,6 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     return Parts(backend, component, fetchLatency, online)
 
 
-#: The test-only environment variable that makes L{leadership}'s
-#: stand-in answer "not leading" (C{1}), so that tests can run a standby
-#: before instances elect a leader.
-STANDBY_FOR_TESTS = "ROSTERADMIN_TEST_STANDBY"
-
-
-def leadership() -> Callable[[], bool]:
-    """
-    Whether this instance leads, asked on every API request: a stand-in
-    until instances elect a leader, which always leads (a single
-    instance, on SQLite or PostgreSQL alone, behaves as it always did),
-    unless the tests set L{STANDBY_FOR_TESTS}.
-    """
-    standby = os.environ.get(STANDBY_FOR_TESTS) == "1"
-    return lambda: not standby
-
-
 def makeApplier(config: Config, parts: Parts, fullSync: FullSync, intake: Intake, clock: Any) -> RequestApplier:
     """
     The service that applies, while this instance leads, the requests
@@ -203,8 +191,8 @@ def makeApplier(config: Config, parts: Parts, fullSync: FullSync, intake: Intake
     return RequestApplier(intake, calls.apply, clock, lambda: comp.status.connected)
 
 
-def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
-            onlineCheck: OnlineCheck | None = None, handoff: Handoff | None = None) -> Resource:
+def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain, onlineCheck: OnlineCheck | None = None,
+            handoff: Handoff | None = None, role: Role | None = None) -> Resource:
     """
     The HTTP API's resource tree, with health and metrics read from one
     snapshot of the backend, the component and the full sync, and one
@@ -214,6 +202,8 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
     @param drain: Counts the requests in flight, for the HTTP service.
     @param onlineCheck: Whose counts the metrics show, if it runs.
     @param handoff: Takes the requests while this instance does not lead.
+    @param role: This process's leadership, which health and metrics show;
+        by default it leads from now on.
     """
     comp = parts.component
     kickOutcomes: Counter[str] = Counter()
@@ -221,7 +211,7 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
     if not config.no_kick and config.kick_authorization is not None:
         kick = KickRoute(comp.kicker, comp.status, config.kick_authorization, kickOutcomes)
     snapshots = Snapshots(parts.backend.snapshot, comp.snapshot, fullSync.snapshot, kickOutcomes,
-                          lambda: onlineCheck.checked if onlineCheck is not None else 0)
+                          lambda: onlineCheck.checked if onlineCheck is not None else 0, role)
     # The fetch and the server's read run together: their two deadlines
     # added leave time to wait for the user's lock too.
     inspector = Inspector(parts.backend, comp.resources, config.fetch_timeout + config.iq_timeout,
@@ -231,74 +221,195 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
                      Metrics(snapshots, parts.fetchLatency), inspector, handoff)
 
 
+@dataclass(frozen=True)
+class Shared:
+    """
+    What every part of a process shares, whether it leads or not.
+
+    @ivar drain: Counts the requests in flight, for the HTTP service.
+    @ivar intake: The requests standbys record and the leader applies.
+    @ivar role: Whether this process leads.
+    """
+
+    config: Config
+    reactor: Any
+    drain: Drain
+    intake: Intake
+    role: Role
+    verbose: bool
+
+    def parts(self, state: SyncState) -> tuple[Parts, FullSync]:
+        """
+        The backend, the XMPP side and the full sync, over C{state}, not
+        started.
+        """
+        config, reactor = self.config, self.reactor
+        # The web app's, for the fetcher (which closes the pool) and the
+        # users lister: every fetch in flight may reuse a kept-alive
+        # connection.
+        http, pool = makeHTTPClient(reactor, config.fetch_timeout, config.fetch_concurrency)
+        xmppServer = endpoints.HostnameEndpoint(reactor, config.xmpp_host, config.xmpp_port)
+        parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=self.verbose)
+        lister = None
+        if config.users_url is not None:
+            lister = UserLister(config.users_url, reactor, http=http, timeout=config.fetch_timeout,
+                                maxBytes=config.max_roster_bytes, headers=config.web_app_headers)
+        fullSync = FullSync(parts.backend, lister, reactor, not config.no_start_sync, config.reconcile_interval)
+        return parts, fullSync
+
+
+def leaderTerm(shared: Shared, state: SyncState, leading: Callable[[], bool]) -> Term:
+    """
+    What the leader runs, over one state: C{backend} (cache, fetcher,
+    sync), C{roster-sync} (ejabberd's API only), C{component} (the XMPP
+    side), C{sessions} (ejabberd's session list, with its API only),
+    C{sync} (full syncs), C{online-check} and C{requests} (applies
+    what standbys recorded), and the API's resources over them.  Every
+    part is new: a process leading again builds them anew
+    (L{rosteradmin.leadership.LeaderOnly}).
+
+    @param leading: Whether this process still leads, asked by the API
+        on every request.
+    """
+    config, reactor = shared.config, shared.reactor
+    parts, fullSync = shared.parts(state)
+    backend = parts.backend
+    backend.setName("backend")
+    services: list[service.IService] = [backend]
+    syncService = service.IService(backend.sync, None)
+    if syncService is not None:
+        # ejabberd's API: it probes the API at start and while it refuses.
+        syncService.setName("roster-sync")
+        services.append(syncService)
+    parts.component.setName("component")
+    services.append(parts.component)
+    sessions = service.IService(parts.online, None)
+    if sessions is not None:
+        # ejabberd's session list: read at start (the users to catch up)
+        # and every few seconds.
+        sessions.setName("sessions")
+        services.append(sessions)
+    fullSync.setName("sync")
+    online = parts.online
+    onlineCheck = OnlineCheck(backend, lambda: online.online, reactor, config.online_check_interval)
+    onlineCheck.setName("online-check")
+    applier = makeApplier(config, parts, fullSync, shared.intake, reactor)
+    applier.setName("requests")
+    services += [fullSync, onlineCheck, applier]
+    handoff = Handoff(shared.intake, leading, reactor)
+    root = makeAPI(config, parts, fullSync, shared.drain, onlineCheck, handoff, shared.role)
+    return Term(services, root, parts.component.abandon, state.close)
+
+
+def standbyRoot(shared: Shared) -> Resource:
+    """
+    The API of a process that does not lead: the leader's tree, over
+    parts of its own that never start (a state in memory, no stream),
+    which hands every refresh, sync and kick over to the leader; its
+    C{/healthz} and C{/metrics} say it stands by.
+    """
+    parts, fullSync = shared.parts(SyncState(clock=shared.reactor))
+    handoff = Handoff(shared.intake, lambda: False, shared.reactor)
+    return makeAPI(shared.config, parts, fullSync, shared.drain, None, handoff, shared.role)
+
+
+def _refuse(e: StateError) -> None:
+    """
+    End start-up for a state that cannot be opened: another process
+    holding the file's lock throughout start-up, or a database that does
+    not answer, may let go; another schema or an unusable path will not.
+    """
+    refuseToStart(f"--state: {e}", 1 if e.transient else EX_CONFIG)
+
+
+class _Closing(service.Service):
+    """
+    Closes something when the service tree stops.
+    """
+
+    def __init__(self, close: Callable[[], Deferred[None]]) -> None:
+        self.close = close
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.close()
+
+
+def _single(top: service.MultiService, config: Config, reactor: Any, drain: Drain, verbose: bool) -> Resource:
+    """
+    The parts of the only process (an SQLite state, or none), which
+    always leads, under C{top}; the API's tree.
+    """
+    try:
+        state = SyncState(config.state, reactor) if config.state is not None else SyncState(clock=reactor)
+    except StateError as e:
+        _refuse(e)
+    shared = Shared(config, reactor, drain, Intake(state.storage), AlwaysLeader(), verbose)
+    term = leaderTerm(shared, state, lambda: True)
+    for part in term.services:
+        part.setServiceParent(top)
+    return term.root
+
+
+def _shared(top: service.MultiService, config: Config, url: str, reactor: Any, drain: Drain, verbose: bool,
+            site: Site) -> None:
+    """
+    The processes sharing a PostgreSQL state (L{rosteradmin.leadership}),
+    under C{top}: C{intake} (closes the intake's connection), C{leadership}
+    (the lock's session; both opened now: start-up ends if the database
+    refuses us), then C{leader},
+    which holds the leader's parts while this process leads, the state
+    opened afresh each time.
+    """
+    # Imported here: the driver is an optional dependency.
+    from rosteradmin.statepg import PostgreSQLLock, PostgreSQLRequests
+
+    try:
+        requests = PostgreSQLRequests(url, reactor)
+        lock = PostgreSQLLock(url, Timings().timeout, reactor)
+    except StateError as e:
+        _refuse(e)
+    closing = _Closing(requests.close)
+    closing.setName("intake")
+    closing.setServiceParent(top)
+    leadership = Leadership(lock, reactor)
+    shared = Shared(config, reactor, drain, Intake(requests), leadership, verbose)
+
+    async def begin() -> Term:
+        # Its reading waits on the network: not in the reactor's thread.
+        storage = await deferToThread(openStorage, url, reactor)
+        return leaderTerm(shared, SyncState(url, reactor, storage=storage), lambda: leadership.leading)
+
+    leader = LeaderOnly(leadership, lambda: ensureDeferred(begin()), site, standbyRoot(shared))
+    leadership.setName("leadership")
+    leadership.setServiceParent(top)
+    leader.setName("leader")
+    leader.setServiceParent(top)
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """
-    The whole service tree: C{backend} (cache, fetcher, sync),
-    C{roster-sync} (ejabberd's API only), C{component} (the XMPP side),
-    C{sessions} (ejabberd's session list, with its API only), C{sync}
-    (full syncs), C{online-check}, C{requests} (applies what
-    standbys recorded, while leading) and C{http} (the API), sharing the
-    backend.
+    The whole service tree.  One process (an SQLite state, or none):
+    L{leaderTerm}'s parts, then C{http} (the API).  With a PostgreSQL
+    state, several processes may share it and one leads
+    (L{rosteradmin.leadership}): C{leadership}, then C{leader} (the same
+    parts, while this process leads), then C{http}.  Stopped in the
+    reverse order: the API drains, the parts stop (the state closes),
+    then the lock is let go.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
     config = options.config
+    verbose = bool(options["verbose"])
     top = SequentialService(config.http)
-
-    try:
-        state = SyncState(config.state, reactor) if config.state is not None else SyncState(clock=reactor)
-    except StateError as e:
-        # Another process holding the file's lock throughout start-up may
-        # let go; another schema or an unusable path will not.
-        refuseToStart(f"--state: {e}", 1 if e.transient else EX_CONFIG)
-    # The web app's, for the fetcher (which closes the pool) and the users
-    # lister: every fetch in flight may reuse a kept-alive connection.
-    http, pool = makeHTTPClient(reactor, config.fetch_timeout, config.fetch_concurrency)
-    xmppServer = endpoints.HostnameEndpoint(reactor, config.xmpp_host, config.xmpp_port)
-    parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=bool(options["verbose"]))
-    backend = parts.backend
-    backend.setName("backend")
-    backend.setServiceParent(top)
-    syncService = service.IService(backend.sync, None)
-    if syncService is not None:
-        # ejabberd's API: it probes the API at start and while it refuses.
-        syncService.setName("roster-sync")
-        syncService.setServiceParent(top)
-    parts.component.setName("component")
-    parts.component.setServiceParent(top)
-    sessions = service.IService(parts.online, None)
-    if sessions is not None:
-        # ejabberd's session list: read at start (the users to catch up)
-        # and every few seconds.
-        sessions.setName("sessions")
-        sessions.setServiceParent(top)
-
-    lister = None
-    if config.users_url is not None:
-        lister = UserLister(config.users_url, reactor, http=http, timeout=config.fetch_timeout,
-                            maxBytes=config.max_roster_bytes, headers=config.web_app_headers)
-    fullSync = FullSync(backend, lister, reactor, not config.no_start_sync, config.reconcile_interval)
-    fullSync.setName("sync")
-    fullSync.setServiceParent(top)
-    online = parts.online
-    onlineCheck = OnlineCheck(backend, lambda: online.online, reactor, config.online_check_interval)
-    onlineCheck.setName("online-check")
-    onlineCheck.setServiceParent(top)
-
-    leading = leadership()
-    intake = Intake(state.storage)
-    applier = makeApplier(config, parts, fullSync, intake, reactor)
-    applier.setName("requests")
-    if leading():
-        # Until instances elect a leader, it leads from start to stop.
-        applier.setServiceParent(top)
-
     drain = Drain()
-    handoff = Handoff(intake, leading, reactor)
-    site = makeSite(makeAPI(config, parts, fullSync, drain, onlineCheck, handoff), config.max_body_bytes,
-                    config.http_timeout, reactor)
+    site = makeSite(Resource(), config.max_body_bytes, config.http_timeout, reactor)
+    if config.state is not None and isPostgreSQL(config.state):
+        _shared(top, config, config.state, reactor, drain, verbose, site)
+    else:
+        site.resource = _single(top, config, reactor, drain, verbose)
     # Requests in flight may wait for a fetch and an XMPP round trip.
     drainTimeout = config.fetch_timeout + config.iq_timeout
     web = DrainingService(endpoints.serverFromString(reactor, config.http), site, drain, reactor, drainTimeout,

@@ -190,6 +190,29 @@ async def test_healthSuccess(api: ApiStub) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_healthShowsTheRole(api: ApiStub) -> None:
+    """
+    health says whether the service leads or stands by, and since when,
+    when it says so (a PostgreSQL state shared by several instances).
+    """
+    api.reply("health", 200, {**HEALTH_OK, "role": "leader", "since": "2026-12-07T06:40:00Z"})
+    run = await ctl("--url", api.url, "health")
+    assert run == Run(0, "leader since 2026-12-07T06:40:00Z; connected; 3 cached users, 1 fetches in flight, "
+                         "0 unsynced\n", "")
+    api.reply("health", 200, {"status": "standby", "role": "standby", "since": "2026-12-07T06:41:00Z",
+                              "connected": False, "cached_users": 0, "fetches_in_flight": 0, "unsynced_users": 0,
+                              "last_error": None, "leadership_error": None})
+    run = await ctl("--url", api.url, "health")
+    assert run == Run(0, "standby since 2026-12-07T06:41:00Z; the leader holds the XMPP connection\n", "")
+    api.reply("health", 503, {"status": "unavailable", "role": "standby", "since": "2026-12-07T06:41:00Z",
+                              "connected": False, "cached_users": 0, "fetches_in_flight": 0, "unsynced_users": 0,
+                              "last_error": None, "leadership_error": "connection refused"})
+    run = await ctl("--url", api.url, "health")
+    assert run == Run(1, "", "rosteradmin-ctl: health failed: HTTP 503: standby since 2026-12-07T06:41:00Z; "
+                             "the leader holds the XMPP connection; cannot lead: connection refused\n")
+
+
+@pytest_twisted.ensureDeferred
 async def test_healthSaysWhenNotDelegated(api: ApiStub) -> None:
     """
     Connected without the server's delegation, health says so (with the

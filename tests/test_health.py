@@ -5,6 +5,7 @@ Tests for what /healthz says about wedged work, refused and parked users.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import capturedLogs
@@ -151,3 +152,60 @@ def test_rosterAccessTooSmallIsSaid() -> None:
         refresh = wire.backend.refresh(["alice"])
     assert refresh.called and refresh.result.errors == 1
     assert "'get'" in refresh.result.failures["alice"]
+
+
+@dataclass
+class Standing:
+    """
+    A role as the leadership shows it to the snapshots.
+    """
+
+    role: str
+    since: float
+    problem: str | None = None
+
+
+def test_healthzSaysTheRole() -> None:
+    """
+    A single instance leads since it started; a standby (another instance
+    sharing the state leads) is healthy though not connected, unless it
+    cannot reach the state's database, and says since when it stands by.
+    """
+    wire = ComponentOnWire()
+    code, body = health(wire)
+    assert body["role"] == "leader" and isinstance(body["since"], str)
+    fullSync = FullSync(wire.backend, None, wire.clock, False, 60)
+    standing = Standing("standby", 1796625600.0)
+
+    def standby() -> tuple[int, dict[str, object]]:
+        resource = HealthResource(Drain(), Snapshots(wire.backend.snapshot, wire.component.snapshot,
+                                                     fullSync.snapshot, Counter(), role=standing))
+        result: tuple[int, dict[str, object]] = ensureDeferred(resource._get(None)).result
+        return result
+
+    code, body = standby()
+    assert (code, body["status"], body["role"], body["since"], body["connected"], body["leadership_error"]) == (
+        200, "standby", "standby", "2026-12-07T06:40:00Z", False, None)
+    standing.problem = "connection refused"
+    code, body = standby()
+    assert (code, body["status"], body["leadership_error"]) == (503, "unavailable", "connection refused")
+
+
+def test_metricsSayTheRole() -> None:
+    """
+    C{/metrics} shows C{rosteradmin_leader} (1 or 0) and since when.
+    """
+    from prometheus_client import generate_latest
+
+    from rosteradmin.metrics import FetchLatency, Metrics
+
+    wire = ComponentOnWire()
+    fullSync = FullSync(wire.backend, None, wire.clock, False, 60)
+    for standing, leader in ((Standing("leader", 1796625600.0), 1.0), (Standing("standby", 1796625601.0), 0.0)):
+        snapshots = Snapshots(wire.backend.snapshot, wire.component.snapshot, fullSync.snapshot, Counter(),
+                              role=standing)
+        text = generate_latest(Metrics(snapshots, FetchLatency()).registry).decode()
+        values = dict(line.split(" ", 1) for line in text.splitlines() if line.startswith("rosteradmin_role_since")
+                      or line.startswith("rosteradmin_leader "))
+        assert float(values["rosteradmin_leader"]) == leader
+        assert float(values["rosteradmin_role_since_seconds"]) == standing.since

@@ -87,3 +87,48 @@ def test_unreachableServerLoggedAndReported() -> None:
     assert event["next"] == f"retrying in {retry.getTime() - wire.clock.seconds():.1f} s"
     assert wire.component.status.lastError.startswith("cannot connect to 127.0.0.1:5347: Connection was refused")
     assert not wire.component.status.connected
+
+
+CONFLICT = "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+
+
+def conflictAfterHandshake(wire: ComponentOnWire) -> None:
+    """
+    One connection whose handshake completes, then closed by the server
+    because another connection holds the component's JID (Prosody's
+    C{kick_new}).
+    """
+    factory, attempt = wire.server.attempts[-1]
+    xs = factory.buildProtocol(None)
+    transport = StringTransport()
+    xs.makeConnection(transport)
+    attempt.callback(xs)
+    xs.dataReceived(STREAM_HEADER)
+    xs.dataReceived("<handshake/>")
+    xs.dataReceived(CONFLICT)
+    xs.connectionLost(Failure(ConnectionDone()))
+
+
+def test_conflictMeansAnotherLeads() -> None:
+    """
+    A C{<conflict/>} after the handshake is read as "another instance
+    holds the component connection": said once as an error, then at info,
+    and the next attempt waits the longest (reconnect-max-delay), not the
+    1 s a completed handshake would reset the backoff to.
+    """
+    wire = ComponentOnWire()
+    backoff = wire.component.backoff = HandshakeBackoff(wire.config.reconnect_max_delay, jitter=lambda: 0.0)
+    wire.component.connection = ClientService(wire.server, wire.component.factory, retryPolicy=backoff,
+                                              clock=wire.clock)
+    wire.component.startService()
+    errors = []
+    for _ in range(3):
+        with capturedLogs() as events:
+            conflictAfterHandshake(wire)
+        errors += [e for e in events if e["log_level"] >= LogLevel.error]
+        [retry] = wire.clock.getDelayedCalls()
+        assert retry.getTime() - wire.clock.seconds() == pytest.approx(wire.config.reconnect_max_delay)
+        wire.clock.advance(retry.getTime() - wire.clock.seconds())
+    [error] = errors  # no error line per attempt: not an error loop
+    assert "another rosteradmin instance holds the component connection" in error["log_format"]
+    assert wire.component.status.lastError == "stream error: conflict"

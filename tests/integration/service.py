@@ -40,8 +40,26 @@ class RunningService:
         options = Options()
         options.parseOptions(self.argv)
         self.top: MultiService = tap.makeService(options)
-        self.backend: RosterBackend = self.top.getServiceNamed("backend")
-        self.component: RosterComponent = self.top.getServiceNamed("component")
+
+    def _part(self, name: str) -> Any:
+        """
+        One of the leader's parts: under the top (one process), or, with a
+        PostgreSQL state, under C{leader} once this process leads (built
+        anew each time it starts leading).
+        """
+        if name in self.top.namedServices:
+            return self.top.getServiceNamed(name)
+        return self.top.getServiceNamed("leader").getServiceNamed(name)
+
+    @property
+    def backend(self) -> RosterBackend:
+        part: RosterBackend = self._part("backend")
+        return part
+
+    @property
+    def component(self) -> RosterComponent:
+        part: RosterComponent = self._part("component")
+        return part
 
     async def start(self, timeout: float = 15.0) -> None:
         """
@@ -52,6 +70,8 @@ class RunningService:
         await self.waitUntil(self.ready, timeout, "component connected with delegation and privileges")
 
     def ready(self) -> bool:
+        if "leader" in self.top.namedServices and "component" not in self.top.getServiceNamed("leader").namedServices:
+            return False  # not leading yet
         comp = self.component
         return bool(comp.status.connected and comp.privileges.canSync() and comp.delegation.delegated)
 

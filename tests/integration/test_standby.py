@@ -1,11 +1,9 @@
 """
 Requests reaching an instance that does not lead, end to end: real
 C{twistd} processes on one private PostgreSQL database, against a real
-Prosody.  Leadership is not elected yet: the standby is made one by
-the test-only C{ROSTERADMIN_TEST_STANDBY=1}
-(L{rosteradmin.tap.leadership}); it still holds the component stream,
-so it is stopped before a leader starts (Prosody takes one stream per
-component).
+Prosody.  The test holds the leadership lock at first, as a leader
+would (L{rosteradmin.leadership}), so that the instance stands by with
+nothing applying what it records; let go, the instance leads.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import treq
 from twisted.internet import reactor, threads
 from twisted.web.client import HTTPConnectionPool
 
-from rosteradmin.tap import STANDBY_FOR_TESTS
+from rosteradmin.statepg import LEADER_LOCK
 from tests.integration.service import RunningService
 from tests.integration.test_rosters import items
 from tests.integration.test_twistd import startTwistd, stop
@@ -57,15 +55,18 @@ async def test_recordedWhileStandingByAppliedOnceLeading(prosody: Any, webapp: A
                                                         postgresql: PostgreSQLServer) -> None:
     """
     A refresh and a sync reaching a standby are answered 202 with a
-    Location once recorded; a leader started on the same database
-    applies them, one of them after a first leader died (SIGKILL) while
-    applying it: the next one applies it again, and the Location shows
-    the leader's replies; the server holds the refreshed roster.
+    Location once recorded; the standby, once it leads, applies them,
+    one of them after it died (SIGKILL) while applying it: the next
+    leader applies it again, and the Location shows the leader's replies;
+    the server holds the refreshed roster.
     """
     url = postgresql.newDatabase()
     settings = f'state = "{url}"'
     webapp.rosters["alice"] = {"bob@example.org": {"name": "Bob"}}
-    standby, base = await startTwistd(prosody, webapp, tmp_path, settings, env={STANDBY_FOR_TESTS: "1"})
+    # Another leader, as far as the instance can tell.
+    lock = await threads.deferToThread(psycopg.connect, url, autocommit=True)
+    lock.execute("SELECT pg_advisory_lock(%s)", (LEADER_LOCK,))
+    dying, base = await startTwistd(prosody, webapp, tmp_path, settings)
     try:
         webapp.rosters["alice"]["carol@example.org"] = {"name": "Carol"}
         code, refresh, location = await call("POST", base + "/roster_admin/refresh", ["alice"])
@@ -76,15 +77,16 @@ async def test_recordedWhileStandingByAppliedOnceLeading(prosody: Any, webapp: A
         assert code == 202 and looked["attempts"] == 0
         assert webapp.requests["alice"] == 0  # a standby applies nothing
     finally:
-        await threads.deferToThread(stop, standby)
-
-    # The first leader dies while fetching the refreshed roster.
-    webapp.holdAfter(0)
-    dying, _ = await startTwistd(prosody, webapp, tmp_path, settings)
-    await RunningService.waitUntil(lambda: webapp.requests["alice"] == 1, 10, "the first leader applies the refresh")
-    dying.send_signal(signal.SIGKILL)
-    await threads.deferToThread(dying.communicate, None, 30)
-    webapp.release()
+        # The instance leads, and dies while fetching the refreshed roster.
+        webapp.holdAfter(0)
+        lock.close()
+    try:
+        await RunningService.waitUntil(lambda: webapp.requests["alice"] == 1, 10,
+                                       "the first leader applies the refresh")
+    finally:
+        dying.send_signal(signal.SIGKILL)
+        await threads.deferToThread(dying.communicate, None, 30)
+        webapp.release()
 
     leader, leaderBase = await startTwistd(prosody, webapp, tmp_path, settings)
     try:
