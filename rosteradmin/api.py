@@ -543,7 +543,9 @@ class HealthResource(JsonResource):
     C{"degraded"} (still 200) when the server refuses roster writes, does
     not delegate roster queries, or the state file does not take writes
     (C{state_error} says why: rosters are still served and written, but a
-    crash would lose what the file has not taken).
+    crash would lose what the file has not taken), or the web app has not
+    accepted events for longer than C{--events-stale-after}
+    (C{events_error} says since when).
     """
 
     allowedMethods = (b"GET", b"HEAD")
@@ -568,8 +570,9 @@ class HealthResource(JsonResource):
         # or holding more of its users than its bounds: rosteradmin works
         # only in part.  200 still (a restart would not help), and the
         # status says so.
+        eventsProblem = snapshot.events.problem if snapshot.events is not None else None
         degraded = (backend.syncRefusal is not None or delegationProblem is not None
-                    or backend.stateProblem is not None or bool(backend.saturated))
+                    or backend.stateProblem is not None or bool(backend.saturated) or eventsProblem is not None)
         body = {
             "status": ("unavailable" if not connected else "stuck" if stuck is not None
                        else "degraded" if degraded else "ok"),
@@ -582,6 +585,7 @@ class HealthResource(JsonResource):
             "roster_sync_error": backend.syncRefusal,
             "delegation_error": delegationProblem,
             "state_error": backend.stateProblem,
+            "events_error": eventsProblem,
             "stuck": stuck,
             "saturated": list(backend.saturated),
             "refused_users": len(backend.refused),

@@ -123,6 +123,30 @@ class SyncSnapshot:
 
 
 @dataclass(frozen=True)
+class EventsSnapshot:
+    """
+    The outbox of events for the web app
+    (L{rosteradmin.events.EventDelivery.snapshot}).
+
+    @ivar queued: Events waiting for the web app.
+    @ivar oldestAge: Seconds the oldest of them has waited, or C{None}.
+    @ivar delivered: Events the web app accepted since start.
+    @ivar dropped: Events not kept since start: the outbox was full, or
+        the state did not take them.
+    @ivar lastTransaction: The id of the last transaction accepted.
+    @ivar problem: Why the web app has not taken events for longer than
+        it should, or C{None}.
+    """
+
+    queued: int
+    oldestAge: float | None
+    delivered: int
+    dropped: int
+    lastTransaction: int | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
 class ServiceSnapshot:
     """
     Everything C{/healthz} and C{/metrics} show, taken together.
@@ -131,6 +155,8 @@ class ServiceSnapshot:
     @ivar kicks: Kick requests by HTTP status.
     @ivar onlineChecked: Server rosters of online users the online check
         has read back.
+    @ivar events: The outbox of events for the web app, or C{None}
+        without C{--events-url}.
     """
 
     backend: BackendSnapshot
@@ -138,6 +164,7 @@ class ServiceSnapshot:
     sync: SyncSnapshot | None
     kicks: Mapping[str, int]
     onlineChecked: int
+    events: EventsSnapshot | None = None
 
 
 class Snapshots:
@@ -149,24 +176,27 @@ class Snapshots:
 
     def __init__(self, backend: Callable[[], BackendSnapshot], stream: Callable[[], StreamSnapshot],
                  sync: Callable[[], SyncSnapshot | None], kicks: Mapping[str, int],
-                 onlineChecked: Callable[[], int] = lambda: 0) -> None:
+                 onlineChecked: Callable[[], int] = lambda: 0,
+                 events: Callable[[], EventsSnapshot | None] = lambda: None) -> None:
         """
         @param kicks: Kicks by HTTP status, as the kick resource counts them.
         @param onlineChecked: How many server rosters the online check has
             read back, if it runs.
+        @param events: The outbox of events, if events are sent.
         """
         self._backend = backend
         self._stream = stream
         self._sync = sync
         self._kicks = kicks
         self._onlineChecked = onlineChecked
+        self._events = events
 
     def __call__(self) -> ServiceSnapshot:
         """
         Read every part's figures now.
         """
         return ServiceSnapshot(self._backend(), self._stream(), self._sync(), dict(self._kicks),
-                               self._onlineChecked())
+                               self._onlineChecked(), self._events())
 
 
 @dataclass(frozen=True)

@@ -31,15 +31,17 @@ from twisted.web.resource import Resource
 
 from rosteradmin.api import KickRoute, LeaderCalls, buildRoot
 from rosteradmin.applier import RequestApplier
+from rosteradmin.attempts import Attempts, Record
 from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.component import ConnectionMonitor, Handlers, RosterComponent
-from rosteradmin.config import Config
+from rosteradmin.config import Config, eventSecrets
 from rosteradmin.delegation import DelegationHandler
 from rosteradmin.devices import DeviceViews
 from rosteradmin.disco import DiscoHandler
 from rosteradmin.ejabberdapi import EjabberdAPISync
 from rosteradmin.ejabberdsessions import EjabberdSessions
+from rosteradmin.events import EventDelivery
 from rosteradmin.fairness import QueryGate
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.fullsync import FullSync
@@ -51,6 +53,7 @@ from rosteradmin.interfaces import IOnlineUsers, IRosterSync
 from rosteradmin.metrics import FetchLatency, Metrics
 from rosteradmin.muc import RoomKicker
 from rosteradmin.onlinecheck import OnlineCheck
+from rosteradmin.outbox import Outbox
 from rosteradmin.options import Options as Options  # twistd reads it here
 from rosteradmin.permissions import PermissionTracker
 from rosteradmin.presence import PresenceTracker
@@ -108,7 +111,7 @@ def chooseRosterSync(config: Config, privileges: PrivilegeHandler, clock: Any) -
 
 def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEndpoint,
               pool: HTTPConnectionPool | None = None, state: SyncState | None = None,
-              verbose: bool = False) -> Parts:
+              verbose: bool = False, record: Record | None = None) -> Parts:
     """
     Build the backend and the XMPP side and give each part its
     collaborators: the only place that wires them (L{makeService} and the
@@ -128,6 +131,8 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     @param state: What the server holds and who is pending; by default in
         memory only.
     @param verbose: Log every stanza sent and received.
+    @param record: Keeps an event for the web app (what users tried), with
+        C{--events-url}.
     """
     limit = StanzaLimit(config.max_stanza_bytes)
     fetchLatency = FetchLatency()
@@ -163,13 +168,14 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     grants.observer = backend
     privileges.observe(backend)
     sync.observe(backend)
+    attempts = Attempts(record, config.domain, cache.peek) if record is not None else None
     rosterServer = RosterServer(backend, config.domain, config.jid, limit,
-                                QueryGate(clock, config.queries_per_user, config.query_rate))
+                                QueryGate(clock, config.queries_per_user, config.query_rate), attempts)
     delegation = DelegationHandler(config.domain, config.jid, {NS_ROSTER: rosterServer.answerDelegated}, limit,
                                    clock, config.iq_timeout)
     kicker = RoomKicker(config.jid, status, clock, config.iq_timeout, config.kick_nick, config.stay_in_rooms)
     handlers = Handlers(status, grants, presence, privileges, rosterServer, delegation, kicker,
-                        DiscoHandler(config.jid))
+                        DiscoHandler(config.jid), attempts)
     component = RosterComponent(config, clock, xmppServer, handlers, verbose=verbose, online=online)
     return Parts(backend, component, fetchLatency, online)
 
@@ -203,8 +209,23 @@ def makeApplier(config: Config, parts: Parts, fullSync: FullSync, intake: Intake
     return RequestApplier(intake, calls.apply, clock, lambda: comp.status.connected)
 
 
+def makeEvents(config: Config, state: SyncState, clock: Any) -> EventDelivery | None:
+    """
+    What users tried, kept in the state's outbox and sent to the web app,
+    with C{--events-url}; else C{None}.
+    """
+    if config.events_url is None:
+        return None
+    # One transaction in flight at a time: one kept connection.
+    http, pool = makeHTTPClient(clock, config.fetch_timeout, 1)
+    return EventDelivery(Outbox(state.storage, config.events_max_queued), config.events_url,
+                         eventSecrets(config.events_secret), http, clock, config.fetch_timeout,
+                         config.events_retry_max_delay, config.events_stale_after, config.web_app_headers, pool)
+
+
 def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
-            onlineCheck: OnlineCheck | None = None, handoff: Handoff | None = None) -> Resource:
+            onlineCheck: OnlineCheck | None = None, handoff: Handoff | None = None,
+            events: EventDelivery | None = None) -> Resource:
     """
     The HTTP API's resource tree, with health and metrics read from one
     snapshot of the backend, the component and the full sync, and one
@@ -214,6 +235,7 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
     @param drain: Counts the requests in flight, for the HTTP service.
     @param onlineCheck: Whose counts the metrics show, if it runs.
     @param handoff: Takes the requests while this instance does not lead.
+    @param events: Sends what users tried to the web app, if it wants it.
     """
     comp = parts.component
     kickOutcomes: Counter[str] = Counter()
@@ -221,7 +243,8 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain,
     if not config.no_kick and config.kick_authorization is not None:
         kick = KickRoute(comp.kicker, comp.status, config.kick_authorization, kickOutcomes)
     snapshots = Snapshots(parts.backend.snapshot, comp.snapshot, fullSync.snapshot, kickOutcomes,
-                          lambda: onlineCheck.checked if onlineCheck is not None else 0)
+                          lambda: onlineCheck.checked if onlineCheck is not None else 0,
+                          events.snapshot if events is not None else lambda: None)
     # The fetch and the server's read run together: their two deadlines
     # added leave time to wait for the user's lock too.
     inspector = Inspector(parts.backend, comp.resources, config.fetch_timeout + config.iq_timeout,
@@ -237,8 +260,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     C{roster-sync} (ejabberd's API only), C{component} (the XMPP side),
     C{sessions} (ejabberd's session list, with its API only), C{sync}
     (full syncs), C{online-check}, C{requests} (applies what
-    standbys recorded, while leading) and C{http} (the API), sharing the
-    backend.
+    standbys recorded, while leading), C{events} (what users tried, to the
+    web app, with C{--events-url}, while leading) and C{http} (the API),
+    sharing the backend.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
@@ -257,7 +281,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     # lister: every fetch in flight may reuse a kept-alive connection.
     http, pool = makeHTTPClient(reactor, config.fetch_timeout, config.fetch_concurrency)
     xmppServer = endpoints.HostnameEndpoint(reactor, config.xmpp_host, config.xmpp_port)
-    parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=bool(options["verbose"]))
+    events = makeEvents(config, state, reactor)
+    parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=bool(options["verbose"]),
+                      record=events.record if events is not None else None)
     backend = parts.backend
     backend.setName("backend")
     backend.setServiceParent(top)
@@ -294,10 +320,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if leading():
         # Until instances elect a leader, it leads from start to stop.
         applier.setServiceParent(top)
+        if events is not None:
+            # Only the instance holding the component stream has events.
+            events.setName("events")
+            events.setServiceParent(top)
 
     drain = Drain()
     handoff = Handoff(intake, leading, reactor)
-    site = makeSite(makeAPI(config, parts, fullSync, drain, onlineCheck, handoff), config.max_body_bytes,
+    site = makeSite(makeAPI(config, parts, fullSync, drain, onlineCheck, handoff, events), config.max_body_bytes,
                     config.http_timeout, reactor)
     # Requests in flight may wait for a fetch and an XMPP round trip.
     drainTimeout = config.fetch_timeout + config.iq_timeout
