@@ -29,6 +29,7 @@ from rosteradmin.events import EventDelivery, sign
 from rosteradmin.outbox import Outbox
 from rosteradmin.roster import NS_ROSTER, Contact, Roster
 from rosteradmin.statefile import StateFile
+from tests.docs import ROOT, codeBlocks
 from tests.helpers import COMPONENT, DOMAIN, PERMISSIONS_2, ComponentOnWire, WebApp
 
 class EventsApp(Resource):
@@ -207,3 +208,28 @@ def test_rosterSetAndSubscriptionBecomeEvents() -> None:
         {"type": "subscription", "user": "alice", "direction": "inbound", "presence": "subscribe",
          "from": "eve@elsewhere.test", "to": "alice@example.org"},
     ]
+
+
+def test_readmeVerifierAcceptsWhatIsSent(tmp_path: Path) -> None:
+    """
+    The README's signature check, run as it is, accepts a transaction as
+    sent with either key, and refuses another key, a changed body and an
+    old timestamp.
+    """
+    [code] = [block.text for block in codeBlocks((ROOT / "README.md").read_text()) if block.language == "python"]
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    verified = namespace["verified"]
+    app = EventsApp()
+    sender, clock, http = delivery(tmp_path, app)
+    sender.startService()
+    sender.record({"type": "roster.set", "user": "alice"})
+    http.flush()
+    [(lowered, body)] = app.received
+    headers = {"X-Rosteradmin-Timestamp": lowered["x-rosteradmin-timestamp"],
+               "X-Rosteradmin-Signature": lowered["x-rosteradmin-signature"]}
+    assert verified(headers, body, [b"old-key"]) and verified(headers, body, [b"other", b"new-key"])
+    assert not verified(headers, body, [b"other"]) and not verified(headers, body + b" ", [b"new-key"])
+    stale = {**headers, "X-Rosteradmin-Timestamp": str(int(headers["X-Rosteradmin-Timestamp"]) - 3600)}
+    assert not verified(stale, body, [b"new-key"])
+    sender.stopService()
