@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -143,9 +143,7 @@ class EventDelivery(service.Service):
             if waiting is not None:
                 waiting.cancel()
         loop, self._loop = self._loop, None
-        done: Deferred[None] = loop if loop is not None else Deferred()
-        if loop is None:
-            done.callback(None)
+        done: Deferred[None] = loop if loop is not None else succeed(None)
         if self.pool is not None:
             pool = self.pool
             done.addCallback(lambda _: pool.closeCachedConnections())
