@@ -543,7 +543,9 @@ class HealthResource(JsonResource):
     C{"degraded"} (still 200) when the server refuses roster writes, does
     not delegate roster queries, or the state file does not take writes
     (C{state_error} says why: rosters are still served and written, but a
-    crash would lose what the file has not taken).
+    crash would lose what the file has not taken), or the web app has not
+    accepted events for longer than C{--events-stale-after}
+    (C{events_error} says since when).
 
     C{role} says whether this process leads (C{"leader"}) or stands by
     (C{"standby"}, another process sharing its PostgreSQL state leads),
@@ -570,19 +572,9 @@ class HealthResource(JsonResource):
         connected = stream.connected
         stuck = backend.stuck
         delegationProblem = stream.delegationMissing if connected else None
-        # Connected and moving, but misconfigured, unable to save its state,
-        # or holding more of its users than its bounds: rosteradmin works
-        # only in part.  200 still (a restart would not help), and the
-        # status says so.
-        degraded = (backend.syncRefusal is not None or delegationProblem is not None
-                    or backend.stateProblem is not None or bool(backend.saturated))
+        eventsProblem = snapshot.events.problem if snapshot.events is not None else None
+        status = _healthStatus(snapshot, delegationProblem, eventsProblem)
         standby = snapshot.role == "standby"
-        if standby:
-            # Not connected by design: healthy while it could take over.
-            status = "standby" if snapshot.roleProblem is None else "unavailable"
-        else:
-            status = ("unavailable" if not connected else "stuck" if stuck is not None
-                      else "degraded" if degraded else "ok")
         body = {
             "status": status,
             "connected": connected,
@@ -594,6 +586,7 @@ class HealthResource(JsonResource):
             "roster_sync_error": backend.syncRefusal,
             "delegation_error": delegationProblem,
             "state_error": backend.stateProblem,
+            "events_error": eventsProblem,
             "stuck": stuck,
             "saturated": list(backend.saturated),
             "refused_users": len(backend.refused),
@@ -607,6 +600,26 @@ class HealthResource(JsonResource):
         }
         healthy = status == "standby" if standby else connected and stuck is None
         return (HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE), body
+
+
+def _healthStatus(snapshot: ServiceSnapshot, delegationProblem: str | None, eventsProblem: str | None) -> str:
+    """
+    C{/healthz}'s status.  A standby is not connected by design: healthy
+    while it could take over.  A leader connected and moving, but
+    misconfigured, unable to save its state, holding more of its users
+    than its bounds or not rid of its events works only in part: still
+    200 (a restart would not help), and the status says so.
+    """
+    backend, stream = snapshot.backend, snapshot.stream
+    if snapshot.role == "standby":
+        return "standby" if snapshot.roleProblem is None else "unavailable"
+    if not stream.connected:
+        return "unavailable"
+    if backend.stuck is not None:
+        return "stuck"
+    degraded = (backend.syncRefusal is not None or delegationProblem is not None
+                or backend.stateProblem is not None or bool(backend.saturated) or eventsProblem is not None)
+    return "degraded" if degraded else "ok"
 
 
 def isoTime(when: float) -> str:

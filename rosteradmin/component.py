@@ -34,6 +34,7 @@ from wokkel import component
 from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
+from rosteradmin.attempts import Attempts
 from rosteradmin.config import Config
 from rosteradmin.delegation import DelegationHandler
 from rosteradmin.disco import DiscoHandler
@@ -314,6 +315,8 @@ class Handlers:
     @ivar delegation: Unwraps and answers delegated requests.
     @ivar kicker: Kicks room occupants (the L{IRoomKicker}).
     @ivar disco: Answers service discovery and pings.
+    @ivar attempts: Tells the web app what users tried, with
+        C{--events-url}.
     """
 
     status: ConnectionMonitor
@@ -324,6 +327,7 @@ class Handlers:
     delegation: DelegationHandler
     kicker: RoomKicker
     disco: DiscoHandler
+    attempts: Attempts | None = None
 
     def inOrder(self) -> tuple[XMPPHandler, ...]:
         """
@@ -331,8 +335,9 @@ class Handlers:
         it: the status first, so that those told after it see the stream
         connected.
         """
-        return (self.status, self.grants, self.presence, self.privileges, self.rosterServer, self.delegation,
-                self.kicker, self.disco)
+        handlers: tuple[XMPPHandler, ...] = (self.status, self.grants, self.presence, self.privileges,
+                                             self.rosterServer, self.delegation, self.kicker, self.disco)
+        return handlers + ((self.attempts,) if self.attempts is not None else ())
 
 
 class RosterComponent(component.Component):

@@ -97,6 +97,11 @@ class Config:
     roster_sync: str = field(default="privilege", metadata=_about("how rosters are written into the server: privilege (XEP-0356: Prosody) or ejabberd-api (ejabberd's mod_http_api, see contrib/ejabberd)"))
     ejabberd_api_url: str | None = field(default=None, metadata=_about("base URL of ejabberd's mod_http_api, e.g. http://127.0.0.1:5281/api (required with --roster-sync ejabberd-api); each call times out after --iq-timeout"))
     ejabberd_api_authorization: str | None = field(default=None, metadata=_about("Authorization header value sent to ejabberd's HTTP API, when its api_permissions want a credential (none: rely on loopback)", secret=True))
+    events_url: str | None = field(default=None, metadata=_about("web app URL rosteradmin POSTs what users tried to (refused roster changes, stopped subscription requests), in numbered, signed transactions kept in --state until accepted (none: no events)"))
+    events_secret: str | None = field(default=None, metadata=_about("the HMAC-SHA256 key(s) signing each events transaction, separated by spaces, commas or lines; every one signs, so a key can be rotated (required with --events-url)", secret=True))
+    events_retry_max_delay: float = field(default=60.0, metadata=_about("longest pause, in seconds, between attempts to deliver an events transaction the web app did not accept (the pause doubles from 1 s)"))
+    events_max_queued: int = field(default=10_000, metadata=_about("most events kept for the web app; past it new ones are dropped (counted in rosteradmin_events_dropped), never the oldest"))
+    events_stale_after: float = field(default=300.0, metadata=_about("seconds an event may wait for the web app before /healthz says degraded"))
 
 
 @dataclass(frozen=True)
@@ -356,8 +361,19 @@ def _checkURLs(values: dict[str, Any]) -> None:
     url: str = values["roster_url"]
     _checkURL("roster-url", url)
     _checkURL("users-url", values.get("users_url"))
+    _checkURL("events-url", values.get("events_url"))
+    if values.get("events_url") is not None and not eventSecrets(values.get("events_secret")):
+        raise ConfigError("--events-secret: is required with --events-url (the web app checks the signature)")
     if url.count("%s") != 1:
         raise ConfigError("--roster-url: must contain %s exactly once (the username goes there)")
+
+
+def eventSecrets(value: str | None) -> tuple[str, ...]:
+    """
+    The keys C{--events-secret} holds: split on spaces, commas and lines,
+    so a file may list one per line.
+    """
+    return tuple((value or "").replace(",", " ").split())
 
 
 def _checkKick(values: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from twisted.web import server
 
 from rosteradmin import __version__
 from rosteradmin.cache import USER_CHARGE
-from rosteradmin.snapshot import ServiceSnapshot
+from rosteradmin.snapshot import EventsSnapshot, ServiceSnapshot
 from rosteradmin.web import JsonLeaf
 
 
@@ -139,6 +139,7 @@ class Metrics(Collector):
         yield CounterMetricFamily("rosteradmin_online_checked",
                                   "Server rosters of online users read back by the online check",
                                   snapshot.onlineChecked)
+        yield from _eventFamilies(snapshot.events)
         yield GaugeMetricFamily("rosteradmin_connected", "1 while connected to the XMPP server",
                                 1 if stream.connected else 0)
         yield GaugeMetricFamily("rosteradmin_online_resources", "Clients known online (from presence)",
@@ -150,6 +151,23 @@ class Metrics(Collector):
         yield CounterMetricFamily("rosteradmin_devices_given_up",
                                   "Clients given up with roster pushes unanswered (answered in full next time)",
                                   stream.devicesGivenUp)
+
+
+def _eventFamilies(events: EventsSnapshot | None) -> Iterator[Metric]:
+    """
+    The outbox of events for the web app, when C{--events-url} is set.
+    """
+    if events is None:
+        return
+    yield GaugeMetricFamily("rosteradmin_events_queued", "Events waiting for the web app to accept them",
+                            events.queued)
+    yield GaugeMetricFamily("rosteradmin_events_oldest_age_seconds",
+                            "Seconds the oldest event waiting for the web app has waited (0: none waits)",
+                            events.oldestAge or 0.0)
+    yield CounterMetricFamily("rosteradmin_events_delivered", "Events the web app accepted", events.delivered)
+    yield CounterMetricFamily("rosteradmin_events_dropped",
+                              "Events not kept: the outbox was full (--events-max-queued) or the state refused them",
+                              events.dropped)
 
 
 def _labelled(family: CounterMetricFamily, counts: Mapping[str, int]) -> Metric:

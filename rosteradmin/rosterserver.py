@@ -6,7 +6,8 @@ Queries arrive delegated by the server (XEP-0355, see
 L{rosteradmin.delegation}) or, on servers without delegation, addressed to
 the component's own JID.  Either way: only users of the managed domain are
 served, each only their own roster; roster sets are refused, because the web
-application owns the rosters; XEP-0237 versions spare unchanged rosters.
+application owns the rosters (and told to it as what the user tried,
+L{rosteradmin.attempts}); XEP-0237 versions spare unchanged rosters.
 
 The server's own query comes first: contrib's mod_rosteradmin_roster asks,
 before a login loads the user's roster, that its store hold the web app's
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
+from rosteradmin.attempts import Attempts
 from rosteradmin.delegation import innerError, innerReply
 from rosteradmin.errors import FetchFailed, RosterRefused, StanzaTooLarge, UserUnknown
 from rosteradmin.fairness import QueryGate
@@ -90,14 +92,17 @@ class RosterServer(XMPPHandler):
     log = Logger()
 
     def __init__(self, backend: IRosterBackend, domain: str, componentJID: str, limit: StanzaLimit,
-                 gate: QueryGate) -> None:
+                 gate: QueryGate, attempts: Attempts | None = None) -> None:
         """
         @param limit: The server's stanza size limit: a roster too large for
             one answer gets an error, not a closed stream.
         @param gate: Bounds each user's queries, so that one client cannot
             crowd out the others.
+        @param attempts: Tells the web app of refused roster sets, when it
+            wants events.
         """
         super().__init__()
+        self.attempts = attempts
         self.limit = limit
         self.gate = gate
         self.backend = backend
@@ -241,10 +246,13 @@ class RosterServer(XMPPHandler):
             raise QueryRefused("forbidden", "auth", "You may only read your own roster.")
         if iq.getAttribute("type") == "set":
             self.log.info("refused roster set from {user}", user=username)
-            # The put-back costs pushes: within the user's query bounds only.
+            # The put-back costs pushes, and the event a place in the
+            # outbox: within the user's query bounds only.
             if self.gate.admit(username):
                 try:
                     self.backend.putBack(username, requester.full(), setItems(iq))
+                    if self.attempts is not None:
+                        self.attempts.rosterSetRefused(username, requester.full(), iq)
                 finally:
                     self.gate.done(username)
             raise QueryRefused("not-allowed", "cancel", SET_REFUSED_TEXT)

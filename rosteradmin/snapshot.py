@@ -125,6 +125,30 @@ class SyncSnapshot:
 
 
 @dataclass(frozen=True)
+class EventsSnapshot:
+    """
+    The outbox of events for the web app
+    (L{rosteradmin.events.EventDelivery.snapshot}).
+
+    @ivar queued: Events waiting for the web app.
+    @ivar oldestAge: Seconds the oldest of them has waited, or C{None}.
+    @ivar delivered: Events the web app accepted since start.
+    @ivar dropped: Events not kept since start: the outbox was full, or
+        the state did not take them.
+    @ivar lastTransaction: The id of the last transaction accepted.
+    @ivar problem: Why the web app has not taken events for longer than
+        it should, or C{None}.
+    """
+
+    queued: int
+    oldestAge: float | None
+    delivered: int
+    dropped: int
+    lastTransaction: int | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
 class ServiceSnapshot:
     """
     Everything C{/healthz} and C{/metrics} show, taken together.
@@ -138,6 +162,8 @@ class ServiceSnapshot:
     @ivar roleSince: When (UNIX time) it took that role.
     @ivar roleProblem: Why leadership cannot be taken or confirmed (the
         state's database cannot be reached), or C{None}.
+    @ivar events: The outbox of events for the web app, or C{None}
+        without C{--events-url}.
     """
 
     backend: BackendSnapshot
@@ -148,6 +174,7 @@ class ServiceSnapshot:
     role: str = "leader"
     roleSince: float = 0.0
     roleProblem: str | None = None
+    events: EventsSnapshot | None = None
 
 
 class Role(Protocol):
@@ -175,13 +202,15 @@ class Snapshots:
 
     def __init__(self, backend: Callable[[], BackendSnapshot], stream: Callable[[], StreamSnapshot],
                  sync: Callable[[], SyncSnapshot | None], kicks: Mapping[str, int],
-                 onlineChecked: Callable[[], int] = lambda: 0, role: Role | None = None) -> None:
+                 onlineChecked: Callable[[], int] = lambda: 0, role: Role | None = None,
+                 events: Callable[[], EventsSnapshot | None] = lambda: None) -> None:
         """
         @param kicks: Kicks by HTTP status, as the kick resource counts them.
         @param onlineChecked: How many server rosters the online check has
             read back, if it runs.
         @param role: This process's leadership; by default it leads since
             the snapshots were made.
+        @param events: The outbox of events, if events are sent.
         """
         self._role = role if role is not None else _Leader(time.time())
         self._backend = backend
@@ -189,13 +218,15 @@ class Snapshots:
         self._sync = sync
         self._kicks = kicks
         self._onlineChecked = onlineChecked
+        self._events = events
 
     def __call__(self) -> ServiceSnapshot:
         """
         Read every part's figures now.
         """
         return ServiceSnapshot(self._backend(), self._stream(), self._sync(), dict(self._kicks),
-                               self._onlineChecked(), self._role.role, self._role.since, self._role.problem)
+                               self._onlineChecked(), self._role.role, self._role.since, self._role.problem,
+                               self._events())
 
 
 @dataclass(frozen=True)

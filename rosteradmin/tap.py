@@ -35,15 +35,17 @@ from twisted.web.server import Site
 
 from rosteradmin.api import KickRoute, LeaderCalls, buildRoot
 from rosteradmin.applier import RequestApplier
+from rosteradmin.attempts import Attempts, Record
 from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.component import ConnectionMonitor, Handlers, RosterComponent
-from rosteradmin.config import Config
+from rosteradmin.config import Config, eventSecrets
 from rosteradmin.delegation import DelegationHandler
 from rosteradmin.devices import DeviceViews
 from rosteradmin.disco import DiscoHandler
 from rosteradmin.ejabberdapi import EjabberdAPISync
 from rosteradmin.ejabberdsessions import EjabberdSessions
+from rosteradmin.events import EventDelivery
 from rosteradmin.fairness import QueryGate
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.fullsync import FullSync
@@ -56,6 +58,7 @@ from rosteradmin.leadership import AlwaysLeader, LeaderOnly, Leadership, Term, T
 from rosteradmin.metrics import FetchLatency, Metrics
 from rosteradmin.muc import RoomKicker
 from rosteradmin.onlinecheck import OnlineCheck
+from rosteradmin.outbox import Outbox
 from rosteradmin.options import Options as Options  # twistd reads it here
 from rosteradmin.permissions import PermissionTracker
 from rosteradmin.presence import PresenceTracker
@@ -113,7 +116,7 @@ def chooseRosterSync(config: Config, privileges: PrivilegeHandler, clock: Any) -
 
 def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEndpoint,
               pool: HTTPConnectionPool | None = None, state: SyncState | None = None,
-              verbose: bool = False) -> Parts:
+              verbose: bool = False, record: Record | None = None) -> Parts:
     """
     Build the backend and the XMPP side and give each part its
     collaborators: the only place that wires them (L{makeService} and the
@@ -133,6 +136,8 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     @param state: What the server holds and who is pending; by default in
         memory only.
     @param verbose: Log every stanza sent and received.
+    @param record: Keeps an event for the web app (what users tried), with
+        C{--events-url}.
     """
     limit = StanzaLimit(config.max_stanza_bytes)
     fetchLatency = FetchLatency()
@@ -168,13 +173,14 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     grants.observer = backend
     privileges.observe(backend)
     sync.observe(backend)
+    attempts = Attempts(record, config.domain, cache.peek) if record is not None else None
     rosterServer = RosterServer(backend, config.domain, config.jid, limit,
-                                QueryGate(clock, config.queries_per_user, config.query_rate))
+                                QueryGate(clock, config.queries_per_user, config.query_rate), attempts)
     delegation = DelegationHandler(config.domain, config.jid, {NS_ROSTER: rosterServer.answerDelegated}, limit,
                                    clock, config.iq_timeout)
     kicker = RoomKicker(config.jid, status, clock, config.iq_timeout, config.kick_nick, config.stay_in_rooms)
     handlers = Handlers(status, grants, presence, privileges, rosterServer, delegation, kicker,
-                        DiscoHandler(config.jid))
+                        DiscoHandler(config.jid), attempts)
     component = RosterComponent(config, clock, xmppServer, handlers, verbose=verbose, online=online)
     return Parts(backend, component, fetchLatency, online)
 
@@ -191,8 +197,22 @@ def makeApplier(config: Config, parts: Parts, fullSync: FullSync, intake: Intake
     return RequestApplier(intake, calls.apply, clock, lambda: comp.status.connected)
 
 
+def makeEvents(config: Config, state: SyncState, clock: Any) -> EventDelivery | None:
+    """
+    What users tried, kept in the state's outbox and sent to the web app,
+    with C{--events-url}; else C{None}.
+    """
+    if config.events_url is None:
+        return None
+    # One transaction in flight at a time: one kept connection.
+    http, pool = makeHTTPClient(clock, config.fetch_timeout, 1)
+    return EventDelivery(Outbox(state.storage, config.events_max_queued), config.events_url,
+                         eventSecrets(config.events_secret), http, clock, config.fetch_timeout,
+                         config.events_retry_max_delay, config.events_stale_after, config.web_app_headers, pool)
+
+
 def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain, onlineCheck: OnlineCheck | None = None,
-            handoff: Handoff | None = None, role: Role | None = None) -> Resource:
+            handoff: Handoff | None = None, role: Role | None = None, events: EventDelivery | None = None) -> Resource:
     """
     The HTTP API's resource tree, with health and metrics read from one
     snapshot of the backend, the component and the full sync, and one
@@ -204,6 +224,7 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain, onli
     @param handoff: Takes the requests while this instance does not lead.
     @param role: This process's leadership, which health and metrics show;
         by default it leads from now on.
+    @param events: Sends what users tried to the web app, if it wants it.
     """
     comp = parts.component
     kickOutcomes: Counter[str] = Counter()
@@ -211,7 +232,8 @@ def makeAPI(config: Config, parts: Parts, fullSync: FullSync, drain: Drain, onli
     if not config.no_kick and config.kick_authorization is not None:
         kick = KickRoute(comp.kicker, comp.status, config.kick_authorization, kickOutcomes)
     snapshots = Snapshots(parts.backend.snapshot, comp.snapshot, fullSync.snapshot, kickOutcomes,
-                          lambda: onlineCheck.checked if onlineCheck is not None else 0, role)
+                          lambda: onlineCheck.checked if onlineCheck is not None else 0, role,
+                          events.snapshot if events is not None else lambda: None)
     # The fetch and the server's read run together: their two deadlines
     # added leave time to wait for the user's lock too.
     inspector = Inspector(parts.backend, comp.resources, config.fetch_timeout + config.iq_timeout,
@@ -238,10 +260,10 @@ class Shared:
     role: Role
     verbose: bool
 
-    def parts(self, state: SyncState) -> tuple[Parts, FullSync]:
+    def parts(self, state: SyncState, record: Record | None = None) -> tuple[Parts, FullSync]:
         """
         The backend, the XMPP side and the full sync, over C{state}, not
-        started.
+        started; C{record} keeps what users tried, for the web app.
         """
         config, reactor = self.config, self.reactor
         # The web app's, for the fetcher (which closes the pool) and the
@@ -249,7 +271,7 @@ class Shared:
         # connection.
         http, pool = makeHTTPClient(reactor, config.fetch_timeout, config.fetch_concurrency)
         xmppServer = endpoints.HostnameEndpoint(reactor, config.xmpp_host, config.xmpp_port)
-        parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=self.verbose)
+        parts = wireParts(config, reactor, http, xmppServer, pool, state, verbose=self.verbose, record=record)
         lister = None
         if config.users_url is not None:
             lister = UserLister(config.users_url, reactor, http=http, timeout=config.fetch_timeout,
@@ -263,8 +285,9 @@ def leaderTerm(shared: Shared, state: SyncState, leading: Callable[[], bool]) ->
     What the leader runs, over one state: C{backend} (cache, fetcher,
     sync), C{roster-sync} (ejabberd's API only), C{component} (the XMPP
     side), C{sessions} (ejabberd's session list, with its API only),
-    C{sync} (full syncs), C{online-check} and C{requests} (applies
-    what standbys recorded), and the API's resources over them.  Every
+    C{sync} (full syncs), C{online-check}, C{requests} (applies what
+    standbys recorded) and C{events} (what users tried, to the web app,
+    with C{--events-url}), and the API's resources over them.  Every
     part is new: a process leading again builds them anew
     (L{rosteradmin.leadership.LeaderOnly}).
 
@@ -272,7 +295,8 @@ def leaderTerm(shared: Shared, state: SyncState, leading: Callable[[], bool]) ->
         on every request.
     """
     config, reactor = shared.config, shared.reactor
-    parts, fullSync = shared.parts(state)
+    events = makeEvents(config, state, reactor)
+    parts, fullSync = shared.parts(state, events.record if events is not None else None)
     backend = parts.backend
     backend.setName("backend")
     services: list[service.IService] = [backend]
@@ -296,8 +320,12 @@ def leaderTerm(shared: Shared, state: SyncState, leading: Callable[[], bool]) ->
     applier = makeApplier(config, parts, fullSync, shared.intake, reactor)
     applier.setName("requests")
     services += [fullSync, onlineCheck, applier]
+    if events is not None:
+        # Kept in the state's outbox, sent by the leader alone.
+        events.setName("events")
+        services.append(events)
     handoff = Handoff(shared.intake, leading, reactor)
-    root = makeAPI(config, parts, fullSync, shared.drain, onlineCheck, handoff, shared.role)
+    root = makeAPI(config, parts, fullSync, shared.drain, onlineCheck, handoff, shared.role, events)
     return Term(services, root, parts.component.abandon, state.close)
 
 

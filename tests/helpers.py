@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -183,8 +184,11 @@ class ComponentOnWire:
     """
 
     def __init__(self, webApp: WebApp | None = None, config: Config | None = None,
-                 state: SyncState | None = None, bulk: bool | None = False) -> None:
+                 state: SyncState | None = None, bulk: bool | None = False,
+                 record: Callable[[dict[str, Any]], None] | None = None) -> None:
         """
+        @param record: Keeps the events for the web app (what users
+            tried), if the test wants them.
         @param bulk: What the component knows of the server's many-items
             roster writes (contrib's mod_rosteradmin_roster) at each
             handshake: C{False}, the default, writes one item per set, as
@@ -196,7 +200,7 @@ class ComponentOnWire:
         self.webApp = webApp or WebApp()
         self.http = StubTreq(self.webApp)
         self.server = ServerEndpoint()
-        self.parts = wireParts(self.config, self.clock, self.http, self.server, state=state)
+        self.parts = wireParts(self.config, self.clock, self.http, self.server, state=state, record=record)
         self.backend = self.parts.backend
         self.fetcher = self.backend.fetcher
         self.limit = self.backend.limit

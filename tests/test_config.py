@@ -81,7 +81,7 @@ def test_settingNames() -> None:
     secret = SETTINGS_BY_KEY["kick_authorization"]
     assert secret.secret and secret.environmentVariable == "ROSTERADMIN_KICK_AUTHORIZATION"
     assert {s.key for s in SETTINGS if s.secret} == {"secret", "kick_authorization", "refresh_authorization",
-                                                    "ejabberd_api_authorization"}
+                                                    "ejabberd_api_authorization", "events_secret"}
 
 
 def test_specOptionsExist() -> None:

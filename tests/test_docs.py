@@ -26,8 +26,9 @@ TESTED_CONFIGS = {
 }
 
 #: Code blocks that are no configuration file of ours: commands, data, and
-#: (without a language) diagrams, tables and output.
-NOT_CONFIGURATION = {"sh", "json", "text", ""}
+#: (without a language) diagrams, tables and output; Python for the web
+#: app (tests/test_events.py runs it).
+NOT_CONFIGURATION = {"sh", "json", "text", "python", ""}
 
 #: Configuration blocks that are not excerpts of a contrib/ file, by
 #: document and first line, and why.

@@ -138,10 +138,10 @@ def test_otherSchemaRefused(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     SyncState(str(path)).close()
     db = sqlite3.connect(path, isolation_level=None)
-    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
     db.close()
     before = path.read_bytes()
-    with pytest.raises(StateError, match="state.sqlite: schema version 3, this rosteradmin reads 2") as caught:
+    with pytest.raises(StateError, match="state.sqlite: schema version 4, this rosteradmin reads 3") as caught:
         SyncState(str(path))
     assert not caught.value.transient and path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if "unreadable" in p.name] == []

@@ -25,6 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs, formatEvent
 
 from rosteradmin import statefile, statepg, statestorage
+from rosteradmin.outbox import Outbox
 from rosteradmin.state import SyncState, openStorage
 from rosteradmin.statestorage import IStateStorage, StateError
 from tests.postgresql import PostgreSQLServer
@@ -347,6 +348,72 @@ async def test_newerSchemaRefused(backing: Backing) -> None:
 #: The tables of the first schema as each earlier release created them,
 #: all recording schema version 1: the first (rosters, pending users and
 #: meta), then with the doubted clients, then with the unpushed contacts.
+@pytest_twisted.ensureDeferred
+async def test_outboxTransactionsKeepTheirIdsAndOrder(backing: Backing) -> None:
+    """
+    The events outbox: events get growing ids; a transaction is the oldest
+    events up to the batch, named by its last event's id, and until it is
+    accepted the same events come back under the same id, events added
+    since and a restart notwithstanding; once accepted, the next one
+    follows, and ids are never given again, even with the table emptied.
+    """
+    storage = backing.open()
+    outbox = Outbox(storage, bound=100)
+    ids = [await outbox.add({"type": "t", "n": n}) for n in range(5)]
+    assert all(isinstance(id, int) for id in ids) and ids == sorted(set(ids))  # type: ignore[type-var]
+    first = await outbox.next(3)
+    assert first is not None and first.id == ids[2]
+    assert [(e["id"], e["n"]) for e in first.events] == list(zip(ids[:3], range(3)))
+    await outbox.add({"type": "t", "n": 5})
+    assert await outbox.next(3) == first
+    await storage.close()
+    storage = backing.open()
+    outbox = Outbox(storage, bound=100)
+    assert await outbox.next(10) == first
+    assert await outbox.measure() == (6, first.oldest)
+    assert await outbox.accepted(first.id) == 3
+    second = await outbox.next(10)
+    assert second is not None and second.id > first.id and [e["n"] for e in second.events] == [3, 4, 5]
+    assert await outbox.accepted(second.id) == 3
+    assert await outbox.next(10) is None and await outbox.measure() == (0, None)
+    later = await outbox.add({"type": "t"})
+    assert later is not None and later > second.id
+    await storage.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_outboxBoundRefusesNewEvents(backing: Backing) -> None:
+    """
+    Past its bound the outbox refuses new events and keeps the old ones.
+    """
+    storage = backing.open()
+    outbox = Outbox(storage, bound=2)
+    kept = [await outbox.add({"type": "t", "n": n}) for n in range(3)]
+    assert kept[2] is None and None not in kept[:2]
+    transaction = await outbox.next(10)
+    assert transaction is not None and [e["n"] for e in transaction.events] == [0, 1]
+    await storage.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_schemaTwoGainsTheOutbox(backing: Backing) -> None:
+    """
+    A database of schema version 2 (before the outbox) is upgraded at
+    start: the C{events} table is created, the rows kept.
+    """
+    storage = backing.open()
+    storage.changes(EVERY_TABLE)
+    await written(storage)
+    await storage.close()
+    backing.sql("DROP TABLE events")
+    backing.sql("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    upgraded = backing.open()
+    assert upgraded.tables == READ_BACK
+    assert await Outbox(upgraded, bound=10).add({"type": "t"}) is not None
+    await upgraded.close()
+    assert backing.sql("SELECT value FROM meta WHERE key = 'schema'") == [(str(CURRENT),)]
+
+
 EARLIER_RELEASES = {
     "first": """
         CREATE TABLE IF NOT EXISTS server_rosters (username TEXT PRIMARY KEY, version TEXT NOT NULL,

@@ -19,6 +19,20 @@
 --     is stored; an error for it would reach the other side, whose clients
 --     sent nothing.
 --
+-- Before refusing one a user's client or another server sent, it tells
+-- rosteradmin, which tells the web app (what the user tried: a contact
+-- request, an answer to one, a removal), with a message from the host to
+-- the privileged entity:
+--   <message from='example.org' to='roster.example.org'>
+--     <refused xmlns='urn:x-rosteradmin:subscription:0' type='subscribe'
+--              direction='outbound' from='alice@example.org/phone' to='dave@example.org'/>
+--   </message>
+-- (direction: outbound when the sender is a local user's client, inbound
+-- when it is addressed to a local user from elsewhere).  The entity is
+-- rosteradmin_events_to, by default the entity privileged_entities grants
+-- roster access (the first found, if several); with neither, nothing is
+-- told.  While rosteradmin is disconnected the notice is lost.
+--
 -- Available, unavailable, probe and error presences pass untouched (but for
 -- the bounces below), so presence keeps flowing between the contacts the web
 -- application lists.
@@ -52,6 +66,21 @@ local blocked_types = {
 local refusal_text = module:get_option_string("rosteradmin_subscriptions_text",
 	"Contacts on this server are managed by its web application; subscriptions cannot be changed here.");
 
+local xmlns_subscription = "urn:x-rosteradmin:subscription:0";
+
+-- Where refused subscriptions are told: see the top of this file.
+local function events_entity()
+	local configured = module:get_option_string("rosteradmin_events_to");
+	if configured then return configured; end
+	for entity, privileges in pairs(module:get_option("privileged_entities", {})) do
+		if type(privileges) == "table" and (privileges.roster == "set" or privileges.roster == "both") then
+			return entity;
+		end
+	end
+	return nil;
+end
+local events_to = events_entity();
+
 -- Higher than mod_presence's handlers (priority 0): we decide first.
 local priority = 100;
 
@@ -75,8 +104,14 @@ local function refuse(event, direction)
 			tostring(stanza.attr.from), tostring(stanza.attr.to));
 		return true;
 	end
+	local sender = stanza.attr.from or event.origin.full_jid;
 	module:log("debug", "refused %s %s presence from %s to %s", direction, stanza.attr.type,
-		tostring(stanza.attr.from), tostring(stanza.attr.to));
+		tostring(sender), tostring(stanza.attr.to));
+	if events_to and sender and stanza.attr.to then
+		module:send(st.message({ from = module.host; to = events_to })
+			:tag("refused", { xmlns = xmlns_subscription; type = stanza.attr.type; direction = direction;
+				from = sender; to = stanza.attr.to }));
+	end
 	if stanza.attr.from and stanza.attr.from ~= "" then
 		event.origin.send(st.error_reply(stanza, "cancel", "policy-violation", refusal_text));
 	end

@@ -144,9 +144,27 @@ def contribConfigWithout(directory: Path, modules: tuple[str, ...], settings: st
     return copy
 
 
+@dataclass(frozen=True)
+class EventsPost:
+    """
+    One events transaction POSTed to the web app stub (C{/events}).
+
+    @ivar status: What the stub answered: 200 if it accepted it.
+    """
+
+    headers: Headers
+    body: bytes
+    status: int
+
+    @property
+    def transaction(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+
 class WebAppStub(Resource):
     """
-    The web app's roster endpoint, scripted by the test.
+    The web app's roster endpoint, scripted by the test, and its events
+    endpoint (C{POST /events}).
 
     Request and response::
 
@@ -170,6 +188,9 @@ class WebAppStub(Resource):
         C{webapp} fixture listens.
     @ivar port: The listening port, replaced by tests that stop and start it.
     @ivar portNumber: The TCP port, kept to listen on it again.
+    @ivar events: Every events transaction POSTed, accepted or not.
+    @ivar refuseEvents: A status answered to events transactions instead
+        of 200 (accepted), or C{None}.
     """
 
     isLeaf = True
@@ -186,6 +207,29 @@ class WebAppStub(Resource):
         self.url = ""
         self.port: IListeningPort | None = None
         self.portNumber = 0
+        self.events: list[EventsPost] = []
+        self.refuseEvents: int | None = None
+
+    @property
+    def eventsURL(self) -> str:
+        """
+        Where rosteradmin POSTs events (C{--events-url}), once listening.
+        """
+        return self.url.replace("/rosters/%s", "/events")
+
+    def accepted(self) -> list[dict[str, Any]]:
+        """
+        The transactions accepted, in the order they arrived.
+        """
+        return [post.transaction for post in self.events if post.status == 200]
+
+    def render_POST(self, request: server.Request) -> bytes | int:
+        if request.postpath != [b"events"]:
+            return pages.notFound().render(request)
+        status = self.refuseEvents or 200
+        self.events.append(EventsPost(request.requestHeaders.copy(), request.content.read(), status))
+        request.setResponseCode(status)
+        return b"{}"
 
     def render_GET(self, request: server.Request) -> bytes | int:
         if len(request.postpath) != 2 or request.postpath[0] != b"rosters":
