@@ -26,7 +26,9 @@ the other half):
 
 Our side promises a version only when it is known to be what the server
 stores: read back or written in this run (the state's record alone could
-be older than a change made behind our back), still recorded in the state,
+be older than a change made behind our back: a version the state records
+but this run has not verified is read back once, after its second answer,
+and promised if the server holds it), still recorded in the state,
 the user neither unsynced nor refused, and no client of the user doubted
 at that version (L{SyncState.doubtClients}).  A run whose state does not
 know the stored rosters revokes every promise once, at its first
@@ -36,6 +38,8 @@ decisions are this module's alone.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -53,13 +57,19 @@ class Promises:
 
     log = Logger()
 
-    def __init__(self, sync: IRosterSync, state: SyncState) -> None:
+    def __init__(self, sync: IRosterSync, state: SyncState,
+                 readBack: Callable[[str], Deferred[None]] | None = None) -> None:
         """
         @param sync: Sends promises and revocations to the server.
         @param state: What the server stores, and the doubted versions.
+        @param readBack: Reads a cached user's stored roster back, repairs
+            what differs, and calls L{verified} (or L{forget}); by default
+            nothing is read back, and only what this run wrote or read is
+            promised.
         """
         self.sync = sync
         self.state = state
+        self._readBackStored = readBack
         self.count = 0
         # Promises the server may hold from an earlier run cannot be
         # trusted without the versions that run recorded.
@@ -69,6 +79,11 @@ class Promises:
         self._verified: dict[str, str] = {}
         # The version promised for each user on this connection.
         self._sent: dict[str, str] = {}
+        # The version each user was answered once, unverified, and the one
+        # its stored roster is being (or was) read back for, on this
+        # connection: each is read back once, at its second answer.
+        self._answeredOnce: dict[str, str] = {}
+        self._readBack: dict[str, str] = {}
 
     def verified(self, username: str, version: str) -> None:
         """
@@ -86,21 +101,54 @@ class Promises:
         """
         self._verified.pop(username, None)
         self._sent.pop(username, None)
+        self._answeredOnce.pop(username, None)
+        self._readBack.pop(username, None)
 
     def answered(self, username: str, version: str, synced: bool) -> None:
         """
         A client was answered the roster of C{version}: promise it if the
         server stores exactly that roster.
 
+        After a restart on the state, the state records what the server
+        stores but this run has verified none of it: without a read back,
+        no user would be promised again, and every get of every user would
+        reach us for the whole run (twice Prosody's own cost each).  So a
+        version only the state vouches for is read back (L{_readBackLater}),
+        and promised if the server holds it.
+
         @param synced: The user is neither waiting for a write nor refused.
         """
-        if (synced and self._verified.get(username) == version and self.state.serverVersion(username) == version
-                and not self.clientsMayDiffer(username, version) and self._sent.get(username) != version):
-            sent = self.sync.promiseCurrent(username, version)
-            if sent is not None:
-                self._sent[username] = version
-                self.count += 1
-                sent.addCallback(self._taken, username, version)
+        if (not synced or self.state.serverVersion(username) != version
+                or self.clientsMayDiffer(username, version) or self._sent.get(username) == version):
+            return
+        if self._verified.get(username) != version:
+            self._readBackLater(username, version, synced)
+            return
+        sent = self.sync.promiseCurrent(username, version)
+        if sent is not None:
+            self._sent[username] = version
+            self.count += 1
+            sent.addCallback(self._taken, username, version)
+
+    def _readBackLater(self, username: str, version: str, synced: bool) -> None:
+        """
+        Read back the stored roster of a version answered a second time,
+        once per user and connection, then try to promise it again.
+
+        A read back costs the server about what answering a delegated get
+        costs: it is spent on users whose clients ask again, not at every
+        user's first answer (a login storm after a restart would pay one
+        for each user, most of whom ask once).
+        """
+        if self._readBackStored is None or self._readBack.get(username) == version:
+            return
+        if self._answeredOnce.get(username) != version:
+            self._answeredOnce[username] = version
+            return
+        self._readBack[username] = version
+        self._readBackStored(username).addCallback(lambda _: self.answered(username, version, synced)).addErrback(
+            lambda f: self.log.warn("reading back the stored roster of {user} failed: {why}",
+                                    user=username, why=f.getErrorMessage()))
 
     def _taken(self, taken: bool, username: str, version: str) -> None:
         if not taken and self._sent.get(username) == version:
@@ -147,6 +195,8 @@ class Promises:
         @return: The revocation, if one was sent.
         """
         self._sent.clear()
+        self._answeredOnce.clear()
+        self._readBack.clear()
         if not self._revokeAll:
             return None
         self._revokeAll = False

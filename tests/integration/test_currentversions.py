@@ -109,6 +109,49 @@ async def test_promiseOutlivesRosteradminRestartWithState(xmppServer: ProsodySer
 
 
 @pytest_twisted.ensureDeferred
+async def test_usersSyncedBeforeRestartWithStateArePromised(xmppServer: ProsodyServer, webapp: WebAppStub,
+                                                            clients: Any, tmp_path: Any) -> None:
+    """
+    As deployed: the sync wrote alice's and bob's rosters, no client of
+    theirs had an answer yet, and rosteradmin restarted on its state.  Their
+    clients (with presence) get their first two answers from rosteradmin,
+    which reads the stored roster back at the second and then promises it:
+    none of their later gets reaches rosteradmin.
+    """
+    webapp.rosters.update({"alice": {"bob@example.org": {"name": "Bob"}},
+                           "bob": {"alice@example.org": {"name": "Alice"}}})
+    args = ["--state", str(tmp_path / "state.sqlite")]
+    first = RunningService(xmppServer, webapp.url, args)
+    await first.start()
+    summary = await first.backend.refresh(["alice", "bob"])
+    assert not summary.errors and "Bob" in xmppServer.storedRoster("alice")
+    await first.stop()
+    again = RunningService(xmppServer, webapp.url, args)
+    await again.start()
+    try:
+        sessions, versions = [await clients("alice"), await clients("bob")], []
+        for session in sessions:
+            reply = await session.rosterGet(ver="")
+            session.sendPresence()
+            versions.append(str(reply.query["ver"]))
+            assert isEmptyResult(await session.rosterGet(ver=versions[-1]))
+        assert again.component.rosterServer.answered == 4
+        await RunningService.waitUntil(lambda: again.backend.snapshot().promised == 2, 5, "both versions promised")
+        replies = []
+        for session, version in zip(sessions, versions):
+            for _ in range(5):
+                replies += [await session.rosterGet(ver=version), await session.rosterGet()]
+        reached = again.component.rosterServer.answered - 4
+        print(f"\n20 gets after the first two answers of each user: {reached} reached rosteradmin")
+        assert reached == 0
+        assert sum(isEmptyResult(r) for r in replies) == 10
+        assert [contacts(r) for r in replies if not isEmptyResult(r)] == (
+            [{"bob@example.org"}] * 5 + [{"alice@example.org"}] * 5)
+    finally:
+        await again.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_promisesRevokedByRosteradminWithoutState(xmppServer: ProsodyServer, webapp: WebAppStub,
                                                         clients: Any) -> None:
     """
