@@ -5,9 +5,9 @@ roster queries itself, and when it must ask us again.
 
 Delegating a query costs Prosody about twice its own answer, and us a
 web-app fetch after a restart.  So once the server stores exactly the
-roster we answered a client, we promise that roster's version to contrib's
-mod_rosteradmin_roster, and it answers that user's queries from its store
-until the promise ends.
+roster we serve (we wrote it, or read it back), we promise that roster's
+version to contrib's mod_rosteradmin_roster, before any client asks, and
+it answers that user's queries from its store until the promise ends.
 
 The contract, both sides (contrib/prosody/mod_rosteradmin_roster.lua keeps
 the other half):
@@ -30,7 +30,10 @@ be older than a change made behind our back: a version the state records
 but this run has not verified is read back once, after its second answer,
 and promised if the server holds it), still recorded in the state,
 the user neither unsynced nor refused, and no client of the user doubted
-at that version (L{SyncState.doubtClients}).  A run whose state does not
+at that version (L{SyncState.doubtClients}).  It promises at once when
+the version is verified (L{verified}: a sync's write, a read back), so
+that the promise a sync made outlives our restart: in the server's memory,
+not ours; and after an answer (L{answered}) what a new connection lost.  A run whose state does not
 know the stored rosters revokes every promise once, at its first
 connection, until the server has taken it.  The wire is the sync's
 (L{IRosterSync.promiseCurrent}, L{IRosterSync.revokeCurrent}); the
@@ -58,7 +61,8 @@ class Promises:
     log = Logger()
 
     def __init__(self, sync: IRosterSync, state: SyncState,
-                 readBack: Callable[[str], Deferred[None]] | None = None) -> None:
+                 readBack: Callable[[str], Deferred[None]] | None = None,
+                 answerable: Callable[[str], bool] | None = None) -> None:
         """
         @param sync: Sends promises and revocations to the server.
         @param state: What the server stores, and the doubted versions.
@@ -66,10 +70,15 @@ class Promises:
             what differs, and calls L{verified} (or L{forget}); by default
             nothing is read back, and only what this run wrote or read is
             promised.
+        @param answerable: Whether a user's roster may be answered to its
+            clients (not refused): a version written or read back is
+            promised at once only then.  By default, only answered
+            versions are promised.
         """
         self.sync = sync
         self.state = state
         self._readBackStored = readBack
+        self._answerable = answerable
         self.count = 0
         # Promises the server may hold from an earlier run cannot be
         # trusted without the versions that run recorded.
@@ -89,8 +98,16 @@ class Promises:
         """
         The server's stored roster of the user was read back, or written,
         in this run, and is the roster of C{version}.
+
+        It is promised at once, before any client asks: a promise outlives
+        our restart, while what this run verified does not, so a user the
+        sync wrote and no client asked for since would otherwise have its
+        first get after our restart delegated (a round trip through a
+        server that, in a login storm, is busy with every other login).
         """
         self._verified[username] = version
+        if self._answerable is not None and self._answerable(username):
+            self.answered(username, version, synced=username not in self.state.unsynced)
 
     def forget(self, username: str) -> None:
         """

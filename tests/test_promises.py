@@ -157,6 +157,25 @@ def test_versionOnlyTheStateRecordsIsReadBackThenPromised(tmp_path: Any) -> None
     assert [s.getAttribute("to") for s in again.answerRequests(reply)] == ["example.org"]
 
 
+def test_writtenRosterIsPromisedBeforeAnyClientAsks() -> None:
+    """
+    A refresh (a sync) writes a user's roster with no client asking: the
+    version is promised once the write is answered, so the server answers
+    that user's first get too, after our restart as well.
+    """
+    wire = loggedIn()
+    refresh = wire.backend.refresh(["alice"])
+    sent = wire.answerRequests(bulkServer)
+    writes = [s for s in sent if s.name == "iq" and s["type"] == "set" and not promises([s])]
+    assert len(writes) == 1 and not answers(sent)
+    version = wire.backend.cache.peek("alice")
+    assert version is not None and promises(sent) == [("alice@example.org", version.version)]
+    assert sent.index(writes[0]) < sent.index(next(s for s in sent if promises([s])))
+    assert refresh.called and wire.backend.snapshot().promised == 1
+    wire.receive(envelope(rosterGet()))
+    assert promises(wire.answerRequests(bulkServer)) == []
+
+
 def test_rosterSetRevokesThePromise() -> None:
     """
     A client's roster set may have crossed the promise on its way to the
