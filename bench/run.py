@@ -1,7 +1,8 @@
 """
 Run every benchmark scenario and print one table.
 
-    python -m bench.run [--runs 3] [--quick] [--profile bench-profile.txt] [--storm-sizes 1000]
+    python -m bench.run [--runs 3] [--deployed-users 1000] [--deployed-gets 10000]   # D1, D1v, D2
+    python -m bench.run --scenario all [--runs 3] [--quick] [--profile bench-profile.txt] [--storm-sizes 1000]
     python -m bench.run --scenario targets [--runs 3] [--tap]        # 1, 1v, 2, 2c, 2s only
     python -m bench.run --scenario targets --runs 1 --profile 2s.txt --profile-scenario 2s
     python -m bench.run --scenario large-roster [--runs 1]           # 5 and 5L only
@@ -13,6 +14,11 @@ Run every benchmark scenario and print one table.
     python -m bench.run --scenario slow-http [--runs 1]              # 12: 1,500 slow HTTP connections
     python -m bench.run --scenario login-cost [--runs 3]             # 13: what the wait at login costs
     python -m bench.run --scenario takeover [--kills 10] [--runs 1]  # 14: kill -9 of the leader of two
+
+By default it measures the deployment the README recommends, in its
+steady state after rosteradmin restarted on its C{--state}
+(L{bench.deployed}: D1 and D1v warm gets, D2 a login storm), with native
+Prosody alongside in each run.
 
 Each scenario runs the same users and rosters against (A) Prosody
 answering roster gets itself from its storage and (B) Prosody delegating
@@ -81,7 +87,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench import fullsync
+from bench import deployed, fullsync
 from bench.flood import OTHERS, oneClientFlood
 from bench import logincost, slowhttp, takeover
 from bench.reactorstall import reactorStall
@@ -261,7 +267,8 @@ def tapCounts(setup: Setup, logins: int) -> dict[str, float]:
     return setup.tap.perLogin(logins) if setup.tap is not None else {}
 
 
-async def warmGets(setup: Setup, clients: int, gets: int, withVer: bool) -> dict[str, Any]:
+async def warmGets(setup: Setup, clients: int, gets: int, withVer: bool, presence: bool = False,
+                   pre: dict[str, Any] | None = None) -> dict[str, Any]:
     """
     Scenario 1: C{clients} connected clients share C{gets} roster gets.
 
@@ -270,11 +277,16 @@ async def warmGets(setup: Setup, clients: int, gets: int, withVer: bool) -> dict
     C{withVer}: each get carries the C{ver} of that first answer, which is
     current, so the answer is an empty result (XEP-0237, as most real
     clients do); else no C{ver}, and each answer holds the whole roster.
+    C{presence}: each client sends its initial presence after that first
+    get, as real clients do (the deployed scenarios).  C{pre}: the
+    preconditions already checked, printed with the results.
     """
     sessions = await connectMany([username(i) for i in range(clients)], DOMAIN, setup.prosody.c2sPort, PASSWORD)
     versions: dict[str, str | None] = {}
     for session in sessions:
         _, reply = await session.rosterGet(ver="" if withVer else None)  # warm: B fetches and caches here
+        if presence:
+            session.sendPresence()
         query = reply.find("{jabber:iq:roster}query")
         versions[session.username] = query.get("ver") if query is not None else None
     if withVer and not all(versions.values()):
@@ -293,7 +305,10 @@ async def warmGets(setup: Setup, clients: int, gets: int, withVer: bool) -> dict
 
     if setup.tap is not None:
         setup.tap.reset()
+    if setup.mode == "B":
+        await webappSettled(setup)  # the first gets' fetches, read-backs and promises are done
     load = os.getloadavg()[0]
+    answeredBefore = metrics(setup)["rosteradmin_roster_queries_total"] if setup.mode == "B" else 0.0
     before = setup.cpu()
     started = time.perf_counter()
     await asyncio.gather(*(loop(s) for s in sessions))
@@ -302,13 +317,17 @@ async def warmGets(setup: Setup, clients: int, gets: int, withVer: bool) -> dict
     for session in sessions:
         await session.close()
     result: dict[str, Any] = {
+        **(pre or {}),
         "pre: clients logged in, one get each before": clients,
+        "pre: clients sent presence": presence,
         "pre: gets carry the current ver": withVer,
         "gets/s": len(latencies) / elapsed, **{k: v * 1000 for k, v in percentiles(latencies).items()},
         "items per answer": items / len(latencies),
     }
     for name in after:
         result[f"cpu s/10k ({name})"] = (after[name] - before[name]) * 10000 / len(latencies)
+    if setup.mode == "B":
+        result["gets answered by rosteradmin"] = metrics(setup)["rosteradmin_roster_queries_total"] - answeredBefore
     result["load average at start (1 min)"] = load
     result.update(tapCounts(setup, len(latencies)))
     return result
@@ -857,6 +876,8 @@ async def main(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     ratios: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="rosteradmin-bench-") as tmp:
+        if args.scenario == "deployed":
+            await deployedScenarios(Path(tmp), args, results)
         if args.scenario in ("all", "targets"):
             await classicScenarios(Path(tmp), args, scale, results)
         if args.scenario == "large-roster":
@@ -954,6 +975,53 @@ async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
     await largeRosterScenarios(tmp, args, results)
     for users_, contacts in ((int(10000 * scale), 50), (int(100000 * scale), 20)):
         results[f"4 memory ({users_} x {contacts})"]["B"] = [memory(users_, contacts) for _ in range(args.runs)]
+
+
+#: The deployed scenarios' names (L{bench.deployed}).
+DEPLOYED_WARM = {False: "D1 deployed, restarted: warm gets, no ver", True: "D1v deployed, restarted: warm gets, current ver"}
+DEPLOYED_STORM = "D2 deployed, restarted: login storm"
+
+
+async def deployedScenarios(tmp: Path, args: argparse.Namespace,
+                            results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """
+    D1, D1v and D2 (L{bench.deployed}): per run, A and then B on a new
+    Prosody each; in B, rosteradmin is restarted on its state (after its
+    start-up sync) before each scenario.
+    """
+    users = args.deployed_users
+    clients = min(100, users)
+    include = deployed.deployedConfig(tmp, ROOT / "contrib" / "prosody" / "rosteradmin.cfg.lua")
+    for run in range(args.runs):
+        for mode in ("A", "B"):
+            setup = Setup(tmp / f"deployed-{run}", mode, users, 50, args.delay,
+                          include=include if mode == "B" else None)
+            setup.extraConfig["query_rate"] = 1000.0  # as in scenario 1: throughput, not the gate
+            if mode == "B":
+                deployed.configure(setup)
+            setup.start()
+            try:
+                load = os.getloadavg()
+                LOADS.append((f"run {run + 1} {mode}", load[0]))
+                print(f"run {run + 1} {mode}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+                profiled = mode == "B" and args.profile and run == 0
+                for withVer in (False, True):
+                    pre = await deployed.restartedOnState(setup, users)
+                    profiler = (Profiler(setup.component.pid, f"{args.profile}.{'D1v' if withVer else 'D1'}")  # type: ignore[union-attr]
+                                if profiled and args.profile_scenario == "D1" else None)
+                    results[f"{DEPLOYED_WARM[withVer]} ({clients} clients)"][mode].append(
+                        await warmGets(setup, clients, args.deployed_gets, withVer, presence=True, pre=pre))
+                    if profiler is not None:
+                        profiler.stop(args.deployed_gets, DEPLOYED_WARM[withVer])
+                pre = await deployed.restartedOnState(setup, users)
+                profiler = (Profiler(setup.component.pid, args.profile)  # type: ignore[union-attr]
+                            if profiled and args.profile_scenario == "D2" else None)
+                results[f"{DEPLOYED_STORM} ({users} users)"][mode].append(
+                    await deployed.deployedStorm(setup, users, pre))
+                if profiler is not None:
+                    profiler.stop(users, f"{DEPLOYED_STORM} ({users} users), logins")
+            finally:
+                setup.stop()
 
 
 def delegateAllConfig(tmp: Path, include: Path | None) -> Path:
@@ -1075,7 +1143,8 @@ def printResults(results: dict[str, dict[str, list[dict[str, Any]]]], rows: list
         for metric in b:
             if not inPhases(metric, b):
                 rows.append((scenario, metric, a.get(metric, "-"), b[metric]))
-        for metric in ("gets/s", "rosters/s", "p50", "p99", "login+roster p99", "full get ms"):
+        for metric in ("gets/s", "rosters/s", "p50", "p99", "login+roster p99", "full get ms",
+                       "cpu s/10k (prosody)", "cpu ms/login (prosody)"):
             if metric in a and metric in b:
                 ra = statistics.median(r[metric] for r in results[scenario]["A"])
                 rb = statistics.median(r[metric] for r in results[scenario]["B"])
@@ -1144,19 +1213,27 @@ if __name__ == "__main__":
     parser.add_argument("--delay", type=float, default=0.005, help="web app answer delay in seconds")
     parser.add_argument("--profile", help="write a py-spy profile (raw collapsed stacks) of rosteradmin here:"
                                           " of scenario 1 and 1v, or of --profile-scenario")
-    parser.add_argument("--profile-scenario", choices=("1", "2", "2c", "2s"), default="1",
-                        help="what --profile records: scenarios 1 and 1v, or one storm (run 1, first storm size)")
+    parser.add_argument("--profile-scenario", choices=("1", "2", "2c", "2s", "D1", "D2"), default=None,
+                        help="what --profile records: scenarios 1 and 1v, or one storm (run 1, first storm size);"
+                             " with the deployed scenarios, D1 (FILE.D1 and FILE.D1v, the default) or D2")
     parser.add_argument("--storm-idle", type=float, default=10.0,
                         help="seconds of the storm probe's idle baseline before 2c and 2s (0: no storm probe)")
-    parser.add_argument("--scenario", choices=("all", "targets", "large-roster", "large-first-sync", "full-sync", "refresh-memory",
-                                               "reactor-stall", "flood", "slow-http", "login-cost", "takeover"),
-                        default="all",
-                        help="run scenarios 1 to 6; or only 1, 1v, 2, 2c and 2s (targets); or only 5 and 5L (large-roster);"
+    parser.add_argument("--scenario", choices=("deployed", "all", "targets", "large-roster", "large-first-sync",
+                                               "full-sync", "refresh-memory", "reactor-stall", "flood", "slow-http",
+                                               "login-cost", "takeover"),
+                        default="deployed",
+                        help="run D1, D1v and D2, the recommended deployment after a restart of rosteradmin on its"
+                             " state (deployed, the default: bench/deployed.py); or scenarios 1 to 6 (all);"
+                             " or only 1, 1v, 2, 2c and 2s (targets); or only 5 and 5L (large-roster);"
                              " or only scenario 6"
                              " (bench/firstsync.py), 7 (bench/fullsync.py), 8 (bench/refreshmemory.py)"
                              " or 9 (bench/reactorstall.py), 11 (flood: bench/flood.py) or 12 (slow-http:"
                              " bench/slowhttp.py), 13 (login-cost: bench/logincost.py) or 14 (takeover:"
                              " bench/takeover.py, with PostgreSQL); 7 to 14 run only when named")
+    parser.add_argument("--deployed-users", type=int, default=1000,
+                        help="users of the deployed scenarios (all synced; all in D2's storm; the first 100 in D1)")
+    parser.add_argument("--deployed-gets", type=int, default=10000,
+                        help="roster gets of each of D1 and D1v, shared by 100 clients")
     parser.add_argument("--login-cost-users", type=int, default=200,
                         help="users of each variant of scenario 13, logged in one at a time")
     parser.add_argument("--kills", type=int, default=takeover.KILLS,
@@ -1197,5 +1274,7 @@ if __name__ == "__main__":
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     arguments = parser.parse_args()
+    if arguments.profile_scenario is None:
+        arguments.profile_scenario = "D1" if arguments.scenario == "deployed" else "1"
     Profiler.options = arguments.py_spy_options.split()
     asyncio.run(main(arguments))

@@ -62,7 +62,8 @@ class RosterBackend(Service):
             restarts; by default in memory only.
         """
         self.state = state if state is not None else SyncState()
-        self.promises = Promises(sync, self.state)
+        self.promises = Promises(sync, self.state, lambda user: self._locked(user, self.server.verify, user, True),
+                                 lambda user: user not in self.refusals.refused)
         self.cache = cache
         # Only a cached user's clients are answered without a fetch: what
         # is verified of the others is read again when they are loaded.

@@ -67,15 +67,18 @@ class ServerRosters:
         for waiter in waiters:
             waiter.callback(None)
 
-    async def verify(self, username: str) -> None:
+    async def verify(self, username: str, urgent: bool = False) -> None:
         """
         Read back the stored roster of a cached user and repair what
         differs, pushing the repaired items (under the user's lock).
+
+        @param urgent: The user's clients are asking now (a read back to
+            promise the roster): it goes before background work.
         """
         roster = self.cache.peek(username)
         if roster is None or not self.sync.canSync():
             return
-        stored = await self.write(username, roster, urgent=False, verify=True)
+        stored = await self.write(username, roster, urgent=urgent, verify=True)
         if stored is not None:
             # The clients hold the cached roster, but for the subscriptions
             # the server told them.

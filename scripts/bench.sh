@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (like test.sh) and run the benchmarks: bash scripts/bench.sh [--runs 3] [--quick] [--scenario targets|large-roster|...] [--profile FILE]
+# Set up (like test.sh) and run the benchmarks: bash scripts/bench.sh [--runs 3] [--scenario deployed|all|targets|large-roster|...] [--profile FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROSTERADMIN_PIP_TARGET=". py-spy" source scripts/setup.sh

@@ -121,6 +121,61 @@ def test_rememberedStateKeepsThePromises(tmp_path: Any) -> None:
     assert answers(sent) and promises(sent) == []
 
 
+def test_versionOnlyTheStateRecordsIsReadBackThenPromised(tmp_path: Any) -> None:
+    """
+    After a restart on the state, a version only the state's record vouches
+    for is answered without a read (a user may ask once); answered again, it
+    is read back once, and promised when the server holds it: the user's
+    later gets are the server's.  Nothing is written, and the next answer
+    reads nothing again.
+    """
+    path = str(tmp_path / "state.sqlite")
+    first = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True, state=SyncState(path))
+    first.handshake(PERMISSIONS_2)
+    first.backend.refresh(["alice"])
+    first.answerRequests(bulkServer)
+    assert promises(first.sent()) == [] and SyncState(path).serverVersion("alice") is not None
+    again = ComponentOnWire(WebApp(copy.deepcopy(ROSTERS)), bulk=True, state=SyncState(path))
+    again.handshake(PERMISSIONS_2)
+    again.sent()
+    server = serverAnswers(stored=STORED)
+
+    def reply(iq: domish.Element) -> str | None:
+        return bulkServer(iq) if promises([iq]) else server(iq)  # type: ignore[operator, no-any-return]
+
+    again.receive(envelope(rosterGet()))
+    once = again.answerRequests(reply)
+    assert [s.getAttribute("to") for s in once] == ["example.org"]  # the answer alone
+    again.receive(envelope(rosterGet()))
+    twice = again.answerRequests(reply)
+    [answer] = answers(twice)
+    reads = [s for s in twice if s.name == "iq" and s["to"] == "alice@example.org" and s["type"] == "get"]
+    assert len(reads) == 1 and reads[0].query.uri == "jabber:iq:roster"
+    assert promises(twice) == [("alice@example.org", answer.query["ver"])]
+    assert not [s for s in twice if s.name == "iq" and s["type"] == "set" and not promises([s])]
+    again.receive(envelope(rosterGet()))
+    assert [s.getAttribute("to") for s in again.answerRequests(reply)] == ["example.org"]
+
+
+def test_writtenRosterIsPromisedBeforeAnyClientAsks() -> None:
+    """
+    A refresh (a sync) writes a user's roster with no client asking: the
+    version is promised once the write is answered, so the server answers
+    that user's first get too, after our restart as well.
+    """
+    wire = loggedIn()
+    refresh = wire.backend.refresh(["alice"])
+    sent = wire.answerRequests(bulkServer)
+    writes = [s for s in sent if s.name == "iq" and s["type"] == "set" and not promises([s])]
+    assert len(writes) == 1 and not answers(sent)
+    version = wire.backend.cache.peek("alice")
+    assert version is not None and promises(sent) == [("alice@example.org", version.version)]
+    assert sent.index(writes[0]) < sent.index(next(s for s in sent if promises([s])))
+    assert refresh.called and wire.backend.snapshot().promised == 1
+    wire.receive(envelope(rosterGet()))
+    assert promises(wire.answerRequests(bulkServer)) == []
+
+
 def test_rosterSetRevokesThePromise() -> None:
     """
     A client's roster set may have crossed the promise on its way to the
