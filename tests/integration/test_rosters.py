@@ -48,11 +48,14 @@ def condition(errorIQ: Any) -> str:
     return next(c.name for c in errorIQ.error.elements() if c.uri == "urn:ietf:params:xml:ns:xmpp-stanzas")
 
 
+@pytest.mark.parametrize("prosody", ["rosteradmin_load_rosters = false"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_clientGetsWebAppRoster(prosody: Any, webapp: Any, service: RunningService, clients: Any) -> None:
     """
     alice's client gets the web app's roster with names, groups and
-    subscription both; the server stores the same items as both.
+    subscription both, answered by rosteradmin (her roster is not loaded
+    at login here: L{test_firstGetAfterTheLoginLoadIsProsodys}); the
+    server stores the same items as both.
     """
     alice = await clients("alice")
     result = await alice.rosterGet(ver="")
@@ -70,6 +73,27 @@ async def test_clientGetsWebAppRoster(prosody: Any, webapp: Any, service: Runnin
     stored = prosody.storedRoster("alice")
     assert "bob@example.org" in stored and "carol@example.org" in stored
     assert '"both"' in stored and '"none"' not in stored
+
+
+@pytest_twisted.ensureDeferred
+async def test_firstGetAfterTheLoginLoadIsProsodys(prosody: Any, webapp: Any, service: RunningService,
+                                                  clients: Any) -> None:
+    """
+    With contrib's load at login, alice's roster is written and promised
+    before her bind returns: her first get is answered by Prosody from its
+    store, with the web app's items and the version rosteradmin promised,
+    and never reaches rosteradmin.
+    """
+    answered = service.component.rosterServer.answered
+    alice = await clients("alice")
+    result = await alice.rosterGet(ver="")
+    assert result["type"] == "result" and result.getAttribute("from") is None  # Prosody's own answer
+    assert items(result) == {
+        "bob@example.org": ("Bob", "both", ["Friends", "Work"]),
+        "carol@example.org": ("Carol", "both", []),
+    }
+    assert result.query.getAttribute("ver") == service.backend.promises.promisedVersion("alice")
+    assert service.component.rosterServer.answered == answered
 
 
 @pytest_twisted.ensureDeferred
