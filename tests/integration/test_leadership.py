@@ -6,9 +6,13 @@ when it dies (C{kill -9}), stops (SIGTERM) or loses its database session
 the two never hold the stream at once.
 
 Prosody's log is the witness: it logs each component handshake
-("External component successfully authenticated"), and a second
-connection while one is live ("Second component attempted to connect",
-then a C{<conflict/>}), which must never happen.
+("External component successfully authenticated"), each component
+connection's start and end under a name of its own (never two live at
+once), and a second connection while one is live ("Second component
+attempted to connect", then a C{<conflict/>}), which must never happen.
+For the partition, the state is the witness too: a trigger records every
+row written with its writer (L{Audit}), and the test watches when the
+new leader takes the lock.
 """
 
 from __future__ import annotations
@@ -274,8 +278,12 @@ async def test_oneLeaderAndTakeovers(pair: Pair, prosody: ProsodyServer, webapp:
     with C{kill -9} (three times, a new standby started each time), the
     leader is replaced within L{TAKEOVER_BOUND} seconds and clients' roster
     gets work again; stopped with SIGTERM, it hands over the same way;
-    its database session terminated while its stream lives, it steps
-    down and the other leads.  Prosody never sees a second connection.
+    its database session terminated while its stream lives (and it
+    writes the state, refreshing alice every 0.1 s), it steps down and
+    the other leads: the old leader's last write precedes both the
+    moment the new one could lead (a takeover after it took the lock)
+    and the new one's first write, and the state's holder row is the new
+    one's.  Prosody never sees a second connection.
     """
     pair.start()
     pair.start()
