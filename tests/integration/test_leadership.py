@@ -6,13 +6,18 @@ when it dies (C{kill -9}), stops (SIGTERM) or loses its database session
 the two never hold the stream at once.
 
 Prosody's log is the witness: it logs each component handshake
-("External component successfully authenticated"), and a second
-connection while one is live ("Second component attempted to connect",
-then a C{<conflict/>}), which must never happen.
+("External component successfully authenticated"), each component
+connection's start and end under a name of its own (never two live at
+once), and a second connection while one is live ("Second component
+attempted to connect", then a C{<conflict/>}), which must never happen.
+For the partition, the state is the witness too: a trigger records every
+row written with its writer (L{Audit}), and the test watches when the
+new leader takes the lock.
 """
 
 from __future__ import annotations
 
+import datetime
 import statistics
 import time
 from collections.abc import Iterator
@@ -24,9 +29,12 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.web.client import HTTPConnectionPool
-from twisted.internet import reactor
+from twisted.internet import defer, reactor, threads
 
+from rosteradmin.leadership import Timings
 from rosteradmin.statepg import LEADER_LOCK
+from rosteradmin.statestorage import TABLES
+from tests.integration.ejabberd import LocalEjabberd
 from tests.integration.harness import ProsodyServer, WebAppStub
 from tests.integration.service import RunningService
 from tests.integration.test_convergence import Rosteradmin
@@ -42,6 +50,83 @@ KILLS = 3
 
 AUTHENTICATED = "External component successfully authenticated"
 SECOND = "Second component attempted to connect"
+INCOMING = "Incoming Jabber component connection"
+DISCONNECTED = "component disconnected"
+
+
+def mostComponentConnections(log: str) -> int:
+    """
+    The most component connections Prosody held at once, from its log:
+    each connection's lines carry its own name (C{jcp...}), from
+    L{INCOMING} to L{DISCONNECTED}.
+    """
+    live: set[str] = set()
+    most = 0
+    for line in log.splitlines():
+        name = next((word for word in line.split() if word.startswith("jcp")), None)
+        if name is None:
+            continue
+        if INCOMING in line:
+            live.add(name)
+            most = max(most, len(live))
+        elif DISCONNECTED in line:
+            live.discard(name)
+    return most
+
+
+class Audit:
+    """
+    Every row the processes write to the state's tables, recorded in the
+    same transaction by a trigger (so only committed writes): the writer
+    (its session's C{application_name}, L{Pair.start}) and the server's
+    clock.  Its table is in a schema of its own, which the state never
+    reads.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute("CREATE SCHEMA audit")
+            db.execute("CREATE TABLE audit.writes (writer text, at timestamptz, tbl text, op text)")
+            db.execute("CREATE FUNCTION audit.record() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                       "INSERT INTO audit.writes VALUES (current_setting('application_name'), clock_timestamp(), "
+                       "TG_TABLE_NAME, TG_OP); RETURN NULL; END $$")
+            for table in TABLES:
+                db.execute(f"CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON public.{table} "
+                           "FOR EACH ROW EXECUTE FUNCTION audit.record()")
+
+    def writes(self) -> list[tuple[str, datetime.datetime, str, str]]:
+        """
+        The writes recorded: writer, time, table, operation, in time order.
+        """
+        with psycopg.connect(self.url, autocommit=True) as db:
+            return [tuple(row) for row in db.execute("SELECT * FROM audit.writes ORDER BY at")]  # type: ignore[misc]
+
+    def holder(self) -> str:
+        with psycopg.connect(self.url, autocommit=True) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'holder'").fetchone()
+        return "" if row is None else str(row[0])
+
+
+def watchLock(url: str, taker: str, timeout: float = 15.0) -> tuple[datetime.datetime, datetime.datetime]:
+    """
+    Poll the leader's lock every 10 ms until the session of C{taker} holds
+    it: the server's clock at the last look it did not and at the first
+    it did (it took the lock in between).
+    """
+    query = ("SELECT clock_timestamp(), (SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+             "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s)")
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as db:
+        before = None
+        while time.monotonic() < deadline:
+            row = db.execute(query, (LEADER_LOCK >> 32, LEADER_LOCK & 0xFFFFFFFF)).fetchone()
+            assert row is not None
+            if row[1] == taker and before is not None:
+                return before, row[0]
+            before = row[0]
+            time.sleep(0.01)
+    raise AssertionError(f"{taker} never took the lock")
 
 
 class Pair:
@@ -50,16 +135,28 @@ class Pair:
     new names, all on one state.
     """
 
-    def __init__(self, prosody: ProsodyServer, webapp: WebAppStub, directory: Path, state: str) -> None:
+    def __init__(self, prosody: ProsodyServer | LocalEjabberd, webapp: WebAppStub, directory: Path, state: str,
+                 settings: str = "") -> None:
+        """
+        @param settings: More lines of each process's TOML file.
+        """
         self.prosody = prosody
         self.webapp = webapp
         self.directory = directory
         self.state = state
+        self.settings = settings
         self.started: list[Rosteradmin] = []
 
     def start(self) -> Rosteradmin:
-        process = Rosteradmin(self.prosody, self.webapp, self.directory, f"rosteradmin{len(self.started)}",
-                              self.state)  # type: ignore[arg-type]  # a URL where a path goes
+        """
+        A new process, named C{rosteradmin0}, C{rosteradmin1}... in its log's
+        name and in its database sessions' C{application_name} (what the
+        state's L{Audit} records as each write's writer).
+        """
+        name = f"rosteradmin{len(self.started)}"
+        url = f"{self.state}{'&' if '?' in self.state else '?'}application_name={name}"
+        process = Rosteradmin(self.prosody, self.webapp, self.directory,  # type: ignore[arg-type]  # either server
+                              name, url, self.settings)  # type: ignore[arg-type]  # a URL where a path goes
         self.started.append(process)
         return process
 
@@ -143,6 +240,25 @@ def pair(prosody: ProsodyServer, webapp: WebAppStub, tmp_path: Path,
     both.stopAll()
 
 
+def seconds(delta: datetime.timedelta) -> str:
+    return f"{delta.total_seconds():.3f}"
+
+
+async def keepRefreshing(process: Rosteradmin, webapp: WebAppStub, until: list[bool]) -> int:
+    """
+    Change alice's roster (bob's name) and ask C{process} to refresh her,
+    every 0.1 s until C{until} holds a value, so that a leader writes the
+    state all along; how many refreshes were sent, once all are answered.
+    """
+    sent: list[defer.Deferred[object]] = []
+    while not until:
+        webapp.rosters["alice"] = {"bob@example.org": {"name": f"Bob {len(sent)}"}}
+        sent.append(process.refresh(["alice"]).addCallback(lambda r: r.content()).addErrback(lambda _: None))
+        await RunningService.sleep(0.1)
+    await defer.gatherResults(sent)
+    return len(sent)
+
+
 def terminateLeaderSession(url: str) -> int:
     """
     End the database session holding the leader's lock, as a partition
@@ -162,8 +278,12 @@ async def test_oneLeaderAndTakeovers(pair: Pair, prosody: ProsodyServer, webapp:
     with C{kill -9} (three times, a new standby started each time), the
     leader is replaced within L{TAKEOVER_BOUND} seconds and clients' roster
     gets work again; stopped with SIGTERM, it hands over the same way;
-    its database session terminated while its stream lives, it steps
-    down and the other leads.  Prosody never sees a second connection.
+    its database session terminated while its stream lives (and it
+    writes the state, refreshing alice every 0.1 s), it steps down and
+    the other leads: the old leader's last write precedes both the
+    moment the new one could lead (a takeover after it took the lock)
+    and the new one's first write, and the state's holder row is the new
+    one's.  Prosody never sees a second connection.
     """
     pair.start()
     pair.start()
@@ -191,12 +311,30 @@ async def test_oneLeaderAndTakeovers(pair: Pair, prosody: ProsodyServer, webapp:
     leader, standby = standby, pair.start()
     await waitForRole(standby, "standby")
 
+    # The partition, while the leader writes the state: every write is
+    # audited with its writer, and the lock watched.
+    audit = Audit(pair.state)
+    until: list[bool] = []
+    refreshing = defer.ensureDeferred(keepRefreshing(leader, webapp, until))
+    await RunningService.sleep(1)
+    oldName, newName = leader.log.stem, standby.log.stem
+    watching = threads.deferToThread(watchLock, pair.state, newName)
+    await RunningService.sleep(0.1)
     assert terminateLeaderSession(pair.state) == 1
     terminatedAt = time.monotonic()
     partition = await waitForRole(standby, "leader") - terminatedAt
+    lockFree, lockTaken = await watching
     terms += 1
     await waitForRole(leader, "standby")
+    await RunningService.sleep(1)
+    until.append(True)
+    refreshes = await refreshing
     assert "leadership lost" in leader.output()
+    writes = audit.writes()
+    old = [at for writer, at, _, _ in writes if writer == oldName]
+    new = [at for writer, at, _, _ in writes if writer == newName]
+    fenced = leader.output().count("another process holds the state now")
+    holder = audit.holder()
     try:
         await rosterServed(prosody, clients, webapp)
     except AssertionError:
@@ -208,9 +346,24 @@ async def test_oneLeaderAndTakeovers(pair: Pair, prosody: ProsodyServer, webapp:
     print(f"\ntakeover after kill -9: {', '.join(f'{k:.2f}' for k in kills)} s "
           f"(median {statistics.median(kills):.2f}, max {max(kills):.2f}); after SIGTERM {handover:.2f} s; "
           f"after the leader's session was terminated {partition:.2f} s; "
-          f"component handshakes {log.count(AUTHENTICATED)}")
+          f"component handshakes {log.count(AUTHENTICATED)}, at most {mostComponentConnections(log)} "
+          f"component connection(s) at once")
+    print(f"partition, {refreshes} refreshes sent to the old leader every 0.1 s: it wrote {len(old)} rows, "
+          f"the last {seconds(old[-1] - lockTaken)} s after the other took the lock "
+          f"(taken within {seconds(lockTaken - lockFree)} s) and {seconds(min(new) - old[-1])} s before "
+          f"the new leader's first of {len(new)} writes; its writes refused by the fence: {fenced}; "
+          f"the state's holder: {holder}")
     assert max(kills) < TAKEOVER_BOUND and handover < TAKEOVER_BOUND and partition < TAKEOVER_BOUND
     assert SECOND not in log
+    assert mostComponentConnections(log) == 1
+    # The old leader was writing when cut off, and wrote nothing once the
+    # new one could lead (a takeover after the lock), nor once it wrote:
+    # never two writers at once.  Its session's writes are all audited:
+    # any other writer would show.
+    assert old and new and {writer for writer, _, _, _ in writes} == {oldName, newName}
+    assert old[-1] < lockFree + datetime.timedelta(seconds=Timings().takeover)
+    assert old[-1] < new[0]
+    assert f" pid {standby.process.pid} " in holder
     assert log.count(AUTHENTICATED) == terms
     for process in pair.live():
         assert "Traceback" not in process.output()
