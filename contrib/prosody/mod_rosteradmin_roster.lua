@@ -18,6 +18,24 @@
 -- else gets forbidden.  Nothing is pushed to the user's clients: rosteradmin
 -- pushes the changes itself.
 --
+-- Presence follows the write, as after a subscription approval (RFC 6121
+-- 3.1.5, and 3.2/3.3 for a removal): Prosody's mod_presence does this only
+-- for subscription presences, never after a roster write, so without it two
+-- online users a refresh made contacts would not see each other until one
+-- of them sent presence again.  When the user has sessions that sent
+-- presence, each one's current presence goes to every contact the write
+-- added (one that now receives it, 'both' or 'from'), and an unavailable to
+-- every contact it removed.  The other way, a local contact's available
+-- sessions send theirs to the user's bare JID if the contact's own roster
+-- lists the user (what mod_presence answers a probe with; a contact not
+-- listing the user yet gets the presence when rosteradmin writes its roster,
+-- the second half of a pair refresh), and unavailable for a removed one,
+-- whatever its roster says; a remote contact gets a probe from the user's
+-- bare JID, as mod_presence sends after an approval.  No subscription
+-- presence is sent, and no probe to a local contact, whose automatic
+-- unsubscribed answer would cancel the user's subscription (on a server
+-- without mod_rosteradmin_subscriptions).
+--
 -- A query may carry ver='...': the roster version rosteradmin's answers
 -- for this user carry, now that the stored roster holds what they hold
 -- (a promise).  The module then answers that user's roster gets itself,
@@ -101,6 +119,7 @@ local promise = require "util.promise";
 local time_now = require "util.time".now;
 local rostermanager = require "core.rostermanager";
 local usermanager = require "core.usermanager";
+local core_post_stanza = prosody.core_post_stanza;
 
 local xmlns = "urn:x-rosteradmin:roster:0";
 local xmlns_session = "urn:x-rosteradmin:session:0";
@@ -138,6 +157,66 @@ local function item_of(item)
 		if text and text ~= "" then entry.groups[text] = true; end
 	end
 	return entry;
+end
+
+-- Whether a roster item sends the owner's presence to the contact
+-- (the contact is subscribed to the owner), and whether it brings the
+-- contact's presence to the owner; false or nil is no item.
+local function sends(item) return item and (item.subscription == "both" or item.subscription == "from") or false; end
+local function receives(item) return item and (item.subscription == "both" or item.subscription == "to") or false; end
+
+-- The sessions of a local user that sent presence, and the user's roster
+-- in memory ({} and nil for a user who is offline or not local).
+local function available(bare)
+	local user = prosody.bare_sessions[bare];
+	local found = {};
+	if not user then return found, nil; end
+	for _, session in pairs(user.sessions) do
+		if session.presence then found[#found + 1] = session; end
+	end
+	return found, user.roster;
+end
+
+-- Each session's presence (or, given one, that presence from each) to a
+-- JID, as mod_presence's send_presence_of_available_resources routes it.
+local function send_from(sessions, to, presence)
+	for _, session in ipairs(sessions) do
+		local sent = presence or session.presence;
+		if presence then sent.attr.from = session.full_jid; end
+		sent.attr.to = to;
+		core_post_stanza(session, sent, true);
+		sent.attr.to = nil;
+	end
+end
+
+-- What a subscription approval, or its cancellation, would have sent
+-- when this write changed the owner's contacts (see the top of this
+-- file): the owner's available sessions and each contact gained exchange
+-- presence, each contact lost gets, and sends, unavailable.
+local function exchange_presence(owner, roster, previous)
+	local mine = available(owner);
+	if #mine == 0 then return; end
+	for contact, before in pairs(previous) do
+		local after = roster[contact];
+		if sends(after) and not sends(before) then
+			send_from(mine, contact);
+		elseif sends(before) and not sends(after) then
+			send_from(mine, contact, st.presence({ type = "unavailable" }));
+		end
+		local gained, lost = receives(after) and not receives(before), receives(before) and not receives(after);
+		local _, contact_host = jid.split(contact);
+		local is_local = prosody.hosts[contact_host] and prosody.hosts[contact_host].type == "local";
+		if (gained or lost) and is_local then
+			local theirs, their_roster = available(contact);
+			if lost then
+				send_from(theirs, owner, st.presence({ type = "unavailable" }));
+			elseif their_roster and sends(their_roster[owner]) then
+				send_from(theirs, owner);
+			end
+		elseif gained then
+			core_post_stanza(mine[1], st.presence({ type = "probe"; from = owner; to = contact }), true);
+		end
+	end
 end
 
 module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
@@ -183,8 +262,9 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 			return true;
 		end
 	end
+	local previous;
 	if #changes > 0 then
-		local previous = {};
+		previous = {};
 		for _, change in ipairs(changes) do
 			local contact = change[1];
 			if previous[contact] == nil then previous[contact] = roster[contact] or false; end
@@ -209,6 +289,7 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 		current[username] = type(stored) == "number" and { ver = ver; stored = stored; by = origin.host } or nil;
 	end
 	origin.send(st.reply(stanza));
+	if previous then exchange_presence(owner, roster, previous); end
 	return true;
 end);
 

@@ -1,0 +1,165 @@
+# -*- test-case-name: tests.integration.test_refreshpresence -*-
+"""
+Presence after a refresh changes the contacts of users who are online, on a
+real Prosody with contrib's mod_rosteradmin_roster: two online users the
+web app makes contacts see each other available, as after a subscription
+approval, and a pair it separates sees each other unavailable; nothing else
+reaches their clients (no subscription presence, no error, no message).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+
+from tests.integration.harness import WebAppStub, XMPPTestClient
+from tests.integration.service import RunningService
+from tests.integration.test_convergence import seconds
+from tests.integration.test_harness import availableFrom
+from tests.integration.test_http import call
+
+pytestmark = pytest.mark.integration
+
+#: alice and bob as contacts of each other, in the web app.
+PAIR = {"alice": {"bob@example.org": {"name": "Bob"}}, "bob": {"alice@example.org": {"name": "Alice"}}}
+
+#: How soon a presence must follow the refresh.
+WITHIN = 1.0
+
+
+def unavailableFrom(bare: str) -> Callable[[domish.Element], bool]:
+    """
+    A presence predicate: unavailable presence from any resource of C{bare}.
+    """
+    return lambda p: JID(p.getAttribute("from", "")).userhost() == bare and p.getAttribute("type") == "unavailable"
+
+
+async def online(clients: Any, service: RunningService, user: str) -> XMPPTestClient:
+    """
+    C{user} logs in, gets her (empty) roster and sends presence; once
+    rosteradmin has seen her online.
+    """
+    client = await clients(user)
+    reply = await client.rosterGet()
+    assert reply["type"] == "result"
+    client.sendPresence(status=f"{user} here")
+    await RunningService.waitUntil(lambda: user in service.component.privileges.online, 5, f"{user} online")
+    return client
+
+
+async def sees(client: XMPPTestClient, predicate: Callable[[domish.Element], bool], after: int,
+               since: float) -> float | None:
+    """
+    Seconds from C{since} until C{client} has a presence C{predicate}
+    accepts among those after the first C{after}, waiting 5 s at most;
+    C{None} if none came.
+    """
+    try:
+        await client.waitForPresence(lambda p: p in client.presences[after:] and predicate(p), 5)
+    except TimeoutError:
+        return None
+    return time.monotonic() - since
+
+
+def unexpected(client: XMPPTestClient, after: int, messages: int, pushes: int, peer: XMPPTestClient,
+               kind: str | None) -> list[str]:
+    """
+    What C{client} received after the first C{after} presences,
+    C{messages} messages and C{pushes} pushes that it did not expect: any
+    presence but C{kind} (C{None}: available) from C{peer}'s session, any
+    message, any roster push not from its own account.
+    """
+    found = [p.toXml() for p in client.presences[after:]
+             if p.getAttribute("from") != peer.jid.full() or p.getAttribute("type") != kind]
+    found += [m.toXml() for m in client.messages[messages:]]
+    found += [i.toXml() for i in client.pushes[pushes:] if i.getAttribute("from") != client.jid.userhost()]
+    return found
+
+
+async def refreshPair(service: RunningService, alice: XMPPTestClient, bob: XMPPTestClient,
+                      kind: str | None) -> tuple[float | None, float | None]:
+    """
+    POST a refresh of alice and bob; the seconds until alice saw bob's
+    presence of C{kind} and bob saw alice's, after checking that nothing
+    else reached them.
+    """
+    had = {c: (len(c.presences), len(c.messages), len(c.pushes)) for c in (alice, bob)}
+    predicate = availableFrom if kind is None else unavailableFrom
+    started = time.monotonic()
+    code, _ = await call(service, "POST", "/roster_admin/refresh", ["alice", "bob"])
+    assert code == 200
+    aliceSaw = await sees(alice, predicate("bob@example.org"), had[alice][0], started)
+    bobSaw = await sees(bob, predicate("alice@example.org"), had[bob][0], started)
+    await RunningService.sleep(0.5)  # anything late that should not come
+    assert unexpected(alice, *had[alice], bob, kind) == []
+    assert unexpected(bob, *had[bob], alice, kind) == []
+    return aliceSaw, bobSaw
+
+
+@pytest_twisted.ensureDeferred
+async def test_pairMadeContactsSeeEachOther(webapp: WebAppStub, service: RunningService, clients: Any) -> None:
+    """
+    alice and bob are online, not contacts.  The web app makes them
+    contacts and refreshes both: each sees the other available within a
+    second, with the status the other sent, and the pushes.  It separates
+    them again: each sees the other unavailable within a second.  Neither
+    receives a subscription presence, an error or anything from anyone else.
+    """
+    alice = await online(clients, service, "alice")
+    bob = await online(clients, service, "bob")
+
+    webapp.rosters.update(PAIR)
+    aliceSaw, bobSaw = await refreshPair(service, alice, bob, None)
+    print(f"\nmade contacts by one refresh: alice saw bob available {seconds(aliceSaw)}, "
+          f"bob saw alice {seconds(bobSaw)}")
+    assert aliceSaw is not None and aliceSaw < WITHIN, "alice never saw bob available"
+    assert bobSaw is not None and bobSaw < WITHIN, "bob never saw alice available"
+    assert alice.view == {"bob@example.org": ("Bob", [])}
+    assert bob.view == {"alice@example.org": ("Alice", [])}
+    presence = next(p for p in alice.presences if availableFrom("bob@example.org")(p))
+    assert [str(e) for e in presence.elements() if e.name == "status"] == ["bob here"]
+
+    webapp.rosters.update({"alice": {}, "bob": {}})
+    aliceSaw, bobSaw = await refreshPair(service, alice, bob, "unavailable")
+    print(f"separated by one refresh: alice saw bob unavailable {seconds(aliceSaw)}, "
+          f"bob saw alice {seconds(bobSaw)}")
+    assert aliceSaw is not None and aliceSaw < WITHIN, "alice never saw bob unavailable"
+    assert bobSaw is not None and bobSaw < WITHIN, "bob never saw alice unavailable"
+    assert alice.view == {} and bob.view == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_secondWriteOfAPairCompletesIt(webapp: WebAppStub, service: RunningService, clients: Any) -> None:
+    """
+    The two halves of a pair refreshed apart: after alice's roster lists
+    bob, bob sees her (her roster sends him her presence, as after her
+    approval) but she does not see him (his roster does not list her yet,
+    as a probe of him would be answered).  Once bob's is refreshed too, she
+    sees him.
+    """
+    alice = await online(clients, service, "alice")
+    bob = await online(clients, service, "bob")
+    had = {c: len(c.presences) for c in (alice, bob)}
+
+    webapp.rosters["alice"] = PAIR["alice"]
+    started = time.monotonic()
+    await service.backend.refresh(["alice"])
+    bobSaw = await sees(bob, availableFrom("alice@example.org"), had[bob], started)
+    await RunningService.sleep(0.5)
+    aliceEarly = [p.toXml() for p in alice.presences[had[alice]:]]
+
+    webapp.rosters["bob"] = PAIR["bob"]
+    second = time.monotonic()
+    await service.backend.refresh(["bob"])
+    aliceSaw = await sees(alice, availableFrom("bob@example.org"), had[alice], second)
+    print(f"\nalice refreshed alone: bob saw her {seconds(bobSaw)}, she saw no one; bob refreshed after: "
+          f"she saw him {seconds(aliceSaw)}")
+    assert aliceEarly == []
+    assert bobSaw is not None and bobSaw < WITHIN
+    assert aliceSaw is not None and aliceSaw < WITHIN
