@@ -165,6 +165,11 @@ end
 local function sends(item) return item and (item.subscription == "both" or item.subscription == "from") or false; end
 local function receives(item) return item and (item.subscription == "both" or item.subscription == "to") or false; end
 
+local function is_local(contact)
+	local host = prosody.hosts[select(2, jid.split(contact))];
+	return host ~= nil and host.type == "local";
+end
+
 -- The sessions of a local user that sent presence, and the user's roster
 -- in memory ({} and nil for a user who is offline or not local).
 local function available(bare)
@@ -189,35 +194,86 @@ local function send_from(sessions, to, presence)
 	end
 end
 
+-- A contact's presence for one session of the owner, which has just been
+-- pushed the contact: a local contact's available sessions send theirs if
+-- its own roster lists the owner (what mod_presence answers a probe with),
+-- a remote contact is probed.
+local function bring(session, owner, contact)
+	if is_local(contact) then
+		local theirs, their_roster = available(contact);
+		if their_roster and sends(their_roster[owner]) then send_from(theirs, session.full_jid); end
+	else
+		core_post_stanza(session, st.presence({ type = "probe"; from = session.full_jid; to = contact }), true);
+	end
+end
+
 -- What a subscription approval, or its cancellation, would have sent
 -- when this write changed the owner's contacts (see the top of this
--- file): the owner's available sessions and each contact gained exchange
--- presence, each contact lost gets, and sends, unavailable.
+-- file).  A session's view of its roster comes from rosteradmin's pushes,
+-- which follow the write: presence from a contact gained waits for the
+-- push of that contact to the session (rosteradmin_awaiting), since a
+-- client may drop presence from someone not on its roster.
 local function exchange_presence(owner, roster, previous)
 	local mine = available(owner);
 	if #mine == 0 then return; end
 	for contact, before in pairs(previous) do
 		local after = roster[contact];
 		if sends(after) and not sends(before) then
-			send_from(mine, contact);
+			if not is_local(contact) then
+				send_from(mine, contact);
+			else
+				local theirs, their_roster = available(contact);
+				if their_roster and receives(their_roster[owner]) then
+					for _, session in ipairs(theirs) do
+						local awaiting = session.rosteradmin_awaiting;
+						if not (awaiting and awaiting[owner]) then send_from(mine, session.full_jid); end
+					end
+				end
+			end
 		elseif sends(before) and not sends(after) then
 			send_from(mine, contact, st.presence({ type = "unavailable" }));
 		end
 		local gained, lost = receives(after) and not receives(before), receives(before) and not receives(after);
-		local _, contact_host = jid.split(contact);
-		local is_local = prosody.hosts[contact_host] and prosody.hosts[contact_host].type == "local";
-		if (gained or lost) and is_local then
-			local theirs, their_roster = available(contact);
-			if lost then
-				send_from(theirs, owner, st.presence({ type = "unavailable" }));
-			elseif their_roster and sends(their_roster[owner]) then
-				send_from(theirs, owner);
+		for _, session in ipairs(mine) do
+			if gained or lost then
+				session.rosteradmin_awaiting = session.rosteradmin_awaiting or {};
+				session.rosteradmin_awaiting[contact] = gained or nil;
 			end
-		elseif gained then
-			core_post_stanza(mine[1], st.presence({ type = "probe"; from = owner; to = contact }), true);
+		end
+		if lost and is_local(contact) then
+			send_from((available(contact)), owner, st.presence({ type = "unavailable" }));
 		end
 	end
 end
+
+-- A roster push to one of a user's sessions (rosteradmin's, through
+-- mod_privilege, from the user's bare JID): the presence of each contact
+-- it brings that the session awaits goes to the session right after the
+-- push, which mod_iq delivers after this hook.
+module:hook("iq/full", function(event)
+	local stanza = event.stanza;
+	local query = stanza.tags[1];
+	if stanza.attr.type ~= "set" or not query or query.name ~= "query" or query.attr.xmlns ~= "jabber:iq:roster" then
+		return;
+	end
+	local session = prosody.full_sessions[stanza.attr.to];
+	local awaiting = session and session.rosteradmin_awaiting;
+	local owner = jid.bare(stanza.attr.to);
+	if not awaiting or stanza.attr.from ~= owner then return; end
+	local due = {};
+	for item in query:childtags("item") do
+		local contact = item.attr.jid and jid.prep(item.attr.jid);
+		if contact and awaiting[contact] then
+			awaiting[contact] = nil;
+			if item.attr.subscription ~= "remove" then due[#due + 1] = contact; end
+		end
+	end
+	if #due == 0 then return; end
+	module:add_timer(0, function ()
+		if not session.presence or prosody.full_sessions[session.full_jid] ~= session then return; end
+		for _, contact in ipairs(due) do bring(session, owner, contact); end
+	end);
+end, 10);
 
 module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 	local origin, stanza = event.origin, event.stanza;

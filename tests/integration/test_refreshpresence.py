@@ -82,6 +82,20 @@ def unexpected(client: XMPPTestClient, after: int, messages: int, pushes: int, p
     return found
 
 
+def pushedFirst(client: XMPPTestClient, bare: str) -> bool:
+    """
+    Whether C{client} received the roster push of C{bare} before any
+    presence from it: a client may drop presence from someone not on its
+    roster (Converse does).
+    """
+    received = [line for line in client.transcript if line.startswith("RECV ")]
+    push = next(i for i, line in enumerate(received)
+                if line.startswith("RECV <iq") and f"jid='{bare}'" in line and "jabber:iq:roster" in line)
+    presence = next(i for i, line in enumerate(received)
+                    if line.startswith("RECV <presence") and f"from='{bare}/" in line)
+    return push < presence
+
+
 async def refreshPair(service: RunningService, alice: XMPPTestClient, bob: XMPPTestClient,
                       kind: str | None) -> tuple[float | None, float | None]:
     """
@@ -122,6 +136,7 @@ async def test_pairMadeContactsSeeEachOther(webapp: WebAppStub, service: Running
     assert bobSaw is not None and bobSaw < WITHIN, "bob never saw alice available"
     assert alice.view == {"bob@example.org": ("Bob", [])}
     assert bob.view == {"alice@example.org": ("Alice", [])}
+    assert pushedFirst(alice, "bob@example.org") and pushedFirst(bob, "alice@example.org")
     presence = next(p for p in alice.presences if availableFrom("bob@example.org")(p))
     assert [str(e) for e in presence.elements() if e.name == "status"] == ["bob here"]
 
@@ -137,29 +152,71 @@ async def test_pairMadeContactsSeeEachOther(webapp: WebAppStub, service: Running
 @pytest_twisted.ensureDeferred
 async def test_secondWriteOfAPairCompletesIt(webapp: WebAppStub, service: RunningService, clients: Any) -> None:
     """
-    The two halves of a pair refreshed apart: after alice's roster lists
-    bob, bob sees her (her roster sends him her presence, as after her
-    approval) but she does not see him (his roster does not list her yet,
-    as a probe of him would be answered).  Once bob's is refreshed too, she
-    sees him.
+    The two halves of a pair refreshed apart: once alice's roster lists
+    bob, neither sees the other (his roster does not list her: bob's
+    client would not know her, and he sends her nothing, as a probe of him
+    would be answered).  Once bob's is refreshed too, each sees the other
+    within a second.
     """
     alice = await online(clients, service, "alice")
     bob = await online(clients, service, "bob")
     had = {c: len(c.presences) for c in (alice, bob)}
 
     webapp.rosters["alice"] = PAIR["alice"]
-    started = time.monotonic()
     await service.backend.refresh(["alice"])
-    bobSaw = await sees(bob, availableFrom("alice@example.org"), had[bob], started)
     await RunningService.sleep(0.5)
-    aliceEarly = [p.toXml() for p in alice.presences[had[alice]:]]
+    early = [p.toXml() for c in (alice, bob) for p in c.presences[had[c]:]]
 
     webapp.rosters["bob"] = PAIR["bob"]
-    second = time.monotonic()
+    started = time.monotonic()
     await service.backend.refresh(["bob"])
-    aliceSaw = await sees(alice, availableFrom("bob@example.org"), had[alice], second)
-    print(f"\nalice refreshed alone: bob saw her {seconds(bobSaw)}, she saw no one; bob refreshed after: "
-          f"she saw him {seconds(aliceSaw)}")
-    assert aliceEarly == []
-    assert bobSaw is not None and bobSaw < WITHIN
+    aliceSaw = await sees(alice, availableFrom("bob@example.org"), had[alice], started)
+    bobSaw = await sees(bob, availableFrom("alice@example.org"), had[bob], started)
+    print(f"\nalice refreshed alone: presences exchanged {early}; bob refreshed after: she saw him "
+          f"{seconds(aliceSaw)}, he saw her {seconds(bobSaw)}")
+    assert early == []
     assert aliceSaw is not None and aliceSaw < WITHIN
+    assert bobSaw is not None and bobSaw < WITHIN
+    assert pushedFirst(alice, "bob@example.org") and pushedFirst(bob, "alice@example.org")
+
+
+@pytest_twisted.ensureDeferred
+async def test_everyAvailableSession(webapp: WebAppStub, service: RunningService, clients: Any) -> None:
+    """
+    alice on two devices that sent presence and a third that only asked
+    for its roster: after the refresh that makes her and bob contacts,
+    bob sees both her available devices and each of them sees him; the
+    third gets the push and no presence.  Separated again, bob sees both
+    devices unavailable.
+    """
+    phone = await online(clients, service, "alice")
+    laptop = await online(clients, service, "alice")
+    quiet = await clients("alice")
+    assert (await quiet.rosterGet())["type"] == "result"
+    bob = await online(clients, service, "bob")
+    had = {c: len(c.presences) for c in (phone, laptop, quiet, bob)}
+    devices = {phone.jid.full(), laptop.jid.full()}
+
+    def fromAlice(kind: str | None) -> set[str]:
+        return {p["from"] for p in bob.presences[had[bob]:]
+                if p.getAttribute("type") == kind and p["from"] in devices}
+
+    webapp.rosters.update(PAIR)
+    started = time.monotonic()
+    await service.backend.refresh(["alice", "bob"])
+    for device in (phone, laptop):
+        assert await sees(device, availableFrom("bob@example.org"), had[device], started) is not None
+    await RunningService.waitUntil(lambda: fromAlice(None) == devices, 5, "bob sees both of alice's devices")
+    took = time.monotonic() - started
+    await RunningService.sleep(0.5)
+    print(f"\nbob saw both of alice's devices after {took:.3f} s")
+    assert took < WITHIN
+    assert [p.toXml() for p in quiet.presences[had[quiet]:]] == []
+    assert [i.toXml() for i in quiet.pushes] != []
+
+    webapp.rosters.update({"alice": {}, "bob": {}})
+    started = time.monotonic()
+    await service.backend.refresh(["alice", "bob"])
+    await RunningService.waitUntil(lambda: fromAlice("unavailable") == devices, 5,
+                                   "bob sees both of alice's devices unavailable")
+    assert time.monotonic() - started < WITHIN
