@@ -195,7 +195,7 @@ local function send_from(sessions, to, presence)
 end
 
 -- A contact's presence for one session of the owner, which has just been
--- pushed the contact: a local contact's available sessions send theirs if
+-- shown the contact: a local contact's available sessions send theirs if
 -- its own roster lists the owner (what mod_presence answers a probe with),
 -- a remote contact is probed.
 local function bring(session, owner, contact)
@@ -207,35 +207,63 @@ local function bring(session, owner, contact)
 	end
 end
 
+-- A session has been sent the given contacts (a push's items), or its
+-- whole roster (contacts nil: a roster answer): the presence of each one
+-- it awaits goes to it, after what was sent.
+local function shown(session, contacts)
+	local awaiting = session.rosteradmin_awaiting;
+	if not awaiting then return; end
+	local owner, roster = session.username .. "@" .. session.host, session.roster;
+	local due = {};
+	for contact in pairs(contacts or awaiting) do
+		if awaiting[contact] then
+			awaiting[contact] = nil;
+			if roster and receives(roster[contact]) then due[#due + 1] = contact; end
+		end
+	end
+	if #due == 0 then return; end
+	module:add_timer(0, function ()
+		if not session.presence or prosody.full_sessions[session.full_jid] ~= session then return; end
+		for _, contact in ipairs(due) do bring(session, owner, contact); end
+	end);
+end
+
+-- The owner's presence for a contact a write made receive it: a remote
+-- contact's server decides what to do with it; a local contact's
+-- sessions get it once the contact's roster lists the owner, those
+-- awaiting the push of the owner at that push (shown).
+local function give(mine, owner, contact)
+	if not is_local(contact) then
+		send_from(mine, contact);
+		return;
+	end
+	local theirs, their_roster = available(contact);
+	if not (their_roster and receives(their_roster[owner])) then return; end
+	for _, session in ipairs(theirs) do
+		local awaiting = session.rosteradmin_awaiting;
+		if not (awaiting and awaiting[owner]) then send_from(mine, session.full_jid); end
+	end
+end
+
 -- What a subscription approval, or its cancellation, would have sent
 -- when this write changed the owner's contacts (see the top of this
 -- file).  A session's view of its roster comes from rosteradmin's pushes,
--- which follow the write: presence from a contact gained waits for the
--- push of that contact to the session (rosteradmin_awaiting), since a
--- client may drop presence from someone not on its roster.
+-- which follow the write, and a client may drop presence from someone
+-- not on its roster (Converse does): so a contact's presence waits in
+-- rosteradmin_awaiting for the push of that contact to the session.
 local function exchange_presence(owner, roster, previous)
 	local mine = available(owner);
 	if #mine == 0 then return; end
 	for contact, before in pairs(previous) do
 		local after = roster[contact];
 		if sends(after) and not sends(before) then
-			if not is_local(contact) then
-				send_from(mine, contact);
-			else
-				local theirs, their_roster = available(contact);
-				if their_roster and receives(their_roster[owner]) then
-					for _, session in ipairs(theirs) do
-						local awaiting = session.rosteradmin_awaiting;
-						if not (awaiting and awaiting[owner]) then send_from(mine, session.full_jid); end
-					end
-				end
-			end
+			give(mine, owner, contact);
 		elseif sends(before) and not sends(after) then
 			send_from(mine, contact, st.presence({ type = "unavailable" }));
 		end
 		local gained, lost = receives(after) and not receives(before), receives(before) and not receives(after);
-		for _, session in ipairs(mine) do
-			if gained or lost then
+		if gained or lost then
+			for _, session in ipairs(mine) do
 				session.rosteradmin_awaiting = session.rosteradmin_awaiting or {};
 				session.rosteradmin_awaiting[contact] = gained or nil;
 			end
@@ -246,33 +274,28 @@ local function exchange_presence(owner, roster, previous)
 	end
 end
 
--- A roster push to one of a user's sessions (rosteradmin's, through
--- mod_privilege, from the user's bare JID): the presence of each contact
--- it brings that the session awaits goes to the session right after the
--- push, which mod_iq delivers after this hook.
+-- A roster push (rosteradmin's, through mod_privilege, from the user's
+-- bare JID) or a delegated roster answer to one of a user's sessions:
+-- mod_iq delivers it after this hook.
 module:hook("iq/full", function(event)
 	local stanza = event.stanza;
 	local query = stanza.tags[1];
-	if stanza.attr.type ~= "set" or not query or query.name ~= "query" or query.attr.xmlns ~= "jabber:iq:roster" then
+	local kind = stanza.attr.type;
+	if (kind ~= "set" and kind ~= "result") or not query or query.name ~= "query"
+		or query.attr.xmlns ~= "jabber:iq:roster" or stanza.attr.from ~= jid.bare(stanza.attr.to) then
 		return;
 	end
 	local session = prosody.full_sessions[stanza.attr.to];
-	local awaiting = session and session.rosteradmin_awaiting;
-	local owner = jid.bare(stanza.attr.to);
-	if not awaiting or stanza.attr.from ~= owner then return; end
-	local due = {};
-	for item in query:childtags("item") do
-		local contact = item.attr.jid and jid.prep(item.attr.jid);
-		if contact and awaiting[contact] then
-			awaiting[contact] = nil;
-			if item.attr.subscription ~= "remove" then due[#due + 1] = contact; end
+	if not (session and session.rosteradmin_awaiting) then return; end
+	local contacts;
+	if kind == "set" then
+		contacts = {};
+		for item in query:childtags("item") do
+			local contact = item.attr.jid and jid.prep(item.attr.jid);
+			if contact then contacts[contact] = true; end
 		end
 	end
-	if #due == 0 then return; end
-	module:add_timer(0, function ()
-		if not session.presence or prosody.full_sessions[session.full_jid] ~= session then return; end
-		for _, contact in ipairs(due) do bring(session, owner, contact); end
-	end);
+	shown(session, contacts);
 end, 10);
 
 module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
@@ -425,6 +448,7 @@ module:hook("iq/bare", function(event)
 		origin.send(roster_result(stanza, roster, promise.ver));
 	end
 	origin.rosteradmin_ver = promise.ver;
+	shown(origin);
 	if not origin.presence and not origin.rosteradmin_told then
 		-- rosteradmin follows sessions with presence through mod_privilege.
 		origin.rosteradmin_told = true;
