@@ -23,18 +23,23 @@
 -- for subscription presences, never after a roster write, so without it two
 -- online users a refresh made contacts would not see each other until one
 -- of them sent presence again.  When the user has sessions that sent
--- presence, each one's current presence goes to every contact the write
--- added (one that now receives it, 'both' or 'from'), and an unavailable to
--- every contact it removed.  The other way, a local contact's available
--- sessions send theirs to the user's bare JID if the contact's own roster
--- lists the user (what mod_presence answers a probe with; a contact not
--- listing the user yet gets the presence when rosteradmin writes its roster,
--- the second half of a pair refresh), and unavailable for a removed one,
--- whatever its roster says; a remote contact gets a probe from the user's
--- bare JID, as mod_presence sends after an approval.  No subscription
--- presence is sent, and no probe to a local contact, whose automatic
--- unsubscribed answer would cancel the user's subscription (on a server
--- without mod_rosteradmin_subscriptions).
+-- presence:
+--   * each one's current presence goes to every contact the write made
+--     receive it ('both' or 'from'): to a remote contact's bare JID, to a
+--     local contact's available sessions once the contact's own roster
+--     lists the user (the second half of a pair refresh);
+--   * every contact the write made the user receive ('both' or 'to') is
+--     awaited by each of those sessions until rosteradmin's push of that
+--     contact (or a roster answer) reaches it; right after it, a local
+--     contact's available sessions send their presence to that session if
+--     the contact's roster lists the user (what mod_presence answers a
+--     probe with), and a remote contact is probed.  A client may drop
+--     presence from someone not on its roster yet (Converse does);
+--   * every contact removed gets an unavailable from each of them, and a
+--     local one's available sessions send the user theirs.
+-- No subscription presence is sent, and no probe to a local contact, whose
+-- automatic unsubscribed answer would cancel the user's subscription (on a
+-- server without mod_rosteradmin_subscriptions).
 --
 -- A query may carry ver='...': the roster version rosteradmin's answers
 -- for this user carry, now that the stored roster holds what they hold
