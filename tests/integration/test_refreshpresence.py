@@ -18,7 +18,7 @@ import pytest_twisted
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
-from tests.integration.harness import WebAppStub, XMPPTestClient
+from tests.integration.harness import ProsodyServer, WebAppStub, XMPPTestClient
 from tests.integration.service import RunningService
 from tests.integration.test_convergence import seconds
 from tests.integration.test_harness import availableFrom
@@ -220,3 +220,32 @@ async def test_everyAvailableSession(webapp: WebAppStub, service: RunningService
     await RunningService.waitUntil(lambda: fromAlice("unavailable") == devices, 5,
                                    "bob sees both of alice's devices unavailable")
     assert time.monotonic() - started < WITHIN
+
+
+@pytest_twisted.ensureDeferred
+async def test_remoteContact(prosody: ProsodyServer, webapp: WebAppStub, service: RunningService,
+                             clients: Any) -> None:
+    """
+    A contact on another server: alice's presence goes to its bare JID at
+    the write, the contact is probed after the push that shows it to her,
+    and removed, it gets her unavailable.  The test Prosody talks to no
+    other server, so it bounces each with an error presence from the
+    contact, as it bounces the presences a login sends to such contacts;
+    nothing fails in the module.
+    """
+    alice = await online(clients, service, "alice")
+    had = len(alice.transcript)
+    webapp.rosters["alice"] = {"zed@remote.invalid": {"name": "Zed"}}
+    await service.backend.refresh(["alice"])
+    await alice.waitForPushes(1)
+    await RunningService.sleep(0.5)
+    webapp.rosters["alice"] = {}
+    await service.backend.refresh(["alice"])
+    await RunningService.sleep(0.5)
+    received = [line.split(" ", 2)[1][1:] + (" error" if "type='error'" in line else "")
+                for line in alice.transcript[had:] if line.startswith("RECV ")]
+    print("\nalice received:", received)
+    assert received == ["presence error", "iq", "presence error", "presence error", "iq"]
+    log = prosody.logPath.read_text()
+    assert "outbound presence probe from alice@example.org for zed@remote.invalid" in log
+    assert "traceback" not in log.lower()
