@@ -3,8 +3,11 @@
 Presence after a refresh changes the contacts of users who are online, on a
 real Prosody with contrib's mod_rosteradmin_roster: two online users the
 web app makes contacts see each other available, as after a subscription
-approval, and a pair it separates sees each other unavailable; nothing else
-reaches their clients (no subscription presence, no error, no message).
+approval, each just after the roster push that shows it the other, and a
+pair it separates sees each other unavailable; nothing else reaches their
+clients (no subscription presence, no error, no message).  Also: the two
+halves of a pair written apart, every available device of a user, and a
+contact on another server (probed after the push).
 """
 
 from __future__ import annotations
