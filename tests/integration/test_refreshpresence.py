@@ -6,8 +6,9 @@ web app makes contacts see each other available, as after a subscription
 approval, each just after the roster push that shows it the other, and a
 pair it separates sees each other unavailable; nothing else reaches their
 clients (no subscription presence, no error, no message).  Also: the two
-halves of a pair written apart, every available device of a user, and a
-contact on another server (probed after the push).
+halves of a pair written apart, every available device of a user, a
+roster answer that shows the contact before its push does, and a contact
+on another server (probed after the push).
 """
 
 from __future__ import annotations
@@ -252,3 +253,39 @@ async def test_remoteContact(prosody: ProsodyServer, webapp: WebAppStub, service
     log = prosody.logPath.read_text()
     assert "outbound presence probe from alice@example.org for zed@remote.invalid" in log
     assert "traceback" not in log.lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rosterAnswerShowsTheContact(webapp: WebAppStub, service: RunningService, clients: Any) -> None:
+    """
+    alice's client leaves a push unanswered, so rosteradmin holds her next
+    push; a refresh then makes her and bob contacts (his half written
+    first).  He sees her at once; she asks for her roster before the push
+    of bob reaches her, and gets bob's presence right after the answer
+    that lists him.
+    """
+    alice = await online(clients, service, "alice")
+    bob = await online(clients, service, "bob")
+    webapp.rosters["bob"] = PAIR["bob"]
+    await service.backend.refresh(["bob"])
+    alice.answerPushes = False
+    webapp.rosters["alice"] = {"carol@example.org": {"name": "Carol"}}
+    await service.backend.refresh(["alice"])
+    await alice.waitForPushes(1)
+    had = len(bob.presences)
+    webapp.rosters["alice"] = {**PAIR["alice"], "carol@example.org": {"name": "Carol"}}
+    started = time.monotonic()
+    await service.backend.refresh(["alice"])
+    bobSaw = await sees(bob, availableFrom("alice@example.org"), had, started)
+    mark = len(alice.transcript)
+    reply = await alice.rosterGet()
+    aliceSaw = await sees(alice, availableFrom("bob@example.org"), 0, started)
+    received = [line for line in alice.transcript[mark:] if line.startswith("RECV ")]
+    print(f"\nbob saw alice {seconds(bobSaw)}; alice saw bob {seconds(aliceSaw)}, after her roster answer: "
+          f"{[line[:60] for line in received]}")
+    assert bobSaw is not None and bobSaw < WITHIN
+    assert aliceSaw is not None and aliceSaw < WITHIN
+    assert "bob@example.org" in (alice.view or {})
+    assert len(alice.pushes) == 1, "the push of bob was not held"
+    assert received[0].startswith("RECV <iq") and reply["id"] in received[0]
+    assert received[1].startswith("RECV <presence") and "from='bob@example.org/" in received[1]
