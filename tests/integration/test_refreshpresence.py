@@ -255,14 +255,17 @@ async def test_remoteContact(prosody: ProsodyServer, webapp: WebAppStub, service
     assert "traceback" not in log.lower()
 
 
+@pytest.mark.parametrize("prosody", ["", "rosteradmin_answer_rosters = false"], ids=["module", "delegated"],
+                         indirect=True)
 @pytest_twisted.ensureDeferred
-async def test_rosterAnswerShowsTheContact(webapp: WebAppStub, service: RunningService, clients: Any) -> None:
+async def test_rosterAnswerShowsTheContact(prosody: ProsodyServer, webapp: WebAppStub, service: RunningService,
+                                           clients: Any) -> None:
     """
     alice's client leaves a push unanswered, so rosteradmin holds her next
     push; a refresh then makes her and bob contacts (his half written
     first).  He sees her at once; she asks for her roster before the push
     of bob reaches her, and gets bob's presence right after the answer
-    that lists him.
+    that lists him: the module's answer, or rosteradmin's delegated one.
     """
     alice = await online(clients, service, "alice")
     bob = await online(clients, service, "bob")
