@@ -18,6 +18,29 @@
 -- else gets forbidden.  Nothing is pushed to the user's clients: rosteradmin
 -- pushes the changes itself.
 --
+-- Presence follows the write, as after a subscription approval (RFC 6121
+-- 3.1.5, and 3.2/3.3 for a removal): Prosody's mod_presence does this only
+-- for subscription presences, never after a roster write, so without it two
+-- online users a refresh made contacts would not see each other until one
+-- of them sent presence again.  When the user has sessions that sent
+-- presence:
+--   * each one's current presence goes to every contact the write made
+--     receive it ('both' or 'from'): to a remote contact's bare JID, to a
+--     local contact's available sessions once the contact's own roster
+--     lists the user (the second half of a pair refresh);
+--   * every contact the write made the user receive ('both' or 'to') is
+--     awaited by each of those sessions until rosteradmin's push of that
+--     contact (or a roster answer) reaches it; right after it, a local
+--     contact's available sessions send their presence to that session if
+--     the contact's roster lists the user (what mod_presence answers a
+--     probe with), and a remote contact is probed.  A client may drop
+--     presence from someone not on its roster yet (Converse does);
+--   * every contact removed gets an unavailable from each of them, and a
+--     local one's available sessions send the user theirs.
+-- No subscription presence is sent, and no probe to a local contact, whose
+-- automatic unsubscribed answer would cancel the user's subscription (on a
+-- server without mod_rosteradmin_subscriptions).
+--
 -- A query may carry ver='...': the roster version rosteradmin's answers
 -- for this user carry, now that the stored roster holds what they hold
 -- (a promise).  The module then answers that user's roster gets itself,
@@ -101,6 +124,7 @@ local promise = require "util.promise";
 local time_now = require "util.time".now;
 local rostermanager = require "core.rostermanager";
 local usermanager = require "core.usermanager";
+local core_post_stanza = prosody.core_post_stanza;
 
 local xmlns = "urn:x-rosteradmin:roster:0";
 local xmlns_session = "urn:x-rosteradmin:session:0";
@@ -139,6 +163,145 @@ local function item_of(item)
 	end
 	return entry;
 end
+
+-- Whether a roster item sends the owner's presence to the contact
+-- (the contact is subscribed to the owner), and whether it brings the
+-- contact's presence to the owner; false or nil is no item.
+local function sends(item) return item and (item.subscription == "both" or item.subscription == "from") or false; end
+local function receives(item) return item and (item.subscription == "both" or item.subscription == "to") or false; end
+
+local function is_local(contact)
+	local host = prosody.hosts[select(2, jid.split(contact))];
+	return host ~= nil and host.type == "local";
+end
+
+-- The sessions of a local user that sent presence, and the user's roster
+-- in memory ({} and nil for a user who is offline or not local).
+local function available(bare)
+	local user = prosody.bare_sessions[bare];
+	local found = {};
+	if not user then return found, nil; end
+	for _, session in pairs(user.sessions) do
+		if session.presence then found[#found + 1] = session; end
+	end
+	return found, user.roster;
+end
+
+-- Each session's presence (or, given one, that presence from each) to a
+-- JID, as mod_presence's send_presence_of_available_resources routes it.
+local function send_from(sessions, to, presence)
+	for _, session in ipairs(sessions) do
+		local sent = presence or session.presence;
+		if presence then sent.attr.from = session.full_jid; end
+		sent.attr.to = to;
+		core_post_stanza(session, sent, true);
+		sent.attr.to = nil;
+	end
+end
+
+-- A contact's presence for one session of the owner, which has just been
+-- shown the contact: a local contact's available sessions send theirs if
+-- its own roster lists the owner (what mod_presence answers a probe with),
+-- a remote contact is probed.
+local function bring(session, owner, contact)
+	if is_local(contact) then
+		local theirs, their_roster = available(contact);
+		if their_roster and sends(their_roster[owner]) then send_from(theirs, session.full_jid); end
+	else
+		core_post_stanza(session, st.presence({ type = "probe"; from = session.full_jid; to = contact }), true);
+	end
+end
+
+-- A session has been sent the given contacts (a push's items), or its
+-- whole roster (contacts nil: a roster answer): the presence of each one
+-- it awaits goes to it, after what was sent.
+local function shown(session, contacts)
+	local awaiting = session.rosteradmin_awaiting;
+	if not awaiting then return; end
+	local owner, roster = session.username .. "@" .. session.host, session.roster;
+	local due = {};
+	for contact in pairs(contacts or awaiting) do
+		if awaiting[contact] then
+			awaiting[contact] = nil;
+			if roster and receives(roster[contact]) then due[#due + 1] = contact; end
+		end
+	end
+	if #due == 0 then return; end
+	module:add_timer(0, function ()
+		if not session.presence or prosody.full_sessions[session.full_jid] ~= session then return; end
+		for _, contact in ipairs(due) do bring(session, owner, contact); end
+	end);
+end
+
+-- The owner's presence for a contact a write made receive it: a remote
+-- contact's server decides what to do with it; a local contact's
+-- sessions get it once the contact's roster lists the owner, those
+-- awaiting the push of the owner at that push (shown).
+local function give(mine, owner, contact)
+	if not is_local(contact) then
+		send_from(mine, contact);
+		return;
+	end
+	local theirs, their_roster = available(contact);
+	if not (their_roster and receives(their_roster[owner])) then return; end
+	for _, session in ipairs(theirs) do
+		local awaiting = session.rosteradmin_awaiting;
+		if not (awaiting and awaiting[owner]) then send_from(mine, session.full_jid); end
+	end
+end
+
+-- What a subscription approval, or its cancellation, would have sent
+-- when this write changed the owner's contacts (see the top of this
+-- file).  A session's view of its roster comes from rosteradmin's pushes,
+-- which follow the write, and a client may drop presence from someone
+-- not on its roster (Converse does): so a contact's presence waits in
+-- rosteradmin_awaiting for the push of that contact to the session.
+local function exchange_presence(owner, roster, previous)
+	local mine = available(owner);
+	if #mine == 0 then return; end
+	for contact, before in pairs(previous) do
+		local after = roster[contact];
+		if sends(after) and not sends(before) then
+			give(mine, owner, contact);
+		elseif sends(before) and not sends(after) then
+			send_from(mine, contact, st.presence({ type = "unavailable" }));
+		end
+		local gained, lost = receives(after) and not receives(before), receives(before) and not receives(after);
+		if gained or lost then
+			for _, session in ipairs(mine) do
+				session.rosteradmin_awaiting = session.rosteradmin_awaiting or {};
+				session.rosteradmin_awaiting[contact] = gained or nil;
+			end
+		end
+		if lost and is_local(contact) then
+			send_from((available(contact)), owner, st.presence({ type = "unavailable" }));
+		end
+	end
+end
+
+-- A roster push (rosteradmin's, through mod_privilege, from the user's
+-- bare JID) or a delegated roster answer to one of a user's sessions:
+-- mod_iq delivers it after this hook.
+module:hook("iq/full", function(event)
+	local stanza = event.stanza;
+	local query = stanza.tags[1];
+	local kind = stanza.attr.type;
+	if (kind ~= "set" and kind ~= "result") or not query or query.name ~= "query"
+		or query.attr.xmlns ~= "jabber:iq:roster" or stanza.attr.from ~= jid.bare(stanza.attr.to) then
+		return;
+	end
+	local session = prosody.full_sessions[stanza.attr.to];
+	if not (session and session.rosteradmin_awaiting) then return; end
+	local contacts;
+	if kind == "set" then
+		contacts = {};
+		for item in query:childtags("item") do
+			local contact = item.attr.jid and jid.prep(item.attr.jid);
+			if contact then contacts[contact] = true; end
+		end
+	end
+	shown(session, contacts);
+end, 10);
 
 module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 	local origin, stanza = event.origin, event.stanza;
@@ -183,8 +346,9 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 			return true;
 		end
 	end
+	local previous;
 	if #changes > 0 then
-		local previous = {};
+		previous = {};
 		for _, change in ipairs(changes) do
 			local contact = change[1];
 			if previous[contact] == nil then previous[contact] = roster[contact] or false; end
@@ -209,6 +373,7 @@ module:hook("iq-set/bare/" .. xmlns .. ":query", function(event)
 		current[username] = type(stored) == "number" and { ver = ver; stored = stored; by = origin.host } or nil;
 	end
 	origin.send(st.reply(stanza));
+	if previous then exchange_presence(owner, roster, previous); end
 	return true;
 end);
 
@@ -288,6 +453,7 @@ module:hook("iq/bare", function(event)
 		origin.send(roster_result(stanza, roster, promise.ver));
 	end
 	origin.rosteradmin_ver = promise.ver;
+	shown(origin);
 	if not origin.presence and not origin.rosteradmin_told then
 		-- rosteradmin follows sessions with presence through mod_privilege.
 		origin.rosteradmin_told = true;

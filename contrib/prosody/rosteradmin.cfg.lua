@@ -46,7 +46,9 @@ VirtualHost "example.org"
     -- also holds a login until rosteradmin has stored the roster of a user it
     -- has not written since Prosody started, so her first presence reaches
     -- her contacts: at most rosteradmin_load_timeout seconds (default 5);
-    -- rosteradmin_load_rosters = false turns that off.
+    -- rosteradmin_load_rosters = false turns that off.  And when a write
+    -- adds or removes contacts of a user who is online, it sends the
+    -- presence a subscription approval (or its cancellation) would.
     modules_enabled = { "privilege"; "delegation"; "rosteradmin_subscriptions"; "rosteradmin_roster" }
 
     -- XEP-0356: what rosteradmin may do with this host's users.

@@ -400,7 +400,8 @@ async def test_rosterAndLiveRefresh(tmp_path: Path, webapp: Any, service: Runnin
     alice logs in with Converse over WebSocket and sees the web app's
     contacts, bob online; the page offers no way to register, add or remove
     a contact, and loads nothing from outside; a refresh of her roster
-    shows the new contact in the open page.
+    shows the new contact in the open page, online: dave, logged in with
+    presence before the refresh, whose own roster lists her.
     """
     bob = await clients("bob")
     bob.sendPresence()
@@ -417,12 +418,17 @@ async def test_rosterAndLiveRefresh(tmp_path: Path, webapp: Any, service: Runnin
     assert await browser.evaluate("document.querySelectorAll('.add-contact, .remove-xmpp-contact').length") == 0
     await browser.screenshot(tmp_path / "converse-roster.png")
 
+    webapp.rosters["dave"] = {"alice@example.org": {"name": "Alice"}}
+    dave = await clients("dave")
+    dave.sendPresence()
     webapp.rosters["alice"] = {**SAMPLE_ROSTERS["alice"], "dave@example.org": {"name": "Dave", "groups": ["Work"]}}
     response = await treq.post(f"{service.baseURL}/roster_admin/refresh", json=["alice"])
     assert response.code == 200, await response.text()
     await response.text()
     await browser.waitFor(f"{ROSTER_JS}.find(i => i.jid === 'dave@example.org' && i.name === 'Dave')",
                           "dave in alice's roster view after the refresh")
+    await browser.waitFor(f"{ROSTER_JS}.find(i => i.jid === 'dave@example.org' && i.status === 'online')",
+                          "dave online in alice's roster view after the refresh")
     assert shown(await browser.evaluate(ROSTER_JS)) == {
         "bob@example.org": "Bob", "carol@example.org": "Carol", "dave@example.org": "Dave"}
     await browser.screenshot(tmp_path / "converse-refreshed.png")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tests.integration.ejabberd import EjabberdNotAvailable, LocalEjabberd
 from tests.integration.harness import PASSWORD, ClientFactory, WebAppStub, XMPPTestClient, startedOrFail
 from tests.integration.service import KICK_AUTHORIZATION, RunningService
 from tests.integration.test_http import call
+from tests.integration.test_refreshpresence import pushedFirst
 from tests.integration.test_rosters import condition, items
 
 pytestmark = pytest.mark.integration
@@ -247,6 +249,70 @@ async def test_refreshIsPushedByEjabberd(ejabberd24: LocalEjabberd, webapp: WebA
     dave.sendPresence()
     await alice.waitForPresence(available("dave@example.org"))
     transcript(alice, "refresh pushed by ejabberd")
+
+
+def presenceTypes(client: XMPPTestClient, after: int, sender: str) -> list[str]:
+    """
+    The type of each presence C{client} received from C{sender}'s JIDs after
+    the first C{after} ("available" for none).
+    """
+    return [p.getAttribute("type", "available") for p in client.presences[after:]
+            if p.getAttribute("from", "").split("/")[0] == sender]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pairRefreshPresence(ejabberd24: LocalEjabberd, webapp: WebAppStub, service: RunningService,
+                                   clients: ClientFactory) -> None:
+    """
+    carol and dave are online, not contacts.  One refresh makes them
+    contacts: each C{add_rosteritem} sends the user's presence to the new
+    contact (C{mod_roster:route_presence_change}, for a contact who gains a
+    subscription to the user), and before ejabberd's push of the item; so
+    the one written first reaches the other before the other's push of
+    her.  Another refresh separates them: each sees the other unavailable;
+    C{delete_rosteritem} also routes C{unsubscribe} and C{unsubscribed}
+    from the user's bare JID, which reach the other's client when its own
+    roster still lists the user (it depends on which write comes first).
+    """
+    carol = await clients("carol")
+    await carol.rosterGet()
+    carol.sendPresence()
+    dave = await clients("dave")
+    await dave.rosterGet()
+    dave.sendPresence()
+    await carol.waitForPresence(available("carol@example.org"))
+    await dave.waitForPresence(available("dave@example.org"))
+    had = {c: len(c.presences) for c in (carol, dave)}
+    webapp.rosters["carol"] = {"alice@example.org": {"name": "Alice"}, "dave@example.org": {"name": "Dave"}}
+    webapp.rosters["dave"] = {"carol@example.org": {"name": "Carol"}}
+    started = time.monotonic()
+    code, _ = await call(service, "POST", "/roster_admin/refresh", ["carol", "dave"])
+    assert code == 200
+    await carol.waitForPresence(lambda p: p in carol.presences[had[carol]:] and available("dave@example.org")(p), 5)
+    carolSaw = time.monotonic() - started
+    await dave.waitForPresence(lambda p: p in dave.presences[had[dave]:] and available("carol@example.org")(p), 5)
+    daveSaw = time.monotonic() - started
+    await RunningService.sleep(0.5)
+    made = (presenceTypes(carol, had[carol], "dave@example.org"), presenceTypes(dave, had[dave], "carol@example.org"))
+    first = (pushedFirst(carol, "dave@example.org"), pushedFirst(dave, "carol@example.org"))
+
+    had = {c: len(c.presences) for c in (carol, dave)}
+    webapp.rosters["carol"] = {"alice@example.org": {"name": "Alice"}}
+    webapp.rosters["dave"] = {}
+    code, _ = await call(service, "POST", "/roster_admin/refresh", ["carol", "dave"])
+    assert code == 200
+    await RunningService.sleep(1.0)
+    separated = (presenceTypes(carol, had[carol], "dave@example.org"),
+                 presenceTypes(dave, had[dave], "carol@example.org"))
+    print(f"\nmade contacts: carol saw dave after {carolSaw:.3f} s, dave saw carol after {daveSaw:.3f} s; "
+          f"presences carol got from dave, dave from carol: {made}, each pushed the other first: {first}; "
+          f"after separating them: {separated}")
+    transcript(dave, "a pair made contacts, then separated")
+    assert carolSaw < 1.0 and daveSaw < 1.0
+    assert made == (["available"], ["available"])
+    assert sorted(first) == [False, True]
+    for types in separated:
+        assert types[0] == "unavailable" and set(types[1:]) <= {"unsubscribe", "unsubscribed"}, separated
 
 
 @pytest_twisted.ensureDeferred
