@@ -536,14 +536,17 @@ class HealthResource(JsonResource):
     """
     C{GET /healthz}: 200 while connected to the XMPP server, else 503::
 
-        200 {"status": "ok", "connected": true, "delegated": true, "cached_users": 3,
+        200 {"status": "ok", "connected": true, "delegation": "expected", "delegated": true, "cached_users": 3,
              "fetches_in_flight": 0, "unsynced_users": 0, "last_error": null,
              "roster_sync_error": null, "state_error": null}
 
     C{"degraded"} (still 200) when the server refuses roster writes, does
     not delegate roster queries, or the state file does not take writes
     (C{state_error} says why: rosters are still served and written, but a
-    crash would lose what the file has not taken).
+    crash would lose what the file has not taken).  C{delegation} says
+    whether the server is meant to delegate (C{"expected"}) or answers
+    roster queries itself (C{"none"}, a cluster): then no delegation is no
+    problem.
     """
 
     allowedMethods = (b"GET", b"HEAD")
@@ -574,6 +577,7 @@ class HealthResource(JsonResource):
             "status": ("unavailable" if not connected else "stuck" if stuck is not None
                        else "degraded" if degraded else "ok"),
             "connected": connected,
+            "delegation": "expected" if stream.delegationExpected else "none",
             "delegated": connected and stream.delegated,
             "cached_users": backend.cachedUsers,
             "fetches_in_flight": backend.fetchesInFlight,

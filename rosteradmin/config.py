@@ -97,6 +97,7 @@ class Config:
     roster_sync: str = field(default="privilege", metadata=_about("how rosters are written into the server: privilege (XEP-0356: Prosody) or ejabberd-api (ejabberd's mod_http_api, see contrib/ejabberd)"))
     ejabberd_api_url: str | None = field(default=None, metadata=_about("base URL of ejabberd's mod_http_api, e.g. http://127.0.0.1:5281/api (required with --roster-sync ejabberd-api); each call times out after --iq-timeout"))
     ejabberd_api_authorization: str | None = field(default=None, metadata=_about("Authorization header value sent to ejabberd's HTTP API, when its api_permissions want a credential (none: rely on loopback)", secret=True))
+    delegation: str = field(default="expected", metadata=_about("whether the server delegates clients' roster queries to rosteradmin: expected (/healthz says degraded while it does not) or none (an ejabberd cluster: the server answers them from the rosters rosteradmin keeps converged ahead of login and refuses clients' roster sets itself; needs --roster-sync ejabberd-api and --users-url, see docs/ejabberd.md)"))
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,9 @@ SETTINGS: tuple[Setting, ...] = tuple(_setting(f, _ANNOTATIONS[f.name]) for f in
 
 #: The values of C{roster-sync}.
 ROSTER_SYNCS = ("privilege", "ejabberd-api")
+
+#: The values of C{delegation}.
+DELEGATIONS = ("expected", "none")
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -390,8 +394,28 @@ def _checkServer(values: dict[str, Any]) -> None:
     if values.get("roster_sync") == "ejabberd-api" and apiURL is None:
         raise ConfigError("--ejabberd-api-url: is required with --roster-sync ejabberd-api")
     _checkURL("ejabberd-api-url", apiURL)
+    _checkDelegation(values)
     if "xmpp_port" in values and values["xmpp_port"] > 65535:
         raise ConfigError(f"--xmpp-port: {values['xmpp_port']} is not a port number")
+
+
+def _checkDelegation(values: dict[str, Any]) -> None:
+    """
+    Without delegation, the server answers clients' roster gets from what
+    it stores: only a server that takes writes outside XMPP (ejabberd's
+    API, which every node of a cluster shares) and a full sync that
+    reaches every user before they log in keep that right.
+    """
+    delegation = values.get("delegation", "expected")
+    if delegation not in DELEGATIONS:
+        raise ConfigError(f"--delegation: must be one of {', '.join(DELEGATIONS)}, got {delegation!r}")
+    if delegation != "none":
+        return
+    if values.get("roster_sync") != "ejabberd-api":
+        raise ConfigError("--delegation none: needs --roster-sync ejabberd-api (an ejabberd cluster)")
+    if values.get("users_url") is None:
+        raise ConfigError("--delegation none: needs --users-url: full syncs write every user's roster "
+                          "before they log in, since rosteradmin answers none of their queries")
 
 
 def _checkState(values: dict[str, Any]) -> None:
