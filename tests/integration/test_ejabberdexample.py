@@ -173,9 +173,11 @@ async def test_whatEjabberdctlAndTheAPIStillDo(example: ExampleEjabberd) -> None
                                ("connected_users_vhost", {"host": "example.org"}),
                                ("status", {}),
                                ("register", {"user": "mallory", "host": "example.org", "password": "x"}),
-                               ("registered_users", {"host": "example.org"})):
+                               ("registered_users", {"host": "example.org"}),
+                               ("modules_installed", {}), ("connected_users", {})):
         outcomes[command] = await apiStatus(example, command, arguments)
         print(f"API {command} from loopback -> {outcomes[command]}")
     assert {command: code for command, (code, _) in outcomes.items()} == {
-        "get_roster": 200, "connected_users_vhost": 200, "status": 200, "register": 403, "registered_users": 403}
+        "get_roster": 200, "connected_users_vhost": 200, "status": 200, "register": 403, "registered_users": 403,
+        "modules_installed": 403, "connected_users": 403}
     assert "mallory" not in example.ctl("registered_users", "example.org")[1].split()
