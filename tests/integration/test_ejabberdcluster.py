@@ -33,6 +33,7 @@ from tests.integration.ejabberdcluster import ClusterNode, EjabberdCluster
 from tests.integration.harness import PASSWORD, XMPPTestClient, connectClient, listenWebApp, startedOrFail
 from tests.integration.service import KICK_AUTHORIZATION, RunningService
 from tests.integration.test_convergence import UsersWebApp
+from tests.integration.test_ejabberd24 import policyViolation
 from tests.integration.test_http import call
 from tests.integration.test_rosters import condition, items
 
@@ -239,6 +240,27 @@ async def test_rosterSetsRefusedOnEveryNode(cluster: EjabberdCluster, service: R
         assert await storedRoster(cluster.second, user) == stored
     assert before["alice"] == {"bob@example.org": ("Bob", "both", ["Friends"]),
                                "carol@example.org": ("Carol", "both", [])}
+
+
+@pytest.mark.parametrize("kind", ["subscribe", "unsubscribed"])
+@pytest_twisted.ensureDeferred
+async def test_subscriptionPresencesStoppedAcrossNodes(kind: str, cluster: EjabberdCluster, service: RunningService,
+                                                       sessions: Sessions) -> None:
+    """
+    contrib's subscription module, installed on both nodes: bob, on the
+    second node, sends a subscription presence to alice, on the first; it
+    is refused with policy-violation, alice gets nothing, and neither
+    stored roster changes.
+    """
+    alice = await sessions.login(cluster.first, "alice")
+    bob = await sessions.login(cluster.second, "bob")
+    before = await storedRoster(cluster.first, "alice"), await storedRoster(cluster.first, "bob")
+    bob.sendPresence(to="alice@example.org", type=kind)
+    refusal = await bob.waitForPresence(policyViolation("alice@example.org"))
+    say(sessions, bob, f"{kind} to alice refused: {condition(refusal)}")
+    await RunningService.sleep(0.3)
+    assert (await storedRoster(cluster.second, "alice"), await storedRoster(cluster.second, "bob")) == before
+    assert not [p for p in alice.presences if p.getAttribute("type") == kind]
 
 
 @pytest_twisted.ensureDeferred

@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.internet.interfaces import ISSLTransport
 from twisted.web.client import HTTPConnectionPool
 
 from rosteradmin_demo.devprosody import freePort
@@ -125,6 +126,7 @@ async def test_exampleServesRostersAndKicks(example: ExampleEjabberd, service: R
     code, body = await call(service, "GET", "/healthz")
     assert (code, body["status"], body["delegation"], body["delegated"]) == (200, "ok", "expected", True)
     alice = await tlsClients("alice")
+    assert ISSLTransport.providedBy(alice.xs.transport)  # the stock c2s listener requires STARTTLS
     result = await alice.rosterGet(ver="")
     assert items(result) == {"bob@example.org": ("Bob", "both", ["Friends"])}
     assert await storedRoster(example, "alice") == {"bob@example.org": ("Bob", "both", ["Friends"])}
