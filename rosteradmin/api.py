@@ -536,7 +536,7 @@ class HealthResource(JsonResource):
     """
     C{GET /healthz}: 200 while connected to the XMPP server, else 503::
 
-        200 {"status": "ok", "connected": true, "delegated": true, "cached_users": 3,
+        200 {"status": "ok", "connected": true, "delegation": "expected", "delegated": true, "cached_users": 3,
              "fetches_in_flight": 0, "unsynced_users": 0, "last_error": null,
              "roster_sync_error": null, "state_error": null}
 
@@ -545,7 +545,9 @@ class HealthResource(JsonResource):
     (C{state_error} says why: rosters are still served and written, but a
     crash would lose what the file has not taken), or the web app has not
     accepted events for longer than C{--events-stale-after}
-    (C{events_error} says since when).
+    (C{events_error} says since when).  C{delegation} says whether the
+    server is meant to delegate (C{"expected"}) or answers roster queries
+    itself (C{"none"}, a cluster): then no delegation is no problem.
 
     C{role} says whether this process leads (C{"leader"}) or stands by
     (C{"standby"}, another process sharing its PostgreSQL state leads),
@@ -578,6 +580,7 @@ class HealthResource(JsonResource):
         body = {
             "status": status,
             "connected": connected,
+            "delegation": "expected" if stream.delegationExpected else "none",
             "delegated": connected and stream.delegated,
             "cached_users": backend.cachedUsers,
             "fetches_in_flight": backend.fetchesInFlight,

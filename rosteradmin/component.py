@@ -427,6 +427,7 @@ class RosterComponent(component.Component):
             queriesAnswered=self.rosterServer.answered, queriesRefused=self.rosterServer.gate.refusedCount,
             onlineResources=sum(len(resources) for resources in self.online.online.values()),
             delegated=self.delegation.inPlace, delegationMissing=self.delegation.missing,
+            delegationExpected=self.delegation.expected,
             interestedResources=devices.resources(), rosterPushes=devices.pushes, devicesGivenUp=devices.givenUp)
 
     def resources(self, username: str) -> ResourcesSnapshot:

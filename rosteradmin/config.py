@@ -102,6 +102,7 @@ class Config:
     events_retry_max_delay: float = field(default=60.0, metadata=_about("longest pause, in seconds, between attempts to deliver an events transaction the web app did not accept (the pause doubles from 1 s)"))
     events_max_queued: int = field(default=10_000, metadata=_about("most events kept for the web app; past it new ones are dropped (counted in rosteradmin_events_dropped), never the oldest"))
     events_stale_after: float = field(default=300.0, metadata=_about("seconds an event may wait for the web app before /healthz says degraded"))
+    delegation: str = field(default="expected", metadata=_about("whether the server delegates clients' roster queries to rosteradmin: expected (/healthz says degraded while it does not) or none (an ejabberd cluster: the server answers them from the rosters rosteradmin keeps converged ahead of login and refuses clients' roster sets itself; needs --roster-sync ejabberd-api and --users-url, see docs/ejabberd.md)"))
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,9 @@ SETTINGS: tuple[Setting, ...] = tuple(_setting(f, _ANNOTATIONS[f.name]) for f in
 
 #: The values of C{roster-sync}.
 ROSTER_SYNCS = ("privilege", "ejabberd-api")
+
+#: The values of C{delegation}.
+DELEGATIONS = ("expected", "none")
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -406,8 +410,28 @@ def _checkServer(values: dict[str, Any]) -> None:
     if values.get("roster_sync") == "ejabberd-api" and apiURL is None:
         raise ConfigError("--ejabberd-api-url: is required with --roster-sync ejabberd-api")
     _checkURL("ejabberd-api-url", apiURL)
+    _checkDelegation(values)
     if "xmpp_port" in values and values["xmpp_port"] > 65535:
         raise ConfigError(f"--xmpp-port: {values['xmpp_port']} is not a port number")
+
+
+def _checkDelegation(values: dict[str, Any]) -> None:
+    """
+    Without delegation, the server answers clients' roster gets from what
+    it stores: only a server that takes writes outside XMPP (ejabberd's
+    API, which every node of a cluster shares) and a full sync that
+    reaches every user before they log in keep that right.
+    """
+    delegation = values.get("delegation", "expected")
+    if delegation not in DELEGATIONS:
+        raise ConfigError(f"--delegation: must be one of {', '.join(DELEGATIONS)}, got {delegation!r}")
+    if delegation != "none":
+        return
+    if values.get("roster_sync") != "ejabberd-api":
+        raise ConfigError("--delegation none: needs --roster-sync ejabberd-api (an ejabberd cluster)")
+    if values.get("users_url") is None:
+        raise ConfigError("--delegation none: needs --users-url: full syncs write every user's roster "
+                          "before they log in, since rosteradmin answers none of their queries")
 
 
 def _checkState(values: dict[str, Any]) -> None:

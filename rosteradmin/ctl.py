@@ -326,11 +326,14 @@ def _health(reply: dict[str, Any]) -> str:
         return _role(reply) + "the leader holds the XMPP connection" + (
             f"; cannot lead: {reply['leadership_error']}" if reply.get("leadership_error") else "")
     # A service of an earlier release sends no "delegated": say nothing.
-    undelegated = reply["connected"] and reply.get("delegated") is False
+    # One told the server answers roster queries itself expects none.
+    undelegated = reply["connected"] and reply.get("delegated") is False and reply.get("delegation") != "none"
     return (_role(reply) + f"{'connected' if reply['connected'] else 'NOT connected'}; "
             f"{reply['cached_users']} cached users, {reply['fetches_in_flight']} fetches in flight, "
             f"{reply['unsynced_users']} unsynced"
             + ("; roster queries NOT delegated to rosteradmin" if undelegated else "")
+            + ("; roster queries answered by the server (delegation none)" if reply.get("delegation") == "none"
+               else "")
             + (f" ({reply['delegation_error']})" if undelegated and reply.get("delegation_error") else "")
             + (f"; last error: {reply['last_error']}" if reply.get("last_error") else ""))
 

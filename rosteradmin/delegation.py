@@ -161,12 +161,15 @@ class DelegationHandler(XMPPHandler):
     @ivar missing: Why clients' queries do not reach us, when the server
         has not delegated every namespace of C{answerers} within
         C{deadline} of the handshake (C{/healthz} shows it); else C{None}.
+    @ivar expected: Whether the server is meant to delegate to us: without
+        (C{--delegation none}, an ejabberd cluster) its absence is no
+        problem, and a delegation that still arrives is answered.
     """
 
     log = Logger()
 
     def __init__(self, domain: str, componentJID: str, answerers: dict[str, Answerer], limit: StanzaLimit,
-                 clock: IReactorTime | None = None, deadline: float = 10.0) -> None:
+                 clock: IReactorTime | None = None, deadline: float = 10.0, expected: bool = True) -> None:
         """
         @param domain: The only sender whose envelopes are trusted.
         @param answerers: Handlers by the namespace of the client iq's child.
@@ -177,10 +180,12 @@ class DelegationHandler(XMPPHandler):
         @param deadline: Seconds after the handshake by which the server
             has advertised its delegations: Prosody sends them with the
             handshake, ejabberd after our answers to its disco queries.
+        @param expected: Whether to watch for the delegation at all.
         """
         super().__init__()
         self.clock = clock
         self.deadline = deadline
+        self.expected = expected
         self.missing: str | None = None
         self._watch: IDelayedCall | None = None
         self.limit = limit
@@ -199,7 +204,7 @@ class DelegationHandler(XMPPHandler):
         self.xmlstream.addObserver(ADVERTISEMENT, self._onAdvertisement)
 
     def connectionInitialized(self) -> None:
-        if self.clock is not None:
+        if self.clock is not None and self.expected:
             self._watch = self.clock.callLater(self.deadline, self._checkDelegated)
 
     def connectionLost(self, reason: Failure) -> None:

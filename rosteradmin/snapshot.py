@@ -91,6 +91,8 @@ class StreamSnapshot:
         to us now.
     @ivar delegationMissing: Why clients' roster queries do not reach us
         (the server did not delegate them), or C{None}.
+    @ivar delegationExpected: Whether the server is meant to delegate them
+        (C{--delegation expected}) or to answer them itself (C{none}).
     @ivar interestedResources: Clients pushed roster changes.
     @ivar devicesGivenUp: Clients given up with roster pushes unanswered.
     """
@@ -102,6 +104,7 @@ class StreamSnapshot:
     onlineResources: int
     delegated: bool
     delegationMissing: str | None
+    delegationExpected: bool
     interestedResources: int
     rosterPushes: int
     devicesGivenUp: int

@@ -177,7 +177,7 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     rosterServer = RosterServer(backend, config.domain, config.jid, limit,
                                 QueryGate(clock, config.queries_per_user, config.query_rate), attempts)
     delegation = DelegationHandler(config.domain, config.jid, {NS_ROSTER: rosterServer.answerDelegated}, limit,
-                                   clock, config.iq_timeout)
+                                   clock, config.iq_timeout, expected=config.delegation == "expected")
     kicker = RoomKicker(config.jid, status, clock, config.iq_timeout, config.kick_nick, config.stay_in_rooms)
     handlers = Handlers(status, grants, presence, privileges, rosterServer, delegation, kicker,
                         DiscoHandler(config.jid), attempts)

@@ -60,7 +60,7 @@ run first "Prosody 0.12 (host), all tests" .venv/bin/python -m pytest "$@"
 # The integration tests only: nothing else depends on the server.
 run second "Prosody 13 (Debian 13 root), integration tests" \
     env ROSTERADMIN_PROSODY=13 .venv/bin/python -m pytest "$@" -m integration
-# Only tests/integration/test_ejabberd24.py: every other test is deselected.
+# Only the ejabberd tests of conftest.py's EJABBERD24: every other test is deselected.
 run third "ejabberd 24.12 (Debian 13 root), its integration tests" \
     env ROSTERADMIN_EJABBERD=24.12 .venv/bin/python -m pytest "$@" -m integration
 run fourth "ejabberd 26.07 (Debian 13 root, trixie-backports), its integration tests" \

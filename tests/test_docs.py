@@ -167,7 +167,7 @@ def test_driftedConfigurationIsFound(tmp_path: Path) -> None:
         '    component_secret = "secret"\n'
         "```\n\n"
         "```yaml\n"
-        "modules:\n  mod_muc:\n    access_admin: rosteradmin\n"
+        "modules:\n  mod_muc:\n    access_admin:\n      - allow: rosteradmin\n"
         "```\n\n"
         "```yaml\n"
         "modules:\n  mod_muc:\n    access_admin: muc_admin\n"
@@ -175,6 +175,6 @@ def test_driftedConfigurationIsFound(tmp_path: Path) -> None:
         "```ini\n[x]\n```\n")
     assert configurationProblems(tmp_path / "README.md", root=tmp_path) == [
         'README.md:7: lua: contrib/prosody/rosteradmin.cfg.lua has no component_secret="secret"',
-        "README.md:18: yaml: not an excerpt of contrib/ejabberd/rosteradmin.yml",
-        "README.md:24: ini: neither configuration of contrib/ nor NOT_CONFIGURATION",
+        "README.md:19: yaml: not an excerpt of contrib/ejabberd/rosteradmin.yml",
+        "README.md:25: ini: neither configuration of contrib/ nor NOT_CONFIGURATION",
     ]

@@ -46,7 +46,8 @@ HOST_ONLY = frozenset({
 #: whose root C{ROSTERADMIN_DEBIAN13_ROOT} names) runs them alone
 #: (scripts/test.sh's third and fourth runs), and the Prosody runs leave
 #: them out.
-EJABBERD24 = frozenset({"tests/integration/test_ejabberd24.py", "tests/integration/test_ejabberdfailover.py"})
+EJABBERD24 = frozenset({"tests/integration/test_ejabberd24.py", "tests/integration/test_ejabberdfailover.py",
+                        "tests/integration/test_ejabberdcluster.py", "tests/integration/test_ejabberdexample.py"})
 EJABBERD = os.environ.get("ROSTERADMIN_EJABBERD") or ""
 if EJABBERD not in ("", *EJABBERD_VERSIONS):
     raise RuntimeError(f"ROSTERADMIN_EJABBERD={EJABBERD!r}: use one of {', '.join(EJABBERD_VERSIONS)}"

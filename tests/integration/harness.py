@@ -28,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
@@ -626,11 +626,13 @@ class _PlainTCPAuthenticator(client.XMPPAuthenticator):
 
 
 def connectClient(jid: str, password: str, port: int, host: str = "127.0.0.1",
-                  timeout: float = 10.0) -> defer.Deferred[XMPPTestClient]:
+                  timeout: float = 10.0, tls: bool = False) -> defer.Deferred[XMPPTestClient]:
     """
     Log in over plain TCP: SASL PLAIN, resource binding (the server picks
     the resource unless C{jid} has one), and no presence, so the session is
     invisible to contacts and to the component until the test sends one.
+    With C{tls}, STARTTLS first, as a server that requires it wants, taking
+    whatever certificate it shows (a test server's is self-signed).
 
     @raise LoginFailed: No session within C{timeout} seconds, for whatever
         reason; the connection is closed by then.
@@ -642,14 +644,16 @@ def connectClient(jid: str, password: str, port: int, host: str = "127.0.0.1",
             raise LoginFailed(f"{where}: no session within {seconds:g}s")
         return result
 
-    d = defer.ensureDeferred(_login(JID(jid), password, host, port, where))
+    d = defer.ensureDeferred(_login(JID(jid), password, host, port, where, tls))
     return d.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
 
 
-async def _login(jid: JID, password: str, host: str, port: int, where: str) -> XMPPTestClient:
+async def _login(jid: JID, password: str, host: str, port: int, where: str, tls: bool = False) -> XMPPTestClient:
     # The factory can reconnect, but only when told the connection was lost,
     # which an endpoint never does: a client that logs out stays out.
-    factory = xmlstream.XmlStreamFactory(_PlainTCPAuthenticator(jid, password))
+    authenticator = (client.XMPPAuthenticator(jid, password, configurationForTLS=ssl.CertificateOptions()) if tls
+                     else _PlainTCPAuthenticator(jid, password))
+    factory = xmlstream.XmlStreamFactory(authenticator)
     session: defer.Deferred[object] = defer.Deferred()
     factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, session.callback)
     factory.addBootstrap(xmlstream.INIT_FAILED_EVENT, session.errback)
