@@ -5,7 +5,7 @@ events for the web app (L{rosteradmin.events} delivers them): the web
 app owns the rosters, so a user's "Add contact" in a chat client is a
 request only the web app can grant.
 
-Two kinds (README, "Events"):
+Two kinds (docs/webapp.md, "Events: what users tried"):
 
   - C{roster.set}: a client's roster set, refused by
     L{rosteradmin.rosterserver}: each item with its C{action}: C{add}

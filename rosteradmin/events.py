@@ -9,7 +9,8 @@ refused connection) is sent again, the same events under the same id,
 after a pause that doubles from L{FIRST_DELAY} up to
 C{--events-retry-max-delay}; nothing later goes out before it.  So the
 web app sees transaction ids only grow, and may see one again (its
-answer was lost): it deduplicates by the id (README, "Events").
+answer was lost): it deduplicates by the id (docs/webapp.md, "Events: what
+users tried").
 
 Each POST is signed: C{X-Rosteradmin-Signature} holds
 C{v1=HMAC-SHA256(key, timestamp + "." + body)} in hex for every key of

@@ -387,8 +387,8 @@ def test_kickJoinsWhenRefusedThenLeaves() -> None:
                                                ("bad-request", 502)])
 def test_kickErrorsMapped(condition: str, status: int) -> None:
     """
-    The room's error conditions map to the status codes of the README's API
-    table (ejabberd answers a nickname the room does not hold with
+    The room's error conditions map to the status codes of the API table
+    of docs/webapp.md (ejabberd answers a nickname the room does not hold with
     not-acceptable).
     """
     api = makeApi()

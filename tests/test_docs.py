@@ -26,9 +26,9 @@ TESTED_CONFIGS = {
 }
 
 #: Code blocks that are no configuration file of ours: commands, data, and
-#: (without a language) diagrams, tables and output; Python for the web
-#: app (tests/test_events.py runs it).
-NOT_CONFIGURATION = {"sh", "json", "text", "python", ""}
+#: (without a language) diagrams, tables and output; Python and JavaScript
+#: for the web app (tests/test_events.py runs its signature check).
+NOT_CONFIGURATION = {"sh", "json", "text", "python", "js", ""}
 
 #: Configuration blocks that are not excerpts of a contrib/ file, by
 #: document and first line, and why.
@@ -136,13 +136,13 @@ def test_configurationBlocksAreTested() -> None:
 
 def test_jsonExamplesParse() -> None:
     """
-    Every JSON block of the documents is JSON, and the README's roster
-    example (the first) is a roster the web app may answer.
+    Every JSON block of the documents is JSON, and the web app's guide's
+    roster example (its first) is a roster the web app may answer.
     """
     blocks = {document: [b.text for b in codeBlocks(document.read_text()) if b.language == "json"]
               for document in documents()}
     assert [json.loads(text) for texts in blocks.values() for text in texts]
-    roster = parseRoster(blocks[ROOT / "README.md"][0].encode(), "alice@example.org")
+    roster = parseRoster(blocks[ROOT / "docs" / "webapp.md"][0].encode(), "alice@example.org")
     assert [(c.jid, c.name, c.groups) for c in roster.contacts] == [
         ("marie@example.org", "Marie", ()), ("michael@example.org", "Michael", ("Work",))]
 

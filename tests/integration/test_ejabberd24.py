@@ -571,7 +571,7 @@ async def test_refusedSetsPutBack(ejabberd24: LocalEjabberd, service: RunningSer
 @pytest_twisted.ensureDeferred
 async def test_kickRefusalsMapped(service: RunningService, clients: ClientFactory) -> None:
     """
-    ejabberd's refusals get the README's statuses: a room that does not
+    ejabberd's refusals get the statuses of docs/webapp.md: a room that does not
     exist 404 (item-not-found), a nickname the room does not hold 404
     (ejabberd says not-acceptable), the room's owner 403 (not-allowed,
     also once rosteradmin has joined); nobody is kicked.
