@@ -488,18 +488,21 @@ class DeviceViews:
         if self._interest.anyOf(username):
             self._unpushed.add(username, jids, "")
 
-    def edited(self, username: str, resource: str, jids: frozenset[str]) -> int:
+    def edited(self, username: str, resource: str, jids: frozenset[str], roster: Roster) -> int:
         """
         A resource's roster set was refused: it may show its edit of these
         contacts (profanity does, whatever the error says), so push it
         what the roster has for them, and a removal of those it added.
 
+        @param roster: The roster served now: the target, where no answer
+            or change of ours set one yet (the server answered every get
+            from a roster written before any device asked).
         @return: The number of pushes sent or queued now.
         """
         device = self._interest.of(username).get(resource)
-        target = self._targets.get(username)
-        if device is None or target is None:
+        if device is None:
             return 0  # it holds nothing of ours to put back
+        target = self._targets.setdefault(username, roster)
         if device.held is None:
             device.held = target
         for jid in sorted(jids):

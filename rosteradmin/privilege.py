@@ -258,7 +258,7 @@ class PrivilegeHandler(XMPPHandler):
     def putBack(self, username: str, resource: str, jids: frozenset[str], roster: Roster) -> None:
         # The device views know what this client holds.
         if username not in self.parked:
-            self.devices.edited(username, resource, jids)
+            self.devices.edited(username, resource, jids, roster)
 
     def pushRequest(self, username: str, payload: str) -> Deferred[domish.Element]:
         """

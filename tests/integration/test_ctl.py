@@ -63,7 +63,7 @@ async def test_ctlSession(webapp: Any, service: RunningService, clients: Any) ->
     """
     url = ["--url", service.baseURL]
     code, out, _ = await ctl(*url, "health")
-    assert code == 0 and out.startswith("connected; ")
+    assert code == 0 and out.startswith("leader since ") and "; connected; " in out
 
     code, out, _ = await ctl(*url, "refresh", "alice", "bob")
     assert code == 0 and out.strip() == "roster update complete: 2 updated, 0 errors"

@@ -25,6 +25,7 @@ from twisted.internet import defer, reactor
 from twisted.web.client import HTTPConnectionPool
 
 from rosteradmin.startup import EX_CONFIG
+from rosteradmin.statestorage import SCHEMA_VERSION
 from tests.integration.harness import PASSWORD
 from tests.integration.service import RunningService
 from tests.integration.test_rosters import items
@@ -215,20 +216,21 @@ async def test_unreadableStateFileMovedAside(prosody: Any, webapp: Any, clients:
 
 def test_otherSchemaStopsStartWithOneLine(tmp_path: Path) -> None:
     """
-    A state file of another schema version is kept as it is and stops
-    start-up with one line and the configuration-error exit code (the
-    unit does not restart it: only an operator can choose).
+    A state file of another schema version (a newer release's) is kept
+    as it is and stops start-up with one line and the configuration-error
+    exit code (the unit does not restart it: only an operator can choose).
     """
     path = tmp_path / "state.sqlite"
+    newer = SCHEMA_VERSION + 1
     db = sqlite3.connect(path)
     db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                     "INSERT INTO meta VALUES ('schema', '3');")
+                     f"INSERT INTO meta VALUES ('schema', '{newer}');")
     db.commit()
     db.close()
     process = twistd(*REQUIRED, "--state", str(path))
     output, _ = process.communicate(timeout=30)
     assert (process.returncode, output.splitlines()) == (
-        EX_CONFIG, [f"rosteradmin: --state: {path}: schema version 3, this rosteradmin reads 2"])
+        EX_CONFIG, [f"rosteradmin: --state: {path}: schema version {newer}, this rosteradmin reads {SCHEMA_VERSION}"])
 
 
 def test_uncreatableStateFileStopsStartWithOneLine(tmp_path: Path) -> None:
