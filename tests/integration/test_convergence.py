@@ -19,7 +19,6 @@ it across a crash.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sqlite3
 import subprocess
@@ -41,6 +40,7 @@ from twisted.words.xish import domish
 
 from rosteradmin_demo.devprosody import freePort
 from tests.integration.harness import PASSWORD, ProsodyServer, WebAppStub, XMPPTestClient, listenWebApp
+from tests.integration.servers import Held, stored
 from tests.integration.service import RunningService
 from tests.integration.test_blastradius import preFill
 from tests.integration.test_harness import availableFrom
@@ -110,72 +110,6 @@ async def webapp() -> AsyncIterator[UsersWebApp]:
     stub.portNumber = stub.port.getHost().port
     yield stub
     await stub.port.stopListening()
-
-
-# Prosody's internal storage: a Lua table literal (util.serialization).
-_LUA_TOKEN = re.compile(r'\s*(?:(\{|\}|\[|\]|=|;|,)|"((?:[^"\\]|\\.)*)"|(-?\d+(?:\.\d+)?)|(true|false|nil)|(return))')
-
-
-def parseLua(text: str) -> Any:
-    """
-    The value of a C{return {...};} file of Prosody's internal storage:
-    tables become dicts (keys as parsed: strings, numbers, booleans).
-    """
-    tokens: list[tuple[str, Any]] = []
-    position = 0
-    while text[position:].strip():
-        match = _LUA_TOKEN.match(text, position)
-        if match is None:
-            raise ValueError(f"unexpected Lua at {position}: {text[position:position + 40]!r}")
-        position = match.end()
-        punct, string, number, keyword, _ = match.groups()
-        if punct is not None:
-            tokens.append(("p", punct))
-        elif string is not None:
-            tokens.append(("v", re.sub(r"\\(.)", r"\1", string)))
-        elif number is not None:
-            tokens.append(("v", float(number) if "." in number else int(number)))
-        elif keyword is not None:
-            tokens.append(("v", {"true": True, "false": False, "nil": None}[keyword]))
-    index = 0
-
-    def value() -> Any:
-        nonlocal index
-        kind, token = tokens[index]
-        index += 1
-        if kind == "v":
-            return token
-        assert token == "{", token
-        table: dict[Any, Any] = {}
-        while tokens[index] != ("p", "}"):
-            assert tokens[index] == ("p", "["), tokens[index]
-            index += 1
-            key = value()
-            assert tokens[index:index + 2] == [("p", "]"), ("p", "=")], tokens[index:index + 2]
-            index += 2
-            table[key] = value()
-            if tokens[index] in (("p", ";"), ("p", ",")):
-                index += 1
-        index += 1
-        return table
-
-    return value()
-
-
-Held = dict[str, tuple[str | None, str, list[str]]]
-
-
-def stored(prosody: ProsodyServer, username: str) -> Held:
-    """
-    The contacts Prosody stores for a user: JID to name, subscription and
-    sorted groups ({} when nothing is stored).
-    """
-    text = prosody.storedRoster(username)
-    if not text:
-        return {}
-    table = parseLua(text)
-    return {jid: (item.get("name"), item.get("subscription", "none"), sorted(item.get("groups", {})))
-            for jid, item in table.items() if jid is not False}
 
 
 def expected(webRoster: dict[str, Any]) -> Held:
