@@ -26,8 +26,8 @@ from tests.integration.ejabberd import EJABBERD_VERSIONS, LocalEjabberd
 from tests.integration.harness import ProsodyServer
 from tests.integration.service import RunningService
 
-__all__ = ["EJABBERD", "Held", "apiCall", "isOnline", "parseLua", "serverArgs", "stored", "storedRoster",
-           "waitOnline"]
+__all__ = ["EJABBERD", "READABLE_WHILE_STOPPED", "Held", "apiCall", "isOnline", "parseLua", "serverArgs",
+           "stopKeepingData", "stored", "storedRoster", "waitOnline"]
 
 #: The ejabberd the integration tests run on instead of Prosody
 #: (C{ROSTERADMIN_EJABBERD}: one of L{EJABBERD_VERSIONS}), or "".
@@ -35,6 +35,11 @@ EJABBERD = os.environ.get("ROSTERADMIN_EJABBERD") or ""
 if EJABBERD not in ("", *EJABBERD_VERSIONS):
     raise RuntimeError(f"ROSTERADMIN_EJABBERD={EJABBERD!r}: use one of {', '.join(EJABBERD_VERSIONS)}"
                        " (Debian 13's ejabberd, from trixie or trixie-backports), or leave it unset")
+
+#: Whether a test can read the server's stored rosters while it is
+#: stopped: Prosody's are files; ejabberd's are in Mnesia, read through its
+#: running API.
+READABLE_WHILE_STOPPED = not EJABBERD
 
 #: A stored roster: contact JID to name, subscription and sorted groups.
 Held = dict[str, tuple[str | None, str, list[str]]]
@@ -72,6 +77,17 @@ async def storedRoster(server: Any, username: str) -> Held:
         contacts = await apiCall(server, "get_roster", {"user": username, "host": server.domain})
         return {c["jid"]: (c["nick"] or None, c["subscription"], sorted(c["groups"])) for c in contacts}
     return stored(server, username)
+
+
+def stopKeepingData(server: Any) -> None:
+    """
+    Stop the server so that its C{start} brings it back with its accounts
+    and stored rosters, as an operator's restart does.
+    """
+    if isinstance(server, LocalEjabberd):
+        server.stop(keep=True)
+    else:
+        server.stop()
 
 
 async def clearRosters(server: LocalEjabberd, usernames: list[str]) -> None:
