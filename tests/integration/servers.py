@@ -27,7 +27,7 @@ from tests.integration.harness import ProsodyServer
 from tests.integration.service import RunningService
 
 __all__ = ["EJABBERD", "READABLE_WHILE_STOPPED", "Held", "apiCall", "isOnline", "parseLua", "serverArgs",
-           "stopKeepingData", "stored", "storedRoster", "storedSnapshot", "waitOnline"]
+           "UNREACHABLE_COMPONENT", "stopKeepingData", "stored", "storedRoster", "storedSnapshot", "waitOnline"]
 
 #: The ejabberd the integration tests run on instead of Prosody
 #: (C{ROSTERADMIN_EJABBERD}: one of L{EJABBERD_VERSIONS}), or "".
@@ -40,6 +40,10 @@ if EJABBERD not in ("", *EJABBERD_VERSIONS):
 #: stopped: Prosody's are files; ejabberd's are in Mnesia, read through its
 #: running API.
 READABLE_WHILE_STOPPED = not EJABBERD
+
+#: The error condition the server bounces a stanza for a disconnected
+#: component with: each words it its own way (both are RFC 6120's).
+UNREACHABLE_COMPONENT = "remote-server-not-found" if EJABBERD else "remote-server-timeout"
 
 #: A stored roster: contact JID to name, subscription and sorted groups.
 Held = dict[str, tuple[str | None, str, list[str]]]
