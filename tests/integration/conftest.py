@@ -88,7 +88,7 @@ PROSODY_ONLY: dict[str, str] = {
         "test_blastradius.py", "test_bulkroster.py", "test_convergence.py", "test_ctl.py",
         "test_currentversions.py", "test_devices.py", "test_firstlogin.py",
         "test_grouporder.py", "test_harness.py", "test_inspect.py", "test_jids.py",
-        "test_repair.py", "test_restart.py", "test_schemathesis.py", "test_slowclients.py", "test_soak.py",
+        "test_repair.py", "test_schemathesis.py", "test_slowclients.py", "test_soak.py",
         "test_standby.py", "test_statefile.py", "test_trust.py", "test_twistd.py",
     )},
 }

@@ -304,16 +304,17 @@ class LocalEjabberd:
         """
         return path if self.root is None else self.root.fromRoot(path)
 
-    def _register(self, timeout: float) -> None:
+    def _register(self, timeout: float, accounts: dict[str, str] | None = None) -> None:
         """
-        Create the accounts, all at once: each C{ejabberdctl} call starts an
-        Erlang VM of its own, which takes about a second.
+        Create the accounts (all of L{accounts} by default), all at once:
+        each C{ejabberdctl} call starts an Erlang VM of its own, which takes
+        about a second.
         """
         # ejabberd reads no account list from its configuration, and its
         # Mnesia spool is binary: asking the running node is the reliable way.
         assert self.directory is not None
         calls = {username: self._popen(self._ctl("register", username, self.domain, password))
-                 for username, password in self.accounts.items()}
+                 for username, password in (self.accounts if accounts is None else accounts).items()}
         deadline = time.monotonic() + timeout
         problems = []
         for username, call in calls.items():
@@ -329,6 +330,17 @@ class LocalEjabberd:
                                 f"{output.decode(errors='replace').strip()}")
         if problems:
             raise EjabberdNotAvailable("\n".join(problems))
+
+    def addAccount(self, username: str, password: str, timeout: float = 30.0) -> None:
+        """
+        Create an account on the running server (C{ejabberdctl register}),
+        unless it has one of that name already: a module's tests share
+        one ejabberd.
+        """
+        if username in self.accounts:
+            return
+        self.accounts[username] = password
+        self._register(timeout, {username: password})
 
     def _install(self, module: str, timeout: float) -> None:
         """

@@ -26,7 +26,7 @@ from tests.integration.ejabberd import EJABBERD_VERSIONS, LocalEjabberd
 from tests.integration.harness import ProsodyServer
 from tests.integration.service import RunningService
 
-__all__ = ["EJABBERD", "READABLE_WHILE_STOPPED", "Held", "apiCall", "isOnline", "parseLua", "serverArgs",
+__all__ = ["EJABBERD", "onlineUsers", "waitOnlineExactly", "READABLE_WHILE_STOPPED", "Held", "apiCall", "isOnline", "parseLua", "serverArgs",
            "UNREACHABLE_COMPONENT", "stopKeepingData", "stored", "storedRoster", "storedSnapshot", "waitOnline"]
 
 #: The ejabberd the integration tests run on instead of Prosody
@@ -145,6 +145,33 @@ async def waitOnline(running: RunningService, username: str, timeout: float = 10
             return
         if waited >= timeout:
             raise AssertionError(f"timed out after {timeout}s waiting for {username} online")
+        await RunningService.sleep(0.1)
+        waited += 0.1
+
+
+def onlineUsers(running: RunningService) -> dict[str, set[str]]:
+    """
+    Who rosteradmin knows is online: full JIDs by username.
+    """
+    sessions = _sessions(running)
+    return sessions.online if sessions is not None else running.component.privileges.online
+
+
+async def waitOnlineExactly(running: RunningService, users: set[str], timeout: float = 10.0) -> None:
+    """
+    Wait until rosteradmin knows exactly these users are online; on
+    ejabberd, reading the session list now rather than at its next poll.
+    """
+    sessions = _sessions(running)
+    waited = 0.0
+    while True:
+        if sessions is not None:
+            await sessions.poll()
+        if set(onlineUsers(running)) == users:
+            return
+        if waited >= timeout:
+            raise AssertionError(f"timed out after {timeout}s: online {sorted(onlineUsers(running))}, "
+                                 f"not {sorted(users)}")
         await RunningService.sleep(0.1)
         waited += 0.1
 
