@@ -84,9 +84,18 @@ PROSODY_ONLY: dict[str, str] = {
         "disconnected is stored and pushed at once, nothing waits for the reconnection",
     "tests/integration/test_http.py::test_kickFromRealRoom[alice]":
         "ejabberd does not let its MUC admin kick a room's owner: 403 (test_ejabberd24.py's test_kickRefusalsMapped)",
+    **{f"tests/integration/test_convergence.py::{name}":
+       "not run on ejabberd yet: it pre-fills 1,000 users' stored rosters in Prosody's files and reads them back"
+       for name in ("test_killDuringBulkRefreshResumes", "test_killDuringBulkSyncResumes",
+                    "test_killMidWriteThenRevertConverges")},
+    "tests/integration/test_convergence.py::test_firstLoginUnsynced":
+        "what stock Prosody without a roster load at login routes for a user no sync reached",
+    "tests/integration/test_firstlogin.py":
+        "contrib's mod_rosteradmin_roster (Prosody) holds a login until the roster is stored; ejabberd has no such "
+        "module, so a first login's presence sent before the roster get is not measured there",
     **{f"tests/integration/{name}": _NOT_YET for name in (
-        "test_blastradius.py", "test_bulkroster.py", "test_convergence.py", "test_ctl.py",
-        "test_currentversions.py", "test_devices.py", "test_firstlogin.py",
+        "test_blastradius.py", "test_bulkroster.py", "test_ctl.py",
+        "test_currentversions.py", "test_devices.py",
         "test_grouporder.py", "test_harness.py", "test_inspect.py", "test_jids.py",
         "test_repair.py", "test_schemathesis.py", "test_slowclients.py", "test_soak.py",
         "test_standby.py", "test_statefile.py", "test_trust.py", "test_twistd.py",

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.integration.test_convergence -*-
 """
-Convergence, on a real Prosody: the server holds
+Convergence, on a real server (the full sync on Prosody and ejabberd, the rest on Prosody): the server holds
 every user's web-app roster before anyone logs in, and keeps converging to
 it across a crash.
 
@@ -40,7 +40,7 @@ from twisted.words.xish import domish
 
 from rosteradmin_demo.devprosody import freePort
 from tests.integration.harness import PASSWORD, ProsodyServer, WebAppStub, XMPPTestClient, listenWebApp
-from tests.integration.servers import Held, stored
+from tests.integration.servers import Held, serverArgs, stored, storedRoster, waitOnline
 from tests.integration.service import RunningService
 from tests.integration.test_blastradius import preFill
 from tests.integration.test_harness import availableFrom
@@ -151,7 +151,7 @@ async def receives(client: XMPPTestClient, bare: str, after: int, timeout: float
 
 
 @pytest_twisted.ensureDeferred
-async def test_presenceBeforeRosterGetAfterFullSync(prosody: ProsodyServer, webapp: UsersWebApp,
+async def test_presenceBeforeRosterGetAfterFullSync(xmppServer: Any, webapp: UsersWebApp,
                                                     clients: Any) -> None:
     """
     After the full sync at start (users listed in two pages), bob sends his
@@ -161,7 +161,7 @@ async def test_presenceBeforeRosterGetAfterFullSync(prosody: ProsodyServer, weba
     """
     webapp.rosters.update(TRIAD)
     webapp.users = list(TRIAD)
-    running = RunningService(prosody, webapp.url, ["--users-url", webapp.usersURL])
+    running = RunningService(xmppServer, webapp.url, serverArgs(xmppServer) + ["--users-url", webapp.usersURL])
     started = time.monotonic()
     await running.start()
     try:
@@ -181,12 +181,12 @@ async def test_presenceBeforeRosterGetAfterFullSync(prosody: ProsodyServer, weba
                 progress["failed"], progress["error"]) == ("full", 3, True, 3, 0, None)
         assert webapp.userPages == 2
         for user, webRoster in TRIAD.items():
-            assert stored(prosody, user) == expected(webRoster), user
+            assert await storedRoster(xmppServer, user) == expected(webRoster), user
         fetchesBeforeLogin = dict(webapp.requests)
 
         bob = await clients("bob")
         bob.sendPresence()
-        await RunningService.waitUntil(lambda: "bob" in running.component.privileges.online, 5, "bob online")
+        await waitOnline(running, "bob", 5)
 
         carol = await clients("carol")
         bobHad = len(bob.presences)
