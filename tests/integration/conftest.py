@@ -93,9 +93,16 @@ PROSODY_ONLY: dict[str, str] = {
     "tests/integration/test_firstlogin.py":
         "contrib's mod_rosteradmin_roster (Prosody) holds a login until the roster is stored; ejabberd has no such "
         "module, so a first login's presence sent before the roster get is not measured there",
+    **{f"tests/integration/test_devices.py::{name}":
+       "rosteradmin follows what each device holds to push it (its own pushes, through mod_privilege); on "
+       "ejabberd, ejabberd pushes its own writes (its put-backs: test_ejabberd24.py's test_refusedSetsPutBack)"
+       for name in ("test_deviceThatAskedBeforePresenceIsPushed", "test_putBackFloodLeavesABoundedQueue",
+                    "test_sessionWithoutPresenceFollowedAcrossARestart")},
+    "tests/integration/test_devices.py::test_killDuringRefreshLeavesNoDeviceStale":
+        "not run on ejabberd yet: it follows each device's pushes from rosteradmin across a kill -9",
     **{f"tests/integration/{name}": _NOT_YET for name in (
         "test_blastradius.py", "test_bulkroster.py", "test_ctl.py",
-        "test_currentversions.py", "test_devices.py",
+        "test_currentversions.py",
         "test_grouporder.py", "test_harness.py", "test_inspect.py", "test_jids.py",
         "test_repair.py", "test_schemathesis.py", "test_slowclients.py", "test_soak.py",
         "test_standby.py", "test_statefile.py", "test_trust.py", "test_twistd.py",

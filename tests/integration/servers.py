@@ -131,17 +131,20 @@ def isOnline(running: RunningService, username: str) -> bool:
     return username in running.component.privileges.online
 
 
-async def waitOnline(running: RunningService, username: str, timeout: float = 10.0) -> None:
+async def waitOnline(running: RunningService, username: str, timeout: float = 10.0,
+                     sessions: int | None = None) -> None:
     """
-    Wait until rosteradmin knows the user is online; on ejabberd, reading
-    the session list now rather than at its next poll.
+    Wait until rosteradmin knows the user is online (with exactly
+    C{sessions} sessions, if given); on ejabberd, reading the session
+    list now rather than at its next poll.
     """
-    sessions = _sessions(running)
+    listed = _sessions(running)
     waited = 0.0
     while True:
-        if sessions is not None:
-            await sessions.poll()
-        if isOnline(running, username):
+        if listed is not None:
+            await listed.poll()
+        if isOnline(running, username) if sessions is None else \
+                len(onlineUsers(running).get(username, ())) == sessions:
             return
         if waited >= timeout:
             raise AssertionError(f"timed out after {timeout}s waiting for {username} online")
