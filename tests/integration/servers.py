@@ -26,8 +26,12 @@ from tests.integration.ejabberd import EJABBERD_VERSIONS, LocalEjabberd
 from tests.integration.harness import ProsodyServer
 from tests.integration.service import RunningService
 
-__all__ = ["EJABBERD", "onlineUsers", "waitOnlineExactly", "READABLE_WHILE_STOPPED", "Held", "apiCall", "isOnline", "parseLua", "serverArgs",
-           "UNREACHABLE_COMPONENT", "stopKeepingData", "stored", "storedRoster", "storedSnapshot", "waitOnline"]
+__all__ = [
+    "EJABBERD", "READABLE_WHILE_STOPPED", "UNREACHABLE_COMPONENT", "Held", "apiCall", "clearRosters", "isOnline",
+    "onlineUsers",
+    "parseLua", "serverArgs", "stopKeepingData", "stored", "storedRoster", "storedSnapshot", "waitOnline",
+    "waitOnlineExactly",
+]
 
 #: The ejabberd the integration tests run on instead of Prosody
 #: (C{ROSTERADMIN_EJABBERD}: one of L{EJABBERD_VERSIONS}), or "".
