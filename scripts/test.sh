@@ -3,8 +3,8 @@
 # real-Prosody integration tests included, on the host's Prosody 0.12; then
 # the integration tests again on Prosody 13, from the Debian 13 root that
 # scripts/debian13.sh builds once and caches (ROSTERADMIN_PROSODY=13); then
-# the ejabberd 24.12 tests, from the same root (ROSTERADMIN_EJABBERD=24.12);
-# then the same ejabberd tests on 26.07, from a copy of that root with
+# the integration tests on ejabberd 24.12, from the same root
+# (ROSTERADMIN_EJABBERD=24.12); then the same on 26.07, from a copy of that root with
 # ejabberd from trixie-backports (scripts/ejabberd-backports.sh).
 # Usage: bash scripts/test.sh [pytest args]   (the same args for every run;
 # the second to fourth add -m integration, which replaces an -m of yours)
@@ -60,10 +60,11 @@ run first "Prosody 0.12 (host), all tests" .venv/bin/python -m pytest "$@"
 # The integration tests only: nothing else depends on the server.
 run second "Prosody 13 (Debian 13 root), integration tests" \
     env ROSTERADMIN_PROSODY=13 .venv/bin/python -m pytest "$@" -m integration
-# Only the ejabberd tests of conftest.py's EJABBERD24: every other test is deselected.
-run third "ejabberd 24.12 (Debian 13 root), its integration tests" \
+# The integration tests on ejabberd, less those tests/integration/conftest.py's
+# PROSODY_ONLY lists (with why), plus tests/integration/test_ejabberd24.py.
+run third "ejabberd 24.12 (Debian 13 root), integration tests" \
     env ROSTERADMIN_EJABBERD=24.12 .venv/bin/python -m pytest "$@" -m integration
-run fourth "ejabberd 26.07 (Debian 13 root, trixie-backports), its integration tests" \
+run fourth "ejabberd 26.07 (Debian 13 root, trixie-backports), integration tests" \
     env ROSTERADMIN_EJABBERD=26.07 ROSTERADMIN_DEBIAN13_ROOT="$backports" \
     .venv/bin/python -m pytest "$@" -m integration
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from rosteradmin.roster import parseRoster
+from tests.integration.conftest import PROSODY_ONLY
 from tests.docs import ROOT, anchors, codeBlocks, contains, documents, linkProblems, luaExcerptProblem, slug
 
 #: For each language of configuration the documents show, the file of
@@ -178,3 +179,22 @@ def test_driftedConfigurationIsFound(tmp_path: Path) -> None:
         "README.md:19: yaml: not an excerpt of contrib/ejabberd/rosteradmin.yml",
         "README.md:25: ini: neither configuration of contrib/ nor NOT_CONFIGURATION",
     ]
+
+
+def leftOutTable(leftOut: dict[str, str]) -> str:
+    """
+    docs/servers.md's table of the integration tests the ejabberd runs
+    leave out, as it must read.
+    """
+    rows = [f"| `{test}` | {why} |" for test, why in sorted(leftOut.items())]
+    return "\n".join(["| Test | Why not on ejabberd |", "|---|---|", *rows])
+
+
+def test_leftOutOnEjabberdListed() -> None:
+    """
+    docs/servers.md lists every integration test the ejabberd runs leave
+    out, with the reason that tests/integration/conftest.py's
+    C{PROSODY_ONLY} (the one place) gives.
+    """
+    expected = leftOutTable(PROSODY_ONLY)
+    assert expected in (ROOT / "docs" / "servers.md").read_text(), f"docs/servers.md needs:\n{expected}"

@@ -133,12 +133,16 @@ class LocalEjabberd:
     def start(self, timeout: float = 60.0) -> None:
         """
         Start ejabberd, wait until its client and component ports accept
-        connections, and create the accounts.
+        connections, and create the accounts; after L{stop} with C{keep},
+        start it again on the same directory, data and accounts.
 
         @raise EjabberdNotAvailable: It is not installed, we are not root,
             or it did not start within C{timeout} seconds; the message holds
             the end of its logs.
         """
+        if self.directory is not None:
+            self._run(time.monotonic() + timeout, timeout, fresh=False)
+            return
         self._user = self._findUser()
         wanted = os.environ.get("ROSTERADMIN_EJABBERD")
         if self.root is not None and wanted and not self.version().startswith(wanted + "-"):
@@ -152,7 +156,15 @@ class LocalEjabberd:
         self._writeConfig()
         for path in [self.directory, *self.directory.rglob("*")]:
             os.chown(path, *self._user)
-        deadline = time.monotonic() + timeout
+        self._run(time.monotonic() + timeout, timeout, fresh=True)
+
+    def _run(self, deadline: float, timeout: float, fresh: bool) -> None:
+        """
+        Run C{ejabberdctl foreground} on the directory and wait for its
+        ports; if C{fresh}, then create the accounts and install the
+        contrib modules (a restart finds both in its spool and home).
+        """
+        assert self.directory is not None
         output = open(self.directory / "log" / "stdout.log", "ab")
         # Its own process group: stop() ends beam and its helpers together.
         self._process = self._popen(self._ctl("foreground"), stdout=output, start_new_session=True)
@@ -165,20 +177,21 @@ class LocalEjabberd:
                 if time.monotonic() > deadline:
                     raise EjabberdNotAvailable(f"ejabberd did not open its ports within {timeout:g}s")
                 time.sleep(0.1)
-            self._register(max(deadline - time.monotonic(), 10.0))
-            for module in self.contribModules:
-                self._install(module.name, max(deadline - time.monotonic(), 10.0))
+            if fresh:
+                self._register(max(deadline - time.monotonic(), 10.0))
+                for module in self.contribModules:
+                    self._install(module.name, max(deadline - time.monotonic(), 10.0))
         except EjabberdNotAvailable as e:
             tail = self.logTail()
             self.stop()
             raise EjabberdNotAvailable(f"{e}:\n{tail}") from None
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 15.0, keep: bool = False) -> None:
         """
         Stop ejabberd: SIGTERM to the Erlang VM, which it takes as a clean
         shutdown, then SIGKILL to its whole process group (beam and its
         helpers) if it has not exited after C{timeout} seconds; then remove
-        its directory.
+        its directory, unless C{keep} (to L{start} it again).
         """
         process, self._process = self._process, None
         if process is not None:
@@ -196,7 +209,7 @@ class LocalEjabberd:
                     pass
             self._signalGroup(process.pid, signal.SIGKILL)
             process.wait()
-        if self.directory is not None:
+        if self.directory is not None and not keep:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
@@ -291,16 +304,17 @@ class LocalEjabberd:
         """
         return path if self.root is None else self.root.fromRoot(path)
 
-    def _register(self, timeout: float) -> None:
+    def _register(self, timeout: float, accounts: dict[str, str] | None = None) -> None:
         """
-        Create the accounts, all at once: each C{ejabberdctl} call starts an
-        Erlang VM of its own, which takes about a second.
+        Create the accounts (all of L{accounts} by default), all at once:
+        each C{ejabberdctl} call starts an Erlang VM of its own, which takes
+        about a second.
         """
         # ejabberd reads no account list from its configuration, and its
         # Mnesia spool is binary: asking the running node is the reliable way.
         assert self.directory is not None
         calls = {username: self._popen(self._ctl("register", username, self.domain, password))
-                 for username, password in self.accounts.items()}
+                 for username, password in (self.accounts if accounts is None else accounts).items()}
         deadline = time.monotonic() + timeout
         problems = []
         for username, call in calls.items():
@@ -316,6 +330,17 @@ class LocalEjabberd:
                                 f"{output.decode(errors='replace').strip()}")
         if problems:
             raise EjabberdNotAvailable("\n".join(problems))
+
+    def addAccount(self, username: str, password: str, timeout: float = 30.0) -> None:
+        """
+        Create an account on the running server (C{ejabberdctl register}),
+        unless it has one of that name already: a module's tests share
+        one ejabberd.
+        """
+        if username in self.accounts:
+            return
+        self.accounts[username] = password
+        self._register(timeout, {username: password})
 
     def _install(self, module: str, timeout: float) -> None:
         """

@@ -64,16 +64,17 @@ class RunningService:
     async def start(self, timeout: float = 15.0) -> None:
         """
         Start and wait until the server has advertised delegation and
-        privileges (they arrive right after the handshake).
+        rosters can be written: privileges arrive right after the
+        handshake; ejabberd's API answers its probe.
         """
         self.top.startService()
-        await self.waitUntil(self.ready, timeout, "component connected with delegation and privileges")
+        await self.waitUntil(self.ready, timeout, "component connected with delegation, rosters writable")
 
     def ready(self) -> bool:
         if "leader" in self.top.namedServices and "component" not in self.top.getServiceNamed("leader").namedServices:
             return False  # not leading yet
         comp = self.component
-        return bool(comp.status.connected and comp.privileges.canSync() and comp.delegation.delegated)
+        return bool(comp.status.connected and self.backend.canSync() and comp.delegation.delegated)
 
     async def stop(self) -> None:
         await self.top.stopService()

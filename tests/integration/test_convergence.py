@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.integration.test_convergence -*-
 """
-Convergence, on a real Prosody: the server holds
+Convergence, on a real server (the full sync on Prosody and ejabberd, the rest on Prosody): the server holds
 every user's web-app roster before anyone logs in, and keeps converging to
 it across a crash.
 
@@ -19,7 +19,6 @@ it across a crash.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sqlite3
 import subprocess
@@ -41,6 +40,7 @@ from twisted.words.xish import domish
 
 from rosteradmin_demo.devprosody import freePort
 from tests.integration.harness import PASSWORD, ProsodyServer, WebAppStub, XMPPTestClient, listenWebApp
+from tests.integration.servers import Held, serverArgs, stored, storedRoster, waitOnline
 from tests.integration.service import RunningService
 from tests.integration.test_blastradius import preFill
 from tests.integration.test_harness import availableFrom
@@ -112,72 +112,6 @@ async def webapp() -> AsyncIterator[UsersWebApp]:
     await stub.port.stopListening()
 
 
-# Prosody's internal storage: a Lua table literal (util.serialization).
-_LUA_TOKEN = re.compile(r'\s*(?:(\{|\}|\[|\]|=|;|,)|"((?:[^"\\]|\\.)*)"|(-?\d+(?:\.\d+)?)|(true|false|nil)|(return))')
-
-
-def parseLua(text: str) -> Any:
-    """
-    The value of a C{return {...};} file of Prosody's internal storage:
-    tables become dicts (keys as parsed: strings, numbers, booleans).
-    """
-    tokens: list[tuple[str, Any]] = []
-    position = 0
-    while text[position:].strip():
-        match = _LUA_TOKEN.match(text, position)
-        if match is None:
-            raise ValueError(f"unexpected Lua at {position}: {text[position:position + 40]!r}")
-        position = match.end()
-        punct, string, number, keyword, _ = match.groups()
-        if punct is not None:
-            tokens.append(("p", punct))
-        elif string is not None:
-            tokens.append(("v", re.sub(r"\\(.)", r"\1", string)))
-        elif number is not None:
-            tokens.append(("v", float(number) if "." in number else int(number)))
-        elif keyword is not None:
-            tokens.append(("v", {"true": True, "false": False, "nil": None}[keyword]))
-    index = 0
-
-    def value() -> Any:
-        nonlocal index
-        kind, token = tokens[index]
-        index += 1
-        if kind == "v":
-            return token
-        assert token == "{", token
-        table: dict[Any, Any] = {}
-        while tokens[index] != ("p", "}"):
-            assert tokens[index] == ("p", "["), tokens[index]
-            index += 1
-            key = value()
-            assert tokens[index:index + 2] == [("p", "]"), ("p", "=")], tokens[index:index + 2]
-            index += 2
-            table[key] = value()
-            if tokens[index] in (("p", ";"), ("p", ",")):
-                index += 1
-        index += 1
-        return table
-
-    return value()
-
-
-Held = dict[str, tuple[str | None, str, list[str]]]
-
-
-def stored(prosody: ProsodyServer, username: str) -> Held:
-    """
-    The contacts Prosody stores for a user: JID to name, subscription and
-    sorted groups ({} when nothing is stored).
-    """
-    text = prosody.storedRoster(username)
-    if not text:
-        return {}
-    table = parseLua(text)
-    return {jid: (item.get("name"), item.get("subscription", "none"), sorted(item.get("groups", {})))
-            for jid, item in table.items() if jid is not False}
-
-
 def expected(webRoster: dict[str, Any]) -> Held:
     """
     What the server must hold for a web-app roster: every contact, with
@@ -217,7 +151,7 @@ async def receives(client: XMPPTestClient, bare: str, after: int, timeout: float
 
 
 @pytest_twisted.ensureDeferred
-async def test_presenceBeforeRosterGetAfterFullSync(prosody: ProsodyServer, webapp: UsersWebApp,
+async def test_presenceBeforeRosterGetAfterFullSync(xmppServer: Any, webapp: UsersWebApp,
                                                     clients: Any) -> None:
     """
     After the full sync at start (users listed in two pages), bob sends his
@@ -227,7 +161,7 @@ async def test_presenceBeforeRosterGetAfterFullSync(prosody: ProsodyServer, weba
     """
     webapp.rosters.update(TRIAD)
     webapp.users = list(TRIAD)
-    running = RunningService(prosody, webapp.url, ["--users-url", webapp.usersURL])
+    running = RunningService(xmppServer, webapp.url, serverArgs(xmppServer) + ["--users-url", webapp.usersURL])
     started = time.monotonic()
     await running.start()
     try:
@@ -247,12 +181,12 @@ async def test_presenceBeforeRosterGetAfterFullSync(prosody: ProsodyServer, weba
                 progress["failed"], progress["error"]) == ("full", 3, True, 3, 0, None)
         assert webapp.userPages == 2
         for user, webRoster in TRIAD.items():
-            assert stored(prosody, user) == expected(webRoster), user
+            assert await storedRoster(xmppServer, user) == expected(webRoster), user
         fetchesBeforeLogin = dict(webapp.requests)
 
         bob = await clients("bob")
         bob.sendPresence()
-        await RunningService.waitUntil(lambda: "bob" in running.component.privileges.online, 5, "bob online")
+        await waitOnline(running, "bob", 5)
 
         carol = await clients("carol")
         bobHad = len(bob.presences)

@@ -23,7 +23,8 @@ from twisted.internet import defer
 from tests.integration.harness import ProsodyServer, WebAppStub, XMPPTestClient
 from tests.integration.test_blastradius import contactsOf
 from tests.integration.service import RunningService
-from tests.integration.test_convergence import TRIAD, Rosteradmin, expected, held, receives, seconds, stored
+from tests.integration.servers import stored
+from tests.integration.test_convergence import TRIAD, Rosteradmin, expected, held, receives, seconds
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """
-The HTTP API end to end on a real Prosody: refresh with live roster pushes,
+The HTTP API end to end on a real server: refresh with live roster pushes,
 kicks from real MUC rooms, and the exact replies to bad requests.
 """
 
@@ -14,6 +14,7 @@ import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
+from tests.integration.servers import storedRoster, storedSnapshot, waitOnline
 from tests.integration.service import KICK_AUTHORIZATION, RunningService
 from tests.integration.test_rosters import items
 
@@ -48,7 +49,10 @@ async def test_refreshPushesChangesToOnlineClient(webapp: Any, service: RunningS
     alice = await clients("alice")
     before = await alice.rosterGet(ver="")
     alice.sendPresence()
-    await RunningService.waitUntil(lambda: "alice" in service.component.privileges.online, 10, "alice online")
+    await waitOnline(service, "alice")
+    # ejabberd pushes every write of its API, those made before her
+    # answer too: the refresh's pushes are the ones after.
+    earlier = len(alice.pushes)
 
     webapp.rosters["alice"] = {
         "bob@example.org": {"name": "Bob", "groups": ["Friends"]},
@@ -57,7 +61,7 @@ async def test_refreshPushesChangesToOnlineClient(webapp: Any, service: RunningS
     code, body = await call(service, "POST", "/roster_admin/refresh", ["alice"])
     assert (code, body) == (200, {"status": "ok", "message": "roster update complete",
                                   "updated": 1, "errors": 0, "failures": {}})
-    pushes = await alice.waitForPushes(3)
+    pushes = (await alice.waitForPushes(earlier + 3))[earlier:]
     print("\n--- roster pushes received by alice ---")
     for push in pushes:
         print(push.toXml())
@@ -83,7 +87,7 @@ async def test_refreshPushesChangesToOnlineClient(webapp: Any, service: RunningS
 
 
 @pytest_twisted.ensureDeferred
-async def test_refreshOfflineUser(prosody: Any, webapp: Any, service: RunningService) -> None:
+async def test_refreshOfflineUser(xmppServer: Any, webapp: Any, service: RunningService) -> None:
     """
     An offline user's refresh updates the cache and the server's stored
     roster before the next login.
@@ -91,12 +95,12 @@ async def test_refreshOfflineUser(prosody: Any, webapp: Any, service: RunningSer
     webapp.rosters["erin"] = {"alice@example.org": {"name": "Alice"}}
     code, body = await call(service, "POST", "/roster_admin/refresh/erin")
     assert code == 200 and body["updated"] == 1
-    assert "alice@example.org" in prosody.storedRoster("erin")
+    assert "alice@example.org" in await storedRoster(xmppServer, "erin")
     assert len(service.backend.cache.peek("erin")) == 1
 
 
 @pytest_twisted.ensureDeferred
-async def test_failedFetchChangesNothing(prosody: Any, webapp: Any, service: RunningService,
+async def test_failedFetchChangesNothing(xmppServer: Any, webapp: Any, service: RunningService,
                                          clients: Any) -> None:
     """
     A refresh whose fetch fails leaves the cached and stored rosters as
@@ -104,22 +108,26 @@ async def test_failedFetchChangesNothing(prosody: Any, webapp: Any, service: Run
     """
     alice = await clients("alice")
     await alice.rosterGet()
-    stored = prosody.storedRoster("alice")
+    stored = await storedSnapshot(xmppServer, "alice")
     cached = service.backend.cache.peek("alice")
     webapp.failures["alice"] = (200, b'{"not a jid": {}}')
     code, body = await call(service, "POST", "/roster_admin/refresh", ["alice"])
     assert code == 500 and body["status"] == "error" and body["errors"] == 1
     assert "not a valid JID" in body["failures"]["alice"] or "alice" in body["failures"]
     assert service.backend.cache.peek("alice") is cached
-    assert prosody.storedRoster("alice") == stored
+    assert await storedSnapshot(xmppServer, "alice") == stored
 
 
+@pytest.mark.parametrize("owner", ["alice", "bob"])
 @pytest_twisted.ensureDeferred
-async def test_kickFromRealRoom(service: RunningService, clients: Any) -> None:
+async def test_kickFromRealRoom(owner: str, service: RunningService, clients: Any) -> None:
     """
-    alice joins a real room; POST /muc_kick makes the room kick her with
-    status 307 and the reason.
+    alice joins a real room, made by C{owner} (herself, or bob before
+    her); POST /muc_kick makes the room kick her with status 307 and the
+    reason.
     """
+    if owner != "alice":
+        assert (await (await clients(owner)).joinRoom(ROOM, owner.title())).getAttribute("type") is None
     alice = await clients("alice")
     joined = await alice.joinRoom(ROOM, "Alice")
     assert joined.getAttribute("type") is None

@@ -1,10 +1,11 @@
 # -*- test-case-name: tests.integration.test_restart -*-
 """
-rosteradmin restarts while Prosody and its clients stay up:
-a refresh after the restart reaches every online client.
+rosteradmin restarts while the server (Prosody or ejabberd) and its
+clients stay up: a refresh after the restart reaches every online client.
 
 On connecting, the new rosteradmin gets the current presence of every
-session from C{mod_privilege}, and learns who is online.  It must not take
+session from C{mod_privilege} (on ejabberd, reads the API's session
+list), and learns who is online.  It must not take
 those users for newly logged in: loading their rosters silently (without a
 push) stores the web app's roster in the server and the cache, so the
 refresh that follows finds nothing to push, and the clients never see the
@@ -19,6 +20,7 @@ import pytest
 import pytest_twisted
 
 from tests.integration.harness import PASSWORD, USERS, XMPPTestClient
+from tests.integration.servers import onlineUsers, serverArgs, storedRoster, waitOnlineExactly
 from tests.integration.service import RunningService
 from tests.integration.test_http import call
 from tests.integration.test_rosters import items
@@ -97,27 +99,28 @@ async def refreshAndCheck(service: RunningService, webapp: Any, sessions: Sessio
 @pytest.mark.parametrize("keepState", ["", "file", "postgresql"], ids=["no-state", "state-file", "state-postgresql"])
 @pytest.mark.parametrize("changedWhile", ["stopped", "restarted"])
 @pytest_twisted.ensureDeferred
-async def test_refreshAfterRestartReachesEveryOnlineClient(request: pytest.FixtureRequest, prosody: Any, webapp: Any,
-                                                            clients: Any, changedWhile: str, keepState: str) -> None:
+async def test_refreshAfterRestartReachesEveryOnlineClient(request: pytest.FixtureRequest, xmppServer: Any, webapp: Any,
+                                                            clients: Any, changedWhile: str, keepState: str,
+                                                            tmp_path: Any) -> None:
     """
     Ten users online, each with the web app's roster; rosteradmin stops and
-    a new one starts against the same Prosody (and state file or
+    a new one starts against the same server (and state file or
     PostgreSQL database, if any); every roster changes (while it is
     stopped, or once it runs again) and a refresh of all ten pushes the
     change to all ten clients, and so does a second change and refresh.
     """
-    args = []
+    args = serverArgs(xmppServer)
     if keepState == "file":
-        args = ["--state", str(prosody.tempDir / "rosteradmin-state.sqlite")]
+        args += ["--state", str(tmp_path / "rosteradmin-state.sqlite")]
     elif keepState == "postgresql":
-        args = ["--state", request.getfixturevalue("postgresql").newDatabase()]
+        args += ["--state", request.getfixturevalue("postgresql").newDatabase()]
     for user in EXTRA_USERS:
-        prosody.addAccount(user, PASSWORD)
+        xmppServer.addAccount(user, PASSWORD)
     for index, user in enumerate(ONLINE):
         contact = ONLINE[(index + 1) % len(ONLINE)]
         webapp.rosters[user] = {f"{contact}@example.org": {"name": contact.title()}}
 
-    first = RunningService(prosody, webapp.url, args)
+    first = RunningService(xmppServer, webapp.url, args)
     await first.start()
     try:
         sessions: Sessions = {}
@@ -127,8 +130,7 @@ async def test_refreshAfterRestartReachesEveryOnlineClient(request: pytest.Fixtu
             assert initial["type"] == "result" and held(initial, []) == webAppRoster(webapp, user)
             client.sendPresence()
             sessions[user] = (client, initial)
-        await RunningService.waitUntil(lambda: set(first.component.privileges.online) == set(ONLINE), 10,
-                                       "the first rosteradmin sees ten users online")
+        await waitOnlineExactly(first, set(ONLINE))
     finally:
         await first.stop()
 
@@ -136,14 +138,14 @@ async def test_refreshAfterRestartReachesEveryOnlineClient(request: pytest.Fixtu
     # the change: it used to store it unpushed (0 of 10 clients got it).
     if changedWhile == "stopped":
         pushedBefore = change(webapp, sessions, "zed@example.org")
-    second = RunningService(prosody, webapp.url, args)
+    second = RunningService(xmppServer, webapp.url, args)
     await second.start()
     try:
         # mod_privilege replays every session's presence right after the
-        # handshake: the new rosteradmin knows all ten are online.
-        await RunningService.waitUntil(lambda: set(second.component.privileges.online) == set(ONLINE), 10,
-                                       "the second rosteradmin sees ten users online")
-        assert {user: {c.jid.full()} for user, (c, _) in sessions.items()} == second.component.privileges.online
+        # handshake (ejabberd's session list is read at start): the new
+        # rosteradmin knows all ten are online.
+        await waitOnlineExactly(second, set(ONLINE))
+        assert {user: {c.jid.full()} for user, (c, _) in sessions.items()} == onlineUsers(second)
         if changedWhile == "restarted":
             pushedBefore = change(webapp, sessions, "zed@example.org")
         await refreshAndCheck(second, webapp, sessions, "zed@example.org", pushedBefore)
@@ -151,7 +153,7 @@ async def test_refreshAfterRestartReachesEveryOnlineClient(request: pytest.Fixtu
         pushedBefore = change(webapp, sessions, "yves@example.org")
         await refreshAndCheck(second, webapp, sessions, "yves@example.org", pushedBefore)
         for user in ONLINE:
-            assert "zed@example.org" in prosody.storedRoster(user)
-            assert "yves@example.org" in prosody.storedRoster(user)
+            assert "zed@example.org" in await storedRoster(xmppServer, user)
+            assert "yves@example.org" in await storedRoster(xmppServer, user)
     finally:
         await second.stop()

@@ -34,7 +34,8 @@ from twisted.web.client import HTTPConnectionPool
 
 from tests.integration.harness import PASSWORD, ProsodyServer, WebAppStub, XMPPTestClient, connectClient
 from tests.integration.service import RunningService
-from tests.integration.test_convergence import Rosteradmin, expected, stored
+from tests.integration.servers import stored
+from tests.integration.test_convergence import Rosteradmin, expected
 from tests.integration.test_devices import shown
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
