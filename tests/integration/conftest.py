@@ -73,6 +73,9 @@ PROSODY_ONLY: dict[str, str] = {
     "tests/integration/test_rosters.py::test_presenceWarmsCache":
         "no presence reaches rosteradmin on ejabberd (no mod_privilege): it fetches a roster at the roster get, "
         "and learns who is online from the API's session list",
+    "tests/integration/test_rosters.py::test_firstGetAfterTheLoginLoadIsProsodys":
+        "contrib's mod_rosteradmin_roster (Prosody) loads, writes and promises the roster at login; ejabberd "
+        "delegates every roster get",
     "tests/integration/test_rosters.py::test_everyPushCarriesItsVersion":
         "ejabberd pushes its own writes with its own roster versions, and rosteradmin answers with its own: a client "
         "asking with a push's version gets the whole roster again (correct, not minimal)",

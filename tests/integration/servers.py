@@ -184,12 +184,17 @@ async def waitOnlineExactly(running: RunningService, users: set[str], timeout: f
 
 
 def _sessions(running: RunningService) -> EjabberdSessions | None:
-    try:
-        sessions = running.top.getServiceNamed("sessions")
-    except KeyError:
-        return None
-    assert isinstance(sessions, EjabberdSessions)
-    return sessions
+    """
+    ejabberd's session list, if read: a service of the tree, or, with a
+    PostgreSQL state, of the leader's term.
+    """
+    leader = running.top.namedServices.get("leader")
+    for parent in (running.top, leader):
+        sessions = getattr(parent, "namedServices", {}).get("sessions")
+        if sessions is not None:
+            assert isinstance(sessions, EjabberdSessions)
+            return sessions
+    return None
 
 
 def stored(prosody: ProsodyServer, username: str) -> Held:
