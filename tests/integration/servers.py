@@ -55,11 +55,12 @@ Held = dict[str, tuple[str | None, str, list[str]]]
 
 def serverArgs(server: Any) -> list[str]:
     """
-    rosteradmin's options that the server needs: on ejabberd, rosters
-    written through its HTTP API (contrib's configuration has no
-    mod_privilege); on Prosody, none.
+    rosteradmin's options that the server needs: on ejabberd with
+    contrib's configuration, rosters written through its HTTP API (it has
+    no mod_privilege); on Prosody, and on the host's ejabberd in the
+    privileged setup (no API), none.
     """
-    if isinstance(server, LocalEjabberd):
+    if isinstance(server, LocalEjabberd) and server.include is not None:
         return ["--roster-sync", "ejabberd-api", "--ejabberd-api-url", server.apiURL]
     return []
 
