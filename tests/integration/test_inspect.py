@@ -17,6 +17,7 @@ import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
 from tests.integration.harness import ProsodyServer, WebAppStub
+from tests.integration.servers import waitOnline
 from tests.integration.service import RunningService
 from tests.integration.test_http import call
 
@@ -59,6 +60,7 @@ async def test_webAppChangeWithoutRefresh(xmppServer: ProsodyServer, service: Ru
     await loggedIn(clients, "alice")
     await RunningService.waitUntil(lambda: '"both"' in xmppServer.storedRoster("alice"), 5,
                                    "alice's roster stored")
+    await waitOnline(service, "alice")
     code, body = await call(service, "GET", ALICE)
     assert code == 200 and body["status"] == "ok" and noDifferences(body)
     assert body["verdict"].startswith("nothing is wrong: the web app, the cache and the server hold the same roster "
