@@ -121,7 +121,9 @@ async def restartedOnState(setup: DeployedSetup, users: int) -> dict[str, Any]:
 async def settled(setup: DeployedSetup, quiet: float = 1.0, timeout: float = 30.0) -> None:
     """
     Wait until the web app has had no request for C{quiet} seconds (at
-    most C{timeout}).
+    most C{timeout}): rosteradmin fetches a user's roster when the user's
+    presence arrives, in the background, after the roster get may have
+    been answered.
     """
     deadline = time.monotonic() + timeout
     last = setup.webappCall("GET", "/stats")["requests"]

@@ -306,7 +306,7 @@ async def warmGets(setup: Setup, clients: int, gets: int, withVer: bool, presenc
     if setup.tap is not None:
         setup.tap.reset()
     if setup.mode == "B":
-        await webappSettled(setup)  # the first gets' fetches, read-backs and promises are done
+        await deployed.settled(setup)  # the first gets' fetches, read-backs and promises are done
     load = os.getloadavg()[0]
     answeredBefore = metrics(setup)["rosteradmin_roster_queries_total"] if setup.mode == "B" else 0.0
     before = setup.cpu()
@@ -492,7 +492,7 @@ async def loginStorm(setup: Setup, users: int, variant: str = "nostate", probeId
     await asyncio.gather(*(one(i) for i in range(users)))
     elapsed = time.perf_counter() - started
     if setup.mode == "B":
-        await webappSettled(setup)  # the fetches the storm's presences started count too
+        await deployed.settled(setup)  # the fetches the storm's presences started count too
         answered = metrics(setup)["rosteradmin_roster_queries_total"] - answeredBefore
     result = {**pre, "rosters/s": users / elapsed, **{k: v * 1000 for k, v in percentiles(latencies).items()},
               **{f"login (connect to bound) {k}": v * 1000 for k, v in percentiles(logins).items() if k != "p95"},
@@ -518,23 +518,6 @@ async def loginStorm(setup: Setup, users: int, variant: str = "nostate", probeId
     result["load average at start (1 min)"] = load
     result.update(tapCounts(setup, users))
     return result
-
-
-async def webappSettled(setup: Setup, quiet: float = 1.0, timeout: float = 30.0) -> None:
-    """
-    Wait until the web app has had no request for C{quiet} seconds (at
-    most C{timeout}): rosteradmin fetches a user's roster when the user's
-    presence arrives, in the background, after the roster get may have
-    been answered.
-    """
-    deadline = time.monotonic() + timeout
-    last = setup.webappCall("GET", "/stats")["requests"]
-    while time.monotonic() < deadline:
-        await asyncio.sleep(quiet)
-        now = setup.webappCall("GET", "/stats")["requests"]
-        if now == last:
-            return
-        last = now
 
 
 async def bulkRefresh(setup: Setup, users: int, online: int = 100) -> dict[str, Any]:

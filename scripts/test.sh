@@ -61,7 +61,7 @@ run first "Prosody 0.12 (host), all tests" .venv/bin/python -m pytest "$@"
 run second "Prosody 13 (Debian 13 root), integration tests" \
     env ROSTERADMIN_PROSODY=13 .venv/bin/python -m pytest "$@" -m integration
 # The integration tests on ejabberd, less those tests/integration/conftest.py's
-# PROSODY_ONLY lists (with why), plus tests/integration/test_ejabberd24.py.
+# PROSODY_ONLY lists (with why), plus the ejabberd tests its EJABBERD24 lists.
 run third "ejabberd 24.12 (Debian 13 root), integration tests" \
     env ROSTERADMIN_EJABBERD=24.12 .venv/bin/python -m pytest "$@" -m integration
 run fourth "ejabberd 26.07 (Debian 13 root, trixie-backports), integration tests" \

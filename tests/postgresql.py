@@ -18,6 +18,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from rosteradmin_demo.devprosody import freePort
@@ -96,17 +97,38 @@ class PostgreSQLServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
-    def newDatabase(self) -> str:
+    def newDatabase(self, password: str | None = None) -> str:
         """
         The URL of a new, empty database.
+
+        @param password: If given, the database belongs to a login role of
+            its own, which must give this password over TCP (as a deployed
+            server asks), unlike L{SUPERUSER}; the URL names the role, not
+            the password.
         """
         import psycopg
+        from psycopg import sql
 
         self._databases += 1
         name = f"test{self._databases}"
         with psycopg.connect(self.url(), autocommit=True) as db:
-            db.execute(f"CREATE DATABASE {name}")
-        return self.url(name)
+            if password is None:
+                db.execute(f"CREATE DATABASE {name}")
+                return self.url(name)
+            role = f"owner{self._databases}"
+            db.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+            db.execute(f"CREATE DATABASE {name} OWNER {role}")
+            # The first matching line decides: before initdb's trust lines.
+            hba = self.directory / "data" / "pg_hba.conf"
+            hba.write_text(f"host {name} {role} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+            db.execute("SELECT pg_reload_conf()")
+        url = f"postgresql://{role}@127.0.0.1:{self.port}/{name}"
+        deadline = time.monotonic() + WAIT
+        while _connects(url):  # until the reload took effect
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} still lets a connection without a password in")
+            time.sleep(0.05)
+        return url
 
     def remove(self) -> None:
         """
@@ -121,5 +143,18 @@ def _userExists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
     except KeyError:
+        return False
+    return True
+
+
+def _connects(url: str) -> bool:
+    """
+    Whether a connection to C{url} with no password is let in.
+    """
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.OperationalError:
         return False
     return True

@@ -1,7 +1,9 @@
 """
 The shipped operations files are valid: the systemd unit passes
-systemd-analyze verify, its command line starts the service, and the sample
-configuration loads.
+systemd-analyze verify, alone and with its two-hosts drop-in, its command
+line starts the service, and the sample configuration loads.  (The
+drop-in's command line runs on two hosts' worth of processes in
+tests/integration/test_twohostsunit.py.)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -26,15 +29,21 @@ from rosteradmin.startup import EX_CONFIG
 ROOT = Path(__file__).parent.parent
 CONTRIB = ROOT / "contrib"
 UNIT = CONTRIB / "systemd" / "rosteradmin.service"
+DROPIN = CONTRIB / "systemd" / "rosteradmin.service.d" / "twohosts.conf"
+
+#: Where the unit and the drop-in put the configuration file and twistd.
+CONFIG_PATH = "/etc/rosteradmin/rosteradmin.toml"
+TWISTD_PATH = "/opt/rosteradmin/bin/twistd"
 
 
-def unitSettings() -> dict[str, list[str]]:
+def unitSettings(path: Path = UNIT) -> dict[str, list[str]]:
     """
-    The unit file's settings, each key with its values in order, comments
-    dropped and continuation lines joined as systemd joins them.
+    A unit file's (or drop-in's) settings, each key with its values in
+    order, comments dropped and continuation lines joined as systemd joins
+    them.
     """
     settings: dict[str, list[str]] = {}
-    text = re.sub(r"\\\n\s*", " ", UNIT.read_text())
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
     for line in text.splitlines():
         if not line.strip() or line.startswith(("#", ";", "[")):
             continue
@@ -43,18 +52,61 @@ def unitSettings() -> dict[str, list[str]]:
     return settings
 
 
-def test_systemdUnitVerifies(tmp_path: Path) -> None:
+def localCommand(execStart: str, substitutions: dict[str, str], config: Path) -> list[str]:
     """
-    systemd-analyze verify accepts the unit without a single warning (the
-    install path is pointed at this interpreter's twistd).
+    An C{ExecStart=} command line as it runs here: C{substitutions} made
+    in its text (systemd's variables, say), then this interpreter's twistd
+    and C{config} for the installed paths.
+    """
+    for old, new in substitutions.items():
+        assert old in execStart, old
+        execStart = execStart.replace(old, new)
+    argv = shlex.split(execStart)
+    assert (argv[0], argv.count(CONFIG_PATH)) == (TWISTD_PATH, 1)
+    return [str(Path(sys.executable).parent / "twistd")] + [
+        str(config) if arg == CONFIG_PATH else arg for arg in argv[1:]]
+
+
+def sampleConfig(path: Path, replacements: dict[str, str]) -> Path:
+    """
+    Write the sample configuration to C{path} with each line of
+    C{replacements} replaced (each must be there).
+    """
+    sample = (CONTRIB / "rosteradmin.toml").read_text()
+    for old, new in replacements.items():
+        assert old in sample, old
+        sample = sample.replace(old, new)
+    path.write_text(sample)
+    return path
+
+
+def pgpassLine(url: str, password: str) -> str:
+    """
+    The line of a libpq password file that gives C{password} to the role
+    and database of C{url}.
+    """
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5432}:{parts.path.lstrip('/')}:{parts.username}:{password}"
+
+
+@pytest.mark.parametrize("dropIns", [(), (DROPIN,)], ids=["unit", "twohosts"])
+def test_systemdUnitVerifies(tmp_path: Path, dropIns: tuple[Path, ...]) -> None:
+    """
+    systemd-analyze verify accepts the unit without a single warning, alone
+    and with the two-hosts drop-in in the unit's drop-in directory, where
+    systemd reads it from (the install path is pointed at this
+    interpreter's twistd).
     """
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.fail("systemd-analyze is missing: apt-get install systemd", pytrace=False)
     bindir = Path(sys.executable).parent
-    unit = (CONTRIB / "systemd" / "rosteradmin.service").read_text()
-    assert "/opt/rosteradmin/bin/twistd" in unit
-    (tmp_path / "rosteradmin.service").write_text(unit.replace("/opt/rosteradmin/bin/", f"{bindir}/"))
+    for source, target in [(UNIT, tmp_path / UNIT.name)] + [
+            (dropIn, tmp_path / dropIn.parent.name / dropIn.name) for dropIn in dropIns]:
+        text = source.read_text()
+        assert TWISTD_PATH in text
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(text.replace("/opt/rosteradmin/bin/", f"{bindir}/"))
     result = subprocess.run([analyze, "verify", str(tmp_path / "rosteradmin.service")],
                             capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
@@ -85,16 +137,11 @@ def test_unitCommandLineStarts(tmp_path: Path) -> None:
     (credentials / "secret").write_text("s\n")
     (credentials / "kick-authorization").write_text("Bearer k\n")
     httpPort, closedPort = freePort(), freePort()
-    sample = (CONTRIB / "rosteradmin.toml").read_text()
-    config = tmp_path / "rosteradmin.toml"
-    config.write_text(sample.replace("xmpp_port = 5347", f"xmpp_port = {closedPort}").replace(
-        'http = "tcp:5280:interface=127.0.0.1"', f'http = "tcp:{httpPort}:interface=127.0.0.1"'))
-    assert config.read_text() != sample
-    argv = shlex.split(execStart.replace("${CREDENTIALS_DIRECTORY}", str(credentials))
-                       .replace("${STATE_DIRECTORY}", str(tmp_path)))
-    assert (argv[0], argv.count("/etc/rosteradmin/rosteradmin.toml")) == ("/opt/rosteradmin/bin/twistd", 1)
-    argv = [str(Path(sys.executable).parent / "twistd")] + [
-        str(config) if arg == "/etc/rosteradmin/rosteradmin.toml" else arg for arg in argv[1:]]
+    config = sampleConfig(tmp_path / "rosteradmin.toml", {
+        "xmpp_port = 5347": f"xmpp_port = {closedPort}",
+        'http = "tcp:5280:interface=127.0.0.1"': f'http = "tcp:{httpPort}:interface=127.0.0.1"'})
+    argv = localCommand(execStart, {"${CREDENTIALS_DIRECTORY}": str(credentials), "${STATE_DIRECTORY}": str(tmp_path)},
+                        config)
     process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     try:
@@ -153,3 +200,25 @@ def test_unitDocumentationIsInstalled() -> None:
                 installed[f"file://{target}/{Path(source).name}"] = source
     pages = [uri for value in unitSettings()["Documentation"] for uri in value.split()]
     assert pages and set(pages) <= set(installed)
+
+
+def test_dropInChangesTheStateAlone() -> None:
+    """
+    The two-hosts drop-in resets the unit's ExecStart and gives it again
+    with another C{--state} and nothing else changed; its install line
+    puts it in the unit's drop-in directory; the password file line it
+    shows is the one libpq looks up for its URL; the two-hosts page
+    names it.
+    """
+    unit, dropIn = unitSettings(), unitSettings(DROPIN)
+    [unitCommand] = unit["ExecStart"]
+    reset, command = dropIn["ExecStart"]
+    [state] = re.findall(r"--state (\S+)", command)
+    assert reset == "" and command == re.sub(r"--state \S+", f"--state {state}", unitCommand) != unitCommand
+    header = re.sub(r"\s*\\\n#\s*", " ", DROPIN.read_text())
+    target = f"/etc/systemd/system/{UNIT.name}.d/{DROPIN.name}"
+    assert f"install -D -m 644 {DROPIN.relative_to(ROOT)} {target}" in header
+    assert f"echo '{pgpassLine(state, '<password>')}' > /etc/rosteradmin/credentials/pgpass" in header
+    assert dropIn["LoadCredential"] == ["pgpass:/etc/rosteradmin/credentials/pgpass"]
+    assert dropIn["Environment"] == ["PGPASSFILE=%d/pgpass"]
+    assert str(DROPIN.relative_to(ROOT)) in (ROOT / "docs" / "twohosts.md").read_text()

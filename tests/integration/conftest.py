@@ -110,7 +110,7 @@ PROSODY_ONLY: dict[str, str] = {
         "test_grouporder.py", "test_harness.py", "test_inspect.py", "test_jids.py",
         "test_repair.py", "test_schemathesis.py", "test_slowclients.py", "test_soak.py",
         "test_standby.py", "test_statefile.py", "test_trust.py", "test_twistd.py",
-        "test_events.py", "test_leadership.py", "test_failover.py",
+        "test_events.py", "test_leadership.py", "test_failover.py", "test_twohostsunit.py",
     )},
     "tests/integration/test_refreshpresence.py":
         "contrib's mod_rosteradmin_roster sends presence after rosteradmin's writes on Prosody; on ejabberd its own "
