@@ -24,9 +24,11 @@ from twisted.web.client import HTTPConnectionPool
 from rosteradmin_demo.devprosody import freePort
 from tests.integration.debianroot import debian13Root
 from tests.integration.ejabberd import EjabberdNotAvailable, LocalEjabberd
-from tests.integration.harness import PASSWORD, WebAppStub, XMPPTestClient, connectClient, startedOrFail
+from tests.integration.harness import (
+    PASSWORD, WebAppStub, XMPPTestClient, availableFrom, connectClient, startedOrFail,
+)
 from tests.integration.service import KICK_AUTHORIZATION, RunningService
-from tests.integration.test_ejabberd24 import NS_MUC_USER, available, startService, storedRoster
+from tests.integration.test_ejabberd24 import NS_MUC_USER, startService, storedRoster
 from tests.integration.test_http import call
 from tests.integration.test_rosters import items
 
@@ -134,7 +136,7 @@ async def test_exampleServesRostersAndKicks(example: ExampleEjabberd, service: R
     bob = await tlsClients("bob")
     await bob.rosterGet()
     bob.sendPresence()
-    await alice.waitForPresence(available("bob@example.org"))
+    await alice.waitForPresence(availableFrom("bob@example.org"))
 
     assert (await bob.joinRoom(ROOM, "Bob")).getAttribute("type") is None
     assert (await alice.joinRoom(ROOM, "Alice")).getAttribute("type") is None
