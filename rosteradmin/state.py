@@ -327,12 +327,6 @@ class SyncState:
         """
         return sorted(self._server)
 
-    def knownCount(self) -> int:
-        """
-        Users whose server roster version is known.
-        """
-        return len(self._server)
-
     def addUnpushed(self, username: str, jids: Iterable[str], version: str) -> None:
         """
         Pushes of these contacts of C{username}, toward the roster of

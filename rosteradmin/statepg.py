@@ -236,6 +236,25 @@ def _transaction(db: psycopg.Connection[Any], batch: Changes, holder: str, final
             cursor.execute("DELETE FROM meta WHERE key = 'holder' AND value = %s", (holder,))
 
 
+def _work(db: psycopg.Connection[Any], path: str, work: Callable[[Cursor, Dialect], T],
+          broken: Callable[[], None]) -> T:
+    """
+    Run C{work} in one transaction on C{db}, the state's and the intake's
+    alike (L{PostgreSQLState.transact}, L{PostgreSQLRequests.transact}).
+
+    @param broken: Called when the connection is found broken, for the
+        next transaction to make a new one.
+    @raise StateError: The transaction failed.
+    """
+    try:
+        with db.transaction():
+            return work(db.cursor(), POSTGRESQL)
+    except psycopg.Error as e:
+        if db.broken:
+            broken()
+        raise StateError(f"{path}: {_reason(e)}", transient=_isTransient(e)) from None
+
+
 def _prepareSchema(cursor: Cursor, path: str) -> None:
     """
     In a transaction: create or upgrade the schema, once however many
@@ -493,13 +512,7 @@ class PostgreSQLState:
         In the writing thread: L{transact}'s transaction.
         """
         db = self._reconnect() if self._db is None or self._db.closed else self._db
-        try:
-            with db.transaction():
-                return work(db.cursor(), POSTGRESQL)
-        except psycopg.Error as e:
-            if db.broken:
-                self._disconnect()
-            raise StateError(f"{self.path}: {_reason(e)}", transient=_isTransient(e)) from None
+        return _work(db, self.path, work, self._disconnect)
 
     def _wrote(self, _: None) -> None:
         self._written = None
@@ -638,14 +651,7 @@ class PostgreSQLRequests:
         if self._db is None or self._db.closed:
             self._db = None
             self._db = _connect(self._url, self.path)
-        db = self._db
-        try:
-            with db.transaction():
-                return work(db.cursor(), POSTGRESQL)
-        except psycopg.Error as e:
-            if db.broken:
-                db.close()
-            raise StateError(f"{self.path}: {_reason(e)}", transient=_isTransient(e)) from None
+        return _work(self._db, self.path, work, self._db.close)
 
     def close(self) -> Deferred[None]:
         """

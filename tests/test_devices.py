@@ -87,6 +87,9 @@ def itemsAnswered(wire: ComponentOnWire, ver: str, resource: str = PHONE) -> int
 
 
 CHANGED = {"bob@example.org": {"name": "Robert", "groups": ["Friends"]}, "dave@example.org": {}}
+RENAME = (f"<iq xmlns='jabber:client' type='set' from='{PHONE}' id='s1'><query xmlns='jabber:iq:roster'>"
+          "<item jid='bob@example.org' name='Robert'/><item jid='carol@example.org' name='Caroline'/>"
+          "</query></iq>")
 
 
 def test_everyDeviceGetsEveryPushWithItsOwnID() -> None:
@@ -147,12 +150,9 @@ def test_putBackFloodIsBoundedByTheDevice() -> None:
     number of sets.
     """
     wire, server = aliceOnline(PHONE, LAPTOP)
-    rename = (f"<iq xmlns='jabber:client' type='set' from='{PHONE}' id='s1'><query xmlns='jabber:iq:roster'>"
-              "<item jid='bob@example.org' name='Robert'/><item jid='carol@example.org' name='Caroline'/>"
-              "</query></iq>")
     sets = 150
     for n in range(sets):
-        wire.receive(envelope(rename, stanzaID=f"set{n}"))
+        wire.receive(envelope(RENAME, stanzaID=f"set{n}"))
         wire.clock.advance(0.05)  # within the user's query rate (20/s), so every set is admitted
     sent = wire.sent()
     assert wire.component.rosterServer.gate.refusedCount == 0
@@ -161,6 +161,22 @@ def test_putBackFloodIsBoundedByTheDevice() -> None:
     # Everything after the first batch: one more of the same two contacts.
     rest = wire.answerRequests(server)
     assert sorted(pushed(rest)) == [(PHONE, "bob@example.org", "both"), (PHONE, "carol@example.org", "both")]
+
+
+def test_refusedSetIsPutBackWithoutAnAnswerOfOurs() -> None:
+    """
+    A device that came online after its roster was written (no answer or
+    change of ours gave it a target) still has a refused set put back:
+    toward the roster served now.
+    """
+    wire, server = aliceOnline()
+    refreshWith(wire, CHANGED)
+    wire.answerRequests(server)
+    wire.receive(f"<presence from='{PHONE}'/>")
+    assert pushed(wire.answerRequests(server)) == []
+    wire.receive(envelope(RENAME, stanzaID="set"))
+    assert sorted(pushed(wire.answerRequests(server))) == [
+        (PHONE, "bob@example.org", "both"), (PHONE, "carol@example.org", "remove")]
 
 
 def test_failedPushesAreSentAgain() -> None:

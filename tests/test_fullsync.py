@@ -62,7 +62,7 @@ def test_fullSyncOnceTheServerTakesWrites() -> None:
     progress = fullSync.current
     assert progress is not None and not progress.running and progress.listingDone
     assert (progress.listed, progress.synced, progress.failed) == (3, 3, 0)
-    assert wire.backend.state.knownCount() == 3
+    assert len(wire.backend.state.knownUsers()) == 3
     fullSync.stopService()
 
 

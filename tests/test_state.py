@@ -34,7 +34,7 @@ def test_versionsAndPendingSurviveReopening(tmp_path: Path) -> None:
     state.close()
     again = SyncState(path)
     assert again.serverVersion("alice") == "v1" and again.serverVersion("bob") is None
-    assert again.pending() == ["carol"] and again.pendingCount() == 1 and again.knownCount() == 1
+    assert again.pending() == ["carol"] and again.pendingCount() == 1 and len(again.knownUsers()) == 1
     again.forgetServer("alice")
     assert again.serverVersion("alice") is None
 
@@ -386,7 +386,7 @@ def test_refreshWhileTheFileIsLockedKeepsItsPendingUsers(tmp_path: Path) -> None
     unsaved = wire.backend.state.unsaved
     assert unsaved >= 100 and f"rosteradmin_state_unsaved {float(unsaved)}" in metrics
     # Nothing reached the file yet: a second reader sees none of it.
-    assert SyncState(path).knownCount() == 0
+    assert len(SyncState(path).knownUsers()) == 0
 
     holder.rollback()
     with capturedLogs():
@@ -394,7 +394,7 @@ def test_refreshWhileTheFileIsLockedKeepsItsPendingUsers(tmp_path: Path) -> None
     code, body = api.request("GET", "/healthz")
     assert (code, body["status"], body["state_error"]) == (200, "ok", None)
     again = SyncState(path)
-    assert again.knownCount() == 100 and again.pending() == []
+    assert len(again.knownUsers()) == 100 and again.pending() == []
 
 
 def test_refreshInterruptedWhileTheFileIsLockedResumes(tmp_path: Path) -> None:
@@ -436,4 +436,4 @@ def test_checkpointsKeepTheWALSmall(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     # Each commit appends at least a page (4 KiB): 2,000 would make 8 MB.
     assert Path(path + "-wal").stat().st_size < 1_000_000
     state.close()
-    assert SyncState(path).knownCount() == 2000
+    assert len(SyncState(path).knownUsers()) == 2000

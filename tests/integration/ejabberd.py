@@ -342,23 +342,32 @@ class LocalEjabberd:
         self.accounts[username] = password
         self._register(timeout, {username: password})
 
-    def _install(self, module: str, timeout: float) -> None:
+    def ctl(self, *arguments: str, timeout: float = 60.0) -> str:
         """
-        Install a contrib module from its sources, and check that it runs.
+        Run one C{ejabberdctl} command against this server, as an operator
+        would on its machine: its output.
+
+        @raise EjabberdNotAvailable: It failed or took over C{timeout}.
         """
-        call = self._popen(self._ctl("module_install", module))
+        call = self._popen(self._ctl(*arguments))
         try:
             output, _ = call.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             call.kill()
             call.communicate()
-            raise EjabberdNotAvailable(f"`ejabberdctl module_install {module}` took over {timeout:g}s") from None
+            raise EjabberdNotAvailable(f"`ejabberdctl {' '.join(arguments)}` took over {timeout:g}s") from None
         text = output.decode(errors="replace").strip()
         if call.returncode != 0:
-            raise EjabberdNotAvailable(f"`ejabberdctl module_install {module}` failed ({call.returncode}): {text}")
-        check = self._popen(self._ctl("modules_installed"))
-        listed, _ = check.communicate(timeout=timeout)
-        if module not in listed.decode(errors="replace"):
+            raise EjabberdNotAvailable(f"`ejabberdctl {' '.join(arguments)}` on {self.node} failed "
+                                       f"({call.returncode}): {text}")
+        return text
+
+    def _install(self, module: str, timeout: float) -> None:
+        """
+        Install a contrib module from its sources, and check that it runs.
+        """
+        text = self.ctl("module_install", module, timeout=timeout)
+        if module not in self.ctl("modules_installed", timeout=timeout):
             raise EjabberdNotAvailable(f"{module} is not installed after `ejabberdctl module_install`: {text}")
 
     def _ctl(self, *arguments: str) -> list[str]:

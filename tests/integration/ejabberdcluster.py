@@ -61,26 +61,6 @@ EJABBERD_BYPASS_WARNINGS=true
     def _env(self) -> dict[str, str]:
         return {**super()._env(), "ERL_EPMD_PORT": str(self.epmdPort)}
 
-    def ctl(self, *arguments: str, timeout: float = 60.0) -> str:
-        """
-        Run one C{ejabberdctl} command against this node, as an operator
-        would on its machine: its output.
-
-        @raise EjabberdNotAvailable: It failed or took over C{timeout}.
-        """
-        call = self._popen(self._ctl(*arguments))
-        try:
-            output, _ = call.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            call.kill()
-            call.communicate()
-            raise EjabberdNotAvailable(f"`ejabberdctl {' '.join(arguments)}` took over {timeout:g}s") from None
-        text = output.decode(errors="replace").strip()
-        if call.returncode != 0:
-            raise EjabberdNotAvailable(f"`ejabberdctl {' '.join(arguments)}` on {self.name} failed "
-                                       f"({call.returncode}): {text}")
-        return text
-
 
 class EjabberdCluster:
     """

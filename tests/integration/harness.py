@@ -604,6 +604,14 @@ class XMPPTestClient:
             d.callback(None)
 
 
+def availableFrom(bare: str) -> Callable[[domish.Element], bool]:
+    """
+    A presence predicate: available presence from any resource of C{bare}
+    (compared as text: a presence without C{from} is simply not it).
+    """
+    return lambda p: p.getAttribute("from", "").partition("/")[0] == bare and not p.getAttribute("type")
+
+
 def _statusCodes(presence: domish.Element) -> set[str]:
     return {
         status.getAttribute("code", "")

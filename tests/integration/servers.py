@@ -189,13 +189,12 @@ def _sessions(running: RunningService) -> EjabberdSessions | None:
     ejabberd's session list, if read: a service of the tree, or, with a
     PostgreSQL state, of the leader's term.
     """
-    leader = running.top.namedServices.get("leader")
-    for parent in (running.top, leader):
-        sessions = getattr(parent, "namedServices", {}).get("sessions")
-        if sessions is not None:
-            assert isinstance(sessions, EjabberdSessions)
-            return sessions
-    return None
+    try:
+        sessions = running.part("sessions")
+    except KeyError:
+        return None
+    assert isinstance(sessions, EjabberdSessions)
+    return sessions
 
 
 def stored(prosody: ProsodyServer, username: str) -> Held:

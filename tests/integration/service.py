@@ -41,11 +41,13 @@ class RunningService:
         options.parseOptions(self.argv)
         self.top: MultiService = tap.makeService(options)
 
-    def _part(self, name: str) -> Any:
+    def part(self, name: str) -> Any:
         """
         One of the leader's parts: under the top (one process), or, with a
         PostgreSQL state, under C{leader} once this process leads (built
         anew each time it starts leading).
+
+        @raise KeyError: The tree has no such part (now).
         """
         if name in self.top.namedServices:
             return self.top.getServiceNamed(name)
@@ -53,12 +55,12 @@ class RunningService:
 
     @property
     def backend(self) -> RosterBackend:
-        part: RosterBackend = self._part("backend")
+        part: RosterBackend = self.part("backend")
         return part
 
     @property
     def component(self) -> RosterComponent:
-        part: RosterComponent = self._part("component")
+        part: RosterComponent = self.part("component")
         return part
 
     async def start(self, timeout: float = 15.0) -> None:

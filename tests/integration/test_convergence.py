@@ -39,11 +39,12 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.words.xish import domish
 
 from rosteradmin_demo.devprosody import freePort
-from tests.integration.harness import PASSWORD, ProsodyServer, WebAppStub, XMPPTestClient, listenWebApp
+from tests.integration.harness import (
+    PASSWORD, ProsodyServer, WebAppStub, XMPPTestClient, availableFrom, listenWebApp,
+)
 from tests.integration.servers import Held, serverArgs, stored, storedRoster, waitOnline
 from tests.integration.service import RunningService
 from tests.integration.test_blastradius import preFill
-from tests.integration.test_harness import availableFrom
 from tests.integration.test_http import call
 from tests.integration.test_rosters import items
 

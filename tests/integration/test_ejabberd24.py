@@ -32,7 +32,9 @@ from rosteradmin.ejabberdsessions import EjabberdSessions
 from rosteradmin.roster import NS_ROSTER
 from tests.integration.debianroot import STAMP, DebianRoot, debian13Root
 from tests.integration.ejabberd import EjabberdNotAvailable, LocalEjabberd
-from tests.integration.harness import PASSWORD, ClientFactory, WebAppStub, XMPPTestClient, startedOrFail
+from tests.integration.harness import (
+    PASSWORD, ClientFactory, WebAppStub, XMPPTestClient, availableFrom, startedOrFail,
+)
 from tests.integration.service import KICK_AUTHORIZATION, RunningService
 from tests.integration.test_http import call
 from tests.integration.test_refreshpresence import pushedFirst
@@ -184,10 +186,6 @@ def transcript(client: XMPPTestClient, title: str) -> None:
         print(line)
 
 
-def available(sender: str) -> Any:
-    return lambda p: p.getAttribute("from", "").startswith(sender + "/") and p.getAttribute("type") is None
-
-
 @pytest_twisted.ensureDeferred
 async def test_webAppRosterWithPresence(ejabberd24: LocalEjabberd, service: RunningService,
                                         clients: ClientFactory) -> None:
@@ -210,9 +208,9 @@ async def test_webAppRosterWithPresence(ejabberd24: LocalEjabberd, service: Runn
     bob = await clients("bob")
     assert (await bob.rosterGet())["type"] == "result"
     bob.sendPresence(status="hello from bob")
-    fromBob = await alice.waitForPresence(available("bob@example.org"))
+    fromBob = await alice.waitForPresence(availableFrom("bob@example.org"))
     assert str(fromBob.status) == "hello from bob"
-    await bob.waitForPresence(available("alice@example.org"))
+    await bob.waitForPresence(availableFrom("alice@example.org"))
     transcript(alice, "roster from the web app, presence from bob")
 
 
@@ -247,7 +245,7 @@ async def test_refreshIsPushedByEjabberd(ejabberd24: LocalEjabberd, webapp: WebA
     dave = await clients("dave")
     await dave.rosterGet()
     dave.sendPresence()
-    await alice.waitForPresence(available("dave@example.org"))
+    await alice.waitForPresence(availableFrom("dave@example.org"))
     transcript(alice, "refresh pushed by ejabberd")
 
 
@@ -280,17 +278,17 @@ async def test_pairRefreshPresence(ejabberd24: LocalEjabberd, webapp: WebAppStub
     dave = await clients("dave")
     await dave.rosterGet()
     dave.sendPresence()
-    await carol.waitForPresence(available("carol@example.org"))
-    await dave.waitForPresence(available("dave@example.org"))
+    await carol.waitForPresence(availableFrom("carol@example.org"))
+    await dave.waitForPresence(availableFrom("dave@example.org"))
     had = {c: len(c.presences) for c in (carol, dave)}
     webapp.rosters["carol"] = {"alice@example.org": {"name": "Alice"}, "dave@example.org": {"name": "Dave"}}
     webapp.rosters["dave"] = {"carol@example.org": {"name": "Carol"}}
     started = time.monotonic()
     code, _ = await call(service, "POST", "/roster_admin/refresh", ["carol", "dave"])
     assert code == 200
-    await carol.waitForPresence(lambda p: p in carol.presences[had[carol]:] and available("dave@example.org")(p), 5)
+    await carol.waitForPresence(lambda p: p in carol.presences[had[carol]:] and availableFrom("dave@example.org")(p), 5)
     carolSaw = time.monotonic() - started
-    await dave.waitForPresence(lambda p: p in dave.presences[had[dave]:] and available("carol@example.org")(p), 5)
+    await dave.waitForPresence(lambda p: p in dave.presences[had[dave]:] and availableFrom("carol@example.org")(p), 5)
     daveSaw = time.monotonic() - started
     await RunningService.sleep(0.5)
     made = (presenceTypes(carol, had[carol], "dave@example.org"), presenceTypes(dave, had[dave], "carol@example.org"))
@@ -620,7 +618,7 @@ async def test_clientSubscriptionPresenceStopped(kind: str, ejabberd24: LocalEja
     keeps flowing both ways.
     """
     alice, bob = await online(clients, "alice"), await online(clients, "bob")
-    await alice.waitForPresence(available("bob@example.org"))
+    await alice.waitForPresence(availableFrom("bob@example.org"))
     before = await storedRoster(ejabberd24, "alice"), await storedRoster(ejabberd24, "bob")
     alice.sendPresence(to="bob@example.org", type=kind)
     refusal = await alice.waitForPresence(policyViolation("bob@example.org"))

@@ -30,7 +30,9 @@ from rosteradmin.ejabberdapi import EjabberdAPISync
 from tests.integration.debianroot import debian13Root
 from tests.integration.ejabberd import EjabberdNotAvailable
 from tests.integration.ejabberdcluster import ClusterNode, EjabberdCluster
-from tests.integration.harness import PASSWORD, XMPPTestClient, connectClient, listenWebApp, startedOrFail
+from tests.integration.harness import (
+    PASSWORD, XMPPTestClient, availableFrom, connectClient, listenWebApp, startedOrFail,
+)
 from tests.integration.service import KICK_AUTHORIZATION, RunningService
 from tests.integration.test_convergence import UsersWebApp
 from tests.integration.test_ejabberd24 import policyViolation
@@ -158,10 +160,6 @@ async def storedRoster(node: ClusterNode, user: str) -> dict[str, tuple[str, str
     return {c["jid"]: (c["nick"], c["subscription"], c["groups"]) for c in json.loads(await response.text())}
 
 
-def available(sender: str) -> Any:
-    return lambda p: p.getAttribute("from", "").startswith(sender + "/") and p.getAttribute("type") is None
-
-
 def say(sessions: Sessions, client: XMPPTestClient, what: str) -> None:
     print(f"  {client.jid.full()} on the {sessions.nodeOf(client)} node: {what}")
 
@@ -201,11 +199,11 @@ async def test_everyNodeServesTheWebAppRoster(cluster: EjabberdCluster, webapp: 
     # and neither is resent (seen once in CI, bob never saw alice's).
     for client, attributes in ((alice, {}), (bob, {"status": "bob on the second node"}), (carol, {})):
         client.sendPresence(**attributes)
-        await client.waitForPresence(available(client.jid.userhost()))
-    fromBob = await alice.waitForPresence(available("bob@example.org"))
+        await client.waitForPresence(availableFrom(client.jid.userhost()))
+    fromBob = await alice.waitForPresence(availableFrom("bob@example.org"))
     say(sessions, alice, f"presence from {fromBob['from']}: {fromBob.status}")
     for client, sender in ((bob, "alice"), (carol, "alice"), (alice, "carol"), (carol, "bob")):
-        presence = await client.waitForPresence(available(f"{sender}@example.org"))
+        presence = await client.waitForPresence(availableFrom(f"{sender}@example.org"))
         say(sessions, client, f"presence from {presence['from']}")
 
     online = service.top.getServiceNamed("sessions")
@@ -299,7 +297,7 @@ async def test_refreshReachesClientsOnBothNodes(cluster: EjabberdCluster, webapp
     dave = await sessions.login(cluster.first, "dave")
     await dave.rosterGet()
     dave.sendPresence()
-    presence = await bob.waitForPresence(available("dave@example.org"))
+    presence = await bob.waitForPresence(availableFrom("dave@example.org"))
     say(sessions, bob, f"presence from {presence['from']}")
 
 

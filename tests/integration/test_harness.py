@@ -26,7 +26,7 @@ from twisted.words.xish import domish
 
 from tests.integration.harness import (
     CONTRIB_CONFIG, NS_ROSTER, USERS, ClientFactory, LoginFailed, ProsodyServer, WebAppStub,
-    XMPPTestClient, connectClient,
+    XMPPTestClient, availableFrom, connectClient,
 )
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -39,13 +39,6 @@ def condition(errorStanza: domish.Element) -> str:
     The defined condition of an error stanza (RFC 6120 8.3.3).
     """
     return next(c.name for c in errorStanza.error.elements() if c.uri == NS_STANZAS)
-
-
-def availableFrom(bare: str) -> Callable[[domish.Element], bool]:
-    """
-    A presence predicate: available presence from any resource of C{bare}.
-    """
-    return lambda p: JID(p.getAttribute("from", "")).userhost() == bare and not p.getAttribute("type")
 
 
 def storedItem(storedRoster: str, jid: str) -> str:

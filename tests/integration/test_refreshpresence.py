@@ -22,10 +22,9 @@ import pytest_twisted
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
-from tests.integration.harness import ProsodyServer, WebAppStub, XMPPTestClient
+from tests.integration.harness import ProsodyServer, WebAppStub, XMPPTestClient, availableFrom
 from tests.integration.service import RunningService
 from tests.integration.test_convergence import seconds
-from tests.integration.test_harness import availableFrom
 from tests.integration.test_http import call
 
 pytestmark = pytest.mark.integration
