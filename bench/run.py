@@ -89,6 +89,7 @@ from typing import Any
 
 from bench import deployed, fullsync
 from bench.flood import OTHERS, oneClientFlood
+from bench.luaprofile import LuaProfile, profiledConfig
 from bench import logincost, slowhttp, takeover
 from bench.reactorstall import reactorStall
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
@@ -977,8 +978,12 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
     include = deployed.deployedConfig(tmp, ROOT / "contrib" / "prosody" / "rosteradmin.cfg.lua")
     for run in range(args.runs):
         for mode in ("A", "B"):
-            setup = Setup(tmp / f"deployed-{run}", mode, users, 50, args.delay,
-                          include=include if mode == "B" else None)
+            prosodyConfig = include if mode == "B" else ROOT / "bench" / "prosody-a.cfg.lua"
+            luaProfile = None
+            if args.prosody_profile and run == 0:
+                luaProfile = LuaProfile(Path(f"{args.prosody_profile}.{mode}.folded").resolve())
+                prosodyConfig = profiledConfig(tmp, prosodyConfig, luaProfile.output)
+            setup = Setup(tmp / f"deployed-{run}", mode, users, 50, args.delay, include=prosodyConfig)
             setup.extraConfig["query_rate"] = 1000.0  # as in scenario 1: throughput, not the gate
             if mode == "B":
                 deployed.configure(setup)
@@ -999,8 +1004,13 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
                 pre = await deployed.restartedOnState(setup, users)
                 profiler = (Profiler(setup.component.pid, args.profile)  # type: ignore[union-attr]
                             if profiled and args.profile_scenario == "D2" else None)
+                if luaProfile is not None:
+                    await luaProfile.start()
                 results[f"{DEPLOYED_STORM} ({users} users)"][mode].append(
                     await deployed.deployedStorm(setup, users, pre))
+                if luaProfile is not None:
+                    await luaProfile.stop()
+                    print(f"Prosody's profile of D2 ({mode}, {users} logins): {luaProfile.output}", flush=True)
                 if profiler is not None:
                     profiler.stop(users, f"{DEPLOYED_STORM} ({users} users), logins")
             finally:
@@ -1196,6 +1206,9 @@ if __name__ == "__main__":
     parser.add_argument("--delay", type=float, default=0.005, help="web app answer delay in seconds")
     parser.add_argument("--profile", help="write a py-spy profile (raw collapsed stacks) of rosteradmin here:"
                                           " of scenario 1 and 1v, or of --profile-scenario")
+    parser.add_argument("--prosody-profile", metavar="PREFIX",
+                        help="profile Prosody's Lua during D2 of run 1 (bench/mod_benchprofile.lua), A and B, into "
+                             "PREFIX.A.folded and PREFIX.B.folded; summarise with python -m bench.luaprofile")
     parser.add_argument("--profile-scenario", choices=("1", "2", "2c", "2s", "D1", "D2"), default=None,
                         help="what --profile records: scenarios 1 and 1v, or one storm (run 1, first storm size);"
                              " with the deployed scenarios, D1 (FILE.D1 and FILE.D1v, the default) or D2")
