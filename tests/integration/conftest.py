@@ -79,10 +79,6 @@ PROSODY_ONLY: dict[str, str] = {
     "tests/integration/test_rosters.py::test_everyPushCarriesItsVersion":
         "ejabberd pushes its own writes with its own roster versions, and rosteradmin answers with its own: a client "
         "asking with a push's version gets the whole roster again (correct, not minimal)",
-    "tests/integration/test_faults.py::test_xmppServerRestart":
-        "while ejabberd is down a refresh answers 500 (the user's roster is served and cached, the server did not "
-        "store it; the user stays unsynced), and after its restart writes resume at the API's next probe (every "
-        "30 s), not when the component reconnects",
     "tests/integration/test_faults.py::test_componentReconnectPushesMissedChanges":
         "writes go through ejabberd's API, not the component's stream: a refresh while only the component is "
         "disconnected is stored and pushed at once, nothing waits for the reconnection",
