@@ -100,8 +100,12 @@ PROSODY_ONLY: dict[str, str] = {
                     "test_sessionWithoutPresenceFollowedAcrossARestart")},
     "tests/integration/test_devices.py::test_killDuringRefreshLeavesNoDeviceStale":
         "not run on ejabberd yet: it follows each device's pushes from rosteradmin across a kill -9",
+    **{f"tests/integration/test_blastradius.py::{name}": _NOT_YET for name in (
+        "test_rosterTooLargeForOneAnswer", "test_largeSyncDoesNotHoldUpOtherLogins",
+        "test_oneClientFloodDoesNotStarveOthers", "test_concurrentRefreshesCoalesce", "test_streamDropDuringBulkSync",
+    )},
     **{f"tests/integration/{name}": _NOT_YET for name in (
-        "test_blastradius.py", "test_bulkroster.py", "test_ctl.py",
+        "test_bulkroster.py", "test_ctl.py",
         "test_currentversions.py",
         "test_grouporder.py", "test_harness.py", "test_inspect.py", "test_jids.py",
         "test_repair.py", "test_schemathesis.py", "test_slowclients.py", "test_soak.py",
