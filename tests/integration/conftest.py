@@ -102,7 +102,7 @@ PROSODY_ONLY: dict[str, str] = {
         "not run on ejabberd yet: it follows each device's pushes from rosteradmin across a kill -9",
     **{f"tests/integration/test_blastradius.py::{name}": _NOT_YET for name in (
         "test_rosterTooLargeForOneAnswer", "test_largeSyncDoesNotHoldUpOtherLogins",
-        "test_oneClientFloodDoesNotStarveOthers", "test_concurrentRefreshesCoalesce", "test_streamDropDuringBulkSync",
+        "test_concurrentRefreshesCoalesce", "test_streamDropDuringBulkSync",
     )},
     **{f"tests/integration/{name}": _NOT_YET for name in (
         "test_bulkroster.py", "test_ctl.py",
