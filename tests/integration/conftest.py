@@ -98,8 +98,6 @@ PROSODY_ONLY: dict[str, str] = {
        "ejabberd, ejabberd pushes its own writes (its put-backs: test_ejabberd24.py's test_refusedSetsPutBack)"
        for name in ("test_deviceThatAskedBeforePresenceIsPushed", "test_putBackFloodLeavesABoundedQueue",
                     "test_sessionWithoutPresenceFollowedAcrossARestart")},
-    "tests/integration/test_devices.py::test_killDuringRefreshLeavesNoDeviceStale":
-        "not run on ejabberd yet: it follows each device's pushes from rosteradmin across a kill -9",
     **{f"tests/integration/test_blastradius.py::{name}": _NOT_YET for name in (
         "test_rosterTooLargeForOneAnswer", "test_largeSyncDoesNotHoldUpOtherLogins",
         "test_concurrentRefreshesCoalesce", "test_streamDropDuringBulkSync",
