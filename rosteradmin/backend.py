@@ -113,7 +113,7 @@ class RosterBackend(Service):
             unsyncedUsers=len(self.unsynced), refused=dict(self.refusals.refused),
             stanzasRefused=dict(self.limit.refused), parked=dict(self.sync.parked), promised=self.promises.count,
             driftRepaired=dict(self.server.driftRepaired), pendingUsers=state.pendingCount(),
-            stateUnsaved=state.unsaved, stateProblem=state.problem, syncRefusal=self.sync.syncRefusal,
+            stateUnsaved=state.unsaved, stateProblem=state.problem, syncRefusal=self.sync.syncRefusal or self.sync.unreachable,
             stuck="; ".join(stuck) if stuck else None, saturated=tuple(saturated))
 
     def readUser(self, username: str, deadline: float) -> Deferred[UserReading]:

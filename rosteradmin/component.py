@@ -87,6 +87,9 @@ class ConnectionMonitor(XMPPHandler):
     @ivar connected: C{True} from the handshake until the stream closes.
     @ivar lastError: The last stream error or connection loss, or C{None}.
     @ivar connections: How many times the handshake succeeded.
+    @ivar onConnected: Called after each handshake: a server restart is
+        over, which a sync that does not write over the stream (ejabberd's
+        API) learns only from it.
     """
 
     log = Logger()
@@ -98,6 +101,7 @@ class ConnectionMonitor(XMPPHandler):
         self.connected = False
         self.lastError: str | None = None
         self.connections = 0
+        self.onConnected: Callable[[], None] = lambda: None
         self.backpressure: ReadOnlyWhileDrained | None = None
         self._keepalive: LoopingCall | None = None
         # Conflicts in a row (another instance connected), and whether
@@ -120,6 +124,7 @@ class ConnectionMonitor(XMPPHandler):
         self._keepalive = LoopingCall(self._sendKeepalive)
         self._keepalive.clock = self.clock
         self._keepalive.start(self.keepaliveInterval, now=False)
+        self.onConnected()
 
     def connectionLost(self, reason: Failure) -> None:
         if self._keepalive is not None and self._keepalive.running:

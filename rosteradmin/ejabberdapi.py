@@ -17,9 +17,15 @@ by writing its contacts again (L{PutBacks}).
 
 Requests have the bounds of privileged ones (L{PrioritySlots}, urgent
 first, a few per user, background paced by latency) and a deadline each.
-A refusal of the API as a whole (unreachable, permissions, no such
-command) turns writes off and is the L{syncRefusal} that C{/healthz} and
-refreshes report; the API is probed again until it answers.
+A refusal of the API as a whole (permissions, no such command) turns
+writes off and is the L{syncRefusal} that C{/healthz} and refreshes
+report.  An API that cannot be reached (ejabberd restarting) turns them
+off too, but refuses nothing: the writes wait, as they wait for a dropped
+stream, and the users are written once it answers (L{unreachable}, which
+C{/healthz} shows, a refresh does not report).  Either way the API is
+probed again until it answers: every L{PROBE_INTERVAL} seconds, and at
+once when the component's stream comes up (L{APIAvailability}), which
+after a restart of ejabberd is when its API is back too.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool, ResponseFailed
 from zope.interface import implementer
 
-from rosteradmin.errors import SyncFailed
+from rosteradmin.errors import NotConnected, SyncFailed
 from rosteradmin.fetcher import ReplyTooLarge, preview, readCapped
 from rosteradmin.interfaces import IRosterSync, IServerObserver
 from rosteradmin.pacing import LatencyPacer
@@ -53,7 +59,7 @@ UNREACHABLE = (netError.ConnectError, netError.DNSLookupError)
 #: user's roster is empty), it only shows that C{get_roster} is allowed.
 PROBE_USER = "rosteradmin-probe"
 
-#: Seconds between probes while the API refuses.
+#: Seconds between probes while the API refuses or cannot be reached.
 PROBE_INTERVAL = 30.0
 
 #: Largest API reply read: a roster of 100,000 contacts fits.
@@ -219,6 +225,116 @@ class PutBacks:
             self._start(username, *waiting)
 
 
+class APIAvailability:
+    """
+    Whether ejabberd's API takes calls, as the calls found: answering,
+    refusing them as a whole (a misconfiguration), or unreachable (down:
+    writes wait); and the probes that see when that changes, every
+    L{PROBE_INTERVAL} seconds while it does not answer, and at once when
+    the component's stream comes up (L{streamConnected}).
+
+    @ivar refusal: Why the API refuses our calls, or C{None}.
+    @ivar unreachable: Why it cannot be reached, or C{None}.
+    @ivar restored: Told when the API answers first, and again after it
+        refused or could not be reached.
+    """
+
+    log = Logger()
+
+    def __init__(self, url: str, clock: IReactorTime, probe: Callable[[], Deferred[Any]]) -> None:
+        """
+        @param probe: Makes one call that writes nothing, told to this as
+            any other (L{answered}, L{refuse}, L{away}).
+        """
+        self.url = url
+        self.clock = clock
+        self.probe = probe
+        self.restored: Callable[[], None] = lambda: None
+        self.refusal: str | None = None
+        self.unreachable: str | None = None
+        self.running = False
+        self._answering = False
+        self._probeCall: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """
+        Probe now, so that a misconfiguration shows in C{/healthz} before
+        the first login.
+        """
+        self.running = True
+        self.probeNow()
+
+    def stop(self) -> None:
+        self.running = False
+        self._cancelProbe()
+
+    def takesCalls(self) -> bool:
+        return self.refusal is None and self.unreachable is None
+
+    def streamConnected(self) -> None:
+        """
+        The component's stream is up (again): ejabberd may just have
+        restarted, so an API that refused or could not be reached is probed
+        now, not at the next probe, and the users whose writes waited are
+        written as soon as the component is back, as on Prosody.
+        """
+        if self.running and not self.takesCalls():
+            self._cancelProbe()
+            self.probeNow()
+
+    def answered(self) -> None:
+        if not self._answering or not self.takesCalls():
+            again = not self.takesCalls()
+            self._answering, self.refusal, self.unreachable = True, None, None
+            self.log.info("ejabberd's HTTP API at {url} answers{again}: roster writes are on", url=self.url,
+                          again=" again" if again else "")
+            self.restored()
+
+    def refuse(self, reason: str) -> None:
+        """
+        Turn writes off until the API answers a probe.
+        """
+        if self.refusal != reason:
+            self.log.error("{reason}; roster writes are off until it answers", reason=reason)
+        self.refusal, self.unreachable = reason, None
+        self._probeLater()
+
+    def away(self, reason: str) -> str:
+        """
+        Turn writes off until the API answers a probe, keeping them
+        pending: the API is down, not refusing.
+
+        @return: C{reason}.
+        """
+        if self.unreachable != reason:
+            self.log.warn("{reason}; roster writes wait until it answers", reason=reason)
+        self.refusal, self.unreachable = None, reason
+        self._probeLater()
+        return reason
+
+    def probeNow(self) -> Deferred[None]:
+        """
+        See whether the API answers; while it does not, again later.
+        """
+        self._probeCall = None
+
+        def failed(failure: Failure) -> None:
+            failure.trap(SyncFailed, NotConnected)
+            if not self.takesCalls():
+                self._probeLater()
+
+        return self.probe().addCallbacks(lambda answer: None, failed)
+
+    def _probeLater(self) -> None:
+        if self.running and (self._probeCall is None or not self._probeCall.active()):
+            self._probeCall = self.clock.callLater(PROBE_INTERVAL, self.probeNow)
+
+    def _cancelProbe(self) -> None:
+        if self._probeCall is not None and self._probeCall.active():
+            self._probeCall.cancel()
+        self._probeCall = None
+
+
 @implementer(IRosterSync)
 class EjabberdAPISync(Service):
     """
@@ -267,9 +383,8 @@ class EjabberdAPISync(Service):
         self.observer: IServerObserver | None = None
         self.pool = pool
         self.parked: dict[str, str] = {}
-        self._refusal: str | None = None
-        self._answering = False
-        self._probeCall: IDelayedCall | None = None
+        self.availability = APIAvailability(self.url, clock, self._probe)
+        self.availability.restored = self._restored
         self._toldNoPush = False
         self._slots = PrioritySlots(MAX_SYNC_IN_FLIGHT, reserved=RESERVED_FOR_CLIENTS, perKey=PER_USER_IN_FLIGHT,
                                     now=clock.seconds)
@@ -288,22 +403,23 @@ class EjabberdAPISync(Service):
         """
         self.observer = observer
 
+    def _restored(self) -> None:
+        if self.observer is not None:
+            self.observer.writesRestored()
+
     def startService(self) -> None:
         """
-        Probe the API now, so that a misconfiguration shows in C{/healthz}
-        before the first login.
+        Probe the API now (L{APIAvailability.start}).
         """
         super().startService()
-        self._probe()
+        self.availability.start()
 
     def stopService(self) -> Deferred[None]:
         """
         Stop probing and close the kept-alive connections.
         """
         super().stopService()
-        if self._probeCall is not None and self._probeCall.active():
-            self._probeCall.cancel()
-        self._probeCall = None
+        self.availability.stop()
         return succeed(None) if self.pool is None else self.pool.closeCachedConnections()
 
     def canSync(self) -> bool:
@@ -311,11 +427,15 @@ class EjabberdAPISync(Service):
         Whether the API takes our calls: it does not depend on the
         component's stream.
         """
-        return self._refusal is None
+        return self.availability.takesCalls()
 
     @property
     def syncRefusal(self) -> str | None:
-        return self._refusal
+        return self.availability.refusal
+
+    @property
+    def unreachable(self) -> str | None:
+        return self.availability.unreachable
 
     def readStored(self, username: str, urgent: bool = True) -> Deferred[StoredRoster]:
         """
@@ -353,7 +473,16 @@ class EjabberdAPISync(Service):
 
     @staticmethod
     def _checkWrites(results: list[tuple[bool, object]], username: str) -> None:
+        """
+        @raise NotConnected: Some writes were not made because the API
+            cannot be reached: they wait for it (the server refused nothing).
+        @raise SyncFailed: Some were refused or not answered.
+        """
         failed = [cast(Failure, r) for ok, r in results if not ok]
+        away = [f for f in failed if f.check(NotConnected)]
+        if away:
+            raise NotConnected(f"{len(away)} of {len(results)} roster writes for {username!r} wait: "
+                               f"{away[0].getErrorMessage()}")
         if failed:
             raise SyncFailed(f"{len(failed)} of {len(results)} roster writes for {username!r} failed: "
                              f"{failed[0].getErrorMessage()}")
@@ -432,28 +561,25 @@ class EjabberdAPISync(Service):
         return d.addCallbacks(self._answered, self._failed, errbackArgs=(command, arguments))
 
     def _answered(self, answer: Any) -> Any:
-        if not self._answering or self._refusal is not None:
-            again = self._refusal is not None
-            self._answering, self._refusal = True, None
-            self.log.info("ejabberd's HTTP API at {url} answers{again}: roster writes are on", url=self.url,
-                          again=" again" if again else "")
-            if self.observer is not None:
-                self.observer.writesRestored()
+        self.availability.answered()
         return answer
 
     def _failed(self, failure: Failure, command: str, arguments: dict[str, Any]) -> None:
         """
         Turn a failed call into L{SyncFailed}; a refusal of the API as a
-        whole turns writes off first.
+        whole turns writes off first.  An API that cannot be reached turns
+        them off too, and fails the call with L{NotConnected}: the write
+        waits for it, as a privileged write waits for a dropped stream.
         """
         what = (f"ejabberd's HTTP API call {command.split('/')[0]} for "
                 f"{arguments.get('localuser', arguments.get('user'))!r}")
         if failure.check(_APIRefused):
-            self._refuse(f"ejabberd's HTTP API at {self.url} refuses {command.split('/')[0]} "
-                         f"({failure.getErrorMessage()}): see api_permissions and mod_admin_extra in "
-                         "contrib/ejabberd/rosteradmin.yml")
+            self.availability.refuse(f"ejabberd's HTTP API at {self.url} refuses {command.split('/')[0]} "
+                                     f"({failure.getErrorMessage()}): see api_permissions and mod_admin_extra in "
+                                     "contrib/ejabberd/rosteradmin.yml")
         elif failure.check(*UNREACHABLE):
-            self._refuse(f"ejabberd's HTTP API at {self.url} cannot be reached: {failure.getErrorMessage()}")
+            raise NotConnected(self.availability.away(
+                f"ejabberd's HTTP API at {self.url} cannot be reached: {failure.getErrorMessage()}"))
         elif failure.check(TimeoutError, CancelledError):
             raise SyncFailed(f"{what} had no answer within {self.timeout:g}s")
         elif failure.check(ResponseFailed):
@@ -465,37 +591,14 @@ class EjabberdAPISync(Service):
             # user's write failing, as the backend expects.
             self.log.failure("{what} failed", failure, what=what)
             raise SyncFailed(f"{what} failed: {failure.getErrorMessage()}")
-        assert self._refusal is not None
-        raise SyncFailed(self._refusal)
+        assert self.availability.refusal is not None
+        raise SyncFailed(self.availability.refusal)
 
-    def _refuse(self, reason: str) -> None:
+    def _probe(self) -> Deferred[Any]:
         """
-        Turn writes off until the API answers a probe, which goes every
-        L{PROBE_INTERVAL} seconds.
+        Read a roster to see whether the API answers.
         """
-        if self._refusal != reason:
-            self.log.error("{reason}; roster writes are off until it answers", reason=reason)
-        self._refusal = reason
-        self._probeLater()
-
-    def _probeLater(self) -> None:
-        if self.running and (self._probeCall is None or not self._probeCall.active()):
-            self._probeCall = self.clock.callLater(PROBE_INTERVAL, self._probe)
-
-    def _probe(self) -> Deferred[None]:
-        """
-        Read a roster to see whether the API answers; while it refuses,
-        again later.
-        """
-        self._probeCall = None
-        d = self._slots.run(PROBE_USER, False, self._call, "get_roster", {"user": PROBE_USER, "host": self.domain})
-
-        def failed(failure: Failure) -> None:
-            failure.trap(SyncFailed)
-            if self._refusal is not None:
-                self._probeLater()
-
-        return d.addCallbacks(lambda answer: None, failed)
+        return self._slots.run(PROBE_USER, False, self._call, "get_roster", {"user": PROBE_USER, "host": self.domain})
 
 
 def _errorCode(body: bytes) -> object:

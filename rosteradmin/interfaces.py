@@ -188,6 +188,13 @@ class IRosterSync(Interface):
         "take our roster writes (a misconfiguration), or None"
     )
 
+    unreachable: str | None = Attribute(
+        "Why the server takes no roster writes for now without refusing them "
+        "(ejabberd's HTTP API down while ejabberd restarts), or None: the writes "
+        "wait and are made once it answers, as they wait for a dropped stream "
+        "(which the connection's own state tells)"
+    )
+
     def readStored(username: str, urgent: bool) -> Deferred[StoredRoster]:
         """
         The roster the server stores for a user.

@@ -66,7 +66,7 @@ class UserLookup:
             refused=self.refusals.refused.get(username), parked=self.sync.parked.get(username),
             verified=self.promises.verifiedVersion(username), promised=self.promises.promisedVersion(username),
             doubted=state.doubtedVersion(username), unpushed=state.unpushed(username), canSync=self.sync.canSync(),
-            syncRefusal=self.sync.syncRefusal)
+            syncRefusal=self.sync.syncRefusal or self.sync.unreachable)
 
     def read(self, username: str, deadline: float) -> Deferred[UserReading]:
         """
@@ -94,7 +94,8 @@ class UserLookup:
             webAppProblem, unknown = e.reason, isinstance(e, UserUnknown)
         server, serverProblem = None, None
         if reading is None:
-            serverProblem = self.sync.syncRefusal or "not connected to the server, or no roster access granted"
+            serverProblem = (self.sync.syncRefusal or self.sync.unreachable
+                             or "not connected to the server, or no roster access granted")
         else:
             try:
                 server = await reading

@@ -191,6 +191,14 @@ class PrivilegeHandler(XMPPHandler):
     def syncRefusal(self) -> str | None:
         return self.grants.syncRefusal
 
+    @property
+    def unreachable(self) -> str | None:
+        """
+        Never: this sync's writes go over the component's stream, whose
+        loss the connection's state tells.
+        """
+        return None
+
     def readStored(self, username: str, urgent: bool = True) -> Deferred[StoredRoster]:
         """
         The roster the server stores for a user (a privileged get).  Reads

@@ -47,7 +47,8 @@ class BackendSnapshot:
     @ivar stateProblem: Why the state file does not take writes, or
         C{None}.
     @ivar syncRefusal: Why the server cannot take our roster writes,
-        though connected and granting access, or C{None}.
+        though connected and granting access (it refuses them, or
+        ejabberd's API cannot be reached), or C{None}.
     @ivar stuck: Why work on rosters makes no progress, or C{None}.
     @ivar saturated: Why the memory kept of users is at or past a bound,
         one line each.
@@ -264,7 +265,8 @@ class UserSnapshot:
     @ivar unpushed: Contacts whose pushes some device of the user has not
         taken yet.
     @ivar canSync: Whether the server takes roster reads and writes now.
-    @ivar syncRefusal: Why it does not, though connected, or C{None}.
+    @ivar syncRefusal: Why it does not, though connected (it refuses, or
+        ejabberd's API cannot be reached), or C{None}.
     """
 
     cached: Roster | None

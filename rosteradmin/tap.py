@@ -173,6 +173,10 @@ def wireParts(config: Config, clock: Any, http: Any, xmppServer: IStreamClientEn
     grants.observer = backend
     privileges.observe(backend)
     sync.observe(backend)
+    if isinstance(sync, EjabberdAPISync):
+        # ejabberd back after a restart: its API is probed at once, not at
+        # the next probe, so the writes that waited are made now.
+        status.onConnected = sync.availability.streamConnected
     attempts = Attempts(record, config.domain, cache.peek) if record is not None else None
     rosterServer = RosterServer(backend, config.domain, config.jid, limit,
                                 QueryGate(clock, config.queries_per_user, config.query_rate), attempts)

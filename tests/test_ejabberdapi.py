@@ -14,7 +14,8 @@ import pytest
 import pytest_twisted
 import treq
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -26,7 +27,7 @@ from rosteradmin.cache import RosterCache
 from rosteradmin.config import ConfigError, buildConfig
 from rosteradmin_demo.devprosody import freePort
 from rosteradmin.ejabberdapi import MAX_PUT_BACK, PROBE_INTERVAL, PROBE_USER, EjabberdAPISync
-from rosteradmin.errors import SyncFailed
+from rosteradmin.errors import NotConnected, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IServerObserver
 from rosteradmin.roster import Contact, Roster, RosterDiff
@@ -413,19 +414,147 @@ def test_loginWritesBeforeAnswering() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_unreachableAPIIsARefusal() -> None:
+async def test_unreachableAPIKeepsWritesWaiting() -> None:
     """
     Over real TCP, an API nobody listens on refuses the connection: writes
-    are off, and the refusal says the API cannot be reached.
+    are off, and say the API cannot be reached; it refuses nothing (as a
+    dropped stream does not), so the read fails with L{NotConnected}.
     """
     from twisted.internet import reactor
 
     url = f"http://127.0.0.1:{freePort()}/api"
     sync = EjabberdAPISync(url, DOMAIN, reactor, http=treq, timeout=5.0)
-    with pytest.raises(SyncFailed, match="cannot be reached"):
+    with pytest.raises(NotConnected, match="cannot be reached"):
         await sync.readStored("alice", True)
+    assert not sync.canSync() and sync.syncRefusal is None
+    assert (sync.unreachable or "").startswith(f"ejabberd's HTTP API at {url} cannot be reached")
+
+
+class Restarting:
+    """
+    A treq-like client of L{FakeAPI} whose connections are refused while
+    C{down}, as ejabberd's listener refuses them while it restarts.
+    """
+
+    def __init__(self, api: FakeAPI) -> None:
+        self.api = api
+        self.stub = StubTreq(api)
+        self.down = False
+
+    def post(self, url: str, **kwargs: Any) -> Deferred[Any]:
+        if self.down:
+            return fail(ConnectionRefusedError("Connection refused"))
+        return self.stub.post(url, **kwargs)
+
+
+def restartingSync(api: FakeAPI) -> tuple[EjabberdAPISync, Clock, Restarting, Observer]:
+    """
+    A started sync whose API is down (its start-up probe not answered).
+    """
+    http = Restarting(api)
+    http.down = True
+    clock = Clock()
+    sync = EjabberdAPISync(API, DOMAIN, clock, http=http, timeout=5.0)
+    observer = Observer()
+    sync.observe(observer)
+    sync.startService()
+    assert not sync.canSync() and sync.syncRefusal is None and sync.unreachable is not None
+    return sync, clock, http, observer
+
+
+def test_writesWhileUnreachableWait() -> None:
+    """
+    A write while the API cannot be reached fails with L{NotConnected}:
+    nothing was refused, the write waits for the API.
+    """
+    sync, clock, _, _ = restartingSync(FakeAPI())
+    f = failure(sync.write("alice", RosterDiff((BOB, CAROL), ()), True))
+    assert f.check(NotConnected) and not f.check(SyncFailed)
+    assert f.getErrorMessage().startswith(f"2 of 2 roster writes for 'alice' wait: ejabberd's HTTP API at {API} "
+                                          "cannot be reached")
+    sync.stopService()
+    assert not clock.getDelayedCalls()
+
+
+def test_streamConnectedProbesAtOnce() -> None:
+    """
+    When the component's stream comes up (ejabberd restarted), an API that
+    could not be reached is probed at once, not at the next probe: once it
+    answers, writes are on and the backend is told; the scheduled probe
+    is dropped.
+    """
+    api = FakeAPI()
+    sync, clock, http, observer = restartingSync(api)
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [PROBE_INTERVAL]
+    sync.availability.streamConnected()  # still down: the next probe stays PROBE_INTERVAL away
+    assert not sync.canSync() and len(api.calls) == 0
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [PROBE_INTERVAL]
+    http.down = False
+    sync.availability.streamConnected()
+    assert api.calls == [("get_roster", {"user": PROBE_USER, "host": DOMAIN})]
+    assert sync.canSync() and sync.unreachable is None and observer.restored == 1
+    assert not clock.getDelayedCalls()
+    sync.availability.streamConnected()  # answering: nothing to probe
+    assert len(api.calls) == 1
+    sync.stopService()
+
+
+def test_probeKeepsItsIntervalWithoutAStream() -> None:
+    """
+    While the component's stream does not drop (the API alone went down),
+    the API is probed every L{PROBE_INTERVAL} seconds.
+    """
+    api = FakeAPI()
+    sync, clock, http, observer = restartingSync(api)
+    http.down = False
+    clock.advance(PROBE_INTERVAL - 1)
+    assert not sync.canSync() and not api.calls
+    clock.advance(1)
+    assert sync.canSync() and observer.restored == 1
+    sync.stopService()
+
+
+def test_refreshWhileUnreachableIsPendingThenWritten() -> None:
+    """
+    Through the backend, a refresh while ejabberd is down updates the
+    user (served and cached): the write is pending, not an error, and the
+    user unsynced; once the stream is back, the API answers the probe and
+    the roster is written.
+    """
+    api = FakeAPI()
+    sync, clock, http, _ = restartingSync(api)
+    webApp = WebApp({"alice": {"bob@example.org": {"name": "Bob", "groups": ["Friends", "A;B"]}}})
+    fetcher = RosterFetcher("http://webapp.invalid/rosters/%s", DOMAIN, clock, http=StubTreq(webApp))
+    backend = RosterBackend(RosterCache(), fetcher, sync=sync)
+    sync.observe(backend)
+    summary = result(backend.refresh(["alice"]))
+    assert (summary.updated, summary.failures) == (1, {})
+    assert backend.unsynced == {"alice"} and "alice" not in api.rosters
+    http.down = False
+    sync.availability.streamConnected()
+    assert not backend.unsynced
+    assert api.rosters["alice"]["bob@example.org"]["subscription"] == "both"
+    sync.stopService()
+
+
+def test_handshakeProbesTheAPI() -> None:
+    """
+    The composition root has each handshake of the component tell the
+    ejabberd API sync that the stream is up (L{rosteradmin.ejabberdapi.APIAvailability.streamConnected}).
+    """
+    wire = ComponentOnWire(config=makeConfig(roster_sync="ejabberd-api", ejabberd_api_url=API))
+    sync = wire.backend.sync
+    assert isinstance(sync, EjabberdAPISync)
+    api = FakeAPI()
+    http = Restarting(api)
+    http.down = True
+    sync.poster.http = http
+    sync.startService()
     assert not sync.canSync()
-    assert (sync.syncRefusal or "").startswith(f"ejabberd's HTTP API at {url} cannot be reached")
+    http.down = False
+    wire.handshake()
+    assert sync.canSync() and len(api.calls) == 1
+    sync.stopService()
 
 
 def test_configChoosesRosterSync() -> None:

@@ -337,10 +337,17 @@ class LocalEjabberd:
         unless it has one of that name already: a module's tests share
         one ejabberd.
         """
-        if username in self.accounts:
-            return
-        self.accounts[username] = password
-        self._register(timeout, {username: password})
+        self.addAccounts({username: password}, timeout)
+
+    def addAccounts(self, accounts: dict[str, str], timeout: float = 60.0) -> None:
+        """
+        Create the accounts it does not have yet, all at once
+        (L{addAccount}'s, for many).
+        """
+        new = {username: password for username, password in accounts.items() if username not in self.accounts}
+        if new:
+            self.accounts.update(new)
+            self._register(timeout, new)
 
     def ctl(self, *arguments: str, timeout: float = 60.0) -> str:
         """

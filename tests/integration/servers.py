@@ -27,9 +27,10 @@ from tests.integration.harness import ProsodyServer
 from tests.integration.service import RunningService
 
 __all__ = [
-    "EJABBERD", "READABLE_WHILE_STOPPED", "UNREACHABLE_COMPONENT", "Held", "apiCall", "clearRosters", "isOnline",
+    "EJABBERD", "READABLE_WHILE_STOPPED", "UNREACHABLE_COMPONENT", "Held", "addAccounts", "apiCall", "clearRosters",
+    "isOnline",
     "onlineUsers",
-    "parseLua", "serverArgs", "stopKeepingData", "stored", "storedRoster", "storedSnapshot", "waitOnline",
+    "parseLua", "serverArgs", "serverSettings", "stopKeepingData", "stored", "storedRoster", "storedSnapshot", "waitOnline",
     "waitOnlineExactly",
 ]
 
@@ -63,6 +64,29 @@ def serverArgs(server: Any) -> list[str]:
     if isinstance(server, LocalEjabberd) and server.include is not None:
         return ["--roster-sync", "ejabberd-api", "--ejabberd-api-url", server.apiURL]
     return []
+
+
+def serverSettings(server: Any) -> str:
+    """
+    L{serverArgs} as lines of rosteradmin's TOML file, for a test that
+    runs C{twistd rosteradmin --config} itself.
+    """
+    if isinstance(server, LocalEjabberd) and server.include is not None:
+        return f'roster_sync = "ejabberd-api"\nejabberd_api_url = "{server.apiURL}"\n'
+    return ""
+
+
+def addAccounts(server: Any, usernames: list[str], password: str) -> None:
+    """
+    Create these accounts: one by one on Prosody (a file each), all at
+    once on ejabberd (each C{ejabberdctl} call starts an Erlang VM of its
+    own).  Accounts a module's ejabberd already has are kept.
+    """
+    if isinstance(server, LocalEjabberd):
+        server.addAccounts({username: password for username in usernames})
+        return
+    for username in usernames:
+        server.addAccount(username, password)
 
 
 async def apiCall(server: LocalEjabberd, command: str, arguments: dict[str, Any]) -> Any:

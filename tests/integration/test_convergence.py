@@ -42,7 +42,7 @@ from rosteradmin_demo.devprosody import freePort
 from tests.integration.harness import (
     PASSWORD, ProsodyServer, WebAppStub, XMPPTestClient, availableFrom, listenWebApp,
 )
-from tests.integration.servers import Held, serverArgs, stored, storedRoster, waitOnline
+from tests.integration.servers import Held, serverArgs, serverSettings, stored, storedRoster, waitOnline
 from tests.integration.service import RunningService
 from tests.integration.test_blastradius import preFill
 from tests.integration.test_http import call
@@ -233,26 +233,28 @@ class Rosteradmin:
     block it: a bulk refresh logs a few hundred kilobytes).
     """
 
-    def __init__(self, prosody: ProsodyServer, webapp: WebAppStub, directory: Path, name: str,
+    def __init__(self, server: Any, webapp: WebAppStub, directory: Path, name: str,
                  state: Path, settings: str = "") -> None:
         """
+        @param server: The XMPP server: Prosody, or ejabberd (then with the
+            settings its API needs, L{serverSettings}).
         @param settings: More lines of the TOML file.
         """
         self.httpPort = freePort()
         self.baseURL = f"http://127.0.0.1:{self.httpPort}"
         self.log = directory / f"{name}.log"
-        (directory / "secret").write_text(prosody.secret + "\n")
+        (directory / "secret").write_text(server.secret + "\n")
         config = directory / f"{name}.toml"
         config.write_text(f"""
-jid = "{prosody.componentJID}"
+jid = "{server.componentJID}"
 secret_file = "{directory / 'secret'}"
-domain = "{prosody.domain}"
-xmpp_port = {prosody.componentPort}
+domain = "{server.domain}"
+xmpp_port = {server.componentPort}
 roster_url = "{webapp.url}"
 http = "tcp:{self.httpPort}:interface=127.0.0.1"
 no_kick = true
 state = "{state}"
-{settings}""")
+{serverSettings(server)}{settings}""")
         command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                    "-n", "--pidfile=", "rosteradmin", "--config", str(config)]
         with open(self.log, "w") as output:
