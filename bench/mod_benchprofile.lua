@@ -15,7 +15,7 @@
 -- line per stack, root first, frames separated by ";", then microseconds).
 
 local clock, getinfo = os.clock, debug.getinfo;
-local every = module:get_option_number("benchprofile_every", 1000);
+local every = module:get_option_number("benchprofile_every", 10000);
 local file = module:get_option_string("benchprofile_file");
 local stacks, last, on = {}, clock(), false;
 
