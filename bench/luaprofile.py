@@ -2,13 +2,13 @@
 A profile of Prosody's Lua during a scenario (C{bench.run --prosody-profile
 PREFIX}), and its summary, A against B:
 
-    python -m bench.luaprofile PREFIX.A.folded PREFIX.B.folded --per 1000 [--top 30]
+    python -m bench.luaprofile PREFIX.A.D2.folded PREFIX.B.D2.folded --per 1000 [--top 30]
 
 py-spy profiles rosteradmin (L{bench.run.Profiler}); this is its
 counterpart for Prosody, whose CPU per login is what separates the
 deployment's login storm from native Prosody's.  C{bench/mod_benchprofile.lua}
 samples Prosody's stacks (read its header for what a sample counts); the
-runner loads it on a host of its own (L{profiledConfig}) and brackets the
+runner loads it on a host of its own (L{profiledConfig}) and brackets each
 scenario with L{LuaProfile.start} and L{LuaProfile.stop}.
 
 The summary lists functions by cumulative CPU (any frame of a stack,
@@ -66,13 +66,15 @@ class LuaProfile:
         marker.touch()
         await self._gone(marker)
 
-    async def stop(self) -> None:
+    async def stop(self, saveAs: str) -> None:
         """
-        End, once the profile is written.
+        End, once the profile is written, and keep it as C{saveAs}.
         """
         marker = Path(f"{self.output}.stop")
         marker.touch()
         await self._gone(marker)
+        self.output.replace(saveAs)
+        print(f"Prosody's profile: {saveAs}", flush=True)
 
     @staticmethod
     async def _gone(marker: Path, timeout: float = 10.0) -> None:

@@ -981,7 +981,7 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
             prosodyConfig = include if mode == "B" else ROOT / "bench" / "prosody-a.cfg.lua"
             luaProfile = None
             if args.prosody_profile and run == 0:
-                luaProfile = LuaProfile(Path(f"{args.prosody_profile}.{mode}.folded").resolve())
+                luaProfile = LuaProfile(Path(f"{args.prosody_profile}.{mode}.raw").resolve())
                 prosodyConfig = profiledConfig(tmp, prosodyConfig, luaProfile.output)
             setup = Setup(tmp / f"deployed-{run}", mode, users, 50, args.delay, include=prosodyConfig)
             setup.extraConfig["query_rate"] = 1000.0  # as in scenario 1: throughput, not the gate
@@ -995,12 +995,16 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
                 profiled = mode == "B" and args.profile and run == 0
                 for withVer in (False, True):
                     pre = await deployed.restartedOnState(setup, users)
+                    if luaProfile is not None:
+                        await luaProfile.start()
                     profiler = (Profiler(setup.component.pid, f"{args.profile}.{'D1v' if withVer else 'D1'}")  # type: ignore[union-attr]
                                 if profiled and args.profile_scenario == "D1" else None)
                     results[f"{DEPLOYED_WARM[withVer]} ({clients} clients)"][mode].append(
                         await warmGets(setup, clients, args.deployed_gets, withVer, presence=True, pre=pre))
                     if profiler is not None:
                         profiler.stop(args.deployed_gets, DEPLOYED_WARM[withVer])
+                    if luaProfile is not None:
+                        await luaProfile.stop(f"{args.prosody_profile}.{mode}.{'D1v' if withVer else 'D1'}.folded")
                 pre = await deployed.restartedOnState(setup, users)
                 profiler = (Profiler(setup.component.pid, args.profile)  # type: ignore[union-attr]
                             if profiled and args.profile_scenario == "D2" else None)
@@ -1009,8 +1013,7 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
                 results[f"{DEPLOYED_STORM} ({users} users)"][mode].append(
                     await deployed.deployedStorm(setup, users, pre))
                 if luaProfile is not None:
-                    await luaProfile.stop()
-                    print(f"Prosody's profile of D2 ({mode}, {users} logins): {luaProfile.output}", flush=True)
+                    await luaProfile.stop(f"{args.prosody_profile}.{mode}.D2.folded")
                 if profiler is not None:
                     profiler.stop(users, f"{DEPLOYED_STORM} ({users} users), logins")
             finally:
@@ -1207,8 +1210,8 @@ if __name__ == "__main__":
     parser.add_argument("--profile", help="write a py-spy profile (raw collapsed stacks) of rosteradmin here:"
                                           " of scenario 1 and 1v, or of --profile-scenario")
     parser.add_argument("--prosody-profile", metavar="PREFIX",
-                        help="profile Prosody's Lua during D2 of run 1 (bench/mod_benchprofile.lua), A and B, into "
-                             "PREFIX.A.folded and PREFIX.B.folded; summarise with python -m bench.luaprofile")
+                        help="profile Prosody's Lua during D1, D1v and D2 of run 1 (bench/mod_benchprofile.lua), A and "
+                             "B, into PREFIX.<A|B>.<scenario>.folded; compare with python -m bench.luaprofile")
     parser.add_argument("--profile-scenario", choices=("1", "2", "2c", "2s", "D1", "D2"), default=None,
                         help="what --profile records: scenarios 1 and 1v, or one storm (run 1, first storm size);"
                              " with the deployed scenarios, D1 (FILE.D1 and FILE.D1v, the default) or D2")
