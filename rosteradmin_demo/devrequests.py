@@ -119,7 +119,7 @@ class ContactRequests(Resource):
     log = Logger()
 
     def __init__(self, rosterFile: Path, storePath: Path, keys: Sequence[bytes], refreshURL: str,
-                 reactor: Any, http: Any = None, authorization: str | None = None) -> None:
+                 reactor: Any, http: Any = None) -> None:
         """
         @param rosterFile: The sample web app's rosters, changed on approval.
         @param keys: The C{--events-secret} keys a signature may use.
@@ -129,7 +129,6 @@ class ContactRequests(Resource):
         @param http: A treq-like client for rosteradmin's API; by default
             one that opens a connection per call, so that nothing stays
             open once the answer is in.
-        @param authorization: rosteradmin's C{--refresh-authorization}, if set.
         """
         super().__init__()
         self.rosterFile = rosterFile
@@ -138,7 +137,6 @@ class ContactRequests(Resource):
         self.refreshURL = refreshURL
         self.clock: IReactorTime = reactor
         self.http = http or HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-        self.authorization = authorization
 
     def render_GET(self, request: server.Request) -> bytes:
         if request.postpath != [b"requests"]:
@@ -231,11 +229,9 @@ class ContactRequests(Resource):
         return [user, contact]
 
     async def _refresh(self, request: server.Request, asked: dict[str, Any], usernames: list[str]) -> None:
-        headers: dict[bytes | str, bytes | str] = {}
-        if self.authorization:
-            headers["Authorization"] = self.authorization
         try:
-            response = await self.http.post(self.refreshURL, json=usernames, headers=headers)
+            # The demo's rosteradmin has no --refresh-authorization.
+            response = await self.http.post(self.refreshURL, json=usernames)
             summary = await response.json()
         except Exception as e:  # a refused connection, a timeout, an answer that is not JSON
             self.log.error("refresh of {users} failed: {why}", users=usernames, why=str(e))
