@@ -40,7 +40,7 @@ class Refresh(Resource):
         assert request.content is not None
         self.asked.append(json.loads(request.content.read()))
         request.setResponseCode(self.code)
-        return json.dumps({"updated": len(self.asked[-1]), "failed": 0}).encode()
+        return json.dumps({"status": "ok", "updated": len(self.asked[-1]), "errors": 0, "failures": {}}).encode()
 
 
 class WebApp:
@@ -153,7 +153,7 @@ def test_approveWritesBothRostersAndRefreshesBoth(webapp: WebApp) -> None:
     webapp.post(1, [adds(1, "alice", "dave@example.org", "Dave")])
     code, answer = webapp.call("POST", "/requests/1/approve")
     assert (code, answer["approved"]["contact"], answer["refresh"]) == (
-        200, "dave@example.org", {"updated": 2, "failed": 0})
+        200, "dave@example.org", {"status": "ok", "updated": 2, "errors": 0, "failures": {}})
     assert webapp.refresh.asked == [["alice", "dave"]]
     rosters = readRosters(webapp.rosterFile)
     assert rosters["alice"] == {**SAMPLE_ROSTERS["alice"], "dave@example.org": {"name": "Dave", "groups": []}}
@@ -184,7 +184,7 @@ def test_failedRefreshIs502(webapp: WebApp) -> None:
     webapp.refresh.code = 500
     webapp.post(1, [adds(1, "alice", "dave@example.org", "Dave")])
     code, answer = webapp.call("POST", "/requests/1/approve")
-    assert code == 502 and answer["refresh"] == {"updated": 2, "failed": 0}
+    assert code == 502 and answer["refresh"]["updated"] == 2
     assert "dave@example.org" in readRosters(webapp.rosterFile)["alice"]
 
 
