@@ -12,7 +12,9 @@ rosteradmin gets the sample web app's users list (C{--users-url}, a few
 users a page, so that paging is used) and so writes every user's roster
 into Prosody as soon as it connects, before anyone logs in; its state
 (C{--state}) lives next to the roster file, so a restarted demo knows what
-Prosody holds.
+Prosody holds.  What users try to add in their clients reaches the web app
+as events (C{--events-url}), where it waits as a contact request until
+approved (L{rosteradmin_demo.devrequests}).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from rosteradmin.ctl import DEFAULT_URL
 from rosteradmin.options import Options
 from rosteradmin_demo.devchat import ChatPage, ConverseNotInstalled, localSettings
 from rosteradmin_demo.devprosody import LocalProsody, ProsodyNotAvailable
+from rosteradmin_demo.devrequests import ContactRequests
 from rosteradmin_demo.devwebapp import SAMPLE_ROSTERS, RosterFileResource, writeSample
 
 PASSWORD = "demo"
@@ -119,6 +122,7 @@ rosteradmin demo is running (Ctrl-C stops everything).
   XMPP server     127.0.0.1:{prosody.c2sPort}, plain TCP (no TLS: demo only)
 {browsers}  rosters         {rosterFile}  (edit it, then refresh)
   web app         {webapp}/rosters/alice   {webapp}/users  (paged: see its Link header)
+  requests        {webapp}/requests  (contact requests: whom users tried to add)
   HTTP API        {api}/healthz   {api}/metrics   {api}/roster_admin/sync
   sync state      {statePath}
   Prosody log     {prosody.logPath}
@@ -128,6 +132,8 @@ Every user's roster is written into Prosody as soon as rosteradmin connects
 
 Try:
   curl -s {api}/healthz
+  curl -s {webapp}/requests                       # after bob adds carol in his client
+  curl -s -X POST {webapp}/requests/<id>/approve  # both rosters changed, both users refreshed
   curl -s -X POST {api}/roster_admin/refresh -d '["alice", "bob"]'
   {ctl} sync --all        # sync every user again, with a progress bar
   curl -s -X POST {api}/muc_kick -H 'Authorization: {kickAuthorization}' \\
@@ -204,16 +210,21 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"demo: {e}")
     reactor.addSystemEventTrigger("after", "shutdown", prosody.stop)
 
+    eventsSecret = secrets.token_urlsafe(16)
+    requests = ContactRequests(rosterFile, directory / "requests.json", [eventsSecret.encode()],
+                               f"http://127.0.0.1:{options['http-port']}/roster_admin/refresh", reactor)
+    webapp = RosterFileResource(rosterFile, options["users-page-size"], {b"events": requests, b"requests": requests})
     try:
         # Twisted types Site's protocol (a proxy) so that it fails listenTCP's bound.
-        reactor.listenTCP(options["webapp-port"],
-                          server.Site(RosterFileResource(rosterFile, options["users-page-size"])),  # type: ignore[arg-type]
+        reactor.listenTCP(options["webapp-port"], server.Site(webapp),  # type: ignore[arg-type]
                           interface="127.0.0.1")
     except CannotListenError as e:
         prosody.stop()
         raise SystemExit(f"demo: the sample web app cannot listen on port {e.port} (--webapp-port): {e.socketError}")
     if chat is not None:
-        chat.settings.update(localSettings(prosody.websocketURL, prosody.domain))
+        # "Add a contact" is offered: the server refuses it, and the web
+        # app gets it as a contact request.
+        chat.settings.update(localSettings(prosody.websocketURL, prosody.domain), allow_contact_requests=True)
         try:
             reactor.listenTCP(options["chat-port"], server.Site(chat), interface="127.0.0.1")  # type: ignore[arg-type]
         except CannotListenError as e:
@@ -229,6 +240,7 @@ def main(argv: list[str]) -> None:
         "--state", str(statePath),
         "--http", f"tcp:{options['http-port']}:interface=127.0.0.1",
         "--kick-authorization", kickAuthorization,
+        "--events-url", f"http://127.0.0.1:{options['webapp-port']}/events", "--events-secret", eventsSecret,
     ])
     service = tap.makeService(serviceOptions)
     try:

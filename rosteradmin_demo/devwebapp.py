@@ -12,14 +12,18 @@ user without contacts is listed with C{{}}.  C{GET /users} lists the
 usernames of the file, in pages linked by C{Link: <...>; rel="next"}, as
 C{--users-url} expects (L{rosteradmin.users}).  The file is read on every
 request, so an edit followed by C{POST /roster_admin/refresh} shows up in
-clients at once.  Run alone with
+clients at once.  The demo also routes C{/events} and C{/requests} to
+the contact requests (L{rosteradmin_demo.devrequests}), which approve a
+request by writing this file.  Run alone, without them, with
 C{python -m rosteradmin_demo.devwebapp rosters.json 8080 [page size]}.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +43,8 @@ SAMPLE_ROSTERS = {
 
 #: Usernames per page of C{GET /users}, unless told otherwise.
 PAGE_SIZE = 100
+
+log = Logger()
 
 
 class RosterFileUnreadable(Exception):
@@ -90,16 +96,26 @@ class RosterFileResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, path: Path, pageSize: int = PAGE_SIZE) -> None:
+    def __init__(self, path: Path, pageSize: int = PAGE_SIZE, routes: Mapping[bytes, Resource] | None = None) -> None:
         """
         @param path: The roster file.
         @param pageSize: Usernames per page of C{GET /users}.
+        @param routes: Resources that answer the paths starting with each
+            segment, whatever the method (the demo's C{events} and
+            C{requests}, L{rosteradmin_demo.devrequests}).
         """
         super().__init__()
         if pageSize < 1:
             raise ValueError(f"page size must be at least 1, got {pageSize}")
         self.path = path
         self.pageSize = pageSize
+        self.routes = dict(routes or {})
+
+    def render(self, request: server.Request) -> Any:
+        postpath = request.postpath or []
+        if postpath and postpath[0] in self.routes:
+            return self.routes[postpath[0]].render(request)
+        return super().render(request)
 
     def render_GET(self, request: server.Request) -> bytes:
         postpath = request.postpath or []  # None only before traversal
@@ -111,7 +127,7 @@ class RosterFileResource(Resource):
         # twisted.web has already percent-decoded the path segments.
         username = postpath[1].decode("utf-8", "replace")
         try:
-            rosters = self._read()
+            rosters = readRosters(self.path)
         except RosterFileUnreadable:
             return self._unreadable(request)
         request.setHeader(b"content-type", b"application/json")
@@ -130,7 +146,7 @@ class RosterFileResource(Resource):
         """
         after = (request.args or {}).get(b"after", [b""])[0].decode("utf-8", "replace")
         try:
-            rosters = self._read()
+            rosters = readRosters(self.path)
         except RosterFileUnreadable:
             return self._unreadable(request)
         usernames = sorted(u for u in rosters if u > after)
@@ -142,26 +158,37 @@ class RosterFileResource(Resource):
         self.log.info("served {count} usernames after {after!r}", count=len(page), after=after)
         return json.dumps(page).encode("utf-8")
 
-    def _read(self) -> dict[str, Any]:
-        """
-        The roster file's content.
-
-        @raise RosterFileUnreadable: It cannot be read or is not an object.
-        """
-        try:
-            rosters = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            self.log.error("cannot read {path}: {why}", path=str(self.path), why=str(e))
-            raise RosterFileUnreadable(str(e)) from None
-        if not isinstance(rosters, dict):
-            self.log.error("cannot read {path}: {why}", path=str(self.path), why="not an object of usernames")
-            raise RosterFileUnreadable("not an object of usernames")
-        return rosters
-
     @staticmethod
     def _unreadable(request: server.Request) -> bytes:
         request.setResponseCode(500)
         return b'{"error": "roster file unreadable"}'
+
+
+def readRosters(path: Path) -> dict[str, Any]:
+    """
+    The roster file's content.
+
+    @raise RosterFileUnreadable: It cannot be read or is not an object.
+    """
+    try:
+        rosters = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.error("cannot read {path}: {why}", path=str(path), why=str(e))
+        raise RosterFileUnreadable(str(e)) from None
+    if not isinstance(rosters, dict):
+        log.error("cannot read {path}: {why}", path=str(path), why="not an object of usernames")
+        raise RosterFileUnreadable("not an object of usernames")
+    return rosters
+
+
+def writeJSON(path: Path, value: Any) -> None:
+    """
+    Replace C{path} with C{value} at once (a new file renamed over it), so
+    a request reading it meanwhile never sees half of it.
+    """
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def writeSample(path: Path) -> None:
@@ -169,7 +196,7 @@ def writeSample(path: Path) -> None:
     Create the roster file with sample rosters, unless it exists.
     """
     if not path.exists():
-        path.write_text(json.dumps(SAMPLE_ROSTERS, indent=2) + "\n", encoding="utf-8")
+        writeJSON(path, SAMPLE_ROSTERS)
 
 
 def main(argv: list[str]) -> None:

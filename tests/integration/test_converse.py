@@ -6,7 +6,10 @@ it.  The user logs in through Converse's form and sees the web app's
 roster; a refresh reaches the open page; the roster edits Converse can
 offer are refused; a reload, or a login after the web app changed the
 roster, shows the web app's roster.  Each of the last two runs with the
-page's plugin and without it, which shows what the plugin is for.
+page's plugin and without it, which shows what the plugin is for.  Last,
+the demo's loop of contact requests: a contact alice adds in Converse
+reaches the demo's web app as an event, and once it approves the request
+both users' open pages show each other.
 
 Chromium is driven over the DevTools protocol on a pipe
 (C{--remote-debugging-pipe}: NUL-terminated JSON on its file descriptors 3
@@ -30,6 +33,8 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, protocol, reactor
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.task import deferLater
@@ -38,7 +43,8 @@ from twisted.web import server
 
 from rosteradmin_demo.devchat import ChatPage, ConverseNotInstalled, localSettings
 from rosteradmin_demo.devprosody import LocalProsody, freePort
-from rosteradmin_demo.devwebapp import SAMPLE_ROSTERS
+from rosteradmin_demo.devrequests import ContactRequests
+from rosteradmin_demo.devwebapp import SAMPLE_ROSTERS, RosterFileResource, readRosters, writeJSON
 from tests.integration.harness import CONTRIB_CONFIG, PASSWORD, ProsodyServer, XMPPTestClient, startedOrFail
 from tests.integration.service import RunningService
 
@@ -605,3 +611,123 @@ async def test_changesWhileAway(plugin: bool, webapp: Any, service: RunningServi
         # Its cache: an earlier login's contacts, or none at all.
         print("\nwithout the plugin, same tab:", shown(await browser.evaluate(ROSTER_JS)))
         assert "dave@example.org" not in shown(await browser.evaluate(ROSTER_JS))
+
+
+class Recorded(Resource):
+    """
+    The demo's contact requests, with every events body they were POSTed
+    kept, so that the test can read the transactions as sent.
+    """
+
+    isLeaf = True
+
+    def __init__(self, requests: ContactRequests) -> None:
+        super().__init__()
+        self.requests = requests
+        self.bodies: list[dict[str, Any]] = []
+
+    def render(self, request: server.Request) -> Any:
+        if request.method == b"POST" and request.postpath == [b"events"] and request.content is not None:
+            self.bodies.append(json.loads(request.content.read()))
+            request.content.seek(0)
+        return self.requests.render(request)
+
+
+async def webAppCall(method: str, url: str) -> tuple[int, Any]:
+    """
+    One call to the demo's web app, as its operator would make it.
+    """
+    response = await treq.request(method, url, pool=HTTPConnectionPool(reactor, persistent=False))
+    return response.code, await response.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_contactRequestApprovedInTheDemoWebApp(tmp_path: Path, prosody: WebSocketProsody, site: Site,
+                                                     browser: Chromium) -> None:
+    """
+    The demo's loop, with its own web app: alice, in Converse, adds dave
+    ("Add a contact", as the demo's page offers it); the server refuses the
+    roster set and the web app receives it as a signed event and lists a
+    contact request; approved through the web app's HTTP call, both
+    rosters change and both users are refreshed, and without a reload
+    alice's page shows dave online and dave's page (a second browser)
+    shows alice online.
+    """
+    rosterFile = tmp_path / "rosters.json"
+    writeJSON(rosterFile, {**SAMPLE_ROSTERS, "dave": {}})
+    requests = ContactRequests(rosterFile, tmp_path / "requests.json", [b"events-key"], "", reactor)
+    recorded = Recorded(requests)
+    port = reactor.listenTCP(0, server.Site(RosterFileResource(rosterFile, routes={  # type: ignore[arg-type]
+        b"events": recorded, b"requests": recorded})), interface="127.0.0.1")
+    webapp = f"http://127.0.0.1:{port.getHost().port}"
+    service = RunningService(prosody, f"{webapp}/rosters/%s", [
+        "--events-url", f"{webapp}/events", "--events-secret", "events-key"])
+    requests.refreshURL = f"{service.baseURL}/roster_admin/refresh"
+    (tmp_path / "dave").mkdir()
+    dave: Chromium | None = None
+    await service.start()
+    try:
+        site.settings.update(allow_contact_requests=True)  # as the demo's page
+        dave = await Chromium.launch(tmp_path / "dave")
+        await logIn(dave, site.url, user="dave", contacts=False)
+        assert await dave.evaluate(ROSTER_JS) == []
+        await dave.screenshot(tmp_path / "loop-1-dave-alone.png")
+        await logIn(browser, site.url)
+        assert shown(await browser.evaluate(ROSTER_JS)) == {"bob@example.org": "Bob", "carol@example.org": "Carol"}
+        for page in (browser, dave):
+            await page.evaluate("window.sameDocument = true")
+
+        await browser.evaluate("document.querySelector('converse-roster .add-contact').click()")
+        await browser.waitFor("!!document.querySelector('converse-add-contact-modal form.add-xmpp-contact')",
+                              "the Add a contact form")
+        await browser.evaluate(submitForm("converse-add-contact-modal form.add-xmpp-contact",
+                                          {"jid": "dave@example.org", "name": "Dave"}))
+        print("\nalice adds dave, Converse shows:", await messagesAfter(browser))
+        await browser.screenshot(tmp_path / "loop-2-alice-adds-dave.png")
+
+        await RunningService.waitUntil(lambda: recorded.bodies, 10, "the event at the web app")
+        [transaction] = recorded.bodies
+        print("transaction:", json.dumps(transaction))
+        [event] = transaction["events"]
+        assert transaction["txn_id"] == event["id"]
+        assert {k: v for k, v in event.items() if k not in ("id", "ts", "resource")} == {
+            "type": "roster.set", "user": "alice",
+            "items": [{"jid": "dave@example.org", "action": "add", "name": "Dave", "groups": []}]}
+        assert event["resource"].startswith("alice@example.org/")
+        code, pending = await webAppCall("GET", f"{webapp}/requests")
+        print("requests:", json.dumps(pending))
+        assert code == 200 and [{k: r[k] for k in ("id", "user", "contact", "name")} for r in pending] == [
+            {"id": event["id"], "user": "alice@example.org", "contact": "dave@example.org", "name": "Dave"}]
+        assert "dave@example.org" not in shown(await browser.evaluate(ROSTER_JS))
+        assert readRosters(rosterFile)["dave"] == {}
+
+        # Converse closes the dialog after the refusal in some runs and not
+        # in others; where it stays open, alice closes it.
+        await browser.waitFor("""(() => {
+            const close = document.querySelector('.modal.show [data-bs-dismiss="modal"]');
+            close?.click();
+            return !close && !document.querySelector('.modal.show');
+        })()""", "the Add a contact dialog closed")
+        code, approved = await webAppCall("POST", f"{webapp}/requests/{event['id']}/approve")
+        print("approve:", code, json.dumps(approved))
+        assert code == 200 and approved["refresh"]["errors"] == 0 and approved["refresh"]["updated"] == 2, approved
+        assert readRosters(rosterFile)["alice"]["dave@example.org"] == {"name": "Dave", "groups": []}
+        assert readRosters(rosterFile)["dave"] == {"alice@example.org": {"name": "Alice", "groups": []}}
+        assert (await webAppCall("GET", f"{webapp}/requests")) == (200, [])
+
+        await browser.waitFor(f"{ROSTER_JS}.find(i => i.jid === 'dave@example.org' && i.status === 'online')",
+                              "dave online in alice's page")
+        await dave.waitFor(f"{ROSTER_JS}.find(i => i.jid === 'alice@example.org' && i.status === 'online')",
+                           "alice online in dave's page")
+        await browser.screenshot(tmp_path / "loop-3-alice-sees-dave.png")
+        await dave.screenshot(tmp_path / "loop-4-dave-sees-alice.png")
+        assert shown(await browser.evaluate(ROSTER_JS)) == {
+            "bob@example.org": "Bob", "carol@example.org": "Carol", "dave@example.org": "Dave"}
+        assert shown(await dave.evaluate(ROSTER_JS)) == {"alice@example.org": "Alice"}
+        assert await browser.evaluate("window.sameDocument") and await dave.evaluate("window.sameDocument")
+        assert len(recorded.bodies) == 1
+    finally:
+        if dave is not None:
+            await dave.close()
+        await service.stop()
+        await port.stopListening()

@@ -44,13 +44,13 @@ class Demo:
         @param options: More of the demo's options (C{--websocket}, say).
         """
         self.directory = directory
-        self.c2sPort, self.httpPort = freePort(), freePort()
+        self.c2sPort, self.httpPort, self.webappPort = freePort(), freePort(), freePort()
         self.outputPath = directory / "demo.out"
         with open(self.outputPath, "wb") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "rosteradmin_demo.demo", "--prosody-config", str(CONTRIB_CONFIG),
                  "--directory", str(directory / "data"), "--c2s-port", str(self.c2sPort),
-                 "--component-port", str(freePort()), "--webapp-port", str(freePort()),
+                 "--component-port", str(freePort()), "--webapp-port", str(self.webappPort),
                  "--http-port", str(self.httpPort), *options],
                 cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -235,7 +235,9 @@ async def test_demoWebSocketServesConverse(tmp_path: Path) -> None:
         assert f"WebSocket       ws://127.0.0.1:{websocketPort}/xmpp-websocket" in demo.output
         config = await treq.get(f"http://127.0.0.1:{chatPort}/config.js",
                                 pool=HTTPConnectionPool(reactor, persistent=False))
-        assert f'"websocket_url": "ws://127.0.0.1:{websocketPort}/xmpp-websocket"' in await config.text()
+        configText = await config.text()
+        assert f'"websocket_url": "ws://127.0.0.1:{websocketPort}/xmpp-websocket"' in configText
+        assert '"allow_contact_requests": true' in configText
 
         browser = await Chromium.launch(tmp_path)
         roster = await logIn(browser, f"http://127.0.0.1:{chatPort}/", password=DEMO_PASSWORD)
@@ -244,6 +246,56 @@ async def test_demoWebSocketServesConverse(tmp_path: Path) -> None:
     finally:
         if browser is not None:
             await browser.close()
+        demo.kill()
+    assert "Traceback" not in demo.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_demoContactRequestLoop(tmp_path: Path) -> None:
+    """
+    The demo sends what users try to its web app: bob adds carol in his
+    client, the server refuses it, and the banner's requests URL lists
+    it; the banner's approve call adds each to the other's roster and
+    refreshes both, so both clients, online, get the push.
+    """
+    demo = Demo(tmp_path)
+    try:
+        await demo.ready()
+        webapp = f"http://127.0.0.1:{demo.webappPort}"
+        assert f"curl -s {webapp}/requests " in demo.output
+        assert f"curl -s -X POST {webapp}/requests/<id>/approve " in demo.output
+        bob = await connectClient("bob@example.org", DEMO_PASSWORD, demo.c2sPort)
+        carol = await connectClient("carol@example.org", DEMO_PASSWORD, demo.c2sPort)
+        for client in (bob, carol):
+            await client.rosterGet()
+            client.sendPresence()
+        assert (await bob.rosterSet("carol@example.org", "Carol"))["type"] == "error"
+
+        async def pending() -> list[dict[str, object]]:
+            response = await treq.get(f"{webapp}/requests", pool=HTTPConnectionPool(reactor, persistent=False))
+            listed: list[dict[str, object]] = await response.json()
+            return listed
+
+        for _ in range(100):
+            requests = await pending()
+            if requests:
+                break
+            await RunningService.sleep(0.1)
+        assert [(r["user"], r["contact"], r["name"]) for r in requests] == [
+            ("bob@example.org", "carol@example.org", "Carol")]
+        response = await treq.post(f"{webapp}/requests/{requests[0]['id']}/approve",
+                                   pool=HTTPConnectionPool(reactor, persistent=False))
+        answer = await response.json()
+        assert response.code == 200 and answer["refresh"]["updated"] == 2, answer
+        # bob's refused add was put back (a removal of carol) before.
+        for client, contact in ((bob, "carol@example.org"), (carol, "bob@example.org")):
+            await RunningService.waitUntil(lambda: any(
+                (push.query.item["jid"], push.query.item.getAttribute("subscription")) == (contact, "both")
+                for push in client.pushes), 10, f"{contact} pushed")
+        assert await pending() == []
+        await bob.disconnect()
+        await carol.disconnect()
+    finally:
         demo.kill()
     assert "Traceback" not in demo.output
 
