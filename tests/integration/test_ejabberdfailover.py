@@ -171,8 +171,8 @@ async def test_killLeaderDuringRefreshOnEjabberd(ejabberd24: LocalEjabberd, weba
     holds it.
     """
     webapp.rosters["alice"] = ROSTER
-    settings = f'roster_sync = "ejabberd-api"\nejabberd_api_url = "{ejabberd24.apiURL}"\n'
-    pair = Pair(ejabberd24, webapp, tmp_path, postgresql.newDatabase(), settings)
+    # The API settings come with the server (tests.integration.servers.serverSettings).
+    pair = Pair(ejabberd24, webapp, tmp_path, postgresql.newDatabase())
     try:
         pair.start()
         pair.start()
