@@ -905,6 +905,16 @@ STORM_SCENARIOS = {"nostate": "2", "cold": "2c", "steady": "2s"}
 LOADS: list[tuple[str, float]] = []
 
 
+def noteLoad(label: str) -> None:
+    """
+    Record the load average at the start of run C{label} in L{LOADS} and
+    print all three figures.
+    """
+    load = os.getloadavg()
+    LOADS.append((label, load[0]))
+    print(f"{label}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+
+
 async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
                            results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     """
@@ -932,9 +942,7 @@ async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
             setup.extraConfig["query_rate"] = 1000.0
             setup.start()
             try:
-                load = os.getloadavg()
-                LOADS.append((f"run {run + 1} {mode}", load[0]))
-                print(f"run {run + 1} {mode}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+                noteLoad(f"run {run + 1} {mode}")
                 profiled = mode == "B" and args.profile and run == 0
                 profiler = None
                 if profiled and args.profile_scenario == "1":
@@ -989,9 +997,7 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
                 deployed.configure(setup)
             setup.start()
             try:
-                load = os.getloadavg()
-                LOADS.append((f"run {run + 1} {mode}", load[0]))
-                print(f"run {run + 1} {mode}: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+                noteLoad(f"run {run + 1} {mode}")
                 profiled = mode == "B" and args.profile and run == 0
                 for withVer in (False, True):
                     pre = await deployed.restartedOnState(setup, users)
