@@ -48,7 +48,10 @@ VirtualHost "example.org"
     -- her contacts: at most rosteradmin_load_timeout seconds (default 5);
     -- rosteradmin_load_rosters = false turns that off.  And when a write
     -- adds or removes contacts of a user who is online, it sends the
-    -- presence a subscription approval (or its cancellation) would.
+    -- presence a subscription approval (or its cancellation) would.  It
+    -- also keeps the rosters rosteradmin reads and writes for offline users
+    -- (every user's, in a full sync) out of Prosody's roster cache, where
+    -- they would slow every login down.
     modules_enabled = { "privilege"; "delegation"; "rosteradmin_subscriptions"; "rosteradmin_roster" }
 
     -- XEP-0356: what rosteradmin may do with this host's users.

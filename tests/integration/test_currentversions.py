@@ -195,6 +195,65 @@ async def test_usersSyncedBeforeBothRestartedArePromisedAgain(xmppServer: Prosod
         await again.stop()
 
 
+def addedBehindProsodysBack(xmppServer: ProsodyServer, username: str, contact: str) -> None:
+    """
+    Add a contact to a user's stored roster file, keeping the roster's
+    version: only a Prosody that loads the roster from its store again sees
+    it, and rosteradmin's promise of that version still holds.
+    """
+    path = xmppServer.dataPath / "example%2eorg" / "roster" / f"{username}.dat"
+    text = path.read_text()
+    assert text.startswith("return {")
+    path.write_text(text.replace("return {", f'return {{\n["{contact}"] = {{ ["subscription"] = "both"; ["groups"] = {{}}; }};', 1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_rostersOfOfflineUsersAreNotKeptInProsody(xmppServer: ProsodyServer, webapp: WebAppStub,
+                                                         clients: Any) -> None:
+    """
+    Prosody keeps a roster it loads for an offline user in a cache; a full
+    sync reads and writes every user's.  rosteradmin's writes (alice's and
+    bob's rosters differ from the web app's) and reads (bob's again, by a
+    rosteradmin without a state: equal) leave none there: each user's
+    login loads the roster from the store, as if rosteradmin had never
+    touched it.  Seen through a contact added to the stored file behind
+    Prosody's back, its version kept: Prosody answers the user's get from
+    the promise, with the roster it loaded at the login.
+    """
+    webapp.rosters.update({"alice": {"bob@example.org": {"name": "Bob"}},
+                           "bob": {"alice@example.org": {"name": "Alice"}}})
+    seen: dict[str, set[str]] = {}
+
+    async def login(service: RunningService, username: str) -> None:
+        addedBehindProsodysBack(xmppServer, username, "dave@example.org")
+        answered = service.component.rosterServer.answered
+        client = await clients(username)
+        seen[username] = contacts(await client.rosterGet(ver=""))
+        assert service.component.rosterServer.answered == answered  # Prosody answered
+
+    writer = RunningService(xmppServer, webapp.url)
+    await writer.start()
+    try:
+        assert not (await writer.backend.refresh(["alice", "bob"])).errors
+        await login(writer, "alice")
+    finally:
+        await writer.stop()
+    reader = RunningService(xmppServer, webapp.url)  # revokes every promise
+    await reader.start()
+    try:
+        stored = xmppServer.storedRoster("bob")
+        assert not (await reader.backend.refresh(["bob"])).errors
+        assert xmppServer.storedRoster("bob") == stored  # read, not written
+        await RunningService.waitUntil(lambda: reader.backend.promises.promisedVersion("bob") is not None, 5,
+                                       "bob's stored roster read back and promised")
+        await login(reader, "bob")
+    finally:
+        await reader.stop()
+    print(f"\nafter rosteradmin wrote alice's and read bob's roster, their logins loaded {seen}")
+    assert seen == {"alice": {"bob@example.org", "dave@example.org"},
+                    "bob": {"alice@example.org", "dave@example.org"}}
+
+
 @pytest_twisted.ensureDeferred
 async def test_promisesRevokedByRosteradminWithoutState(xmppServer: ProsodyServer, webapp: WebAppStub,
                                                         clients: Any) -> None:
