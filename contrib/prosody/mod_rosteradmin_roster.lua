@@ -588,27 +588,19 @@ end, 1000);
 -- heap at 50 contacts each), which its garbage collector, running almost
 -- without pause (Prosody's default pause is 105 %), walked again and again:
 -- in a login storm every roster get then took four to seven times as long
--- as native Prosody's (docs/benchmarks.md).  So the entity's reads and
--- writes leave the cache as they found it: a roster one of them put there,
--- for a user who is still offline, is taken out again.
+-- as native Prosody's (docs/benchmarks.md).  So after each of the entity's
+-- reads and writes, the roster of a user who is still offline is taken out
+-- of the cache (saved already: the next load reads the store), including
+-- one an earlier run of this module left there.
 local hosts, bare_sessions = prosody.hosts, prosody.bare_sessions;
 
-local function cached(owner)
-	local roster_cache = hosts[module.host].roster_cache;
-	return roster_cache ~= nil and roster_cache:get(owner) ~= nil;
-end
-
-local function leave_roster_cache_as_found(handlers, event_name, event_data)
-	local to = event_data.stanza.attr.to;
-	local username, host = jid.split(to);
-	if event_data.origin.type ~= "component" or not username or host ~= module.host then
-		return handlers(event_name, event_data);
-	end
-	local owner = username .. "@" .. host;
-	local was_cached = cached(owner);
+local function uncache_offline_roster(handlers, event_name, event_data)
 	local handled = handlers(event_name, event_data);
-	if not was_cached and not bare_sessions[owner] and cached(owner) then
-		hosts[module.host].roster_cache:set(owner, nil);
+	local username, host = jid.split(event_data.stanza.attr.to);
+	local roster_cache = hosts[module.host].roster_cache;
+	if event_data.origin.type == "component" and username and host == module.host and roster_cache then
+		local owner = username .. "@" .. host;
+		if not bare_sessions[owner] then roster_cache:set(owner, nil); end
 	end
 	return handled;
 end
@@ -618,5 +610,5 @@ for _, event_name in ipairs {
 	"iq-set/bare/jabber:iq:roster:query";  -- mod_privilege's one-item write
 	"iq-set/bare/" .. xmlns .. ":query";  -- this module's write
 } do
-	module:wrap_event(event_name, leave_roster_cache_as_found);
+	module:wrap_event(event_name, uncache_offline_roster);
 end
