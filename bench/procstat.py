@@ -1,5 +1,5 @@
 """
-CPU time from /proc: of one process, and of the whole machine.
+CPU time and memory from /proc: of one process, and the whole machine's CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +16,17 @@ def cpuSeconds(pid: int) -> float:
     """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def residentMegabytes(pid: int) -> float:
+    """
+    A process's resident memory (VmRSS), in MB: Prosody's grows with what its
+    Lua heap holds, such as the rosters it caches.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for process {pid}")
 
 
 def machineBusySeconds() -> float:

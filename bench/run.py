@@ -93,7 +93,7 @@ from bench.luaprofile import LuaProfile, profiledConfig
 from bench import logincost, slowhttp, takeover
 from bench.reactorstall import reactorStall
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
-from bench.procstat import cpuSeconds
+from bench.procstat import cpuSeconds, residentMegabytes
 from bench.probes import health, metrics, rosterPath
 from bench.refreshmemory import WARMED, refreshMemory
 from bench.stormprobe import StormProbe
@@ -228,6 +228,14 @@ fetch_timeout = 60
         if self.component is not None:
             pids["rosteradmin"] = self.component.pid
         return {name: cpuSeconds(pid) for name, pid in pids.items()}
+
+    def prosodyMemory(self) -> dict[str, float]:
+        """
+        A row with Prosody's resident memory now: B's was twice A's while
+        Prosody cached the rosters rosteradmin's sync read
+        (docs/benchmarks.md, "The cause: Prosody's roster cache").
+        """
+        return {"prosody RSS at start (MB)": residentMegabytes(self.prosody._process.pid)}  # type: ignore[union-attr]
 
     def webappCall(self, method: str, path: str) -> dict[str, Any]:
         request = urllib.request.Request(f"http://127.0.0.1:{self.webappPort}{path}", method=method,
@@ -1006,7 +1014,8 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
                     profiler = (Profiler(setup.component.pid, f"{args.profile}.{'D1v' if withVer else 'D1'}")  # type: ignore[union-attr]
                                 if profiled and args.profile_scenario == "D1" else None)
                     results[f"{DEPLOYED_WARM[withVer]} ({clients} clients)"][mode].append(
-                        await warmGets(setup, clients, args.deployed_gets, withVer, presence=True, pre=pre))
+                        await warmGets(setup, clients, args.deployed_gets, withVer, presence=True,
+                                       pre={**pre, **setup.prosodyMemory()}))
                     if profiler is not None:
                         profiler.stop(args.deployed_gets, DEPLOYED_WARM[withVer])
                     if luaProfile is not None:
@@ -1017,7 +1026,7 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
                 if luaProfile is not None:
                     await luaProfile.start()
                 results[f"{DEPLOYED_STORM} ({users} users)"][mode].append(
-                    await deployed.deployedStorm(setup, users, pre))
+                    await deployed.deployedStorm(setup, users, {**pre, **setup.prosodyMemory()}))
                 if luaProfile is not None:
                     await luaProfile.stop(f"{args.prosody_profile}.{mode}.D2.folded")
                 if profiler is not None:
