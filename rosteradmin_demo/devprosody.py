@@ -119,11 +119,18 @@ class LocalProsody:
         (accounts / f"{username}.dat").write_text(f'return {{ ["password"] = "{quoted}"; }};\n')
         self.accounts[username] = password
 
+    def storedRosterPath(self, username: str) -> Path:
+        """
+        The file of the roster Prosody stores for a user (internal storage),
+        which may not exist.
+        """
+        return self.dataPath / _storageName(self.domain) / "roster" / f"{username}.dat"
+
     def storedRoster(self, username: str) -> str:
         """
         The raw text of the roster Prosody stores for a user ("" if none).
         """
-        path = self.dataPath / _storageName(self.domain) / "roster" / f"{username}.dat"
+        path = self.storedRosterPath(username)
         return path.read_text() if path.exists() else ""
 
     @property

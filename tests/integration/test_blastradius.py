@@ -95,15 +95,15 @@ def preFill(prosody: ProsodyServer, username: str, webRoster: dict[str, Any]) ->
     Call it before anything makes Prosody load the user's roster: Prosody
     caches loaded rosters.
     """
-    host = next(prosody.dataPath.glob("*/accounts")).parent
     lines = ["return {", '\t[false] = { ["pending"] = {}; ["version"] = 1; };']
     for jid, value in webRoster.items():
         groups = "".join(f"[{_lua(g)}] = true; " for g in value.get("groups", ()))
         name = f'["name"] = {_lua(value["name"])}; ' if value.get("name") else ""
         lines.append(f'\t[{_lua(jid)}] = {{ ["groups"] = {{ {groups}}}; ["subscription"] = "both"; {name}}};')
     lines.append("};")
-    (host / "roster").mkdir(exist_ok=True)
-    (host / "roster" / f"{username}.dat").write_text("\n".join(lines) + "\n")
+    path = prosody.storedRosterPath(username)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
 
 
 def streamTrouble(prosody: ProsodyServer) -> list[str]:

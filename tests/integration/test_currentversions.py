@@ -201,7 +201,7 @@ def addedBehindProsodysBack(xmppServer: ProsodyServer, username: str, contact: s
     version: only a Prosody that loads the roster from its store again sees
     it, and rosteradmin's promise of that version still holds.
     """
-    path = next(xmppServer.dataPath.glob(f"*/roster/{username}.dat"))
+    path = xmppServer.storedRosterPath(username)
     text = path.read_text()
     assert text.startswith("return {")
     path.write_text(text.replace("return {", f'return {{\n["{contact}"] = {{ ["subscription"] = "both"; ["groups"] = {{}}; }};', 1))
