@@ -43,8 +43,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from bench.probes import Probes, SetupLike, Window, health, rosterPath
-from bench.rosters import DOMAIN, username
+from bench.probes import Probes, SetupLike, Window, health
+from bench.rosters import DOMAIN, rosterPath, username
 from bench.xmppload import LoadClient
 
 #: Contacts of every user but the big one.

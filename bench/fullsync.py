@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
-from bench.probes import Probes, SetupLike, Window, health, rosterPath
-from bench.rosters import DOMAIN, username
+from bench.probes import Probes, SetupLike, Window, health
+from bench.rosters import DOMAIN, rosterPath, username
 
 #: Usernames per page of the web app's users list.
 PAGE_SIZE = 1000

@@ -26,8 +26,7 @@ import json
 import time
 from typing import Any, Protocol
 
-from bench.probes import rosterPath
-from bench.rosters import DOMAIN, username
+from bench.rosters import DOMAIN, rosterPath, username
 from bench.xmppload import LoadClient, percentiles
 
 #: The variants of B, in the order they run.

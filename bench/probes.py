@@ -31,11 +31,10 @@ import os
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 from bench.procstat import cpuSeconds, machineBusySeconds
-from bench.rosters import DOMAIN, username
+from bench.rosters import DOMAIN, rosterPath, username
 from bench.xmppload import LoadClient, percentiles
 
 
@@ -76,13 +75,6 @@ def metrics(setup: SetupLike) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     return values
-
-
-def rosterPath(dataPath: Path, user: str) -> Path:
-    """
-    A user's roster file in Prosody's internal storage.
-    """
-    return dataPath / DOMAIN.replace(".", "%2e") / "roster" / f"{user}.dat"
 
 
 class Probes:

@@ -49,8 +49,8 @@ from typing import Any, Protocol
 
 from bench.gclog import pauses
 from bench.probes import health as _health
-from bench.probes import metrics, rosterPath
-from bench.rosters import DOMAIN, username
+from bench.probes import metrics
+from bench.rosters import DOMAIN, rosterPath, username
 from bench.xmppload import LoadClient, percentiles
 
 #: Users cached before the refresh, for the "warmed" probe.

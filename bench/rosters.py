@@ -29,6 +29,13 @@ def contacts(i: int, users: int, size: int, generation: int = 0) -> dict[str, di
     return roster
 
 
+def rosterPath(dataPath: Path, user: str) -> Path:
+    """
+    A user's roster file in Prosody's internal storage.
+    """
+    return dataPath / DOMAIN.replace(".", "%2e") / "roster" / f"{user}.dat"
+
+
 def writeStoredRoster(dataPath: Path, i: int, users: int, size: int) -> None:
     """
     User C{i}'s roster in Prosody's internal storage, subscription both.
@@ -38,7 +45,7 @@ def writeStoredRoster(dataPath: Path, i: int, users: int, size: int) -> None:
         groups = "".join(f'["{g}"] = true;' for g in entry["groups"])  # type: ignore[union-attr]
         items.append(f'["{jid}"] = {{ ["subscription"] = "both"; ["name"] = "{entry["name"]}"; '
                      f'["groups"] = {{ {groups} }}; }};')
-    path = dataPath / DOMAIN.replace(".", "%2e") / "roster" / f"{username(i)}.dat"
+    path = rosterPath(dataPath, username(i))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('return {\n[false] = { ["version"] = 1; ["pending"] = {}; };\n' + "\n".join(items) + "\n};\n")
 

@@ -94,11 +94,11 @@ from bench import logincost, slowhttp, takeover
 from bench.reactorstall import reactorStall
 from bench.firstsync import SMALL_ROSTER, largeFirstSync, prepareStorage, usersNeeded
 from bench.procstat import cpuSeconds, residentMegabytes
-from bench.probes import health, metrics, rosterPath
+from bench.probes import health, metrics
 from bench.refreshmemory import WARMED, refreshMemory
 from bench.stormprobe import StormProbe
 from bench.streamtap import ThreadedTap
-from bench.rosters import DOMAIN, username, writeProsodyStorage, writeStoredRoster
+from bench.rosters import DOMAIN, rosterPath, username, writeProsodyStorage, writeStoredRoster
 from bench.xmppload import LoadClient, connectMany, percentiles
 from rosteradmin_demo.devprosody import LocalProsody, freePort
 
