@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.integration.test_devices -*-
 """
-What users' devices show, on a real Prosody with both contrib modules and
-real client sessions: several devices of one user each see every change,
+What users' devices show, on a real server (Prosody with both contrib
+modules, or ejabberd with contrib's configuration) and real client
+sessions: several devices of one user each see every change,
 a device that asked for its roster before sending presence is pushed (its
 get answered by rosteradmin, or by Prosody itself from a promise), a
 device whose view went stale is answered in full at its next login, a
