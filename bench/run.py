@@ -1154,8 +1154,8 @@ def printResults(results: dict[str, dict[str, list[dict[str, Any]]]], rows: list
         for metric in b:
             if not inPhases(metric, b):
                 rows.append((scenario, metric, a.get(metric, "-"), b[metric]))
-        for metric in ("gets/s", "rosters/s", "p50", "p99", "mean", "gets over 4 x p10 (%)", "login+roster p99", "full get ms",
-                       "cpu s/10k (prosody)", "cpu ms/login (prosody)"):
+        for metric in ("gets/s", "rosters/s", "p50", "p99", "mean", "gets over 4 x p10 (%)", "login+roster p99",
+                       "full get ms", "cpu s/10k (prosody)", "cpu ms/login (prosody)"):
             if metric in a and metric in b:
                 ra = statistics.median(r[metric] for r in results[scenario]["A"])
                 rb = statistics.median(r[metric] for r in results[scenario]["B"])
