@@ -25,7 +25,8 @@ stream, and the users are written once it answers (L{unreachable}, which
 C{/healthz} shows, a refresh does not report).  Either way the API is
 probed again until it answers: every L{PROBE_INTERVAL} seconds, and at
 once when the component's stream comes up (L{APIAvailability}), which
-after a restart of ejabberd is when its API is back too.
+after a restart of ejabberd is when its API is back too, or a moment
+later (L{PROBE_AFTER_CONNECT}).
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ PROBE_USER = "rosteradmin-probe"
 
 #: Seconds between probes while the API refuses or cannot be reached.
 PROBE_INTERVAL = 30.0
+
+#: Seconds to the probe after the one made when the component's stream
+#: comes up, doubling up to L{PROBE_INTERVAL} while the API does not
+#: answer: a restarting ejabberd may take the component's handshake a
+#: moment before its HTTP listener takes connections.
+PROBE_AFTER_CONNECT = 1.0
 
 #: Largest API reply read: a roster of 100,000 contacts fits.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
@@ -231,7 +238,8 @@ class APIAvailability:
     refusing them as a whole (a misconfiguration), or unreachable (down:
     writes wait); and the probes that see when that changes, every
     L{PROBE_INTERVAL} seconds while it does not answer, and at once when
-    the component's stream comes up (L{streamConnected}).
+    the component's stream comes up (L{streamConnected}), then after
+    L{PROBE_AFTER_CONNECT} seconds, doubling up to L{PROBE_INTERVAL}.
 
     @ivar refusal: Why the API refuses our calls, or C{None}.
     @ivar unreachable: Why it cannot be reached, or C{None}.
@@ -255,6 +263,7 @@ class APIAvailability:
         self.running = False
         self._answering = False
         self._probeCall: IDelayedCall | None = None
+        self._probeDelay = PROBE_INTERVAL
 
     def start(self) -> None:
         """
@@ -276,13 +285,18 @@ class APIAvailability:
         The component's stream is up (again): ejabberd may just have
         restarted, so an API that refused or could not be reached is probed
         now, not at the next probe, and the users whose writes waited are
-        written as soon as the component is back, as on Prosody.
+        written as soon as the component is back, as on Prosody.  Its HTTP
+        listener may come up a moment after the component's port: while the
+        API does not answer, the next probes come after
+        L{PROBE_AFTER_CONNECT} seconds, doubling up to L{PROBE_INTERVAL}.
         """
         if self.running and not self.takesCalls():
             self._cancelProbe()
+            self._probeDelay = PROBE_AFTER_CONNECT
             self.probeNow()
 
     def answered(self) -> None:
+        self._probeDelay = PROBE_INTERVAL
         if not self._answering or not self.takesCalls():
             again = not self.takesCalls()
             self._answering, self.refusal, self.unreachable = True, None, None
@@ -327,7 +341,8 @@ class APIAvailability:
 
     def _probeLater(self) -> None:
         if self.running and (self._probeCall is None or not self._probeCall.active()):
-            self._probeCall = self.clock.callLater(PROBE_INTERVAL, self.probeNow)
+            self._probeCall = self.clock.callLater(self._probeDelay, self.probeNow)
+            self._probeDelay = min(self._probeDelay * 2, PROBE_INTERVAL)
 
     def _cancelProbe(self) -> None:
         if self._probeCall is not None and self._probeCall.active():

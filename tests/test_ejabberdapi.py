@@ -26,7 +26,7 @@ from rosteradmin.backend import RosterBackend
 from rosteradmin.cache import RosterCache
 from rosteradmin.config import ConfigError, buildConfig
 from rosteradmin_demo.devprosody import freePort
-from rosteradmin.ejabberdapi import MAX_PUT_BACK, PROBE_INTERVAL, PROBE_USER, EjabberdAPISync
+from rosteradmin.ejabberdapi import MAX_PUT_BACK, PROBE_AFTER_CONNECT, PROBE_INTERVAL, PROBE_USER, EjabberdAPISync
 from rosteradmin.errors import NotConnected, SyncFailed
 from rosteradmin.fetcher import RosterFetcher
 from rosteradmin.interfaces import IServerObserver
@@ -486,9 +486,9 @@ def test_streamConnectedProbesAtOnce() -> None:
     api = FakeAPI()
     sync, clock, http, observer = restartingSync(api)
     assert [call.getTime() for call in clock.getDelayedCalls()] == [PROBE_INTERVAL]
-    sync.availability.streamConnected()  # still down: the next probe stays PROBE_INTERVAL away
+    sync.availability.streamConnected()  # still down: probed again a moment later
     assert not sync.canSync() and len(api.calls) == 0
-    assert [call.getTime() for call in clock.getDelayedCalls()] == [PROBE_INTERVAL]
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [PROBE_AFTER_CONNECT]
     http.down = False
     sync.availability.streamConnected()
     assert api.calls == [("get_roster", {"user": PROBE_USER, "host": DOMAIN})]
@@ -496,6 +496,34 @@ def test_streamConnectedProbesAtOnce() -> None:
     assert not clock.getDelayedCalls()
     sync.availability.streamConnected()  # answering: nothing to probe
     assert len(api.calls) == 1
+    sync.stopService()
+
+
+def test_httpListenerLaterThanTheStream() -> None:
+    """
+    ejabberd took the component's handshake before its HTTP listener came
+    up: the API is probed again after 1, 2, 4, 8 and 16 seconds, then every
+    L{PROBE_INTERVAL}, and answers the first probe after it is up; the
+    next outage, with the stream up throughout, is probed every
+    L{PROBE_INTERVAL} again.
+    """
+    api = FakeAPI()
+    sync, clock, http, observer = restartingSync(api)
+    sync.availability.streamConnected()
+    probed = []
+    for _ in range(7):
+        delay = min(call.getTime() for call in clock.getDelayedCalls()) - clock.seconds()
+        probed.append(delay)
+        clock.advance(delay)
+    assert probed == [1.0, 2.0, 4.0, 8.0, 16.0, PROBE_INTERVAL, PROBE_INTERVAL]
+    assert not sync.canSync() and observer.restored == 0
+    http.down = False
+    clock.advance(PROBE_INTERVAL)
+    assert sync.canSync() and observer.restored == 1 and not clock.getDelayedCalls()
+    http.down = True
+    failure(sync.write("alice", RosterDiff((BOB,), ()), True))
+    assert not sync.canSync()
+    assert [call.getTime() - clock.seconds() for call in clock.getDelayedCalls()] == [PROBE_INTERVAL]
     sync.stopService()
 
 
