@@ -1159,7 +1159,8 @@ def printResults(results: dict[str, dict[str, list[dict[str, Any]]]], rows: list
             if metric in a and metric in b:
                 ra = statistics.median(r[metric] for r in results[scenario]["A"])
                 rb = statistics.median(r[metric] for r in results[scenario]["B"])
-                ratios[f"{scenario}: {metric} B/A"].append(rb / ra)
+                if ra:  # A's storms may have no slow mode at all
+                    ratios[f"{scenario}: {metric} B/A"].append(rb / ra)
         for mode, table in (("A", results[scenario]["A"]), ("B", results[scenario]["B"])):
             if table and NATIVE_P99 + " during" in table[0]:
                 during = statistics.median(r[NATIVE_P99 + " during"] for r in table)
