@@ -238,8 +238,8 @@ class APIAvailability:
     refusing them as a whole (a misconfiguration), or unreachable (down:
     writes wait); and the probes that see when that changes, every
     L{PROBE_INTERVAL} seconds while it does not answer, and at once when
-    the component's stream comes up (L{streamConnected}), then after
-    L{PROBE_AFTER_CONNECT} seconds, doubling up to L{PROBE_INTERVAL}.
+    the component's stream comes up (L{streamConnected}), then
+    L{PROBE_AFTER_CONNECT} seconds later, doubling up to L{PROBE_INTERVAL}.
 
     @ivar refusal: Why the API refuses our calls, or C{None}.
     @ivar unreachable: Why it cannot be reached, or C{None}.
@@ -271,6 +271,7 @@ class APIAvailability:
         the first login.
         """
         self.running = True
+        self._probeDelay = PROBE_INTERVAL
         self.probeNow()
 
     def stop(self) -> None:
@@ -296,6 +297,11 @@ class APIAvailability:
             self.probeNow()
 
     def answered(self) -> None:
+        """
+        A call was answered: writes are on.  The short probes after a
+        handshake end too, so the next outage, with the stream up, is
+        probed every L{PROBE_INTERVAL} seconds.
+        """
         self._probeDelay = PROBE_INTERVAL
         if not self._answering or not self.takesCalls():
             again = not self.takesCalls()

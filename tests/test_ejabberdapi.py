@@ -527,6 +527,22 @@ def test_httpListenerLaterThanTheStream() -> None:
     sync.stopService()
 
 
+def test_restartForgetsTheShortProbes() -> None:
+    """
+    Stopped in the middle of the short probes after a handshake and
+    started again with the API still down, the sync probes every
+    L{PROBE_INTERVAL}: the short ones belong to a handshake.
+    """
+    api = FakeAPI()
+    sync, clock, _, _ = restartingSync(api)
+    sync.availability.streamConnected()
+    sync.stopService()
+    sync.startService()
+    assert not sync.canSync()
+    assert [call.getTime() - clock.seconds() for call in clock.getDelayedCalls()] == [PROBE_INTERVAL]
+    sync.stopService()
+
+
 def test_probeKeepsItsIntervalWithoutAStream() -> None:
     """
     While the component's stream does not drop (the API alone went down),
