@@ -51,6 +51,8 @@ class DeployedSetup(SetupLike, Protocol):
 
     def restartComponent(self) -> None: ...
 
+    def prosodyMemory(self) -> dict[str, float]: ...
+
 
 def deployedConfig(tmp: Path, contrib: Path) -> Path:
     """
@@ -101,10 +103,11 @@ async def restartedOnState(setup: DeployedSetup, users: int) -> dict[str, Any]:
     Restart B's rosteradmin on its state once the start-up sync has ended,
     wait for the next start's sync to end too, and check the preconditions:
     every user synced and known to the state, nothing cached.  A has
-    nothing to prepare.
+    nothing to prepare.  Either way the rows include Prosody's memory as
+    the measurement starts.
     """
     if setup.mode != "B":
-        return {}
+        return setup.prosodyMemory()
     first = await syncEnded(setup)
     setup.restartComponent()
     again = await syncEnded(setup)
@@ -118,7 +121,7 @@ async def restartedOnState(setup: DeployedSetup, users: int) -> dict[str, Any]:
     }
     if (first["synced"], again["synced"], again["failed"], status["unsynced_users"]) != (users, users, 0, 0):
         raise RuntimeError(f"deployed: preconditions not met: {pre}")
-    return pre
+    return {**pre, **setup.prosodyMemory()}
 
 
 async def settled(setup: DeployedSetup, quiet: float = 1.0, timeout: float = 30.0) -> None:

@@ -1014,8 +1014,7 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
                     profiler = (Profiler(setup.component.pid, f"{args.profile}.{'D1v' if withVer else 'D1'}")  # type: ignore[union-attr]
                                 if profiled and args.profile_scenario == "D1" else None)
                     results[f"{DEPLOYED_WARM[withVer]} ({clients} clients)"][mode].append(
-                        await warmGets(setup, clients, args.deployed_gets, withVer, presence=True,
-                                       pre={**pre, **setup.prosodyMemory()}))
+                        await warmGets(setup, clients, args.deployed_gets, withVer, presence=True, pre=pre))
                     if profiler is not None:
                         profiler.stop(args.deployed_gets, DEPLOYED_WARM[withVer])
                     if luaProfile is not None:
@@ -1026,7 +1025,7 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
                 if luaProfile is not None:
                     await luaProfile.start()
                 results[f"{DEPLOYED_STORM} ({users} users)"][mode].append(
-                    await deployed.deployedStorm(setup, users, {**pre, **setup.prosodyMemory()}))
+                    await deployed.deployedStorm(setup, users, pre))
                 if luaProfile is not None:
                     await luaProfile.stop(f"{args.prosody_profile}.{mode}.D2.folded")
                 if profiler is not None:
