@@ -92,11 +92,9 @@ local function from_server(origin)
 	return origin ~= nil and origin == prosody.hosts[origin.host];
 end
 
+-- A subscription presence (one of blocked_types), refused.
 local function refuse(event, direction)
 	local stanza = event.stanza;
-	if not blocked_types[stanza.attr.type] then
-		return nil; -- not a subscription: mod_presence handles it
-	end
 	if from_server(event.origin) then
 		-- Nobody sent it, so nobody is told: the error would reach a
 		-- user whose clients sent nothing.
@@ -118,9 +116,6 @@ local function refuse(event, direction)
 	return true; -- handled: mod_presence never applies it
 end
 
-local function outbound(event) return refuse(event, "outbound"); end
-local function inbound(event) return refuse(event, "inbound"); end
-
 -- An error mod_component bounced, while no component was connected, for a
 -- presence the server itself sent the component (mod_privilege's copy): see
 -- the top of this file.  The bounce comes from the component's host with
@@ -128,7 +123,7 @@ local function inbound(event) return refuse(event, "inbound"); end
 -- directly and never gets here.
 local function component_bounce(event)
 	local stanza, origin = event.stanza, event.origin;
-	if stanza.attr.type ~= "error" or not from_server(origin) or origin.type ~= "component" then
+	if not from_server(origin) or origin.type ~= "component" then
 		return nil;
 	end
 	local err = stanza:get_child("error");
@@ -140,10 +135,29 @@ local function component_bounce(event)
 	return true;
 end
 
+-- The handlers run for every presence a login sends, probes and receives
+-- (hundreds in a login storm), so each is one handler per event that looks
+-- at the type first; anything else passes to mod_presence untouched.
+local function outbound(event)
+	if blocked_types[event.stanza.attr.type] then return refuse(event, "outbound"); end
+	return nil;
+end
+
+local function inbound(event)
+	if blocked_types[event.stanza.attr.type] then return refuse(event, "inbound"); end
+	return nil;
+end
+
+local function inbound_or_bounce(event)
+	local kind = event.stanza.attr.type;
+	if blocked_types[kind] then return refuse(event, "inbound"); end
+	if kind == "error" then return component_bounce(event); end
+	return nil;
+end
+
 for _, target in ipairs({ "bare", "full", "host" }) do
 	module:hook("pre-presence/" .. target, outbound, priority);
-	module:hook("presence/" .. target, inbound, priority);
 end
-for _, target in ipairs({ "bare", "full" }) do
-	module:hook("presence/" .. target, component_bounce, priority);
-end
+module:hook("presence/host", inbound, priority);
+module:hook("presence/bare", inbound_or_bounce, priority);
+module:hook("presence/full", inbound_or_bounce, priority);
