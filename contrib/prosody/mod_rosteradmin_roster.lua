@@ -403,16 +403,38 @@ local function within_get_rate(username)
 	return (bucket:poll(1));
 end
 
+-- An element as util.stanza's clone makes one: without the checks
+-- st.stanza():tag() and :text() make of every name and value (a pattern
+-- scan of each character).  An answer's values come from the stored
+-- roster, which Prosody parsed from XML when rosteradmin wrote it, so the
+-- checks would find nothing, and they cost more than the rest of building
+-- the answer (a 50-contact roster: 322 against 85 microseconds on the
+-- bench's machine).  Serialisation escapes the values as for any stanza.
+local function element(name, attr)
+	return setmetatable({ name = name; attr = attr; tags = {} }, st.stanza_mt);
+end
+
+local function append(parent, child)
+	parent[#parent + 1] = child;
+	if type(child) ~= "string" then parent.tags[#parent.tags + 1] = child; end
+end
+
 -- The stored roster as mod_roster answers it, with rosteradmin's version.
 local function roster_result(stanza, roster, ver)
-	local reply = st.reply(stanza):tag("query", { xmlns = "jabber:iq:roster"; ver = ver });
+	local reply, query = st.reply(stanza), element("query", { xmlns = "jabber:iq:roster"; ver = ver });
 	for contact, item in pairs(roster) do
 		if contact then
-			reply:tag("item", { jid = contact; subscription = item.subscription; ask = item.ask; name = item.name });
-			for group in pairs(item.groups) do reply:text_tag("group", group); end
-			reply:up();
+			local entry = element("item", { jid = contact; subscription = item.subscription; ask = item.ask;
+				name = item.name });
+			for group in pairs(item.groups) do
+				local tag = element("group", {});
+				append(tag, group);
+				append(entry, tag);
+			end
+			append(query, entry);
 		end
 	end
+	append(reply, query);
 	return reply;
 end
 

@@ -77,6 +77,35 @@ async def test_currentVersionAnsweredByProsody(service: RunningService, webapp: 
 
 
 @pytest_twisted.ensureDeferred
+async def test_answerFromPromiseCarriesEveryValueEscaped(service: RunningService, webapp: WebAppStub,
+                                                         clients: Any) -> None:
+    """
+    Prosody builds its answer from the stored roster without re-checking
+    each value, and escapes them as it serialises the answer: names and
+    groups with XML's special characters and beyond ASCII, an item without
+    a name and one in several groups arrive as the web app gave them.
+    """
+    webapp.rosters["alice"] = {
+        "bob@example.org": {"name": "Bob & <Co> \"O'Brien\"", "groups": ["Friends & Family", "<b>"]},
+        "carol@example.org": {"groups": []},
+        "dave@example.org": {"name": "Dav\u00e9 \u65e5\u672c \U0001f600", "groups": ["\u00dcber", "x > y", "Work"]},
+    }
+    expected = {
+        "bob@example.org": ("Bob & <Co> \"O'Brien\"", "both", ["<b>", "Friends & Family"]),
+        "carol@example.org": (None, "both", []),
+        "dave@example.org": ("Dav\u00e9 \u65e5\u672c \U0001f600", "both", ["Work", "x > y", "\u00dcber"]),
+    }
+    alice = await clients("alice")
+    version = await promised(service, alice)
+    answered = service.component.rosterServer.answered
+    replies = [await alice.rosterGet(), await alice.rosterGet(ver="stale")]
+    assert service.component.rosterServer.answered == answered
+    for reply in replies:
+        assert items(reply) == expected
+        assert reply.query["ver"] == version
+
+
+@pytest_twisted.ensureDeferred
 async def test_promiseOutlivesRosteradminRestartWithState(xmppServer: ProsodyServer, webapp: WebAppStub,
                                                            clients: Any, tmp_path: Any) -> None:
     """
