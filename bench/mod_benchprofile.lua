@@ -5,17 +5,22 @@
 -- previous sample is charged to the current stack, so a share of the profile
 -- is a share of Prosody's CPU (time in C functions is charged to the Lua
 -- stack that runs when the next sample fires: close enough for the callers
--- that matter).  The debug library keeps a hook per coroutine, so the hook is
+-- that matter).  With `benchprofile_charge = "instructions"` each sample
+-- charges the VM instructions themselves instead: work done in Lua, which
+-- does not move with the machine's load as CPU time does (but C functions
+-- and the collector count nothing).  The debug library keeps a hook per coroutine, so the hook is
 -- set on the main thread and on every coroutine made from now on (each
 -- session's util.async runner).  It loads on a host of its own: the hook is
 -- the process's, whatever host it loads on.
 --
 -- The bench drives it with files beside `benchprofile_file`: FILE.start
 -- begins a profile afresh, FILE.stop writes it to FILE as folded stacks (one
--- line per stack, root first, frames separated by ";", then microseconds).
+-- line per stack, root first, frames separated by ";", then microseconds,
+-- or VM instructions).
 
 local clock, getinfo = os.clock, debug.getinfo;
 local every = module:get_option_number("benchprofile_every", 10000);
+local by_instructions = module:get_option_string("benchprofile_charge", "cpu") == "instructions";
 local file = module:get_option_string("benchprofile_file");
 local stacks, last, on = {}, clock(), false;
 
@@ -25,7 +30,7 @@ end
 
 local function sample()
 	local now = clock();
-	local spent = now - last;
+	local spent = by_instructions and every or now - last;
 	last = now;
 	if not on then return; end
 	local frames = {};
@@ -60,7 +65,7 @@ module:add_timer(0.1, function ()
 		on = false;
 		local out = assert(io.open(file, "w"));
 		for key, spent in pairs(stacks) do
-			out:write(key, " ", string.format("%d", math.floor(spent * 1e6)), "\n");
+			out:write(key, " ", string.format("%d", math.floor(by_instructions and spent or spent * 1e6)), "\n");
 		end
 		out:close();
 		os.remove(file .. ".stop");

@@ -89,6 +89,7 @@ from typing import Any
 
 from bench import deployed, fullsync
 from bench.flood import OTHERS, oneClientFlood
+from bench import instructions
 from bench.luaprofile import LuaProfile, profiledConfig
 from bench import logincost, slowhttp, takeover
 from bench.reactorstall import reactorStall
@@ -117,12 +118,13 @@ class Setup:
     """
 
     def __init__(self, workdir: Path, mode: str, users: int, contacts: int, delay: float,
-                 include: Path | None = None, tap: bool = False) -> None:
+                 include: Path | None = None, tap: bool = False, counted: bool = False) -> None:
         """
         @param include: B's Prosody configuration instead of contrib's (to
             try variants of it).
         @param tap: Relay the component stream through a L{ThreadedTap},
             which counts its stanzas (profiling only).
+        @param counted: Run Prosody under callgrind (L{CountedProsody}).
         """
         self.mode, self.users, self.contacts, self.delay = mode, users, contacts, delay
         self.dir = workdir / mode
@@ -130,7 +132,10 @@ class Setup:
         if include is None:
             include = ROOT / "contrib" / "prosody" / "rosteradmin.cfg.lua" if mode == "B" else ROOT / "bench" / "prosody-a.cfg.lua"
         self.include = include
-        self.prosody = LocalProsody(self.dir / "prosody", include, logLevel="warn", hasComponents=mode == "B")
+        options: dict[str, Any] = {"logLevel": "warn", "hasComponents": mode == "B"}
+        self.prosody = (instructions.CountedProsody(self.dir / "prosody", include, output=self.dir / "callgrind.out",
+                                                    **options)
+                        if counted else LocalProsody(self.dir / "prosody", include, **options))
         self.tap: ThreadedTap | None = None
         self.wantTap = tap and mode == "B"
         writeProsodyStorage(self.prosody.dataPath, users, contacts, PASSWORD)
@@ -980,6 +985,7 @@ async def classicScenarios(tmp: Path, args: argparse.Namespace, scale: float,
 #: The deployed scenarios' names (L{bench.deployed}).
 DEPLOYED_WARM = {False: "D1 deployed, restarted: warm gets, no ver", True: "D1v deployed, restarted: warm gets, current ver"}
 DEPLOYED_STORM = "D2 deployed, restarted: login storm"
+DEPLOYED_COUNTED = "D2i deployed, restarted: login storm, Prosody's instructions counted"
 
 
 async def deployedScenarios(tmp: Path, args: argparse.Namespace,
@@ -998,7 +1004,7 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
             luaProfile = None
             if args.prosody_profile and run == 0:
                 luaProfile = LuaProfile(Path(f"{args.prosody_profile}.{mode}.raw").resolve())
-                prosodyConfig = profiledConfig(tmp, prosodyConfig, luaProfile.output)
+                prosodyConfig = profiledConfig(tmp, prosodyConfig, luaProfile.output, args.prosody_profile_charge)
             setup = Setup(tmp / f"deployed-{run}", mode, users, 50, args.delay, include=prosodyConfig)
             setup.extraConfig["query_rate"] = 1000.0  # as in scenario 1: throughput, not the gate
             if mode == "B":
@@ -1032,6 +1038,30 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
                     profiler.stop(users, f"{DEPLOYED_STORM} ({users} users), logins")
             finally:
                 setup.stop()
+        if run == 0 and args.count_instructions:
+            await countedScenario(tmp, args, results)
+
+
+async def countedScenario(tmp: Path, args: argparse.Namespace,
+                          results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """
+    D2i (L{bench.instructions}), once: the count is the same in every run.
+    """
+    for mode in ("A", "B"):
+        include = (deployed.deployedConfig(tmp, ROOT / "contrib" / "prosody" / "rosteradmin.cfg.lua")
+                   if mode == "B" else ROOT / "bench" / "prosody-a.cfg.lua")
+        setup = Setup(tmp / "counted", mode, instructions.USERS, 50, args.delay, include=include, counted=True)
+        setup.extraConfig["query_rate"] = 1000.0
+        if mode == "B":
+            deployed.configure(setup)
+        setup.start()
+        try:
+            noteLoad(f"counted {mode}")
+            pre = await deployed.restartedOnState(setup, instructions.USERS)
+            results[f"{DEPLOYED_COUNTED} ({instructions.USERS} users)"][mode].append(
+                await instructions.countedStorm(setup, pre))
+        finally:
+            setup.stop()
 
 
 def delegateAllConfig(tmp: Path, include: Path | None) -> Path:
@@ -1154,7 +1184,7 @@ def printResults(results: dict[str, dict[str, list[dict[str, Any]]]], rows: list
             if not inPhases(metric, b):
                 rows.append((scenario, metric, a.get(metric, "-"), b[metric]))
         for metric in ("gets/s", "rosters/s", "p50", "p99", "mean", "gets over 4 x p10 (%)", "login+roster p99",
-                       "full get ms", "cpu s/10k (prosody)", "cpu ms/login (prosody)"):
+                       "full get ms", "cpu s/10k (prosody)", "cpu ms/login (prosody)", instructions.INSTRUCTIONS):
             if metric in a and metric in b:
                 ra = statistics.median(r[metric] for r in results[scenario]["A"])
                 rb = statistics.median(r[metric] for r in results[scenario]["B"])
@@ -1227,6 +1257,10 @@ if __name__ == "__main__":
     parser.add_argument("--prosody-profile", metavar="PREFIX",
                         help="profile Prosody's Lua during D1, D1v and D2 of run 1 (bench/mod_benchprofile.lua), A and "
                              "B, into PREFIX.<A|B>.<scenario>.folded; compare with python -m bench.luaprofile")
+    parser.add_argument("--prosody-profile-charge", choices=("cpu", "instructions"), default="cpu",
+                        help="what a sample of --prosody-profile counts: CPU time, or Lua VM instructions (work,"
+                             " unmoved by the machine's load; summarise with python -m bench.luaprofile"
+                             " --instructions)")
     parser.add_argument("--profile-scenario", choices=("1", "2", "2c", "2s", "D1", "D2"), default=None,
                         help="what --profile records: scenarios 1 and 1v, or one storm (run 1, first storm size);"
                              " with the deployed scenarios, D1 (FILE.D1 and FILE.D1v, the default) or D2")
@@ -1237,7 +1271,8 @@ if __name__ == "__main__":
                                                "login-cost", "takeover"),
                         default="deployed",
                         help="run D1, D1v and D2, the recommended deployment after a restart of rosteradmin on its"
-                             " state (deployed, the default: bench/deployed.py); or scenarios 1 to 6 (all);"
+                             " state, and D2i once (deployed, the default: bench/deployed.py,"
+                             " bench/instructions.py); or scenarios 1 to 6 (all);"
                              " or only 1, 1v, 2, 2c and 2s (targets); or only 5 and 5L (large-roster);"
                              " or only scenario 6"
                              " (bench/firstsync.py), 7 (bench/fullsync.py), 8 (bench/refreshmemory.py)"
@@ -1246,6 +1281,9 @@ if __name__ == "__main__":
                              " bench/takeover.py, with PostgreSQL); 7 to 14 run only when named")
     parser.add_argument("--deployed-users", type=int, default=1000,
                         help="users of the deployed scenarios (all synced; all in D2's storm; the first 100 in D1)")
+    parser.add_argument("--no-count-instructions", dest="count_instructions", action="store_false",
+                        help="skip D2i, the storm with Prosody's instructions counted under valgrind "
+                             "(needs valgrind; about 3 minutes)")
     parser.add_argument("--deployed-gets", type=int, default=10000,
                         help="roster gets of each of D1 and D1v, shared by 100 clients")
     parser.add_argument("--login-cost-users", type=int, default=200,

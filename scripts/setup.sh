@@ -7,9 +7,10 @@ command -v prosody >/dev/null 2>&1 || missing+=(prosody)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 [ -e /usr/lib/prosody/modules/mod_delegation.lua ] \
     || [ -e /usr/lib/prosody/modules/mod_delegation/mod_delegation.lua ] || missing+=(prosody-modules)
-# Packages only the tests need (scripts/test.sh sets ROSTERADMIN_TEST_PACKAGES), such as
-# ejabberd for tests/integration/test_ejabberd.py, or postgresql for the PostgreSQL state
-# (tests/test_stateengines.py starts its own server with the package's initdb and pg_ctl).
+# Packages only the tests or the benchmarks need (scripts/test.sh and scripts/bench.sh set
+# ROSTERADMIN_TEST_PACKAGES), such as ejabberd for tests/integration/test_ejabberd.py, postgresql
+# for the PostgreSQL state (tests/test_stateengines.py starts its own server with the package's
+# initdb and pg_ctl), or valgrind for the bench's instruction counts.
 read -ra testPackages <<< "${ROSTERADMIN_TEST_PACKAGES:-}"
 for package in "${testPackages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
