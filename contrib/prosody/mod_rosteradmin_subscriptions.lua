@@ -116,9 +116,10 @@ local function refuse(event, direction)
 	return true; -- handled: mod_presence never applies it
 end
 
--- An error mod_component bounced, while no component was connected, for a
--- presence the server itself sent the component (mod_privilege's copy): see
--- the top of this file.  The bounce comes from the component's host with
+-- An error presence (inbound_or_bounce checks the type) mod_component
+-- bounced, while no component was connected, for a presence the server
+-- itself sent the component (mod_privilege's copy): see the top of this
+-- file.  The bounce comes from the component's host with
 -- that host as origin; one for a client's own presence went to the client
 -- directly and never gets here.
 local function component_bounce(event)
