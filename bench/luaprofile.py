@@ -2,7 +2,7 @@
 A profile of Prosody's Lua during a scenario (C{bench.run --prosody-profile
 PREFIX}), and its summary, A against B:
 
-    python -m bench.luaprofile PREFIX.A.D2.folded PREFIX.B.D2.folded --per 1000 [--top 30]
+    python -m bench.luaprofile PREFIX.A.D2.folded PREFIX.B.D2.folded --per 1000 [--top 30] [--instructions]
 
 py-spy profiles rosteradmin (L{bench.run.Profiler}); this is its
 counterpart for Prosody, whose CPU per login is what separates the
@@ -13,13 +13,14 @@ scenario with L{LuaProfile.start} and L{LuaProfile.stop}.
 
 The summary lists functions by cumulative CPU (any frame of a stack,
 counted once per stack), in milliseconds per login (C{--per}, the logins
-the profile covers) for A and B side by side (or, for profiles made with
-C{--prosody-profile-charge instructions}, by Lua VM instructions, which
-the machine's load does not move: C{--instructions}), and B's functions A does
-not have (the contrib modules', mod_privilege's).  The sampler's own cost
-inflates both sides alike (a profiled storm costs Prosody about twice its
-CPU): compare shares and differences, not absolute figures with an
-unprofiled run.
+the profile covers) for A and B side by side, and B's functions A does
+not have (the contrib modules', mod_privilege's).  Profiles made with
+C{--prosody-profile-charge instructions} count Lua VM instructions, which
+the machine's load does not move: C{--instructions} prints them in
+thousands per login.  In a CPU profile the sampler's own cost inflates
+both sides alike (a profiled storm costs Prosody about twice its CPU):
+compare shares and differences, not absolute figures with an unprofiled
+run.
 """
 
 from __future__ import annotations
@@ -99,9 +100,9 @@ def cumulative(path: Path) -> collections.Counter[str]:
     """
     total: collections.Counter[str] = collections.Counter()
     for line in path.read_text().splitlines():
-        stack, _, micros = line.rpartition(" ")
+        stack, _, charged = line.rpartition(" ")
         for frame in set(stack.split(";")):
-            total[frame] += int(micros)
+            total[frame] += int(charged)
     return total
 
 
@@ -117,18 +118,18 @@ def main() -> None:
     args = parser.parse_args()
     a, b = cumulative(args.a), cumulative(args.b)
     scale = 1000.0 * args.per
-    unit, what = ("k", "Lua VM instructions") if args.instructions else ("ms", "CPU")
+    unit, what = ("k instr", "Lua VM instructions") if args.instructions else ("ms", "CPU")
 
-    def ms(value: int) -> str:
+    def shown(value: int) -> str:
         return f"{value / scale:8.3f}"
 
     print(f"{'A ' + unit:>8} {'B ' + unit:>8} {'B-A ' + unit:>8}  function (cumulative {what} per unit of --per)")
     for name, _ in (a + b).most_common(args.top):
-        print(f"{ms(a[name])} {ms(b[name])} {ms(b[name] - a[name])}  {name}")
+        print(f"{shown(a[name])} {shown(b[name])} {shown(b[name] - a[name])}  {name}")
     print("\nB's alone (contrib's modules, mod_privilege and whatever A does not run):")
     for name, value in b.most_common():
         if name not in a and value / scale >= 0.01:
-            print(f"{'':8} {ms(value)} {'':8}  {name}")
+            print(f"{'':8} {shown(value)} {'':8}  {name}")
 
 
 if __name__ == "__main__":

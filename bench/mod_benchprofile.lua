@@ -6,9 +6,9 @@
 -- is a share of Prosody's CPU (time in C functions is charged to the Lua
 -- stack that runs when the next sample fires: close enough for the callers
 -- that matter).  With `benchprofile_charge = "instructions"` each sample
--- charges the VM instructions themselves instead: work done in Lua, which
--- does not move with the machine's load as CPU time does (but C functions
--- and the collector count nothing).  The debug library keeps a hook per coroutine, so the hook is
+-- charges `benchprofile_every` instructions instead: work done in Lua,
+-- which does not move with the machine's load as CPU time does (but C
+-- functions and the collector count nothing).  The debug library keeps a hook per coroutine, so the hook is
 -- set on the main thread and on every coroutine made from now on (each
 -- session's util.async runner).  It loads on a host of its own: the hook is
 -- the process's, whatever host it loads on.

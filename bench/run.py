@@ -1,7 +1,8 @@
 """
 Run every benchmark scenario and print one table.
 
-    python -m bench.run [--runs 3] [--deployed-users 1000] [--deployed-gets 10000]   # D1, D1v, D2
+    python -m bench.run [--runs 3] [--deployed-users 1000] [--deployed-gets 10000]   # D1, D1v, D2; D2i once
+    python -m bench.run --no-count-instructions                      # D1, D1v, D2 only (no valgrind)
     python -m bench.run --scenario all [--runs 3] [--quick] [--profile bench-profile.txt] [--storm-sizes 1000]
     python -m bench.run --scenario targets [--runs 3] [--tap]        # 1, 1v, 2, 2c, 2s only
     python -m bench.run --scenario targets --runs 1 --profile 2s.txt --profile-scenario 2s
@@ -17,8 +18,9 @@ Run every benchmark scenario and print one table.
 
 By default it measures the deployment the README recommends, in its
 steady state after rosteradmin restarted on its C{--state}
-(L{bench.deployed}: D1 and D1v warm gets, D2 a login storm), with native
-Prosody alongside in each run.
+(L{bench.deployed}: D1 and D1v warm gets, D2 a login storm; and, once,
+D2i, a smaller storm with Prosody's instructions counted:
+L{bench.instructions}), with native Prosody alongside in each run.
 
 Each scenario runs the same users and rosters against (A) Prosody
 answering roster gets itself from its storage and (B) Prosody delegating
@@ -87,9 +89,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench import deployed, fullsync
+from bench import deployed, fullsync, instructions
 from bench.flood import OTHERS, oneClientFlood
-from bench import instructions
 from bench.luaprofile import LuaProfile, profiledConfig
 from bench import logincost, slowhttp, takeover
 from bench.reactorstall import reactorStall
@@ -872,6 +873,8 @@ async def main(args: argparse.Namespace) -> None:
     rows: list[tuple[str, ...]] = [("scenario", "metric", "A: Prosody", "B: rosteradmin")]
     results: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     ratios: dict[str, list[float]] = defaultdict(list)
+    if args.scenario == "deployed" and args.count_instructions:
+        instructions.valgrind()  # before any run, not after the first one's results
     with tempfile.TemporaryDirectory(prefix="rosteradmin-bench-") as tmp:
         if args.scenario == "deployed":
             await deployedScenarios(Path(tmp), args, results)
@@ -993,7 +996,7 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
     """
     D1, D1v and D2 (L{bench.deployed}): per run, A and then B on a new
     Prosody each; in B, rosteradmin is restarted on its state (after its
-    start-up sync) before each scenario.
+    start-up sync) before each scenario.  After the first run, D2i.
     """
     users = args.deployed_users
     clients = min(100, users)
@@ -1039,19 +1042,22 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
             finally:
                 setup.stop()
         if run == 0 and args.count_instructions:
-            await countedScenario(tmp, args, results)
+            await countedScenario(tmp, include, args, results)
 
 
-async def countedScenario(tmp: Path, args: argparse.Namespace,
+async def countedScenario(tmp: Path, include: Path, args: argparse.Namespace,
                           results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     """
-    D2i (L{bench.instructions}), once: the count is the same in every run.
+    D2i (L{bench.instructions}), once: the count moves by under 1 % from
+    run to run.  Its storm has L{instructions.USERS} users whatever
+    C{--deployed-users} says, so that its counts compare across runs.
+
+    @param include: B's Prosody configuration, as in D2.
     """
     for mode in ("A", "B"):
-        include = (deployed.deployedConfig(tmp, ROOT / "contrib" / "prosody" / "rosteradmin.cfg.lua")
-                   if mode == "B" else ROOT / "bench" / "prosody-a.cfg.lua")
-        setup = Setup(tmp / "counted", mode, instructions.USERS, 50, args.delay, include=include, counted=True)
-        setup.extraConfig["query_rate"] = 1000.0
+        prosodyConfig = include if mode == "B" else ROOT / "bench" / "prosody-a.cfg.lua"
+        setup = Setup(tmp / "counted", mode, instructions.USERS, 50, args.delay, include=prosodyConfig, counted=True)
+        setup.extraConfig["query_rate"] = 1000.0  # as in D1 and D2
         if mode == "B":
             deployed.configure(setup)
         setup.start()
@@ -1326,6 +1332,8 @@ if __name__ == "__main__":
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     arguments = parser.parse_args()
+    if arguments.prosody_profile_charge != "cpu" and not arguments.prosody_profile:
+        parser.error("--prosody-profile-charge goes with --prosody-profile")
     if arguments.profile_scenario is None:
         arguments.profile_scenario = "D1" if arguments.scenario == "deployed" else "1"
     Profiler.options = arguments.py_spy_options.split()

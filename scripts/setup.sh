@@ -1,4 +1,4 @@
-# Sourced by demo.sh and test.sh: install what rosteradmin needs on Debian
+# Sourced by demo.sh, test.sh and bench.sh: install what rosteradmin needs on Debian
 # (Prosody with its community modules, a virtualenv with the package).
 set -euo pipefail
 

@@ -5,6 +5,7 @@ from its dumps.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,9 @@ def test_dumpWithoutTotals(tmp_path: Path) -> None:
 
 
 def script(path: Path, first: bytes) -> Path:
+    """
+    A script at C{path} whose #! line is C{first}.
+    """
     path.write_bytes(first + b"\nprint('prosody')\n")
     return path
 
@@ -73,7 +77,7 @@ def test_prosodyRunsUnderCallgrindNotCounting(tmp_path: Path, monkeypatch: pytes
         "/usr/bin/lua5.4", str(prosody), "--config", str(tmp_path / "prosody" / "prosody.cfg.lua"), "-F"]
 
 
-def test_interpreterOfAScript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interpreterOfAScript(tmp_path: Path) -> None:
     """
     A #! line with its interpreter's path and arguments is taken as it is;
     a program that is no script runs as it is.
@@ -99,3 +103,43 @@ def test_withoutValgrind(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(instructions.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="apt-get install valgrind"):
         instructions.valgrind()
+
+
+class FakeProcess:
+    pid = 4242
+
+
+def test_dumpsAreNumbered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Each dump callgrind_control asks for is read from the next numbered
+    file beside the output, the storm's count being the total of its own.
+    """
+    commands: list[list[str]] = []
+
+    def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout="PID 4242: lua5.4 /usr/bin/prosody\n  OK.\n", stderr="")
+
+    monkeypatch.setattr(instructions.subprocess, "run", run)
+    counted = CountedProsody(tmp_path / "prosody", tmp_path / "include.cfg.lua", output=tmp_path / "cg.out")
+    counted._process = FakeProcess()  # type: ignore[assignment]
+    (tmp_path / "cg.out.1").write_text(DUMP)
+    (tmp_path / "cg.out.2").write_text(DUMP.replace("5355304306", "12"))
+    counted.counting(True)
+    assert (counted.dump(), counted.dump()) == (5355304306, 12)
+    assert commands == [["callgrind_control", "-i", "on", "4242"], ["callgrind_control", "-d", "4242"],
+                        ["callgrind_control", "-d", "4242"]]
+
+
+def test_callgrindNotFound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    callgrind_control exits with 0 when no callgrind runs as that process
+    (Prosody started without valgrind, or gone): that is an error, not a
+    count of nothing.
+    """
+    monkeypatch.setattr(instructions.subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(
+        command, 0, stdout="Error: Callgrind task with PID/name '4242' not detected.\n", stderr=""))
+    counted = CountedProsody(tmp_path / "prosody", tmp_path / "include.cfg.lua", output=tmp_path / "cg.out")
+    counted._process = FakeProcess()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="not detected"):
+        counted.counting(True)

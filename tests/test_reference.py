@@ -31,6 +31,7 @@ FOREIGN = {
     "content": "towncrier create",
     "draft": "towncrier build",
     "yes": "towncrier build",
+    "instr-atstart": "valgrind --tool=callgrind (docs/benchmarks.md)",
     "option": "a placeholder in an error message (docs/troubleshooting.md)",
     "bogus": "a misspelt option, in an error message (docs/troubleshooting.md)",
 }
