@@ -25,7 +25,7 @@ import statistics
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from bench.luaprofile import BENCH
 from bench.probes import SetupLike, health, metrics
@@ -131,14 +131,25 @@ async def settled(setup: DeployedSetup, quiet: float = 1.0, timeout: float = 30.
     presence arrives, in the background, after the roster get may have
     been answered.
     """
+    await steady(lambda: setup.webappCall("GET", "/stats")["requests"], 1, quiet, timeout)
+
+
+async def steady(read: Callable[[], float], below: float, quiet: float, timeout: float) -> bool:
+    """
+    Wait until what C{read} returns, a count that only grows, grew by less
+    than C{below} over C{quiet} seconds.
+
+    @return: Whether it did within C{timeout} seconds.
+    """
     deadline = time.monotonic() + timeout
-    last = setup.webappCall("GET", "/stats")["requests"]
+    last = read()
     while time.monotonic() < deadline:
         await asyncio.sleep(quiet)
-        now = setup.webappCall("GET", "/stats")["requests"]
-        if now == last:
-            return
+        now = read()
+        if now - last < below:
+            return True
         last = now
+    return False
 
 
 def stormShape(latencies: list[float]) -> dict[str, float]:

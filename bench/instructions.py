@@ -18,15 +18,13 @@ sync and rosteradmin's restart are not counted.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.deployed import DeployedSetup, deployedStorm
+from bench.deployed import DeployedSetup, deployedStorm, steady
 from rosteradmin_demo.devprosody import LocalProsody
 
 #: Users in the counted storm, and handshakes at a time.
@@ -136,15 +134,8 @@ async def idle(setup: DeployedSetup, quiet: float = 1.0, timeout: float = 120.0)
     Wait until Prosody used under a tenth of the CPU over C{quiet} seconds
     (at most C{timeout}): idle, but for its timers.
     """
-    deadline = time.monotonic() + timeout
-    before = setup.cpu()["prosody"]
-    while time.monotonic() < deadline:
-        await asyncio.sleep(quiet)
-        now = setup.cpu()["prosody"]
-        if now - before < quiet / 10:
-            return
-        before = now
-    raise RuntimeError(f"D2i: Prosody was still busy {timeout} s after the storm")
+    if not await steady(lambda: setup.cpu()["prosody"], quiet / 10, quiet, timeout):
+        raise RuntimeError(f"D2i: Prosody was still busy {timeout} s after the storm")
 
 
 async def countedStorm(setup: DeployedSetup, pre: dict[str, Any]) -> dict[str, Any]:

@@ -991,6 +991,23 @@ DEPLOYED_STORM = "D2 deployed, restarted: login storm"
 DEPLOYED_COUNTED = "D2i deployed, restarted: login storm, Prosody's instructions counted"
 
 
+def startedDeployed(workdir: Path, mode: str, users: int, prosodyConfig: Path, delay: float,
+                    counted: bool = False) -> Setup:
+    """
+    A started setup of the deployed scenarios (L{bench.deployed}): users of
+    50 contacts; in B, rosteradmin with the users list and a state
+    (L{deployed.configure}).
+
+    @param counted: Run Prosody under callgrind (D2i).
+    """
+    setup = Setup(workdir, mode, users, 50, delay, include=prosodyConfig, counted=counted)
+    setup.extraConfig["query_rate"] = 1000.0  # as in scenario 1: throughput, not the gate
+    if mode == "B":
+        deployed.configure(setup)
+    setup.start()
+    return setup
+
+
 async def deployedScenarios(tmp: Path, args: argparse.Namespace,
                             results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     """
@@ -1008,11 +1025,7 @@ async def deployedScenarios(tmp: Path, args: argparse.Namespace,
             if args.prosody_profile and run == 0:
                 luaProfile = LuaProfile(Path(f"{args.prosody_profile}.{mode}.raw").resolve())
                 prosodyConfig = profiledConfig(tmp, prosodyConfig, luaProfile.output, args.prosody_profile_charge)
-            setup = Setup(tmp / f"deployed-{run}", mode, users, 50, args.delay, include=prosodyConfig)
-            setup.extraConfig["query_rate"] = 1000.0  # as in scenario 1: throughput, not the gate
-            if mode == "B":
-                deployed.configure(setup)
-            setup.start()
+            setup = startedDeployed(tmp / f"deployed-{run}", mode, users, prosodyConfig, args.delay)
             try:
                 noteLoad(f"run {run + 1} {mode}")
                 profiled = mode == "B" and args.profile and run == 0
@@ -1056,11 +1069,7 @@ async def countedScenario(tmp: Path, include: Path, args: argparse.Namespace,
     """
     for mode in ("A", "B"):
         prosodyConfig = include if mode == "B" else ROOT / "bench" / "prosody-a.cfg.lua"
-        setup = Setup(tmp / "counted", mode, instructions.USERS, 50, args.delay, include=prosodyConfig, counted=True)
-        setup.extraConfig["query_rate"] = 1000.0  # as in D1 and D2
-        if mode == "B":
-            deployed.configure(setup)
-        setup.start()
+        setup = startedDeployed(tmp / "counted", mode, instructions.USERS, prosodyConfig, args.delay, counted=True)
         try:
             noteLoad(f"counted {mode}")
             pre = await deployed.restartedOnState(setup, instructions.USERS)
